@@ -1,0 +1,5 @@
+"""``python -m verydeep`` (and ``torchrun -m verydeep``) runs the CLI."""
+
+from verydeep.cli import main
+
+raise SystemExit(main())

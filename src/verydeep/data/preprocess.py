@@ -1,0 +1,46 @@
+"""Test-time preprocessing: isotropic rescale to Q, then the weights' own normalisation.
+
+The paper rescales the shorter side to the test scale Q keeping the aspect ratio; after that,
+what the net expects (channel order, 0-1 or 0-255, mean, std) comes from the weights' metadata.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from verydeep.weights.metadata import Preprocessing
+
+
+def rescaled_size(height: int, width: int, shorter: int) -> tuple[int, int]:
+    """(h, w) with the shorter side equal to ``shorter`` and the aspect ratio kept."""
+    if height <= width:
+        return shorter, max(shorter, int(round(width * shorter / height)))
+    return max(shorter, int(round(height * shorter / width))), shorter
+
+
+def rescale(image: torch.Tensor, shorter: int) -> torch.Tensor:
+    """Isotropically rescale a (3, H, W) or (N, 3, H, W) image so its shorter side is ``shorter``.
+
+    Bilinear with antialiasing (as torchvision's ``Resize``); uint8 stays uint8.
+    """
+    batched = image.dim() == 4
+    x = image if batched else image.unsqueeze(0)
+    size = rescaled_size(x.shape[-2], x.shape[-1], shorter)
+    if tuple(x.shape[-2:]) != size:
+        dtype = x.dtype
+        y = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = y.round_().clamp_(0, 255).to(dtype) if dtype == torch.uint8 else y
+    return x if batched else x[0]
+
+
+def normalise(image: torch.Tensor, prep: Preprocessing, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """RGB uint8 (or 0-255 float) pixels, channels at dim -3 -> the net's input per ``prep``."""
+    x = image.to(dtype)
+    if prep.channel_order == "BGR":
+        x = x.flip(-3)
+    shape = (3, 1, 1)
+    scale = prep.value_range / 255.0
+    mean = torch.tensor(prep.mean, dtype=dtype, device=x.device).view(shape)
+    std = torch.tensor(prep.std, dtype=dtype, device=x.device).view(shape)
+    return (x * scale - mean) / std

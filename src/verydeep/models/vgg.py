@@ -1,0 +1,169 @@
+"""The VGG module: one set of weights, three views.
+
+* ``model(x)`` classifies crops of ``spec.crop_size`` (224 by default), like torchvision's VGG;
+* ``model.dense(x)`` applies the net fully convolutionally to an image at least one crop large:
+  fc6 becomes a ``k x k`` convolution (``k = crop/32``) and fc7, fc8 become 1x1 convolutions. The
+  convolution kernels are *views* of the Linear weights, so nothing is copied and training the
+  crop view trains the dense one;
+* ``model.descriptor(x)`` is the fc7 activation map (after ReLU) that transfer learning uses.
+
+Parameter keys follow torchvision (``features.N.*``, ``classifier.0/3/6.*``) so that its state
+dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from verydeep.errors import ConfigError, VerydeepError
+from verydeep.models.configs import LRN_SETTINGS, Conv1x1, ModelSpec, conv_width, feature_layout
+
+
+def make_features(spec: ModelSpec) -> nn.Sequential:
+    """Turn a Table 1 config into the convolutional stack (one loop over the tokens)."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for kind, token in feature_layout(spec):
+        if kind == "pool":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        elif kind == "lrn":
+            layers.append(nn.LocalResponseNorm(**LRN_SETTINGS))
+        elif kind == "conv":
+            one_by_one = isinstance(token, Conv1x1)
+            width = conv_width(token.width if one_by_one else token, spec.width)
+            kernel = 1 if one_by_one else 3
+            layers.append(nn.Conv2d(channels, width, kernel_size=kernel, padding=kernel // 2))
+            channels = width
+        elif kind == "bn":
+            layers.append(nn.BatchNorm2d(channels))
+        else:  # relu
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def make_classifier(spec: ModelSpec) -> nn.Sequential:
+    """fc6, fc7, fc8 with ReLU and dropout, at torchvision's indices 0, 3 and 6."""
+    return nn.Sequential(
+        nn.Linear(spec.fc6_inputs, spec.fc_width),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=spec.dropout),
+        nn.Linear(spec.fc_width, spec.fc_width),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p=spec.dropout),
+        nn.Linear(spec.fc_width, spec.num_classes),
+    )
+
+
+class VGG(nn.Module):
+    """A net of the paper's Table 1, possibly scaled down (see :class:`ModelSpec`).
+
+    ``meta`` holds what travels with the weights (classes, preprocessing, provenance); it is
+    filled by :func:`verydeep.load` and by training, and defaults to the training-set
+    preprocessing of a fresh net.
+    """
+
+    def __init__(self, spec: ModelSpec | None = None, **options: Any) -> None:
+        super().__init__()
+        self.spec = spec if spec is not None else ModelSpec(**options)
+        if spec is not None and options:
+            self.spec = spec.replace(**options)
+        self.features = make_features(self.spec)
+        self.classifier = make_classifier(self.spec)
+        self.meta: Any = None
+
+    # -- timm-style split API -------------------------------------------------------------------
+    @property
+    def num_features(self) -> int:
+        """Width of the descriptor (fc7), timm's ``num_features``."""
+        return self.spec.fc_width
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv stack's output (after pool5)."""
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """fc6..fc8 on a pool5 map of exactly ``crop/32`` squared; ``pre_logits`` stops at fc7."""
+        k = self.spec.fc6_kernel
+        if features.shape[-2:] != (k, k):
+            raise VerydeepError(
+                f"the crop view needs {self.spec.crop_size}x{self.spec.crop_size} inputs "
+                f"(a {k}x{k} pool5 map), got a {tuple(features.shape[-2:])} map; "
+                "use model.dense(x) for whole images"
+            )
+        x = torch.flatten(features, 1)
+        x = self.classifier[:6](x)
+        return x if pre_logits else self.classifier[6](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits for crops of ``spec.crop_size``."""
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace fc8 with a freshly initialised layer of ``num_classes`` outputs."""
+        self.spec = self.spec.replace(num_classes=num_classes)
+        old = self.classifier[6]
+        fc8 = nn.Linear(self.spec.fc_width, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        nn.init.normal_(fc8.weight, std=0.01)
+        nn.init.zeros_(fc8.bias)
+        self.classifier[6] = fc8
+
+    # -- the fully convolutional view -----------------------------------------------------------
+    def fc_as_conv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """fc6, fc7, fc8 as ``(weight, bias)`` convolution kernels: views, not copies."""
+        k, c = self.spec.fc6_kernel, self.spec.last_conv_width
+        fc6, fc7, fc8 = self.classifier[0], self.classifier[3], self.classifier[6]
+        return [
+            (fc6.weight.view(fc6.out_features, c, k, k), fc6.bias),
+            (fc7.weight.view(fc7.out_features, fc7.in_features, 1, 1), fc7.bias),
+            (fc8.weight.view(fc8.out_features, fc8.in_features, 1, 1), fc8.bias),
+        ]
+
+    def _check_dense_size(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise VerydeepError(f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        crop = self.spec.crop_size
+        if h < crop or w < crop:
+            raise VerydeepError(
+                f"dense evaluation needs an image at least one crop large ({crop}x{crop}), "
+                f"got {h}x{w}: rescale it first (isotropic rescale to Q >= {crop})"
+            )
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """The fc7 activation map (N, fc_width, h, w): the very deep feature for transfer."""
+        self._check_dense_size(x)
+        y = self.features(x)
+        (w6, b6), (w7, b7), _ = self.fc_as_conv()
+        y = F.relu(F.conv2d(y, w6, b6))
+        return F.relu(F.conv2d(y, w7, b7))
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The class score map (N, classes, h, w) of a whole image (no softmax, no pooling)."""
+        w8, b8 = self.fc_as_conv()[2]
+        return F.conv2d(self.descriptor(x), w8, b8)
+
+
+def vgg(config: str = "D", **options: Any) -> VGG:
+    """Build a net by Table 1 name (``"A"``, ``"A-LRN"``, ``"vgg16_bn"`` ...) with the paper's init.
+
+    Options are :class:`ModelSpec` fields (``num_classes``, ``width``, ``fc_width``, ``dropout``,
+    ``crop_size``, ``batch_norm``) and ``init`` (``"paper"`` for N(0, 0.01), ``"glorot"``).
+    """
+    from verydeep.models.init import initialise  # local: init imports this module's types
+
+    init = options.pop("init", "paper")
+    try:
+        spec = ModelSpec(config=config, **options)
+    except TypeError as exc:
+        raise ConfigError(f"bad model option: {exc}") from None
+    model = VGG(spec)
+    initialise(model, init)
+    return model

@@ -1,0 +1,50 @@
+"""Compute precision: bf16 where the hardware does it fast, fp32 otherwise.
+
+On CPUs with AMX or AVX-512-BF16, bf16 inference is several times faster than fp32 with the same
+top-1; on CUDA, bf16 autocast is the default. ``--precision fp32|bf16|auto`` overrides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+
+import torch
+
+from verydeep.errors import ConfigError
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has AMX or AVX-512-BF16 (read from /proc/cpuinfo; False if unknown)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    words = set(flags.split())
+    return bool({"amx_bf16", "avx512_bf16"} & words)
+
+
+def resolve(choice: str | None, device: torch.device | str = "cpu") -> Precision:
+    """``auto`` (or None) -> bf16 on CUDA and on bf16-capable CPUs, else fp32."""
+    device = torch.device(device)
+    if choice in (None, "auto"):
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+            return Precision.BF16
+        return Precision.FP32
+    try:
+        return Precision(choice)
+    except ValueError:
+        raise ConfigError(f"unknown precision {choice!r}: choose fp32, bf16 or auto") from None
+
+
+def autocast_for(device: torch.device | str, precision: Precision | None) -> contextlib.AbstractContextManager:
+    """One code path for every precision: an autocast that is simply disabled for fp32."""
+    device = torch.device(device)
+    enabled = precision == Precision.BF16
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)

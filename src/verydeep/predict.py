@@ -1,0 +1,53 @@
+"""``verydeep predict``: the paper's dense multi-scale evaluation with flips, per image file.
+
+One bad image is reported in its result and the others are still classified.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from verydeep.data.images import read_image
+from verydeep.devices import pick_device
+from verydeep.errors import ConfigError, ImageError
+from verydeep.precision import resolve
+from verydeep.weights.loader import load
+
+#: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
+DEFAULT_SCALES = (256, 384, 512)
+
+
+def check_scales(scales: Sequence[int], crop_size: int) -> list[int]:
+    small = [q for q in scales if q < crop_size]
+    if small:
+        raise ConfigError(f"test scale(s) {small} are smaller than the net's crop size {crop_size}")
+    return list(scales)
+
+
+def topk_entries(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [{"index": int(i), "name": names[int(i)], "prob": float(v)} for v, i in zip(values, indices)]
+
+
+def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | None = None, flip: bool = True,
+                  topk: int = 5, precision: str | None = "auto", device: str = "auto") -> list[dict]:
+    """One result per path: ``{"image", "topk": [{"index", "name", "prob"}]}`` or ``{"image", "error"}``."""
+    from verydeep.evaluate.dense import dense_posteriors
+
+    dev = pick_device(device)
+    model = load(weights).to(dev)
+    scales = check_scales(scales or DEFAULT_SCALES, model.spec.crop_size)
+    prec = resolve(precision, dev)
+    names = model.meta.class_names()
+    results = []
+    for path in paths:
+        try:
+            image = read_image(path)
+        except ImageError as exc:
+            results.append({"image": str(path), "error": str(exc)})
+            continue
+        probs = dense_posteriors(model, [image], scales, flip=flip, precision=prec)[0]
+        results.append({"image": str(path), "topk": topk_entries(probs, names, topk)})
+    return results

@@ -1,0 +1,1 @@
+"""Reports: markdown tables in the paper's layout, matplotlib plots."""
