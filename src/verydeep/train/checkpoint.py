@@ -1,0 +1,138 @@
+"""Checkpoints that survive a kill at any moment, and everything a bitwise resume needs.
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk (fsync), then
+renamed over its final name, and the folder itself is synced: a reader sees the old file or the
+new one, never half of one. The dict holds only tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``, and its ``model`` + ``meta`` entries are what
+``verydeep.load(path)`` reads:
+
+``{"model", "meta", "optimizer", "schedule", "epoch", "step", "batch_in_epoch", "rng", "config",
+"progress"}``
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from verydeep.errors import ConfigError
+
+STEP_PATTERN = re.compile(r"^step-(\d{9})\.pt$")
+BEST_NAME = "best.pt"
+
+
+# -- RNG state --------------------------------------------------------------------------------------
+def capture_rng() -> dict[str, Any]:
+    """Every RNG the run draws from (torch CPU and CUDA, Python, NumPy) as tensors/plain values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"name": str(np_state[0]), "key": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- files ------------------------------------------------------------------------------------------
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` that leaves either the old file or the complete new one (write, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (tensors and plain values only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ConfigError(f"{path} is not a readable checkpoint ({first})") from None
+    if not isinstance(obj, dict) or not {"model", "optimizer", "step", "config"} <= set(obj):
+        raise ConfigError(f"{path} is not a training checkpoint (no model/optimizer/step/config)")
+    return obj
+
+
+class CheckpointFolder:
+    """``<run>/checkpoints``: numbered step checkpoints (the last ``keep_last`` kept) and ``best.pt``."""
+
+    def __init__(self, folder: str | os.PathLike, keep_last: int = 3) -> None:
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+
+    def prepare(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".*.tmp*"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
+
+    def step_path(self, step: int) -> Path:
+        return self.folder / f"step-{step:09d}.pt"
+
+    def steps(self) -> list[tuple[int, Path]]:
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := STEP_PATTERN.match(p.name))]
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        found = self.steps()
+        return found[-1][1] if found else None
+
+    @property
+    def best(self) -> Path:
+        return self.folder / BEST_NAME
+
+    def save(self, obj: dict[str, Any], step: int) -> Path:
+        path = atomic_save(obj, self.step_path(step))
+        for _, old in self.steps()[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save_best(self, obj: dict[str, Any]) -> Path:
+        return atomic_save(obj, self.best)

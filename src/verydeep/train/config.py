@@ -1,0 +1,333 @@
+"""The training configuration: dataclasses holding the paper's recipe as defaults.
+
+A run is configured in three layers, later ones winning: these defaults (section 3.1 of the
+paper), a YAML preset (``configs/paper/*.yaml``, ``configs/cpu/*.yaml``), and ``--set`` overrides.
+Keys are always *nested* ``section.field`` (``optim.lr=1e-3``, ``model.width=0.25``), the same
+names as in the YAML files, so that one key never means two things. Unknown keys and ill-typed
+values are :class:`~verydeep.errors.ConfigError` lines naming the key, raised before any work.
+
+A preset may start from another with ``base: other.yaml`` (a path relative to the preset), which
+is how the paper's chain S=256 -> S=384 -> jittered S is written without repeating the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from verydeep.errors import ConfigError
+from verydeep.models.configs import CROP_SIZE, DROPOUT, FC_WIDTH, ModelSpec, resolve_name
+
+
+@dataclass
+class ModelConfig:
+    """The net (Table 1 config and its scaling). ``num_classes: null`` takes the data's count."""
+
+    config: str = "A"
+    batch_norm: bool = False
+    num_classes: Optional[int] = None
+    width: float = 1.0
+    fc_width: int = FC_WIDTH
+    dropout: float = DROPOUT
+    crop_size: int = CROP_SIZE
+
+
+@dataclass
+class InitConfig:
+    """Where the weights start.
+
+    ``scheme`` fills every layer first: ``paper`` is N(0, ``std``) with zero biases (the paper's
+    net A), ``glorot`` the alternative the paper mentions. ``source`` then overwrites layers from a
+    trained net (a checkpoint or any weights file ``verydeep.load`` reads): ``copy: shallow`` takes
+    the paper's seven layers (conv1_1, conv2_1, conv3_1, conv3_2, fc6, fc7, fc8) from a net A into a
+    deeper net; ``copy: all`` takes every layer (S=384 from S=256, jittered S from S=384).
+    """
+
+    scheme: str = "paper"
+    std: float = 0.01
+    source: Optional[str] = None
+    copy: str = "shallow"
+
+
+@dataclass
+class DataConfig:
+    """Image folders (``root/<class>/<image>``) and the paper's augmentation.
+
+    ``scale_min == scale_max`` is a fixed training scale S; otherwise S is drawn per image from
+    ``[scale_min, scale_max]`` (scale jittering). ``val_scale: null`` applies the paper's
+    single-scale test rule: Q = S for fixed S, the middle of the range for jittered S.
+    """
+
+    train: Optional[str] = None
+    val: Optional[str] = None
+    scale_min: int = 256
+    scale_max: int = 256
+    val_scale: Optional[int] = None
+    flip: bool = True
+    colour_shift: float = 0.1
+    colour_stats_images: int = 500
+    workers: int = 4
+
+
+@dataclass
+class OptimConfig:
+    """Mini-batch SGD with momentum. ``batch_size`` is the *global* batch, whatever the world size;
+    ``accumulation`` splits each process's share into that many micro-batches."""
+
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    accumulation: int = 1
+
+
+@dataclass
+class ScheduleConfig:
+    """Divide the learning rate by ``1/factor`` when validation top-1 accuracy has not improved by
+    more than ``threshold`` for ``patience`` epochs, at most ``max_drops`` times; stop after
+    ``epochs``. The paper: factor 0.1, 3 drops, 74 epochs (its patience is not stated)."""
+
+    epochs: int = 74
+    factor: float = 0.1
+    patience: int = 2
+    max_drops: int = 3
+    threshold: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    """Where and how the run executes: output, seed, device, numerics, checkpoints, logging."""
+
+    out: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    threads: Optional[int] = None
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """A whole run. ``to_dict()`` is the resolved config saved beside every run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def model_spec(self, num_classes: int) -> ModelSpec:
+        """The net's :class:`ModelSpec`, its class count taken from the data when not set."""
+        m = self.model
+        return ModelSpec(config=m.config, batch_norm=m.batch_norm, num_classes=m.num_classes or num_classes,
+                         width=m.width, fc_width=m.fc_width, dropout=m.dropout, crop_size=m.crop_size)
+
+    @property
+    def jittered(self) -> bool:
+        return self.data.scale_min != self.data.scale_max
+
+    @property
+    def val_scale(self) -> int:
+        """Q for validation: the configured one, else the paper's single-scale rule."""
+        if self.data.val_scale is not None:
+            return self.data.val_scale
+        return (self.data.scale_min + self.data.scale_max) // 2
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_HINTS = {name: typing.get_type_hints(cls) for name, cls in
+          (("model", ModelConfig), ("init", InitConfig), ("data", DataConfig), ("optim", OptimConfig),
+           ("schedule", ScheduleConfig), ("run", RunConfig))}
+_CHOICES = {
+    "init.scheme": ("paper", "glorot"),
+    "init.copy": ("shallow", "all"),
+    "run.precision": ("auto", "fp32", "bf16"),
+}
+
+
+# -- type checking --------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if _is_optional(tp):
+        inner = [a for a in args if a is not type(None)][0]
+        return f"{_type_name(inner)} or null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _is_optional(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    return (origin is Union or origin is types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """``value`` checked against the field type ``tp`` (ints are accepted for floats)."""
+    if _is_optional(tp):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return _coerce(key, value, inner)
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool))
+    )
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return tp(value)
+
+
+def _check_key(section: str, name: str | None = None) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config key {section!r}: sections are {', '.join(SECTIONS)}")
+    if name is not None and name not in _HINTS[section]:
+        raise ConfigError(f"unknown config key {section}.{name!r}; known in {section}: {', '.join(_HINTS[section])}")
+
+
+def apply(cfg: TrainConfig, key: str, value: Any) -> None:
+    """Set one nested ``section.field`` to a type-checked value."""
+    section, _, name = key.partition(".")
+    if not name or "." in name:
+        _check_key(section)
+        raise ConfigError(f"config key {key!r} must be section.field, e.g. optim.lr")
+    _check_key(section, name)
+    setattr(getattr(cfg, section), name, _coerce(key, value, _HINTS[section][name]))
+
+
+def apply_mapping(cfg: TrainConfig, data: Any, origin: str) -> None:
+    """Apply a nested mapping (a parsed YAML preset)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections (model, init, data, optim, schedule, run)")
+    for section, values in data.items():
+        _check_key(str(section))
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section {section!r} must be a mapping of field: value")
+        for name, value in values.items():
+            _check_key(str(section), str(name))
+            apply(cfg, f"{section}.{name}", value)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.001), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset as a nested dict, with its ``base:`` chain merged underneath."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path} is not a readable YAML file ({first})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / str(base), seen + (path,))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then the YAML preset at ``path`` (if any), then ``key=value`` overrides; validated."""
+    cfg = TrainConfig()
+    if path is not None:
+        apply_mapping(cfg, _read_yaml(Path(path)), str(path))
+    for text in overrides:
+        key, value = _parse_override(text)
+        apply(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A resolved config dict (as saved in a checkpoint) back to a validated :class:`TrainConfig`."""
+    cfg = TrainConfig()
+    apply_mapping(cfg, data, "config")
+    validate(cfg)
+    return cfg
+
+
+def save_yaml(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# -- values ---------------------------------------------------------------------------------------
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range checks that types alone cannot express; each failure names its key."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _require(value in choices, f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    resolve_name(cfg.model.config)
+    m, d, o, s, r = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.run
+    _require(m.width > 0, f"model.width must be positive, got {m.width}")
+    _require(m.fc_width >= 1, f"model.fc_width must be at least 1, got {m.fc_width}")
+    _require(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    _require(m.crop_size >= 32 and m.crop_size % 32 == 0, f"model.crop_size must be a positive multiple of 32, got {m.crop_size}")
+    _require(m.num_classes is None or m.num_classes >= 1, f"model.num_classes must be at least 1, got {m.num_classes}")
+    _require(cfg.init.std > 0, f"init.std must be positive, got {cfg.init.std}")
+    _require(d.scale_min >= m.crop_size, f"data.scale_min ({d.scale_min}) must be at least model.crop_size ({m.crop_size})")
+    _require(d.scale_max >= d.scale_min, f"data.scale_max ({d.scale_max}) must be at least data.scale_min ({d.scale_min})")
+    _require(d.val_scale is None or d.val_scale >= m.crop_size,
+             f"data.val_scale ({d.val_scale}) must be at least model.crop_size ({m.crop_size})")
+    _require(d.colour_shift >= 0, f"data.colour_shift must be non-negative, got {d.colour_shift}")
+    _require(d.colour_stats_images >= 1, f"data.colour_stats_images must be at least 1, got {d.colour_stats_images}")
+    _require(d.workers >= 0, f"data.workers must be non-negative, got {d.workers}")
+    _require(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
+    _require(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be non-negative, got {o.weight_decay}")
+    _require(o.batch_size >= 1, f"optim.batch_size must be at least 1, got {o.batch_size}")
+    _require(o.accumulation >= 1, f"optim.accumulation must be at least 1, got {o.accumulation}")
+    _require(s.epochs >= 1, f"schedule.epochs must be at least 1, got {s.epochs}")
+    _require(0.0 < s.factor < 1.0, f"schedule.factor must be in (0, 1), got {s.factor}")
+    _require(s.patience >= 1, f"schedule.patience must be at least 1, got {s.patience}")
+    _require(s.max_drops >= 0, f"schedule.max_drops must be non-negative, got {s.max_drops}")
+    _require(s.threshold >= 0, f"schedule.threshold must be non-negative, got {s.threshold}")
+    _require(r.checkpoint_every >= 1, f"run.checkpoint_every must be at least 1, got {r.checkpoint_every}")
+    _require(r.keep_last >= 1, f"run.keep_last must be at least 1, got {r.keep_last}")
+    _require(r.log_every >= 1, f"run.log_every must be at least 1, got {r.log_every}")
+    _require(r.threads is None or r.threads >= 1, f"run.threads must be at least 1, got {r.threads}")
+    _require(bool(r.out.strip()), "run.out must name a folder")

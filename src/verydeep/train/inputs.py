@@ -1,0 +1,111 @@
+"""From image folders to the tensors one training step needs, the same in every process.
+
+The data helper's datasets (:mod:`verydeep.data.transforms`) give uint8 crops whose random
+choices depend only on ``(seed, epoch, index)``. This module adds the two things training needs
+on top: loaders driven by :class:`~verydeep.train.distributed.GlobalBatchSampler`, and the colour
+shift drawn *per sample* from its own seeded generator (rather than per batch), so that the
+input of image ``i`` in epoch ``e`` does not depend on which process or micro-batch it lands in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from verydeep.data.folders import ImageIndex, scan_image_folder
+from verydeep.data.transforms import (
+    ColourStats,
+    EvalDataset,
+    TrainAugment,
+    TrainDataset,
+    collate_skipping,
+    colour_shift,
+)
+from verydeep.errors import ConfigError, DataError
+from verydeep.train.config import TrainConfig
+from verydeep.train.distributed import GlobalBatchSampler
+
+#: A salt that keeps the colour-shift stream apart from the crop/flip stream of the same sample.
+_COLOUR_SALT = 0xC0105
+
+
+@dataclass
+class DataSets:
+    """The scanned folders of a run (scanning lists files only; nothing is decoded yet)."""
+
+    train: ImageIndex
+    val: ImageIndex | None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+
+def scan(cfg: TrainConfig) -> DataSets:
+    """Check the folders before any work: missing, empty, class without images, class mismatch."""
+    if not cfg.data.train:
+        raise ConfigError("data.train is not set: give the training folder (root/<class>/<image>)")
+    train = scan_image_folder(cfg.data.train)
+    val = scan_image_folder(cfg.data.val) if cfg.data.val else None
+    if val is not None and val.classes != train.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))[:3]
+        only_val = sorted(set(val.classes) - set(train.classes))[:3]
+        raise DataError(f"validation classes differ from training classes (only in training: {only_train}, "
+                        f"only in validation: {only_val})")
+    if cfg.model.num_classes is not None and cfg.model.num_classes != len(train.classes):
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.train} has "
+                          f"{len(train.classes)} classes")
+    if len(train) < cfg.optim.batch_size:
+        raise DataError(f"training folder {cfg.data.train} has {len(train)} images, fewer than one batch "
+                        f"(optim.batch_size={cfg.optim.batch_size})")
+    return DataSets(train=train, val=val)
+
+
+def augment(cfg: TrainConfig) -> TrainAugment:
+    d = cfg.data
+    return TrainAugment(scale_min=d.scale_min, scale_max=d.scale_max, crop=cfg.model.crop_size,
+                        flip=d.flip, colour_shift_std=d.colour_shift)
+
+
+def train_loader(dataset: TrainDataset, sampler: GlobalBatchSampler, workers: int, pin: bool) -> DataLoader:
+    """A loader over this process's micro-batches; its own generator keeps the global RNG untouched
+    (a DataLoader otherwise draws its worker seed from it, which would shift dropout after a resume)."""
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_skipping,
+                      pin_memory=pin, generator=torch.Generator().manual_seed(0),
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def val_loader(index: ImageIndex, scale: int, crop: int, batch: int, rank: int, world: int, workers: int,
+               pin: bool) -> DataLoader:
+    """Validation crops; process r takes images r, r+W, r+2W ... so counts sum to the exact total."""
+    dataset = EvalDataset(index, scale=scale, crop=crop)
+    shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    return DataLoader(shard, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate_skipping,
+                      pin_memory=pin, generator=torch.Generator().manual_seed(0))
+
+
+def _colour_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index), _COLOUR_SALT])
+    return torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0]))
+
+
+def colour_offsets(indices: torch.Tensor, stats: ColourStats, std: float, seed: int, epoch: int) -> torch.Tensor:
+    """The PCA colour shift of each sample (N, 3, 1, 1), each from its own ``(seed, epoch, index)`` stream."""
+    if std <= 0 or len(indices) == 0:
+        return torch.zeros((len(indices), 3, 1, 1))
+    zero = torch.zeros((1, 3, 1, 1))
+    return torch.cat([colour_shift(zero, stats, std, _colour_generator(seed, epoch, int(i))) for i in indices])
+
+
+def net_input(images: torch.Tensor, stats: ColourStats, device: torch.device, channels_last: bool,
+              offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 crops -> float net input on ``device``: colour shift (training), minus the mean RGB."""
+    x = images.to(device, non_blocking=True).float()
+    shift = -torch.tensor(stats.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1)
+    if offsets is not None:
+        shift = shift + offsets
+    x = x + shift.to(device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

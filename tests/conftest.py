@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny nets and weights files, small images in odd formats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+#: A net small enough for fast tests: 1/16 of the widths, 32-wide FCs, 32-pixel crops.
+TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    """Tests share two cores with each other; keep torch from oversubscribing them."""
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    """A canonical weights file of a tiny net A with 5 named classes."""
+    import verydeep
+    from verydeep.weights import canonical
+    from verydeep.weights.metadata import Preprocessing, WeightsMeta
+
+    torch.manual_seed(0)
+    model = verydeep.vgg("A", num_classes=5, init="glorot", **TINY)
+    meta = WeightsMeta(spec=model.spec, classes=[f"c{i}" for i in range(5)],
+                       preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)), source="test")
+    path = tmp_path / "tiny.safetensors"
+    canonical.save(model.state_dict(), meta, path)
+    return path
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A 180x240 RGB JPEG with some structure."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:180, 0:240]
+    arr = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.float64)
+    arr += rng.normal(0, 20, arr.shape)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=92)
+    return path
