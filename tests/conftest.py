@@ -45,3 +45,40 @@ def photo(tmp_path):
     path = tmp_path / "photo.jpg"
     Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=92)
     return path
+
+
+#: Image sizes (h, w) the evaluation tests cycle through: landscape, portrait, square, wide.
+EVAL_SIZES = [(40, 52), (52, 40), (40, 40), (36, 60)]
+
+
+@pytest.fixture
+def make_image_folder():
+    """A factory for ImageFolder-layout folders of random JPEGs: ``make(root, classes=5, per_class=2)``.
+
+    Class folders are ``c0``, ``c1``, ... (matching ``tiny_weights``); sizes cycle through EVAL_SIZES.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    def make(root, classes: int = 5, per_class: int = 2, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        root = Path(root)
+        k = 0
+        for c in range(classes):
+            folder = root / f"c{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(per_class):
+                h, w = EVAL_SIZES[k % len(EVAL_SIZES)]
+                k += 1
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"img{j}.jpg", quality=90)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def eval_folder(tmp_path, make_image_folder):
+    """``tmp_path/val``: 5 classes c0..c4, 2 random JPEGs each, mixed sizes."""
+    return make_image_folder(tmp_path / "val")

@@ -79,13 +79,15 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="weights file in any supported format, or a release name (torchvision:vgg16)")
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--from", dest="fmt", default=None, help="source format (default: detected from the content)")
+    p.add_argument("--prototxt", default=None,
+                   help="Caffe deploy prototxt that must describe SRC (default: a deploy.prototxt beside it, if any)")
     p.add_argument("--json", action="store_true", help="print the written metadata as JSON")
 
 
 def _run_convert(args) -> int:
     from verydeep.weights.convert import convert
 
-    meta = convert(args.src, args.dst, fmt=args.fmt)
+    meta = convert(args.src, args.dst, fmt=args.fmt, prototxt=args.prototxt)
     if args.json:
         _print_json(json.loads(meta.to_json()))
     else:
@@ -128,6 +130,301 @@ def _run_predict(args) -> int:
     return EXIT_USAGE if failed else 0
 
 
+# -- train --------------------------------------------------------------------------------------
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML preset (configs/paper/*.yaml, configs/cpu/*.yaml); default: the paper's recipe")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config keys, nested section.field (optim.lr=0.001 model.width=0.25)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue the run in run.out from its newest checkpoint (or from CHECKPOINT)")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
+
+
+def _run_train(args) -> int:
+    import os
+
+    from verydeep.train import resolve_config, train
+
+    result = train(resolve_config(args.config, args.overrides, args.resume), resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        best = (f", best validation top-1 error {result.best_val_top1_err:.2%} (epoch {result.best_epoch})"
+                if result.best_val_top1_err is not None else "")
+        print(f"trained {result.epochs} epochs ({result.steps} steps, {result.train_time_s:.0f} s){best}; "
+              f"run folder {result.run_dir}, weights {result.best_weights or result.final_weights}")
+    return 0
+
+
+# -- synth --------------------------------------------------------------------------------------
+def _add_synth(p: argparse.ArgumentParser) -> None:
+    from verydeep.data.synth import DEFAULT_CLASSES, DEFAULT_TRAIN, DEFAULT_VAL, SHAPES
+
+    p.add_argument("out", help="output folder (OUT/train/<class>/*.jpg + .xml boxes, OUT/val/...)")
+    p.add_argument("--classes", type=positive_int, default=DEFAULT_CLASSES,
+                   help=f"number of shape classes, 2..{len(SHAPES)} (default {DEFAULT_CLASSES})")
+    p.add_argument("--train", type=positive_int, default=DEFAULT_TRAIN,
+                   help=f"training images per class (default {DEFAULT_TRAIN})")
+    p.add_argument("--val", type=positive_int, default=DEFAULT_VAL,
+                   help=f"validation images per class (default {DEFAULT_VAL})")
+    p.add_argument("--seed", type=int, default=0, help="the set is a function of the seed (default 0)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes rendering images (same bytes either way)")
+    p.add_argument("--json", action="store_true", help="print the set's manifest as JSON")
+
+
+def _run_synth(args) -> int:
+    from verydeep.data.synth import existing_set, make_synthetic, read_manifest
+
+    had = existing_set(args.out, args.classes, args.train, args.val, args.seed) is not None
+    out = make_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, seed=args.seed,
+                         progress=not args.json, workers=args.workers)
+    manifest = read_manifest(out) or {}
+    if args.json:
+        _print_json(manifest)
+        return 0
+    counts = manifest.get("counts", {})
+    print(f"{'kept' if had else 'wrote'} {out}: {args.classes} classes, {counts.get('train')} train + "
+          f"{counts.get('val')} val JPEGs with VOC boxes, seed {args.seed}"
+          f"{' (already there)' if had else ''}")
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------------
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-out", help="output folder for the report (default demo-out)")
+    p.add_argument("--fast", action="store_true", help="tiny sizes, seconds (a smoke test, not the real demo)")
+    p.add_argument("--json", action="store_true", help="print the report's figures as JSON")
+
+
+def _run_demo(args) -> int:
+    from verydeep.demo import run_demo
+
+    summary = run_demo(args.out, fast=args.fast)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+# -- export -------------------------------------------------------------------------------------
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dst", help="output file (.onnx, or .pt for TorchScript)")
+    p.add_argument("--weights", required=True, help="weights file (any supported format) or release name")
+    p.add_argument("--format", dest="fmt", default=None, choices=["onnx", "torchscript"],
+                   help="output format (default: from DST's suffix)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--check", action="store_true", help="run the ONNX file with onnxruntime and compare with PyTorch")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+
+
+def _run_export(args) -> int:
+    from verydeep.export import export
+
+    info = export(args.weights, args.dst, fmt=args.fmt, opset=args.opset, check=args.check)
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"wrote {info['path']}: {info['format']}, config {info['config']}, dense view, "
+          f"input {info['input']}, output {info['output']}")
+    for size, diff in info.get("max_abs_diff", {}).items():
+        print(f"  onnxruntime vs PyTorch at {size}: max |diff| {diff:.2e}")
+    return 0
+
+
+# -- evaluate -----------------------------------------------------------------------------------
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", nargs="+", default=None, metavar="W",
+                   help="weights files or release names; several nets are also evaluated as an ensemble")
+    p.add_argument("--data", default=None, metavar="DIR", help="ImageFolder-layout folder (DIR/<class>/<image>)")
+    p.add_argument("--protocol", dest="protocols", action="append", default=None, metavar="P",
+                   help="crop, dense, multicrop or dense+multicrop; repeat or comma-separate (default dense)")
+    p.add_argument("--scales", type=int_list, default=None,
+                   help="test scales Q, comma-separated (default: the paper's rule from each net's training scale)")
+    p.add_argument("--no-flip", action="store_true", help="do not average with the horizontally flipped image")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default 8 on CPU, 32 on GPU)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader processes decoding images (default: by cores)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="compute precision (auto: bf16 where the CPU/GPU does it fast)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--save-scores", default=None, metavar="FILE",
+                   help="save per-image posteriors (also as the run goes: a rerun resumes from FILE)")
+    p.add_argument("--combine", nargs="+", default=None, metavar="FILE",
+                   help="combine saved score files (nets, protocols, scales) without running a net")
+    p.add_argument("--report", default=None, metavar="DIR", help="write DIR/report.md and a plot of error against scale")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _run_evaluate(args) -> int:
+    from verydeep.evaluate.command import evaluate_command
+    from verydeep.report.evaluation import failures_text, results_table, write_report
+
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+    summary = evaluate_command(weights=args.weights, data=args.data, combine=args.combine, protocols=args.protocols,
+                               scales=args.scales, flip=not args.no_flip, save_scores=args.save_scores,
+                               precision=args.precision, device=args.device, batch_size=args.batch_size,
+                               workers=args.workers)
+    if summary is None:  # a non-zero rank of a distributed run: rank 0 prints
+        return 0
+    report = write_report(summary, args.report) if args.report else None
+    if args.json:
+        _print_json(summary.to_json() | ({"report": str(report)} if report else {}))
+    else:
+        print(f"top-1 / top-5 error (%), {summary.num_images} images")
+        print(results_table(summary))
+        if report:
+            print(f"report: {report}")
+    for line in failures_text(summary):
+        sys.stderr.write(f"verydeep evaluate: warning: unreadable image counted as an error: {line}\n")
+    return 0
+
+
+# -- localize -----------------------------------------------------------------------------------
+def _float_list(text: str) -> list[float]:
+    """``"0.1,1,10"`` -> [0.1, 1.0, 10.0], all positive (argparse type)."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _add_localize(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="localize_command", metavar="STEP", parser_class=_Parser)
+    sub.required = True
+    t = sub.add_parser("train", help="fine-tune a box net (SCR or PCR) from a classification net",
+                       description="Fine-tune a box-regression net from a classification net (Appendix A): "
+                                   "Euclidean loss on (cx, cy, w, h) as fractions of the crop, lr 1e-3, fixed S.")
+    t.add_argument("--weights", required=True, help="the classification net (weights file or release name)")
+    t.add_argument("--data", required=True, metavar="DIR",
+                   help="ImageFolder with VOC XML boxes beside the images (or a folder with train/ and val/)")
+    t.add_argument("--out", required=True, metavar="FILE", help="output .safetensors box net (+ FILE.training.json)")
+    t.add_argument("--mode", default="pcr", choices=["scr", "pcr"], help="single-class or per-class regression (default pcr)")
+    t.add_argument("--fine-tune", default="all", choices=["all", "fc"], help="train all layers or only fc6-fc8 (default all)")
+    t.add_argument("--scale", type=positive_int, default=None, help="training scale S (default 256 for 224 crops)")
+    t.add_argument("--steps", type=positive_int, default=1000, help="SGD steps (default 1000)")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default 32)")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default the paper's 1e-3)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader processes (default 0)")
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    t.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e = sub.add_parser("evaluate", help="localisation error: centre crop (test 1) and dense top-5 (test 2)",
+                       description="Localisation error of a box net: test 1 (centre crop, ground-truth class) and "
+                                   "test 2 (dense boxes, greedy merging, top-5 classes from a classification net).")
+    e.add_argument("--box-weights", required=True, help="the box net written by `verydeep localize train`")
+    e.add_argument("--weights", default=None, help="the classification net (needed for the dense protocol)")
+    e.add_argument("--data", required=True, metavar="DIR", help="ImageFolder with XML boxes (or a folder with val/)")
+    e.add_argument("--protocol", default=None, choices=["crop", "dense", "both"],
+                   help="crop (test 1), dense (test 2) or both (default: both with --weights, else crop)")
+    e.add_argument("--scale", type=positive_int, default=None, help="test 1's scale Q (default the box net's S)")
+    e.add_argument("--scales", type=int_list, default=None, help="test 2's scales, comma-separated (default Q)")
+    e.add_argument("--top", type=positive_int, default=5, help="guesses per image in test 2 (default 5)")
+    e.add_argument("--merge-iou", type=float, default=0.5, help="greedy merging continues while IoU >= this (default 0.5)")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    e.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _run_localize(args) -> int:
+    from verydeep.localize.report import evaluation_text, training_text
+
+    if args.localize_command == "train":
+        from verydeep.localize.run import train_command
+        from verydeep.localize.train import BoxTrainConfig
+
+        if args.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+        config = BoxTrainConfig(mode=args.mode, fine_tune=args.fine_tune, scale=args.scale, steps=args.steps,
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
+                                device=args.device)
+        summary = train_command(args.weights, args.data, args.out, config, overwrite=args.overwrite)
+        _print_json(summary) if args.json else print(training_text(summary))
+        return 0
+    from verydeep.localize.run import evaluate_command
+
+    results = evaluate_command(args.box_weights, args.data, weights=args.weights, protocol=args.protocol,
+                               scale=args.scale, scales=args.scales, top=args.top, merge_iou=args.merge_iou,
+                               device=args.device)
+    _print_json(results) if args.json else print(evaluation_text(results))
+    return 0
+
+
+# -- features -----------------------------------------------------------------------------------
+def _add_features(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", nargs="+", required=True, metavar="W",
+                   help="one or more nets (weights files or release names); their descriptors are stacked")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="ImageFolder (DIR/<class>/<image>), or a folder with train/ and val/ (or test/) ImageFolders")
+    p.add_argument("--scales", type=int_list, default=None, help="scales Q, comma-separated (default 256,384,512)")
+    p.add_argument("--aggregate", default="stack", choices=["stack", "mean"],
+                   help="stack (concatenate) or average the scales' descriptors (default stack)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="feature file (.safetensors or .npz); an interrupted run resumes from FILE.partial/")
+    p.add_argument("--no-flip", action="store_true", help="do not average with the horizontally flipped image")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="compute precision (auto: bf16 where the CPU/GPU does it fast)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _run_features(args) -> int:
+    from verydeep.transfer.run import features_command
+
+    summary = features_command(args.weights, args.data, args.out, scales=args.scales, aggregate=args.aggregate,
+                               flip=not args.no_flip, precision=args.precision, device=args.device)
+    if args.json:
+        _print_json(summary)
+    else:
+        splits = ", ".join(f"{n} {s}" for s, n in summary["splits"].items())
+        print(f"wrote {summary['out']}: {summary['images']} images ({splits}), {summary['descriptor_size']}-D "
+              f"descriptors of {' & '.join(summary['configs'])} at Q {summary['scales']} ({summary['aggregate']})")
+    for path in summary["skipped"]:
+        sys.stderr.write(f"verydeep features: warning: unreadable image skipped: {path}\n")
+    return 0
+
+
+# -- transfer -----------------------------------------------------------------------------------
+def _add_transfer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", nargs="+", required=True, metavar="FILE", help="feature files from `verydeep features`")
+    p.add_argument("--protocol", required=True, choices=["voc", "caltech"],
+                   help="voc: train on train/, AP on val/; caltech: random per-class splits, mean class recall")
+    p.add_argument("--C", dest="C_grid", type=_float_list, default=None,
+                   help="SVM C candidates, chosen on a held-out 20%% of training (default 0.01,0.1,1,10,100)")
+    p.add_argument("--splits", type=positive_int, default=3, help="caltech: random splits (default 3)")
+    p.add_argument("--train-per-class", type=positive_int, default=30, help="caltech: training images per class (default 30)")
+    p.add_argument("--test-per-class", type=int, default=50,
+                   help="caltech: at most this many test images per class, 0 for all the rest (default 50)")
+    p.add_argument("--ap", dest="ap_method", default="area", choices=["area", "11point"],
+                   help="voc: AP as the area under the precision envelope (VOC 2010+) or 11-point (VOC 2007)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for splits and held-out sets (default 0)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _run_transfer(args) -> int:
+    from verydeep.report.transfer import per_class_table, row_name, table11
+    from verydeep.transfer.run import transfer_command
+
+    if args.test_per_class < 0:
+        raise ConfigError(f"--test-per-class must be 0 (all) or more, got {args.test_per_class}")
+    results = transfer_command(args.features, args.protocol, args.C_grid, args.seed, args.splits,
+                               args.train_per_class, args.test_per_class or None, args.ap_method)
+    if args.json:
+        _print_json(results)
+        return 0
+    print(table11([(row_name(r), {args.protocol: r}) for r in results]))
+    if args.protocol == "voc" and len(results) == 1:
+        print()
+        print(per_class_table(results[0]))
+    return 0
+
+
 # -- the command table --------------------------------------------------------------------------
 class Command(NamedTuple):
     name: str
@@ -140,6 +437,18 @@ COMMANDS: list[Command] = [
     Command("models", "Table 1: layers, parameters, multiply-adds, receptive field", _add_models, _run_models),
     Command("convert", "convert weights (torchvision, timm, ...) to the canonical safetensors file", _add_convert, _run_convert),
     Command("predict", "classify images with dense multi-scale evaluation and flips", _add_predict, _run_predict),
+    Command("evaluate", "top-1/top-5 error with the paper's protocols (dense, multi-crop, scales, ensembles)",
+            _add_evaluate, _run_evaluate),
+    Command("export", "export the dense net to ONNX or TorchScript with its metadata", _add_export, _run_export),
+    Command("train", "train a net with the paper's recipe (also under torchrun)", _add_train, _run_train),
+    Command("demo", "synthesise data, train A then D from A, evaluate, write a report", _add_demo, _run_demo),
+    Command("synth", "write the built-in synthetic data set (shapes on clutter, JPEG + VOC boxes)", _add_synth, _run_synth),
+    Command("localize", "box localisation (Appendix A): train a box net, measure localisation error",
+            _add_localize, _run_localize),
+    Command("features", "very deep descriptors (fc7, pooled, flip-averaged, scales) to a feature file",
+            _add_features, _run_features),
+    Command("transfer", "linear SVMs on a feature file: VOC mAP or Caltech mean class recall (Table 11)",
+            _add_transfer, _run_transfer),
 ]
 
 

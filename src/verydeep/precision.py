@@ -48,3 +48,16 @@ def autocast_for(device: torch.device | str, precision: Precision | None) -> con
     device = torch.device(device)
     enabled = precision == Precision.BF16
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def prepare_model(model: torch.nn.Module, precision: Precision | None, device: torch.device | str = "cpu"):
+    """Move a net for inference: channels_last everywhere, and bf16 weights for bf16 on the CPU.
+
+    Autocast on the CPU re-casts fp32 weights at every call; storing them in bf16 once is what
+    makes the AMX kernels pay off. On CUDA the weights stay fp32 under autocast.
+    """
+    device = torch.device(device)
+    model = model.to(device=device, memory_format=torch.channels_last)
+    if precision == Precision.BF16 and device.type == "cpu":
+        model = model.to(torch.bfloat16)
+    return model.eval()

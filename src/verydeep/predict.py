@@ -12,7 +12,7 @@ import torch
 from verydeep.data.images import read_image
 from verydeep.devices import pick_device
 from verydeep.errors import ConfigError, ImageError
-from verydeep.precision import resolve
+from verydeep.precision import prepare_model, resolve
 from verydeep.weights.loader import load
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
@@ -37,9 +37,10 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
     from verydeep.evaluate.dense import dense_posteriors
 
     dev = pick_device(device)
-    model = load(weights).to(dev)
+    model = load(weights)
     scales = check_scales(scales or DEFAULT_SCALES, model.spec.crop_size)
     prec = resolve(precision, dev)
+    model = prepare_model(model, prec, dev)
     names = model.meta.class_names()
     results = []
     for path in paths:

@@ -3,7 +3,7 @@
 It exists so that everything (training, scale jittering, multi-scale evaluation, localisation)
 can be run and checked on a laptop with nothing downloaded. Each image holds one object whose
 *shape* is its class; everything else is nuisance drawn at random: the object's colour and
-shading, its size (30-80 % of the image's shorter side), position and small rotation, the
+shading, its size (35-85 % of the image's shorter side), position and small rotation, the
 background (low-frequency colour noise, strokes, dots, pixel noise, a few strokes over the
 object), and the image's own size and aspect ratio. So colour and position say nothing about
 the class, a linear model on pixels does poorly, while a small convnet learns the shapes
@@ -54,7 +54,7 @@ class Geometry:
 
     shorter: tuple[int, int] = (96, 160)  # image's shorter side, pixels
     aspect: tuple[float, float] = (0.7, 1 / 0.7)  # width / height, log-uniform
-    object_size: tuple[float, float] = (0.3, 0.8)  # object extent / shorter side
+    object_size: tuple[float, float] = (0.35, 0.85)  # object extent / shorter side
     rotation_deg: float = 20.0  # +- rotation of every shape
     jpeg_quality: int = 90
     supersample: int = 2  # shapes are drawn at this factor and shrunk (antialiased edges)
@@ -187,16 +187,22 @@ def _rng(seed: int, split: str, label: int, number: int) -> np.random.Generator:
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    """Low-frequency colour noise, strokes and dots: clutter with no object-like shapes."""
-    grid = rng.integers(0, 256, size=(int(rng.integers(2, 6)), int(rng.integers(2, 6)), 3)).astype(np.uint8)
-    img = Image.fromarray(grid).resize((w, h), Image.BICUBIC)
+    """Low-frequency colour noise, strokes and dots: clutter with no object-like shapes.
+
+    The clutter is kept a little quieter than the objects (lower contrast, thinner strokes,
+    small dots), as photographs' backgrounds mostly are; otherwise small nets learn slowly.
+    """
+    grid = rng.uniform(0, 255, size=(int(rng.integers(2, 6)), int(rng.integers(2, 6)), 3))
+    tone = rng.uniform(60, 200, 3)
+    grid = tone + rng.uniform(0.3, 0.7) * (grid - tone)
+    img = Image.fromarray(grid.astype(np.uint8)).resize((w, h), Image.BICUBIC)
     d = ImageDraw.Draw(img)
     short = min(w, h)
-    for _ in range(int(rng.integers(4, 14))):
+    for _ in range(int(rng.integers(2, 9))):
         pts = [(float(rng.uniform(-0.1, 1.1) * w), float(rng.uniform(-0.1, 1.1) * h)) for _ in range(int(rng.integers(2, 4)))]
-        d.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, max(2, short // 25))))
-    for _ in range(int(rng.integers(5, 30))):
-        x, y, q = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(1, 0.04 * short)
+        d.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, max(2, short // 40))))
+    for _ in range(int(rng.integers(3, 16))):
+        x, y, q = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(1, 0.03 * short)
         d.ellipse((x - q, y - q, x + q, y + q), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
     return img
 
@@ -207,7 +213,7 @@ def _object_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
     for _ in range(8):
         colour = rng.uniform(0, 255, 3)
         dist = float(np.linalg.norm(colour - under))
-        if dist >= 110:
+        if dist >= 150:
             return colour
         if dist > best_dist:
             best, best_dist = colour, dist
@@ -241,16 +247,16 @@ def render(seed: int, split: str, label: int, number: int, geometry: Geometry = 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     a = rng.uniform(0, 2 * math.pi)
     ramp = ((xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)) / max(r, 1.0)
-    fill = colour[None, None, :] + rng.uniform(10, 40) * ramp[..., None]
+    fill = colour[None, None, :] + rng.uniform(5, 30) * ramp[..., None]
     pixels = pixels * (1 - mask[..., None]) + fill * mask[..., None]
 
     # A few thin strokes over everything (partial occlusion), then sensor noise.
     out = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(out)
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(int(rng.integers(0, 3))):
         pts = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(2)]
-        d.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 3)))
-    noisy = np.asarray(out, dtype=np.float32) + rng.normal(0, rng.uniform(2, 10), (h, w, 3)).astype(np.float32)
+        d.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=1)
+    noisy = np.asarray(out, dtype=np.float32) + rng.normal(0, rng.uniform(2, 8), (h, w, 3)).astype(np.float32)
     out = Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
 
     ys, xs = np.nonzero(inside)
@@ -386,6 +392,11 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
             digest.update(hashlib.sha256(xml).digest())
             if bar is not None:
                 bar.update(1)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+            pool = None
+        raise
     finally:
         if pool is not None:
             pool.close()

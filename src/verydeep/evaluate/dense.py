@@ -2,6 +2,9 @@
 
 The class score map is spatially averaged (sum-pooled) into one vector per image, softmaxed, and
 averaged with the horizontally flipped image's posteriors; several scales are averaged too.
+:func:`dense_posteriors` is the in-memory entry point (``verydeep predict`` uses it); the
+evaluation over a data folder (:mod:`verydeep.evaluate.run`) runs the same
+:func:`~verydeep.evaluate.protocols.dense_probs` on planned batches.
 """
 
 from __future__ import annotations
@@ -11,11 +14,20 @@ from typing import Sequence
 import torch
 
 from verydeep.data.preprocess import normalise, rescale
+from verydeep.evaluate.protocols import dense_probs
 
 
 def dense_logits(model, batch: torch.Tensor) -> torch.Tensor:
     """Spatially averaged class scores (N, classes) of a normalised batch of equal-size images."""
     return model.dense(batch).mean(dim=(-2, -1))
+
+
+def group_by_size(images: Sequence[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
+    """Indices of equally sized (3, H, W) images, by size, in first-seen order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
+    return groups
 
 
 @torch.no_grad()
@@ -37,20 +49,11 @@ def dense_posteriors(
     device = next(model.parameters()).device
     prep = model.meta.preprocessing
     items = list(images)
-    total = None
+    total = torch.zeros(len(items), model.num_classes, dtype=torch.float32)
     for q in scales:
         resized = [rescale(img, q) for img in items]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, img in enumerate(resized):
-            groups.setdefault(tuple(img.shape[-2:]), []).append(i)
-        out = torch.empty(len(items), model.num_classes, dtype=torch.float32)
-        for indices in groups.values():
+        for indices in group_by_size(resized).values():
             batch = normalise(torch.stack([resized[i] for i in indices]).to(device), prep)
-            views = [batch, batch.flip(-1)] if flip else [batch]
-            probs = 0
             with autocast_for(device, precision):
-                for view in views:
-                    probs = probs + dense_logits(model, view).float().softmax(-1)
-            out[indices] = (probs / len(views)).cpu()
-        total = out if total is None else total + out
+                total[indices] += dense_probs(model, batch, flip=flip).float().cpu()
     return total / len(scales)

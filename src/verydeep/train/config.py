@@ -12,6 +12,7 @@ is how the paper's chain S=256 -> S=384 -> jittered S is written without repeati
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -197,9 +198,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 def _check_key(section: str, name: str | None = None) -> None:
     if section not in SECTIONS:
-        raise ConfigError(f"unknown config key {section!r}: sections are {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown config key '{section}': sections are {', '.join(SECTIONS)}")
     if name is not None and name not in _HINTS[section]:
-        raise ConfigError(f"unknown config key {section}.{name!r}; known in {section}: {', '.join(_HINTS[section])}")
+        raise ConfigError(f"unknown config key '{section}.{name}'; known in {section}: {', '.join(_HINTS[section])}")
 
 
 def apply(cfg: TrainConfig, key: str, value: Any) -> None:
@@ -265,9 +266,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults, then the YAML preset at ``path`` (if any), then ``key=value`` overrides; validated."""
-    cfg = TrainConfig()
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults (or ``base``), then the YAML preset at ``path`` (if any), then ``key=value`` overrides; validated."""
+    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     if path is not None:
         apply_mapping(cfg, _read_yaml(Path(path)), str(path))
     for text in overrides:

@@ -106,11 +106,11 @@ class Progress:
             self.bar.update(1)
 
     def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=None)
-        else:
-            import sys
+        import sys
 
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
             sys.stderr.write(text + "\n")
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from verydeep.errors import ConfigError
-from verydeep.models.configs import ModelSpec
+from verydeep.models.configs import ModelSpec, weight_layers
 from verydeep.models.init import PAPER_COPIED_LAYERS, init_from_shallow, initialise
 from verydeep.models.vgg import VGG
 from verydeep.train.config import InitConfig
@@ -55,4 +55,4 @@ def build_model(spec: ModelSpec, init: InitConfig, seed: int) -> tuple[VGG, list
                           f"(width {source.spec.width:g}, fc {source.spec.fc_width}, crop {source.spec.crop_size}), "
                           f"first mismatch at {mismatched[0]}")
     model.load_state_dict(theirs)
-    return model, sorted({k.rsplit(".", 1)[0] for k in theirs})
+    return model, [info.name for info in weight_layers(spec)]

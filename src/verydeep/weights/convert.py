@@ -9,8 +9,17 @@ from verydeep.weights.loader import read_weights
 from verydeep.weights.metadata import WeightsMeta
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None) -> WeightsMeta:
-    """Read ``src`` (detected format, or ``fmt``), write ``dst`` with full metadata; returns it."""
-    state, meta = read_weights(src, fmt)
+def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None,
+            prototxt: str | os.PathLike | None = None) -> WeightsMeta:
+    """Read ``src`` (detected format, or ``fmt``), write ``dst`` with full metadata; returns it.
+
+    ``prototxt`` is a Caffe deploy prototxt that must describe the caffemodel ``src``.
+    """
+    if prototxt is not None:
+        from verydeep.weights.caffe import read_caffe_checked
+
+        state, meta = read_caffe_checked(src, prototxt)
+    else:
+        state, meta = read_weights(src, fmt)
     canonical.save(state, meta, dst)
     return meta

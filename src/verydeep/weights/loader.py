@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from verydeep.errors import WeightsError
-from verydeep.weights import canonical
+from verydeep.weights import caffe, canonical, matconvnet
 from verydeep.weights.infer import check_state, infer_spec
 from verydeep.weights.metadata import Preprocessing, WeightsMeta
 from verydeep.weights.releases import resolve_release
@@ -92,6 +92,9 @@ def from_state_dict(state: dict[str, torch.Tensor], source: str) -> tuple[dict[s
 FORMATS: list[WeightsFormat] = [
     WeightsFormat("safetensors", lambda head, path: canonical.is_safetensors(head), _read_safetensors),
     WeightsFormat("pytorch", lambda head, path: head[:4] == b"PK\x03\x04" or head[:1] == b"\x80", _read_pickle),
+    WeightsFormat("matconvnet", matconvnet.sniff, matconvnet.read_matconvnet),
+    # A caffemodel has no magic number: its sniff walks protobuf field tags, so it goes last.
+    WeightsFormat("caffe", caffe.sniff, caffe.read_caffe),
 ]
 
 

@@ -1,0 +1,60 @@
+"""``verydeep evaluate`` as one function: run the nets (or combine saved scores), then summarise.
+
+Either ``weights`` and ``data`` are given and the nets are run (:func:`verydeep.evaluate.run.evaluate`),
+or ``combine`` names saved score files whose nets, protocols and scales are merged without
+running anything. Both end in the same :class:`~verydeep.evaluate.results.Summary`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+from verydeep.errors import ConfigError
+from verydeep.evaluate.combine import merge
+from verydeep.evaluate.protocols import parse_protocols
+from verydeep.evaluate.results import Summary, summarise
+from verydeep.evaluate.scores import load_scores
+
+
+def evaluate_command(
+    weights: Sequence[str] | None = None,
+    data: str | os.PathLike | None = None,
+    combine: Sequence[str] | None = None,
+    protocols: Sequence[str] | None = None,
+    scales: Sequence[int] | None = None,
+    flip: bool = True,
+    save_scores: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+    **options,
+) -> Summary | None:
+    """The summary to print (None on the non-main processes of a distributed run).
+
+    ``options`` go to :func:`~verydeep.evaluate.run.evaluate` (precision, device, batch_size,
+    workers, progress).
+    """
+    if combine:
+        if weights or data:
+            raise ConfigError("--combine works on saved score files alone: leave out --weights and --data")
+        if scales:
+            raise ConfigError("--scales chooses the scales of a new evaluation; --combine uses those saved in the files")
+        merged = merge([load_scores(f) for f in combine], labels=[str(f) for f in combine])
+        if save_scores:
+            merged.save(save_scores)
+        summary = summarise(merged, parse_protocols(protocols) if protocols else None)
+        held = ", ".join(merged.protocols) or "nothing"
+        for p in summary.protocols:
+            if all(row.errors.get(p) is None for row in summary.rows):
+                raise ConfigError(f"the score files hold no posteriors for protocol {p} (they hold {held})")
+        return summary
+    if not weights or data is None:
+        raise ConfigError("give --weights W [W ...] and --data DIR (or --combine FILE [FILE ...])")
+    from verydeep.evaluate.run import evaluate
+
+    kwargs = dict(options)
+    if log is not None:
+        kwargs["log"] = log
+    result = evaluate(weights, data, protocols=protocols, scales=scales, flip=flip, save_scores=save_scores, **kwargs)
+    if result is None:
+        return None
+    return summarise(result.scores, result.protocols)

@@ -1,0 +1,301 @@
+"""Evaluating nets on an image folder with the paper's protocols: the loop that runs the nets.
+
+One pass over the data serves every net, protocol and scale asked for: a DataLoader worker
+decodes a planned batch (images of equal rescaled size, :mod:`verydeep.evaluate.plan`) and
+rescales it to every test scale; the main process normalises it per net (each net's own
+preprocessing metadata) and runs each protocol on the whole batch. Posteriors land in a
+:class:`~verydeep.evaluate.scores.Scores`, from which :mod:`verydeep.evaluate.results` computes
+the error tables. Nets run in channels-last layout, under bf16 autocast on CUDA and on CPUs with
+fast bf16 (``precision="auto"``).
+
+Under ``torchrun`` the planned batches are dealt round-robin to the processes and the scores
+gathered on rank 0, so each image is scored exactly once (no padding as with a
+``DistributedSampler``). With ``save_scores`` the posteriors are written as the run goes (and on
+an interrupt); a rerun with the same file resumes from it and, since the batches are the same,
+gives the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from verydeep.data.folders import scan_image_folder
+from verydeep.data.preprocess import normalise
+from verydeep.errors import ConfigError, DataError
+from verydeep.evaluate import distributed
+from verydeep.evaluate.classes import check_classes
+from verydeep.evaluate.loading import PlannedBatches, batch_loader, group_by_shape
+from verydeep.evaluate.plan import plan_batches, probe_size
+from verydeep.evaluate.protocols import FORWARD, base_protocols, parse_protocols
+from verydeep.evaluate.scales import check_scales, default_scales, train_scale_of
+from verydeep.evaluate.scores import NetRecord, Scores, image_list_difference, load_scores
+from verydeep.precision import Precision, autocast_for, prepare_model, resolve
+
+#: Images per batch when not given: the GPU takes more.
+DEFAULT_BATCH = {"cuda": 32, "cpu": 8}
+#: Multi-crop runs the crops of ``batch_size // CROPS_PER_IMAGE_SHARE`` images per forward pass
+#: (50 crops of 224 cost about what 16 dense images of 384 x 512 do).
+CROPS_PER_IMAGE_SHARE = 8
+#: Seconds between writes of partial scores (at least 5x the time one write takes).
+SAVE_EVERY_S = 60.0
+
+
+@dataclass
+class LoadedNet:
+    record: NetRecord
+    model: torch.nn.Module
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns on rank 0: the scores, the protocols asked for, warnings.
+
+    ``visits[i]`` counts how many times image ``i`` went through the nets in this run, over all
+    processes (1 for each image not resumed from a file).
+    """
+
+    scores: Scores
+    protocols: tuple[str, ...]
+    warnings: list[str] = field(default_factory=list)
+    visits: np.ndarray | None = None
+
+
+def fingerprint(source: str | os.PathLike) -> str:
+    """A content hash of a weights file (the name itself for a release name)."""
+    path = Path(source)
+    if not path.is_file():
+        return f"name:{source}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, k = name, 2
+    while candidate in taken:
+        candidate, k = f"{name}#{k}", k + 1
+    taken.add(candidate)
+    return candidate
+
+
+def load_nets(weights: Sequence[str], classes: Sequence[str], scales: Sequence[int] | None, flip: bool,
+              device: torch.device, precision: Precision | None, log: Callable[[str], None]) -> list[LoadedNet]:
+    """Load each net, check its classes against the data, fix its test scales, ready it for ``device``."""
+    from verydeep.weights.loader import load
+
+    if not weights:
+        raise ConfigError("no weights given")
+    nets, taken = [], set()
+    for source in weights:
+        model = load(source)
+        name = _unique(Path(str(source)).stem or str(source), taken)
+        warning = check_classes(model.meta, classes, name)
+        if warning:
+            log(warning)
+        crop = model.spec.crop_size
+        trained = train_scale_of(model.meta)
+        rule = default_scales(crop, trained)
+        used = check_scales(scales, crop, name) if scales else rule.multi
+        record = NetRecord(name=name, source=str(source), fingerprint=fingerprint(source), config=model.spec.name,
+                           crop=crop, train_scale=list(trained) if trained else None, single=rule.single,
+                           multi=list(used if scales else rule.multi), scales=list(used), flip=bool(flip))
+        nets.append(LoadedNet(record, prepare_model(model, precision, device)))
+    return nets
+
+
+def _partial_files(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.part*"))
+
+
+def _resume(state: Scores, path: Path) -> None:
+    """Take the finished rows of ``path`` (and of per-process partial files) into ``state``."""
+    candidates = ([path] if path.exists() else []) + _partial_files(path)
+    for candidate in candidates:
+        old = load_scores(candidate)
+        why = image_list_difference(state, old)
+        if why is None and (len(old.nets) != len(state.nets)
+                            or not all(a.same_run(b) for a, b in zip(old.nets, state.nets))):
+            why = "it was made with other weights, scales or flip settings"
+        if why is None and sorted(old.protocols) != sorted(state.protocols):
+            why = f"it holds protocols {', '.join(old.protocols)}, not {', '.join(state.protocols)}"
+        if why is not None:
+            raise DataError(f"{candidate} holds scores of a different evaluation ({why}): "
+                            "delete it or choose another --save-scores file")
+        rows = np.flatnonzero(old.done & ~state.done)
+        for key, array in state.values.items():
+            array[rows] = old.values[key][rows]
+        state.done[rows] = True
+        for i in rows:
+            if int(i) in old.failed:
+                state.failed[int(i)] = old.failed[int(i)]
+
+
+def _probe_all(ctx: distributed.DistContext, paths: Sequence[str]) -> list[tuple[int, int] | None]:
+    """Image sizes from the file headers, the work split over the processes."""
+    mine = {i: probe_size(paths[i]) for i in range(ctx.rank, len(paths), ctx.world)}
+    sizes: list[tuple[int, int] | None] = [None] * len(paths)
+    for part in distributed.all_gather(ctx, mine):
+        for i, size in part.items():
+            sizes[i] = size
+    return sizes
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(f"verydeep evaluate: warning: {line}\n")
+
+
+def evaluate(
+    weights: Sequence[str],
+    data: str | os.PathLike,
+    protocols: Sequence[str] | None = None,
+    scales: Sequence[int] | None = None,
+    flip: bool = True,
+    precision: str | None = "auto",
+    device: str | None = "auto",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    save_scores: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = _stderr,
+    save_every_s: float = SAVE_EVERY_S,
+    on_batch: Callable[[int], None] | None = None,
+) -> Evaluation | None:
+    """Score every image of an ImageFolder-layout ``data`` folder with every net and protocol.
+
+    ``protocols`` are names from :data:`~verydeep.evaluate.protocols.PROTOCOLS` (default
+    dense); ``scales`` overrides the paper's per-net rule (:mod:`verydeep.evaluate.scales`).
+    Returns the :class:`Evaluation` on rank 0 and None on the other ranks of a distributed run.
+    """
+    asked = parse_protocols(protocols)
+    ctx = distributed.setup(device)
+    try:
+        return _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, workers,
+                         Path(save_scores) if save_scores else None, progress, log, save_every_s, on_batch)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, workers, save_path, progress, log,
+              save_every_s, on_batch) -> Evaluation | None:
+    from tqdm import tqdm
+
+    say = log if ctx.main else (lambda line: None)
+    index = scan_image_folder(data)
+    warnings: list[str] = []
+
+    def note(line: str) -> None:
+        warnings.append(line)
+        say(line)
+
+    prec = resolve(precision, ctx.device)
+    nets = load_nets(weights, index.classes, scales, flip, ctx.device, prec, note)
+    run_protocols = base_protocols(asked)
+    state = Scores(paths=[p for p, _ in index.samples], labels=np.array([label for _, label in index.samples]),
+                   classes=list(index.classes), nets=[n.record for n in nets], protocols=list(run_protocols),
+                   root=str(index.root))
+    state.allocate()
+    if save_path is not None:
+        if not save_path.parent.is_dir():
+            raise DataError(f"cannot write scores file {save_path}: folder {save_path.parent} does not exist")
+        _resume(state, save_path)
+        if ctx.main and state.done.any():
+            say(f"resuming from {save_path}: {int(state.done.sum())} of {state.num_images} images already scored")
+
+    all_scales = sorted({q for n in nets for q in n.record.scales})
+    device = ctx.device
+    batch_size = int(batch_size or DEFAULT_BATCH.get(device.type, DEFAULT_BATCH["cpu"]))
+    if workers is None:
+        cores = os.cpu_count() or 1
+        workers = min(8, cores) if device.type == "cuda" else min(4, max(1, cores // 2))
+    memory_format = torch.channels_last  # faster convolutions on GPUs and on CPUs (oneDNN) alike
+    images_per_pass = max(1, batch_size // CROPS_PER_IMAGE_SHARE)
+
+    plan = plan_batches(_probe_all(ctx, state.paths), all_scales, batch_size)
+    order = [b for b in range(len(plan)) if b % ctx.world == ctx.rank and not state.done[plan[b]].all()]
+    visits = np.zeros(state.num_images, dtype=np.int64)
+    computed = np.zeros(state.num_images, dtype=bool)
+    partial_path = None
+    if save_path is not None:
+        partial_path = save_path if ctx.world == 1 else save_path.with_name(f"{save_path.name}.part{ctx.rank}")
+
+    def run_batch(b: int, items) -> None:
+        todo = [i for i in plan[b] if not state.done[i]]
+        wanted = set(todo)
+        for i, images in items:
+            if isinstance(images, str) and i in wanted:
+                state.failed[i] = images
+        for indices, rescaled in group_by_shape(items, all_scales):
+            keep = [k for k, i in enumerate(indices) if i in wanted]
+            if not keep:
+                continue
+            rows = [indices[k] for k in keep]
+            for n, net in enumerate(nets):
+                prep = net.model.meta.preprocessing
+                for q in net.record.scales:
+                    x = rescaled[q][keep].to(device, non_blocking=True)
+                    x = normalise(x, prep)
+                    with autocast_for(device, prec):
+                        for p in run_protocols:
+                            extra = {"images_per_pass": images_per_pass} if p == "multicrop" else {}
+                            probs = FORWARD[p](net.model, x, flip=flip, memory_format=memory_format, **extra)
+                            state.values[(n, p, q)][rows] = probs.float().cpu().numpy()
+        state.done[todo] = True
+        computed[todo] = True
+        visits[todo] += 1
+
+    total = sum(len(plan[b]) for b in order)
+    bar = tqdm(total=total, unit="img", desc="evaluate", disable=not (progress and ctx.main), file=sys.stderr,
+               dynamic_ncols=True)
+    last_save, save_cost = time.monotonic(), 0.0
+    loader = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
+    try:
+        with torch.inference_mode():
+            for b, items in loader:
+                run_batch(b, items)
+                bar.update(len(plan[b]))
+                now = time.monotonic()
+                if partial_path is not None and now - last_save >= max(save_every_s, 5 * save_cost):
+                    state.save(partial_path)
+                    last_save = time.monotonic()
+                    save_cost = last_save - now
+                if on_batch is not None:
+                    on_batch(b)
+    except BaseException:
+        if partial_path is not None and computed.any():
+            state.save(partial_path)  # keep what was scored; a rerun resumes from it
+        raise
+    finally:
+        bar.close()
+
+    parts = distributed.gather_to_main(ctx, {
+        "rows": np.flatnonzero(computed),
+        "values": {key: array[computed] for key, array in state.values.items()},
+        "failed": {i: why for i, why in state.failed.items() if computed[i]},
+        "visits": visits,
+    })
+    if not ctx.main:
+        return None
+    total_visits = np.zeros_like(visits)
+    for part in parts:
+        rows = part["rows"]
+        for key, array in part["values"].items():
+            state.values[key][rows] = array
+        state.done[rows] = True
+        state.failed.update(part["failed"])
+        total_visits += part["visits"]
+    if save_path is not None:
+        state.save(save_path)
+        for extra in _partial_files(save_path):
+            extra.unlink(missing_ok=True)
+    return Evaluation(scores=state, protocols=asked, warnings=warnings, visits=total_visits)

@@ -1,0 +1,196 @@
+"""The paper's two localisation tests (Appendix A).
+
+**Test 1 (centre crop, ground-truth class).** The image is rescaled to Q, its central crop goes
+through the box net, and the box of the ground-truth class (PCR) or the only box (SCR) is mapped
+back to the image. The *localisation error* is the share of images whose box has IoU <= 0.5 with
+every ground-truth box of the class.
+
+**Test 2 (dense, top-5).** The box net runs densely over the whole image at each scale Q: output
+position ``(i, j)`` predicts a box for the crop window at ``(32 j, 32 i)`` of the rescaled image,
+which maps it to image pixels. The classification net runs densely on the same image; its
+posteriors (softmax per position, averaged over positions and scales) give the five guessed
+classes. For each guessed class, every position's box (that class's box for PCR, the only box for
+SCR) is scored by the classification net's probability of that class at that position, the boxes
+are merged greedily (:func:`verydeep.localize.merge.greedy_merge`) and the best merged box is the
+guess. An image is right when one of its five (class, box) guesses has the ground-truth class and
+IoU > 0.5 with one of its boxes (the ILSVRC top-5 localisation error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from verydeep.data.images import open_rgb, to_tensor
+from verydeep.data.preprocess import normalise, rescale
+from verydeep.errors import ConfigError, VerydeepError
+from verydeep.localize.boxes import clip, decode, dense_windows, iou
+from verydeep.localize.crops import crop_with_boxes, window
+from verydeep.localize.data import BoxIndex, class_mapping
+from verydeep.localize.head import BoxNet, select_boxes
+from verydeep.localize.merge import MERGE_IOU, greedy_merge
+from verydeep.weights.metadata import Preprocessing
+
+#: A box is right when its IoU with a ground-truth box is above this (ILSVRC's rule).
+IOU_RIGHT = 0.5
+TOP = 5
+
+
+def _prep(model) -> Preprocessing:
+    return model.meta.preprocessing if getattr(model, "meta", None) is not None else Preprocessing()
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _bar(total: int, desc: str, progress: bool):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False)
+
+
+@torch.no_grad()
+def crop_protocol(box_net: BoxNet, data: BoxIndex, scale: int, batch_size: int = 32, progress: bool = True) -> dict:
+    """Test 1: localisation error (%) of the central crop at ``scale`` with the ground-truth class."""
+    crop = box_net.spec.crop_size
+    if scale < crop:
+        raise ConfigError(f"test scale {scale} is smaller than the box net's crop size {crop}")
+    to_net = class_mapping(box_net.head.classes, data.classes, "box net") if box_net.head.mode == "pcr" else None
+    device, prep = _device(box_net), _prep(box_net)
+    box_net.eval()
+    right = wrong = unreadable = 0
+    ious: list[float] = []
+    bar = _bar(len(data), "localisation (centre crop)", progress)
+    for start in range(0, len(data), batch_size):
+        chunk = data.samples[start:start + batch_size]
+        pixels, windows, kept = [], [], []
+        for sample in chunk:
+            try:
+                img = open_rgb(sample.path)
+                win = window(img.size[0], img.size[1], scale, crop)
+                pixels.append(crop_with_boxes(img, np.zeros((0, 4)), win)[0])
+            except VerydeepError:
+                unreadable += 1
+                continue
+            windows.append(win)
+            kept.append(sample)
+        if kept:
+            x = normalise(torch.stack(pixels).to(device), prep)
+            labels = torch.tensor([to_net[s.label] if to_net is not None else 0 for s in kept], dtype=torch.long)
+            params = select_boxes(box_net(x).float().cpu(), labels).numpy()
+            for sample, win, p in zip(kept, windows, params):
+                box = clip(win.to_original(decode(p, (0.0, 0.0, float(crop)))), *sample.size)
+                best = float(iou(box, sample.boxes).max())
+                ious.append(best)
+                if best > IOU_RIGHT:
+                    right += 1
+                else:
+                    wrong += 1
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    total = right + wrong
+    if total == 0:
+        raise ConfigError(f"no image of {data.root} could be read for the localisation test")
+    return {"protocol": "centre crop, ground-truth class", "mode": box_net.head.mode, "scale": scale,
+            "images": total, "correct": right, "error": 100.0 * wrong / total,
+            "mean_iou": float(np.mean(ious)), "unreadable": unreadable, "skipped": dict(data.skipped)}
+
+
+@dataclass
+class Guess:
+    label: int  # index into the classification net's classes
+    box: np.ndarray  # corner box in image pixels
+    score: float  # merged (summed) class score
+
+
+def _check_pair(box_net: BoxNet, classifier) -> None:
+    if box_net.spec.crop_size != classifier.spec.crop_size:
+        raise ConfigError(f"the box net's crop ({box_net.spec.crop_size}) and the classification net's "
+                          f"({classifier.spec.crop_size}) differ, so their dense positions do not line up")
+    if box_net.head.mode == "pcr" and len(box_net.head.classes) != classifier.num_classes:
+        raise ConfigError(f"the PCR box net knows {len(box_net.head.classes)} classes, "
+                          f"the classification net {classifier.num_classes}")
+
+
+@torch.no_grad()
+def dense_guesses(box_net: BoxNet, classifier, image: torch.Tensor, scales: Sequence[int], top: int = TOP,
+                  merge_iou: float = MERGE_IOU) -> list[Guess]:
+    """Test 2's guesses for one uint8 (3, H, W) image: ``top`` (class, box) pairs, best class first."""
+    height, width = image.shape[-2:]
+    crop = box_net.spec.crop_size
+    device = _device(box_net)
+    per_scale = []
+    posterior = 0
+    for q in scales:
+        resized = rescale(image, q)
+        rh, rw = resized.shape[-2:]
+        probs = classifier.dense(normalise(resized[None].to(device), _prep(classifier)))[0].float().softmax(0)
+        boxes = box_net.dense(normalise(resized[None].to(device), _prep(box_net)))[0].float()
+        rows, cols = probs.shape[-2:]
+        win = dense_windows(rows, cols, crop).reshape(-1, 3)
+        params = boxes.reshape(boxes.shape[0], 4, -1).permute(0, 2, 1).cpu().numpy()  # (K, positions, 4)
+        corners = decode(params, win[None])
+        corners[..., 0::2] *= width / rw
+        corners[..., 1::2] *= height / rh
+        per_scale.append((probs.reshape(probs.shape[0], -1).cpu().numpy(), clip(corners, width, height)))
+        posterior = posterior + probs.mean(dim=(1, 2)).cpu()
+    ranked = torch.as_tensor(posterior).argsort(descending=True)[:top].tolist()
+    guesses = []
+    for c in ranked:
+        k = c if box_net.head.mode == "pcr" else 0
+        cand = np.concatenate([b[k] for _, b in per_scale])
+        score = np.concatenate([p[c] for p, _ in per_scale])
+        merged = greedy_merge(cand, score, merge_iou)
+        guesses.append(Guess(int(c), merged.boxes[0], float(merged.scores[0])))
+    return guesses
+
+
+def guesses_right(guesses: Sequence[Guess], label: int, boxes: np.ndarray) -> bool:
+    """ILSVRC's rule: some guess names ``label`` and overlaps one of its boxes with IoU > 0.5."""
+    return any(g.label == label and float(iou(g.box, boxes).max()) > IOU_RIGHT for g in guesses)
+
+
+def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence[int], top: int = TOP,
+                   merge_iou: float = MERGE_IOU, progress: bool = True) -> dict:
+    """Test 2: top-5 (and top-1) localisation error (%) of dense application with greedy merging."""
+    _check_pair(box_net, classifier)
+    small = [q for q in scales if q < box_net.spec.crop_size]
+    if small or not scales:
+        raise ConfigError(f"test scales {list(scales)} must be given and at least the crop size {box_net.spec.crop_size}")
+    to_net = class_mapping(classifier.meta.class_names() if classifier.meta is not None else
+                           [f"class_{i}" for i in range(classifier.num_classes)], data.classes, "classification net")
+    box_net.eval()
+    classifier.eval()
+    right_top = right_one = class_top = total = unreadable = 0
+    bar = _bar(len(data), "localisation (dense)", progress)
+    for sample in data.samples:
+        if bar is not None:
+            bar.update(1)
+        try:
+            image = to_tensor(open_rgb(sample.path))
+        except VerydeepError:
+            unreadable += 1
+            continue
+        guesses = dense_guesses(box_net, classifier, image, scales, top, merge_iou)
+        label = to_net[sample.label]
+        total += 1
+        right_top += guesses_right(guesses, label, sample.boxes)
+        right_one += guesses_right(guesses[:1], label, sample.boxes)
+        class_top += any(g.label == label for g in guesses)
+    if bar is not None:
+        bar.close()
+    if total == 0:
+        raise ConfigError(f"no image of {data.root} could be read for the localisation test")
+    return {"protocol": f"dense, top-{top}, greedy merging", "mode": box_net.head.mode, "scales": list(scales),
+            "images": total, f"top{top}_error": 100.0 * (total - right_top) / total,
+            "top1_error": 100.0 * (total - right_one) / total,
+            f"classification_top{top}_error": 100.0 * (total - class_top) / total,
+            "merge_iou": merge_iou, "unreadable": unreadable, "skipped": dict(data.skipped)}

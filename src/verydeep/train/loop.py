@@ -1,0 +1,453 @@
+"""The training loop: the paper's recipe, one process or many, resumable to the bit.
+
+:func:`train` runs a whole configured run and returns a :class:`TrainResult`. One step takes the
+global batch (this process's slices of it, in ``optim.accumulation`` micro-batches), scales each
+micro-batch's summed loss by ``world / readable images in the global batch`` so that DDP's gradient
+average is the mean over the global batch, and takes one SGD step. Unreadable images are dropped
+from their batch, counted, and listed at the end of the epoch.
+
+Everything a step depends on is either in the checkpoint (weights, momentum, schedule, RNG states
+of every process, epoch accumulators) or a function of ``(seed, epoch, index)`` (data order, crops,
+flips, colour shifts), so a run killed at any moment and resumed ends bitwise equal to one that
+never stopped (on the CPU, in deterministic mode, with the same world size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from verydeep.data.transforms import ColourStats, TrainDataset, compute_colour_stats
+from verydeep.errors import ConfigError
+from verydeep.models.vgg import VGG
+from verydeep.precision import autocast_for, resolve
+from verydeep.train import distributed as D
+from verydeep.train.checkpoint import CheckpointFolder, atomic_save, capture_rng, load_checkpoint, restore_rng
+from verydeep.train.config import TrainConfig, save_yaml
+from verydeep.train.inputs import DataSets, augment, colour_offsets, net_input, scan, train_loader, val_loader
+from verydeep.train.metrics import MetricsLog, Progress, read_metrics, topk_correct
+from verydeep.train.model_init import build_model
+from verydeep.train.schedule import PlateauSchedule
+
+#: ``--resume`` without a path: the newest step checkpoint of the run folder.
+LATEST = "latest"
+#: Fault injection for the kill-and-resume test: SIGKILL this process right after that global step.
+FAULT_ENV = "VERYDEEP_FAULT_KILL_AT_STEP"
+#: How many unreadable files an epoch record lists by name (all are counted).
+MAX_LISTED = 100
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (also written as ``summary.json`` in the run folder)."""
+
+    run_dir: str
+    epochs: int
+    steps: int
+    train_time_s: float
+    final_weights: str
+    best_weights: str | None = None
+    best_epoch: int | None = None
+    best_val_top1_err: float | None = None
+    best_val_top5_err: float | None = None
+    final_val_top1_err: float | None = None
+    final_val_top5_err: float | None = None
+    final_lr: float = 0.0
+    lr_drops: int = 0
+    skipped_images: int = 0
+    copied_layers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EpochSums:
+    """Running sums of the current epoch, over all processes (so rank 0's copy is the whole truth)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+    skipped: list[int] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
+    """Run (or resume) the configured training. ``resume``: a checkpoint path or :data:`LATEST`.
+
+    Every check a user can fail (folders, classes, config values, an occupied run folder, a
+    missing checkpoint) happens here, before any image is decoded or any process group joined.
+    """
+    data = scan(cfg)
+    folder = CheckpointFolder(Path(cfg.run.out) / "checkpoints", cfg.run.keep_last)
+    ckpt = None
+    if resume:
+        path = folder.latest() if resume == LATEST else Path(resume)
+        if path is None:
+            raise ConfigError(f"--resume: no checkpoint in {folder.folder}")
+        ckpt = load_checkpoint(path)
+    elif folder.steps():
+        raise ConfigError(f"{cfg.run.out} already holds checkpoints: resume it with --resume or choose another run.out")
+    D.GlobalBatchSampler(len(data.train), cfg.optim.batch_size, int(os.environ.get("WORLD_SIZE", "1") or 1), 0,
+                         cfg.optim.accumulation, cfg.run.seed)  # divisibility checks, before any work
+    info = D.setup(cfg.run.device)
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    try:
+        return Trainer(cfg, data, info, folder, ckpt).run()
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+        D.cleanup(info)
+
+
+def resolve_config(path: str | None, overrides: list[str], resume: str | None) -> TrainConfig:
+    """The run's config: the preset at ``path`` (or, resuming a checkpoint file without a preset,
+    the checkpoint's own resolved config), then the overrides."""
+    from verydeep.train.config import from_dict, load_config
+
+    if path is None and resume and resume != LATEST:
+        cfg = from_dict(load_checkpoint(resume)["config"])
+        return load_config(None, overrides, base=cfg)
+    return load_config(path, overrides)
+
+
+class Trainer:
+    """One run's state and its loop. Build it through :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig, data: DataSets, info: D.DistInfo, folder: CheckpointFolder,
+                 ckpt: dict[str, Any] | None) -> None:
+        r = cfg.run
+        self.cfg, self.data, self.info, self.folder = cfg, data, info, folder
+        if r.threads:
+            torch.set_num_threads(r.threads)
+        if r.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = not r.deterministic
+        self.device = info.device
+        self.precision = resolve(r.precision, self.device)
+        self.run_dir = Path(r.out)
+        self.spec = cfg.model_spec(len(data.classes))
+        self.aug = augment(cfg)
+        self.train_set = TrainDataset(data.train, self.aug, seed=r.seed)
+        self.steps_per_epoch = len(data.train) // cfg.optim.batch_size
+        self.total_steps = self.steps_per_epoch * cfg.schedule.epochs
+        self.schedule = PlateauSchedule(lr=cfg.optim.lr, factor=cfg.schedule.factor, patience=cfg.schedule.patience,
+                                        max_drops=cfg.schedule.max_drops, threshold=cfg.schedule.threshold)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.sums = EpochSums()
+        self.best: dict[str, Any] = {}
+        self.elapsed = 0.0
+        self._t0: float | None = None
+        if ckpt is not None:
+            self.stats = ColourStats.from_dict(ckpt["colour_stats"])
+            self.model, self.copied = VGG(self.spec), list(ckpt.get("progress", {}).get("copied_layers", []))
+        else:
+            self.stats = compute_colour_stats(data.train, cfg.data.colour_stats_images, seed=r.seed)
+            self.model, self.copied = build_model(self.spec, cfg.init, r.seed)
+        self.model.to(self.device)
+        if r.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay)
+        self.ckpt = ckpt
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.model.meta = self._meta()
+        self.ddp = None
+        self.net: Any = self.model
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self.net = self.ddp
+        if r.compile:
+            self.net = torch.compile(self.net)
+        self.log = MetricsLog(self.run_dir, enabled=info.is_main, tensorboard=r.tensorboard)
+
+    # -- state --------------------------------------------------------------------------------------
+    def _meta(self):
+        from verydeep.weights.metadata import WeightsMeta
+
+        d = self.cfg.data
+        extra = {"train_scale": [d.scale_min, d.scale_max], "val_scale": self.cfg.val_scale,
+                 "epoch": self.epoch, "step": self.step, "colour_stats": self.stats.to_dict()}
+        for key in ("val_top1_err", "val_top5_err"):
+            if key in self.best:
+                extra[f"best_{key}"] = self.best[key]
+        return WeightsMeta(spec=self.spec, classes=list(self.data.classes), preprocessing=self.stats.preprocessing(),
+                           source=f"verydeep-train:{self.run_dir.name}", extra=extra)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise ConfigError(f"the checkpoint does not fit the configured model ({str(exc).splitlines()[0][:200]})") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
+        progress = ckpt.get("progress", {})
+        self.sums = EpochSums(**progress.get("sums", {}))
+        self.best = dict(progress.get("best", {}))
+        self.elapsed = float(progress.get("elapsed", 0.0))
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        state = capture_rng()
+        if not self.info.distributed:
+            return [state]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.info.world_size
+        dist.all_gather_object(out, state)
+        return out
+
+    def _checkpoint(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        self.model.meta = self._meta()
+        return {
+            "model": self.model.state_dict(),
+            "meta": self.model.meta.to_json(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": {"world_size": self.info.world_size, "ranks": rngs},
+            "config": self.cfg.to_dict(),
+            "colour_stats": self.stats.to_dict(),
+            "progress": {"sums": asdict(self.sums), "best": dict(self.best), "elapsed": self._elapsed(),
+                         "copied_layers": list(self.copied)},
+        }
+
+    def _save(self, best: bool = False) -> None:
+        """A step checkpoint (every process joins to hand over its RNG state; rank 0 writes)."""
+        rngs = self._gather_rng()
+        if not self.info.is_main:
+            return
+        path = self.folder.save(self._checkpoint(rngs), self.step)
+        if best:
+            _link_or_copy(path, self.folder.best)
+
+    def _elapsed(self) -> float:
+        return self.elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg, main = self.cfg, self.info.is_main
+        if main:
+            self.folder.prepare()
+            save_yaml(cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "colour_stats.json").write_text(json.dumps(self.stats.to_dict(), indent=2))
+            if self.ckpt is not None:
+                self.log.truncate_after(self.step)
+        if self.ckpt is not None:
+            ranks = self.ckpt["rng"]["ranks"]
+            restore_rng(ranks[self.info.rank] if self.info.rank < len(ranks) else ranks[0])
+            self.ckpt = None
+        self.schedule.apply(self.optimizer)
+        progress = Progress(self.total_steps, self.step, enabled=main and cfg.run.progress)
+        self._t0 = time.perf_counter()
+        fault = int(os.environ.get(FAULT_ENV, "0") or 0)
+        try:
+            for epoch in range(self.epoch, cfg.schedule.epochs):
+                self._train_epoch(epoch, progress, fault)
+                self._end_epoch(epoch, progress)
+        finally:
+            progress.close()
+        result = self._finish()
+        self.log.close()
+        return result
+
+    def _train_epoch(self, epoch: int, progress: Progress, fault: int) -> None:
+        cfg, info = self.cfg, self.info
+        self.train_set.set_epoch(epoch)
+        sampler = D.GlobalBatchSampler(len(self.train_set), cfg.optim.batch_size, info.world_size, info.rank,
+                                       cfg.optim.accumulation, cfg.run.seed, epoch, start_step=self.batch_in_epoch)
+        loader = train_loader(self.train_set, sampler, cfg.data.workers, pin=self.device.type == "cuda")
+        batches = iter(loader)
+        interval = {"loss": 0.0, "seen": 0, "t": time.perf_counter()}
+        postfix: dict[str, str] = {}
+        for b in range(self.batch_in_epoch, self.steps_per_epoch):
+            micro = [next(batches) for _ in range(cfg.optim.accumulation)]
+            loss_sum, seen = self._step(micro, epoch)
+            self.batch_in_epoch, self.step = b + 1, self.step + 1
+            interval["loss"] += loss_sum
+            interval["seen"] += seen
+            if self.step % cfg.run.log_every == 0 or b + 1 == self.steps_per_epoch:
+                dt = max(time.perf_counter() - interval["t"], 1e-9)
+                loss = interval["loss"] / max(interval["seen"], 1)
+                ips = interval["seen"] / dt
+                self.log.write({"kind": "step", "step": self.step, "epoch": epoch, "loss": loss,
+                                "lr": self.schedule.lr, "images_per_s": ips})
+                postfix = {"loss": f"{loss:.3f}", "lr": f"{self.schedule.lr:.1e}", "img/s": f"{ips:.0f}"}
+                interval = {"loss": 0.0, "seen": 0, "t": time.perf_counter()}
+            progress.update(epoch, cfg.schedule.epochs, **postfix)
+            if self.step % cfg.run.checkpoint_every == 0 and b + 1 < self.steps_per_epoch:
+                self._save()
+            if fault and self.step == fault:
+                os.kill(os.getpid(), signal.SIGKILL)
+        del batches, loader
+
+    def _step(self, micro: list[tuple], epoch: int) -> tuple[float, int]:
+        """One SGD step on the global batch; returns (summed loss, readable images), over all processes."""
+        cfg, info = self.cfg, self.info
+        good = sum(len(m[1]) for m in micro)
+        bad = [i for m in micro for i in m[3]]
+        counts = D.all_sum(torch.tensor([good, len(bad)], dtype=torch.float64), info)
+        n_global, bad_global = int(counts[0]), int(counts[1])
+        if bad_global:
+            self.sums.skipped.extend(self._gather_list(bad))
+        if n_global == 0:
+            return 0.0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_local = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.float64)
+        scale = info.world_size / n_global
+        for k, (images, labels, indices, _) in enumerate(micro):
+            offsets = colour_offsets(indices, self.stats, cfg.data.colour_shift, cfg.run.seed, epoch)
+            x = net_input(images, self.stats, self.device, cfg.run.channels_last, offsets)
+            y = labels.to(self.device, non_blocking=True)
+            last = k == len(micro) - 1
+            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            with sync:
+                with autocast_for(self.device, self.precision):
+                    logits = self.net(x)
+                loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                (loss * scale).backward()
+            loss_local += loss.detach().double().cpu()
+            correct += (logits.detach().argmax(-1) == y).sum().double().cpu()
+        self.optimizer.step()
+        sums = D.all_sum(torch.stack([loss_local, correct]), info)
+        if not math.isfinite(float(sums[0])):
+            raise ConfigError(f"the loss diverged (not finite) at step {self.step + 1}: lower optim.lr "
+                              f"(now {self.schedule.lr:g}) or check the data")
+        self.sums.loss += float(sums[0])
+        self.sums.correct += float(sums[1])
+        self.sums.seen += n_global
+        return float(sums[0]), n_global
+
+    def _gather_list(self, items: list[int]) -> list[int]:
+        if not self.info.distributed:
+            return list(items)
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.info.world_size
+        dist.all_gather_object(out, list(items))
+        return [i for part in out for i in part]
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        """Loss and top-1/top-5 error of centre crops at the validation scale Q, over all processes."""
+        if self.data.val is None:
+            return None
+        cfg, info = self.cfg, self.info
+        batch = max(1, cfg.optim.batch_size // (info.world_size * cfg.optim.accumulation))
+        loader = val_loader(self.data.val, self.cfg.val_scale, self.spec.crop_size, batch, info.rank, info.world_size,
+                            cfg.data.workers, pin=self.device.type == "cuda")
+        self.model.eval()
+        sums = torch.zeros(5, dtype=torch.float64)
+        for images, labels, _, bad in loader:
+            sums[4] += len(bad)
+            if len(labels) == 0:
+                continue
+            x = net_input(images, self.stats, self.device, cfg.run.channels_last)
+            y = labels.to(self.device)
+            with autocast_for(self.device, self.precision):
+                logits = self.model(x).float()
+            top1, top5 = topk_correct(logits, y, (1, 5))
+            sums += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")), top1, top5, len(labels), 0.0],
+                                 dtype=torch.float64)
+        self.model.train()
+        sums = D.all_sum(sums, info)
+        n = max(float(sums[3]), 1.0)
+        return {"val_loss": float(sums[0]) / n, "val_top1_err": 1.0 - float(sums[1]) / n,
+                "val_top5_err": 1.0 - float(sums[2]) / n, "val_images": int(sums[3]), "val_skipped": int(sums[4])}
+
+    def _end_epoch(self, epoch: int, progress: Progress) -> None:
+        val = self.validate()
+        lr_used = self.schedule.lr
+        improved, dropped = True, False
+        if val is not None:
+            improved = val["val_top1_err"] < self.best.get("val_top1_err", math.inf)
+            dropped = self.schedule.step(1.0 - val["val_top1_err"])
+            self.schedule.apply(self.optimizer)
+            if improved:
+                self.best = {"epoch": epoch + 1, "val_top1_err": val["val_top1_err"], "val_top5_err": val["val_top5_err"]}
+        s = self.sums
+        skipped = [self.data.train.samples[i][0] for i in sorted(set(s.skipped))]
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": self.step, "lr": lr_used,
+                  "train_loss": s.loss / max(s.seen, 1), "train_top1_err": 1.0 - s.correct / max(s.seen, 1),
+                  **(val or {}), "lr_dropped": dropped, "next_lr": self.schedule.lr,
+                  "skipped_count": len(skipped), "skipped": skipped[:MAX_LISTED], "time_s": self._elapsed()}
+        self.log.write(record)
+        if self.info.is_main and skipped:
+            shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+            progress.write(f"epoch {epoch + 1}: skipped {len(skipped)} unreadable image(s): {shown}")
+        if self.info.is_main and dropped:
+            progress.write(f"epoch {epoch + 1}: validation accuracy stopped improving; learning rate now "
+                           f"{self.schedule.lr:g} (drop {self.schedule.drops} of {self.schedule.max_drops})")
+        self.epoch, self.batch_in_epoch = epoch + 1, 0
+        self.sums = EpochSums()
+        self._save(best=improved and val is not None)
+        if self.info.is_main and improved and val is not None:
+            self._write_weights(self.run_dir / "best.safetensors")
+
+    def _write_weights(self, path: Path) -> Path:
+        from verydeep.weights import canonical
+
+        self.model.meta = self._meta()
+        return canonical.save(self.model.state_dict(), self.model.meta, path)
+
+    def _finish(self) -> TrainResult:
+        elapsed = self._elapsed()
+        final = self.run_dir / "final.safetensors"
+        records = [r for r in read_metrics(self.run_dir) if r.get("kind") == "epoch"] if self.info.is_main else []
+        last = records[-1] if records else {}
+        best_path = self.run_dir / "best.safetensors"
+        result = TrainResult(
+            run_dir=str(self.run_dir), epochs=self.epoch, steps=self.step, train_time_s=elapsed,
+            final_weights=str(final), best_weights=str(best_path) if self.best else None,
+            best_epoch=self.best.get("epoch"), best_val_top1_err=self.best.get("val_top1_err"),
+            best_val_top5_err=self.best.get("val_top5_err"), final_val_top1_err=last.get("val_top1_err"),
+            final_val_top5_err=last.get("val_top5_err"), final_lr=self.schedule.lr, lr_drops=self.schedule.drops,
+            skipped_images=sum(int(r.get("skipped_count", 0)) for r in records), copied_layers=list(self.copied),
+        )
+        if self.info.is_main:
+            self._write_weights(final)
+            if self.cfg.run.plots:
+                from verydeep.report.plots import plot_training
+
+                plot_training(read_metrics(self.run_dir), self.run_dir)
+            atomic_json(result.to_dict(), self.run_dir / "summary.json")
+        return result
+
+
+def atomic_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes the same file as ``src`` (a hard link where possible), atomically."""
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+__all__ = ["train", "TrainResult", "Trainer", "LATEST", "atomic_save"]

@@ -1,0 +1,85 @@
+"""Very deep features (Appendix B): the fc7 map, pooled, flip-averaged, over scales and nets.
+
+For one net and one scale Q the image is rescaled so its shorter side is Q and run through the
+fully convolutional net without fc8 (``model.descriptor``): the fc7 activation map, one
+``fc_width`` vector per position. Global average pooling makes it one vector; the horizontally
+flipped image's vector is averaged in. The scales are then stacked or averaged and L2-normalised
+(:func:`verydeep.transfer.aggregate.aggregate_scales`), and several nets are stacked
+(:func:`verydeep.transfer.aggregate.combine_nets`).
+
+A raw-pixel descriptor (:func:`pixel_descriptor`) is the baseline the demo compares against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from verydeep.data.preprocess import normalise, rescale
+from verydeep.errors import ConfigError
+from verydeep.precision import autocast_for
+from verydeep.transfer.aggregate import aggregate_scales, combine_nets
+from verydeep.weights.metadata import Preprocessing
+
+
+def weights_identity(model) -> str:
+    """sha256 of a net's state (names, dtypes, shapes, values): the same weights give the same
+    identity whatever file format they came from."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        t = value.detach().to("cpu").contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}\0".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_scales(models: Sequence, scales: Sequence[int]) -> list[int]:
+    if not scales:
+        raise ConfigError("no scales given for the descriptors")
+    crop = max(m.spec.crop_size for m in models)
+    small = [q for q in scales if q < crop]
+    if small:
+        raise ConfigError(f"scale(s) {small} are smaller than the net's crop size {crop}")
+    return [int(q) for q in scales]
+
+
+@torch.no_grad()
+def scale_descriptor(model, image: torch.Tensor, scale: int, flip: bool = True, precision=None) -> torch.Tensor:
+    """The pooled fc7 descriptor (fc_width,) of a uint8 (3, H, W) image at one scale (float32, CPU)."""
+    device = next(model.parameters()).device
+    prep = model.meta.preprocessing if model.meta is not None else Preprocessing()
+    x = normalise(rescale(image, scale)[None].to(device), prep)
+    views = [x, x.flip(-1)] if flip else [x]
+    total = 0
+    with autocast_for(device, precision):
+        for view in views:
+            total = total + model.descriptor(view).float().mean(dim=(-2, -1))[0]
+    return (total / len(views)).cpu()
+
+
+def image_descriptor(models: Sequence, image: torch.Tensor, scales: Sequence[int], aggregate: str = "stack",
+                     flip: bool = True, precision=None) -> torch.Tensor:
+    """The full descriptor of one image: per net, scales aggregated and L2-normalised; nets stacked."""
+    per_net = [aggregate_scales([scale_descriptor(m, image, q, flip, precision) for q in scales], aggregate)
+               for m in models]
+    return per_net[0] if len(per_net) == 1 else combine_nets(per_net)
+
+
+def descriptor_size(models: Sequence, scales: Sequence[int], aggregate: str) -> int:
+    per_net = [m.num_features * (len(scales) if aggregate == "stack" else 1) for m in models]
+    return sum(per_net)
+
+
+def pixel_descriptor(image: torch.Tensor, size: int = 16) -> torch.Tensor:
+    """The raw-pixel baseline: the image squashed to ``size`` x ``size``, centred, L2-normalised."""
+    x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    v = (x / 255.0 - 0.5).flatten()
+    return v / v.norm().clamp_min(1e-12)
+
+
+def as_numpy(descriptors: Sequence[torch.Tensor]) -> np.ndarray:
+    return torch.stack(list(descriptors)).numpy().astype(np.float32)
