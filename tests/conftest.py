@@ -82,3 +82,50 @@ def make_image_folder():
 def eval_folder(tmp_path, make_image_folder):
     """``tmp_path/val``: 5 classes c0..c4, 2 random JPEGs each, mixed sizes."""
     return make_image_folder(tmp_path / "val")
+
+
+@pytest.fixture
+def train_folders(tmp_path):
+    """``tmp_path/data/{train,val}/c{0,1,2}``: small PNGs whose colour is their class (learnable in
+    a few steps), 16 training and 6 validation images per class, sizes 40x48 and 48x40."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+    root = tmp_path / "data"
+    for split, count in (("train", 16), ("val", 6)):
+        for c, colour in enumerate(colours):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for j in range(count):
+                shape = (40, 48, 3) if j % 2 else (48, 40, 3)
+                pixels = rng.normal(0, 40, shape) + np.array(colour)
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{j:02d}.png")
+    return root
+
+
+@pytest.fixture
+def train_config(train_folders, tmp_path):
+    """A factory for YAML configs of a tiny net A on ``train_folders``:
+    ``make("name", {"optim.lr": 0.1})`` writes ``tmp_path/name.yaml`` (run folder ``tmp_path/name``)."""
+    import yaml
+
+    def make(name: str = "run", overrides: dict | None = None):
+        cfg = {
+            "model": {"config": "A", "width": 1 / 16, "fc_width": 32, "crop_size": 32, "dropout": 0.0},
+            "init": {"scheme": "glorot"},
+            "data": {"train": str(train_folders / "train"), "val": str(train_folders / "val"),
+                     "scale_min": 32, "scale_max": 40, "workers": 0},
+            "optim": {"batch_size": 8, "lr": 0.01},
+            "schedule": {"epochs": 2},
+            "run": {"out": str(tmp_path / name), "threads": 1, "precision": "fp32", "progress": False,
+                    "tensorboard": False, "plots": False, "log_every": 1},
+        }
+        for key, value in (overrides or {}).items():
+            section, field = key.split(".")
+            cfg[section][field] = value
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return make

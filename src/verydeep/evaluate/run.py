@@ -218,7 +218,6 @@ def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, wo
     if workers is None:
         cores = os.cpu_count() or 1
         workers = min(8, cores) if device.type == "cuda" else min(4, max(1, cores // 2))
-    memory_format = torch.channels_last  # faster convolutions on GPUs and on CPUs (oneDNN) alike
     images_per_pass = max(1, batch_size // CROPS_PER_IMAGE_SHARE)
 
     plan = plan_batches(_probe_all(ctx, state.paths), all_scales, batch_size)
@@ -231,25 +230,7 @@ def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, wo
 
     def run_batch(b: int, items) -> None:
         todo = [i for i in plan[b] if not state.done[i]]
-        wanted = set(todo)
-        for i, images in items:
-            if isinstance(images, str) and i in wanted:
-                state.failed[i] = images
-        for indices, rescaled in group_by_shape(items, all_scales):
-            keep = [k for k, i in enumerate(indices) if i in wanted]
-            if not keep:
-                continue
-            rows = [indices[k] for k in keep]
-            for n, net in enumerate(nets):
-                prep = net.model.meta.preprocessing
-                for q in net.record.scales:
-                    x = rescaled[q][keep].to(device, non_blocking=True)
-                    x = normalise(x, prep)
-                    with autocast_for(device, prec):
-                        for p in run_protocols:
-                            extra = {"images_per_pass": images_per_pass} if p == "multicrop" else {}
-                            probs = FORWARD[p](net.model, x, flip=flip, memory_format=memory_format, **extra)
-                            state.values[(n, p, q)][rows] = probs.float().cpu().numpy()
+        _score_batch(state, nets, items, set(todo), all_scales, run_protocols, flip, device, prec, images_per_pass)
         state.done[todo] = True
         computed[todo] = True
         visits[todo] += 1
@@ -278,6 +259,41 @@ def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, wo
     finally:
         bar.close()
 
+    if ctx.world > 1:
+        visits = _gather(ctx, state, computed, visits)
+        if not ctx.main:
+            return None
+    if save_path is not None:
+        state.save(save_path)
+        for extra in _partial_files(save_path):
+            extra.unlink(missing_ok=True)
+    return Evaluation(scores=state, protocols=asked, warnings=warnings, visits=visits)
+
+
+def _score_batch(state: Scores, nets: Sequence[LoadedNet], items, wanted: set[int], scales: Sequence[int],
+                 protocols: Sequence[str], flip: bool, device: torch.device, precision, images_per_pass: int) -> None:
+    """Posteriors of the ``wanted`` images of one decoded batch, for every net, scale and protocol."""
+    for i, images in items:
+        if isinstance(images, str) and i in wanted:
+            state.failed[i] = images
+    for indices, rescaled in group_by_shape(items, scales):
+        keep = [k for k, i in enumerate(indices) if i in wanted]
+        if not keep:
+            continue
+        rows = [indices[k] for k in keep]
+        for n, net in enumerate(nets):
+            for q in net.record.scales:
+                x = normalise(rescaled[q][keep].to(device, non_blocking=True), net.model.meta.preprocessing)
+                with autocast_for(device, precision):
+                    for p in protocols:
+                        extra = {"images_per_pass": images_per_pass} if p == "multicrop" else {}
+                        # channels-last: faster convolutions on GPUs and on CPUs (oneDNN) alike
+                        probs = FORWARD[p](net.model, x, flip=flip, memory_format=torch.channels_last, **extra)
+                        state.values[(n, p, q)][rows] = probs.float().cpu().numpy()
+
+
+def _gather(ctx: distributed.DistContext, state: Scores, computed: np.ndarray, visits: np.ndarray) -> np.ndarray:
+    """Bring every process's rows to rank 0's ``state``; the summed visit counts (on rank 0)."""
     parts = distributed.gather_to_main(ctx, {
         "rows": np.flatnonzero(computed),
         "values": {key: array[computed] for key, array in state.values.items()},
@@ -285,17 +301,13 @@ def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, wo
         "visits": visits,
     })
     if not ctx.main:
-        return None
-    total_visits = np.zeros_like(visits)
+        return visits
+    total = np.zeros_like(visits)
     for part in parts:
         rows = part["rows"]
         for key, array in part["values"].items():
             state.values[key][rows] = array
         state.done[rows] = True
         state.failed.update(part["failed"])
-        total_visits += part["visits"]
-    if save_path is not None:
-        state.save(save_path)
-        for extra in _partial_files(save_path):
-            extra.unlink(missing_ok=True)
-    return Evaluation(scores=state, protocols=asked, warnings=warnings, visits=total_visits)
+        total += part["visits"]
+    return total

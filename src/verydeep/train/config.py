@@ -185,6 +185,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         return _coerce(key, value, inner)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -207,8 +212,9 @@ def apply(cfg: TrainConfig, key: str, value: Any) -> None:
     """Set one nested ``section.field`` to a type-checked value."""
     section, _, name = key.partition(".")
     if not name or "." in name:
-        _check_key(section)
-        raise ConfigError(f"config key {key!r} must be section.field, e.g. optim.lr")
+        matches = [f"{sec}.{key}" for sec, hints in _HINTS.items() if key in hints]
+        hint = f"did you mean {' or '.join(matches)}?" if matches else f"sections are {', '.join(SECTIONS)}"
+        raise ConfigError(f"unknown config key {key!r}: keys are section.field (e.g. optim.lr); {hint}")
     _check_key(section, name)
     setattr(getattr(cfg, section), name, _coerce(key, value, _HINTS[section][name]))
 

@@ -1,0 +1,77 @@
+"""`verydeep localize train|evaluate` end to end on tiny data, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from box_data import write_box_folder
+from verydeep.cli import main
+from verydeep.localize.head import load_box_net
+
+
+@pytest.fixture
+def box_data(tmp_path):
+    return write_box_folder(tmp_path / "data", per_class=3)
+
+
+@pytest.mark.parametrize("mode", ["scr", "pcr"])
+def test_train_then_evaluate(tiny_weights, box_data, tmp_path, capsys, mode):
+    out = tmp_path / f"{mode}.safetensors"
+    rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(box_data), "--out", str(out),
+               "--mode", mode, "--fine-tune", "fc", "--scale", "40", "--steps", "3", "--batch-size", "4", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["mode"] == mode and summary["steps"] == 3 and summary["train_scale"] == 40
+    assert summary["images"] == 6  # the train/ split
+    box_net = load_box_net(out)
+    assert box_net.head.mode == mode and box_net.head.fine_tune == "fc"
+    assert box_net.net.num_classes == (4 if mode == "scr" else 20)
+    log = json.loads((tmp_path / f"{mode}.training.json").read_text())
+    assert len(log["losses"]) == 3
+
+    rc = main(["localize", "evaluate", "--box-weights", str(out), "--weights", str(tiny_weights),
+               "--data", str(box_data), "--scales", "32,48", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["crop"]["images"] == 6 and 0 <= result["crop"]["error"] <= 100
+    assert result["crop"]["scale"] == 40
+    assert result["dense"]["images"] == 6 and result["dense"]["scales"] == [32, 48]
+    assert 0 <= result["dense"]["top5_error"] <= result["dense"]["top1_error"] <= 100
+
+    rc = main(["localize", "evaluate", "--box-weights", str(out), "--data", str(box_data / "val")])
+    captured = capsys.readouterr()
+    assert rc == 0 and "test 1: centre crop" in captured.out and "6 images" in captured.out
+
+
+def test_errors_are_one_line(tiny_weights, box_data, tmp_path, capsys):
+    out = tmp_path / "box.safetensors"
+    out.write_bytes(b"keep me")
+    rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(box_data), "--out", str(out),
+               "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "exists" in err and err.count("\n") == 1
+    assert out.read_bytes() == b"keep me"
+
+    rc = main(["localize", "evaluate", "--box-weights", str(tiny_weights), "--data", str(box_data)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a box net" in err and err.count("\n") == 1
+
+    rc = main(["localize", "evaluate", "--box-weights", str(tiny_weights), "--data", str(box_data),
+               "--protocol", "dense"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pass --weights" in err
+
+    for xml in (box_data / "train").rglob("*.xml"):
+        xml.write_text("<annotation><object>")
+    rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(box_data),
+               "--out", str(tmp_path / "new.safetensors"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "malformed box file: 6" in err and err.count("\n") == 1
+
+    rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(tmp_path / "nowhere"),
+               "--out", str(tmp_path / "new.safetensors")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
