@@ -1,8 +1,8 @@
 """Crops whose boxes move with them: the box net's training and test samples.
 
 A crop is the window ``(left, top, crop)`` of the image isotropically rescaled so its shorter
-side is ``scale``. The image pixels come from :func:`verydeep.data.transforms.crop_box` (only
-the window is resampled); the boxes go through the same rescale and shift, are clipped to the
+side is ``scale``. Only that window of the original image is resampled (PIL ``resize(box=...)``,
+as :func:`verydeep.data.transforms.crop_box` does for classification); the boxes go through the same rescale and shift, are clipped to the
 crop, and are mirrored with the crop. The box net's target is then the ground-truth box with the
 largest visible area, encoded relative to the crop (:func:`verydeep.localize.boxes.encode`).
 A crop that shows no box at all has no target; it is marked invalid and the loss ignores it.
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from verydeep.data.images import open_rgb, to_tensor
 from verydeep.data.preprocess import rescaled_size
-from verydeep.data.transforms import RESAMPLE, crop_box, sample_generator
+from verydeep.data.transforms import RESAMPLE, sample_generator
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.localize.boxes import area, clip, encode, flip_boxes, scale_boxes
 from verydeep.localize.data import MIN_BOX_SIDE, BoxIndex

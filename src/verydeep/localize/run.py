@@ -71,6 +71,8 @@ def evaluate_command(box_weights: str, data: str, weights: str | None = None, pr
     protocol = protocol or ("both" if weights else "crop")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown localisation protocol {protocol!r}: choose crop, dense or both")
+    if not 0 < merge_iou <= 1:
+        raise ConfigError(f"--merge-iou must be in (0, 1], got {merge_iou}")
     if protocol in ("dense", "both") and not weights:
         raise ConfigError("the dense protocol ranks boxes by a classification net's scores: pass --weights")
     dev = pick_device(device)

@@ -113,16 +113,18 @@ def list_images(root: str | os.PathLike) -> tuple[list[str], list[ImageItem]]:
     return classes, items
 
 
-def _multilabel(item: ImageItem, classes: list[str], position: dict[str, int]) -> tuple[np.ndarray, bool]:
-    row = np.zeros(len(classes), dtype=np.uint8)
+def _multilabel(item: ImageItem, position: dict[str, int]) -> np.ndarray:
+    """The image's class plus every known class its XML file names (just its class without a usable file)."""
+    row = np.zeros(len(position), dtype=np.uint8)
     row[item.label] = 1
     try:
-        for box in boxes_for(item.path):
-            if box.name in position:
-                row[position[box.name]] = 1
+        names = [box.name for box in boxes_for(item.path)]
     except DataError:
-        return row, False
-    return row, True
+        names = []
+    for name in names:
+        if name in position:
+            row[position[name]] = 1
+    return row
 
 
 # -- identity --------------------------------------------------------------------------------------
@@ -304,7 +306,7 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
             ok = np.zeros(len(part), dtype=np.uint8)
             multi = np.zeros((len(part), len(classes)), dtype=np.uint8)
             for k, item in enumerate(part):
-                multi[k] = _multilabel(item, classes, position)[0]
+                multi[k] = _multilabel(item, position)
                 try:
                     image = read_image(item.path)
                 except VerydeepError:

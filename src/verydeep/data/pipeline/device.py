@@ -1,0 +1,188 @@
+"""Batched JPEG decode and crop-resize on the device, and the assembly of a whole batch there.
+
+The device share of a batch arrives as encoded bytes plus each sample's crop window
+(:mod:`~verydeep.data.pipeline.plan`). One call of ``torchvision.io.decode_jpeg`` decodes the
+list (nvJPEG on CUDA; libjpeg on the CPU, which is what the tests run), and one call of
+``torchvision.ops.roi_align`` per chunk resamples every window to ``crop x crop``: the images are
+laid on a padded canvas (edge pixels repeated once, so the bilinear taps at an image's border
+never read padding) and ``aligned=True`` puts pixel centres where Pillow puts them. With the
+adaptive sampling grid (``ceil(window / crop)`` taps per output pixel and axis) a shrinking
+window is averaged as Pillow's antialiased bilinear filter does, and an enlarging one is plain
+bilinear, as in Pillow. The result is rounded to uint8 like Pillow's, then flipped per sample.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.ops import roi_align
+
+from verydeep.data.pipeline.hybrid import CpuSample, HybridBatch, HybridDataset
+
+#: Largest padded float canvas one roi_align call gets (elements; 64 Mi floats = 256 MiB).
+CANVAS_ELEMENTS = 64 * 2**20
+
+
+def decode_images(data: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor | None]:
+    """Decode encoded JPEGs to uint8 RGB (3, H, W) on ``device``; None where a file will not decode.
+
+    The whole list goes to the decoder at once (nvJPEG's batched decode on CUDA); if that fails,
+    each file is retried alone so that one bad file costs only itself.
+    """
+    if not data:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 announces the move of decoding to TorchCodec
+        try:
+            return list(decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            pass
+        out: list[torch.Tensor | None] = []
+        for item in data:
+            try:
+                out.append(decode_jpeg(item, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+
+def _chunks(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Group images (sorted by size, so padding stays small) into canvases of at most ``budget`` elements."""
+    order = sorted(range(len(sizes)), key=lambda k: sizes[k])
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    top_h = top_w = 0
+    for k in order:
+        h, w = sizes[k]
+        new_h, new_w = max(top_h, h + 1), max(top_w, w + 1)
+        if current and (len(current) + 1) * 3 * new_h * new_w > budget:
+            chunks.append(current)
+            current, new_h, new_w = [], h + 1, w + 1
+        current.append(k)
+        top_h, top_w = new_h, new_w
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def crop_windows(images: Sequence[torch.Tensor], boxes: torch.Tensor, crop: int,
+                 canvas_elements: int = CANVAS_ELEMENTS) -> torch.Tensor:
+    """Resample window ``boxes[k]`` (x0, y0, x1, y1; pixel-edge coordinates) of ``images[k]`` to ``crop x crop``.
+
+    Returns float (N, 3, crop, crop) in 0-255 on the images' device, not yet rounded.
+    """
+    n = len(images)
+    if n == 0:
+        return torch.empty((0, 3, crop, crop), dtype=torch.float32, device=boxes.device)
+    device = images[0].device
+    boxes = boxes.to(device=device, dtype=torch.float32)
+    out = torch.empty((n, 3, crop, crop), dtype=torch.float32, device=device)
+    sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    for chunk in _chunks(sizes, canvas_elements):
+        # One spare row and column beyond the largest image, so every image has its edge repeated once.
+        height = max(sizes[k][0] for k in chunk) + 1
+        width = max(sizes[k][1] for k in chunk) + 1
+        canvas = torch.zeros((len(chunk), 3, height, width), dtype=torch.float32, device=device)
+        for slot, k in enumerate(chunk):
+            img, (h, w) = images[k], sizes[k]
+            canvas[slot, :, :h, :w] = img
+            canvas[slot, :, :h, w] = img[:, :, w - 1]
+            canvas[slot, :, h, : w + 1] = canvas[slot, :, h - 1, : w + 1]
+        idx = torch.tensor(chunk, device=device)
+        rois = torch.cat([torch.arange(len(chunk), device=device, dtype=torch.float32)[:, None], boxes[idx]], dim=1)
+        out[idx] = roi_align(canvas, rois, (crop, crop), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return out
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Round resampled 0-255 floats to pixels, as Pillow's resize does."""
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+def flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Mirror the images whose flag is set (one batched select, no per-image Python)."""
+    if images.shape[0] == 0:
+        return images
+    flips = flips.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flips, images.flip(-1), images)
+
+
+@dataclass
+class DeviceBatch:
+    """A batch on the device in the sampler's order: uint8 crops (flipped), labels, dataset indices.
+
+    ``bad`` lists the dataset indices of unreadable images (dropped); ``fallbacks`` counts the
+    device-routed samples that took the CPU path, by reason; ``on_device`` how many did not.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    bad: list[int] = field(default_factory=list)
+    fallbacks: Counter = field(default_factory=Counter)
+    on_device: int = 0
+
+    def record_stream(self, stream) -> None:
+        """Tell the CUDA caching allocator these tensors are used on ``stream`` too (side-stream staging)."""
+        for t in (self.images, self.labels, self.indices):
+            if t.is_cuda:
+                t.record_stream(stream)
+
+
+def assemble(hb: HybridBatch, dataset: HybridDataset, device: torch.device | str, crop: int,
+             canvas_elements: int = CANVAS_ELEMENTS) -> DeviceBatch:
+    """Decode and crop the device share, move the CPU share, and merge both in the sampler's order.
+
+    A device-routed file the decoder rejects is redone on the CPU path here (counted as
+    ``"decode"``); if the CPU path cannot read it either it is dropped and listed in ``bad``.
+    """
+    device = torch.device(device)
+    fallbacks = Counter(hb.fallbacks)
+    bad = list(hb.bad)
+    decoded = decode_images(hb.device_data, device)
+    good = [k for k, img in enumerate(decoded) if img is not None]
+    redo: list[CpuSample] = []
+    redo_positions: list[int] = []
+    for k, img in enumerate(decoded):
+        if img is None:
+            fallbacks["decode"] += 1
+            sample = dataset.cpu_sample(int(hb.device_indices[k]), "decode")
+            if sample.ok:
+                redo.append(sample)
+                redo_positions.append(int(hb.device_positions[k]))
+            else:
+                bad.append(sample.index)
+
+    parts, labels, indices, positions = [], [], [], []
+    if len(hb.cpu_labels):
+        parts.append(hb.cpu_images.to(device, non_blocking=True))
+        labels.append(hb.cpu_labels)
+        indices.append(hb.cpu_indices)
+        positions.append(hb.cpu_positions)
+    if good:
+        keep = torch.tensor(good, dtype=torch.long)
+        crops = to_uint8(crop_windows([decoded[k] for k in good], hb.device_boxes[keep], crop, canvas_elements))
+        parts.append(flip_where(crops, hb.device_flips[keep]))
+        labels.append(hb.device_labels[keep])
+        indices.append(hb.device_indices[keep])
+        positions.append(hb.device_positions[keep])
+    if redo:
+        parts.append(torch.stack([s.image for s in redo]).to(device))
+        labels.append(torch.tensor([s.label for s in redo], dtype=torch.long))
+        indices.append(torch.tensor([s.index for s in redo], dtype=torch.long))
+        positions.append(torch.tensor(redo_positions, dtype=torch.long))
+    if not parts:
+        empty = torch.empty((0,), dtype=torch.long)
+        return DeviceBatch(torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=device), empty.to(device),
+                           empty.to(device), bad, fallbacks, 0)
+    order = torch.argsort(torch.cat(positions))
+    images = torch.cat(parts)[order.to(device)]
+    return DeviceBatch(images=images,
+                       labels=torch.cat(labels)[order].to(device, non_blocking=True),
+                       indices=torch.cat(indices)[order].to(device, non_blocking=True),
+                       bad=bad, fallbacks=fallbacks, on_device=len(good))

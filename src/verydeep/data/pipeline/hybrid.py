@@ -1,0 +1,175 @@
+"""Splitting each batch between the CPU workers and the accelerator.
+
+A :class:`RoutedBatchSampler` marks a share of every batch for the device; for those samples a
+DataLoader worker of :class:`HybridDataset` only reads the file's bytes and plans the crop from
+the header (cheap), and the main process later decodes and crops them in one batch on the
+device. The other samples go through the data helper's :class:`TrainDataset` unchanged (decode,
+crop-resize of the window only, flip) in the workers. Files the device cannot take (not JPEG,
+CMYK, rotated by EXIF, too small for the crop) fall back to the CPU path and are counted.
+:func:`collate_hybrid` packs both kinds into one :class:`HybridBatch` that remembers each
+sample's position, so the assembled batch keeps the sampler's order whatever the split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from verydeep.data.pipeline.plan import device_refusal, plan_crop, read_header
+from verydeep.data.transforms import TrainDataset
+from verydeep.errors import ConfigError, VerydeepError
+
+CPU, DEVICE = 0, 1
+
+
+def device_positions(batch_size: int, share: float) -> list[bool]:
+    """Which positions of a batch go to the device: ``round(share * n)`` of them, spread evenly."""
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"device share must be in [0, 1], got {share}")
+    return [math.floor((j + 1) * share + 1e-9) > math.floor(j * share + 1e-9) for j in range(batch_size)]
+
+
+class RoutedBatchSampler:
+    """Wraps any batch sampler: yields ``[(index, route), ...]`` with a ``share`` of each batch on the device.
+
+    ``share`` may be changed between epochs (e.g. after :func:`~verydeep.data.pipeline.balance.balance_share`);
+    ``set_epoch`` is passed through to the wrapped sampler.
+    """
+
+    def __init__(self, batch_sampler: Iterable[Sequence[int]], share: float = 0.0) -> None:
+        self.batch_sampler = batch_sampler
+        device_positions(1, share)  # validates
+        self.share = float(share)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batch_sampler:
+            batch = list(batch)
+            routes = device_positions(len(batch), self.share)
+            yield [(int(i), DEVICE if d else CPU) for i, d in zip(batch, routes)]
+
+
+@dataclass
+class CpuSample:
+    image: torch.Tensor  # uint8 (3, crop, crop), flipped already
+    label: int
+    index: int
+    ok: bool
+    fallback: str | None = None  # why a sample routed to the device came back this way
+
+
+@dataclass
+class DeviceSample:
+    data: torch.Tensor  # uint8 (n_bytes,): the encoded JPEG
+    box: tuple[float, float, float, float]
+    flip: bool
+    label: int
+    index: int
+
+
+class HybridDataset(Dataset):
+    """A :class:`TrainDataset` that can also hand out encoded bytes plus a crop plan.
+
+    Keys are plain indices (CPU path) or ``(index, route)`` pairs from :class:`RoutedBatchSampler`.
+    """
+
+    def __init__(self, base: TrainDataset) -> None:
+        self.base = base
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def cpu_sample(self, i: int, fallback: str | None = None) -> CpuSample:
+        x, label, index, ok = self.base[i]
+        return CpuSample(x, int(label), int(index), bool(ok), fallback)
+
+    def device_sample(self, i: int) -> CpuSample | DeviceSample:
+        path, label = self.base.index.samples[i]
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            return self.cpu_sample(i, "unreadable file")
+        header = read_header(data)
+        reason = device_refusal(header)
+        if reason is not None:
+            return self.cpu_sample(i, reason)
+        try:
+            plan = plan_crop(header, self.base.aug, self.base.seed, self.base.epoch, i)  # type: ignore[arg-type]
+        except VerydeepError:
+            return self.cpu_sample(i, "smaller than the crop")
+        return DeviceSample(torch.frombuffer(bytearray(data), dtype=torch.uint8), plan.box, plan.flip, int(label), i)
+
+    def __getitem__(self, key):
+        i, route = key if isinstance(key, tuple) else (key, CPU)
+        return self.device_sample(int(i)) if route == DEVICE else self.cpu_sample(int(i))
+
+
+@dataclass
+class HybridBatch:
+    """One batch in two parts; ``*_positions`` are each sample's place in the sampler's batch."""
+
+    cpu_images: torch.Tensor
+    cpu_labels: torch.Tensor
+    cpu_indices: torch.Tensor
+    cpu_positions: torch.Tensor
+    device_data: list[torch.Tensor]
+    device_boxes: torch.Tensor
+    device_flips: torch.Tensor
+    device_labels: torch.Tensor
+    device_indices: torch.Tensor
+    device_positions: torch.Tensor
+    bad: list[int] = field(default_factory=list)
+    fallbacks: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.cpu_labels) + len(self.device_labels)
+
+    def pin_memory(self) -> "HybridBatch":
+        """Called by DataLoader(pin_memory=True): page-locked crops copy to the GPU asynchronously."""
+        self.cpu_images = self.cpu_images.pin_memory()
+        return self
+
+
+def collate_hybrid(samples: Sequence[CpuSample | DeviceSample]) -> HybridBatch:
+    """Pack a routed batch; unreadable CPU samples are dropped and listed in ``bad``."""
+    cpu = [(p, s) for p, s in enumerate(samples) if isinstance(s, CpuSample) and s.ok]
+    dev = [(p, s) for p, s in enumerate(samples) if isinstance(s, DeviceSample)]
+    bad = [s.index for s in samples if isinstance(s, CpuSample) and not s.ok]
+    fallbacks = Counter(s.fallback for s in samples if isinstance(s, CpuSample) and s.fallback)
+    if cpu:
+        images = torch.stack([s.image for _, s in cpu])
+    else:
+        images = torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+
+    def longs(values) -> torch.Tensor:
+        return torch.tensor(list(values), dtype=torch.long)
+
+    return HybridBatch(
+        cpu_images=images,
+        cpu_labels=longs(s.label for _, s in cpu),
+        cpu_indices=longs(s.index for _, s in cpu),
+        cpu_positions=longs(p for p, _ in cpu),
+        device_data=[s.data for _, s in dev],
+        device_boxes=torch.tensor([s.box for _, s in dev], dtype=torch.float32).reshape(-1, 4),
+        device_flips=torch.tensor([s.flip for _, s in dev], dtype=torch.bool),
+        device_labels=longs(s.label for _, s in dev),
+        device_indices=longs(s.index for _, s in dev),
+        device_positions=longs(p for p, _ in dev),
+        bad=bad,
+        fallbacks=fallbacks,
+    )
