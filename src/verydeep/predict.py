@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from verydeep.data.images import read_image
+from verydeep.data.preprocess import check_rescaled_size
 from verydeep.devices import pick_device
 from verydeep.errors import ConfigError, ImageError
 from verydeep.precision import prepare_model, resolve
@@ -46,6 +47,7 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
     for path in paths:
         try:
             image = read_image(path)
+            check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=str(path))
         except ImageError as exc:
             results.append({"image": str(path), "error": str(exc)})
             continue

@@ -9,7 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from verydeep.errors import ImageError
 from verydeep.weights.metadata import Preprocessing
+
+#: Largest image :func:`rescale` makes, in pixels (4096 x 4096). A strip of extreme aspect ratio is a
+#: tiny file (a 1 x 30000 PNG is 170 bytes) but would be gigapixels once its shorter side is Q, so it
+#: is refused like a decompression bomb. The bound still admits a 64:1 panorama at Q = 512.
+MAX_RESCALED_PIXELS = 4096 * 4096
 
 
 def rescaled_size(height: int, width: int, shorter: int) -> tuple[int, int]:
@@ -19,13 +25,25 @@ def rescaled_size(height: int, width: int, shorter: int) -> tuple[int, int]:
     return max(shorter, int(round(height * shorter / width))), shorter
 
 
+def check_rescaled_size(height: int, width: int, scales, what: str = "image") -> None:
+    """Refuse (:class:`ImageError`) an image whose rescale to the largest of ``scales`` would be
+    over :data:`MAX_RESCALED_PIXELS`, before any pixel of it is allocated."""
+    q = max(int(s) for s in scales)
+    rh, rw = rescaled_size(int(height), int(width), q)
+    if rh * rw > MAX_RESCALED_PIXELS:
+        raise ImageError(f"{what}: {width}x{height} pixels would be {rw}x{rh} at scale {q}, over the limit of "
+                         f"{MAX_RESCALED_PIXELS} pixels (aspect ratio {max(rw, rh) / min(rw, rh):.0f}:1)")
+
+
 def rescale(image: torch.Tensor, shorter: int) -> torch.Tensor:
     """Isotropically rescale a (3, H, W) or (N, 3, H, W) image so its shorter side is ``shorter``.
 
-    Bilinear with antialiasing (as torchvision's ``Resize``); uint8 stays uint8.
+    Bilinear with antialiasing (as torchvision's ``Resize``); uint8 stays uint8. An image that
+    would be over :data:`MAX_RESCALED_PIXELS` raises :class:`ImageError`.
     """
     batched = image.dim() == 4
     x = image if batched else image.unsqueeze(0)
+    check_rescaled_size(x.shape[-2], x.shape[-1], [shorter])
     size = rescaled_size(x.shape[-2], x.shape[-1], shorter)
     if tuple(x.shape[-2:]) != size:
         dtype = x.dtype

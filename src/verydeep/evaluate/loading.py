@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from verydeep.data.images import read_image
-from verydeep.data.preprocess import rescale
+from verydeep.data.preprocess import check_rescaled_size, rescale
 from verydeep.errors import ImageError
 
 #: One decoded image: (index, {Q: uint8 (3, h, w)}) or (index, error message).
@@ -36,6 +36,7 @@ class PlannedBatches(Dataset):
         for i in self.batches[b]:
             try:
                 image = read_image(self.paths[i])
+                check_rescaled_size(image.shape[-2], image.shape[-1], self.scales, what=str(self.paths[i]))
             except ImageError as exc:
                 out.append((i, str(exc)))
                 continue

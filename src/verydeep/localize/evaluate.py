@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from verydeep.data.images import open_rgb, to_tensor
-from verydeep.data.preprocess import normalise, rescale
+from verydeep.data.preprocess import check_rescaled_size, normalise, rescale
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.localize.boxes import clip, decode, dense_windows, iou
 from verydeep.localize.crops import crop_with_boxes, window
@@ -176,6 +176,7 @@ def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence
             bar.update(1)
         try:
             image = to_tensor(open_rgb(sample.path))
+            check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=sample.path)
         except VerydeepError:
             unreadable += 1
             continue

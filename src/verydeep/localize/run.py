@@ -77,6 +77,8 @@ def evaluate_command(box_weights: str, data: str, weights: str | None = None, pr
         raise ConfigError("the dense protocol ranks boxes by a classification net's scores: pass --weights")
     dev = pick_device(device)
     box_net = load_box_net(box_weights).to(dev)
+    # Both nets are read before any work, so bad weights fail at once rather than after test 1.
+    classifier = load(weights).to(dev) if protocol in ("dense", "both") else None
     crop = box_net.spec.crop_size
     q = scale or box_net.head.train_scale or default_scale(crop)
     folder = resolve_split(data, ("val", "test"))
@@ -85,8 +87,7 @@ def evaluate_command(box_weights: str, data: str, weights: str | None = None, pr
                  "skipped_text": skipped_text(boxes.skipped)}
     if protocol in ("crop", "both"):
         out["crop"] = crop_protocol(box_net, boxes, q, progress=progress)
-    if protocol in ("dense", "both"):
-        classifier = load(weights).to(dev)
+    if classifier is not None:
         out["dense"] = dense_protocol(box_net, classifier, boxes, list(scales or [q]), top=top,
                                       merge_iou=merge_iou, progress=progress)
     return out

@@ -63,6 +63,7 @@ class DataConfig:
     ``scale_min == scale_max`` is a fixed training scale S; otherwise S is drawn per image from
     ``[scale_min, scale_max]`` (scale jittering). ``val_scale: null`` applies the paper's
     single-scale test rule: Q = S for fixed S, the middle of the range for jittered S.
+    ``cache: true`` decodes the training images once and keeps them in memory (small data sets).
     """
 
     train: Optional[str] = None
@@ -74,6 +75,7 @@ class DataConfig:
     colour_shift: float = 0.1
     colour_stats_images: int = 500
     workers: int = 4
+    cache: bool = False
 
 
 @dataclass

@@ -13,18 +13,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from verydeep.data.folders import ImageIndex, scan_image_folder
+from verydeep.data.images import open_rgb, to_tensor
 from verydeep.data.transforms import (
     ColourStats,
     EvalDataset,
     TrainAugment,
     TrainDataset,
     collate_skipping,
-    colour_shift,
+    rescale_crop_at,
+    sample_generator,
+    sample_scale,
 )
-from verydeep.errors import ConfigError, DataError
+from verydeep.errors import ConfigError, DataError, VerydeepError
 from verydeep.train.config import TrainConfig
 from verydeep.train.distributed import GlobalBatchSampler
 
@@ -93,11 +97,57 @@ def _colour_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 def colour_offsets(indices: torch.Tensor, stats: ColourStats, std: float, seed: int, epoch: int) -> torch.Tensor:
-    """The PCA colour shift of each sample (N, 3, 1, 1), each from its own ``(seed, epoch, index)`` stream."""
+    """The PCA colour shift of each sample (N, 3, 1, 1), each from its own ``(seed, epoch, index)`` stream.
+
+    The same numbers as :func:`verydeep.data.transforms.colour_shift` gives one image with that
+    sample's generator (a test checks it), computed for the whole batch at once.
+    """
     if std <= 0 or len(indices) == 0:
         return torch.zeros((len(indices), 3, 1, 1))
-    zero = torch.zeros((1, 3, 1, 1))
-    return torch.cat([colour_shift(zero, stats, std, _colour_generator(seed, epoch, int(i))) for i in indices])
+    alpha = torch.stack([torch.randn(3, generator=_colour_generator(seed, epoch, int(i))) for i in indices]) * float(std)
+    lam = torch.tensor(stats.eigvals, dtype=torch.float32) / 255.0
+    vecs = torch.tensor(stats.eigvecs, dtype=torch.float32)
+    return ((alpha * lam) @ vecs.T)[:, :, None, None]
+
+
+class CachedTrainDataset(TrainDataset):
+    """:class:`TrainDataset` over images decoded once and kept in memory (``data.cache: true``).
+
+    For data sets that fit in RAM (the synthetic one): the per-sample work drops to the crop,
+    which is what the CPU demo needs. Random choices are drawn exactly as the parent class draws
+    them; the only difference is that a JPEG is decoded at full size rather than with the
+    decoder's draft shrink, so crops can differ in the last bits from the uncached ones.
+    Unreadable files are remembered as such and come back ``ok=False``.
+    """
+
+    def __init__(self, index: ImageIndex, aug: TrainAugment, seed: int = 0, progress: bool = False) -> None:
+        super().__init__(index, aug, seed)
+        paths = [path for path, _ in index.samples]
+        if progress:
+            from tqdm import tqdm
+
+            paths = tqdm(paths, desc="decoding training images", unit="img", leave=False)
+        self.images: list[Image.Image | None] = [_try_open(p) for p in paths]
+
+    def __getitem__(self, i: int):
+        label = self.index.samples[i][1]
+        img = self.images[i]
+        if img is None:
+            return torch.zeros((3, self.aug.crop, self.aug.crop), dtype=torch.uint8), label, i, False
+        gen = sample_generator(self.seed, self.epoch, i)
+        x = to_tensor(rescale_crop_at(img, sample_scale(self.aug, gen), self.aug.crop, gen))
+        if self.aug.flip and bool(torch.rand((), generator=gen) < 0.5):
+            x = x.flip(-1)
+        return x, label, i, True
+
+
+def _try_open(path: str) -> "Image.Image | None":
+    try:
+        img = open_rgb(path)
+        img.load()
+        return img
+    except (VerydeepError, OSError, ValueError):
+        return None
 
 
 def net_input(images: torch.Tensor, stats: ColourStats, device: torch.device, channels_last: bool,

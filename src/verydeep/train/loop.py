@@ -34,7 +34,7 @@ from verydeep.precision import autocast_for, resolve
 from verydeep.train import distributed as D
 from verydeep.train.checkpoint import CheckpointFolder, atomic_save, capture_rng, load_checkpoint, restore_rng
 from verydeep.train.config import TrainConfig, save_yaml
-from verydeep.train.inputs import DataSets, augment, colour_offsets, net_input, scan, train_loader, val_loader
+from verydeep.train.inputs import CachedTrainDataset, DataSets, augment, colour_offsets, net_input, scan, train_loader, val_loader
 from verydeep.train.metrics import MetricsLog, Progress, read_metrics, topk_correct
 from verydeep.train.model_init import build_model
 from verydeep.train.schedule import PlateauSchedule
@@ -138,7 +138,10 @@ class Trainer:
         self.run_dir = Path(r.out)
         self.spec = cfg.model_spec(len(data.classes))
         self.aug = augment(cfg)
-        self.train_set = TrainDataset(data.train, self.aug, seed=r.seed)
+        if cfg.data.cache:
+            self.train_set: TrainDataset = CachedTrainDataset(data.train, self.aug, r.seed, progress=info.is_main and r.progress)
+        else:
+            self.train_set = TrainDataset(data.train, self.aug, seed=r.seed)
         self.steps_per_epoch = len(data.train) // cfg.optim.batch_size
         self.total_steps = self.steps_per_epoch * cfg.schedule.epochs
         self.schedule = PlateauSchedule(lr=cfg.optim.lr, factor=cfg.schedule.factor, patience=cfg.schedule.patience,

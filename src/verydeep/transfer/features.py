@@ -39,6 +39,7 @@ import torch
 
 from verydeep.data.folders import boxes_for, scan_image_folder
 from verydeep.data.images import read_image
+from verydeep.data.preprocess import check_rescaled_size
 from verydeep.errors import ConfigError, DataError, VerydeepError
 from verydeep.transfer.aggregate import AGGREGATES
 from verydeep.transfer.descriptors import check_scales, descriptor_size, image_descriptor, weights_identity
@@ -309,6 +310,7 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
                 multi[k] = _multilabel(item, position)
                 try:
                     image = read_image(item.path)
+                    check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=item.path)
                 except VerydeepError:
                     if bar is not None:
                         bar.update(1)

@@ -35,29 +35,33 @@ def device_positions(batch_size: int, share: float) -> list[bool]:
 
 
 class RoutedBatchSampler:
-    """Wraps any batch sampler: yields ``[(index, route), ...]`` with a ``share`` of each batch on the device.
+    """Wraps any batch sampler: yields ``[(index, route, epoch), ...]`` with a ``share`` of each batch on the device.
 
-    ``share`` may be changed between epochs (e.g. after :func:`~verydeep.data.pipeline.balance.balance_share`);
-    ``set_epoch`` is passed through to the wrapped sampler.
+    The epoch travels with every key, so persistent DataLoader workers (which keep their own copy
+    of the dataset) still draw each sample's augmentation for the right epoch. ``share`` may be
+    changed between epochs (e.g. after :func:`~verydeep.data.pipeline.balance.balance_share`);
+    ``set_epoch`` is also passed on to the wrapped sampler.
     """
 
-    def __init__(self, batch_sampler: Iterable[Sequence[int]], share: float = 0.0) -> None:
+    def __init__(self, batch_sampler: Iterable[Sequence[int]], share: float = 0.0, epoch: int = 0) -> None:
         self.batch_sampler = batch_sampler
         device_positions(1, share)  # validates
         self.share = float(share)
+        self.epoch = int(epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         for batch in self.batch_sampler:
             batch = list(batch)
             routes = device_positions(len(batch), self.share)
-            yield [(int(i), DEVICE if d else CPU) for i, d in zip(batch, routes)]
+            yield [(int(i), DEVICE if d else CPU, self.epoch) for i, d in zip(batch, routes)]
 
 
 @dataclass
@@ -81,7 +85,7 @@ class DeviceSample:
 class HybridDataset(Dataset):
     """A :class:`TrainDataset` that can also hand out encoded bytes plus a crop plan.
 
-    Keys are plain indices (CPU path) or ``(index, route)`` pairs from :class:`RoutedBatchSampler`.
+    Keys are plain indices (CPU path) or ``(index, route, epoch)`` from :class:`RoutedBatchSampler`.
     """
 
     def __init__(self, base: TrainDataset) -> None:
@@ -115,8 +119,13 @@ class HybridDataset(Dataset):
         return DeviceSample(torch.frombuffer(bytearray(data), dtype=torch.uint8), plan.box, plan.flip, int(label), i)
 
     def __getitem__(self, key):
-        i, route = key if isinstance(key, tuple) else (key, CPU)
-        return self.device_sample(int(i)) if route == DEVICE else self.cpu_sample(int(i))
+        """``key``: an index (CPU path, current epoch) or ``(index, route[, epoch])``."""
+        if not isinstance(key, tuple):
+            key = (key, CPU)
+        if len(key) > 2 and key[2] != self.base.epoch:
+            self.base.set_epoch(key[2])
+        i, route = int(key[0]), key[1]
+        return self.device_sample(i) if route == DEVICE else self.cpu_sample(i)
 
 
 @dataclass

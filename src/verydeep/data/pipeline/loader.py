@@ -42,12 +42,13 @@ class DeviceLoader:
             raise ConfigError(f"workers must be 0 or more, got {workers}")
         self.dataset = dataset
         self.hybrid = HybridDataset(dataset)
-        self.sampler = RoutedBatchSampler(batch_sampler, share)
+        self.sampler = RoutedBatchSampler(batch_sampler, share, epoch=dataset.epoch)
         self.device = torch.device(device)
         self.workers = int(workers)
         self.prefetch_factor = int(prefetch_factor)
         self.canvas_elements = int(canvas_elements)
         self.totals: Counter = Counter()
+        self._dataloader: DataLoader | None = None
 
     @property
     def share(self) -> float:
@@ -55,10 +56,11 @@ class DeviceLoader:
 
     @share.setter
     def share(self, value: float) -> None:
-        self.sampler = RoutedBatchSampler(self.sampler.batch_sampler, value)
+        probe = RoutedBatchSampler([], value)  # validates before anything changes
+        self.sampler.share = probe.share
 
     def set_epoch(self, epoch: int) -> None:
-        """Call before iterating each epoch (worker processes copy the dataset when iteration starts)."""
+        """Call before iterating each epoch (the epoch reaches the workers with every sample key)."""
         self.hybrid.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
 
@@ -66,10 +68,13 @@ class DeviceLoader:
         return len(self.sampler)
 
     def _loader(self) -> DataLoader:
-        return DataLoader(self.hybrid, batch_sampler=self.sampler, num_workers=self.workers,
-                          collate_fn=collate_hybrid, pin_memory=self.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(0),
-                          prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
+        # Persistent workers: started once, not at every epoch (16 workers take seconds to start).
+        if self._dataloader is None:
+            self._dataloader = DataLoader(
+                self.hybrid, batch_sampler=self.sampler, num_workers=self.workers, collate_fn=collate_hybrid,
+                pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                persistent_workers=self.workers > 0, prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
+        return self._dataloader
 
     def _stage(self, hb) -> DeviceBatch:
         batch = assemble(hb, self.hybrid, self.device, self.dataset.aug.crop, self.canvas_elements)
