@@ -21,5 +21,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
 
+# Kill-and-resume soak of a small training run (about a minute; not part of `make test`).
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -10,6 +10,7 @@ memory (``ru_maxrss``) covers them all: decoding the bomb would take 0.9-2.7 GB.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -110,16 +111,10 @@ def four_paths(tmp_path_factory):
         ("predict", ["predict", *files, *common, "--json"]),
     ]
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(job)], capture_output=True, text=True,
-                          timeout=300, env={**_env(), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+                          timeout=300, env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"tmp": tmp, "train": train_data, "eval": eval_data, "run": run, "files": files, "report": report}
-
-
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)
 
 
 def test_odd_files_decode_to_the_right_pixels(tmp_path):

@@ -80,6 +80,8 @@ class BenchSettings:
     infer_batch: int = 8
     warmup: int = 1  # untimed steps (compilation happens here on CUDA)
     iters: int = 2  # timed training steps
+    pipeline_batches: int = 24  # batches through the input pipeline alone (the first is not timed)
+    end_to_end_batches: int = 3  # batches through pipeline + step (the first is not timed)
     infer_passes: int = 1  # timed passes over the inference images
     images: int = 64  # JPEG files written when no data folder is given
     image_shorter: tuple[int, int] = (333, 375)
@@ -100,11 +102,11 @@ def settings_for(device: torch.device, quick: bool) -> BenchSettings:
     cores = os.cpu_count() or 1
     if quick:
         return BenchSettings(width=1 / 16, fc_width=64, num_classes=10, crop=64, scale_min=73, scale_max=146,
-                             train_batch=4, infer_batch=4, warmup=1, iters=1, images=8, image_shorter=(96, 128),
-                             workers=0, matmul=256)
+                             train_batch=4, infer_batch=4, warmup=1, iters=1, pipeline_batches=2,
+                             end_to_end_batches=2, images=8, image_shorter=(96, 128), workers=0, matmul=256)
     if device.type == "cuda":
         return BenchSettings(train_batch=256, infer_batch=256, warmup=10, iters=30, infer_passes=5, images=1024,
-                             workers=min(16, cores), matmul=8192)
+                             pipeline_batches=24, end_to_end_batches=24, workers=min(16, cores), matmul=8192)
     return BenchSettings(workers=min(2, cores))
 
 
@@ -205,13 +207,24 @@ def timed(fn: Callable[[], object], warmup: int, iters: int, device: torch.devic
     return time.perf_counter() - start
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int) -> float:
-    """FLOP/s of an n x n matrix product in ``dtype`` (the best of a few)."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matrix product in ``dtype``: the best of ``repeats`` short runs.
+
+    The best, not the mean: on a shared machine the peak is what the hardware can do when nobody
+    else is using it, and MFU is a fraction of that.
+    """
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     iters = 3 if device.type == "cpu" else 20
-    best = min(timed(lambda: a @ b, 1, iters, device) / iters for _ in range(2))
+    best = min(timed(lambda: a @ b, 1, iters, device) / iters for _ in range(repeats))
     return 2 * n**3 / best
+
+
+def peaks_for(device: torch.device, n: int, before: dict | None = None) -> dict:
+    """Matmul peaks (FLOP/s) by precision name, the best of this measurement and ``before``."""
+    now = {Precision.FP32.value: matmul_peak(device, torch.float32, n),
+           Precision.BF16.value: matmul_peak(device, torch.bfloat16, n)}
+    return {k: max(v, (before or {}).get(k, 0.0)) for k, v in now.items()}
 
 
 def _row(name: str, ours: float, base: float, flops_per_image: float | None, peaks: dict, ours_prec: Precision,
@@ -226,7 +239,7 @@ def _row(name: str, ours: float, base: float, flops_per_image: float | None, pea
 
 
 # -- inference ------------------------------------------------------------------------------------
-def _eval_batches(index: ImageIndex, s: BenchSettings) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(index: ImageIndex, s: BenchSettings) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Centre crops of every image, normalised as torchvision does, in batches of ``infer_batch``."""
     loader = DataLoader(EvalDataset(index, scale=s.test_scale, crop=s.crop), batch_size=s.infer_batch,
                         collate_fn=collate_skipping)
@@ -286,15 +299,17 @@ def bench_inference(ours: verydeep.VGG, tv: nn.Module, batches, s: BenchSettings
     base.classifier[4].register_forward_hook(lambda m, i, o: captured.append(o.detach().float().clone()))
 
     def run_all(fn, x_format, prec) -> tuple[float, list]:
+        # The images are staged on the device first: this row times the net, not the copies.
+        inputs = [x.to(device).contiguous(memory_format=x_format) for x, _ in batches]
         outs = []
         with torch.inference_mode(), autocast_for(device, prec):
             for _ in range(s.warmup):
-                fn(batches[0][0].to(device).contiguous(memory_format=x_format))
+                fn(inputs[0])
             captured.clear()
             sync(device)
             start = time.perf_counter()
-            for p in range(s.infer_passes):
-                outs = [fn(x.to(device, non_blocking=True).contiguous(memory_format=x_format)) for x, _ in batches]
+            for _ in range(s.infer_passes):
+                outs = [fn(x) for x in inputs]
             sync(device)
             elapsed = time.perf_counter() - start
         return elapsed, outs
@@ -310,7 +325,7 @@ def bench_inference(ours: verydeep.VGG, tv: nn.Module, batches, s: BenchSettings
         ref_logits, ref_fc7 = torch.cat([o.float().cpu() for o in base_outs]), base_fc7
     else:  # the baseline is not fp32 here: an untimed fp32 pass of our net is the reference
         ref = prepare_model(copy.deepcopy(ours), Precision.FP32, device)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             pairs = [(dense_descriptor(ref, x.to(device).contiguous(memory_format=torch.channels_last))) for x, _ in batches]
         ref_fc7 = torch.cat([p.float().flatten(1).cpu() for p in pairs])
         ref_logits = F.linear(ref_fc7, ref.classifier[6].weight.float().cpu(), ref.classifier[6].bias.float().cpu())
@@ -348,7 +363,9 @@ class BaselineStep:
 def make_steps(ours: verydeep.VGG, tv: nn.Module, device: torch.device, precision: Precision,
                compile_ours: bool) -> tuple[TrainStep, BaselineStep]:
     mine = copy.deepcopy(ours).to(device).train()
-    step = TrainStep(mine, torch.optim.SGD(mine.parameters(), **SGD), device, precision, compile=compile_ours)
+    # one fused kernel for the whole update on CUDA (same arithmetic as the per-tensor loop)
+    optimizer = torch.optim.SGD(mine.parameters(), **SGD, fused=device.type == "cuda" or None)
+    step = TrainStep(mine, optimizer, device, precision, compile=compile_ours)
     return step, BaselineStep(copy.deepcopy(tv), device)
 
 
@@ -407,7 +424,10 @@ class Pipelines:
         self.sampler = BatchSampler(RandomSampler(range(len(index.samples)), generator=torch.Generator().manual_seed(0)),
                                     s.train_batch, drop_last=True)
         self.ours = DeviceLoader(self.dataset, self.sampler, device, share=share, workers=s.workers)
-        self.base_set = TorchvisionFolder(index, s)
+        # Persistent workers on both sides, so neither pays for starting its workers every epoch.
+        self.base = DataLoader(TorchvisionFolder(index, s), batch_size=s.train_batch, shuffle=True, drop_last=True,
+                               num_workers=s.workers, pin_memory=device.type == "cuda",
+                               persistent_workers=s.workers > 0, generator=torch.Generator().manual_seed(0))
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.per_epoch = len(self.sampler)
 
@@ -416,9 +436,7 @@ class Pipelines:
         return iter(self.ours)
 
     def base_epoch(self, epoch: int):
-        return iter(DataLoader(self.base_set, batch_size=self.s.train_batch, shuffle=True, drop_last=True,
-                               num_workers=self.s.workers, pin_memory=self.device.type == "cuda",
-                               generator=torch.Generator().manual_seed(epoch)))
+        return iter(self.base)
 
     def ours_input(self, batch) -> torch.Tensor:
         return net_input(batch, self.stats, self.aug, self.gen, train=True)
@@ -437,8 +455,16 @@ def bench_pipeline(p: Pipelines, batches: int) -> dict:
         p.base_input(batch)
         return len(batch[1])
 
-    ours_rate = _time_stream(_epochs(p.ours_epoch, batches, p.per_epoch), ours, p.device)
-    base_rate = _time_stream(_epochs(p.base_epoch, batches, p.per_epoch), base, p.device)
+    threads = torch.get_num_threads()
+    if p.device.type == "cpu":
+        # The main process only assembles batches (a few element-wise passes); with the workers on
+        # every core, several OpenMP threads of its own would fight them (20x slower measured here).
+        torch.set_num_threads(1)
+    try:
+        ours_rate = _time_stream(_epochs(p.ours_epoch, batches, p.per_epoch), ours, p.device)
+        base_rate = _time_stream(_epochs(p.base_epoch, batches, p.per_epoch), base, p.device)
+    finally:
+        torch.set_num_threads(threads)
     return _row("input_pipeline", ours_rate, base_rate, None, {}, Precision.FP32, Precision.FP32,
                 f"DeviceLoader ({p.s.workers} workers, device share {p.ours.share:.2f}) + colour shift and mean on the device",
                 f"PIL + torchvision RandomResize/RandomCrop/Flip/ToTensor/Normalize ({p.s.workers} workers)",
@@ -491,6 +517,8 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
     compile_ours = compile_by_default(dev)
     bar = tqdm(total=6, desc="bench", unit="stage", disable=not progress, leave=False)
     with ExitStack() as stack:
+        if dev.type == "cuda":  # both sides get cuDNN's autotuned algorithms (restored on exit)
+            stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=True))
         if data is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="verydeep-bench-")))
             bar.set_postfix_str("writing JPEGs")
@@ -499,12 +527,11 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
             index = scan_image_folder(data)
         bar.update()
         bar.set_postfix_str("matmul peak")
-        peaks = {Precision.FP32.value: matmul_peak(dev, torch.float32, s.matmul),
-                 Precision.BF16.value: matmul_peak(dev, torch.bfloat16, s.matmul)}
+        peaks = peaks_for(dev, s.matmul)
         bar.update()
         ours_net, tv = make_nets(s)
         bar.set_postfix_str("inference")
-        rows = [bench_inference(ours_net, tv, _eval_batches(index, s), s, dev, precision, peaks, compile_ours)]
+        rows = [bench_inference(ours_net, tv, eval_batches(index, s), s, dev, precision, peaks, compile_ours)]
         bar.update()
         bar.set_postfix_str("training step")
         step, base = make_steps(ours_net, tv, dev, precision, compile_ours)
@@ -521,15 +548,23 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
                                       workers=s.workers)
                 share = balance_share(rates.cpu, rates.device, rates.read, step_rate)
         pipes = Pipelines(index, s, dev, share or 0.0)
-        batches = max(2, min(pipes.per_epoch * 2, s.iters + 1))
         bar.set_postfix_str("input pipeline")
-        rows.append(bench_pipeline(pipes, max(batches, min(pipes.per_epoch, 8))))
+        rows.append(bench_pipeline(pipes, s.pipeline_batches))
         if rates is not None:
             rows[-1]["measured_rates"] = rates.to_dict()
         bar.update()
         bar.set_postfix_str("end to end")
-        rows.append(bench_end_to_end(pipes, step, base, batches, precision, peaks))
+        rows.append(bench_end_to_end(pipes, step, base, s.end_to_end_batches, precision, peaks))
         bar.update()
+        # Measured again at the end (the best of both): a busy moment at the start must not inflate MFU.
+        final = peaks_for(dev, s.matmul, peaks)
+        for row in rows:
+            for side in ("ours", "baseline"):
+                key = f"mfu_{side}"
+                if key in row:
+                    prec = precision.value if side == "ours" else baseline_precision(dev).value
+                    row[key] *= peaks[prec] / final[prec]
+        peaks = final
     bar.close()
     return {
         "device": str(dev), "device_name": _device_name(dev), "quick": quick,

@@ -260,10 +260,12 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _run_evaluate(args) -> int:
     from verydeep.evaluate.command import evaluate_command
-    from verydeep.report.evaluation import failures_text, results_table, write_report
+    from verydeep.report.evaluation import failures_text, report_folder, results_table, write_report
 
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+    if args.report:
+        report_folder(args.report)  # before the evaluation: a bad path fails at once
     summary = evaluate_command(weights=args.weights, data=args.data, combine=args.combine, protocols=args.protocols,
                                scales=args.scales, flip=not args.no_flip, save_scores=args.save_scores,
                                precision=args.precision, device=args.device, batch_size=args.batch_size,
@@ -425,6 +427,35 @@ def _run_transfer(args) -> int:
     return 0
 
 
+# -- bench --------------------------------------------------------------------------------------
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--quick", action="store_true", help="tiny net and images, seconds (a smoke test; ratios mean little)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="ImageFolder of JPEGs to read (default: a temporary synthetic set at ImageNet-like sizes)")
+    p.add_argument("--share", type=_share, default=None,
+                   help="fraction of each batch decoded on the device (default: measured and balanced on CUDA, 0 on CPU)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _run_bench(args) -> int:
+    from verydeep.bench import format_report, run_bench
+
+    result = run_bench(args.device, quick=args.quick, data=args.data, progress=not args.json, share=args.share)
+    _print_json(result) if args.json else print(format_report(result))
+    return 0
+
+
 # -- the command table --------------------------------------------------------------------------
 class Command(NamedTuple):
     name: str
@@ -449,6 +480,8 @@ COMMANDS: list[Command] = [
             _add_features, _run_features),
     Command("transfer", "linear SVMs on a feature file: VOC mAP or Caltech mean class recall (Table 11)",
             _add_transfer, _run_transfer),
+    Command("bench", "speed against a typical torchvision setup: inference, training step, input pipeline",
+            _add_bench, _run_bench),
 ]
 
 

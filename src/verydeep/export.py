@@ -82,7 +82,7 @@ def metadata_props(meta: WeightsMeta) -> dict[str, str]:
 
 
 def _atomic_write(dst: Path, write) -> Path:
-    if not dst.parent.exists():
+    if not dst.parent.is_dir():
         raise ConfigError(f"cannot write {dst}: folder {dst.parent} does not exist")
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
@@ -175,6 +175,15 @@ def check_onnx(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] 
     return out
 
 
+def check_opset(opset: int) -> None:
+    """Refuse an ONNX opset the installed exporter cannot write (it would fail mid-export with a graph dump)."""
+    from torch.onnx import _constants  # the exporter's own supported range
+
+    low, high = _constants.ONNX_MIN_OPSET, _constants.ONNX_MAX_OPSET
+    if not low <= int(opset) <= high:
+        raise ConfigError(f"--opset {opset} is not supported: this PyTorch exports ONNX opsets {low} to {high}")
+
+
 def format_for(dst: str | os.PathLike, fmt: str | None) -> str:
     """``fmt`` when given, else the format that ``dst``'s suffix names."""
     if fmt is not None:
@@ -195,8 +204,10 @@ def export(weights: str | os.PathLike, dst: str | os.PathLike, fmt: str | None =
     fmt = format_for(dst, fmt)
     if check and fmt != "onnx":
         raise ConfigError("--check runs the file with onnxruntime: it applies to --format onnx")
-    if not Path(dst).parent.exists():
+    if not Path(dst).parent.is_dir():
         raise ConfigError(f"cannot write {dst}: folder {Path(dst).parent} does not exist")
+    if fmt == "onnx":
+        check_opset(opset)
     model = load(weights).to("cpu").float().eval()
     if fmt == "onnx":
         path = export_onnx(model, dst, opset=opset)

@@ -27,7 +27,8 @@ BACKGROUND = (255, 255, 255)
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB (16-bit scaled, alpha composited over white)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        # float images (TIFF) may hold NaN or inf: those pixels become black
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(arr, mode="L")

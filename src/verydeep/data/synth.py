@@ -357,7 +357,10 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
             raise DataError(f"{out} is not empty and holds no synthetic set; choose a new or empty folder")
         for split in SPLITS:  # our own earlier set: replace it
             shutil.rmtree(out / split, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {out}: {exc.strerror or exc}") from None
     arguments = _arguments(classes, train, val, seed)
     manifest = {"generator": "verydeep synthetic shapes", "arguments": arguments, "complete": False, "classes": names}
     _write_manifest(out, manifest)

@@ -103,13 +103,19 @@ def report_markdown(summary: Summary, plot: str | None) -> str:
     return "\n".join(parts)
 
 
-def write_report(summary: Summary, folder: str | os.PathLike) -> Path:
-    """Write ``report.md`` and the plot into ``folder`` (created if missing); returns the report path."""
+def report_folder(folder: str | os.PathLike) -> Path:
+    """Create the report folder (a CLI calls this before evaluating, so a bad path fails at once)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create report folder {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def write_report(summary: Summary, folder: str | os.PathLike) -> Path:
+    """Write ``report.md`` and the plot into ``folder`` (created if missing); returns the report path."""
+    folder = report_folder(folder)
     plot = plot_error_vs_scale(summary, folder / PLOT_NAME)
     report = folder / REPORT_NAME
     tmp = folder / f".{REPORT_NAME}.tmp{os.getpid()}"

@@ -106,6 +106,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])
+        torch.set_flush_denormal(False)
         D.cleanup(info)
 
 
@@ -133,6 +134,8 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = not r.deterministic
+        # Tiny gradients of small nets become denormal floats, which x86 CPUs handle 10-20x slower.
+        torch.set_flush_denormal(True)
         self.device = info.device
         self.precision = resolve(r.precision, self.device)
         self.run_dir = Path(r.out)

@@ -23,7 +23,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 def save(state_dict: dict[str, torch.Tensor], meta: WeightsMeta, path: str | os.PathLike) -> Path:
     """Write weights and metadata atomically (a temporary file renamed into place)."""
     path = Path(path)
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise WeightsError(f"cannot write {path}: folder {path.parent} does not exist")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -32,9 +32,9 @@ def save(state_dict: dict[str, torch.Tensor], meta: WeightsMeta, path: str | os.
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports its I/O errors as SafetensorError
         tmp.unlink(missing_ok=True)
-        raise WeightsError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise WeightsError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return path
 
 

@@ -83,9 +83,11 @@ def measure_rates(dataset: TrainDataset, device: torch.device | str, batches: It
     for k, hb in enumerate(device_batches):
         _sync(device)
         start = time.perf_counter()
-        images = [img for img in decode_images(hb.device_data, device) if img is not None]
+        decoded = decode_images(hb.device_data, device)
+        images = [img for img in decoded if img is not None]
         if images:
-            crop_windows(images, hb.device_boxes[: len(images)], crop, canvas_elements)
+            boxes = torch.tensor([box for box, img in zip(hb.device_boxes, decoded) if img is not None])
+            crop_windows(images, boxes, crop, canvas_elements)
         _sync(device)
         if k > 0:  # the first call loads the decoder and the kernels
             elapsed += time.perf_counter() - start

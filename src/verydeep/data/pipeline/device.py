@@ -151,38 +151,46 @@ def assemble(hb: HybridBatch, dataset: HybridDataset, device: torch.device | str
     for k, img in enumerate(decoded):
         if img is None:
             fallbacks["decode"] += 1
-            sample = dataset.cpu_sample(int(hb.device_indices[k]), "decode")
+            sample = dataset.cpu_sample(hb.device_indices[k], "decode")
             if sample.ok:
                 redo.append(sample)
-                redo_positions.append(int(hb.device_positions[k]))
+                redo_positions.append(hb.device_positions[k])
             else:
                 bad.append(sample.index)
 
-    parts, labels, indices, positions = [], [], [], []
-    if len(hb.cpu_labels):
+    parts: list[torch.Tensor] = []
+    labels: list[int] = []
+    indices: list[int] = []
+    positions: list[int] = []
+    if hb.cpu_labels:
         parts.append(hb.cpu_images.to(device, non_blocking=True))
-        labels.append(hb.cpu_labels)
-        indices.append(hb.cpu_indices)
-        positions.append(hb.cpu_positions)
+        labels += hb.cpu_labels
+        indices += hb.cpu_indices
+        positions += hb.cpu_positions
     if good:
-        keep = torch.tensor(good, dtype=torch.long)
-        crops = to_uint8(crop_windows([decoded[k] for k in good], hb.device_boxes[keep], crop, canvas_elements))
-        parts.append(flip_where(crops, hb.device_flips[keep]))
-        labels.append(hb.device_labels[keep])
-        indices.append(hb.device_indices[keep])
-        positions.append(hb.device_positions[keep])
+        boxes = torch.tensor([hb.device_boxes[k] for k in good], dtype=torch.float32)
+        flips = torch.tensor([hb.device_flips[k] for k in good], dtype=torch.bool)
+        crops = to_uint8(crop_windows([decoded[k] for k in good], boxes, crop, canvas_elements))
+        parts.append(flip_where(crops, flips))
+        labels += [hb.device_labels[k] for k in good]
+        indices += [hb.device_indices[k] for k in good]
+        positions += [hb.device_positions[k] for k in good]
     if redo:
         parts.append(torch.stack([s.image for s in redo]).to(device))
-        labels.append(torch.tensor([s.label for s in redo], dtype=torch.long))
-        indices.append(torch.tensor([s.index for s in redo], dtype=torch.long))
-        positions.append(torch.tensor(redo_positions, dtype=torch.long))
+        labels += [s.label for s in redo]
+        indices += [s.index for s in redo]
+        positions += redo_positions
     if not parts:
-        empty = torch.empty((0,), dtype=torch.long)
-        return DeviceBatch(torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=device), empty.to(device),
-                           empty.to(device), bad, fallbacks, 0)
-    order = torch.argsort(torch.cat(positions))
-    images = torch.cat(parts)[order.to(device)]
+        return DeviceBatch(torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=device),
+                           torch.empty((0,), dtype=torch.long, device=device),
+                           torch.empty((0,), dtype=torch.long, device=device), bad, fallbacks, 0)
+    images = parts[0] if len(parts) == 1 else torch.cat(parts)
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    if order != list(range(len(order))):  # back to the sampler's order (the CPU-only case already is)
+        images = images[torch.tensor(order, device=device)]
+        labels = [labels[k] for k in order]
+        indices = [indices[k] for k in order]
     return DeviceBatch(images=images,
-                       labels=torch.cat(labels)[order].to(device, non_blocking=True),
-                       indices=torch.cat(indices)[order].to(device, non_blocking=True),
+                       labels=torch.tensor(labels, dtype=torch.long).to(device, non_blocking=True),
+                       indices=torch.tensor(indices, dtype=torch.long).to(device, non_blocking=True),
                        bad=bad, fallbacks=fallbacks, on_device=len(good))

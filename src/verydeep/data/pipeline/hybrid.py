@@ -7,11 +7,13 @@ device. The other samples go through the data helper's :class:`TrainDataset` unc
 crop-resize of the window only, flip) in the workers. Files the device cannot take (not JPEG,
 CMYK, rotated by EXIF, too small for the crop) fall back to the CPU path and are counted.
 :func:`collate_hybrid` packs both kinds into one :class:`HybridBatch` that remembers each
-sample's position, so the assembled batch keeps the sampler's order whatever the split.
+sample's position, so the assembled batch keeps the sampler's order whatever the split. The
+encoded files travel as one tensor (one shared-memory block per batch, not one per file).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -75,7 +77,7 @@ class CpuSample:
 
 @dataclass
 class DeviceSample:
-    data: torch.Tensor  # uint8 (n_bytes,): the encoded JPEG
+    data: bytes  # the encoded JPEG
     box: tuple[float, float, float, float]
     flip: bool
     label: int
@@ -116,7 +118,7 @@ class HybridDataset(Dataset):
             plan = plan_crop(header, self.base.aug, self.base.seed, self.base.epoch, i)  # type: ignore[arg-type]
         except VerydeepError:
             return self.cpu_sample(i, "smaller than the crop")
-        return DeviceSample(torch.frombuffer(bytearray(data), dtype=torch.uint8), plan.box, plan.flip, int(label), i)
+        return DeviceSample(data, plan.box, plan.flip, int(label), i)
 
     def __getitem__(self, key):
         """``key``: an index (CPU path, current epoch) or ``(index, route[, epoch])``."""
@@ -130,27 +132,39 @@ class HybridDataset(Dataset):
 
 @dataclass
 class HybridBatch:
-    """One batch in two parts; ``*_positions`` are each sample's place in the sampler's batch."""
+    """One batch in two parts; ``*_positions`` are each sample's place in the sampler's batch.
 
-    cpu_images: torch.Tensor
-    cpu_labels: torch.Tensor
-    cpu_indices: torch.Tensor
-    cpu_positions: torch.Tensor
-    device_data: list[torch.Tensor]
-    device_boxes: torch.Tensor
-    device_flips: torch.Tensor
-    device_labels: torch.Tensor
-    device_indices: torch.Tensor
-    device_positions: torch.Tensor
+    Only the two payloads are tensors (each crosses from a worker as one shared-memory block);
+    the per-sample fields are plain lists, which travel inside the pickle at no extra cost.
+    """
+
+    cpu_images: torch.Tensor  # uint8 (Nc, 3, crop, crop)
+    cpu_labels: list[int]
+    cpu_indices: list[int]
+    cpu_positions: list[int]
+    device_bytes: torch.Tensor  # every device sample's encoded file, end to end (uint8)
+    device_offsets: list[int]  # sample k is device_bytes[offsets[k]:offsets[k + 1]]
+    device_boxes: list[tuple[float, float, float, float]]
+    device_flips: list[bool]
+    device_labels: list[int]
+    device_indices: list[int]
+    device_positions: list[int]
     bad: list[int] = field(default_factory=list)
     fallbacks: Counter = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.cpu_labels) + len(self.device_labels)
 
+    @property
+    def device_data(self) -> list[torch.Tensor]:
+        """The encoded files, one 1-D uint8 view each (what the JPEG decoder takes)."""
+        bounds = self.device_offsets
+        return [self.device_bytes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
     def pin_memory(self) -> "HybridBatch":
-        """Called by DataLoader(pin_memory=True): page-locked crops copy to the GPU asynchronously."""
+        """Called by DataLoader(pin_memory=True): page-locked memory copies to the GPU asynchronously."""
         self.cpu_images = self.cpu_images.pin_memory()
+        self.device_bytes = self.device_bytes.pin_memory()
         return self
 
 
@@ -160,25 +174,20 @@ def collate_hybrid(samples: Sequence[CpuSample | DeviceSample]) -> HybridBatch:
     dev = [(p, s) for p, s in enumerate(samples) if isinstance(s, DeviceSample)]
     bad = [s.index for s in samples if isinstance(s, CpuSample) and not s.ok]
     fallbacks = Counter(s.fallback for s in samples if isinstance(s, CpuSample) and s.fallback)
-    if cpu:
-        images = torch.stack([s.image for _, s in cpu])
-    else:
-        images = torch.empty((0, 3, 0, 0), dtype=torch.uint8)
-
-    def longs(values) -> torch.Tensor:
-        return torch.tensor(list(values), dtype=torch.long)
-
+    images = torch.stack([s.image for _, s in cpu]) if cpu else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+    encoded = b"".join(s.data for _, s in dev)
     return HybridBatch(
         cpu_images=images,
-        cpu_labels=longs(s.label for _, s in cpu),
-        cpu_indices=longs(s.index for _, s in cpu),
-        cpu_positions=longs(p for p, _ in cpu),
-        device_data=[s.data for _, s in dev],
-        device_boxes=torch.tensor([s.box for _, s in dev], dtype=torch.float32).reshape(-1, 4),
-        device_flips=torch.tensor([s.flip for _, s in dev], dtype=torch.bool),
-        device_labels=longs(s.label for _, s in dev),
-        device_indices=longs(s.index for _, s in dev),
-        device_positions=longs(p for p, _ in dev),
+        cpu_labels=[s.label for _, s in cpu],
+        cpu_indices=[s.index for _, s in cpu],
+        cpu_positions=[p for p, _ in cpu],
+        device_bytes=torch.frombuffer(bytearray(encoded), dtype=torch.uint8) if encoded else torch.empty((0,), dtype=torch.uint8),
+        device_offsets=[0, *itertools.accumulate(len(s.data) for _, s in dev)],
+        device_boxes=[s.box for _, s in dev],
+        device_flips=[s.flip for _, s in dev],
+        device_labels=[s.label for _, s in dev],
+        device_indices=[s.index for _, s in dev],
+        device_positions=[p for p, _ in dev],
         bad=bad,
         fallbacks=fallbacks,
     )

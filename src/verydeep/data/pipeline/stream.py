@@ -1,10 +1,11 @@
 """Staging the next batch while the current one trains (a side CUDA stream; a plain loop elsewhere).
 
 On CUDA, :class:`Prefetcher` runs ``stage(item)`` for batch k+1 (host-to-device copies, nvJPEG
-decode, crop-resize) on its own stream while the default stream still computes step k, and makes
-the default stream wait for that work only when batch k+1 is handed out. The tensors are marked
-as used by the default stream so the caching allocator does not recycle them early. On any other
-device staging is just a call: there is no second queue to overlap with.
+decode, crop-resize) on its own stream while the default stream still computes step k (which the
+consumer queued before asking for the next batch), and makes the default stream wait for that
+work only when batch k+1 is handed out; meanwhile the DataLoader workers prepare later batches.
+The tensors are marked as used by the default stream so the caching allocator does not recycle
+them early. On any other device staging is just a call: there is no second queue to overlap with.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ class Prefetcher(Generic[T, S]):
         pending = launch()
         while pending is not None:
             staged, done = pending
-            pending = launch()  # queue batch k+1 before handing out batch k
             main.wait_event(done)
             if hasattr(staged, "record_stream"):
                 staged.record_stream(main)
+            # The consumer queues step k (asynchronously) and asks for the next batch: batch k+1 is
+            # then staged on the side stream while the GPU runs step k.
             yield staged
+            pending = launch()
