@@ -54,3 +54,13 @@ def test_bench_rejects_a_bad_share(capsys):
     else:
         raise AssertionError("--share 2 was accepted")
     assert "[0, 1]" in capsys.readouterr().err
+
+
+def test_bench_on_a_folder_smaller_than_a_batch_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (120, 90), (10, 200, 30)).save(tmp_path / "a" / "only.jpg")
+    assert main(["bench", "--device", "cpu", "--quick", "--data", str(tmp_path), "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fewer than one batch" in err[0]

@@ -54,7 +54,7 @@ from verydeep.data.folders import ImageIndex, scan_image_folder
 from verydeep.data.pipeline import DeviceLoader, balance_share, measure_rates, net_input
 from verydeep.data.transforms import ColourStats, EvalDataset, TrainAugment, TrainDataset, collate_skipping
 from verydeep.devices import pick_device
-from verydeep.errors import ConfigError
+from verydeep.errors import ConfigError, DataError
 from verydeep.models.summary import multiply_adds
 from verydeep.precision import Precision, autocast_for, prepare_model, resolve
 
@@ -255,28 +255,27 @@ def agreement(ours_logits: torch.Tensor, ref_logits: torch.Tensor, ours_fc7: tor
     A randomly initialised net's top-1 is nearly a tie between classes on every image, so raw
     top-1 agreement says little. A trained net has clear winners on most images and a few near
     ties; we get that shape by fitting a linear probe (ridge regression to the folder's labels)
-    on the fp32 fc7 features of half the images and comparing its top-1 on the other half fed
-    with fp32 and with our fc7 features.
+    on the fp32 fc7 features of every other image and comparing its top-1 on the remaining half
+    fed with fp32 and with our fc7 features.
     """
     cos = F.cosine_similarity(ours_logits.double(), ref_logits.double(), dim=1)
     out = {"logit_cosine_min": float(cos.min()), "logit_cosine_mean": float(cos.mean()),
            "top1_agreement_raw": float((ours_logits.argmax(1) == ref_logits.argmax(1)).double().mean()),
            "images": int(len(labels))}
-    n = len(labels)
-    half = n // 2
-    if half >= 2 and len(torch.unique(labels[:half])) >= 2:
+    fit, test = torch.arange(0, len(labels), 2), torch.arange(1, len(labels), 2)  # interleaved: every class in both
+    if len(test) >= 2 and len(torch.unique(labels[fit])) >= 2:
         x_ref, x_ours = ref_fc7.double(), ours_fc7.double()
-        mu = x_ref[:half].mean(0)
-        xt = x_ref[:half] - mu
-        classes = int(labels.max()) + 1
-        y = F.one_hot(labels[:half], classes).double()
+        mu = x_ref[fit].mean(0)
+        xt = x_ref[fit] - mu
+        y = F.one_hot(labels[fit], int(labels.max()) + 1).double()
         gram = xt @ xt.T
-        ridge = 1e-3 * gram.trace() / half + 1e-12
-        weights = xt.T @ torch.linalg.solve(gram + ridge * torch.eye(half, dtype=gram.dtype), y - y.mean(0))
-        top_ref = ((x_ref[half:] - mu) @ weights).argmax(1)
-        top_ours = ((x_ours[half:] - mu) @ weights).argmax(1)
+        ridge = 1e-3 * gram.trace() / len(fit) + 1e-12
+        weights = xt.T @ torch.linalg.solve(gram + ridge * torch.eye(len(fit), dtype=gram.dtype), y - y.mean(0))
+        top_ref = ((x_ref[test] - mu) @ weights).argmax(1)
+        top_ours = ((x_ours[test] - mu) @ weights).argmax(1)
         out["top1_agreement_probe"] = float((top_ref == top_ours).double().mean())
-        out["probe_test_images"] = n - half
+        out["probe_test_images"] = len(test)
+        out["probe_accuracy_fp32"] = float((top_ref == labels[test]).double().mean())
     return out
 
 
@@ -390,11 +389,14 @@ def _epochs(loader_fn: Callable[[int], object], batches_needed: int, per_epoch: 
     """Batches from as many epochs as needed (``loader_fn(epoch)`` gives an iterable per epoch)."""
     done, epoch = 0, 0
     while done < batches_needed:
+        before = done
         for batch in loader_fn(epoch):
             yield batch
             done += 1
             if done >= batches_needed:
                 return
+        if done == before:
+            raise DataError("the data gives no full batch")
         epoch += 1
 
 
@@ -515,8 +517,9 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
         raise ConfigError(f"--share must be in [0, 1], got {share}")
     precision = resolve("auto", dev)
     compile_ours = compile_by_default(dev)
-    bar = tqdm(total=6, desc="bench", unit="stage", disable=not progress, leave=False)
     with ExitStack() as stack:
+        bar = tqdm(total=6, desc="bench", unit="stage", disable=not progress, leave=False)
+        stack.callback(bar.close)  # also on an error, so its line is gone before the error line
         if dev.type == "cuda":  # both sides get cuDNN's autotuned algorithms (restored on exit)
             stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=True))
         if data is None:
@@ -525,6 +528,8 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
             index = write_jpegs(folder, s.images, s.image_shorter)
         else:
             index = scan_image_folder(data)
+            if len(index.samples) < s.train_batch:
+                raise DataError(f"{data} has {len(index.samples)} images, fewer than one batch of {s.train_batch}")
         bar.update()
         bar.set_postfix_str("matmul peak")
         peaks = peaks_for(dev, s.matmul)
@@ -565,7 +570,6 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
                     prec = precision.value if side == "ours" else baseline_precision(dev).value
                     row[key] *= peaks[prec] / final[prec]
         peaks = final
-    bar.close()
     return {
         "device": str(dev), "device_name": _device_name(dev), "quick": quick,
         "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -33,7 +33,7 @@ class Prefetcher(Generic[T, S]):
             return
         yield from self._cuda_iter()
 
-    def _cuda_iter(self) -> Iterator[S]:  # pragma: no cover - needs a GPU
+    def _cuda_iter(self) -> Iterator[S]:
         side = torch.cuda.Stream(device=self.device)
         main = torch.cuda.current_stream(self.device)
         it = iter(self.source)
