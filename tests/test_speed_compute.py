@@ -14,8 +14,6 @@ from verydeep.compute import (
     TrainStep,
     compile_by_default,
     compile_if,
-    dense_descriptor,
-    dense_scores,
     to_channels_last,
 )
 from verydeep.errors import VerydeepError
@@ -110,20 +108,31 @@ def test_train_step_in_bf16_learns():
     assert losses[-1] < losses[0]
 
 
+def _conv_form(model, x):
+    """The dense view computed as convolutions over the FC weights' views (the CUDA path)."""
+    import torch.nn.functional as F
+
+    (w6, b6), (w7, b7), (w8, b8) = model.fc_as_conv()
+    y = F.relu(F.conv2d(model.features(x), w6, b6))
+    fc7 = F.relu(F.conv2d(y, w7, b7))
+    return fc7, F.conv2d(fc7, w8, b8)
+
+
 @pytest.mark.parametrize("size", [(32, 32), (64, 96), (80, 48)])
-def test_fast_dense_equals_the_models_dense_view(size):
+def test_cpu_matrix_form_of_dense_equals_the_convolution_form(size):
     model = tiny().eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
-        want, got = model.dense(x), dense_scores(model, x)
+        want_fc7, want = _conv_form(model, x)
+        got = model.dense(x)
         assert got.shape == want.shape
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
-        assert torch.allclose(dense_descriptor(model, x), model.descriptor(x), atol=1e-5, rtol=1e-4)
-        cl = dense_scores(model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last))
+        assert torch.allclose(model.descriptor(x), want_fc7, atol=1e-5, rtol=1e-4)
+        cl = model.to(memory_format=torch.channels_last).dense(x.contiguous(memory_format=torch.channels_last))
         assert torch.allclose(cl, want, atol=1e-5, rtol=1e-4)
 
 
-def test_fast_dense_refuses_images_smaller_than_a_crop():
+def test_dense_refuses_images_smaller_than_a_crop():
     model = tiny().eval()
     with pytest.raises(VerydeepError, match="at least one crop"):
-        dense_scores(model, torch.randn(1, 3, 31, 40))
+        model.dense(torch.randn(1, 3, 31, 40))

@@ -4,7 +4,7 @@ Four workloads (VGG-16 at 224 unless ``--quick``), each timed for ours and for t
 same machine, data and weights, with the ratio ours / baseline:
 
 * **dense inference**: ours = bf16 weights where the hardware has fast bf16, channels-last, the
-  dense view with fc6-fc8 as matrix products (:func:`verydeep.compute.dense_scores`), compiled on
+  dense view with fc6-fc8 as matrix products (``VGG.dense``), compiled on
   CUDA; baseline = torchvision's VGG-16 eager (fp32 on the CPU; on CUDA bf16 autocast and
   channels-last, the "typical user" of the speed issue). Also reported: top-1 agreement and logit
   cosine of ours against fp32 (see :func:`agreement`);
@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 import verydeep
-from verydeep.compute import TrainStep, compile_by_default, dense_descriptor
+from verydeep.compute import TrainStep, compile_by_default
 from verydeep.data.folders import ImageIndex, scan_image_folder
 from verydeep.data.pipeline import DeviceLoader, balance_share, measure_rates, net_input
 from verydeep.data.transforms import ColourStats, EvalDataset, TrainAugment, TrainDataset, collate_skipping
@@ -286,7 +286,7 @@ def bench_inference(ours: verydeep.VGG, tv: nn.Module, batches, s: BenchSettings
     fc8 = net.classifier[6]
 
     def ours_fn(x):
-        fc7 = dense_descriptor(net, x)
+        fc7 = net.descriptor(x)
         return fc7, F.conv2d(fc7, fc8.weight.view(*fc8.weight.shape, 1, 1), fc8.bias)
 
     ours_run = torch.compile(ours_fn) if compile_ours else ours_fn
@@ -325,7 +325,7 @@ def bench_inference(ours: verydeep.VGG, tv: nn.Module, batches, s: BenchSettings
     else:  # the baseline is not fp32 here: an untimed fp32 pass of our net is the reference
         ref = prepare_model(copy.deepcopy(ours), Precision.FP32, device)
         with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            pairs = [(dense_descriptor(ref, x.to(device).contiguous(memory_format=torch.channels_last))) for x, _ in batches]
+            pairs = [ref.descriptor(x.to(device).contiguous(memory_format=torch.channels_last)) for x, _ in batches]
         ref_fc7 = torch.cat([p.float().flatten(1).cpu() for p in pairs])
         ref_logits = F.linear(ref_fc7, ref.classifier[6].weight.float().cpu(), ref.classifier[6].bias.float().cpu())
     labels = torch.cat([y for _, y in batches])

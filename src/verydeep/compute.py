@@ -10,11 +10,6 @@ Helpers a training loop adopts one by one:
   so a step never waits for the GPU to finish just to print a number;
 * :class:`TrainStep`: one SGD step with all of the above and bf16 autocast, returning nothing the
   host has to wait for;
-* :func:`dense_scores` / :func:`dense_descriptor`: the dense view with fc6-fc8 as matrix products
-  over every ``k x k`` window of pool5 (``unfold`` + ``linear``) instead of convolutions whose
-  kernels are views of the FC weights. Same numbers; but on the CPU oneDNN re-lays fc6's 100 M
-  weights into its own format at *every* convolution call (about 0.3-0.6 s on 2 cores, whatever the
-  batch size), while a matrix product reads them as they are.
 """
 
 from __future__ import annotations
@@ -48,32 +43,6 @@ def to_channels_last(obj):
     if isinstance(obj, torch.Tensor) and obj.dim() == 4:
         return obj.contiguous(memory_format=torch.channels_last)
     return obj
-
-
-def _fc_windows(model, x: torch.Tensor, logits: bool) -> torch.Tensor:
-    """fc6, fc7 (and fc8) of ``model`` applied to every ``k x k`` window of its pool5 map (eval semantics: no dropout)."""
-    model._check_dense_size(x)
-    y = model.features(x)
-    k = model.spec.fc6_kernel
-    n, _, h, w = y.shape
-    # Rows of (C, k, k) values in the order nn.Linear's weights expect (torch.flatten of NCHW).
-    windows = y.reshape(n, 1, -1) if (h, w) == (k, k) else F.unfold(y, k).transpose(1, 2)
-    fc6, fc7, fc8 = model.classifier[0], model.classifier[3], model.classifier[6]
-    z = F.relu(F.linear(windows, fc6.weight, fc6.bias))
-    z = F.relu(F.linear(z, fc7.weight, fc7.bias))
-    if logits:
-        z = F.linear(z, fc8.weight, fc8.bias)
-    return z.transpose(1, 2).reshape(n, z.shape[-1], h - k + 1, w - k + 1)
-
-
-def dense_scores(model, x: torch.Tensor) -> torch.Tensor:
-    """``model.dense(x)`` (the class score map, N x classes x h x w) computed with matrix products."""
-    return _fc_windows(model, x, logits=True)
-
-
-def dense_descriptor(model, x: torch.Tensor) -> torch.Tensor:
-    """``model.descriptor(x)`` (the fc7 map after ReLU) computed with matrix products."""
-    return _fc_windows(model, x, logits=False)
 
 
 class DeferredMetrics:

@@ -137,18 +137,39 @@ class VGG(nn.Module):
                 f"got {h}x{w}: rescale it first (isotropic rescale to Q >= {crop})"
             )
 
+    def _fc_maps(self, pool5: torch.Tensor, logits: bool) -> torch.Tensor:
+        """fc6, fc7 (and fc8) at every ``k x k`` window of a pool5 map, eval semantics (no dropout).
+
+        On CUDA the layers run as convolutions with the views of :meth:`fc_as_conv`. On the CPU
+        they run as matrix products over the unfolded windows: the same numbers, but oneDNN would
+        otherwise re-lay fc6's weights (100 M values at full size) into its own format at every
+        convolution call, which costs more than the product itself.
+        """
+        if pool5.device.type != "cpu":
+            (w6, b6), (w7, b7), (w8, b8) = self.fc_as_conv()
+            y = F.relu(F.conv2d(pool5, w6, b6))
+            y = F.relu(F.conv2d(y, w7, b7))
+            return F.conv2d(y, w8, b8) if logits else y
+        k = self.spec.fc6_kernel
+        n, _, h, w = pool5.shape
+        # rows of (C, k, k) values in the order of nn.Linear's weights (torch.flatten of NCHW)
+        windows = pool5.reshape(n, 1, -1) if (h, w) == (k, k) else F.unfold(pool5, k).transpose(1, 2)
+        fc6, fc7, fc8 = self.classifier[0], self.classifier[3], self.classifier[6]
+        z = F.relu(F.linear(windows, fc6.weight, fc6.bias))
+        z = F.relu(F.linear(z, fc7.weight, fc7.bias))
+        if logits:
+            z = F.linear(z, fc8.weight, fc8.bias)
+        return z.transpose(1, 2).reshape(n, z.shape[-1], h - k + 1, w - k + 1)
+
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """The fc7 activation map (N, fc_width, h, w): the very deep feature for transfer."""
         self._check_dense_size(x)
-        y = self.features(x)
-        (w6, b6), (w7, b7), _ = self.fc_as_conv()
-        y = F.relu(F.conv2d(y, w6, b6))
-        return F.relu(F.conv2d(y, w7, b7))
+        return self._fc_maps(self.features(x), logits=False)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """The class score map (N, classes, h, w) of a whole image (no softmax, no pooling)."""
-        w8, b8 = self.fc_as_conv()[2]
-        return F.conv2d(self.descriptor(x), w8, b8)
+        self._check_dense_size(x)
+        return self._fc_maps(self.features(x), logits=True)
 
 
 def vgg(config: str = "D", **options: Any) -> VGG:
