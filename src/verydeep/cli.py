@@ -137,7 +137,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, nested section.field (optim.lr=0.001 model.width=0.25)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue the run in run.out from its newest checkpoint (or from CHECKPOINT)")
+                   help="continue the run in run.out from its newest checkpoint (or from CHECKPOINT); "
+                        "'--resume auto' resumes when run.out holds a checkpoint and starts afresh otherwise "
+                        "(for torchrun --max-restarts)")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
 
 

@@ -39,17 +39,17 @@ class DemoSettings:
     width: float = 0.125
     fc_width: int = 256
     batch_norm: bool = False
-    dropout: float = 0.5
+    dropout: float = 0.0
     crop: int = 64
     scale_a: tuple[int, int] = (64, 64)  # net A: fixed S (the paper's S = 256 for A)
-    scale_d: tuple[int, int] = (64, 96)  # net D: S jittered (the paper's [256, 512])
+    scale_d: tuple[int, int] = (64, 80)  # net D: S jittered (the paper's [256, 512])
     init: str = "glorot"
     lr_a: float = 0.01
     lr_d: float = 0.01
     batch: int = 64
-    epochs_a: int = 10
-    epochs_d: int = 15
-    patience: int = 2
+    epochs_a: int = 20
+    epochs_d: int = 30
+    patience: int = 3
     threads: int = 2
     precision: str = "auto"
     seed: int = 0
@@ -118,7 +118,10 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"demo output {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a path under a regular file
+        raise ConfigError(f"cannot create demo output {out}: {exc.strerror or exc}") from None
     runs = out / "runs"
     if runs.exists():  # a fresh demo each time; the data set is kept (its manifest skips remaking it)
         import shutil

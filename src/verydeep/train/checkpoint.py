@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import re
+import signal
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from verydeep.errors import ConfigError
+from verydeep.errors import ConfigError, WeightsError
+from verydeep.train import faults
 
 STEP_PATTERN = re.compile(r"^step-(\d{9})\.pt$")
 BEST_NAME = "best.pt"
@@ -68,18 +70,47 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` that leaves either the old file or the complete new one (write, fsync, rename)."""
+def _write_failure(exc: BaseException) -> str | None:
+    """The operating system's reason for a failed write, or None when ``exc`` is not a write failure.
+
+    ``torch.save`` into a file object turns the file's ``OSError`` (disk full, quota, I/O error)
+    into a ``RuntimeError`` of its stream writer, with the ``OSError`` as its context."""
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause)
+    text = str(exc)
+    return text.strip().splitlines()[0][:160] if "PytorchStreamWriter" in text or "inline_container" in text else None
+
+
+def atomic_save(obj: Any, path: Path, fault: str | None = None) -> Path:
+    """``torch.save`` that leaves either the old file or the complete new one (write, fsync, rename).
+
+    A failed write (disk full, ...) removes the temporary file and is a :class:`WeightsError`
+    naming the file; whatever was under ``path`` before is untouched. ``fault`` is a test hook
+    (:mod:`verydeep.train.faults`): SIGKILL at that moment of the write."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
+            if fault == "partial":
+                handle.truncate(handle.tell() // 2)
+                handle.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
             os.fsync(handle.fileno())
+        if fault == "written":
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        reason = _write_failure(exc)
+        if reason is None:
+            raise
+        raise WeightsError(f"cannot write checkpoint {path}: {reason} (the checkpoints written before are kept)") from None
     finally:
         tmp.unlink(missing_ok=True)
+    if fault == "renamed":
+        os.kill(os.getpid(), signal.SIGKILL)
     _fsync_dir(path.parent)
     return path
 
@@ -89,9 +120,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
+    from safetensors import SafetensorError
+
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if lines and lines[0].startswith("Weights only load failed"):
+            detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1])
+            raise ConfigError(f"refusing checkpoint {path}: it holds pickled objects other than tensors, which would "
+                              f"run code on load ({detail[:160]})") from None
+        raise ConfigError(f"{path} is not a readable checkpoint ({(lines or ['unpickling failed'])[0][:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, SafetensorError) as exc:
+        # torch.load hands a safetensors file to the safetensors library, whose errors are SafetensorError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ConfigError(f"{path} is not a readable checkpoint ({first})") from None
     if not isinstance(obj, dict) or not {"model", "optimizer", "step", "config"} <= set(obj):
@@ -129,7 +170,7 @@ class CheckpointFolder:
         return self.folder / BEST_NAME
 
     def save(self, obj: dict[str, Any], step: int) -> Path:
-        path = atomic_save(obj, self.step_path(step))
+        path = atomic_save(obj, self.step_path(step), fault=faults.checkpoint_phase(step))
         for _, old in self.steps()[:-self.keep_last]:
             old.unlink(missing_ok=True)
         return path

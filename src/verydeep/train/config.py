@@ -81,13 +81,18 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     """Mini-batch SGD with momentum. ``batch_size`` is the *global* batch, whatever the world size;
-    ``accumulation`` splits each process's share into that many micro-batches."""
+    ``accumulation`` splits each process's share into that many micro-batches.
+
+    ``on_nonfinite``: what a step does when the batch's loss or gradients are NaN or infinite (checked
+    before the weights are updated): ``stop`` the run with an error naming the step, or ``skip``
+    the batch (no update; skipped steps are counted per epoch)."""
 
     lr: float = 1e-2
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
     accumulation: int = 1
+    on_nonfinite: str = "stop"
 
 
 @dataclass
@@ -105,7 +110,10 @@ class ScheduleConfig:
 
 @dataclass
 class RunConfig:
-    """Where and how the run executes: output, seed, device, numerics, checkpoints, logging."""
+    """Where and how the run executes: output, seed, device, numerics, checkpoints, logging.
+
+    ``dist_timeout_s`` bounds how long a process waits for the others (joining the group, or in any
+    collective) before it fails, so that a peer that hangs cannot hang the job forever."""
 
     out: str = "runs/train"
     seed: int = 0
@@ -117,6 +125,7 @@ class RunConfig:
     threads: Optional[int] = None
     checkpoint_every: int = 1000
     keep_last: int = 3
+    dist_timeout_s: float = 1800.0
     log_every: int = 10
     progress: bool = True
     tensorboard: bool = True
@@ -163,6 +172,7 @@ _CHOICES = {
     "init.scheme": ("paper", "glorot"),
     "init.copy": ("shallow", "all"),
     "run.precision": ("auto", "fp32", "bf16"),
+    "optim.on_nonfinite": ("stop", "skip"),
 }
 
 
@@ -338,6 +348,7 @@ def validate(cfg: TrainConfig) -> None:
     _require(s.threshold >= 0, f"schedule.threshold must be non-negative, got {s.threshold}")
     _require(r.checkpoint_every >= 1, f"run.checkpoint_every must be at least 1, got {r.checkpoint_every}")
     _require(r.keep_last >= 1, f"run.keep_last must be at least 1, got {r.keep_last}")
+    _require(0 < r.dist_timeout_s < float("inf"), f"run.dist_timeout_s must be a positive number of seconds, got {r.dist_timeout_s}")
     _require(r.log_every >= 1, f"run.log_every must be at least 1, got {r.log_every}")
     _require(r.threads is None or r.threads >= 1, f"run.threads must be at least 1, got {r.threads}")
     _require(bool(r.out.strip()), "run.out must name a folder")

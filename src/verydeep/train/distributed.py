@@ -71,9 +71,47 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
         if not dist.is_initialized():
             from datetime import timedelta
 
-            kwargs = {"device_id": chosen} if backend == "nccl" else {}
+            kwargs: dict = {"device_id": chosen} if backend == "nccl" else {}
+            store = _attempt_store(world, timedelta(seconds=timeout_s))
+            if store is not None:
+                kwargs.update(store=store, rank=rank, world_size=world)
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=chosen, backend=backend)
+
+
+def _attempt_store(world: int, timeout) -> dist.Store | None:
+    """The store of this attempt, when ``torchrun --max-restarts`` would otherwise hand a restarted
+    group the previous attempt's store (None: let ``init_process_group`` read the environment).
+
+    torchrun's c10d rendezvous shares the agent's store with the workers and keeps it across
+    restarts, so a restarted group finds the dead processes' addresses under the same keys and
+    fails to connect (pytorch/pytorch#135712). On one node every worker has the same restart count,
+    so the keys are scoped by it; on several nodes the counts may differ, and such jobs should set
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` instead.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return None
+    base = dist.TCPStore(env["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"verydeep/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}/", base)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process died or stopped answering
+    (gloo fails a collective whose peer closed its connections, and any one that exceeds the
+    process group's timeout)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                   "Timed out", "timed out", "ProcessGroupGloo"))
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def cleanup(info: DistInfo) -> None:

@@ -15,10 +15,11 @@ never stopped (on the CPU, in deterministic mode, with the same world size).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
-import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.data.transforms import ColourStats, TrainDataset, compute_colour_stats
-from verydeep.errors import ConfigError
+from verydeep.errors import ConfigError, DataError, VerydeepError
 from verydeep.models.vgg import VGG
 from verydeep.precision import autocast_for, resolve
 from verydeep.train import distributed as D
+from verydeep.train import faults
 from verydeep.train.checkpoint import CheckpointFolder, atomic_save, capture_rng, load_checkpoint, restore_rng
 from verydeep.train.config import TrainConfig, save_yaml
 from verydeep.train.inputs import CachedTrainDataset, DataSets, augment, colour_offsets, net_input, scan, train_loader, val_loader
@@ -41,8 +43,14 @@ from verydeep.train.schedule import PlateauSchedule
 
 #: ``--resume`` without a path: the newest step checkpoint of the run folder.
 LATEST = "latest"
-#: Fault injection for the kill-and-resume test: SIGKILL this process right after that global step.
-FAULT_ENV = "VERYDEEP_FAULT_KILL_AT_STEP"
+#: ``--resume auto``: the newest checkpoint when the run folder holds one, else a fresh start; the
+#: same command line then starts a run and resumes it (what ``torchrun --max-restarts`` re-runs).
+AUTO = "auto"
+#: Fault injection for the kill-and-resume tests: SIGKILL this process right after that global step
+#: (the other hooks are in :mod:`verydeep.train.faults`).
+FAULT_ENV = faults.KILL_AT_STEP
+#: Write errors that are the disk's or the user's (full, quota, read-only, permissions), not bugs.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM}
 #: How many unreadable files an epoch record lists by name (all are counted).
 MAX_LISTED = 100
 
@@ -66,6 +74,7 @@ class TrainResult:
     lr_drops: int = 0
     skipped_images: int = 0
     copied_layers: list[str] = field(default_factory=list)
+    nonfinite_skipped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,16 +88,22 @@ class EpochSums:
     correct: float = 0.0
     seen: int = 0
     skipped: list[int] = field(default_factory=list)
+    nonfinite: list[int] = field(default_factory=list)
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
-    """Run (or resume) the configured training. ``resume``: a checkpoint path or :data:`LATEST`.
+    """Run (or resume) the configured training. ``resume``: a checkpoint path, :data:`LATEST` or :data:`AUTO`.
 
-    Every check a user can fail (folders, classes, config values, an occupied run folder, a
-    missing checkpoint) happens here, before any image is decoded or any process group joined.
+    Every check a user can fail (an unwritable run folder, data folders, classes, config values,
+    an occupied run folder, a missing checkpoint) happens here, before any image is decoded or any
+    process group joined. A write that fails later (disk full) and a peer process that dies or
+    stops answering end the run with one line; the checkpoints already written stay as they were.
     """
+    check_run_folder(cfg.run.out)
     data = scan(cfg)
     folder = CheckpointFolder(Path(cfg.run.out) / "checkpoints", cfg.run.keep_last)
+    if resume == AUTO:
+        resume = LATEST if folder.steps() else None
     ckpt = None
     if resume:
         path = folder.latest() if resume == LATEST else Path(resume)
@@ -99,15 +114,31 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         raise ConfigError(f"{cfg.run.out} already holds checkpoints: resume it with --resume or choose another run.out")
     D.GlobalBatchSampler(len(data.train), cfg.optim.batch_size, int(os.environ.get("WORLD_SIZE", "1") or 1), 0,
                          cfg.optim.accumulation, cfg.run.seed)  # divisibility checks, before any work
-    info = D.setup(cfg.run.device)
+    info = D.setup(cfg.run.device, timeout_s=cfg.run.dist_timeout_s)
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    trainer: Trainer | None = None
+    failure: VerydeepError | None = None
     try:
-        return Trainer(cfg, data, info, folder, ckpt).run()
+        trainer = Trainer(cfg, data, info, folder, ckpt)
+        return trainer.run()
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        failure = DataError(f"cannot write {exc.filename or cfg.run.out}: {exc.strerror or exc} "
+                            f"(the checkpoints written before are kept)")
+    except RuntimeError as exc:
+        if not (info.distributed and D.is_peer_failure(exc)):
+            raise
+        where = f" at step {trainer.step + 1}" if trainer is not None else ""
+        failure = DataError(f"process {info.rank} of {info.world_size} lost the others{where} (one died, or did "
+                            f"not answer within run.dist_timeout_s={cfg.run.dist_timeout_s:g} s): {D.first_line(exc)}")
     finally:
+        trainer = None  # the net and its DDP wrapper go before their process group (else gloo aborts at exit)
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])
         torch.set_flush_denormal(False)
         D.cleanup(info)
+    raise failure
 
 
 def resolve_config(path: str | None, overrides: list[str], resume: str | None) -> TrainConfig:
@@ -115,10 +146,26 @@ def resolve_config(path: str | None, overrides: list[str], resume: str | None) -
     the checkpoint's own resolved config), then the overrides."""
     from verydeep.train.config import from_dict, load_config
 
-    if path is None and resume and resume != LATEST:
+    if path is None and resume and resume not in (LATEST, AUTO):
         cfg = from_dict(load_checkpoint(resume)["config"])
         return load_config(None, overrides, base=cfg)
     return load_config(path, overrides)
+
+
+def check_run_folder(out: str | os.PathLike) -> None:
+    """Refuse a ``run.out`` that cannot become a writable folder, without creating anything yet.
+
+    A run folder under a regular file, or in a folder this user may not write, would otherwise
+    fail only after the colour statistics (or a whole epoch) had been computed.
+    """
+    path = Path(out)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DataError(f"cannot create run.out {path}: {os.strerror(errno.ENOTDIR)} ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write run.out {path}: {os.strerror(errno.EACCES)} ({probe})")
 
 
 class Trainer:
@@ -197,7 +244,7 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
-            raise ConfigError(f"the checkpoint does not fit the configured model ({str(exc).splitlines()[0][:200]})") from None
+            raise ConfigError(f"the checkpoint does not fit the configured model: {self._mismatch(ckpt, exc)}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
@@ -206,6 +253,35 @@ class Trainer:
         self.sums = EpochSums(**progress.get("sums", {}))
         self.best = dict(progress.get("best", {}))
         self.elapsed = float(progress.get("elapsed", 0.0))
+
+    def _mismatch(self, ckpt: dict[str, Any], exc: Exception) -> str:
+        """What differs between the checkpoint's net and this run's: the model settings, and the first tensor."""
+        from verydeep.weights.metadata import WeightsMeta
+
+        parts = []
+        try:
+            theirs = WeightsMeta.from_json(ckpt["meta"]).spec
+        except (KeyError, TypeError, ValueError, VerydeepError):
+            theirs = None
+        if theirs is not None:
+            names = [f for f in ("config", "batch_norm", "num_classes", "width", "fc_width", "crop_size")
+                     if getattr(theirs, f) != getattr(self.spec, f)]
+            if names:
+                parts.append(f"it is for {', '.join(f'model.{f}={getattr(theirs, f)}' for f in names)}, this run has "
+                             f"{', '.join(f'model.{f}={getattr(self.spec, f)}' for f in names)}")
+        own, state = self.model.state_dict(), ckpt["model"]
+        shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+                  if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if shapes:
+            key, a, b = shapes[0]
+            parts.append(f"{key} has shape {a} in the checkpoint, {b} here")
+        elif missing:
+            parts.append(f"the checkpoint lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        elif extra:
+            parts.append(f"the checkpoint has {extra[0]}, which this net lacks")
+        return "; ".join(parts) or str(exc).strip().splitlines()[0][:200]
 
     def _gather_rng(self) -> list[dict[str, Any]]:
         state = capture_rng()
@@ -239,9 +315,28 @@ class Trainer:
         rngs = self._gather_rng()
         if not self.info.is_main:
             return
+        self._check_finite_weights()
         path = self.folder.save(self._checkpoint(rngs), self.step)
         if best:
             _link_or_copy(path, self.folder.best)
+
+    def _redo_best(self) -> None:
+        """Resuming from the end-of-epoch checkpoint of the best epoch, make its best copies again
+        (``best.pt``, ``best.safetensors``: the same bytes): the killed run may have died between
+        writing the checkpoint and writing them."""
+        if self.batch_in_epoch or not self.best or self.best.get("epoch") != self.epoch:
+            return
+        path = self.folder.step_path(self.step)
+        if path.is_file():
+            _link_or_copy(path, self.folder.best)
+        self._write_weights(self.run_dir / "best.safetensors")
+
+    def _check_finite_weights(self) -> None:
+        """Never write weights with a NaN or an infinity in them (a checkpoint one would resume from)."""
+        for key, value in self.model.state_dict().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ConfigError(f"the weights are not finite after step {self.step} ({key}): not writing them; "
+                                  f"lower optim.lr (now {self.schedule.lr:g}) or check the data")
 
     def _elapsed(self) -> float:
         return self.elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
@@ -253,8 +348,11 @@ class Trainer:
             self.folder.prepare()
             save_yaml(cfg, self.run_dir / "config.yaml")
             (self.run_dir / "colour_stats.json").write_text(json.dumps(self.stats.to_dict(), indent=2))
+            # (a fresh start, step 0, drops what a run killed before its first checkpoint logged)
+            self.log.truncate_after(self.step)
             if self.ckpt is not None:
-                self.log.truncate_after(self.step)
+                sys.stderr.write(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch + 1}) from its checkpoint\n")
+                self._redo_best()
         if self.ckpt is not None:
             ranks = self.ckpt["rng"]["ranks"]
             restore_rng(ranks[self.info.rank] if self.info.rank < len(ranks) else ranks[0])
@@ -262,7 +360,7 @@ class Trainer:
         self.schedule.apply(self.optimizer)
         progress = Progress(self.total_steps, self.step, enabled=main and cfg.run.progress)
         self._t0 = time.perf_counter()
-        fault = int(os.environ.get(FAULT_ENV, "0") or 0)
+        fault = faults.kill_step()
         try:
             for epoch in range(self.epoch, cfg.schedule.epochs):
                 self._train_epoch(epoch, progress, fault)
@@ -300,7 +398,7 @@ class Trainer:
             if self.step % cfg.run.checkpoint_every == 0 and b + 1 < self.steps_per_epoch:
                 self._save()
             if fault and self.step == fault:
-                os.kill(os.getpid(), signal.SIGKILL)
+                faults.die()
         del batches, loader
 
     def _step(self, micro: list[tuple], epoch: int) -> tuple[float, int]:
@@ -331,15 +429,26 @@ class Trainer:
                 (loss * scale).backward()
             loss_local += loss.detach().double().cpu()
             correct += (logits.detach().argmax(-1) == y).sum().double().cpu()
-        self.optimizer.step()
         sums = D.all_sum(torch.stack([loss_local, correct]), info)
-        if not math.isfinite(float(sums[0])):
-            raise ConfigError(f"the loss diverged (not finite) at step {self.step + 1}: lower optim.lr "
-                              f"(now {self.schedule.lr:g}) or check the data")
+        # Before the update, so that a non-finite batch never reaches the weights (every process
+        # sees the same summed loss and the same averaged gradients, so all decide alike).
+        bad_value = "loss" if not math.isfinite(float(sums[0])) else None if self._finite_gradients() else "gradients"
+        if bad_value is not None:
+            if cfg.optim.on_nonfinite == "stop":
+                raise ConfigError(f"the {bad_value} diverged (not finite) at step {self.step + 1}: lower optim.lr "
+                                  f"(now {self.schedule.lr:g}), check the data, or set optim.on_nonfinite=skip")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.sums.nonfinite.append(self.step + 1)
+            return 0.0, 0
+        self.optimizer.step()
         self.sums.loss += float(sums[0])
         self.sums.correct += float(sums[1])
         self.sums.seen += n_global
         return float(sums[0]), n_global
+
+    def _finite_gradients(self) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
     def _gather_list(self, items: list[int]) -> list[int]:
         if not self.info.distributed:
@@ -393,8 +502,13 @@ class Trainer:
         record = {"kind": "epoch", "epoch": epoch + 1, "step": self.step, "lr": lr_used,
                   "train_loss": s.loss / max(s.seen, 1), "train_top1_err": 1.0 - s.correct / max(s.seen, 1),
                   **(val or {}), "lr_dropped": dropped, "next_lr": self.schedule.lr,
-                  "skipped_count": len(skipped), "skipped": skipped[:MAX_LISTED], "time_s": self._elapsed()}
+                  "skipped_count": len(skipped), "skipped": skipped[:MAX_LISTED],
+                  "nonfinite_skipped": len(s.nonfinite), "nonfinite_steps": s.nonfinite[:MAX_LISTED], "time_s": self._elapsed()}
         self.log.write(record)
+        if self.info.is_main and s.nonfinite:
+            steps = ", ".join(map(str, s.nonfinite[:10])) + (f" and {len(s.nonfinite) - 10} more" if len(s.nonfinite) > 10 else "")
+            progress.write(f"epoch {epoch + 1}: skipped {len(s.nonfinite)} batch(es) whose loss or gradients were "
+                           f"not finite (step {steps})")
         if self.info.is_main and skipped:
             shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
             progress.write(f"epoch {epoch + 1}: skipped {len(skipped)} unreadable image(s): {shown}")
@@ -410,6 +524,7 @@ class Trainer:
     def _write_weights(self, path: Path) -> Path:
         from verydeep.weights import canonical
 
+        self._check_finite_weights()
         self.model.meta = self._meta()
         return canonical.save(self.model.state_dict(), self.model.meta, path)
 
@@ -426,6 +541,7 @@ class Trainer:
             best_val_top5_err=self.best.get("val_top5_err"), final_val_top1_err=last.get("val_top1_err"),
             final_val_top5_err=last.get("val_top5_err"), final_lr=self.schedule.lr, lr_drops=self.schedule.drops,
             skipped_images=sum(int(r.get("skipped_count", 0)) for r in records), copied_layers=list(self.copied),
+            nonfinite_skipped=sum(int(r.get("nonfinite_skipped", 0)) for r in records),
         )
         if self.info.is_main:
             self._write_weights(final)
@@ -439,8 +555,11 @@ class Trainer:
 
 def atomic_json(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -448,12 +567,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
 
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-__all__ = ["train", "TrainResult", "Trainer", "LATEST", "atomic_save"]
+__all__ = ["train", "TrainResult", "Trainer", "LATEST", "AUTO", "atomic_save", "check_run_folder"]
