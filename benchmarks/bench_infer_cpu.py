@@ -2,9 +2,8 @@
 
 The speed issue's CPU row. Ours is what ``verydeep predict/evaluate`` do on a CPU with fast bf16
 (AMX or AVX-512-BF16): :func:`verydeep.precision.prepare_model` (bf16 weights stored once,
-channels-last) under bf16 autocast, run both through ``model.dense`` (fc6-fc8 as convolutions whose
-kernels are views of the FC weights) and through :func:`verydeep.compute.dense_scores` (fc6-fc8 as
-matrix products). The baseline is ``torchvision.models.vgg16()`` eager in fp32, contiguous input.
+channels-last) under bf16 autocast, run through ``model.dense`` (on the CPU fc6-fc8 run as matrix
+products over the pool5 windows) and through ``model.descriptor`` plus fc8 as one matrix product. The baseline is ``torchvision.models.vgg16()`` eager in fp32, contiguous input.
 Same weights (Glorot init), same images (the synthetic set rendered at ImageNet-like sizes,
 centre crops), batch ``--batch``.
 
@@ -31,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.bench import BenchSettings, agreement, eval_batches, make_nets, matmul_peak, write_jpegs
-from verydeep.compute import dense_descriptor
 from verydeep.models.summary import multiply_adds
 from verydeep.precision import Precision, autocast_for, cpu_has_fast_bf16, prepare_model
 
@@ -81,7 +79,7 @@ def main() -> None:
 
     def fast(x):
         with autocast_for("cpu", Precision.BF16):
-            f7 = dense_descriptor(bf16, x)
+            f7 = bf16.descriptor(x)
             return f7, F.linear(f7.flatten(1), fc8.weight, fc8.bias)
 
     def via_model(x):

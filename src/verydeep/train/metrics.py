@@ -97,7 +97,7 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True, mininterval=0.5)
 
     def update(self, epoch: int, epochs: int, **postfix: Any) -> None:
         if self.bar is not None:
