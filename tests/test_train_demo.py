@@ -37,6 +37,12 @@ def test_demo_fast_mode_end_to_end(tmp_path, capsys):
         assert {"config.yaml", "metrics.jsonl", "loss.png", "error.png", "summary.json"} <= {
             p.name for p in (out / "runs" / run).iterdir()}
         assert list((out / "runs" / run / "tb").iterdir())  # TensorBoard events
+    # the appendices' sections on net D: localisation (SCR against PCR) and transfer (SVMs)
+    sections = summary["sections"]
+    assert set(sections) == {"localisation", "transfer"}
+    for name, section in sections.items():
+        assert section["title"] in report and section["figures"], name
+    assert {"scr", "pcr"} <= set(sections["localisation"]["figures"])
 
 
 def test_cpu_presets_hold_the_demo_recipe(tmp_path):

@@ -177,16 +177,50 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
                       "val_top5_err": result["best_val_top5_err"], "best_epoch": result["best_epoch"], **errors,
                       "copied_layers": result["copied_layers"], "weights": os.path.relpath(weights, out),
                       "run_dir": os.path.relpath(result["run_dir"], out)}
+    sections = beyond_classification(out / nets["D_from_A"]["weights"], data, fast, progress,
+                                     threads=s.threads * (2 if s.parallel else 1))
     total_s = time.perf_counter() - t0
     summary = _summary(s, out, data, nets, synth_s, total_s)
+    summary["sections"] = {name: {"title": sec["title"], "seconds": sec["seconds"], "figures": sec["figures"]}
+                           for name, sec in sections.items()}
     _plots(out, runs, nets)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(_report(summary), encoding="utf-8")
+    report = _report(summary) + "".join(f"\n{sec['markdown'].strip()}\n" for sec in sections.values())
+    (out / "report.md").write_text(report, encoding="utf-8")
     if progress:
         d = nets["D_from_A"]
         print(f"[demo] net D (from A): {100 * (1 - d['dense_top1_err']):.1f}% top-1 accuracy; "
               f"total {total_s:.0f} s; report in {out / 'report.md'}", flush=True)
     return summary
+
+
+#: Sizes of the localisation and transfer sections (issue 5): small subsets, a few hundred steps.
+SECTION_SIZES = {
+    "full": {"localize": dict(steps=150, train_per_class=40, val_per_class=10),
+             "transfer": dict(train_per_class=20, val_per_class=10)},
+    "fast": {"localize": dict(steps=4, batch_size=4, train_per_class=4, val_per_class=2),
+             "transfer": dict(train_per_class=8, val_per_class=4)},
+}
+
+
+def beyond_classification(weights: Path, data: Path, fast: bool, progress: bool, threads: int = 2) -> dict[str, dict]:
+    """The appendices on the demo's net D: box localisation (SCR against PCR, both test protocols)
+    and transfer (linear SVMs on very deep features against raw pixels, one scale against several)."""
+    from verydeep import localize, transfer
+    from verydeep.weights.loader import load
+
+    sizes = SECTION_SIZES["fast" if fast else "full"]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        sections = {}
+        for name, module in (("localisation", localize), ("transfer", transfer)):
+            if progress:
+                print(f"[demo] {name} on net D", flush=True)
+            sections[name] = module.demo_section(load(weights), data, progress=progress, **sizes[module.__name__.split(".")[-1]])
+        return sections
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _Background:
