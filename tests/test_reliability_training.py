@@ -474,7 +474,9 @@ def test_torchrun_restarts_the_group_from_the_checkpoint(train_config, tmp_path)
         assert job.returncode == 0, err[-3000:]
         assert json.loads(out)["steps"] == 2 * STEPS_PER_EPOCH
     err = outputs[1][1]
-    assert "exitcode: -9" in err and "local_rank: 1" in err  # the first attempt lost rank 1 ...
+    # the first attempt lost rank 1: torchrun reports whichever failure it sees first, rank 1's SIGKILL
+    # or rank 0 giving up on its dead peer ...
+    assert ("exitcode: -9" in err and "local_rank: 1" in err) or "process 0 of 2 lost the others at step 6" in err
     assert f"resuming {tmp_path / 'restarted'} at step 4" in err  # ... and the second resumed
     assert "resuming" not in outputs[0][1]
     assert_same_tensors(weights(tmp_path / "once" / "final.safetensors"),
