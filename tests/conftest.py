@@ -17,20 +17,24 @@ def _few_threads():
     yield
 
 
-@pytest.fixture
-def tiny_weights(tmp_path):
-    """A canonical weights file of a tiny net A with 5 named classes."""
+def save_tiny_classifier(path, classes=("c0", "c1"), config="A"):
+    """A tiny net with named classes and mean-subtraction preprocessing, saved canonically at ``path``;
+    returns ``(model, path)`` with ``model.meta`` set."""
     import verydeep
     from verydeep.weights import canonical
     from verydeep.weights.metadata import Preprocessing, WeightsMeta
 
     torch.manual_seed(0)
-    model = verydeep.vgg("A", num_classes=5, init="glorot", **TINY)
-    meta = WeightsMeta(spec=model.spec, classes=[f"c{i}" for i in range(5)],
-                       preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)), source="test")
-    path = tmp_path / "tiny.safetensors"
-    canonical.save(model.state_dict(), meta, path)
-    return path
+    model = verydeep.vgg(config, num_classes=len(classes), init="glorot", **TINY)
+    model.meta = WeightsMeta(spec=model.spec, classes=list(classes),
+                             preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)), source="test")
+    return model, canonical.save(model.state_dict(), model.meta, path)
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    """A canonical weights file of a tiny net A with 5 named classes."""
+    return save_tiny_classifier(tmp_path / "tiny.safetensors", [f"c{i}" for i in range(5)])[1]
 
 
 @pytest.fixture

@@ -16,12 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-import verydeep
 from box_data import write_box_folder
-from conftest import TINY
+from conftest import save_tiny_classifier
 from verydeep.cli import build_parser, int_list, main, positive_int
-from verydeep.weights import canonical
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
 
 def leaf_parsers() -> dict[str, argparse.ArgumentParser]:
     """``{"predict": parser, "localize train": parser, ...}``: every command that runs something."""
@@ -79,14 +76,9 @@ def refused(argv, *words) -> str:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    model = verydeep.vgg("A", num_classes=2, init="glorot", **TINY)
-    meta = WeightsMeta(spec=model.spec, classes=["c0", "c1"],
-                       preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)), source="test")
-    weights = canonical.save(model.state_dict(), meta, tmp / "w.safetensors")
+    model, weights = save_tiny_classifier(tmp / "w.safetensors")
     from verydeep.localize.head import from_classifier, save_box_net
 
-    model.meta = meta
     box = save_box_net(from_classifier(model, "pcr", train_scale=40), tmp / "box.safetensors")
     data = write_box_folder(tmp / "data", classes=("c0", "c1"), per_class=2)
     image = tmp / "x.png"

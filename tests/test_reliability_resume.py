@@ -24,14 +24,11 @@ import pytest
 import torch
 from PIL import Image
 
-import verydeep
 import verydeep.evaluate.loading as loading_module
 import verydeep.transfer.features as features_module
-from conftest import TINY
+from conftest import save_tiny_classifier
 from verydeep.cli import main
 from verydeep.evaluate.scores import load_scores
-from verydeep.weights import canonical
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
 
 IMAGES_PER_CLASS = 70  # 140 images: three chunks of 64 for the feature files
 
@@ -77,11 +74,7 @@ EVALUATE_SAVING_OFTEN = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    torch.manual_seed(0)
-    model = verydeep.vgg("A", num_classes=2, init="glorot", **TINY)
-    meta = WeightsMeta(spec=model.spec, classes=["c0", "c1"],
-                       preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)), source="test")
-    weights = canonical.save(model.state_dict(), meta, tmp / "w.safetensors")
+    model, weights = save_tiny_classifier(tmp / "w.safetensors")
     rng = np.random.default_rng(0)
     data = tmp / "data"
     for c in ("c0", "c1"):

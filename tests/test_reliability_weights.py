@@ -19,10 +19,9 @@ import torch
 
 import verydeep
 from box_data import write_box_folder
-from conftest import TINY
+from conftest import TINY, save_tiny_classifier
 from verydeep.cli import main
 from verydeep.weights import canonical
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
 from verydeep.weights.loader import read_weights
 
 
@@ -65,14 +64,10 @@ FAULTS = {
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("weights")
     marker = tmp / "CODE-WAS-RUN"
-    torch.manual_seed(0)
-    model = verydeep.vgg("A", num_classes=2, init="glorot", **TINY)
-    meta = WeightsMeta(spec=model.spec, classes=["c0", "c1"],
-                       preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)), source="test")
-    good = canonical.save(model.state_dict(), meta, tmp / "good.safetensors")
+    model, good = save_tiny_classifier(tmp / "good.safetensors")
+    meta = model.meta
     from verydeep.localize.head import from_classifier, save_box_net
 
-    model.meta = meta
     save_box_net(from_classifier(model, "pcr", train_scale=40), tmp / "box.safetensors")
     torch.save({"model": {"features.0.weight": RunsCode(marker)}, "meta": meta.to_json()}, tmp / "code.pt")
     (tmp / "code.pkl").write_bytes(pickle.dumps({"state_dict": RunsCode(marker)}, protocol=2))
