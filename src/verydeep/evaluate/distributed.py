@@ -8,7 +8,6 @@ and moves Python objects between processes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,6 @@ import torch
 import torch.distributed as dist
 
 from verydeep.devices import pick_device
-from verydeep.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,30 +31,19 @@ class DistContext:
         return self.rank == 0
 
 
-def _world_from_env() -> int:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise ConfigError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not a number") from None
-
-
 def setup(device: str | None = "auto") -> DistContext:
-    """The context of this process; initialises the process group when launched by ``torchrun``."""
-    world = _world_from_env()
-    if world <= 1 and not (dist.is_available() and dist.is_initialized()):
-        return DistContext(device=pick_device(device))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = pick_device(device)
-    if wanted.type == "cuda" and wanted.index is None:
-        wanted = torch.device("cuda", local_rank)
-    if wanted.type == "cuda":
-        torch.cuda.set_device(wanted)
-    owns = False
-    if not dist.is_initialized():
-        backend = "nccl" if wanted.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
-        owns = True
-    return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), device=wanted, owns_group=owns)
+    """The context of this process; joins the process group when launched by ``torchrun``.
+
+    Joining (device per ``LOCAL_RANK``, gloo or NCCL, the timeout, torchrun restarts) is the
+    training package's :func:`verydeep.train.distributed.setup`; a group the caller already opened
+    is used as it is.
+    """
+    from verydeep.train.distributed import setup as join
+
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), device=pick_device(device))
+    info = join(device or "auto")
+    return DistContext(rank=info.rank, world=info.world_size, device=info.device, owns_group=info.distributed)
 
 
 def teardown(ctx: DistContext) -> None:
