@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/verydeep demo
 
+# The OpenVINO engine's tests run in a process of their own (see verydeep/runtime/engines.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not openvino"
+	$(BIN)/python -m pytest -q -m openvino tests/test_openvino_engine.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py

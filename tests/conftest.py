@@ -133,3 +133,18 @@ def train_config(train_folders, tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _shared_engine_cache(tmp_path_factory):
+    """One OpenVINO cache for the session: the tests' evaluate/predict/features calls (the CPU engine
+    is OpenVINO when installed) compile each tiny net once, not once per test."""
+    import os
+
+    previous = os.environ.get("VERYDEEP_ENGINE_CACHE")
+    os.environ["VERYDEEP_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VERYDEEP_ENGINE_CACHE", None)
+    else:
+        os.environ["VERYDEEP_ENGINE_CACHE"] = previous

@@ -76,7 +76,9 @@ def test_complete_set_is_kept_and_other_arguments_replace_it(tmp_path):
     stamp = jpg.stat().st_mtime_ns
     make_synthetic(out, classes=2, train=2, val=1, progress=False)
     assert jpg.stat().st_mtime_ns == stamp  # nothing rewritten
-    make_synthetic(out, classes=2, train=1, val=1, progress=False)
+    with pytest.raises(DataError, match="--overwrite"):  # issue 16: a complete set is replaced only when asked
+        make_synthetic(out, classes=2, train=1, val=1, progress=False)
+    make_synthetic(out, classes=2, train=1, val=1, progress=False, overwrite=True)
     assert scan_image_folder(out / "train").class_counts() == [1, 1]
     # An interrupted set (manifest not complete) is made again.
     manifest = json.loads((out / MANIFEST).read_text())

@@ -90,7 +90,7 @@ def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="bad model option"):
         verydeep.vgg("A", nonsense=3)
     with pytest.raises(ConfigError, match="init"):
-        verydeep.vgg("A", init="kaiming", **TINY)
+        verydeep.vgg("A", init="he-uniform", **TINY)
 
 
 TORCHVISION = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]

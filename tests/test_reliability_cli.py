@@ -94,6 +94,7 @@ def minimal(env) -> dict[str, list]:
     w, d, t = env["w"], env["data"], env["tmp"]
     return {
         "models": [],
+        "configs": [],
         "convert": [w, t / "c.safetensors"],
         "predict": [env["image"], "--weights", w],
         "evaluate": ["--weights", w, "--data", d / "val"],
@@ -196,7 +197,7 @@ def semantic_cases(env) -> list[tuple[list, str]]:
         (["evaluate", "--weights", w, "--data", d / "val", "--scales", "16"], "16"),
         (["evaluate", "--weights", w, "--combine", t / "s.safetensors"], "leave out --weights"),
         (["evaluate", "--data", d / "val"], "--weights"),
-        (["export", t / "e.bogus", "--weights", w], "use --format onnx or torchscript"),
+        (["export", t / "e.bogus", "--weights", w], "use --format onnx, torchscript or openvino"),
         (["export", t / "e.onnx", "--weights", w, "--opset", "3"], "--opset 3 is not supported"),
         (["export", t / "e.pt", "--weights", w, "--check"], "--check"),
         (["features", "--weights", w, "--data", d, "--out", t / "f.txt"], "must end in .safetensors or .npz"),
@@ -238,6 +239,7 @@ def missing_cases(env) -> dict[str, list[list]]:
     train = ["train", "--set", f"data.train={d / 'train'}", "optim.batch_size=2"]
     return {
         "models": [],  # reads nothing
+        "configs": [],  # reads only the presets shipped with the package
         "convert": [["convert", m / "w.pth", t / "c.safetensors"]],
         "predict": [["predict", m / "x.jpg", "--weights", w], ["predict", env["image"], "--weights", m]],
         "evaluate": [["evaluate", "--weights", m, "--data", d / "val"], ["evaluate", "--weights", w, "--data", m],
@@ -266,7 +268,7 @@ def unwritable_cases(env) -> dict[str, list[list]]:
     the tests run as root, for whom permission bits do not stop a write)."""
     w, d, f = env["w"], env["data"], env["afile"]
     return {
-        "models": [], "predict": [], "transfer": [], "localize evaluate": [], "bench": [],  # write nothing
+        "models": [], "configs": [], "predict": [], "transfer": [], "localize evaluate": [], "bench": [],  # write nothing
         "convert": [["convert", w, f / "c.safetensors"]],
         "evaluate": [["evaluate", "--weights", w, "--data", d / "val", "--save-scores", f / "s.safetensors"],
                      ["evaluate", "--weights", w, "--data", d / "val", "--report", f / "report"]],

@@ -1,34 +1,45 @@
-"""``verydeep bench``: the quick CPU run end to end (fields and positive ratios; never a time)."""
+"""``verydeep bench``: the quick CPU run end to end (its structure, never a time; the timing
+arithmetic is tested with a fake clock in ``test_bench_timing.py``)."""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 
+import pytest
 import torch
 
 from verydeep.cli import main
+from verydeep.runtime.engines import openvino_available
 
-WORKLOADS = ["inference_dense", "train_step", "input_pipeline", "train_end_to_end"]
+WORKLOADS = ["inference_dense", "train_step", "train_step_small_batch", "input_pipeline", "train_end_to_end"]
 
 
 def test_bench_quick_json_on_the_cpu(capsys):
     assert main(["bench", "--device", "cpu", "--quick", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["quick"] is True
-    assert [r["workload"] for r in result["rows"]] == WORKLOADS
-    for row in result["rows"]:
-        for key in ("ours_images_per_s", "baseline_images_per_s", "ratio"):
-            assert math.isfinite(row[key]) and row[key] > 0, (row["workload"], key)
-        assert row["ratio"] == row["ours_images_per_s"] / row["baseline_images_per_s"]
-        assert row["ours"] and row["baseline"]
-        if row["workload"] != "input_pipeline":
-            assert 0 < row["mfu_ours"] and 0 < row["mfu_baseline"]
-    assert all(v > 0 for v in result["peak_tflops"].values())
+    assert [r["workload"] for r in result["rows"]] == WORKLOADS + (["inference_dense_openvino"] if openvino_available() else [])
+    rows = {r["workload"]: r for r in result["rows"]}
+    for row in rows.values():
+        assert math.isfinite(row["ours_images_per_s"]) and math.isfinite(row["baseline_images_per_s"]), row["workload"]
+        assert ("mfu_ours" in row) == (row["workload"] != "input_pipeline")
+    # The training-step rows: the quick settings' two batch sizes, each rate the median of its windows.
+    windows = result["settings"]["timing"]["windows"]
+    assert [rows[w]["batch"] for w in ("train_step", "train_step_small_batch")] == [4, 2]
+    for name in ("train_step", "train_step_small_batch"):
+        timing = rows[name]["timing"]
+        for side in ("ours", "baseline"):
+            assert len(timing[side]["windows"]) == windows
+            assert rows[name][f"{side}_images_per_s"] == statistics.median(timing[side]["windows"])
+        assert rows[name]["optimizer_seconds"] == pytest.approx(1 / timing["optimizer"]["median"])
+        share = rows[name]["optimizer_seconds"] * rows[name]["ours_images_per_s"] / rows[name]["batch"]
+        assert rows[name]["optimizer_share"] == pytest.approx(share)
     agreement = result["rows"][0]["agreement"]
     assert 0.99 <= agreement["logit_cosine_min"] <= 1.0 + 1e-9
     assert 0.0 <= agreement["top1_agreement_raw"] <= 1.0
-    assert result["rows"][2]["totals"]["cpu"] > 0
+    assert rows["input_pipeline"]["totals"]["cpu"] > 0
 
 
 def test_bench_table_for_people_with_half_of_decoding_on_the_device(capsys):
@@ -36,7 +47,7 @@ def test_bench_table_for_people_with_half_of_decoding_on_the_device(capsys):
     out = capsys.readouterr().out
     for name in WORKLOADS:
         assert name in out
-    assert "logit cosine" in out and "matmul peak" in out
+    assert "logit cosine" in out and "matmul peak" in out and "optimiser" in out
 
 
 def test_bench_on_cuda_without_a_gpu_is_one_line_and_exit_2(capsys, monkeypatch):

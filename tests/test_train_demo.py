@@ -14,11 +14,12 @@ from verydeep.train.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_fast_mode_end_to_end(tmp_path, capsys):
+def test_demo_fast_mode_end_to_end(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "--fast", "--out", str(out)]) == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed_sections"] == {}
     nets = summary["nets"]
     assert set(nets) == {"A", "D_from_A", "D_random"}
     for name, net in nets.items():
@@ -43,6 +44,7 @@ def test_demo_fast_mode_end_to_end(tmp_path, capsys):
     for name, section in sections.items():
         assert section["title"] in report and section["figures"], name
     assert {"scr", "pcr"} <= set(sections["localisation"]["figures"])
+    _rerun_reuses_and_isolates_sections(out, capsys, monkeypatch)
 
 
 def test_cpu_presets_hold_the_demo_recipe(tmp_path):
@@ -56,3 +58,35 @@ def test_cpu_presets_hold_the_demo_recipe(tmp_path):
             assert getattr(preset, section) == getattr(demo, section), section
         assert (preset.data.scale_min, preset.data.scale_max, preset.data.cache) == (*scale, True)
         assert preset.init.scheme == demo.init.scheme and preset.init.copy == demo.init.copy
+
+
+def _rerun_reuses_and_isolates_sections(out, capsys, monkeypatch):
+    """A rerun into the same folder reuses the three finished runs (no training at all), and a
+    section that fails is reported while the others still run and the report is still written."""
+    from verydeep import localize, train as train_package
+    from verydeep.errors import DataError
+
+    before = {name: (out / "runs" / name / "final.safetensors").stat().st_mtime_ns for name in ("A", "D_from_A", "D_random")}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run with the same config was trained again")
+
+    def broken_section(*args, **kwargs):
+        raise DataError("the box files are unreadable (test)")
+
+    monkeypatch.setattr(train_package, "train", no_training)
+    monkeypatch.setattr(localize, "demo_section", broken_section)
+    assert main(["demo", "--fast", "--out", str(out)]) == 3  # the report is written, a section failed
+    captured = capsys.readouterr()
+    assert captured.out.count("reusing the finished run") >= 2  # A and D_from_A (D_random beside them)
+    assert "section localisation failed: the box files are unreadable (test)" in captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed_sections"] == {"localisation": "the box files are unreadable (test)"}
+    assert set(summary["sections"]) == {"transfer"} and set(summary["nets"]) == {"A", "D_from_A", "D_random"}
+    report = (out / "report.md").read_text()
+    assert "Sections that failed" in report and "the box files are unreadable (test)" in report
+    assert before == {name: (out / "runs" / name / "final.safetensors").stat().st_mtime_ns for name in before}
+    # --fresh trains again
+    monkeypatch.setattr(train_package, "train", lambda *a, **k: (_ for _ in ()).throw(DataError("retrained")))
+    assert main(["demo", "--fast", "--out", str(out), "--fresh"]) == 3
+    assert "retrained" in json.loads((out / "summary.json").read_text())["failed_sections"]["classification"]

@@ -10,13 +10,19 @@ same machine, data and weights, with the ratio ours / baseline:
   cosine of ours against fp32 (see :func:`agreement`);
 * **training step alone** (a fixed batch already on the device): ours =
   :class:`verydeep.compute.TrainStep` (bf16 autocast, channels-last, compiled on CUDA, no host
-  sync); baseline = torchvision's VGG-16 eager with a plain SGD step (same precision rule as above);
+  sync); baseline = torchvision's VGG-16 eager with a plain SGD step (same precision rule as above).
+  Timed as :mod:`verydeep.bench_timing` says (warm-up until the rate is steady, the median of
+  several windows), with the optimiser's share of our step (138 M weights, gradients and momentum
+  through memory: on a CPU a large part of a small batch's step). On a CPU at batch 32, with
+  batch 8 as a second row (``train_step_small_batch``);
 * **input pipeline alone**, from JPEG files (scale jitter, crop, flip; ours adds the colour shift):
   ours = :class:`verydeep.data.pipeline.DeviceLoader` (window-only resampling in the workers, the
   device's share decoded there) + colour shift and mean subtraction on the device; baseline = a
   DataLoader of PIL images through torchvision's RandomResize, RandomCrop, RandomHorizontalFlip,
   PILToTensor/ToDtype and Normalize;
-* **training end to end** from the JPEG files: each pipeline feeding its own step.
+* **training end to end** from the JPEG files: each pipeline feeding its own step;
+* on a CPU with OpenVINO installed, **dense inference against OpenVINO**
+  (:mod:`verydeep.bench_openvino`): ours on its default engine against plain OpenVINO.
 
 MFU is the model's FLOPs per second (2 per multiply-add, training counted as 3 forward passes)
 over the peak of a large matrix product measured here in the same precision.
@@ -49,6 +55,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 import verydeep
+from verydeep.bench_timing import Rate, TimingMethod, measure
 from verydeep.compute import TrainStep, compile_by_default
 from verydeep.data.folders import ImageIndex, scan_image_folder
 from verydeep.data.pipeline import DeviceLoader, balance_share, measure_rates, net_input
@@ -57,6 +64,7 @@ from verydeep.devices import pick_device
 from verydeep.errors import ConfigError, DataError
 from verydeep.models.summary import multiply_adds
 from verydeep.precision import Precision, autocast_for, prepare_model, resolve
+from verydeep.runtime.engines import openvino_available
 
 #: torchvision's ImageNet normalisation (the baseline's, and the input of the inference rows).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,10 +84,11 @@ class BenchSettings:
     crop: int = 224
     scale_min: int = 256
     scale_max: int = 512
-    train_batch: int = 8
+    train_batch: int = 32
+    small_batch: int | None = 8  # the training step again at this batch (None: not timed)
     infer_batch: int = 8
-    warmup: int = 1  # untimed steps (compilation happens here on CUDA)
-    iters: int = 2  # timed training steps
+    warmup: int = 1  # untimed inference passes (compilation happens here on CUDA)
+    timing: TimingMethod = TimingMethod(max_warmup=6)  # the training-step rows
     pipeline_batches: int = 24  # batches through the input pipeline alone (the first is not timed)
     end_to_end_batches: int = 3  # batches through pipeline + step (the first is not timed)
     infer_passes: int = 1  # timed passes over the inference images
@@ -102,10 +111,12 @@ def settings_for(device: torch.device, quick: bool) -> BenchSettings:
     cores = os.cpu_count() or 1
     if quick:
         return BenchSettings(width=1 / 16, fc_width=64, num_classes=10, crop=64, scale_min=73, scale_max=146,
-                             train_batch=4, infer_batch=4, warmup=1, iters=1, pipeline_batches=2,
+                             train_batch=4, small_batch=2, infer_batch=4, warmup=1, pipeline_batches=2,
+                             timing=TimingMethod(windows=3, min_warmup=1, max_warmup=2),
                              end_to_end_batches=2, images=8, image_shorter=(96, 128), workers=0, matmul=256)
     if device.type == "cuda":
-        return BenchSettings(train_batch=256, infer_batch=256, warmup=10, iters=30, infer_passes=5, images=1024,
+        return BenchSettings(train_batch=256, small_batch=None, infer_batch=256, warmup=10, infer_passes=5,
+                             timing=TimingMethod(calls_per_window=6, windows=5, max_warmup=6), images=1024,
                              pipeline_batches=24, end_to_end_batches=24, workers=min(16, cores), matmul=8192)
     return BenchSettings(workers=min(2, cores))
 
@@ -368,20 +379,45 @@ def make_steps(ours: verydeep.VGG, tv: nn.Module, device: torch.device, precisio
     return step, BaselineStep(copy.deepcopy(tv), device)
 
 
+def optimizer_rate(step: TrainStep, s: BenchSettings, device: torch.device) -> Rate:
+    """``optimizer.step()`` calls per second on the gradients the last step left; the weights and
+    the optimiser's state are put back afterwards, so the rows after this one train the same net."""
+    params = [p for group in step.optimizer.param_groups for p in group["params"]]
+    saved = [p.detach().clone() for p in params]
+    state = copy.deepcopy(step.optimizer.state_dict())
+    try:
+        return measure(step.optimizer.step, 1, s.timing, lambda: sync(device))
+    finally:
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+        step.optimizer.load_state_dict(state)
+
+
 def bench_train_step(step: TrainStep, base: BaselineStep, s: BenchSettings, device: torch.device,
-                     precision: Precision, peaks: dict) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn((s.train_batch, 3, s.crop, s.crop), generator=gen).to(device)
-    y = torch.randint(0, s.num_classes, (s.train_batch,), generator=gen).to(device)
-    ours_t = timed(lambda: step(x, y), s.warmup, s.iters, device)
-    step.metrics.read()
-    base_t = timed(lambda: base(x, y), s.warmup, s.iters, device)
-    n = s.train_batch * s.iters
+                     precision: Precision, peaks: dict) -> list[dict]:
+    """The training-step rows: at ``train_batch``, and at ``small_batch`` when set."""
     flops = 6.0 * multiply_adds(step.model.spec, s.crop)
-    return _row("train_step", n / ours_t, n / base_t, flops, peaks, precision, base.precision,
-                f"TrainStep: {precision.value} autocast, channels-last, no host sync"
-                + (", torch.compile" if step.net is not step.model else ""),
-                f"torchvision VGG eager {base.precision.value}, loss.item() every step", batch=s.train_batch)
+    what = (f"TrainStep: {precision.value} autocast, channels-last, no host sync"
+            + (", torch.compile" if step.net is not step.model else ""))
+    rows, optimizer = [], None
+    for name, batch in (("train_step", s.train_batch), ("train_step_small_batch", s.small_batch)):
+        if batch is None:
+            continue
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((batch, 3, s.crop, s.crop), generator=gen).to(device)
+        y = torch.randint(0, s.num_classes, (batch,), generator=gen).to(device)
+        ours = measure(lambda: step(x, y), batch, s.timing, lambda: sync(device))
+        step.metrics.read()
+        optimizer = optimizer or optimizer_rate(step, s, device)  # the same work at every batch size
+        theirs = measure(lambda: base(x, y), batch, s.timing, lambda: sync(device))
+        rows.append(_row(name, ours.median, theirs.median, flops, peaks, precision, base.precision, what,
+                         f"torchvision VGG eager {base.precision.value}, loss.item() every step", batch=batch,
+                         optimizer_seconds=optimizer.seconds_per_item,
+                         optimizer_share=optimizer.seconds_per_item / (batch * ours.seconds_per_item),
+                         timing={"ours": ours.to_dict(), "baseline": theirs.to_dict(),
+                                 "optimizer": optimizer.to_dict()}))
+    return rows
 
 
 # -- input pipeline and end to end ------------------------------------------------------------------
@@ -518,7 +554,8 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
     precision = resolve("auto", dev)
     compile_ours = compile_by_default(dev)
     with ExitStack() as stack:
-        bar = tqdm(total=6, desc="bench", unit="stage", disable=not progress, leave=False)
+        with_openvino = dev.type == "cpu" and openvino_available()  # the CPU user's fast alternative
+        bar = tqdm(total=6 + with_openvino, desc="bench", unit="stage", disable=not progress, leave=False)
         stack.callback(bar.close)  # also on an error, so its line is gone before the error line
         if dev.type == "cuda":  # both sides get cuDNN's autotuned algorithms (restored on exit)
             stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=True))
@@ -540,9 +577,10 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
         bar.update()
         bar.set_postfix_str("training step")
         step, base = make_steps(ours_net, tv, dev, precision, compile_ours)
-        rows.append(bench_train_step(step, base, s, dev, precision, peaks))
+        train_rows = bench_train_step(step, base, s, dev, precision, peaks)
+        rows.extend(train_rows)
         bar.update()
-        step_rate = rows[-1]["ours_images_per_s"]
+        step_rate = train_rows[0]["ours_images_per_s"]
         rates = None
         if share is None and dev.type == "cuda":
             per = s.train_batch
@@ -561,6 +599,12 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
         bar.set_postfix_str("end to end")
         rows.append(bench_end_to_end(pipes, step, base, s.end_to_end_batches, precision, peaks))
         bar.update()
+        if with_openvino:  # same weights and batches as the inference row
+            from verydeep.bench_openvino import openvino_row
+
+            bar.set_postfix_str("openvino")
+            rows.append(openvino_row(ours_net, tv, eval_batches(index, s), s, precision, peaks, rows[0], _row))
+            bar.update()
         # Measured again at the end (the best of both): a busy moment at the start must not inflate MFU.
         final = peaks_for(dev, s.matmul, peaks)
         for row in rows:
@@ -602,6 +646,18 @@ def format_report(result: dict) -> str:
                  if "top1_agreement_probe" in a else "")
         lines.append(f"inference vs fp32: logit cosine min {a['logit_cosine_min']:.5f}{probe}, "
                      f"raw top-1 agreement {a['top1_agreement_raw']:.1%} (random weights)")
+    for r in result["rows"]:
+        if "optimizer_share" in r:
+            t = r["timing"]
+            steady = ", ".join(f"{side} {'steady' if t[side]['steady'] else 'NOT steady'} after {t[side]['warmup_windows']}"
+                               for side in ("ours", "baseline"))
+            lines.append(f"{r['workload']} at batch {r['batch']}: optimiser {r['optimizer_share']:.0%} of our step "
+                         f"({r['optimizer_seconds']:.3g} s); median of {len(t['ours']['windows'])} timed windows "
+                         f"({steady} warm-up windows)")
+    ov_row = next((r for r in result["rows"] if r["workload"] == "inference_dense_openvino"), None)
+    if ov_row:
+        lines.append(f"against plain OpenVINO: ours on engine {ov_row['engine']} {ov_row['ratio']:.2f}x, on the PyTorch "
+                     f"engine {ov_row['torch_engine_ratio']:.2f}x ({num(ov_row['torch_engine_images_per_s'])} img/s)")
     peak = ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in result["peak_tflops"].items())
     lines.append(f"matmul peak: {peak}")
     return "\n".join(lines)

@@ -82,12 +82,13 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prototxt", default=None,
                    help="Caffe deploy prototxt that must describe SRC (default: a deploy.prototxt beside it, if any)")
     p.add_argument("--json", action="store_true", help="print the written metadata as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it is a weights file already (never a file of another kind)")
 
 
 def _run_convert(args) -> int:
     from verydeep.weights.convert import convert
 
-    meta = convert(args.src, args.dst, fmt=args.fmt, prototxt=args.prototxt)
+    meta = convert(args.src, args.dst, fmt=args.fmt, prototxt=args.prototxt, overwrite=args.overwrite)
     if args.json:
         _print_json(json.loads(meta.to_json()))
     else:
@@ -97,6 +98,15 @@ def _run_convert(args) -> int:
 
 
 # -- predict ------------------------------------------------------------------------------------
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    """``--engine`` and ``--engine-cache`` (predict, evaluate, features): see verydeep.runtime.engines."""
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"],
+                   help="inference engine (auto: OpenVINO when installed and the device is a CPU, else PyTorch)")
+    p.add_argument("--engine-cache", default=None, metavar="DIR",
+                   help="keep OpenVINO's converted and compiled nets in DIR for later runs "
+                        "(default: $VERYDEEP_ENGINE_CACHE, else none)")
+
+
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--weights", required=True, help="weights file (any supported format) or release name")
@@ -107,6 +117,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="compute precision (auto: bf16 where the CPU/GPU does it fast)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    _add_engine(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
 
 
@@ -114,7 +125,8 @@ def _run_predict(args) -> int:
     from verydeep.predict import predict_files
 
     results = predict_files(args.images, args.weights, scales=args.scales, flip=not args.no_flip,
-                            topk=args.topk, precision=args.precision, device=args.device)
+                            topk=args.topk, precision=args.precision, device=args.device, engine=args.engine,
+                            engine_cache=args.engine_cache)
     failed = [r for r in results if "error" in r]
     if args.json:
         _print_json(results)
@@ -133,13 +145,15 @@ def _run_predict(args) -> int:
 # -- train --------------------------------------------------------------------------------------
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="FILE",
-                   help="YAML preset (configs/paper/*.yaml, configs/cpu/*.yaml); default: the paper's recipe")
+                   help="YAML preset: a file, or a shipped preset's name (paper/D_S256, cpu/small; "
+                        "`verydeep configs` lists them); default: the paper's recipe")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, nested section.field (optim.lr=0.001 model.width=0.25)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue the run in run.out from its newest checkpoint (or from CHECKPOINT); "
                         "'--resume auto' resumes when run.out holds a checkpoint and starts afresh otherwise "
                         "(for torchrun --max-restarts)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a run.out that holds the final weights of a finished run (replacing them)")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
 
 
@@ -148,7 +162,8 @@ def _run_train(args) -> int:
 
     from verydeep.train import resolve_config, train
 
-    result = train(resolve_config(args.config, args.overrides, args.resume), resume=args.resume)
+    result = train(resolve_config(args.config, args.overrides, args.resume), resume=args.resume,
+                   overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":
         return 0
     if args.json:
@@ -158,6 +173,25 @@ def _run_train(args) -> int:
                 if result.best_val_top1_err is not None else "")
         print(f"trained {result.epochs} epochs ({result.steps} steps, {result.train_time_s:.0f} s){best}; "
               f"run folder {result.run_dir}, weights {result.best_weights or result.final_weights}")
+    return 0
+
+
+# -- configs ------------------------------------------------------------------------------------
+def _add_configs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the names and paths as JSON")
+
+
+def _run_configs(args) -> int:
+    from verydeep.train.presets import PRESETS, list_presets, preset_summary
+
+    names = list_presets()
+    if args.json:
+        _print_json({name: str(PRESETS / f"{name}.yaml") for name in names})
+        return 0
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {preset_summary(name)}")
+    print(f"(`verydeep train --config NAME`; the files are in {PRESETS})")
     return 0
 
 
@@ -175,6 +209,7 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="the set is a function of the seed (default 0)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes rendering images (same bytes either way)")
     p.add_argument("--json", action="store_true", help="print the set's manifest as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace a set of other settings in OUT (a set of the same settings is kept as it is)")
 
 
 def _run_synth(args) -> int:
@@ -182,7 +217,7 @@ def _run_synth(args) -> int:
 
     had = existing_set(args.out, args.classes, args.train, args.val, args.seed) is not None
     out = make_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, seed=args.seed,
-                         progress=not args.json, workers=args.workers)
+                         progress=not args.json, workers=args.workers, overwrite=args.overwrite)
     manifest = read_manifest(out) or {}
     if args.json:
         _print_json(manifest)
@@ -199,41 +234,54 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-out", help="output folder for the report (default demo-out)")
     p.add_argument("--fast", action="store_true", help="tiny sizes, seconds (a smoke test, not the real demo)")
     p.add_argument("--json", action="store_true", help="print the report's figures as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that holds a report of something else (a previous demo's is reused)")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain every net (by default a rerun reuses the finished runs whose config matches)")
+
+
+#: ``verydeep demo``'s exit code when the report was written but a section of it failed (2 stays bad input).
+DEMO_SECTION_FAILED = 3
 
 
 def _run_demo(args) -> int:
     from verydeep.demo import run_demo
 
-    summary = run_demo(args.out, fast=args.fast)
+    summary = run_demo(args.out, fast=args.fast, overwrite=args.overwrite, fresh=args.fresh)
     if args.json:
         _print_json(summary)
     else:
         print(f"report: {Path(args.out) / 'report.md'}")
-    return 0
+    failed = summary.get("failed_sections") or {}
+    for name, error in failed.items():
+        print(f"verydeep demo: section {name} failed: {error}", file=sys.stderr)
+    return DEMO_SECTION_FAILED if failed else 0
 
 
 # -- export -------------------------------------------------------------------------------------
 def _add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dst", help="output file (.onnx, or .pt for TorchScript)")
+    p.add_argument("dst", help="output file (.onnx, .pt for TorchScript, .xml for OpenVINO IR with its .bin)")
     p.add_argument("--weights", required=True, help="weights file (any supported format) or release name")
-    p.add_argument("--format", dest="fmt", default=None, choices=["onnx", "torchscript"],
+    p.add_argument("--format", dest="fmt", default=None, choices=["onnx", "torchscript", "openvino"],
                    help="output format (default: from DST's suffix)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--check", action="store_true", help="run the ONNX file with onnxruntime and compare with PyTorch")
+    p.add_argument("--check", action="store_true",
+                   help="run the ONNX file with onnxruntime (the IR with OpenVINO) and compare with PyTorch")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it is an export of the same format (never a checkpoint, weights or image)")
 
 
 def _run_export(args) -> int:
     from verydeep.export import export
 
-    info = export(args.weights, args.dst, fmt=args.fmt, opset=args.opset, check=args.check)
+    info = export(args.weights, args.dst, fmt=args.fmt, opset=args.opset, check=args.check, overwrite=args.overwrite)
     if args.json:
         _print_json(info)
         return 0
     print(f"wrote {info['path']}: {info['format']}, config {info['config']}, dense view, "
           f"input {info['input']}, output {info['output']}")
     for size, diff in info.get("max_abs_diff", {}).items():
-        print(f"  onnxruntime vs PyTorch at {size}: max |diff| {diff:.2e}")
+        print(f"  {info.get('checked_with', 'onnxruntime')} vs PyTorch at {size}: max |diff| {diff:.2e}")
     return 0
 
 
@@ -252,11 +300,13 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="compute precision (auto: bf16 where the CPU/GPU does it fast)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    _add_engine(p)
     p.add_argument("--save-scores", default=None, metavar="FILE",
                    help="save per-image posteriors (also as the run goes: a rerun resumes from FILE)")
     p.add_argument("--combine", nargs="+", default=None, metavar="FILE",
                    help="combine saved score files (nets, protocols, scales) without running a net")
     p.add_argument("--report", default=None, metavar="DIR", help="write DIR/report.md and a plot of error against scale")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --report, or the --save-scores file of --combine")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -267,11 +317,12 @@ def _run_evaluate(args) -> int:
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     if args.report:
-        report_folder(args.report)  # before the evaluation: a bad path fails at once
+        report_folder(args.report, overwrite=args.overwrite)  # before the evaluation: a bad path fails at once
     summary = evaluate_command(weights=args.weights, data=args.data, combine=args.combine, protocols=args.protocols,
                                scales=args.scales, flip=not args.no_flip, save_scores=args.save_scores,
                                precision=args.precision, device=args.device, batch_size=args.batch_size,
-                               workers=args.workers)
+                               workers=args.workers, overwrite=args.overwrite, engine=args.engine,
+                               engine_cache=args.engine_cache)
     if summary is None:  # a non-zero rank of a distributed run: rank 0 prints
         return 0
     report = write_report(summary, args.report) if args.report else None
@@ -372,23 +423,30 @@ def _add_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FILE",
                    help="feature file (.safetensors or .npz); an interrupted run resumes from FILE.partial/")
     p.add_argument("--no-flip", action="store_true", help="do not average with the horizontally flipped image")
+    p.add_argument("--layer", default="relu7", metavar="NAME",
+                   help="the activation to pool, by the release's name (relu5_3, pool5, fc6 ...); default relu7: "
+                        "fc7 after its ReLU, the paper's descriptor")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="compute precision (auto: bf16 where the CPU/GPU does it fast)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    _add_engine(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace a feature file (or partial run) made differently instead of refusing it")
 
 
 def _run_features(args) -> int:
     from verydeep.transfer.run import features_command
 
     summary = features_command(args.weights, args.data, args.out, scales=args.scales, aggregate=args.aggregate,
-                               flip=not args.no_flip, precision=args.precision, device=args.device)
+                               flip=not args.no_flip, precision=args.precision, device=args.device,
+                               overwrite=args.overwrite, layer=args.layer, engine=args.engine,
+                               engine_cache=args.engine_cache)
     if args.json:
         _print_json(summary)
     else:
         splits = ", ".join(f"{n} {s}" for s, n in summary["splits"].items())
         print(f"wrote {summary['out']}: {summary['images']} images ({splits}), {summary['descriptor_size']}-D "
-              f"descriptors of {' & '.join(summary['configs'])} at Q {summary['scales']} ({summary['aggregate']})")
+              f"{summary['layer']} descriptors of {' & '.join(summary['configs'])} at Q {summary['scales']} ({summary['aggregate']})")
     for path in summary["skipped"]:
         sys.stderr.write(f"verydeep features: warning: unreadable image skipped: {path}\n")
     return 0
@@ -472,8 +530,10 @@ COMMANDS: list[Command] = [
     Command("predict", "classify images with dense multi-scale evaluation and flips", _add_predict, _run_predict),
     Command("evaluate", "top-1/top-5 error with the paper's protocols (dense, multi-crop, scales, ensembles)",
             _add_evaluate, _run_evaluate),
-    Command("export", "export the dense net to ONNX or TorchScript with its metadata", _add_export, _run_export),
+    Command("export", "export the dense net to ONNX, TorchScript or OpenVINO IR with its metadata", _add_export, _run_export),
     Command("train", "train a net with the paper's recipe (also under torchrun)", _add_train, _run_train),
+    Command("configs", "list the shipped training presets (paper/*, cpu/*) that --config takes by name",
+            _add_configs, _run_configs),
     Command("demo", "synthesise data, train A then D from A, evaluate, write a report", _add_demo, _run_demo),
     Command("synth", "write the built-in synthetic data set (shapes on clutter, JPEG + VOC boxes)", _add_synth, _run_synth),
     Command("localize", "box localisation (Appendix A): train a box net, measure localisation error",
@@ -495,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add(p)
-        p.set_defaults(run=command.run)
+        p.set_defaults(run=command.run, _parser=p)
     return parser
 
 
@@ -506,17 +566,27 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from verydeep.runtime import signals
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the sub-command's parser: `verydeep train: error: unrecognized arguments: ...`
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    name = f"verydeep {args.command}" if getattr(args, "command", None) else "verydeep"
+    restore = signals.raise_on_sigterm()  # SIGTERM saves what Ctrl-C saves (see verydeep.runtime.signals)
     try:
         return int(args.run(args) or 0)
     except VerydeepError as exc:
-        name = f"verydeep {args.command}" if getattr(args, "command", None) else "verydeep"
         sys.stderr.write(f"{name}: error: {exc}\n")
         return EXIT_USAGE
+    except signals.Terminated:
+        sys.stderr.write(f"{name}: terminated (SIGTERM); what was done so far is saved where the command saves it\n")
+        return signals.EXIT_TERMINATED
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

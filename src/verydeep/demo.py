@@ -28,6 +28,8 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from typing import Any
 
 import torch
 
-from verydeep.errors import ConfigError
+from verydeep.errors import ConfigError, VerydeepError
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class DemoSettings:
     parallel: bool = True  # train the control net in a second process, beside A and then D from A
     precision: str = "auto"
     seed: int = 0
+    # Guards (verydeep.train.stability): without them the plain 16-layer net from random weights sat at
+    # chance on one CPU family and learned on the other, by luck of bf16 rounding in its first steps.
+    normalise: str = "mean_std"
+    warmup_epochs: float = 1.0
+    on_divergence: str = "backoff"
 
     @property
     def eval_scales(self) -> list[int]:
@@ -81,7 +88,7 @@ FAST = DemoSettings(classes=3, train_per_class=12, val_per_class=4, width=1 / 16
 def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple[int, int], lr: float,
                epochs: int, source: Path | None = None, progress: bool = True):
     """The :class:`~verydeep.train.config.TrainConfig` of one demo net."""
-    from verydeep.train.config import load_config
+    from verydeep.train.config import TrainConfig, apply, validate
 
     overrides = {
         "model.config": config, "model.width": s.width, "model.fc_width": s.fc_width, "model.crop_size": s.crop,
@@ -89,13 +96,17 @@ def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple
         "init.scheme": s.init, "init.source": str(source) if source else None, "init.copy": "shallow",
         "data.train": str(data / "train"), "data.val": str(data / "val"), "data.scale_min": scale[0],
         "data.scale_max": scale[1], "data.val_scale": s.crop, "data.workers": 0, "data.cache": True,
-        "optim.lr": lr, "optim.batch_size": s.batch,
+        "data.normalise": s.normalise, "optim.lr": lr, "optim.batch_size": s.batch,
+        "optim.warmup_epochs": s.warmup_epochs, "optim.on_divergence": s.on_divergence,
         "schedule.epochs": epochs, "schedule.patience": s.patience,
         "run.out": str(out), "run.seed": s.seed, "run.threads": s.threads, "run.precision": s.precision,
         "run.checkpoint_every": 10**9, "run.keep_last": 1, "run.log_every": 10, "run.progress": progress,
     }
-    return load_config(None, [f"{k}={json.dumps(v) if isinstance(v, str) else v}" if v is not None else f"{k}=null"
-                              for k, v in overrides.items()])
+    cfg = TrainConfig()
+    for key, value in overrides.items():
+        apply(cfg, key, value)
+    validate(cfg)
+    return cfg
 
 
 def dense_errors(weights: str, val_root: Path, scales: list[int], precision: str) -> dict[str, float]:
@@ -103,8 +114,8 @@ def dense_errors(weights: str, val_root: Path, scales: list[int], precision: str
     from verydeep.data.folders import scan_image_folder
     from verydeep.data.images import read_image
     from verydeep.evaluate.dense import dense_posteriors
+    from verydeep.evaluate.metrics import topk_correct
     from verydeep.precision import resolve
-    from verydeep.train.metrics import topk_correct
     from verydeep.weights.loader import load
 
     model = load(weights)
@@ -112,86 +123,223 @@ def dense_errors(weights: str, val_root: Path, scales: list[int], precision: str
     images = [read_image(path) for path, _ in index.samples]
     labels = torch.tensor(index.targets)
     probs = dense_posteriors(model, images, scales, flip=True, precision=resolve(precision, "cpu"))
-    top1, top5 = topk_correct(probs, labels, (1, 5))
+    top1, top5 = (int(topk_correct(probs, labels, k).sum()) for k in (1, 5))
     n = len(labels)
     return {"dense_top1_err": 1 - top1 / n, "dense_top5_err": 1 - top5 / n, "dense_scales": scales}
 
 
 def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: DemoSettings | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Run the whole demo into ``out``; returns the summary (also ``out/summary.json``)."""
+             progress: bool = True, overwrite: bool = False, fresh: bool = False) -> dict[str, Any]:
+    """Run the whole demo into ``out``; returns the summary (also ``out/summary.json``).
+
+    A rerun into the same ``out`` reuses the training runs that finished with the same resolved
+    config, resumes the unfinished ones from their checkpoints, and retrains the others (``fresh``:
+    all of them). A folder that holds some other report is refused unless ``overwrite``. Each
+    section (classification, localisation, transfer) is isolated: one that fails is reported in
+    ``report.md`` and ``summary.json`` (``"failed_sections"``) and the others still run.
+    """
     from verydeep.data.synth import make_synthetic
-    from verydeep.train import train
 
     s = settings or (FAST if fast else FULL)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"demo output {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # e.g. a path under a regular file
-        raise ConfigError(f"cannot create demo output {out}: {exc.strerror or exc}") from None
+    out = _prepare_out(Path(out), overwrite)
     runs = out / "runs"
-    if runs.exists():  # a fresh demo each time; the data set is kept (its manifest skips remaking it)
+    if fresh and runs.exists():
         import shutil
 
         shutil.rmtree(runs)
     t0 = time.perf_counter()
     data = make_synthetic(out / "data", classes=s.classes, train=s.train_per_class, val=s.val_per_class,
-                          seed=s.seed, progress=progress, workers=max(1, s.threads))
+                          seed=s.seed, progress=progress, workers=max(1, s.threads), overwrite=True)  # the demo's own set
     synth_s = time.perf_counter() - t0
 
+    failures: dict[str, str] = {}
     nets: dict[str, dict[str, Any]] = {}
-    results: dict[str, Any] = {}
-    plan = {
-        "A": ("A", s.scale_a, s.lr_a, s.epochs_a, None, f"random ({s.init}), fixed S={s.scale_a[0]}"),
-        "D_from_A": ("D", s.scale_d, s.lr_d, s.epochs_d, runs / "A", "paper's rule: 7 layers from A, 9 random; S jittered"),
-        "D_random": ("D", s.scale_d, s.lr_d, s.epochs_d, None, f"random ({s.init}); S jittered (control)"),
+    try:
+        nets = classification(s, data, runs, out, progress)
+    except VerydeepError as exc:
+        failures["classification"] = str(exc)
+    sections: dict[str, dict] = {}
+    if "D_from_A" in nets:
+        sections, more = beyond_classification(out / nets["D_from_A"]["weights"], data, fast, progress,
+                                               threads=s.threads * (2 if s.parallel else 1))
+        failures.update(more)
+    else:
+        failures.update({name: "skipped: it needs the classification section's net D"
+                         for name in ("localisation", "transfer")})
+    total_s = time.perf_counter() - t0
+    summary = _summary(s, out, data, nets, synth_s, total_s) if nets else _bare_summary(s, synth_s, total_s)
+    summary["sections"] = {name: {"title": sec["title"], "seconds": sec["seconds"], "figures": sec["figures"]}
+                           for name, sec in sections.items()}
+    summary["failed_sections"] = failures
+    if nets:
+        _plots(out, runs, nets)
+    from verydeep.runtime.io import write_json, write_text
+
+    write_json(out / "summary.json", summary)
+    report = (_report(summary) if nets else "# verydeep demo\n") + "".join(
+        f"\n{sec['markdown'].strip()}\n" for sec in sections.values()) + _failures_markdown(failures)
+    write_text(out / "report.md", report)
+    if progress:
+        verdict = (f"net D (from A): {100 * (1 - nets['D_from_A']['dense_top1_err']):.1f}% top-1 accuracy; "
+                   if nets else "")
+        failed = f"; FAILED sections: {', '.join(failures)}" if failures else ""
+        print(f"[demo] {verdict}total {total_s:.0f} s; report in {out / 'report.md'}{failed}", flush=True)
+    return summary
+
+
+#: The name of the file that marks a folder as a demo's output (rerunning the demo into it is expected).
+DEMO_MARK = "summary.json"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """``out`` as a folder the demo may write: new, a previous demo's, or (with ``overwrite``) anything."""
+    from verydeep.runtime.outputs import check_output
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"demo output {out} exists and is not a folder")
+    if not _is_demo_output(out):
+        check_output(out / "report.md", "a report", overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a path under a regular file
+        raise ConfigError(f"cannot create demo output {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _is_demo_output(out: Path) -> bool:
+    try:
+        summary = json.loads((out / DEMO_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "settings" in summary and "failed_sections" in summary
+
+
+def _plan(s: DemoSettings, runs: Path) -> dict[str, dict[str, Any]]:
+    """The three nets: config, scale, learning rate, epochs, the net they start from, and a description."""
+    return {
+        "A": dict(config="A", scale=s.scale_a, lr=s.lr_a, epochs=s.epochs_a, source=None,
+                  what=f"random ({s.init}), fixed S={s.scale_a[0]}"),
+        "D_from_A": dict(config="D", scale=s.scale_d, lr=s.lr_d, epochs=s.epochs_d, source=runs / "A",
+                         what="paper's rule: 7 layers from A, 9 random; S jittered"),
+        "D_random": dict(config="D", scale=s.scale_d, lr=s.lr_d, epochs=s.epochs_d, source=None,
+                         what=f"random ({s.init}); S jittered (control)"),
     }
 
-    def config(name: str):
-        c, scale, lr, epochs, source, _ = plan[name]
-        return net_config(s, data, runs / name, c, scale, lr, epochs, source, progress)
 
+def classification(s: DemoSettings, data: Path, runs: Path, out: Path, progress: bool) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) nets A, D from A and D from random weights; evaluate each densely."""
+    plan = _plan(s, runs)
+    configs = {name: net_config(s, data, runs / name, p["config"], p["scale"], p["lr"], p["epochs"], p["source"], progress)
+               for name, p in plan.items()}
+    results: dict[str, Any] = {}
     background = None
+    names = ["A", "D_from_A", "D_random"]
     if s.parallel:  # the control does not depend on A: train it in a second process meanwhile
-        quiet = config("D_random")
-        quiet.run.progress = False
-        background = _Background(quiet, runs / "D_random.log")
-        if progress:
-            print(f"[demo] training D_random in a second process (log {runs / 'D_random.log'})", flush=True)
-    for name in ("A", "D_from_A") if s.parallel else ("A", "D_from_A", "D_random"):
-        if progress:
-            print(f"[demo] training {name}: {plan[name][5]}", flush=True)
-        results[name] = train(config(name)).to_dict()
-    if background is not None:
-        results["D_random"] = background.wait()
-    for name, (c, scale, _, _, _, what) in plan.items():
+        names.remove("D_random")
+        results["D_random"] = reuse_run(configs["D_random"])
+        if results["D_random"] is None:
+            quiet = configs["D_random"]
+            quiet.run.progress = False
+            background = _Background(quiet, runs / "D_random.log")
+            if progress:
+                print(f"[demo] training D_random in a second process (log {runs / 'D_random.log'})", flush=True)
+    retrained_a = False
+    try:
+        for name in names:
+            if name == "D_from_A" and retrained_a:
+                _discard(runs / name)  # its starting point changed
+            results[name] = _train_or_reuse(name, configs[name], plan[name]["what"], progress)
+            retrained_a = retrained_a or (name == "A" and not results[name].pop("reused", False))
+        if background is not None:
+            results["D_random"] = background.wait()
+    finally:
+        if background is not None:
+            background.stop()
+    nets = {}
+    for name, p in plan.items():
         result = results[name]
         weights = result["best_weights"] or result["final_weights"]
         t = time.perf_counter()
         errors = dense_errors(weights, data / "val", s.eval_scales, s.precision)
-        nets[name] = {"config": c, "init": what, "train_scale": list(scale), "epochs": result["epochs"],
+        nets[name] = {"config": p["config"], "init": p["what"], "train_scale": list(p["scale"]), "epochs": result["epochs"],
                       "steps": result["steps"], "train_time_s": result["train_time_s"],
                       "eval_time_s": time.perf_counter() - t, "val_top1_err": result["best_val_top1_err"],
                       "val_top5_err": result["best_val_top5_err"], "best_epoch": result["best_epoch"], **errors,
                       "copied_layers": result["copied_layers"], "weights": os.path.relpath(weights, out),
-                      "run_dir": os.path.relpath(result["run_dir"], out)}
-    sections = beyond_classification(out / nets["D_from_A"]["weights"], data, fast, progress,
-                                     threads=s.threads * (2 if s.parallel else 1))
-    total_s = time.perf_counter() - t0
-    summary = _summary(s, out, data, nets, synth_s, total_s)
-    summary["sections"] = {name: {"title": sec["title"], "seconds": sec["seconds"], "figures": sec["figures"]}
-                           for name, sec in sections.items()}
-    _plots(out, runs, nets)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    report = _report(summary) + "".join(f"\n{sec['markdown'].strip()}\n" for sec in sections.values())
-    (out / "report.md").write_text(report, encoding="utf-8")
+                      "run_dir": os.path.relpath(result["run_dir"], out), "backoffs": result.get("backoffs", 0),
+                      "learned": result.get("learned", True)}
+    return nets
+
+
+#: Keys that may differ between a finished run's saved config and the demo's without making it stale.
+REUSE_IGNORED = ("run.progress",)
+
+
+def _same_config(saved: dict[str, Any], cfg) -> bool:
+    ours = json.loads(json.dumps(cfg.to_dict()))
+    for key in REUSE_IGNORED:
+        section, name = key.split(".")
+        for d in (saved, ours):
+            d.get(section, {}).pop(name, None)
+    return saved == ours
+
+
+def reuse_run(cfg) -> dict[str, Any] | None:
+    """The summary of a finished run in ``cfg.run.out`` with the same resolved config, else None.
+
+    A run folder whose config differs is removed (it is stale: the demo's settings changed)."""
+    import yaml
+
+    run_dir = Path(cfg.run.out)
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        saved = None
+    if not isinstance(saved, dict) or not _same_config(saved, cfg):
+        _discard(run_dir)
+        return None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # unfinished: resumed from its checkpoints by the caller
+    if not isinstance(summary, dict) or not Path(summary.get("final_weights", "")).is_file():
+        return None
+    return {**summary, "reused": True}
+
+
+def _discard(run_dir: Path) -> None:
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+
+def _train_or_reuse(name: str, cfg, what: str, progress: bool) -> dict[str, Any]:
+    from verydeep.train import train
+
+    reused = reuse_run(cfg)
+    if reused is not None:
+        if progress:
+            print(f"[demo] {name}: reusing the finished run in {cfg.run.out} (same config; --fresh retrains)", flush=True)
+        return reused
     if progress:
-        d = nets["D_from_A"]
-        print(f"[demo] net D (from A): {100 * (1 - d['dense_top1_err']):.1f}% top-1 accuracy; "
-              f"total {total_s:.0f} s; report in {out / 'report.md'}", flush=True)
-    return summary
+        print(f"[demo] training {name}: {what}", flush=True)
+    return train(cfg, resume="auto").to_dict()
+
+
+def _bare_summary(s: DemoSettings, synth_s: float, total_s: float) -> dict[str, Any]:
+    return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
+            "nets": {}, "synthesis_time_s": synth_s, "total_time_s": total_s,
+            "machine": {"cpu": _cpu_name(), "threads": s.threads, "torch": torch.__version__,
+                        "python": platform.python_version()}}
+
+
+def _failures_markdown(failures: dict[str, str]) -> str:
+    if not failures:
+        return ""
+    lines = ["", "## Sections that failed", ""]
+    lines += [f"- **{name}**: {text}" for name, text in failures.items()]
+    return "\n".join(lines) + "\n"
 
 
 #: Sizes of the localisation and transfer sections (issue 5): small subsets, a few hundred steps.
@@ -203,22 +351,31 @@ SECTION_SIZES = {
 }
 
 
-def beyond_classification(weights: Path, data: Path, fast: bool, progress: bool, threads: int = 2) -> dict[str, dict]:
+def beyond_classification(weights: Path, data: Path, fast: bool, progress: bool,
+                          threads: int = 2) -> tuple[dict[str, dict], dict[str, str]]:
     """The appendices on the demo's net D: box localisation (SCR against PCR, both test protocols)
-    and transfer (linear SVMs on very deep features against raw pixels, one scale against several)."""
+    and transfer (linear SVMs on very deep features against raw pixels, one scale against several).
+
+    Returns the sections that ran and, by name, the error of each one that failed."""
     from verydeep import localize, transfer
     from verydeep.weights.loader import load
 
     sizes = SECTION_SIZES["fast" if fast else "full"]
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
+    sections, failures = {}, {}
     try:
-        sections = {}
-        for name, module in (("localisation", localize), ("transfer", transfer)):
+        for name, key, section in (("localisation", "localize", localize.demo_section),
+                                   ("transfer", "transfer", transfer.demo_section)):
             if progress:
                 print(f"[demo] {name} on net D", flush=True)
-            sections[name] = module.demo_section(load(weights), data, progress=progress, **sizes[module.__name__.split(".")[-1]])
-        return sections
+            try:
+                sections[name] = section(load(weights), data, progress=progress, **sizes[key])
+            except VerydeepError as exc:
+                failures[name] = str(exc)
+                if progress:
+                    print(f"[demo] {name} failed: {exc}", flush=True)
+        return sections, failures
     finally:
         torch.set_num_threads(previous)
 
@@ -227,8 +384,6 @@ class _Background:
     """``verydeep train`` of one config in a child process (one thread), its output in a log file."""
 
     def __init__(self, cfg, log: Path) -> None:
-        import subprocess
-        import sys
 
         from verydeep.train.config import save_yaml
 
@@ -239,7 +394,8 @@ class _Background:
         self.log = log
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.run.threads or 1)}
         with open(log, "wb") as handle:
-            self.proc = subprocess.Popen([sys.executable, "-m", "verydeep", "train", "--config", str(self.config_path)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "verydeep", "train", "--config", str(self.config_path),
+                                          "--resume", "auto"],
                                          stdout=handle, stderr=subprocess.STDOUT, env=env)
 
     def wait(self) -> dict[str, Any]:
@@ -250,10 +406,14 @@ class _Background:
                               f"(log {self.log})")
         return json.loads((self.run_dir / "summary.json").read_text(encoding="utf-8"))
 
-    def __del__(self) -> None:  # an interrupted demo does not leave the child training
-        proc = getattr(self, "proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+    def stop(self) -> None:
+        """End the child if it still runs (an interrupted or failed demo does not leave it training)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 #: Two nets "match" when their top-1 errors differ by at most this much: on 500 validation images the
@@ -335,6 +495,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _backoff_text(nets: dict[str, dict[str, Any]]) -> str:
+    used = {name: n.get("backoffs", 0) for name, n in nets.items() if n.get("backoffs", 0)}
+    stuck = [name for name, n in nets.items() if not n.get("learned", True)]
+    text = ("no net needed a back-off" if not used else
+            "back-offs: " + ", ".join(f"{name} {count}" for name, count in used.items()))
+    return text + (f"; did NOT learn (stayed at chance): {', '.join(stuck)}" if stuck else "")
+
+
 def _report(summary: dict[str, Any]) -> str:
     from verydeep.report.tables import markdown_table
 
@@ -368,7 +536,11 @@ def _report(summary: dict[str, Any]) -> str:
         f"Nets: width x{s['width']:g}, FC {s['fc_width']}, crop {s['crop']}, batch {s['batch']}, dropout {s['dropout']}, "
         f"SGD momentum 0.9, weight decay 5e-4, learning rate {s['lr_a']:g} (A) and {s['lr_d']:g} (D) divided by 10 on a "
         f"validation plateau (patience {s['patience']}, at most 3 times), {s['init']} random weights, "
-        f"{'batch norm' if s['batch_norm'] else 'no batch norm (as in the paper)'}.",
+        f"{'batch norm' if s['batch_norm'] else 'no batch norm (as in the paper)'}. "
+        f"Not in the paper, to keep plain nets this narrow from dying in their first steps on any CPU: inputs divided "
+        f"by the training set's per-channel standard deviation ({s['normalise']}), a {s['warmup_epochs']:g}-epoch linear "
+        f"learning-rate warm-up, and divergence back-off ({s['on_divergence']}): "
+        + _backoff_text(nets) + ".",
         "",
         markdown_table(["net", "config", "initialisation", "S", "epochs", "steps", "train s", "top-1 err % (crop)",
                         "top-5 err % (crop)", f"top-1 err % (dense)", "top-5 err % (dense)"], rows),

@@ -15,6 +15,8 @@ def pick_device(name: str | None = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):  # meta holds no data; mps/xpu/hpu are not supported here
+        raise ConfigError(f"device {name!r} is not supported: use cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name} asked for, but no CUDA GPU is available")
     return device

@@ -26,3 +26,7 @@ class ImageError(VerydeepError):
 
 class DataError(VerydeepError):
     """A data folder that is missing, empty or malformed."""
+
+
+class WriteError(VerydeepError):
+    """An output that cannot be written (read-only, full, no permission) or must not be replaced."""

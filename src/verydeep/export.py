@@ -1,4 +1,4 @@
-"""``verydeep export``: the fully convolutional net as an ONNX or TorchScript file, metadata inside.
+"""``verydeep export``: the fully convolutional net as an ONNX, TorchScript or OpenVINO file, metadata inside.
 
 What is exported is the dense view (:meth:`VGG.dense`): the conv stack, then fc6 as a
 ``k x k`` convolution and fc7, fc8 as 1x1 ones. It takes an image of any size at least one crop
@@ -11,7 +11,11 @@ ONNX goes through PyTorch's TorchScript-based exporter (``dynamo=False``: the dy
 needs ``onnxscript``), with batch, height and width as dynamic axes; the metadata (config,
 classes, preprocessing, the full :class:`WeightsMeta`) lands in the model's ``metadata_props``.
 TorchScript is ``torch.jit.script`` of the same module, the metadata in the ``_extra_files``
-entry ``verydeep.json``. Files are written atomically (a temporary file renamed into place).
+entry ``verydeep.json``. OpenVINO IR (``.xml`` + ``.bin``) is the graph the OpenVINO engine runs
+(:func:`verydeep.runtime.openvino_engine.to_openvino`: the same numbers, fc6-fc8 as matrix
+products over the pool5 windows, which OpenVINO runs faster than the k x k convolution), dynamic
+batch, height and width, float32 weights; the metadata strings are in the IR's ``rt_info`` under
+``verydeep``. Files are written atomically (a temporary file renamed into place).
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ import torch
 from torch import nn
 
 from verydeep.errors import ConfigError, WeightsError
+from verydeep.runtime.io import write_bytes
 from verydeep.weights.metadata import WeightsMeta
 
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
 DEFAULT_OPSET = 17
 TORCHSCRIPT_META = "verydeep.json"
 INPUT_NAME, OUTPUT_NAME = "image", "scores"
-_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
+_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
+             ".xml": "openvino"}
+#: What an OpenVINO IR export is, for :func:`verydeep.runtime.outputs.check_output`.
+OPENVINO_KIND = "an OpenVINO IR file"
 
 
 def dense_module(model) -> nn.Sequential:
@@ -81,18 +89,12 @@ def metadata_props(meta: WeightsMeta) -> dict[str, str]:
     }
 
 
-def _atomic_write(dst: Path, write) -> Path:
+def _atomic_write(dst: Path, data: bytes) -> Path:
+    """``data`` to ``dst`` through the one atomic writer (serialised in memory first: the C++
+    writers of ONNX and TorchScript abort the process on a full disk instead of raising)."""
     if not dst.parent.is_dir():
         raise ConfigError(f"cannot write {dst}: folder {dst.parent} does not exist")
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, dst)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {dst}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+    return write_bytes(dst, data)
 
 
 def _example(model) -> torch.Tensor:
@@ -128,7 +130,7 @@ def export_onnx(model, dst: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Pa
     for key, value in metadata_props(model.meta).items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"verydeep VGG {model.spec.name}, dense (fully convolutional) view"
-    return _atomic_write(Path(dst), lambda tmp: onnx.save(proto, str(tmp)))
+    return _atomic_write(Path(dst), proto.SerializeToString())
 
 
 def export_torchscript(model, dst: str | os.PathLike) -> Path:
@@ -138,7 +140,64 @@ def export_torchscript(model, dst: str | os.PathLike) -> Path:
         warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit is deprecated, still works
         scripted = torch.jit.script(module)
         extra = {TORCHSCRIPT_META: model.meta.to_json()}
-        return _atomic_write(Path(dst), lambda tmp: scripted.save(str(tmp), _extra_files=extra))
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer, _extra_files=extra)
+    return _atomic_write(Path(dst), buffer.getvalue())
+
+
+def export_openvino(model, dst: str | os.PathLike) -> Path:
+    """Write the dense net as OpenVINO IR (``dst`` .xml and its .bin) with the metadata in ``rt_info``."""
+    if not openvino_installed():
+        raise ConfigError("OpenVINO export needs the openvino package: pip install 'verydeep[openvino]'")
+    from verydeep.runtime.openvino_engine import save_ir, to_openvino
+
+    graph = to_openvino(model, logits=True)
+    for key, value in metadata_props(model.meta).items():
+        graph.set_rt_info(value, ["verydeep", key])
+    return save_ir(graph, Path(dst))
+
+
+def openvino_installed() -> bool:
+    from verydeep.runtime.engines import openvino_available
+
+    return openvino_available()
+
+
+def read_openvino_metadata(path: str | os.PathLike) -> WeightsMeta:
+    """The :class:`WeightsMeta` stored in an exported OpenVINO IR file."""
+    import openvino as ov
+
+    graph = ov.Core().read_model(str(path))
+    if not graph.has_rt_info(["verydeep", "verydeep"]):
+        raise WeightsError(f"{path} carries no verydeep metadata")
+    return WeightsMeta.from_json(graph.get_rt_info(["verydeep", "verydeep"]).astype(str))
+
+
+def check_openvino(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None,
+                   seed: int = 0) -> dict[str, float]:
+    """Largest |OpenVINO (f32) - PyTorch| of the score map at each ``(height, width)``."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return _compare(model, lambda x: compiled({INPUT_NAME: x})[OUTPUT_NAME], "OpenVINO", sizes, seed)
+
+
+def _compare(model, run, engine: str, sizes: Sequence[tuple[int, int]] | None, seed: int) -> dict[str, float]:
+    """Largest |run(x) - model.dense(x)| over random inputs at each ``(height, width)``."""
+    crop = model.spec.crop_size
+    sizes = list(sizes) if sizes else [(crop, crop), (crop + 32, crop + 64)]
+    generator = torch.Generator().manual_seed(seed)
+    model = model.eval()
+    out = {}
+    for height, width in sizes:
+        x = torch.randn(2, 3, height, width, generator=generator)
+        with torch.no_grad():
+            expected = model.dense(x).numpy()
+        got = run(x.numpy())
+        if got.shape != expected.shape:
+            raise WeightsError(f"{engine} output at {height}x{width} has shape {got.shape}, PyTorch's {expected.shape}")
+        out[f"{height}x{width}"] = float(abs(got - expected).max())
+    return out
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> WeightsMeta:
@@ -158,21 +217,8 @@ def check_onnx(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] 
         import onnxruntime
     except ImportError:
         raise ConfigError("checking an ONNX export needs onnxruntime: pip install onnxruntime") from None
-    crop = model.spec.crop_size
-    sizes = list(sizes) if sizes else [(crop, crop), (crop + 32, crop + 64)]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    generator = torch.Generator().manual_seed(seed)
-    model = model.eval()
-    out = {}
-    for height, width in sizes:
-        x = torch.randn(2, 3, height, width, generator=generator)
-        with torch.no_grad():
-            expected = model.dense(x).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-        if got.shape != expected.shape:
-            raise WeightsError(f"ONNX output at {height}x{width} has shape {got.shape}, PyTorch's {expected.shape}")
-        out[f"{height}x{width}"] = float(abs(got - expected).max())
-    return out
+    return _compare(model, lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], "ONNX", sizes, seed)
 
 
 def check_opset(opset: int) -> None:
@@ -192,25 +238,41 @@ def format_for(dst: str | os.PathLike, fmt: str | None) -> str:
         return fmt
     suffix = Path(dst).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise ConfigError(f"cannot tell the export format from {Path(dst).name!r}: use --format onnx or torchscript")
+        raise ConfigError(f"cannot tell the export format from {Path(dst).name!r}: "
+                          "use --format onnx, torchscript or openvino")
     return _SUFFIXES[suffix]
 
 
 def export(weights: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None,
-           opset: int = DEFAULT_OPSET, check: bool = False) -> dict:
-    """Load ``weights`` (any supported format), write ``dst``; returns a summary of what was written."""
+           opset: int = DEFAULT_OPSET, check: bool = False, overwrite: bool = False) -> dict:
+    """Load ``weights`` (any supported format), write ``dst``; returns a summary of what was written.
+
+    An existing ``dst`` is replaced only with ``overwrite``, and never when it is a checkpoint,
+    weights or an image (:func:`verydeep.runtime.outputs.check_output`)."""
+    from verydeep.runtime.outputs import ONNX, TORCHSCRIPT, check_output
     from verydeep.weights.loader import load
 
     fmt = format_for(dst, fmt)
-    if check and fmt != "onnx":
-        raise ConfigError("--check runs the file with onnxruntime: it applies to --format onnx")
+    if check and fmt not in ("onnx", "openvino"):
+        raise ConfigError("--check runs the file with onnxruntime or OpenVINO: it applies to --format onnx or openvino")
+    if fmt == "openvino":
+        if Path(dst).suffix.lower() != ".xml":
+            raise ConfigError(f"an OpenVINO export is an .xml file (with its .bin beside it), not {Path(dst).name!r}")
+        if not openvino_installed():
+            raise ConfigError("OpenVINO export needs the openvino package: pip install 'verydeep[openvino]'")
     if not Path(dst).parent.is_dir():
         raise ConfigError(f"cannot write {dst}: folder {Path(dst).parent} does not exist")
+    kind = {"onnx": ONNX, "torchscript": TORCHSCRIPT, "openvino": OPENVINO_KIND}[fmt]
+    check_output(dst, kind, overwrite)
+    if fmt == "openvino":  # the weights file beside the .xml is replaced too
+        check_output(Path(dst).with_suffix(".bin"), kind, overwrite)
     if fmt == "onnx":
         check_opset(opset)
     model = load(weights).to("cpu").float().eval()
     if fmt == "onnx":
         path = export_onnx(model, dst, opset=opset)
+    elif fmt == "openvino":
+        path = export_openvino(model, dst)
     else:
         path = export_torchscript(model, dst)
     summary = {
@@ -223,6 +285,9 @@ def export(weights: str | os.PathLike, dst: str | os.PathLike, fmt: str | None =
         "output": f"{OUTPUT_NAME} (batch, {model.spec.num_classes}, rows, cols)",
         "preprocessing": json.loads(model.meta.to_json())["preprocessing"],
     }
+    if fmt == "openvino":
+        summary["weights_file"] = str(Path(path).with_suffix(".bin"))
     if check:
-        summary["max_abs_diff"] = check_onnx(model, path)
+        summary["checked_with"] = "openvino" if fmt == "openvino" else "onnxruntime"
+        summary["max_abs_diff"] = (check_openvino if fmt == "openvino" else check_onnx)(model, path)
     return summary

@@ -13,7 +13,7 @@ from verydeep.data.images import read_image
 from verydeep.data.preprocess import check_rescaled_size
 from verydeep.devices import pick_device
 from verydeep.errors import ConfigError, ImageError
-from verydeep.precision import prepare_model, resolve
+from verydeep.precision import resolve
 from verydeep.weights.loader import load
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
@@ -33,24 +33,34 @@ def topk_entries(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
 
 
 def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | None = None, flip: bool = True,
-                  topk: int = 5, precision: str | None = "auto", device: str = "auto") -> list[dict]:
-    """One result per path: ``{"image", "topk": [{"index", "name", "prob"}]}`` or ``{"image", "error"}``."""
-    from verydeep.evaluate.dense import dense_posteriors
+                  topk: int = 5, precision: str | None = "auto", device: str = "auto", engine: str | None = "auto",
+                  engine_cache: str | None = None) -> list[dict]:
+    """One result per path: ``{"image", "engine", "topk": [{"index", "name", "prob"}]}`` or
+    ``{"image", "error"}``. ``engine``: auto, torch or openvino (:mod:`verydeep.runtime.engines`)."""
+    from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for
 
     dev = pick_device(device)
+    ran_on = resolve_engine(engine, dev)
     model = load(weights)
     scales = check_scales(scales or DEFAULT_SCALES, model.spec.crop_size)
     prec = resolve(precision, dev)
-    model = prepare_model(model, prec, dev)
+    model = ready(model, ran_on, prec, dev, engine_cache)
     names = model.meta.class_names()
     results = []
-    for path in paths:
-        try:
-            image = read_image(path)
-            check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=str(path))
-        except ImageError as exc:
-            results.append({"image": str(path), "error": str(exc)})
-            continue
-        probs = dense_posteriors(model, [image], scales, flip=flip, precision=prec)[0]
-        results.append({"image": str(path), "topk": topk_entries(probs, names, topk)})
+    with torch_threads_for(ran_on):
+        for path in paths:
+            results.append(_predict_one(model, path, scales, flip, prec, names, topk, ran_on))
     return results
+
+
+def _predict_one(model, path, scales, flip, prec, names, topk, ran_on) -> dict:
+    """One image's result (or its error), as :func:`predict_files` lists them."""
+    from verydeep.evaluate.dense import dense_posteriors
+
+    try:
+        image = read_image(path)
+        check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=str(path))
+    except ImageError as exc:
+        return {"image": str(path), "error": str(exc)}
+    probs = dense_posteriors(model, [image], scales, flip=flip, precision=prec)[0]
+    return {"image": str(path), "engine": ran_on, "topk": topk_entries(probs, names, topk)}

@@ -16,6 +16,8 @@ ground-truth list that does not fit) are the user's to fix and raise one :class:
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,8 @@ class ImageIndex:
     root: Path
     classes: list[str]
     samples: list[tuple[str, int]] = field(default_factory=list)
+    special: int = 0  #: image-named entries skipped because they are not regular files
+    loops: int = 0  #: linked folders skipped because they loop back or lead into another class
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -47,14 +51,84 @@ class ImageIndex:
         return counts
 
 
+class FolderWalk:
+    """Image files under class folders: regular files only, each linked folder followed once.
+
+    A FIFO, socket or device file with an image's name would hang (or stream forever from) the
+    decoder that opened it, so only regular files are images; the others are counted in
+    ``special``. Symbolic links are followed, but a linked folder that was seen already (a cycle)
+    or that leads into the data root outside the class being scanned (which would mislabel its
+    images as this class) is skipped and counted in ``loops``. File names may hold any bytes:
+    they stay ``str`` with Python's surrogate escapes, as ``os.fsdecode`` gives them.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self.special: list[str] = []
+        self.loops: list[str] = []
+
+    def files(self, folder: Path) -> list[str]:
+        """Image files under ``folder`` (recursively), in a stable sorted order."""
+        own = os.path.realpath(folder)
+        seen: set[tuple[int, int]] = set()
+        found: list[str] = []
+        stack = [str(folder)]
+        while stack:
+            current = stack.pop()
+            try:
+                st = os.stat(current)
+                entries = sorted(os.scandir(current), key=lambda e: e.name)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                self.loops.append(current)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            subdirs = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=True)
+                except OSError:
+                    continue
+                if is_dir:
+                    if entry.is_symlink():
+                        real = os.path.realpath(entry.path)
+                        inside_root = real == self.root or real.startswith(self.root + os.sep)
+                        inside_own = real == own or real.startswith(own + os.sep)
+                        if (inside_root and not inside_own) or own.startswith(real + os.sep) or real == own:
+                            self.loops.append(entry.path)
+                            continue
+                    subdirs.append(entry.path)
+                elif is_image_file(entry.name):
+                    try:
+                        regular = stat.S_ISREG(os.stat(entry.path).st_mode)
+                    except OSError:
+                        continue  # a dangling link
+                    if regular:
+                        found.append(entry.path)
+                    else:
+                        self.special.append(entry.path)
+            stack.extend(reversed(subdirs))
+        return sorted(found)
+
+    def report(self) -> None:
+        """One warning line about what was skipped, if anything was."""
+        parts = []
+        if self.special:
+            parts.append(f"{len(self.special)} image-named entries that are not regular files (FIFOs, sockets, "
+                         f"devices; first {self.special[0]!r})")
+        if self.loops:
+            parts.append(f"{len(self.loops)} linked folders that loop back or lead into another class "
+                         f"(first {self.loops[0]!r})")
+        if parts:
+            sys.stderr.write(f"verydeep: warning: {self.root}: skipped {' and '.join(parts)}\n")
+
+
 def _image_files(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, links followed), in a stable sorted order."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                     if not f.startswith(".") and is_image_file(f))
-    return sorted(found)
+    """Image files under ``folder`` (recursively, links followed once), in a stable sorted order."""
+    return FolderWalk(folder).files(folder)
 
 
 def _require_folder(path: Path, what: str) -> None:
@@ -81,17 +155,19 @@ def scan_image_folder(root: str | os.PathLike) -> ImageIndex:
         raise DataError(f"data folder {root} has no class sub-folders (expected root/<class>/<image>)")
     samples: list[tuple[str, int]] = []
     empty: list[str] = []
+    walk = FolderWalk(root)
     for label, name in enumerate(classes):
-        files = _image_files(root / name)
+        files = walk.files(root / name)
         if not files:
             empty.append(name)
         samples.extend((path, label) for path in files)
+    walk.report()
     if not samples:
         raise DataError(f"data folder {root} holds no images in its {len(classes)} class folders")
     if empty:
         shown = ", ".join(repr(n) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         raise DataError(f"data folder {root}: class folder {shown} holds no images")
-    return ImageIndex(root=root, classes=classes, samples=samples)
+    return ImageIndex(root=root, classes=classes, samples=samples, special=len(walk.special), loops=len(walk.loops))
 
 
 def read_class_list(path: str | os.PathLike) -> list[str]:

@@ -9,6 +9,7 @@ Anything that cannot be read becomes one :class:`~verydeep.errors.ImageError` li
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -52,6 +53,13 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft: tuple
     about to be shrunk; the result is at least that large where the file allows).
     """
     path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # Image.open below says why
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        # a FIFO would block the decoder forever, a device stream from it without end
+        raise ImageError(f"{path}: not a regular file (a FIFO, socket or device), not read")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

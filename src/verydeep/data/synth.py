@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from verydeep.errors import DataError
+from verydeep.runtime.io import make_folder, write_bytes, write_json
 
 #: Bump when the images change for the same arguments (a set made by another version is remade).
 SYNTH_VERSION = 1
@@ -328,19 +329,19 @@ def existing_set(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train: 
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    write_json(out / MANIFEST, manifest)
 
 
 def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train: int = DEFAULT_TRAIN,
-                   val: int = DEFAULT_VAL, seed: int = 0, progress: bool = True, workers: int = 1) -> Path:
+                   val: int = DEFAULT_VAL, seed: int = 0, progress: bool = True, workers: int = 1,
+                   overwrite: bool = False) -> Path:
     """Write the synthetic set (``train``/``val`` images *per class*) to ``out``; returns ``out``.
 
     Does nothing if ``out`` already holds a complete set made with the same arguments. A set
-    made with other arguments (or left incomplete) is replaced; a folder that holds anything
-    else is refused rather than overwritten. ``workers > 1`` renders in processes; the bytes are
-    the same either way.
+    left incomplete is written again; a complete set made with other arguments is replaced only
+    with ``overwrite``; a folder that holds anything else is refused rather than overwritten.
+    ``workers > 1`` renders in processes; the bytes are the same either way. Every file goes
+    through the atomic writer, and the data is synced once before the manifest says complete.
     """
     out = Path(out)
     names = class_names(classes)
@@ -353,14 +354,15 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
-        if read_manifest(out) is None:
+        found = read_manifest(out)
+        if found is None:
             raise DataError(f"{out} is not empty and holds no synthetic set; choose a new or empty folder")
+        if found.get("complete") and not overwrite:
+            raise DataError(f"{out} holds a synthetic set made with other arguments ({found.get('arguments')}); "
+                            "pass --overwrite to replace it, or choose another folder")
         for split in SPLITS:  # our own earlier set: replace it
             shutil.rmtree(out / split, ignore_errors=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create {out}: {exc.strerror or exc}") from None
+    make_folder(out, "folder")
     arguments = _arguments(classes, train, val, seed)
     manifest = {"generator": "verydeep synthetic shapes", "arguments": arguments, "complete": False, "classes": names}
     _write_manifest(out, manifest)
@@ -370,7 +372,7 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
             for label, name in enumerate(names) for number in range(per_class)]
     for split in SPLITS:
         for name in names:
-            (out / split / name).mkdir(parents=True, exist_ok=True)
+            make_folder(out / split / name, "folder")
     digest = hashlib.sha256()
     bar = None
     if progress:
@@ -388,8 +390,8 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
             results = map(_make_one, jobs)
         for (_, split, _, _, name), (stem, jpeg, xml) in zip(jobs, results):
             folder = out / split / name
-            (folder / f"{stem}.jpg").write_bytes(jpeg)
-            (folder / f"{stem}.xml").write_bytes(xml)
+            write_bytes(folder / f"{stem}.jpg", jpeg, sync=False)
+            write_bytes(folder / f"{stem}.xml", xml, sync=False)
             digest.update(f"{split}/{name}/{stem}\0".encode())
             digest.update(hashlib.sha256(jpeg).digest())
             digest.update(hashlib.sha256(xml).digest())
@@ -415,5 +417,6 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
         "boxes": "VOC XML beside each image, 0-based pixel indices, max inclusive",
         "sha256": digest.hexdigest(),
     })
+    os.sync()  # the images reach the disk before the manifest says the set is complete
     _write_manifest(out, manifest)
     return out

@@ -233,9 +233,16 @@ class ColourStats:
         vecs = np.asarray(self.eigvecs)
         return vecs @ np.diag(self.eigvals) @ vecs.T
 
-    def preprocessing(self) -> Preprocessing:
-        """What a net trained on these statistics expects: RGB 0-255 minus ``mean_rgb``."""
-        return Preprocessing.mean_subtraction(self.mean_rgb)
+    def channel_std(self) -> tuple[float, float, float]:
+        """Per-channel standard deviation (0-255 units), from the covariance's diagonal; at least 1."""
+        return tuple(max(1.0, float(v) ** 0.5) for v in np.diag(self.covariance()))  # type: ignore[return-value]
+
+    def preprocessing(self, divide_std: bool = False) -> Preprocessing:
+        """What a net trained on these statistics expects: RGB 0-255 minus ``mean_rgb`` (the paper's
+        recipe), and with ``divide_std`` divided by :meth:`channel_std` as well."""
+        if not divide_std:
+            return Preprocessing.mean_subtraction(self.mean_rgb)
+        return Preprocessing(mean=tuple(self.mean_rgb), std=self.channel_std())
 
 
 #: Images decoded for the colour statistics are first shrunk by the JPEG decoder to about this size.

@@ -26,21 +26,28 @@ def evaluate_command(
     flip: bool = True,
     save_scores: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
     **options,
 ) -> Summary | None:
     """The summary to print (None on the non-main processes of a distributed run).
 
-    ``options`` go to :func:`~verydeep.evaluate.run.evaluate` (precision, device, batch_size,
-    workers, progress).
+    ``options`` go to :func:`~verydeep.evaluate.run.evaluate` (precision, device, engine,
+    engine_cache, batch_size, workers, progress). The ``save_scores`` file is locked for the whole run (a second evaluation
+    on it is refused with one line). A new evaluation resumes from it; ``--combine`` replaces it
+    only with ``overwrite``, and neither ever writes over a file that is not a scores file.
     """
+    from verydeep.runtime.outputs import SCORES, check_output
     if combine:
         if weights or data:
             raise ConfigError("--combine works on saved score files alone: leave out --weights and --data")
         if scales:
             raise ConfigError("--scales chooses the scales of a new evaluation; --combine uses those saved in the files")
+        if save_scores:
+            check_output(save_scores, SCORES, overwrite, option="--overwrite")
         merged = merge([load_scores(f) for f in combine], labels=[str(f) for f in combine])
         if save_scores:
-            merged.save(save_scores)
+            with _scores_lock(save_scores):
+                merged.save(save_scores)
         summary = summarise(merged, parse_protocols(protocols) if protocols else None)
         held = ", ".join(merged.protocols) or "nothing"
         for p in summary.protocols:
@@ -54,7 +61,32 @@ def evaluate_command(
     kwargs = dict(options)
     if log is not None:
         kwargs["log"] = log
-    result = evaluate(weights, data, protocols=protocols, scales=scales, flip=flip, save_scores=save_scores, **kwargs)
+    if save_scores:
+        from verydeep.runtime.outputs import check_writable_folder
+
+        check_writable_folder(save_scores)  # before any image is scored
+    if save_scores and os.path.lexists(save_scores):
+        from verydeep.runtime.outputs import file_kind
+
+        if file_kind(save_scores) != SCORES:  # a rerun resumes from a scores file; anything else is kept
+            raise ConfigError(f"refusing to use {save_scores} as --save-scores: it is {file_kind(save_scores)}, "
+                              "not a scores file (choose another name)")
+    with _scores_lock(save_scores):
+        result = evaluate(weights, data, protocols=protocols, scales=scales, flip=flip, save_scores=save_scores,
+                          **kwargs)
     if result is None:
         return None
-    return summarise(result.scores, result.protocols)
+    summary = summarise(result.scores, result.protocols)
+    summary.engine = result.engine
+    return summary
+
+
+def _scores_lock(path):
+    """The scores file's writer lock, taken by the main process only (ranks write their own parts)."""
+    import contextlib
+
+    from verydeep.runtime.locks import lock_file
+
+    if not path or os.environ.get("RANK", "0") != "0" or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return contextlib.nullcontext()
+    return lock_file(path, f"scores file {path}")

@@ -11,15 +11,17 @@ import numpy as np
 import torch
 
 
-def topk_correct(probs: np.ndarray, labels: np.ndarray, k: int, failed: np.ndarray | None = None) -> np.ndarray:
-    """Boolean (N,): the label is among the top ``k`` (``k`` capped at the number of classes)."""
-    probs_t = torch.as_tensor(np.asarray(probs, dtype=np.float32))
-    labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    k = min(int(k), probs_t.shape[-1])
-    top = probs_t.topk(k, dim=-1).indices
-    correct = (top == labels_t[:, None]).any(dim=-1).numpy()
+def topk_correct(scores, labels, k: int, failed=None) -> torch.Tensor:
+    """Boolean (N,): the label is among the ``k`` highest scores (``k`` capped at the number of
+    classes) and the image did not fail. ``scores`` (N, C) and ``labels`` (N,) are tensors (kept
+    on their device: training's validation counts on the GPU) or arrays (saved posteriors)."""
+    if not isinstance(scores, torch.Tensor):
+        scores = torch.as_tensor(np.asarray(scores, dtype=np.float32))
+    labels = torch.as_tensor(labels, dtype=torch.int64, device=scores.device)
+    top = scores.topk(min(int(k), scores.shape[-1]), dim=-1).indices
+    correct = (top == labels[:, None]).any(dim=-1)
     if failed is not None:
-        correct &= ~np.asarray(failed, dtype=bool)
+        correct &= ~torch.as_tensor(np.asarray(failed, dtype=bool), device=correct.device)
     return correct
 
 
@@ -28,7 +30,7 @@ def topk_error(probs: np.ndarray, labels: np.ndarray, k: int, failed: np.ndarray
     n = len(labels)
     if n == 0:
         raise ValueError("top-k error of no images")
-    return float(1.0 - topk_correct(probs, labels, k, failed).sum() / n)
+    return 1.0 - int(topk_correct(probs, labels, k, failed).sum()) / n
 
 
 def errors_percent(probs: np.ndarray, labels: np.ndarray, failed: np.ndarray | None = None) -> dict[str, float]:

@@ -16,6 +16,7 @@ from typing import Sequence
 from PIL import Image
 
 from verydeep.data.preprocess import rescaled_size
+from verydeep.runtime.io import is_regular_file
 
 #: EXIF orientations that swap width and height (transposes and 90-degree rotations).
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
@@ -26,6 +27,8 @@ SizeKey = tuple[tuple[int, int], ...]
 
 def probe_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """(height, width) of an image as it will be decoded (EXIF rotation applied); None if unreadable."""
+    if not is_regular_file(path):  # a FIFO would block Image.open; decoding then reports it
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -41,11 +41,13 @@ class Summary:
     failed: list[tuple[str, str]]
     nets: list[dict[str, Any]]
     root: str = ""
+    engine: str | None = None  # what ran the nets (None: combined from saved scores, nothing ran)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "images": self.num_images,
             "data": self.root,
+            **({"engine": self.engine} if self.engine else {}),
             "protocols": list(self.protocols),
             "nets": self.nets,
             "rows": [asdict(r) for r in self.rows],

@@ -31,14 +31,14 @@ import torch
 from verydeep.data.folders import scan_image_folder
 from verydeep.data.preprocess import normalise
 from verydeep.errors import ConfigError, DataError
-from verydeep.evaluate import distributed
 from verydeep.evaluate.classes import check_classes
 from verydeep.evaluate.loading import PlannedBatches, batch_loader, group_by_shape
 from verydeep.evaluate.plan import plan_batches, probe_size
 from verydeep.evaluate.protocols import FORWARD, base_protocols, parse_protocols
 from verydeep.evaluate.scales import check_scales, default_scales, train_scale_of
-from verydeep.evaluate.scores import NetRecord, Scores, image_list_difference, load_scores
-from verydeep.precision import Precision, autocast_for, prepare_model, resolve
+from verydeep.evaluate.scores import NetRecord, Scores, changed_images, file_stats, image_list_difference, load_scores
+from verydeep.precision import Precision, autocast_for, resolve
+from verydeep.runtime import distributed
 
 #: Images per batch when not given: the GPU takes more.
 DEFAULT_BATCH = {"cuda": 32, "cpu": 8}
@@ -67,6 +67,7 @@ class Evaluation:
     protocols: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
     visits: np.ndarray | None = None
+    engine: str = "torch"
 
 
 def fingerprint(source: str | os.PathLike) -> str:
@@ -90,15 +91,16 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def load_nets(weights: Sequence[str], classes: Sequence[str], scales: Sequence[int] | None, flip: bool,
-              device: torch.device, precision: Precision | None, log: Callable[[str], None]) -> list[LoadedNet]:
-    """Load each net, check its classes against the data, fix its test scales, ready it for ``device``."""
-    from verydeep.weights.loader import load
-
+              device: torch.device, precision: Precision | None, log: Callable[[str], None], engine: str = "torch",
+              engine_cache: str | None = None) -> list[LoadedNet]:
+    """Load each net, check its classes against the data, fix its test scales, ready it for ``device``
+    on ``engine`` (:func:`_load_ready`)."""
     if not weights:
         raise ConfigError("no weights given")
     nets, taken = [], set()
     for source in weights:
-        model = load(source)
+        digest = fingerprint(source)
+        model = _load_ready(source, digest, engine, precision, device, engine_cache)
         name = _unique(Path(str(source)).stem or str(source), taken)
         warning = check_classes(model.meta, classes, name)
         if warning:
@@ -107,11 +109,32 @@ def load_nets(weights: Sequence[str], classes: Sequence[str], scales: Sequence[i
         trained = train_scale_of(model.meta)
         rule = default_scales(crop, trained)
         used = check_scales(scales, crop, name) if scales else rule.multi
-        record = NetRecord(name=name, source=str(source), fingerprint=fingerprint(source), config=model.spec.name,
+        record = NetRecord(name=name, source=str(source), fingerprint=digest, config=model.spec.name,
                            crop=crop, train_scale=list(trained) if trained else None, single=rule.single,
                            multi=list(used if scales else rule.multi), scales=list(used), flip=bool(flip))
-        nets.append(LoadedNet(record, prepare_model(model, precision, device)))
+        nets.append(LoadedNet(record, model))
     return nets
+
+
+def _load_ready(source, digest: str, engine: str, precision, device, engine_cache):
+    """The net of ``source`` readied for ``engine`` (:func:`verydeep.runtime.engines.ready`).
+
+    On OpenVINO with a cache folder that already holds the graphs converted from this very file
+    (same sha256), only the file's header is read: loading and checking half a gigabyte of
+    weights again would be most of a short run's time."""
+    from verydeep.runtime.engines import cache_folder, ready
+    from verydeep.weights.loader import load
+
+    key = digest if digest.startswith("sha256:") else None  # the file's hash: not hashed again
+    if engine == "openvino" and key and cache_folder(engine_cache):
+        from verydeep.runtime.openvino_engine import OpenVINONet
+        from verydeep.weights.canonical import read_meta
+
+        meta = read_meta(source)
+        cached = meta and OpenVINONet.from_cache(meta, lambda: load(source), precision, cache_folder(engine_cache), key)
+        if cached:
+            return cached
+    return ready(load(source), engine, precision, device, engine_cache, key)
 
 
 def _partial_files(path: Path) -> list[Path]:
@@ -133,6 +156,11 @@ def _resume(state: Scores, path: Path) -> None:
             raise DataError(f"{candidate} holds scores of a different evaluation ({why}): "
                             "delete it or choose another --save-scores file")
         rows = np.flatnonzero(old.done & ~state.done)
+        changed = np.intersect1d(rows, changed_images(state, old))
+        if len(changed):  # same names, new bytes: their old posteriors would be stale
+            _stderr(f"{len(changed)} of the images scored in {candidate} changed on disk since (size or modification "
+                    f"time; first {state.paths[int(changed[0])]}): scoring them again")
+            rows = np.setdiff1d(rows, changed)
         for key, array in state.values.items():
             array[rows] = old.values[key][rows]
         state.done[rows] = True
@@ -143,7 +171,7 @@ def _resume(state: Scores, path: Path) -> None:
 
 def _probe_all(ctx: distributed.DistContext, paths: Sequence[str]) -> list[tuple[int, int] | None]:
     """Image sizes from the file headers, the work split over the processes."""
-    mine = {i: probe_size(paths[i]) for i in range(ctx.rank, len(paths), ctx.world)}
+    mine = {i: probe_size(paths[i]) for i in range(ctx.rank, len(paths), ctx.world_size)}
     sizes: list[tuple[int, int] | None] = [None] * len(paths)
     for part in distributed.all_gather(ctx, mine):
         for i, size in part.items():
@@ -170,27 +198,33 @@ def evaluate(
     log: Callable[[str], None] = _stderr,
     save_every_s: float = SAVE_EVERY_S,
     on_batch: Callable[[int], None] | None = None,
+    engine: str | None = "auto",
+    engine_cache: str | os.PathLike | None = None,
 ) -> Evaluation | None:
     """Score every image of an ImageFolder-layout ``data`` folder with every net and protocol.
 
     ``protocols`` are names from :data:`~verydeep.evaluate.protocols.PROTOCOLS` (default
     dense); ``scales`` overrides the paper's per-net rule (:mod:`verydeep.evaluate.scales`).
+    ``engine`` (auto, torch, openvino) and ``engine_cache``: :mod:`verydeep.runtime.engines`.
     Returns the :class:`Evaluation` on rank 0 and None on the other ranks of a distributed run.
     """
     asked = parse_protocols(protocols)
     ctx = distributed.setup(device)
     try:
         return _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, workers,
-                         Path(save_scores) if save_scores else None, progress, log, save_every_s, on_batch)
+                         Path(save_scores) if save_scores else None, progress, log, save_every_s, on_batch,
+                         engine, engine_cache)
     finally:
         distributed.teardown(ctx)
 
 
 def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, workers, save_path, progress, log,
-              save_every_s, on_batch) -> Evaluation | None:
+              save_every_s, on_batch, engine="auto", engine_cache=None) -> Evaluation | None:
     from tqdm import tqdm
 
-    say = log if ctx.main else (lambda line: None)
+    from verydeep.runtime.engines import resolve_engine, torch_threads_for
+
+    say = log if ctx.is_main else (lambda line: None)
     index = scan_image_folder(data)
     warnings: list[str] = []
 
@@ -199,17 +233,18 @@ def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, wo
         say(line)
 
     prec = resolve(precision, ctx.device)
-    nets = load_nets(weights, index.classes, scales, flip, ctx.device, prec, note)
+    ran_on = resolve_engine(engine, ctx.device)
+    nets = load_nets(weights, index.classes, scales, flip, ctx.device, prec, note, ran_on, engine_cache)
     run_protocols = base_protocols(asked)
     state = Scores(paths=[p for p, _ in index.samples], labels=np.array([label for _, label in index.samples]),
                    classes=list(index.classes), nets=[n.record for n in nets], protocols=list(run_protocols),
-                   root=str(index.root))
+                   root=str(index.root), stats=file_stats([p for p, _ in index.samples]))
     state.allocate()
     if save_path is not None:
         if not save_path.parent.is_dir():
             raise DataError(f"cannot write scores file {save_path}: folder {save_path.parent} does not exist")
         _resume(state, save_path)
-        if ctx.main and state.done.any():
+        if ctx.is_main and state.done.any():
             say(f"resuming from {save_path}: {int(state.done.sum())} of {state.num_images} images already scored")
 
     all_scales = sorted({q for n in nets for q in n.record.scales})
@@ -221,12 +256,12 @@ def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, wo
     images_per_pass = max(1, batch_size // CROPS_PER_IMAGE_SHARE)
 
     plan = plan_batches(_probe_all(ctx, state.paths), all_scales, batch_size)
-    order = [b for b in range(len(plan)) if b % ctx.world == ctx.rank and not state.done[plan[b]].all()]
+    order = [b for b in range(len(plan)) if b % ctx.world_size == ctx.rank and not state.done[plan[b]].all()]
     visits = np.zeros(state.num_images, dtype=np.int64)
     computed = np.zeros(state.num_images, dtype=bool)
     partial_path = None
     if save_path is not None:
-        partial_path = save_path if ctx.world == 1 else save_path.with_name(f"{save_path.name}.part{ctx.rank}")
+        partial_path = save_path if ctx.world_size == 1 else save_path.with_name(f"{save_path.name}.part{ctx.rank}")
 
     def run_batch(b: int, items) -> None:
         todo = [i for i in plan[b] if not state.done[i]]
@@ -236,12 +271,12 @@ def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, wo
         visits[todo] += 1
 
     total = sum(len(plan[b]) for b in order)
-    bar = tqdm(total=total, unit="img", desc="evaluate", disable=not (progress and ctx.main), file=sys.stderr,
+    bar = tqdm(total=total, unit="img", desc="evaluate", disable=not (progress and ctx.is_main), file=sys.stderr,
                dynamic_ncols=True)
     last_save, save_cost = time.monotonic(), 0.0
     loader = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads_for(ran_on):
             for b, items in loader:
                 run_batch(b, items)
                 bar.update(len(plan[b]))
@@ -259,15 +294,15 @@ def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, wo
     finally:
         bar.close()
 
-    if ctx.world > 1:
+    if ctx.world_size > 1:
         visits = _gather(ctx, state, computed, visits)
-        if not ctx.main:
+        if not ctx.is_main:
             return None
     if save_path is not None:
         state.save(save_path)
         for extra in _partial_files(save_path):
             extra.unlink(missing_ok=True)
-    return Evaluation(scores=state, protocols=asked, warnings=warnings, visits=visits)
+    return Evaluation(scores=state, protocols=asked, warnings=warnings, visits=visits, engine=ran_on)
 
 
 def _score_batch(state: Scores, nets: Sequence[LoadedNet], items, wanted: set[int], scales: Sequence[int],
@@ -300,7 +335,7 @@ def _gather(ctx: distributed.DistContext, state: Scores, computed: np.ndarray, v
         "failed": {i: why for i, why in state.failed.items() if computed[i]},
         "visits": visits,
     })
-    if not ctx.main:
+    if not ctx.is_main:
         return visits
     total = np.zeros_like(visits)
     for part in parts:

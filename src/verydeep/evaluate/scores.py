@@ -71,6 +71,8 @@ class Scores:
     done: np.ndarray | None = None
     failed: dict[int, str] = field(default_factory=dict)
     root: str = ""
+    #: each image's [size, mtime_ns] when it was listed: a resume rescores the images changed since
+    stats: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -111,26 +113,21 @@ class Scores:
             "protocols": list(self.protocols),
             "failed": {str(k): v for k, v in sorted(self.failed.items())},
             "keys": [[n, p, q] for (n, p, q) in sorted(self.values)],
+            **({"stats": self.stats} if self.stats is not None else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically; the file is always either the old one or the new one."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save as save_bytes
+
+        from verydeep.runtime.io import write_bytes
 
         path = Path(path)
         tensors = {"labels": self.labels, "done": self.done.astype(np.uint8)}
         for (n, p, q), array in self.values.items():
             tensors[_tensor_name(n, p, q)] = np.ascontiguousarray(array, dtype=np.float32)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(self.header())})
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise DataError(f"cannot write scores file {path}: {exc.strerror or exc}") from None
-        return path
+        data = save_bytes(tensors, metadata={META_KEY: json.dumps(self.header())})
+        return write_bytes(path, data, what="scores file")
 
 
 def _tensor_name(net: int, protocol: str, q: int) -> str:
@@ -155,6 +152,8 @@ def load_scores(path: str | os.PathLike) -> Scores:
         raise DataError(f"{path} is not a verydeep scores file (no '{META_KEY}' header)")
     try:
         meta = json.loads(header)
+        if not isinstance(meta, dict):
+            raise TypeError(f"the header is {type(meta).__name__}, not an object")
         if meta.get("format") != FORMAT:
             raise DataError(f"{path}: unsupported scores format {meta.get('format')!r} (expected {FORMAT})")
         scores = Scores(
@@ -166,6 +165,7 @@ def load_scores(path: str | os.PathLike) -> Scores:
             done=tensors["done"].astype(bool),
             failed={int(k): str(v) for k, v in meta["failed"].items()},
             root=str(meta.get("root", "")),
+            stats=meta.get("stats"),
         )
         for n, p, q in meta["keys"]:
             scores.values[(int(n), str(p), int(q))] = tensors[_tensor_name(n, p, q)]
@@ -173,7 +173,51 @@ def load_scores(path: str | os.PathLike) -> Scores:
         raise DataError(f"{path}: malformed scores file ({type(exc).__name__}: {exc})") from None
     if len(scores.labels) != len(scores.paths) or len(scores.done) != len(scores.paths):
         raise DataError(f"{path}: malformed scores file (image list and tensors disagree)")
+    problem = _scores_problem(scores)
+    if problem:
+        raise DataError(f"{path}: malformed scores file ({problem})")
     return scores
+
+
+def _scores_problem(scores: Scores) -> str | None:
+    """What makes loaded scores unusable (types, shapes, ranges, non-finite values), or None."""
+    n, c = scores.num_images, len(scores.classes)
+    if not all(isinstance(p, str) for p in scores.paths) or not all(isinstance(k, str) for k in scores.classes):
+        return "paths and classes must be lists of names"
+    if scores.labels.ndim != 1 or (n and (scores.labels.min() < 0 or scores.labels.max() >= c)):
+        return f"labels outside 0..{c - 1}"
+    if scores.stats is not None and (not isinstance(scores.stats, list) or len(scores.stats) != n):
+        return "the file statistics do not list every image"
+    if any(not 0 <= i < n for i in scores.failed):
+        return "a failed image index is out of range"
+    for (net, protocol, q), array in scores.values.items():
+        if not 0 <= net < len(scores.nets) or protocol not in scores.protocols:
+            return f"posteriors for net {net}, protocol {protocol!r} that the header does not list"
+        if tuple(array.shape) != (n, c):
+            return f"posteriors {net}/{protocol}/{q} have shape {tuple(array.shape)}, expected ({n}, {c})"
+        if not np.isfinite(array).all():
+            return f"posteriors {net}/{protocol}/{q} are not finite"
+    return None
+
+
+def file_stats(paths) -> list[list[int]]:
+    """[size, mtime_ns] of each file ([-1, -1] for one that cannot be read)."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append([int(st.st_size), int(st.st_mtime_ns)])
+        except OSError:
+            out.append([-1, -1])
+    return out
+
+
+def changed_images(now: Scores, then: Scores) -> np.ndarray:
+    """Indices of the images whose size or modification time differ between two score sets of the
+    same image list (none when either set lacks statistics)."""
+    if now.stats is None or then.stats is None or len(now.stats) != len(then.stats):
+        return np.zeros(0, dtype=np.int64)
+    return np.array([i for i, (a, b) in enumerate(zip(now.stats, then.stats)) if list(a) != list(b)], dtype=np.int64)
 
 
 def image_list_difference(a: Scores, b: Scores) -> str | None:

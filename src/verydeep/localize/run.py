@@ -50,6 +50,9 @@ def train_command(weights: str, data: str, out: str, config: BoxTrainConfig, ove
         raise ConfigError(f"--out {out} must end in .safetensors")
     if out_path.exists() and not overwrite:
         raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
+    from verydeep.runtime.outputs import WEIGHTS, check_output
+
+    check_output(out_path, WEIGHTS, overwrite=True)  # even with --overwrite, never over a file of another kind
     if not out_path.parent.is_dir():
         raise DataError(f"cannot write {out}: folder {out_path.parent} does not exist")
     folder = resolve_split(data, ("train",))

@@ -6,17 +6,24 @@ momentum 0.9, weight decay 5*10^-4, random crops of the image rescaled to a fixe
 mirroring, and either all layers fine-tuned or only the FC layers (the conv layers frozen, kept
 in eval mode). This is a small loop of its own: a box net needs crops whose boxes move with
 them (:mod:`verydeep.localize.crops`) and none of the classification training's machinery.
+
+The Euclidean loss is quadratic in the regressor's weights, so features of a large scale make
+plain SGD diverge in a few steps (0.5 -> 8 -> 141 -> 8e4 ...). The same guards as the
+classification training (:mod:`verydeep.train.stability`) keep it finite: a linear warm-up, an
+optional gradient-norm cap, and ``on_divergence: backoff``, which returns to the last good state
+(kept every ``snapshot_every`` steps) with the learning rate halved.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import copy
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,6 +36,7 @@ from verydeep.localize.data import BoxIndex, class_mapping, skipped_text
 from verydeep.localize.head import FINE_TUNE, MODES, BoxNet, from_classifier
 from verydeep.localize.loss import euclidean_box_loss
 from verydeep.models.vgg import VGG
+from verydeep.train.stability import DivergenceWatch, warmup_factor
 from verydeep.weights.metadata import Preprocessing
 
 
@@ -53,6 +61,12 @@ class BoxTrainConfig:
     seed: int = 0
     workers: int = 0
     device: str = "auto"
+    warmup_steps: int = 0
+    clip_grad_norm: float | None = None
+    on_divergence: str = "backoff"  # or "stop": the first non-finite loss ends the training
+    divergence_factor: float = 10.0
+    max_backoffs: int = 5
+    snapshot_every: int = 25
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,8 +75,16 @@ class BoxTrainConfig:
             raise ConfigError(f"unknown fine-tuning choice {self.fine_tune!r}: choose all or fc")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps and batch size must be positive")
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if not 0 < self.lr <= 1e3:  # NaN fails both; 1e39 overflows float32 in the optimiser
+            raise ConfigError(f"learning rate must be positive and at most 1000, got {self.lr:g}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in 0 .. 2**32-1, got {self.seed}")
+        if self.on_divergence not in ("stop", "backoff"):
+            raise ConfigError(f"unknown divergence policy {self.on_divergence!r}: choose stop or backoff")
+        if self.warmup_steps < 0 or self.max_backoffs < 0 or self.snapshot_every < 1:
+            raise ConfigError("warm-up steps and back-offs must be non-negative, the snapshot interval positive")
+        if self.clip_grad_norm is not None and not 0 < self.clip_grad_norm < float("inf"):
+            raise ConfigError(f"gradient-norm cap must be a positive number, got {self.clip_grad_norm}")
 
 
 @dataclass
@@ -71,6 +93,7 @@ class BoxTrainResult:
     losses: list[float]  # one per step
     skipped: dict[str, int]  # images/boxes left out of the data, by reason
     invalid_crops: int  # crops that showed none of their image's boxes
+    backoffs: list[dict] = dataclasses.field(default_factory=list)  # one record per back-off
 
     def summary(self) -> dict:
         tail = self.losses[-max(1, len(self.losses) // 10):]
@@ -83,6 +106,7 @@ class BoxTrainResult:
             "final_loss": sum(tail) / len(tail) if tail else None,
             "skipped": self.skipped,
             "invalid_crops": self.invalid_crops,
+            "backoffs": len(self.backoffs),
         }
 
 
@@ -115,6 +139,7 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     optimiser = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
     dataset = BoxCropDataset(data, scale, crop, train=True, flip=config.flip, seed=config.seed)
+    guard = _Guard(config, box_net, optimiser)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -135,17 +160,27 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
                 box_net.net.features.eval()
             for images, targets, labels, valid in loader:
                 invalid += int((~valid).sum())
+                for group in optimiser.param_groups:
+                    group["lr"] = guard.lr * warmup_factor(step, config.warmup_steps)
                 x = normalise(images.to(device), prep)
                 pred = box_net(x)
                 loss = euclidean_box_loss(pred, targets.to(device), to_net[labels].to(device), valid.to(device))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
-                optimiser.step()
                 value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise ConfigError(f"box net training diverged at step {step + 1} (loss {value}); lower the learning rate")
+                if not guard.healthy(value, step):
+                    step = guard.back_off(value, step, losses)
+                    if bar is not None:
+                        bar.n = step
+                        bar.write(f"box net: loss {value:.4g} at step {guard.records[-1]['diverged_step']} "
+                                  f"({guard.reason}); back to step {step} with learning rate {guard.lr:g}")
+                    continue
+                if config.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable, config.clip_grad_norm)
+                optimiser.step()
                 losses.append(value)
                 step += 1
+                guard.keep(step)
                 if on_step is not None:
                     on_step(step, value)
                 if bar is not None:
@@ -159,7 +194,56 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
             bar.close()
     for p in box_net.parameters():
         p.requires_grad_(True)
-    return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), invalid)
+    return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), invalid, guard.records)
+
+
+class _Guard:
+    """The box training's divergence policy: judge each loss before its update, keep the last good
+    state every ``snapshot_every`` steps, and back off to it with the rate halved (or stop)."""
+
+    def __init__(self, config: BoxTrainConfig, net: torch.nn.Module, optimiser: torch.optim.Optimizer) -> None:
+        self.config, self.net, self.optimiser = config, net, optimiser
+        self.lr = config.lr
+        self.watch = DivergenceWatch(config.divergence_factor)
+        self.records: list[dict] = []
+        self.snapshot: dict = {}
+        self.pending: dict | None = None
+        self.keep(0)
+
+    def keep(self, step: int) -> None:
+        """Copy the state after ``step`` updates; it becomes the one to back off to once the loss it
+        gives on the next batch has been judged healthy (an update can be the one that diverged)."""
+        if self.config.on_divergence == "backoff" and step % self.config.snapshot_every == 0:
+            self.pending = {"step": step, "net": copy.deepcopy(self.net.state_dict()),
+                            "optimiser": copy.deepcopy(self.optimiser.state_dict()), "watch": self.watch.state_dict()}
+            if step == 0:
+                self.snapshot = self.pending
+
+    def healthy(self, loss: float, step: int) -> bool:
+        if self.config.on_divergence == "stop":
+            if not math.isfinite(loss):
+                raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss}); lower the learning rate")
+            return True
+        self.median = self.watch.median()
+        self.reason = self.watch.check(loss)
+        if self.reason is None and self.pending is not None and self.pending["step"] == step:
+            self.snapshot = self.pending
+        return self.reason is None
+
+    def back_off(self, loss: float, step: int, losses: list[float]) -> int:
+        """Restore the snapshot, halve the rate; returns the step to go on from (``losses`` cut to it)."""
+        if len(self.records) >= self.config.max_backoffs:
+            raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss:.4g}, {self.reason}) after "
+                              f"{len(self.records)} back-off(s); lower the learning rate (now {self.lr:g})")
+        snap = self.snapshot
+        self.net.load_state_dict(snap["net"])
+        self.optimiser.load_state_dict(snap["optimiser"])
+        self.watch.load_state_dict(snap["watch"])
+        self.records.append({"diverged_step": step + 1, "restored_step": snap["step"], "reason": self.reason,
+                             "loss": loss, "median": self.median, "lr_before": self.lr, "lr_after": self.lr / 2})
+        self.lr /= 2
+        del losses[snap["step"]:]
+        return snap["step"]
 
 
 def write_training_log(result: BoxTrainResult, path: str | os.PathLike, config: BoxTrainConfig) -> Path:
@@ -167,7 +251,6 @@ def write_training_log(result: BoxTrainResult, path: str | os.PathLike, config: 
     path = Path(path)
     record = {"config": dataclasses.asdict(config), **result.summary(), "losses": result.losses,
               "skipped_text": skipped_text(result.skipped)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
-    return path
+    from verydeep.runtime.io import write_json
+
+    return write_json(path, record)

@@ -1,4 +1,4 @@
-"""Initialisation: the paper's N(0, 0.01) with zero biases, Glorot, and copying from net A.
+"""Initialisation: the paper's N(0, 0.01) with zero biases, Glorot, He (Kaiming), and copying from net A.
 
 The paper trained net A from random N(0, 1e-2) weights, then started the deeper nets from it:
 "the first four convolutional layers and the last three fully-connected layers" come from A, the
@@ -16,17 +16,26 @@ from verydeep.models.configs import weight_layers
 from verydeep.models.vgg import VGG
 
 PAPER_STD = 1e-2
-SCHEMES = ("paper", "glorot")
+SCHEMES = ("paper", "glorot", "kaiming")
 
 
 def initialise(model: VGG, scheme: str = "paper", std: float = PAPER_STD) -> VGG:
-    """Fill every conv and FC layer: ``paper`` = N(0, std), ``glorot`` = Glorot uniform; biases 0."""
+    """Fill every conv and FC layer; biases 0.
+
+    ``paper`` = N(0, std); ``glorot`` = Glorot uniform (the paper's alternative); ``kaiming`` = He et
+    al.'s N(0, 2/fan_in) for every layer followed by a ReLU and Glorot for the last one: it keeps
+    the activations' scale through a deep plain ReLU stack, where Glorot halves their variance at
+    every layer, so that a narrow 11- or 16-layer net starts with near-constant outputs and spends
+    its first epochs at chance."""
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown init {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    last = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1]
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             if scheme == "paper":
                 nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif scheme == "kaiming" and module is not last:
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             else:
                 nn.init.xavier_uniform_(module.weight)
             nn.init.zeros_(module.bias)

@@ -5,7 +5,9 @@
   fc6 becomes a ``k x k`` convolution (``k = crop/32``) and fc7, fc8 become 1x1 convolutions. The
   convolution kernels are *views* of the Linear weights, so nothing is copied and training the
   crop view trains the dense one;
-* ``model.descriptor(x)`` is the fc7 activation map (after ReLU) that transfer learning uses.
+* ``model.descriptor(x)`` is the fc7 activation map (after ReLU) that transfer learning uses;
+* ``model.taps(x, names)`` returns activations by the release's names (``relu3_3``, ``fc7``), for
+  perceptual losses and features of other layers (:mod:`verydeep.models.taps`).
 
 Parameter keys follow torchvision (``features.N.*``, ``classifier.0/3/6.*``) so that its state
 dicts load unchanged.
@@ -13,7 +15,7 @@ dicts load unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from torch import nn
 
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import LRN_SETTINGS, Conv1x1, ModelSpec, conv_width, feature_layout
+from verydeep.models.taps import compute_taps
 
 
 def make_features(spec: ModelSpec) -> nn.Sequential:
@@ -137,34 +140,61 @@ class VGG(nn.Module):
                 f"got {h}x{w}: rescale it first (isotropic rescale to Q >= {crop})"
             )
 
-    def _fc_maps(self, pool5: torch.Tensor, logits: bool) -> torch.Tensor:
-        """fc6, fc7 (and fc8) at every ``k x k`` window of a pool5 map, eval semantics (no dropout).
+    def _fc_layers(self, pool5: torch.Tensor, last: str = "fc8") -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, map)`` for fc6, relu6, fc7, relu7, fc8 in turn, stopping after ``last``: the FC
+        layers at every ``k x k`` window of a pool5 map, eval semantics (no dropout), maps (N, C, h, w).
 
         On CUDA the layers run as convolutions with the views of :meth:`fc_as_conv`. On the CPU
         they run as matrix products over the unfolded windows: the same numbers, but oneDNN would
         otherwise re-lay fc6's weights (100 M values at full size) into its own format at every
         convolution call, which costs more than the product itself.
         """
-        if pool5.device.type != "cpu":
-            (w6, b6), (w7, b7), (w8, b8) = self.fc_as_conv()
-            y = F.relu(F.conv2d(pool5, w6, b6))
-            y = F.relu(F.conv2d(y, w7, b7))
-            return F.conv2d(y, w8, b8) if logits else y
         k = self.spec.fc6_kernel
         n, _, h, w = pool5.shape
-        # rows of (C, k, k) values in the order of nn.Linear's weights (torch.flatten of NCHW)
-        windows = pool5.reshape(n, 1, -1) if (h, w) == (k, k) else F.unfold(pool5, k).transpose(1, 2)
-        fc6, fc7, fc8 = self.classifier[0], self.classifier[3], self.classifier[6]
-        z = F.relu(F.linear(windows, fc6.weight, fc6.bias))
-        z = F.relu(F.linear(z, fc7.weight, fc7.bias))
-        if logits:
-            z = F.linear(z, fc8.weight, fc8.bias)
-        return z.transpose(1, 2).reshape(n, z.shape[-1], h - k + 1, w - k + 1)
+        if pool5.device.type != "cpu":
+            x = pool5
+            layers = [lambda z, kernel=kernel: F.conv2d(z, *kernel) for kernel in self.fc_as_conv()]
+
+            def as_map(z: torch.Tensor) -> torch.Tensor:
+                return z
+        else:
+            # rows of (C, k, k) values in the order of nn.Linear's weights (torch.flatten of NCHW)
+            x = pool5.reshape(n, 1, -1) if (h, w) == (k, k) else F.unfold(pool5, k).transpose(1, 2)
+            fcs = (self.classifier[0], self.classifier[3], self.classifier[6])
+            layers = [lambda z, fc=fc: F.linear(z, fc.weight, fc.bias) for fc in fcs]
+
+            def as_map(z: torch.Tensor) -> torch.Tensor:
+                return z.transpose(1, 2).reshape(n, z.shape[-1], h - k + 1, w - k + 1)
+        for number, layer in zip((6, 7, 8), layers):
+            x = layer(x)
+            yield f"fc{number}", as_map(x)
+            if last == f"fc{number}" or number == 8:
+                return
+            x = F.relu(x)
+            yield f"relu{number}", as_map(x)
+            if last == f"relu{number}":
+                return
+
+    def _fc_maps(self, pool5: torch.Tensor, logits: bool) -> torch.Tensor:
+        """The relu7 map, or the fc8 map with ``logits`` (see :meth:`_fc_layers`)."""
+        for _, value in self._fc_layers(pool5, "fc8" if logits else "relu7"):
+            pass
+        return value
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """The fc7 activation map (N, fc_width, h, w): the very deep feature for transfer."""
         self._check_dense_size(x)
         return self._fc_maps(self.features(x), logits=False)
+
+    def taps(self, x: torch.Tensor, names: str | Iterable[str], pool: str = "max") -> dict[str, torch.Tensor]:
+        """Activations by the original release's names (``relu3_3``, ``pool5``, ``fc7`` ...).
+
+        ``x`` is an already normalised batch; the result maps each name to its activation, in the
+        order asked. Only the layers up to the deepest name are run. ``pool="avg"`` replaces every
+        max-pool by a 2x2 average pool (Gatys et al.'s style transfer). Names are listed by
+        :func:`verydeep.models.taps.tap_names`; an unknown one is a :class:`ConfigError` listing them.
+        """
+        return compute_taps(self, x, names, pool)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """The class score map (N, classes, h, w) of a whole image (no softmax, no pooling)."""
@@ -176,7 +206,7 @@ def vgg(config: str = "D", **options: Any) -> VGG:
     """Build a net by Table 1 name (``"A"``, ``"A-LRN"``, ``"vgg16_bn"`` ...) with the paper's init.
 
     Options are :class:`ModelSpec` fields (``num_classes``, ``width``, ``fc_width``, ``dropout``,
-    ``crop_size``, ``batch_norm``) and ``init`` (``"paper"`` for N(0, 0.01), ``"glorot"``).
+    ``crop_size``, ``batch_norm``) and ``init`` (``"paper"`` for N(0, 0.01), ``"glorot"``, ``"kaiming"``).
     """
     from verydeep.models.init import initialise  # local: init imports this module's types
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from verydeep.errors import DataError
+from verydeep.errors import WriteError
 from verydeep.evaluate.protocols import TITLES
 from verydeep.evaluate.results import Summary
 from verydeep.evaluate.scales import describe_train_scale
 from verydeep.report.tables import markdown_table
+from verydeep.runtime.io import atomic_write, make_folder, write_text
+from verydeep.runtime.outputs import IMAGE, check_output
 
 PLOT_NAME = "error_vs_scale.png"
 REPORT_NAME = "report.md"
+REPORT = "a report"
 
 
 def _cell(errors) -> str:
@@ -66,8 +69,10 @@ def plot_error_vs_scale(summary: Summary, path: str | os.PathLike) -> Path | Non
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -103,22 +108,24 @@ def report_markdown(summary: Summary, plot: str | None) -> str:
     return "\n".join(parts)
 
 
-def report_folder(folder: str | os.PathLike) -> Path:
-    """Create the report folder (a CLI calls this before evaluating, so a bad path fails at once)."""
+def report_folder(folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create the report folder (a CLI calls this before evaluating, so a bad path fails at once).
+
+    A report already there is refused unless ``overwrite`` (and its files are never replaced by
+    files of another kind)."""
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create report folder {folder}: {exc.strerror or exc}") from None
+    if folder.exists() and not folder.is_dir():
+        raise WriteError(f"cannot create report folder {folder}: it is a file")
+    make_folder(folder, "report folder")
+    check_output(folder / REPORT_NAME, REPORT, overwrite)
+    check_output(folder / PLOT_NAME, IMAGE, overwrite)
     return folder
 
 
 def write_report(summary: Summary, folder: str | os.PathLike) -> Path:
     """Write ``report.md`` and the plot into ``folder`` (created if missing); returns the report path."""
-    folder = report_folder(folder)
+    folder = make_folder(folder, "report folder")
     plot = plot_error_vs_scale(summary, folder / PLOT_NAME)
     report = folder / REPORT_NAME
-    tmp = folder / f".{REPORT_NAME}.tmp{os.getpid()}"
-    tmp.write_text(report_markdown(summary, PLOT_NAME if plot else None), encoding="utf-8")
-    os.replace(tmp, report)
+    write_text(report, report_markdown(summary, PLOT_NAME if plot else None))
     return report

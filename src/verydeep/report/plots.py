@@ -30,9 +30,14 @@ def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """The PNG through the one atomic writer (a full disk never leaves a 0-byte plot behind)."""
+    from verydeep.runtime.io import atomic_write
+
+    try:
+        fig.tight_layout()
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from verydeep.errors import ConfigError, WeightsError
+from verydeep.errors import ConfigError
+from verydeep.runtime.io import atomic_write
 from verydeep.train import faults
 
 STEP_PATTERN = re.compile(r"^step-(\d{9})\.pt$")
@@ -57,62 +58,31 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # -- files ------------------------------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _fault_hook(fault: str | None):
+    """The :mod:`verydeep.train.faults` test hook as an :func:`~verydeep.runtime.io.atomic_write` hook:
+    SIGKILL at that moment of the write (``partial``: half of the temporary file written)."""
+    if fault is None:
+        return None
 
+    def hook(phase: str, handle) -> None:
+        if fault == "partial" and phase == "flushed":
+            handle.truncate(handle.tell() // 2)
+            handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fault == phase:
+            os.kill(os.getpid(), signal.SIGKILL)
 
-def _write_failure(exc: BaseException) -> str | None:
-    """The operating system's reason for a failed write, or None when ``exc`` is not a write failure.
-
-    ``torch.save`` into a file object turns the file's ``OSError`` (disk full, quota, I/O error)
-    into a ``RuntimeError`` of its stream writer, with the ``OSError`` as its context."""
-    cause = exc if isinstance(exc, OSError) else exc.__context__
-    if isinstance(cause, OSError):
-        return cause.strerror or str(cause)
-    text = str(exc)
-    return text.strip().splitlines()[0][:160] if "PytorchStreamWriter" in text or "inline_container" in text else None
+    return hook
 
 
 def atomic_save(obj: Any, path: Path, fault: str | None = None) -> Path:
     """``torch.save`` that leaves either the old file or the complete new one (write, fsync, rename).
 
-    A failed write (disk full, ...) removes the temporary file and is a :class:`WeightsError`
-    naming the file; whatever was under ``path`` before is untouched. ``fault`` is a test hook
-    (:mod:`verydeep.train.faults`): SIGKILL at that moment of the write."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            if fault == "partial":
-                handle.truncate(handle.tell() // 2)
-                handle.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            os.fsync(handle.fileno())
-        if fault == "written":
-            os.kill(os.getpid(), signal.SIGKILL)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        reason = _write_failure(exc)
-        if reason is None:
-            raise
-        raise WeightsError(f"cannot write checkpoint {path}: {reason} (the checkpoints written before are kept)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    if fault == "renamed":
-        os.kill(os.getpid(), signal.SIGKILL)
-    _fsync_dir(path.parent)
-    return path
+    A failed write (disk full, ...) removes the temporary file and is a one-line
+    :class:`~verydeep.errors.WriteError` naming the file; whatever was under ``path`` before is
+    untouched. ``fault`` is a test hook (:mod:`verydeep.train.faults`)."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle), what="checkpoint",
+                        note=" (the checkpoints written before are kept)", fault=_fault_hook(fault))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -122,6 +92,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {path} does not exist")
     from safetensors import SafetensorError
 
+    from verydeep.weights.archive import check_inflation
+
+    check_inflation(path, "checkpoint")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -137,7 +110,40 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a readable checkpoint ({first})") from None
     if not isinstance(obj, dict) or not {"model", "optimizer", "step", "config"} <= set(obj):
         raise ConfigError(f"{path} is not a training checkpoint (no model/optimizer/step/config)")
+    problem = checkpoint_problem(obj)
+    if problem:
+        raise ConfigError(f"{path} is a damaged training checkpoint: {problem}")
     return obj
+
+
+#: the checkpoint's fields a resume reads, and the type each must have
+_FIELD_TYPES = {"model": dict, "optimizer": dict, "config": dict, "step": int, "epoch": int, "batch_in_epoch": int,
+                "rng": dict, "schedule": dict, "progress": dict, "meta": str}
+
+
+def checkpoint_problem(obj: dict[str, Any]) -> str | None:
+    """What makes a loaded checkpoint unusable for a resume (a field of the wrong type or range), or None.
+
+    A hand-edited or damaged file fails here with one line instead of deep inside the resume."""
+    for key, kind in _FIELD_TYPES.items():
+        if key not in obj:
+            if key in ("model", "optimizer", "config", "step"):
+                return f"it has no {key!r}"
+            continue
+        value = obj[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key!r} is {type(value).__name__}, expected {kind.__name__}"
+    for key in ("step", "epoch", "batch_in_epoch"):
+        if key in obj and obj[key] < 0:
+            return f"{key!r} is {obj[key]}, expected 0 or more"
+    bad = [k for k, v in obj["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        return f"'model' holds {bad[0]!r}, which is not a named tensor"
+    rng = obj.get("rng")
+    if rng is not None and not (isinstance(rng.get("ranks"), list) and rng["ranks"]
+                                and all(isinstance(r, dict) for r in rng["ranks"])):
+        return "'rng' has no list of per-process states under 'ranks'"
+    return None
 
 
 class CheckpointFolder:

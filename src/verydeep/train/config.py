@@ -64,6 +64,10 @@ class DataConfig:
     ``[scale_min, scale_max]`` (scale jittering). ``val_scale: null`` applies the paper's
     single-scale test rule: Q = S for fixed S, the middle of the range for jittered S.
     ``cache: true`` decodes the training images once and keeps them in memory (small data sets).
+    ``normalise``: ``mean`` subtracts the training set's mean RGB (the paper); ``mean_std`` also
+    divides by its per-channel standard deviation, so that the first layer sees unit-scale input
+    whatever the data's pixel spread (white strokes on black have twice a photo's); the weights'
+    metadata records it, so evaluation and every export follow.
     """
 
     train: Optional[str] = None
@@ -76,6 +80,7 @@ class DataConfig:
     colour_stats_images: int = 500
     workers: int = 4
     cache: bool = False
+    normalise: str = "mean"
 
 
 @dataclass
@@ -85,7 +90,14 @@ class OptimConfig:
 
     ``on_nonfinite``: what a step does when the batch's loss or gradients are NaN or infinite (checked
     before the weights are updated): ``stop`` the run with an error naming the step, or ``skip``
-    the batch (no update; skipped steps are counted per epoch)."""
+    the batch (no update; skipped steps are counted per epoch).
+
+    Stability (:mod:`verydeep.train.stability`; all off by default, as in the paper):
+    ``warmup_steps`` or ``warmup_epochs`` (the larger wins) ramp the rate linearly up to ``lr``;
+    ``clip_grad_norm`` caps the global gradient norm; ``on_divergence: backoff`` answers a loss
+    that is not finite or above ``divergence_factor`` times its running median by going back to
+    the last checkpoint with the rate halved, at most ``max_backoffs`` times (``stop`` leaves
+    divergence to ``on_nonfinite``)."""
 
     lr: float = 1e-2
     momentum: float = 0.9
@@ -93,6 +105,12 @@ class OptimConfig:
     batch_size: int = 256
     accumulation: int = 1
     on_nonfinite: str = "stop"
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    clip_grad_norm: Optional[float] = None
+    on_divergence: str = "stop"
+    divergence_factor: float = 10.0
+    max_backoffs: int = 5
 
 
 @dataclass
@@ -113,7 +131,9 @@ class RunConfig:
     """Where and how the run executes: output, seed, device, numerics, checkpoints, logging.
 
     ``dist_timeout_s`` bounds how long a process waits for the others (joining the group, or in any
-    collective) before it fails, so that a peer that hangs cannot hang the job forever."""
+    collective) before it fails, so that a peer that hangs cannot hang the job forever.
+    ``stuck_epochs``: after this many epochs in a row at chance level (or with outputs that do not
+    depend on the input) the run warns, and its summary says ``"learned": false``."""
 
     out: str = "runs/train"
     seed: int = 0
@@ -126,6 +146,7 @@ class RunConfig:
     checkpoint_every: int = 1000
     keep_last: int = 3
     dist_timeout_s: float = 1800.0
+    stuck_epochs: int = 3
     log_every: int = 10
     progress: bool = True
     tensorboard: bool = True
@@ -169,10 +190,12 @@ _HINTS = {name: typing.get_type_hints(cls) for name, cls in
           (("model", ModelConfig), ("init", InitConfig), ("data", DataConfig), ("optim", OptimConfig),
            ("schedule", ScheduleConfig), ("run", RunConfig))}
 _CHOICES = {
-    "init.scheme": ("paper", "glorot"),
+    "init.scheme": ("paper", "glorot", "kaiming"),
     "init.copy": ("shallow", "all"),
     "run.precision": ("auto", "fp32", "bf16"),
     "optim.on_nonfinite": ("stop", "skip"),
+    "optim.on_divergence": ("stop", "backoff"),
+    "data.normalise": ("mean", "mean_std"),
 }
 
 
@@ -289,7 +312,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults (or ``base``), then the YAML preset at ``path`` (if any), then ``key=value`` overrides; validated."""
     cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     if path is not None:
-        apply_mapping(cfg, _read_yaml(Path(path)), str(path))
+        from verydeep.train.presets import resolve_preset  # presets import nothing of this module
+
+        apply_mapping(cfg, _read_yaml(resolve_preset(path)), str(path))
     for text in overrides:
         key, value = _parse_override(text)
         apply(cfg, key, value)
@@ -306,7 +331,9 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def save_yaml(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from verydeep.runtime.io import write_text  # atomic: a full disk never leaves half a config
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # -- values ---------------------------------------------------------------------------------------
@@ -341,6 +368,13 @@ def validate(cfg: TrainConfig) -> None:
     _require(o.weight_decay >= 0, f"optim.weight_decay must be non-negative, got {o.weight_decay}")
     _require(o.batch_size >= 1, f"optim.batch_size must be at least 1, got {o.batch_size}")
     _require(o.accumulation >= 1, f"optim.accumulation must be at least 1, got {o.accumulation}")
+    _require(o.warmup_steps >= 0, f"optim.warmup_steps must be non-negative, got {o.warmup_steps}")
+    _require(0 <= o.warmup_epochs < float("inf"), f"optim.warmup_epochs must be non-negative, got {o.warmup_epochs}")
+    _require(o.clip_grad_norm is None or 0 < o.clip_grad_norm < float("inf"),
+             f"optim.clip_grad_norm must be a positive number or null, got {o.clip_grad_norm}")
+    _require(1 < o.divergence_factor < float("inf"), f"optim.divergence_factor must be above 1, got {o.divergence_factor}")
+    _require(o.max_backoffs >= 0, f"optim.max_backoffs must be non-negative, got {o.max_backoffs}")
+    _require(r.stuck_epochs >= 1, f"run.stuck_epochs must be at least 1, got {r.stuck_epochs}")
     _require(s.epochs >= 1, f"schedule.epochs must be at least 1, got {s.epochs}")
     _require(0.0 < s.factor < 1.0, f"schedule.factor must be in (0, 1), got {s.factor}")
     _require(s.patience >= 1, f"schedule.patience must be at least 1, got {s.patience}")
@@ -352,3 +386,6 @@ def validate(cfg: TrainConfig) -> None:
     _require(r.log_every >= 1, f"run.log_every must be at least 1, got {r.log_every}")
     _require(r.threads is None or r.threads >= 1, f"run.threads must be at least 1, got {r.threads}")
     _require(bool(r.out.strip()), "run.out must name a folder")
+    from verydeep.train.guard import check_numbers  # finite values, lr and seed ranges, net size (issue 16)
+
+    check_numbers(cfg)

@@ -16,6 +16,9 @@ runs through) and, with :data:`ONLY_RANK`, only in that process.
 - ``VERYDEEP_FAULT_SIGNAL=STOP``: stop (hang) instead of dying at step N, for the tests of a
   peer that stops answering.
 - ``VERYDEEP_FAULT_RANK=R``: only the process of that rank.
+- ``VERYDEEP_FAULT_EXPLODE_AT_STEP=N``: the training inputs of global step N are multiplied by
+  :data:`EXPLODE_FACTOR`, so that its loss explodes, as long as the run has not backed off yet (a
+  condition on the run's state, not on the process, so a resumed run replays the same history).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ KILL_AT_STEP = "VERYDEEP_FAULT_KILL_AT_STEP"
 KILL_IN_CHECKPOINT = "VERYDEEP_FAULT_KILL_IN_CHECKPOINT"
 SIGNAL = "VERYDEEP_FAULT_SIGNAL"
 ONLY_RANK = "VERYDEEP_FAULT_RANK"
+EXPLODE_AT_STEP = "VERYDEEP_FAULT_EXPLODE_AT_STEP"
+EXPLODE_FACTOR = 1e4
 #: Moments of a checkpoint write, in the order they happen.
 PHASES = ("partial", "written", "renamed")
 
@@ -42,6 +47,12 @@ def kill_step() -> int:
     """The step after which this process is to be signalled (0: never)."""
     value = os.environ.get(KILL_AT_STEP, "")
     return int(value) if value and _armed() else 0
+
+
+def explode_step() -> int:
+    """The global step whose inputs are to blow up (0: never)."""
+    value = os.environ.get(EXPLODE_AT_STEP, "")
+    return int(value) if value else 0
 
 
 def checkpoint_phase(step: int) -> str | None:

@@ -151,11 +151,14 @@ def _try_open(path: str) -> "Image.Image | None":
 
 
 def net_input(images: torch.Tensor, stats: ColourStats, device: torch.device, channels_last: bool,
-              offsets: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 crops -> float net input on ``device``: colour shift (training), minus the mean RGB."""
+              offsets: torch.Tensor | None = None, divide_std: bool = False) -> torch.Tensor:
+    """uint8 crops -> float net input on ``device``: colour shift (training), minus the mean RGB,
+    and with ``divide_std`` divided by the training set's per-channel standard deviation."""
     x = images.to(device, non_blocking=True).float()
     shift = -torch.tensor(stats.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1)
     if offsets is not None:
         shift = shift + offsets
     x = x + shift.to(device)
+    if divide_std:
+        x = x / torch.tensor(stats.channel_std(), dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

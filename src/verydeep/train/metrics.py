@@ -11,20 +11,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
-
-import torch
+from typing import Any
 
 METRICS_NAME = "metrics.jsonl"
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[int]:
-    """How many labels are among the top-k scores, for each k (k is capped at the class count)."""
-    ks = list(ks)
-    kmax = min(max(ks), logits.shape[-1])
-    top = logits.topk(kmax, dim=-1).indices
-    hits = top == labels.view(-1, 1)
-    return [int(hits[:, :min(k, kmax)].any(dim=-1).sum()) for k in ks]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -52,14 +41,21 @@ class MetricsLog:
         self._tb = None
         self._tb_dir = Path(run_dir) / "tb" if (enabled and tensorboard) else None
 
-    def truncate_after(self, step: int) -> None:
-        """Keep only records up to ``step`` (a resumed run redoes the rest)."""
+    def truncate_after(self, step: int, backoffs: int = 0) -> None:
+        """Keep only records up to ``step`` and back-off records up to number ``backoffs`` (a resumed
+        run, or one that backs off to an earlier state, redoes the rest)."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+
+        def keep(r: dict[str, Any]) -> bool:
+            if r.get("kind") == "backoff":
+                return int(r.get("backoff", 0)) <= backoffs
+            return int(r.get("step", 0)) <= step
+
+        kept = [r for r in read_metrics(self.path) if keep(r)]
+        from verydeep.runtime.io import write_text
+
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -76,7 +72,7 @@ class MetricsLog:
 
             self._tb = SummaryWriter(log_dir=str(self._tb_dir))
         kind = record.get("kind", "step")
-        x = record["step"] if kind == "step" else record["epoch"]
+        x = record["epoch"] if kind == "epoch" else record["step"]
         for key, value in record.items():
             if key in ("kind", "step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
@@ -104,6 +100,12 @@ class Progress:
             self.bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
             self.bar.set_postfix(postfix, refresh=False)
             self.bar.update(1)
+
+    def rewind(self, step: int) -> None:
+        """Back to ``step`` (after a back-off to an earlier state)."""
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
 
     def write(self, text: str) -> None:
         import sys

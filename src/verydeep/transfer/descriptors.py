@@ -7,6 +7,10 @@ flipped image's vector is averaged in. The scales are then stacked or averaged a
 (:func:`verydeep.transfer.aggregate.aggregate_scales`), and several nets are stacked
 (:func:`verydeep.transfer.aggregate.combine_nets`).
 
+Another layer can stand in for fc7 (``layer``, a name of :meth:`verydeep.VGG.taps` such as
+``relu5_3`` or ``pool5``): its map is pooled the same way. The default, ``relu7``, is the paper's
+fc7 descriptor (fc7 after its ReLU).
+
 A raw-pixel descriptor (:func:`pixel_descriptor`) is the baseline the demo compares against.
 """
 
@@ -21,9 +25,26 @@ import torch.nn.functional as F
 
 from verydeep.data.preprocess import normalise, rescale
 from verydeep.errors import ConfigError
+from verydeep.models.taps import resolve_taps
 from verydeep.precision import autocast_for
 from verydeep.transfer.aggregate import aggregate_scales, combine_nets
 from verydeep.weights.metadata import Preprocessing
+
+
+#: The paper's descriptor: fc7 after its ReLU (what ``model.descriptor`` returns).
+DEFAULT_LAYER = "relu7"
+
+
+def check_layer(models: Sequence, layer: str) -> str:
+    """``layer`` if every net has it, else a :class:`ConfigError` listing the valid names."""
+    for model in models:
+        resolve_taps(model.spec, layer)
+    return layer
+
+
+def layer_width(model, layer: str) -> int:
+    """Channels of ``layer``'s map: the length of one net's pooled descriptor at one scale."""
+    return resolve_taps(model.spec, layer)[0].channels
 
 
 def weights_identity(model) -> str:
@@ -48,8 +69,9 @@ def check_scales(models: Sequence, scales: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
-def scale_descriptor(model, image: torch.Tensor, scale: int, flip: bool = True, precision=None) -> torch.Tensor:
-    """The pooled fc7 descriptor (fc_width,) of a uint8 (3, H, W) image at one scale (float32, CPU)."""
+def scale_descriptor(model, image: torch.Tensor, scale: int, flip: bool = True, precision=None,
+                     layer: str = DEFAULT_LAYER) -> torch.Tensor:
+    """The pooled fc7 (or ``layer``) descriptor of a uint8 (3, H, W) image at one scale (float32, CPU)."""
     device = next(model.parameters()).device
     prep = model.meta.preprocessing if model.meta is not None else Preprocessing()
     x = normalise(rescale(image, scale)[None].to(device), prep)
@@ -57,20 +79,21 @@ def scale_descriptor(model, image: torch.Tensor, scale: int, flip: bool = True, 
     total = 0
     with autocast_for(device, precision):
         for view in views:
-            total = total + model.descriptor(view).float().mean(dim=(-2, -1))[0]
+            maps = model.descriptor(view) if layer == DEFAULT_LAYER else model.taps(view, layer)[layer]
+            total = total + maps.float().mean(dim=(-2, -1))[0]
     return (total / len(views)).cpu()
 
 
 def image_descriptor(models: Sequence, image: torch.Tensor, scales: Sequence[int], aggregate: str = "stack",
-                     flip: bool = True, precision=None) -> torch.Tensor:
+                     flip: bool = True, precision=None, layer: str = DEFAULT_LAYER) -> torch.Tensor:
     """The full descriptor of one image: per net, scales aggregated and L2-normalised; nets stacked."""
-    per_net = [aggregate_scales([scale_descriptor(m, image, q, flip, precision) for q in scales], aggregate)
+    per_net = [aggregate_scales([scale_descriptor(m, image, q, flip, precision, layer) for q in scales], aggregate)
                for m in models]
     return per_net[0] if len(per_net) == 1 else combine_nets(per_net)
 
 
-def descriptor_size(models: Sequence, scales: Sequence[int], aggregate: str) -> int:
-    per_net = [m.num_features * (len(scales) if aggregate == "stack" else 1) for m in models]
+def descriptor_size(models: Sequence, scales: Sequence[int], aggregate: str, layer: str = DEFAULT_LAYER) -> int:
+    per_net = [layer_width(m, layer) * (len(scales) if aggregate == "stack" else 1) for m in models]
     return sum(per_net)
 
 

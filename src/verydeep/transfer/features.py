@@ -32,7 +32,7 @@ import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,8 @@ from verydeep.data.images import read_image
 from verydeep.data.preprocess import check_rescaled_size
 from verydeep.errors import ConfigError, DataError, VerydeepError
 from verydeep.transfer.aggregate import AGGREGATES
-from verydeep.transfer.descriptors import check_scales, descriptor_size, image_descriptor, weights_identity
+from verydeep.transfer.descriptors import (DEFAULT_LAYER, check_layer, check_scales, descriptor_size, image_descriptor,
+                                          weights_identity)
 
 FORMAT = "verydeep-features/1"
 META_KEY = "verydeep_features"
@@ -130,9 +131,11 @@ def _multilabel(item: ImageItem, position: dict[str, int]) -> np.ndarray:
 
 # -- identity --------------------------------------------------------------------------------------
 def identity(models: Sequence, items: Sequence[ImageItem], scales: Sequence[int], aggregate: str, flip: bool,
-             precision: str) -> dict:
-    images = hashlib.sha256("\n".join(f"{i.split}/{i.rel}" for i in items).encode()).hexdigest()
-    return {
+             precision: str, layer: str = DEFAULT_LAYER) -> dict:
+    images = hashlib.sha256("\n".join(f"{i.split}/{i.rel}" for i in items).encode("utf-8", "surrogateescape")).hexdigest()
+    # the layer is named only when it is not the paper's fc7, so files made before --layer still match
+    return {**({"layer": layer} if layer != DEFAULT_LAYER else {}),
+        "image_files": image_files_digest(items),
         "weights": [weights_identity(m) for m in models],
         "configs": [m.spec.name for m in models],
         "scales": [int(q) for q in scales],
@@ -142,6 +145,19 @@ def identity(models: Sequence, items: Sequence[ImageItem], scales: Sequence[int]
         "images": images,
         "image_count": len(items),
     }
+
+
+def image_files_digest(items: Sequence[ImageItem]) -> str:
+    """sha256 of every image's name, size and modification time: an image replaced on disk under
+    the same name changes it, so a rerun does not keep descriptors of the old pixels."""
+    h = hashlib.sha256()
+    for item in items:
+        try:
+            st = os.stat(item.path)
+            h.update(f"{item.split}/{item.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            h.update(f"{item.split}/{item.rel}\0missing\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def _short(value) -> str:
@@ -154,24 +170,24 @@ def _short(value) -> str:
 
 def differences(found: dict, asked: dict) -> list[str]:
     """What differs between the identity a file was made with and the one asked for."""
-    names = {"weights": "weights", "configs": "configs", "scales": "scales", "aggregate": "aggregation",
-             "flip": "flip", "precision": "precision", "images": "image list", "image_count": "image count"}
+    names = {"layer": "layer", "weights": "weights", "configs": "configs", "scales": "scales", "aggregate": "aggregation",
+             "flip": "flip", "precision": "precision", "images": "image list", "image_count": "image count",
+             "image_files": "image files (sizes or modification times changed on disk)"}
+    unnamed = {"layer": DEFAULT_LAYER}  # what an identity without the key was made with
     out = []
     for key, name in names.items():
-        if found.get(key) != asked.get(key):
-            out.append(f"{name}: file has {_short(found.get(key))}, asked for {_short(asked.get(key))}")
+        was, now = found.get(key, unnamed.get(key)), asked.get(key, unnamed.get(key))
+        if was != now:
+            out.append(f"{name}: file has {_short(was)}, asked for {_short(now)}")
     return out
 
 
 # -- reading and writing ---------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Through the one atomic writer (:mod:`verydeep.runtime.io`)."""
+    from verydeep.runtime.io import write_bytes
+
+    write_bytes(path, data)
 
 
 def _check_suffix(path: Path) -> None:
@@ -189,15 +205,16 @@ def save_features(features: FeatureSet, path: str | os.PathLike) -> Path:
               "labels": np.ascontiguousarray(features.labels, dtype=np.int64),
               "multilabels": np.ascontiguousarray(features.multilabels, dtype=np.uint8)}
     if path.suffix == ".npz":
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, meta=np.array(meta), **arrays)
-    else:
-        from safetensors.numpy import save_file
+        import io
 
-        def write(tmp: Path) -> None:
-            save_file(arrays, str(tmp), metadata={META_KEY: meta})
-    _atomic_write(path, write)
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.array(meta), **arrays)
+        data = buffer.getvalue()
+    else:
+        from safetensors.numpy import save
+
+        data = save(arrays, metadata={META_KEY: meta})
+    _atomic_write(path, data)
     return path
 
 
@@ -219,35 +236,81 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
                 header = handle.metadata() or {}
             arrays = load_file(str(path))
             meta = json.loads(header[META_KEY])
-        if meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise KeyError("format")
-        return FeatureSet(arrays["descriptors"], arrays["labels"], arrays["multilabels"], list(meta["paths"]),
-                          list(meta["splits"]), list(meta["classes"]), dict(meta.get("info", {})))
+        features = FeatureSet(arrays["descriptors"], arrays["labels"], arrays["multilabels"], list(meta["paths"]),
+                              list(meta["splits"]), list(meta["classes"]), dict(meta.get("info", {})))
     except (KeyError, ValueError, OSError, TypeError) as exc:
         raise DataError(f"{path} is not a verydeep feature file ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
     except Exception as exc:  # safetensors raises its own error type for a corrupt file
         if type(exc).__name__ == "SafetensorError":
             raise DataError(f"{path} is not a verydeep feature file ({exc})") from None
         raise
+    problem = _feature_set_problem(features)
+    if problem:
+        raise DataError(f"{path} is a damaged feature file: {problem}")
+    return features
+
+
+def _feature_set_problem(fs: FeatureSet) -> str | None:
+    """What makes a feature set unusable (shapes, label range, non-finite descriptors), or None."""
+    n, d, c = len(fs.paths), fs.descriptors, len(fs.classes)
+    if d.ndim != 2 or d.shape[0] != n or d.dtype.kind != "f":
+        return f"descriptors have shape {tuple(d.shape)} ({d.dtype}) for {n} images"
+    if fs.labels.shape != (n,) or fs.labels.dtype.kind not in "iu" or len(fs.splits) != n:
+        return f"{len(fs.labels)} labels and {len(fs.splits)} splits for {n} images"
+    if not all(isinstance(name, str) for name in fs.classes) or len(set(fs.classes)) != c:
+        return "the class list is not a list of distinct names"
+    if n and (fs.labels.min() < 0 or fs.labels.max() >= c):
+        return f"labels up to {int(fs.labels.max())} for {c} classes"
+    if fs.multilabels.shape != (n, c):
+        return f"multilabels have shape {tuple(fs.multilabels.shape)}, expected ({n}, {c})"
+    if not np.isfinite(d).all():
+        rows = np.flatnonzero(~np.isfinite(d).all(axis=1))
+        return f"{len(rows)} descriptors are not finite (first: {fs.paths[rows[0]]})"
+    return None
 
 
 def _save_chunk(path: Path, descriptors: np.ndarray, ok: np.ndarray, multilabels: np.ndarray) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    _atomic_write(path, lambda tmp: save_file({"descriptors": descriptors, "ok": ok, "multilabels": multilabels}, str(tmp)))
+    _atomic_write(path, save({"descriptors": descriptors, "ok": ok, "multilabels": multilabels}))
 
 
 def _load_chunk(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError, OSError
+        raise DataError(f"{path} is a damaged chunk of a partial feature run ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        "remove it and rerun (it will be recomputed)") from None
+
+
+def _chunk_problem(path: Path, rows: int, dim: int, classes: int) -> str | None:
+    """Why a chunk on disk cannot be kept (unreadable, wrong shapes, non-finite), or None."""
+    try:
+        chunk = _load_chunk(path)
+    except DataError as exc:
+        return str(exc).split(" (", 1)[-1].split(");", 1)[0]
+    want = {"descriptors": (rows, dim), "ok": (rows,), "multilabels": (rows, classes)}
+    for key, shape in want.items():
+        if key not in chunk or tuple(chunk[key].shape) != shape:
+            return f"{key} has shape {tuple(chunk[key].shape) if key in chunk else None}, expected {shape}"
+    if not np.isfinite(chunk["descriptors"]).all():
+        return "its descriptors are not finite"
+    return None
 
 
 # -- extraction ------------------------------------------------------------------------------------
 def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.PathLike, scales: Sequence[int],
                      aggregate: str = "stack", flip: bool = True, precision=None, chunk_size: int = CHUNK_SIZE,
-                     progress: bool = True, sources: Sequence[str] | None = None) -> FeatureSet:
-    """Describe every image of ``root`` with ``models`` and write ``out`` (resuming a partial run)."""
+                     progress: bool = True, sources: Sequence[str] | None = None, layer: str = DEFAULT_LAYER, overwrite: bool = False) -> FeatureSet:
+    """Describe every image of ``root`` with ``models`` and write ``out`` (resuming a partial run).
+
+    A finished ``out`` or a partial run made differently (other nets, scales, images, or images
+    changed on disk) is refused, or with ``overwrite`` recomputed; a file that is not a feature
+    file is never replaced. A damaged chunk of a partial run is recomputed, with a warning."""
     out = Path(out)
     _check_suffix(out)
     if aggregate not in AGGREGATES:
@@ -255,19 +318,21 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
     if not models:
         raise ConfigError("no nets given for the descriptors")
     scales = check_scales(models, scales)
+    check_layer(models, layer)
     if not out.parent.is_dir():
         raise DataError(f"cannot write {out}: folder {out.parent} does not exist")
     prec_name = getattr(precision, "value", precision) or "fp32"
     classes, items = list_images(root)
-    asked = identity(models, items, scales, aggregate, flip, prec_name)
+    asked = identity(models, items, scales, aggregate, flip, prec_name, layer)
 
     if out.exists():
-        existing = load_features(out)
+        existing = load_features(out)  # refuses (and so never replaces) a file that is not a feature file
         diffs = differences(existing.info.get("identity", {}), asked)
-        if diffs:
+        if not diffs:
+            return existing
+        if not overwrite:
             raise DataError(f"{out} holds features made differently ({'; '.join(diffs)}); "
-                            "remove it or choose another --out")
-        return existing
+                            "pass --overwrite to recompute them, or choose another --out")
 
     partial = out.with_name(out.name + ".partial")
     manifest_path = partial / "manifest.json"
@@ -276,22 +341,40 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             raise DataError(f"{partial} is not a partial feature run (no readable manifest); remove it") from None
-        diffs = differences(manifest.get("identity", {}), asked)
-        if diffs:
+        size = manifest.get("chunk_size") if isinstance(manifest, dict) else None
+        if not isinstance(manifest.get("identity") if isinstance(manifest, dict) else None, dict) or \
+                not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1_000_000:
+            raise DataError(f"{manifest_path} is damaged (identity {type(manifest.get('identity')).__name__ if isinstance(manifest, dict) else '?'}, "
+                            f"chunk_size {size!r}: expected a mapping and an integer 1..1000000); remove {partial}")
+        diffs = differences(manifest["identity"], asked)
+        if diffs and not overwrite:
             raise DataError(f"{partial} holds a partial run made differently ({'; '.join(diffs)}); "
-                            "remove it or choose another --out")
-        chunk_size = int(manifest["chunk_size"])
-    else:
-        partial.mkdir()
+                            "pass --overwrite to start it again, or choose another --out")
+        if diffs:
+            shutil.rmtree(partial)
+        else:
+            chunk_size = size
+    if not partial.exists():
+        from verydeep.runtime.io import make_folder
+
+        make_folder(partial, "partial feature folder")
         manifest = {"format": FORMAT, "identity": asked, "chunk_size": int(chunk_size)}
-        _atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+        _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode())
 
     for m in models:
         m.eval()
-    dim = descriptor_size(models, scales, aggregate)
+    dim = descriptor_size(models, scales, aggregate, layer)
     position = {c: i for i, c in enumerate(classes)}
     n_chunks = max(1, math.ceil(len(items) / chunk_size))
     chunk_paths = [partial / f"chunk-{c:06d}.safetensors" for c in range(n_chunks)]
+    for c, chunk_path in enumerate(chunk_paths):
+        if chunk_path.is_file():
+            why = _chunk_problem(chunk_path, len(items[c * chunk_size:(c + 1) * chunk_size]), dim, len(classes))
+            if why:
+                import sys
+
+                sys.stderr.write(f"verydeep features: warning: recomputing {chunk_path.name} of {partial}: {why}\n")
+                chunk_path.unlink()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -315,7 +398,7 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
                     if bar is not None:
                         bar.update(1)
                     continue
-                desc[k] = image_descriptor(models, image, scales, aggregate, flip, precision).numpy()
+                desc[k] = image_descriptor(models, image, scales, aggregate, flip, precision, layer).numpy()
                 ok[k] = 1
                 if bar is not None:
                     bar.update(1)
@@ -341,7 +424,8 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
 
 
 def describe_images(models: Sequence, images: Sequence[torch.Tensor], scales: Sequence[int], aggregate: str = "stack",
-                    flip: bool = True, precision=None) -> np.ndarray:
+                    flip: bool = True, precision=None, layer: str = DEFAULT_LAYER) -> np.ndarray:
     """In-memory descriptors (N, D) of uint8 images, for Python users and the demo (no file)."""
     scales = check_scales(models, scales)
-    return np.stack([image_descriptor(models, im, scales, aggregate, flip, precision).numpy() for im in images])
+    check_layer(models, layer)
+    return np.stack([image_descriptor(models, im, scales, aggregate, flip, precision, layer).numpy() for im in images])

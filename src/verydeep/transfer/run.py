@@ -7,6 +7,8 @@ from typing import Sequence
 from verydeep.devices import pick_device
 from verydeep.errors import ConfigError
 from verydeep.precision import resolve
+from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for
+from verydeep.transfer.descriptors import DEFAULT_LAYER
 from verydeep.transfer.features import extract_features, load_features
 from verydeep.transfer.protocols import PROTOCOLS, caltech_protocol, voc_protocol
 from verydeep.transfer.svm import C_GRID
@@ -17,21 +19,54 @@ DEFAULT_SCALES = (256, 384, 512)
 
 def features_command(weights: Sequence[str], data: str, out: str, scales: Sequence[int] | None = None,
                      aggregate: str = "stack", flip: bool = True, precision: str = "auto", device: str = "auto",
-                     progress: bool = True) -> dict:
-    """Load the nets and write (or resume, or confirm) the feature file; returns a summary."""
+                     progress: bool = True, overwrite: bool = False, layer: str = DEFAULT_LAYER,
+                     engine: str | None = "auto", engine_cache: str | None = None) -> dict:
+    """Load the nets and write (or resume, or confirm) the feature file; returns a summary.
+
+    The output is locked for the whole run: a second ``features`` on the same ``out`` is refused.
+    ``engine`` (:mod:`verydeep.runtime.engines`): OpenVINO computes the paper's fc7 descriptor;
+    other layers run on PyTorch (``auto`` picks it for them)."""
+    from pathlib import Path
+
+    from verydeep.runtime.locks import lock_file
     from verydeep.weights.loader import load
 
     if not weights:
         raise ConfigError("no --weights given")
     dev = pick_device(device)
-    models = [load(w).to(dev) for w in weights]
-    features = extract_features(models, data, out, list(scales or DEFAULT_SCALES), aggregate, flip,
-                                resolve(precision, dev), progress=progress, sources=[str(w) for w in weights])
+    ran_on = _engine_for(engine, dev, layer)
+    from verydeep.runtime.outputs import check_writable_folder
+
+    check_writable_folder(out)  # before any image is described
+    held = lock_file(out, f"feature file {out}") if Path(out).parent.is_dir() else None
+    try:
+        models = [load(w).to(dev) for w in weights]
+        if ran_on == "openvino":  # the torch path keeps the nets as loaded (their weights' identity too)
+            models = [ready(m, ran_on, resolve(precision, dev), dev, engine_cache) for m in models]
+        with torch_threads_for(ran_on):
+            features = extract_features(models, data, out, list(scales or DEFAULT_SCALES), aggregate, flip,
+                                        resolve(precision, dev), progress=progress, sources=[str(w) for w in weights],
+                                        overwrite=overwrite, layer=layer)
+    finally:
+        if held is not None:
+            held.release()
     counts = {s: features.splits.count(s) for s in features.split_names}
     return {"out": str(out), "images": len(features), "splits": counts, "classes": len(features.classes),
             "descriptor_size": int(features.descriptors.shape[1]), "skipped": features.info.get("skipped", []),
             **{k: features.info["identity"][k] for k in ("configs", "scales", "aggregate", "flip", "precision")},
+            "layer": features.info["identity"].get("layer", DEFAULT_LAYER), "engine": ran_on,
             "weights_sha256": features.info["identity"]["weights"]}
+
+
+def _engine_for(engine: str | None, device, layer: str) -> str:
+    """The engine that computes ``layer``: OpenVINO runs the fc7 descriptor only."""
+    ran_on = resolve_engine(engine, device)
+    if ran_on == "openvino" and layer != DEFAULT_LAYER:
+        if engine == "openvino":
+            raise ConfigError(f"--engine openvino computes the fc7 descriptor ({DEFAULT_LAYER}); "
+                              f"use --engine torch for --layer {layer}")
+        return "torch"
+    return ran_on
 
 
 def transfer_command(features: Sequence[str], protocol: str, C_grid: Sequence[float] | None = None, seed: int = 0,

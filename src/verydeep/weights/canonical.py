@@ -11,9 +11,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from verydeep.errors import WeightsError
+from verydeep.runtime.io import write_bytes
 from verydeep.weights.metadata import WeightsMeta
 
 META_KEY = "verydeep"
@@ -21,21 +23,16 @@ SAFETENSORS_SUFFIX = ".safetensors"
 
 
 def save(state_dict: dict[str, torch.Tensor], meta: WeightsMeta, path: str | os.PathLike) -> Path:
-    """Write weights and metadata atomically (a temporary file renamed into place)."""
+    """Write weights and metadata atomically (:mod:`verydeep.runtime.io`: a temporary file renamed
+    into place, mode ``0666 & ~umask``). The file is serialised in memory first: safetensors'
+    own file writer would create it 0600 and report a full disk in its own words."""
     path = Path(path)
     if not path.parent.is_dir():
         raise WeightsError(f"cannot write {path}: folder {path.parent} does not exist")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={META_KEY: meta.to_json()})
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as exc:  # safetensors reports its I/O errors as SafetensorError
-        tmp.unlink(missing_ok=True)
-        raise WeightsError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return path
+    data = save_bytes(tensors, metadata={META_KEY: meta.to_json()})
+    del tensors
+    return write_bytes(path, data)
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], WeightsMeta | None]:
@@ -59,3 +56,16 @@ def is_safetensors(head: bytes) -> bool:
         return False
     length = int.from_bytes(head[:8], "little")
     return 2 <= length < 100_000_000 and head[8:9] == b"{"
+
+
+def read_meta(path: str | os.PathLike) -> WeightsMeta | None:
+    """The metadata of a canonical file from its header alone (no tensor is read); None when
+    ``path`` is not a safetensors file carrying it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        return WeightsMeta.from_json(header[META_KEY]) if META_KEY in header else None
+    except Exception:  # not safetensors, unreadable, bad JSON: the full load reports it in its words
+        return None

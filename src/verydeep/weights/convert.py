@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 
+from verydeep.runtime.outputs import WEIGHTS, check_output
 from verydeep.weights import canonical
 from verydeep.weights.loader import read_weights
 from verydeep.weights.metadata import WeightsMeta
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None,
-            prototxt: str | os.PathLike | None = None) -> WeightsMeta:
+            prototxt: str | os.PathLike | None = None, overwrite: bool = False) -> WeightsMeta:
     """Read ``src`` (detected format, or ``fmt``), write ``dst`` with full metadata; returns it.
 
-    ``prototxt`` is a Caffe deploy prototxt that must describe the caffemodel ``src``.
+    ``prototxt`` is a Caffe deploy prototxt that must describe the caffemodel ``src``. An existing
+    ``dst`` is replaced only with ``overwrite``, and never when it is not a weights file (a photo,
+    a checkpoint: :func:`verydeep.runtime.outputs.check_output`), checked before ``src`` is read.
     """
+    check_output(dst, WEIGHTS, overwrite)
     if prototxt is not None:
         from verydeep.weights.caffe import read_caffe_checked
 

@@ -50,9 +50,7 @@ def infer_spec(state: dict[str, torch.Tensor], **overrides) -> ModelSpec:
         if keys == set(convs):
             candidates.append(spec)
     for spec in candidates:
-        from verydeep.models.vgg import VGG
-
-        expected = {k_: v.shape for k_, v in VGG(spec).state_dict().items()}
+        expected = expected_shapes(spec)
         if _shapes_match(expected, state):
             return spec
     found = ", ".join(f"{k_}{tuple(state[k_].shape)}" for k_ in convs[:4])
@@ -67,20 +65,32 @@ def _shapes_match(expected: dict[str, torch.Size], state: dict[str, torch.Tensor
     return wanted == have and all(tuple(state[k].shape) == tuple(expected[k]) for k in wanted)
 
 
-def check_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> None:
-    """Raise a :class:`WeightsError` naming the first key whose presence or shape is wrong."""
+def expected_shapes(spec: ModelSpec) -> dict[str, torch.Size]:
+    """The state dict's shapes for ``spec``, from a net built on the ``meta`` device: nothing is
+    allocated, so a file whose metadata claims a huge net costs nothing to refuse."""
     from verydeep.models.vgg import VGG
 
-    expected = VGG(spec).state_dict()
+    with torch.device("meta"):
+        return {k: v.shape for k, v in VGG(spec).state_dict().items()}
+
+
+def check_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> None:
+    """Raise a :class:`WeightsError` naming the first key whose presence or shape is wrong, or a
+    tensor that is not finite. Runs before the net is built (see :func:`expected_shapes`)."""
+    expected = expected_shapes(spec)
     for key, tensor in expected.items():
         if key.endswith("num_batches_tracked"):
             continue
         if key not in state:
             raise WeightsError(f"weights for {spec.name} lack {key}")
-        if tuple(state[key].shape) != tuple(tensor.shape):
+        if tuple(state[key].shape) != tuple(tensor):
             raise WeightsError(
-                f"{key} has shape {tuple(state[key].shape)}, config {spec.name} expects {tuple(tensor.shape)}"
+                f"{key} has shape {tuple(state[key].shape)}, config {spec.name} expects {tuple(tensor)}"
             )
     extra = sorted(k for k in state if k not in expected)
     if extra:
         raise WeightsError(f"weights carry keys that config {spec.name} does not have: {', '.join(extra[:3])}")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{key} holds NaN or infinite values: these weights are damaged (or come from a "
+                               "diverged run) and would give meaningless scores")

@@ -42,6 +42,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]
 
 
 def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+    from verydeep.weights.archive import check_inflation
+
+    check_inflation(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -132,16 +135,26 @@ def read_weights(source: str | os.PathLike, fmt: str | None = None) -> tuple[dic
     return state, meta
 
 
-def build(state: dict[str, torch.Tensor], meta: WeightsMeta):
-    """A :class:`VGG` holding ``state``, with ``meta`` attached, in eval mode."""
+def build(state: dict[str, torch.Tensor], meta: WeightsMeta, checked: bool = False):
+    """A :class:`VGG` holding ``state``, with ``meta`` attached, in eval mode.
+
+    ``checked``: ``state`` has just passed :func:`check_state` (as in :func:`load`), so the scan of
+    every value is not repeated. The net is made on the meta device and then given empty storage:
+    a random initialisation of weights about to be overwritten would cost a second at full size.
+    """
     from verydeep.models.vgg import VGG
 
-    check_state(meta.spec, state)
-    model = VGG(meta.spec)
+    if not checked:
+        check_state(meta.spec, state)
+    with torch.device("meta"):
+        model = VGG(meta.spec)
+    model = model.to_empty(device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     real_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if real_missing or unexpected:
         raise WeightsError(f"weights do not fit {meta.spec.name}: missing {real_missing[:3]}, unexpected {unexpected[:3]}")
+    for key in missing:  # batch-norm step counters a file may leave out (empty storage until set)
+        model.get_buffer(key).zero_()
     model.meta = meta
     return model.eval()
 
@@ -149,7 +162,7 @@ def build(state: dict[str, torch.Tensor], meta: WeightsMeta):
 def load(source: str | os.PathLike, fmt: str | None = None):
     """Load any supported weights file or release name; returns the net (eval mode) with ``.meta``."""
     state, meta = read_weights(source, fmt)
-    return build(state, meta)
+    return build(state, meta, checked=True)
 
 
 __all__ = ["load", "read_weights", "build", "FORMATS", "WeightsFormat", "from_state_dict", "infer_spec", "Preprocessing"]

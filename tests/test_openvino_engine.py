@@ -1,0 +1,287 @@
+"""The OpenVINO engine and IR export, checked against PyTorch; the PyTorch engine without OpenVINO.
+
+Equivalence is with the real OpenVINO runtime: in f32 the engine and the IR must give PyTorch's
+score maps to float rounding; in bf16 (what OpenVINO picks on AMX CPUs) they must agree with
+fp32 within the tolerances of ``test_speed_precision`` (cosine >= 0.999, top-1 >= 99%).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import verydeep
+from verydeep.cli import main
+from verydeep.errors import ConfigError, VerydeepError
+from verydeep.precision import Precision
+from verydeep.runtime import engines
+from verydeep.weights import canonical
+from verydeep.weights.loader import load
+from verydeep.weights.metadata import Preprocessing, WeightsMeta
+
+from conftest import TINY
+
+#: These tests run in a pytest process of their own (`make test`): see verydeep.runtime.engines.
+pytestmark = pytest.mark.openvino
+needs_openvino = pytest.mark.skipif(not engines.openvino_available(), reason="openvino is not installed")
+
+#: 224-pixel crops (fc6 is a real 7x7 kernel) at 1/16 of the widths, as in test_export.
+SMALL_224 = dict(width=1 / 16, fc_width=32, crop_size=224, num_classes=6)
+
+
+def _net(config="A", **options):
+    torch.manual_seed(0)
+    return verydeep.vgg(config, init="glorot", **(TINY | {"num_classes": 5} | options)).eval()
+
+
+def _json(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+# -- choosing the engine ------------------------------------------------------------------------------
+def test_auto_takes_openvino_on_a_cpu_only_when_asked_and_installed(monkeypatch):
+    monkeypatch.setattr(engines, "openvino_available", lambda: True)
+    monkeypatch.delenv(engines.AUTO_ENV, raising=False)
+    assert engines.resolve_engine("auto", "cpu") == "torch"  # opt-in for now (see engines' docstring)
+    monkeypatch.setenv(engines.AUTO_ENV, "openvino")
+    assert engines.resolve_engine("auto", "cpu") == "openvino"
+    assert engines.resolve_engine(None, "cpu") == "openvino"
+    assert engines.resolve_engine("auto", "cuda") == "torch"
+    assert engines.resolve_engine("torch", "cpu") == "torch"
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        engines.resolve_engine("openvino", "cuda")
+    with pytest.raises(ConfigError, match="unknown engine"):
+        engines.resolve_engine("tensorrt", "cpu")
+    monkeypatch.setattr(engines, "openvino_available", lambda: False)
+    assert engines.resolve_engine("auto", "cpu") == "torch"
+    with pytest.raises(ConfigError, match=r"pip install 'verydeep\[openvino\]'"):
+        engines.resolve_engine("openvino", "cpu")
+
+
+def test_without_openvino_the_torch_engine_runs_and_says_so(monkeypatch, tiny_weights, eval_folder, photo,
+                                                            tmp_path, capsys):
+    monkeypatch.setattr(engines, "openvino_available", lambda: False)
+    summary = _json(capsys, ["evaluate", "--weights", str(tiny_weights), "--data", str(eval_folder),
+                             "--scales", "32", "--device", "cpu", "--json"])
+    assert summary["engine"] == "torch" and summary["images"] == 10
+    results = _json(capsys, ["predict", str(photo), "--weights", str(tiny_weights), "--scales", "32", "--json"])
+    assert results[0]["engine"] == "torch" and len(results[0]["topk"]) == 5
+    info = _json(capsys, ["features", "--weights", str(tiny_weights), "--data", str(eval_folder), "--scales", "32",
+                          "--out", str(tmp_path / "f.npz"), "--json"])
+    assert info["engine"] == "torch" and info["images"] == 10
+    for command in (["evaluate", "--data", str(eval_folder)], ["predict", str(photo)]):
+        assert main([*command, "--weights", str(tiny_weights), "--engine", "openvino"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pip install 'verydeep[openvino]'" in err[0], err
+
+
+# -- the engine against PyTorch --------------------------------------------------------------------------
+@needs_openvino
+@pytest.mark.parametrize("config, options", [("A", {}), ("A-LRN", {}), ("B", {"batch_norm": True}),
+                                             ("D", SMALL_224)])
+def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
+    from verydeep.runtime.openvino_engine import OpenVINONet
+
+    model = _net(config, **options)
+    if options.get("batch_norm"):  # running statistics that are not the identity
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+    net = OpenVINONet(copy.deepcopy(model), Precision.FP32)
+    crop = model.spec.crop_size
+    gen = torch.Generator().manual_seed(1)
+    # the first batch of 3 is split over OpenVINO's streams; single images run on one request
+    for batch, height, width in [(3, crop + 64, crop), (1, crop, crop), (2, crop + 32, crop + 64)]:
+        x = torch.randn(batch, 3, height, width, generator=gen) * 2
+        with torch.no_grad():
+            dense, fc7 = model.dense(x), model.descriptor(x)
+        assert dense.abs().max() > 1e-3
+        torch.testing.assert_close(net.dense(x), dense, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(net.descriptor(x), fc7, atol=1e-4, rtol=1e-4)
+    x = torch.randn(4, 3, crop, crop, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), model(x), atol=1e-4, rtol=1e-4)
+    # the wrapped net's own attributes come through; a wrong crop size is refused like the net does
+    assert net.spec == model.spec and net.num_classes == model.num_classes
+    assert next(net.parameters()).dtype == torch.float32
+    with pytest.raises(VerydeepError, match="crop view"):
+        net(torch.zeros(1, 3, crop + 32, crop))
+    with pytest.raises(VerydeepError, match="at least one crop large"):
+        net.dense(torch.zeros(1, 3, crop - 8, crop))
+    assert net.timings["convert"] > 0 and net.timings["compile"] > 0
+
+
+@needs_openvino
+def test_bf16_agrees_with_fp32_within_the_precision_tests_tolerance():
+    from test_speed_precision import gratings, trained_tiny_net
+
+    from verydeep.runtime.openvino_engine import OpenVINONet
+
+    model = trained_tiny_net()
+    x, y = gratings(200, torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model.dense(x).flatten(1)
+    low = OpenVINONet(copy.deepcopy(model), Precision.BF16).dense(x).flatten(1)
+    assert (ref.argmax(1) == y).float().mean() > 0.8
+    assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.99
+    assert F.cosine_similarity(low.double(), ref.double(), dim=1).min() >= 0.999
+    if verydeep.precision.cpu_has_fast_bf16():  # OpenVINO really ran in bf16 here
+        assert not torch.allclose(low, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_openvino
+def test_cache_folder_keeps_the_converted_net_for_the_next_run(tmp_path, monkeypatch):
+    from verydeep.runtime import openvino_engine
+    from verydeep.runtime.openvino_engine import OpenVINONet
+
+    model = _net()
+    x = torch.randn(2, 3, 40, 52)
+    first = OpenVINONet(copy.deepcopy(model), Precision.FP32, cache_dir=tmp_path / "ov")
+    expected = first.dense(x)
+    assert len(list((tmp_path / "ov").glob("vgg-*-dense.xml"))) == 1
+    assert len(list((tmp_path / "ov").glob("vgg-*-dense.bin"))) == 1
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the cached IR should have been used")
+
+    monkeypatch.setattr(openvino_engine, "to_openvino", no_conversion)
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "ov"))  # the environment names the same folder
+    second = engines.ready(copy.deepcopy(model), "openvino", Precision.FP32)
+    torch.testing.assert_close(second.dense(x), expected, atol=0, rtol=0)
+    with torch.no_grad():  # other weights: another cache entry, not the stale one
+        model.features[0].bias.add_(1.0)
+    monkeypatch.undo()
+    third = OpenVINONet(copy.deepcopy(model), Precision.FP32, cache_dir=tmp_path / "ov")
+    with torch.no_grad():
+        torch.testing.assert_close(third.dense(x), model.dense(x), atol=1e-4, rtol=1e-4)
+    assert len(list((tmp_path / "ov").glob("vgg-*-dense.xml"))) == 2
+
+
+# -- the commands on both engines -------------------------------------------------------------------------
+@needs_openvino
+def test_evaluate_predict_features_give_the_torch_engines_numbers(tiny_weights, eval_folder, photo, tmp_path, capsys):
+    runs = {}
+    for engine in ("torch", "openvino"):
+        scores = tmp_path / f"{engine}.scores"
+        summary = _json(capsys, ["evaluate", "--weights", str(tiny_weights), "--data", str(eval_folder),
+                                 "--scales", "32,48", "--protocol", "dense,multicrop,crop", "--precision", "fp32",
+                                 "--engine", engine, "--workers", "0", "--save-scores", str(scores), "--json"])
+        assert summary["engine"] == engine
+        predicted = _json(capsys, ["predict", str(photo), "--weights", str(tiny_weights), "--scales", "32,40",
+                                   "--precision", "fp32", "--engine", engine, "--json"])
+        assert predicted[0]["engine"] == engine
+        info = _json(capsys, ["features", "--weights", str(tiny_weights), "--data", str(eval_folder),
+                              "--scales", "32,40", "--precision", "fp32", "--engine", engine,
+                              "--out", str(tmp_path / f"{engine}.npz"), "--json"])
+        assert info["engine"] == engine
+        runs[engine] = (scores, predicted[0]["topk"], tmp_path / f"{engine}.npz")
+    from verydeep.evaluate.scores import load_scores
+    from verydeep.transfer.features import load_features
+
+    torch_scores, ov_scores = load_scores(runs["torch"][0]), load_scores(runs["openvino"][0])
+    assert set(torch_scores.values) == set(ov_scores.values) and len(ov_scores.values) == 6
+    for key, value in torch_scores.values.items():
+        np.testing.assert_allclose(ov_scores.values[key], value, atol=1e-5)
+    for a, b in zip(runs["torch"][1], runs["openvino"][1]):
+        assert a["index"] == b["index"] and a["prob"] == pytest.approx(b["prob"], abs=1e-5)
+    torch_features, ov_features = load_features(runs["torch"][2]), load_features(runs["openvino"][2])
+    np.testing.assert_allclose(ov_features.descriptors, torch_features.descriptors, atol=1e-5)
+    # the same weights identity: a file made on one engine is the file the other one confirms
+    assert ov_features.info["identity"] == torch_features.info["identity"]
+
+
+@needs_openvino
+def test_openvino_engine_computes_fc7_only(tiny_weights, eval_folder, tmp_path, capsys):
+    argv = ["features", "--weights", str(tiny_weights), "--data", str(eval_folder), "--scales", "32",
+            "--layer", "pool5", "--out", str(tmp_path / "f.npz")]
+    assert main([*argv, "--engine", "openvino"]) == 2
+    assert "--engine torch" in capsys.readouterr().err
+    assert _json(capsys, [*argv, "--json"])["engine"] == "torch"  # auto runs other layers on PyTorch
+
+
+# -- IR export ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def weights_224(tmp_path):
+    model = _net("D", **SMALL_224)
+    meta = WeightsMeta(spec=model.spec, classes=["ant", "bee", "cat", "dog", "eel", "fox"],
+                       preprocessing=Preprocessing.caffe(), source="test")
+    return canonical.save(model.state_dict(), meta, tmp_path / "d224.safetensors")
+
+
+@needs_openvino
+def test_openvino_ir_matches_pytorch_at_224_and_two_other_sizes(tmp_path, weights_224, capsys):
+    import openvino as ov
+
+    from verydeep.export import read_openvino_metadata
+
+    dst = tmp_path / "d.xml"
+    assert main(["export", "--weights", str(weights_224), "--format", "openvino", str(dst)]) == 0
+    assert "dense view" in capsys.readouterr().out and dst.with_suffix(".bin").is_file()
+    model = load(weights_224)
+    graph = ov.Core().read_model(str(dst))
+    assert [list(n.get_names()) for n in graph.inputs] == [["image"]]
+    assert "scores" in graph.outputs[0].get_names()
+    assert graph.get_rt_info(["verydeep", "config"]).astype(str) == "D"
+    assert json.loads(graph.get_rt_info(["verydeep", "classes"]).astype(str))[0] == "ant"
+    meta = read_openvino_metadata(dst)
+    assert meta.spec == model.spec and meta.preprocessing == Preprocessing.caffe()
+    compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    gen = torch.Generator().manual_seed(1)
+    for batch, height, width in [(1, 224, 224), (2, 256, 320), (3, 288, 240)]:
+        x = torch.randn(batch, 3, height, width, generator=gen) * 50
+        with torch.no_grad():
+            expected = model.dense(x).numpy()
+        got = compiled({"image": x.numpy()})["scores"]
+        assert got.shape == expected.shape == (batch, 6, height // 32 - 6, width // 32 - 6)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@needs_openvino
+def test_openvino_export_check_and_refusals(tmp_path, tiny_weights, capsys):
+    dst = tmp_path / "tiny.xml"
+    info = _json(capsys, ["export", "--weights", str(tiny_weights), str(dst), "--check", "--json"])
+    assert info["format"] == "openvino" and info["checked_with"] == "openvino"
+    assert set(info["max_abs_diff"]) == {"32x32", "64x96"} and max(info["max_abs_diff"].values()) < 1e-4
+    before = dst.read_bytes()
+    for argv, message in ([str(dst)], "already exists"), ([str(tmp_path / "x.onnx"), "--format", "openvino"], ".xml"):
+        assert main(["export", "--weights", str(tiny_weights), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert dst.read_bytes() == before and not (tmp_path / "x.onnx").exists()
+
+
+@needs_openvino
+def test_evaluate_with_a_filled_cache_does_not_load_the_weights_again(tiny_weights, eval_folder, tmp_path, capsys,
+                                                                        monkeypatch):
+    from verydeep.weights import loader
+
+    argv = ["evaluate", "--weights", str(tiny_weights), "--data", str(eval_folder), "--scales", "32,40",
+            "--precision", "fp32", "--engine", "openvino", "--engine-cache", str(tmp_path / "cache"), "--json"]
+    first = _json(capsys, argv)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded although the cache holds their graphs")
+
+    monkeypatch.setattr(loader, "load", no_load)
+    second = _json(capsys, argv)
+    assert second == first and second["engine"] == "openvino"
+    # another file (other weights) is not served from the cache: it is loaded and converted
+    monkeypatch.undo()
+    other = tmp_path / "other.safetensors"
+    model = load(tiny_weights)
+    with torch.no_grad():
+        model.classifier[6].bias.add_(1.0)
+    canonical.save(model.state_dict(), model.meta, other)
+    argv[2] = str(other)
+    assert _json(capsys, argv)["engine"] == "openvino"
+    assert len(list((tmp_path / "cache").glob("vgg-*-dense.xml"))) == 2

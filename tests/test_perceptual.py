@@ -1,0 +1,247 @@
+"""``PerceptualLoss`` and ``gram_matrix`` against references built by hand.
+
+The references are written on the other side's terms: torchvision's ``features`` slices fed
+ImageNet-normalised images, and Caffe's own layer order over the raw blobs of a caffemodel fed the
+BGR, 0-255, mean-subtracted image. Ours only ever sees RGB 0-1 images.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import verydeep
+from conftest import TINY, save_tiny_classifier
+from test_taps import random_state
+from test_weights_caffe import SMALL, random_blobs, write_v1_caffemodel
+from verydeep.errors import ConfigError, VerydeepError
+from verydeep.models.configs import ModelSpec
+from verydeep.models.vgg import VGG
+from verydeep.perceptual import FeatureNet, PerceptualLoss, gram_matrix
+from verydeep.weights.metadata import CAFFE_MEAN_BGR, TORCHVISION_MEAN, TORCHVISION_STD, Preprocessing, WeightsMeta
+
+
+def _rgb01(n: int, size: int | tuple[int, int], seed: int) -> torch.Tensor:
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def torchvision_twins(config: str, arch: str, seed: int = 0):
+    """Our full-size conv stack with torchvision preprocessing, and torchvision's, same tensors."""
+    with torch.device("meta"):
+        ours = VGG(ModelSpec(config))
+        theirs = getattr(torchvision.models, arch)()
+    state = random_state(ours, seed, features_only=True)
+    ours.load_state_dict(state, strict=False, assign=True)
+    theirs.load_state_dict(state, strict=False, assign=True)
+    ours.meta = WeightsMeta(spec=ours.spec, preprocessing=Preprocessing.torchvision(), source="test")
+    return ours, theirs.features.eval()
+
+
+def _imagenet(images: torch.Tensor) -> torch.Tensor:
+    return (images - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(TORCHVISION_STD).view(1, 3, 1, 1)
+
+
+def test_optimising_pixels_lowers_the_loss_with_torchvisions_gradients():
+    ours, features = torchvision_twins("D", "vgg16")
+    loss = PerceptualLoss(ours, ["relu2_2", "relu3_3"], weights_per_layer=[1.0, 0.5])
+    target = _rgb01(2, 32, seed=1)
+
+    def reference(images: torch.Tensor) -> torch.Tensor:
+        """Johnson et al.'s content loss by hand: relu2_2 = features[:9], relu3_3 = features[:16]."""
+        a, b = _imagenet(images), _imagenet(target)
+        a2, b2 = features[:9](a), features[:9](b)
+        a3, b3 = features[9:16](a2), features[9:16](b2)
+        return F.mse_loss(a2, b2) + 0.5 * F.mse_loss(a3, b3)
+
+    pixels = _rgb01(2, 32, seed=2).requires_grad_()
+    optimiser = torch.optim.Adam([pixels], lr=0.05)
+    values = []
+    for _ in range(5):
+        optimiser.zero_grad()
+        value = loss(pixels, target)
+        value.backward()
+        mirror = pixels.detach().clone().requires_grad_()
+        expected = reference(mirror)
+        expected.backward()
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(pixels.grad, mirror.grad, atol=1e-8, rtol=1e-4)
+        values.append(value.item())
+        optimiser.step()
+    assert values[-1] < 0.8 * values[0]
+    assert all(p.grad is None and not p.requires_grad for p in loss.parameters())
+
+
+def test_style_loss_with_average_pooling_equals_gatys_by_hand():
+    ours, features = torchvision_twins("E", "vgg19", seed=2)
+    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
+    style = PerceptualLoss(ours, layers, kind="gram", pool="avg")
+    avg = copy.deepcopy(features[:21])  # relu4_1 is features.20
+    for i, module in enumerate(avg):
+        if isinstance(module, torch.nn.MaxPool2d):
+            avg[i] = torch.nn.AvgPool2d(2, 2)
+    ends = {"relu1_1": 2, "relu2_1": 7, "relu3_1": 12, "relu4_1": 21}
+
+    def grams(images):
+        x, out, start = _imagenet(images), [], 0
+        for name in layers:
+            x = avg[start:ends[name]](x)
+            start = ends[name]
+            f = x.flatten(2)
+            out.append(f @ f.transpose(1, 2) / f.shape[1:].numel())
+        return out
+
+    images, style_image = _rgb01(2, 32, seed=3), _rgb01(1, (48, 40), seed=4)  # another size, a batch of one
+    expected = sum(((a - b) ** 2).mean() for a, b in zip(grams(images), grams(style_image)))
+    torch.testing.assert_close(style(images, style_image), expected, atol=1e-7, rtol=1e-5)
+    fixed = style.targets(style_image)
+    assert not any(t.requires_grad for t in fixed.values())
+    torch.testing.assert_close(style(images, fixed), expected, atol=1e-7, rtol=1e-5)
+
+
+def _caffe_activations(blobs, bgr: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Caffe's layer order over the raw blobs (conv, ReLU, 2x2 max-pool per block, InnerProduct)."""
+    x, block, out = bgr, 1, {}
+    for name, weight, bias in blobs:
+        w, b = torch.from_numpy(weight), torch.from_numpy(bias)
+        if name.startswith("conv"):
+            while int(name[4]) > block:
+                x = out[f"pool{block}"] = F.max_pool2d(x, 2, 2)
+                block += 1
+            x = out["relu" + name[4:]] = F.relu(F.conv2d(x, w, b, padding=w.shape[-1] // 2))
+        else:
+            if block == 5:
+                x = out["pool5"] = F.max_pool2d(x, 2, 2)
+                x, block = x.flatten(1), 6
+            x = out[name] = F.linear(x, w, b)
+            if name != "fc8":
+                x = out["relu" + name[2:]] = F.relu(x)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["feature", "gram"])
+def test_caffe_weights_see_bgr_mean_subtracted_pixels(tmp_path, kind):
+    blobs = random_blobs("D", seed=8, **SMALL)
+    path = tmp_path / "VGG_small.caffemodel"
+    write_v1_caffemodel(path, blobs)
+    layers = ["relu1_2", "relu3_3", "pool5", "relu7"]
+    loss = PerceptualLoss(str(path), layers, weights_per_layer={"relu1_2": 2.0, "relu3_3": 1.0, "pool5": 1.0, "relu7": 0.5},
+                          kind=kind)
+    images, target = _rgb01(2, 64, seed=6), _rgb01(2, 64, seed=7)
+
+    def caffe_input(rgb01: torch.Tensor) -> torch.Tensor:
+        return (rgb01 * 255).flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+
+    a, b = _caffe_activations(blobs, caffe_input(images)), _caffe_activations(blobs, caffe_input(target))
+    weights = {"relu1_2": 2.0, "relu3_3": 1.0, "pool5": 1.0, "relu7": 0.5}
+    terms = {}
+    for name in layers:
+        x, y = (a[name], b[name]) if a[name].dim() == 4 else (a[name][..., None, None], b[name][..., None, None])
+        if kind == "gram":
+            x, y = gram_matrix(x), gram_matrix(y)
+        terms[name] = ((x - y) ** 2).mean()
+    expected = sum(weights[n] * terms[n] for n in layers)
+    assert all(t > 0 for t in terms.values())
+    with torch.no_grad():
+        found = loss.layer_losses(images, target)
+        for name in layers:
+            torch.testing.assert_close(found[name], terms[name], atol=1e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(loss(images, target), expected, atol=1e-6, rtol=1e-4)
+        # the classic bug this prevents: the same net fed the RGB 0-1 pixels as they are
+        naive = _caffe_activations(blobs, images)
+        assert not torch.allclose(naive["relu3_3"], a["relu3_3"], rtol=0.1)
+
+
+def test_frozen_copy_leaves_the_callers_net_alone():
+    torch.manual_seed(0)
+    model = verydeep.vgg("B_bn", **TINY)  # in training mode, parameters trainable
+    model.features[1].running_mean.normal_()
+    loss = PerceptualLoss(model, "relu4_1")
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert len(loss.net.net.features) == 24  # three blocks of 7 modules, then conv4_1, bn4_1, relu4_1
+    assert len(loss.net.net.classifier) == 0
+    images, target = _rgb01(3, 32, seed=0).requires_grad_(), _rgb01(3, 32, seed=1)
+    loss.train()  # a parent module in training mode: batch norm still uses running statistics
+    first = loss(images, target)
+    loss.eval()
+    torch.testing.assert_close(loss(images, target), first)
+    first.backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in loss.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    model.features[0].weight.data.zero_()  # a copy: the caller's later training does not move the loss
+    torch.testing.assert_close(loss(images, target), first)
+
+
+def test_bf16_autocast_keeps_the_loss_in_float32():
+    torch.manual_seed(0)
+    model = verydeep.vgg("A", init="glorot", **TINY)
+    content = PerceptualLoss(model, ["relu2_1", "relu3_2"])
+    style = PerceptualLoss(model, ["relu1_1", "relu3_2"], kind="gram")
+    images, target = _rgb01(2, 32, seed=2).requires_grad_(), _rgb01(2, 32, seed=3)
+    exact = {"content": content(images, target), "style": style(images, target)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert content.net(images)["relu3_2"].dtype == torch.bfloat16  # the net does run in bf16
+        low = {"content": content(images, target), "style": style(images, target)}
+    for name, value in low.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value)
+        torch.testing.assert_close(value, exact[name], rtol=0.05, atol=0, msg=name)
+    (low["content"] + low["style"]).backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_gram_matrix():
+    maps = torch.randn(2, 5, 3, 4, generator=torch.Generator().manual_seed(0))
+    expected = torch.einsum("nchw,ndhw->ncd", maps, maps) / (5 * 3 * 4)
+    torch.testing.assert_close(gram_matrix(maps), expected)
+    low = maps.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        found = gram_matrix(low)
+    assert found.dtype == torch.float32
+    torch.testing.assert_close(found, gram_matrix(low.float()), atol=0, rtol=0)
+    with pytest.raises(VerydeepError, match=r"\(N, C, H, W\)"):
+        gram_matrix(maps[0])
+
+
+def test_weights_from_a_file_or_a_state_dict_bring_their_preprocessing(tmp_path):
+    model, path = save_tiny_classifier(tmp_path / "tiny.safetensors")
+    from_file = FeatureNet(path, "relu1_1")
+    images = _rgb01(1, 32, seed=0)
+    mean = torch.tensor(model.meta.preprocessing.mean).view(1, 3, 1, 1)
+    torch.testing.assert_close(from_file.normalise(images), images * 255 - mean)
+    with torch.no_grad():
+        torch.testing.assert_close(from_file(images)["relu1_1"], F.relu(model.features[0](images * 255 - mean)))
+    from_state = FeatureNet(model.state_dict(), "relu1_1")  # a torchvision-layout state dict: torchvision's recipe
+    torch.testing.assert_close(from_state.normalise(images), _imagenet(images))
+    model.meta = WeightsMeta(spec=model.spec, preprocessing=Preprocessing.caffe())
+    caffe = FeatureNet(model, "relu1_1")
+    expected = (images * 255).flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    torch.testing.assert_close(caffe.normalise(images), expected)
+    assert verydeep.PerceptualLoss is PerceptualLoss
+
+
+def test_bad_arguments_are_one_line_errors():
+    model = verydeep.vgg("A", **TINY)
+    with pytest.raises(ConfigError, match="feature or gram"):
+        PerceptualLoss(model, "relu1_1", kind="style")
+    with pytest.raises(ConfigError, match="2 values for 1 layers"):
+        PerceptualLoss(model, "relu1_1", weights_per_layer=[1, 2])
+    with pytest.raises(ConfigError, match="missing"):
+        PerceptualLoss(model, ["relu1_1", "relu2_1"], weights_per_layer={"relu1_1": 1.0})
+    with pytest.raises(ConfigError, match="unknown layer name"):
+        PerceptualLoss(model, "relu1_2")  # config A has one conv in block 1
+    with pytest.raises(ConfigError, match="max or avg"):
+        PerceptualLoss(model, "relu1_1", pool="min")
+    with pytest.raises(ConfigError, match="weights must be"):
+        PerceptualLoss(3, "relu1_1")
+    loss = PerceptualLoss(model, "relu2_1")
+    with pytest.raises(VerydeepError, match="target needs the images' size"):
+        loss(_rgb01(1, 32, seed=0), _rgb01(1, 40, seed=0))
+    with pytest.raises(VerydeepError, match="RGB images"):
+        loss(torch.rand(1, 1, 32, 32), _rgb01(1, 32, seed=0))
+    with pytest.raises(VerydeepError, match="targets()"):
+        loss(_rgb01(1, 32, seed=0), {"relu1_1": torch.zeros(1)})

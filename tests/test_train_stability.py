@@ -1,0 +1,193 @@
+"""Warm-up, divergence back-off and the stuck-run alarm (issue: robust training)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from box_data import write_box_folder
+from conftest import save_tiny_classifier
+from verydeep.errors import ConfigError
+from verydeep.localize.data import load_box_index
+from verydeep.localize.demo import BOX_RECIPE
+from verydeep.localize.train import BoxTrainConfig, train_box_net
+from verydeep.train.stability import DivergenceWatch, StuckWatch, output_spread, warmup_factor
+from verydeep.weights.loader import load
+
+
+# -- the pieces -----------------------------------------------------------------------------------
+def test_warmup_is_linear_then_flat():
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+
+
+def test_divergence_watch_flags_explosions_and_non_finite_losses():
+    watch = DivergenceWatch(factor=10.0)
+    assert watch.check(float("nan")) == "not finite"
+    for loss in (2.0, 1.9, 2.1, 1.8, 2.0):
+        assert watch.check(loss) is None
+    assert watch.check(15.0) is None  # 7.5x the median: noisy, not diverged
+    assert watch.check(25.0) == "exploding"  # not remembered
+    assert 25.0 not in watch.losses
+    other = DivergenceWatch()
+    other.load_state_dict(json.loads(json.dumps(watch.state_dict())))
+    assert other == watch
+
+
+def test_stuck_watch_counts_epochs_at_chance():
+    watch = StuckWatch(epochs=2)
+    chance = math.log(10)
+    assert watch.update(chance * 1.01, 10, 0.5) is not None
+    assert not watch.stuck(5)
+    assert watch.update(chance, 10, None) is not None
+    assert watch.stuck(5)
+    assert watch.update(1.0, 10, 0.5) is None and watch.streak == 0
+    assert watch.update(1.0, 10, 0.0) == "the outputs no longer depend on the input"
+    assert watch.stuck(1)  # a one-epoch run: its one epoch decides
+
+
+def test_output_spread_is_zero_for_a_constant_net():
+    assert output_spread(torch.zeros(8, 5)) == 0.0
+    assert output_spread(torch.randn(8, 5)) > 0.1
+
+
+# -- the box net ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def box_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("box")
+    data = write_box_folder(root / "data", per_class=4)
+    _, weights = save_tiny_classifier(root / "cls.safetensors", ("c0", "c1"))
+    return load_box_index(data / "train"), weights
+
+
+def _scaled_fc7(weights, factor):
+    """The classifier with fc7's weights and bias times ``factor``: its fc7 features are ``factor`` times larger."""
+    model = load(weights)
+    with torch.no_grad():
+        model.classifier[3].weight.mul_(factor)
+        model.classifier[3].bias.mul_(factor)
+    return model
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_demo_box_recipe_never_diverges_on_large_features(box_setup, seed):
+    data, weights = box_setup
+    common = dict(mode="pcr", fine_tune="fc", scale=40, steps=60, batch_size=4, lr=BOX_RECIPE["lr"], seed=seed)
+    # The demo's recipe (warm-up, gradient-norm cap, back-off) ends finite on features ten times the usual size.
+    torch.manual_seed(seed)  # the FC layers' dropout
+    guarded = BoxTrainConfig(**common, warmup_steps=BOX_RECIPE["warmup_steps"], clip_grad_norm=BOX_RECIPE["clip_grad_norm"])
+    result = train_box_net(_scaled_fc7(weights, 10.0), data, guarded, progress=False)
+    assert len(result.losses) == 60 and all(math.isfinite(v) for v in result.losses)
+    assert all(torch.isfinite(p).all() for p in result.box_net.parameters())
+
+
+def test_unguarded_box_training_diverges_on_large_features(box_setup):
+    """What the recipe above guards against: plain SGD at the demo's rate on the same features."""
+    data, weights = box_setup
+    torch.manual_seed(0)
+    config = BoxTrainConfig(mode="pcr", fine_tune="fc", scale=40, steps=60, batch_size=4, lr=BOX_RECIPE["lr"], seed=0,
+                            on_divergence="stop")
+    with pytest.raises(ConfigError, match="diverged"):
+        train_box_net(_scaled_fc7(weights, 10.0), data, config, progress=False)
+
+
+def test_back_off_restores_and_halves(box_setup):
+    data, weights = box_setup
+    config = BoxTrainConfig(mode="pcr", fine_tune="fc", scale=40, steps=30, batch_size=4, lr=1e-1, seed=0,
+                            snapshot_every=1, max_backoffs=20)
+    torch.manual_seed(0)
+    result = train_box_net(_scaled_fc7(weights, 10.0), data, config, progress=False)
+    assert result.backoffs and len(result.losses) == 30 and all(math.isfinite(v) for v in result.losses)
+    assert all(r["lr_after"] == r["lr_before"] / 2 and r["restored_step"] < r["diverged_step"] for r in result.backoffs)
+
+
+def test_box_net_back_off_limit_is_one_line(box_setup):
+    data, weights = box_setup
+    model = _scaled_fc7(weights, 10.0)
+    config = BoxTrainConfig(mode="scr", fine_tune="fc", scale=40, steps=30, batch_size=4, lr=1e3, seed=0,
+                            max_backoffs=1)
+    with pytest.raises(ConfigError, match=r"after 1 back-off\(s\)"):
+        train_box_net(model, data, config, progress=False)
+
+
+# -- the training loop ------------------------------------------------------------------------------
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from verydeep.train.checkpoint import CheckpointFolder, load_checkpoint  # noqa: E402
+from verydeep.train.faults import EXPLODE_AT_STEP, KILL_AT_STEP  # noqa: E402
+from verydeep.train.metrics import read_metrics  # noqa: E402
+from verydeep.weights import canonical  # noqa: E402
+
+# 48 training images in batches of 8: 6 steps an epoch, a checkpoint at the end of each
+GUARDED = {"optim.on_divergence": "backoff", "optim.warmup_steps": 2, "schedule.epochs": 3,
+           "run.checkpoint_every": 100, "run.deterministic": True, "data.workers": 0, "model.dropout": 0.0}
+
+
+def _train(config, *extra, env=None):
+    cmd = [sys.executable, "-m", "verydeep", "train", "--config", str(config), "--json", *extra]
+    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+def test_an_exploding_step_backs_off_and_the_run_goes_on(train_config, tmp_path):
+    config = train_config("run", GUARDED)
+    done = _train(config, env={EXPLODE_AT_STEP: "7"})
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["backoffs"] >= 1 and summary["steps"] == 18
+    assert "step 7: loss exploding" in done.stderr and "back to step 6" in done.stderr, done.stderr
+    records = read_metrics(tmp_path / "run")
+    backoff = [r for r in records if r["kind"] == "backoff"]
+    assert len(backoff) == summary["backoffs"] and backoff[0]["diverged_step"] == 7 and backoff[0]["step"] == 6
+    assert backoff[0]["lr_after"] == backoff[0]["lr_before"] / 2
+    # the log reads as one history: each step once, the redone steps after the back-off record
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert epochs[-1]["backoffs"] == summary["backoffs"] and epochs[-1]["next_lr"] <= epochs[0]["lr"] / 2
+
+
+def test_stop_keeps_the_old_behaviour(train_config):
+    """The same explosion without back-off: the weights it wrote in go non-finite two steps later and
+    the run ends with the first round's one line (what the back-off above saves the run from)."""
+    config = train_config("run", {**GUARDED, "optim.on_divergence": "stop"})
+    done = _train(config, env={EXPLODE_AT_STEP: "7"})
+    assert done.returncode == 2, done.stderr
+    assert "the loss diverged (not finite)" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_resume_after_a_kill_with_a_back_off_in_history_is_bitwise_exact(train_config, tmp_path):
+    reference = train_config("reference", GUARDED)
+    interrupted = train_config("interrupted", GUARDED)
+    env = {EXPLODE_AT_STEP: "8"}
+    assert _train(reference, env=env).returncode == 0
+    # killed after the back-off (step 8 -> back to 6) and before the next checkpoint (step 12)
+    killed = _train(interrupted, env={**env, KILL_AT_STEP: "10"})
+    assert killed.returncode != 0
+    resumed = _train(interrupted, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["backoffs"] >= 1
+    a, _ = canonical.read(tmp_path / "reference" / "final.safetensors")
+    b, _ = canonical.read(tmp_path / "interrupted" / "final.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in rs]
+    assert strip(read_metrics(tmp_path / "reference")) == strip(read_metrics(tmp_path / "interrupted"))
+    ca = load_checkpoint(CheckpointFolder(tmp_path / "reference" / "checkpoints").latest())
+    assert ca["stability"]["backoffs"] == json.loads(resumed.stdout)["backoffs"]
+
+
+def test_a_run_that_cannot_learn_says_so(train_config, tmp_path):
+    # a learning rate this high kills the ReLUs at once: the net's outputs stop depending on its input
+    config = train_config("run", {"optim.lr": 50.0, "schedule.epochs": 3, "run.stuck_epochs": 2,
+                                  "data.workers": 0, "optim.on_nonfinite": "skip"})
+    done = _train(config)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["learned"] is False and summary["stuck_reason"]
+    assert "warning: the net is not learning" in done.stderr and "optim.lr=" in done.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["learned"] is False
