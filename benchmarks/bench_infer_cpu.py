@@ -1,7 +1,7 @@
 """CPU inference of VGG-16, dense at 224: torchvision's default (eager fp32) against ours (bf16).
 
 The speed issue's CPU row. Ours is what ``verydeep predict/evaluate`` do on a CPU with fast bf16
-(AMX or AVX-512-BF16): :func:`verydeep.precision.prepare_model` (bf16 weights stored once,
+(AMX or AVX-512-BF16): :func:`verydeep.runtime.precision.prepare_model` (bf16 weights stored once,
 channels-last) under bf16 autocast, run through ``model.dense`` (on the CPU fc6-fc8 run as matrix
 products over the pool5 windows) and through ``model.descriptor`` plus fc8 as one matrix product. The baseline is ``torchvision.models.vgg16()`` eager in fp32, contiguous input.
 Same weights (Glorot init), same images (the synthetic set rendered at ImageNet-like sizes,
@@ -9,7 +9,7 @@ centre crops), batch ``--batch``.
 
 Agreement with fp32: the cosine of the logits, raw top-1 agreement (weak with random weights:
 classes are nearly tied) and the top-1 agreement of a linear probe fitted on half the images'
-fp32 fc7 features and tested on the other half (see :func:`verydeep.bench.agreement`).
+fp32 fc7 features and tested on the other half (see :func:`verydeep.bench.run.agreement`).
 
 It also prints the ceiling this CPU allows: the measured bf16 matrix-product rate divided by
 VGG-16's FLOPs per image. Run it on a quiet machine; the load average is printed before and after.
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from verydeep.bench import BenchSettings, agreement, eval_batches, make_nets, matmul_peak, write_jpegs
+from verydeep.bench.run import BenchSettings, agreement, eval_batches, make_nets, matmul_peak, write_jpegs
 from verydeep.models.summary import multiply_adds
-from verydeep.precision import Precision, autocast_for, cpu_has_fast_bf16, prepare_model
+from verydeep.runtime.precision import Precision, autocast_for, cpu_has_fast_bf16, prepare_model
 
 
 def cpu_flags() -> list[str]:

@@ -76,7 +76,7 @@ def bench_steps(quick: bool) -> list[dict]:
 
     import verydeep
     from verydeep.demo import FULL
-    from verydeep.precision import Precision, resolve
+    from verydeep.runtime.precision import Precision, resolve
 
     bf16 = resolve("auto", "cpu") == Precision.BF16
     results = []

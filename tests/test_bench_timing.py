@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from verydeep import bench
-from verydeep.bench_timing import TimingMethod, measure
+from verydeep.bench import run as bench
+from verydeep.bench.timing import TimingMethod, measure
 from verydeep.models.summary import multiply_adds
 
 

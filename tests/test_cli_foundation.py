@@ -13,7 +13,7 @@ from PIL import Image
 import verydeep
 from verydeep.cli import main
 from verydeep.data.images import read_image
-from verydeep.predict import predict_files
+from verydeep.evaluate.predict import predict_files
 from verydeep.weights import canonical
 from verydeep.weights.loader import read_weights
 

@@ -12,7 +12,7 @@ import torch
 
 import verydeep
 from verydeep.cli import main
-from verydeep.export import TORCHSCRIPT_META, read_onnx_metadata
+from verydeep.weights.export import TORCHSCRIPT_META, read_onnx_metadata
 from verydeep.weights import canonical
 from verydeep.weights.loader import load
 from verydeep.weights.metadata import Preprocessing, WeightsMeta

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import verydeep
 from verydeep.cli import main
 from verydeep.errors import ConfigError, VerydeepError
-from verydeep.precision import Precision
+from verydeep.runtime.precision import Precision
 from verydeep.runtime import engines
 from verydeep.weights import canonical
 from verydeep.weights.loader import load
@@ -135,7 +135,7 @@ def test_bf16_agrees_with_fp32_within_the_precision_tests_tolerance():
     assert (ref.argmax(1) == y).float().mean() > 0.8
     assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.99
     assert F.cosine_similarity(low.double(), ref.double(), dim=1).min() >= 0.999
-    if verydeep.precision.cpu_has_fast_bf16():  # OpenVINO really ran in bf16 here
+    if verydeep.runtime.precision.cpu_has_fast_bf16():  # OpenVINO really ran in bf16 here
         assert not torch.allclose(low, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -222,7 +222,7 @@ def weights_224(tmp_path):
 def test_openvino_ir_matches_pytorch_at_224_and_two_other_sizes(tmp_path, weights_224, capsys):
     import openvino as ov
 
-    from verydeep.export import read_openvino_metadata
+    from verydeep.weights.export import read_openvino_metadata
 
     dst = tmp_path / "d.xml"
     assert main(["export", "--weights", str(weights_224), "--format", "openvino", str(dst)]) == 0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import verydeep
-from verydeep.compute import (
+from verydeep.runtime.compute import (
     DeferredMetrics,
     TrainStep,
     compile_by_default,
@@ -17,7 +17,7 @@ from verydeep.compute import (
     to_channels_last,
 )
 from verydeep.errors import VerydeepError
-from verydeep.precision import Precision
+from verydeep.runtime.precision import Precision
 
 from conftest import TINY
 

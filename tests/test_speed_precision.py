@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import verydeep
-from verydeep.precision import Precision, autocast_for, prepare_model
+from verydeep.runtime.precision import Precision, autocast_for, prepare_model
 
 from conftest import TINY
 

@@ -122,7 +122,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args) -> int:
-    from verydeep.predict import predict_files
+    from verydeep.evaluate.predict import predict_files
 
     results = predict_files(args.images, args.weights, scales=args.scales, flip=not args.no_flip,
                             topk=args.topk, precision=args.precision, device=args.device, engine=args.engine,
@@ -272,7 +272,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args) -> int:
-    from verydeep.export import export
+    from verydeep.weights.export import export
 
     info = export(args.weights, args.dst, fmt=args.fmt, opset=args.opset, check=args.check, overwrite=args.overwrite)
     if args.json:

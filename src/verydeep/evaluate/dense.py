@@ -41,10 +41,10 @@ def dense_posteriors(
     """Softmax posteriors (N, classes) of uint8 RGB images, averaged over flips and scales.
 
     ``images`` may differ in size: each is rescaled so its shorter side is Q, and images of equal
-    rescaled size go through the net together. ``precision`` (a :class:`verydeep.precision.Precision`
+    rescaled size go through the net together. ``precision`` (a :class:`verydeep.runtime.precision.Precision`
     or None for fp32) picks the compute dtype.
     """
-    from verydeep.precision import autocast_for
+    from verydeep.runtime.precision import autocast_for
 
     device = next(model.parameters()).device
     prep = model.meta.preprocessing

@@ -37,7 +37,7 @@ from verydeep.evaluate.plan import plan_batches, probe_size
 from verydeep.evaluate.protocols import FORWARD, base_protocols, parse_protocols
 from verydeep.evaluate.scales import check_scales, default_scales, train_scale_of
 from verydeep.evaluate.scores import NetRecord, Scores, changed_images, file_stats, image_list_difference, load_scores
-from verydeep.precision import Precision, autocast_for, resolve
+from verydeep.runtime.precision import Precision, autocast_for, resolve
 from verydeep.runtime import distributed
 
 #: Images per batch when not given: the GPU takes more.

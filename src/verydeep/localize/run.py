@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from verydeep.devices import pick_device
+from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError, DataError
 from verydeep.localize.data import load_box_index, skipped_text
 from verydeep.localize.evaluate import crop_protocol, dense_protocol

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from verydeep.data.preprocess import normalise
-from verydeep.devices import pick_device
+from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError
 from verydeep.localize.crops import BoxCropDataset
 from verydeep.localize.data import BoxIndex, class_mapping, skipped_text

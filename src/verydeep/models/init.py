@@ -8,12 +8,15 @@ those of the same-named layers of B-E, so layers are matched by the paper's name
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from verydeep.errors import ConfigError
 from verydeep.models.configs import weight_layers
-from verydeep.models.vgg import VGG
+if TYPE_CHECKING:  # annotations only: vgg.py imports this module
+    from verydeep.models.vgg import VGG
 
 PAPER_STD = 1e-2
 SCHEMES = ("paper", "glorot", "kaiming")

@@ -23,6 +23,7 @@ from torch import nn
 
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import LRN_SETTINGS, Conv1x1, ModelSpec, conv_width, feature_layout
+from verydeep.models.init import initialise
 from verydeep.models.taps import compute_taps
 
 
@@ -208,8 +209,6 @@ def vgg(config: str = "D", **options: Any) -> VGG:
     Options are :class:`ModelSpec` fields (``num_classes``, ``width``, ``fc_width``, ``dropout``,
     ``crop_size``, ``batch_norm``) and ``init`` (``"paper"`` for N(0, 0.01), ``"glorot"``, ``"kaiming"``).
     """
-    from verydeep.models.init import initialise  # local: init imports this module's types
-
     init = options.pop("init", "paper")
     try:
         spec = ModelSpec(config=config, **options)

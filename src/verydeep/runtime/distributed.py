@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from verydeep.devices import pick_device
+from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError
 
 

@@ -1,7 +1,7 @@
 """Choosing the inference engine (``--engine auto|torch|openvino``) and readying a net for it.
 
 ``torch`` runs the net in PyTorch (bf16 weights and channels-last where fast,
-:func:`verydeep.precision.prepare_model`); ``openvino`` runs its dense and descriptor views on
+:func:`verydeep.runtime.precision.prepare_model`); ``openvino`` runs its dense and descriptor views on
 OpenVINO's CPU plugin (:class:`verydeep.runtime.openvino_engine.OpenVINONet`), an optional extra
 (``pip install 'verydeep[openvino]'``). ``auto`` takes PyTorch for now: OpenVINO is opt-in
 (``--engine openvino``, or ``VERYDEEP_ENGINE=openvino`` to make it what ``auto`` means), because a
@@ -73,7 +73,7 @@ def ready(model, engine: str, precision, device: torch.device | str = "cpu", cac
         from verydeep.runtime.openvino_engine import OpenVINONet
 
         return OpenVINONet(model, precision, cache_folder(cache_dir), cache_key)
-    from verydeep.precision import prepare_model
+    from verydeep.runtime.precision import prepare_model
 
     return prepare_model(model, precision, device)
 

@@ -98,7 +98,7 @@ def claim_run(cfg, ckpt: dict[str, Any] | None, overwrite: bool = False) -> Lock
     elif (out / FINAL_NAME).exists() and not overwrite:
         raise ConfigError(f"{out} holds the final weights of a finished run ({FINAL_NAME}); choose another run.out, "
                           "or pass --overwrite to train afresh there")
-    from verydeep.devices import pick_device
+    from verydeep.runtime.devices import pick_device
 
     pick_device(cfg.run.device)  # a device that cannot be used is refused before the folder is made
     if os.environ.get("RANK", "0") != "0":

@@ -33,7 +33,7 @@ from verydeep.data.transforms import ColourStats, TrainDataset, compute_colour_s
 from verydeep.errors import ConfigError, DataError, VerydeepError
 from verydeep.evaluate.metrics import topk_correct
 from verydeep.models.vgg import VGG
-from verydeep.precision import autocast_for, resolve
+from verydeep.runtime.precision import autocast_for, resolve
 from verydeep.runtime import distributed as D
 from verydeep.runtime import signals
 from verydeep.runtime.io import write_json

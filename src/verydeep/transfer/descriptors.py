@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from verydeep.data.preprocess import normalise, rescale
 from verydeep.errors import ConfigError
 from verydeep.models.taps import resolve_taps
-from verydeep.precision import autocast_for
+from verydeep.runtime.precision import autocast_for
 from verydeep.transfer.aggregate import aggregate_scales, combine_nets
 from verydeep.weights.metadata import Preprocessing
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from verydeep.devices import pick_device
+from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError
-from verydeep.precision import resolve
+from verydeep.runtime.precision import resolve
 from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for
 from verydeep.transfer.descriptors import DEFAULT_LAYER
 from verydeep.transfer.features import extract_features, load_features

@@ -377,17 +377,3 @@ def read_caffe(path: str | os.PathLike,
     net = read_net(path)
     label = deploy_path.name if deploy_path is not None else "prototxt"
     return from_caffe(net, deploy, source=f"caffe:{path.name}", prototxt_label=label)
-
-
-
-def read_caffe_checked(path: str | os.PathLike, prototxt: str | os.PathLike) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    """:func:`read_caffe` for ``convert --prototxt``: refuses files that are not caffemodels."""
-    from verydeep.weights.infer import check_state
-    from verydeep.weights.loader import detect_format  # the loader imports this module
-
-    fmt = detect_format(Path(path))
-    if fmt.name != "caffe":
-        raise WeightsError(f"--prototxt applies to Caffe models, and {path} is a {fmt.name} file")
-    state, meta = read_caffe(path, prototxt)
-    check_state(meta.spec, state)
-    return state, meta

@@ -9,9 +9,9 @@ same machine, data and weights, with the ratio ours / baseline:
   channels-last, the "typical user" of the speed issue). Also reported: top-1 agreement and logit
   cosine of ours against fp32 (see :func:`agreement`);
 * **training step alone** (a fixed batch already on the device): ours =
-  :class:`verydeep.compute.TrainStep` (bf16 autocast, channels-last, compiled on CUDA, no host
+  :class:`verydeep.runtime.compute.TrainStep` (bf16 autocast, channels-last, compiled on CUDA, no host
   sync); baseline = torchvision's VGG-16 eager with a plain SGD step (same precision rule as above).
-  Timed as :mod:`verydeep.bench_timing` says (warm-up until the rate is steady, the median of
+  Timed as :mod:`verydeep.bench.timing` says (warm-up until the rate is steady, the median of
   several windows), with the optimiser's share of our step (138 M weights, gradients and momentum
   through memory: on a CPU a large part of a small batch's step). On a CPU at batch 32, with
   batch 8 as a second row (``train_step_small_batch``);
@@ -22,7 +22,7 @@ same machine, data and weights, with the ratio ours / baseline:
   PILToTensor/ToDtype and Normalize;
 * **training end to end** from the JPEG files: each pipeline feeding its own step;
 * on a CPU with OpenVINO installed, **dense inference against OpenVINO**
-  (:mod:`verydeep.bench_openvino`): ours on its default engine against plain OpenVINO.
+  (:mod:`verydeep.bench.openvino`): ours on its default engine against plain OpenVINO.
 
 MFU is the model's FLOPs per second (2 per multiply-add, training counted as 3 forward passes)
 over the peak of a large matrix product measured here in the same precision.
@@ -55,15 +55,15 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 import verydeep
-from verydeep.bench_timing import Rate, TimingMethod, measure
-from verydeep.compute import TrainStep, compile_by_default
+from verydeep.bench.timing import Rate, TimingMethod, measure
+from verydeep.runtime.compute import TrainStep, compile_by_default
 from verydeep.data.folders import ImageIndex, scan_image_folder
 from verydeep.data.pipeline import DeviceLoader, balance_share, measure_rates, net_input
 from verydeep.data.transforms import ColourStats, EvalDataset, TrainAugment, TrainDataset, collate_skipping
-from verydeep.devices import pick_device
+from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError, DataError
 from verydeep.models.summary import multiply_adds
-from verydeep.precision import Precision, autocast_for, prepare_model, resolve
+from verydeep.runtime.precision import Precision, autocast_for, prepare_model, resolve
 from verydeep.runtime.engines import openvino_available
 
 #: torchvision's ImageNet normalisation (the baseline's, and the input of the inference rows).
@@ -600,7 +600,7 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
         rows.append(bench_end_to_end(pipes, step, base, s.end_to_end_batches, precision, peaks))
         bar.update()
         if with_openvino:  # same weights and batches as the inference row
-            from verydeep.bench_openvino import openvino_row
+            from verydeep.bench.openvino import openvino_row
 
             bar.set_postfix_str("openvino")
             rows.append(openvino_row(ours_net, tv, eval_batches(index, s), s, precision, peaks, rows[0], _row))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from verydeep.precision import Precision, autocast_for
+from verydeep.runtime.precision import Precision, autocast_for
 
 
 def compile_by_default(device: torch.device | str) -> bool:

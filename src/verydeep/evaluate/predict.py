@@ -11,9 +11,9 @@ import torch
 
 from verydeep.data.images import read_image
 from verydeep.data.preprocess import check_rescaled_size
-from verydeep.devices import pick_device
+from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError, ImageError
-from verydeep.precision import resolve
+from verydeep.runtime.precision import resolve
 from verydeep.weights.loader import load
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.

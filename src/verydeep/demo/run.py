@@ -115,7 +115,7 @@ def dense_errors(weights: str, val_root: Path, scales: list[int], precision: str
     from verydeep.data.images import read_image
     from verydeep.evaluate.dense import dense_posteriors
     from verydeep.evaluate.metrics import topk_correct
-    from verydeep.precision import resolve
+    from verydeep.runtime.precision import resolve
     from verydeep.weights.loader import load
 
     model = load(weights)
