@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m openvino tests/test_openvino_engine.py
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/verydeep bench --device cpu
 
 # Kill-and-resume soak of a small training run (about a minute; not part of `make test`).
 soak: $(STAMP)

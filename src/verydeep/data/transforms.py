@@ -16,7 +16,6 @@ back marked ``ok=False`` and :func:`collate_skipping` drops them and reports the
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -543,7 +543,7 @@ def _report(summary: dict[str, Any]) -> str:
         + _backoff_text(nets) + ".",
         "",
         markdown_table(["net", "config", "initialisation", "S", "epochs", "steps", "train s", "top-1 err % (crop)",
-                        "top-5 err % (crop)", f"top-1 err % (dense)", "top-5 err % (dense)"], rows),
+                        "top-5 err % (crop)", "top-1 err % (dense)", "top-5 err % (dense)"], rows),
         "",
         f"*crop*: the best epoch's centre crop at Q={s['crop']}; *dense*: the whole image, fully convolutional, "
         f"flipped and not, averaged over Q = {scales} (the paper's multi-scale rule for jittered S).",

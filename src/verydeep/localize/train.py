@@ -127,28 +127,18 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     if scale < crop:
         raise ConfigError(f"training scale {scale} is smaller than the net's crop size {crop}")
     device = pick_device(config.device)
-    gen = torch.Generator().manual_seed(config.seed)
-    box_net = from_classifier(classifier, config.mode, config.fine_tune, scale, generator=gen).to(device)
+    box_net, trainable, optimiser = _box_net_and_optimiser(classifier, config, scale, device)
     to_net = torch.tensor(class_mapping(box_net.head.classes, data.classes, "classification net"), dtype=torch.long)
     prep = box_net.meta.preprocessing if box_net.meta is not None else Preprocessing()
-
-    trainable = box_net.fc_parameters() if config.fine_tune == "fc" else list(box_net.parameters())
-    if config.fine_tune == "fc":
-        for p in box_net.net.features.parameters():
-            p.requires_grad_(False)
-    optimiser = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-
     dataset = BoxCropDataset(data, scale, crop, train=True, flip=config.flip, seed=config.seed)
     guard = _Guard(config, box_net, optimiser)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # progress bars only when asked for
 
         bar = tqdm(total=config.steps, desc=f"box net ({config.mode}, {config.fine_tune})", unit="step", leave=False)
     losses: list[float] = []
-    invalid = 0
-    step = 0
-    epoch = 0
+    invalid = step = epoch = 0
     try:
         while step < config.steps:
             dataset.set_epoch(epoch)
@@ -162,18 +152,10 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
                 invalid += int((~valid).sum())
                 for group in optimiser.param_groups:
                     group["lr"] = guard.lr * warmup_factor(step, config.warmup_steps)
-                x = normalise(images.to(device), prep)
-                pred = box_net(x)
-                loss = euclidean_box_loss(pred, targets.to(device), to_net[labels].to(device), valid.to(device))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                value = float(loss.detach())
+                value = _loss_and_gradients(box_net, optimiser, normalise(images.to(device), prep),
+                                            targets.to(device), to_net[labels].to(device), valid.to(device))
                 if not guard.healthy(value, step):
-                    step = guard.back_off(value, step, losses)
-                    if bar is not None:
-                        bar.n = step
-                        bar.write(f"box net: loss {value:.4g} at step {guard.records[-1]['diverged_step']} "
-                                  f"({guard.reason}); back to step {step} with learning rate {guard.lr:g}")
+                    step = guard.back_off(value, step, losses, bar)
                     continue
                 if config.clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(trainable, config.clip_grad_norm)
@@ -195,6 +177,26 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     for p in box_net.parameters():
         p.requires_grad_(True)
     return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), invalid, guard.records)
+
+
+def _box_net_and_optimiser(classifier: VGG, config: BoxTrainConfig, scale: int, device):
+    """The box net (last layer random), the parameters it trains (conv layers frozen for ``fc``) and their SGD."""
+    gen = torch.Generator().manual_seed(config.seed)
+    box_net = from_classifier(classifier, config.mode, config.fine_tune, scale, generator=gen).to(device)
+    trainable = box_net.fc_parameters() if config.fine_tune == "fc" else list(box_net.parameters())
+    if config.fine_tune == "fc":
+        for p in box_net.net.features.parameters():
+            p.requires_grad_(False)
+    optimiser = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return box_net, trainable, optimiser
+
+
+def _loss_and_gradients(box_net: BoxNet, optimiser, x, targets, labels, valid) -> float:
+    """One batch's Euclidean box loss, with its gradients in place (the update is the caller's)."""
+    loss = euclidean_box_loss(box_net(x), targets, labels, valid)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    return float(loss.detach())
 
 
 class _Guard:
@@ -230,8 +232,9 @@ class _Guard:
             self.snapshot = self.pending
         return self.reason is None
 
-    def back_off(self, loss: float, step: int, losses: list[float]) -> int:
-        """Restore the snapshot, halve the rate; returns the step to go on from (``losses`` cut to it)."""
+    def back_off(self, loss: float, step: int, losses: list[float], bar=None) -> int:
+        """Restore the snapshot, halve the rate; returns the step to go on from (``losses`` cut to it,
+        the progress ``bar`` moved back to it)."""
         if len(self.records) >= self.config.max_backoffs:
             raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss:.4g}, {self.reason}) after "
                               f"{len(self.records)} back-off(s); lower the learning rate (now {self.lr:g})")
@@ -243,6 +246,10 @@ class _Guard:
                              "loss": loss, "median": self.median, "lr_before": self.lr, "lr_after": self.lr / 2})
         self.lr /= 2
         del losses[snap["step"]:]
+        if bar is not None:
+            bar.n = snap["step"]
+            bar.write(f"box net: loss {loss:.4g} at step {step + 1} ({self.reason}); back to step {snap['step']} "
+                      f"with learning rate {self.lr:g}")
         return snap["step"]
 
 

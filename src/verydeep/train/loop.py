@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import json
 import math
 import os
 import sys
@@ -46,7 +45,7 @@ from verydeep.train.guard import claim_run
 from verydeep.train.metrics import MetricsLog, Progress, read_metrics
 from verydeep.train.model_init import build_model
 from verydeep.train.schedule import PlateauSchedule
-from verydeep.train.stability import DivergenceWatch, StuckWatch, output_spread, stuck_advice, warmup_factor
+from verydeep.train.stability import DivergenceWatch, StuckWatch, stuck_advice, warmup_factor
 
 #: ``--resume`` without a path: the newest step checkpoint of the run folder.
 LATEST = "latest"
@@ -189,6 +188,18 @@ def check_run_folder(out: str | os.PathLike) -> None:
         raise DataError(f"cannot write run.out {path}: {os.strerror(errno.EACCES)} ({probe})")
 
 
+def _process_settings(r) -> None:
+    """The process-wide torch settings of a run (``train`` restores the previous ones at the end)."""
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    if r.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not r.deterministic
+    # Tiny gradients of small nets become denormal floats, which x86 CPUs handle 10-20x slower.
+    torch.set_flush_denormal(True)
+
+
 class Trainer:
     """One run's state and its loop. Build it through :func:`train`."""
 
@@ -196,14 +207,7 @@ class Trainer:
                  ckpt: dict[str, Any] | None) -> None:
         r = cfg.run
         self.cfg, self.data, self.info, self.folder = cfg, data, info, folder
-        if r.threads:
-            torch.set_num_threads(r.threads)
-        if r.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = not r.deterministic
-        # Tiny gradients of small nets become denormal floats, which x86 CPUs handle 10-20x slower.
-        torch.set_flush_denormal(True)
+        _process_settings(r)
         self.device = info.device
         self.precision = resolve(r.precision, self.device)
         self.run_dir = Path(r.out)
@@ -215,15 +219,7 @@ class Trainer:
             self.train_set = TrainDataset(data.train, self.aug, seed=r.seed)
         self.steps_per_epoch = len(data.train) // cfg.optim.batch_size
         self.total_steps = self.steps_per_epoch * cfg.schedule.epochs
-        o = cfg.optim
-        self.warmup_steps = max(o.warmup_steps, math.ceil(o.warmup_epochs * self.steps_per_epoch))
-        self.backoff = o.on_divergence == "backoff"
-        self.divide_std = cfg.data.normalise == "mean_std"
-        self.watch = DivergenceWatch(o.divergence_factor, floor=math.log(max(self.spec.num_classes, 2)))
-        self.stuck = StuckWatch(r.stuck_epochs)
-        self.backoffs = 0
-        self.last_good: dict[str, Any] | None = None  # the newest checkpoint's state, for a back-off
-        self.explode_at = faults.explode_step()
+        self._stability_settings()
         self.schedule = PlateauSchedule(lr=cfg.optim.lr, factor=cfg.schedule.factor, patience=cfg.schedule.patience,
                                         max_drops=cfg.schedule.max_drops, threshold=cfg.schedule.threshold)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -256,6 +252,18 @@ class Trainer:
         if r.compile:
             self.net = torch.compile(self.net)
         self.log = MetricsLog(self.run_dir, enabled=info.is_main, tensorboard=r.tensorboard)
+
+    def _stability_settings(self) -> None:
+        """Warm-up, back-off and the stuck-run alarm (:mod:`verydeep.train.stability`)."""
+        o = self.cfg.optim
+        self.warmup_steps = max(o.warmup_steps, math.ceil(o.warmup_epochs * self.steps_per_epoch))
+        self.backoff = o.on_divergence == "backoff"
+        self.divide_std = self.cfg.data.normalise == "mean_std"
+        self.watch = DivergenceWatch(o.divergence_factor, floor=math.log(max(self.spec.num_classes, 2)))
+        self.stuck = StuckWatch(self.cfg.run.stuck_epochs)
+        self.backoffs = 0
+        self.last_good: dict[str, Any] | None = None  # the newest checkpoint's state, for a back-off
+        self.explode_at = faults.explode_step()
 
     # -- state --------------------------------------------------------------------------------------
     def _meta(self):
@@ -456,8 +464,7 @@ class Trainer:
             micro = [next(batches) for _ in range(cfg.optim.accumulation)]
             try:
                 loss_sum, seen = self._step(micro, epoch)
-            except Diverged as diverged:
-                del batches, loader
+            except Diverged as diverged:  # the loader's workers end when this returns
                 self._back_off(diverged, progress)
                 return False
             self.batch_in_epoch, self.step = b + 1, self.step + 1
