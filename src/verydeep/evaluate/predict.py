@@ -12,19 +12,13 @@ import torch
 from verydeep.data.images import read_image
 from verydeep.data.preprocess import check_rescaled_size
 from verydeep.runtime.devices import pick_device
-from verydeep.errors import ConfigError, ImageError
+from verydeep.errors import ImageError
 from verydeep.runtime.precision import resolve
+from verydeep.evaluate.scales import PAPER_TEST_SCALES, check_scales
 from verydeep.weights.loader import load
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
-DEFAULT_SCALES = (256, 384, 512)
-
-
-def check_scales(scales: Sequence[int], crop_size: int) -> list[int]:
-    small = [q for q in scales if q < crop_size]
-    if small:
-        raise ConfigError(f"test scale(s) {small} are smaller than the net's crop size {crop_size}")
-    return list(scales)
+DEFAULT_SCALES = PAPER_TEST_SCALES
 
 
 def topk_entries(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
@@ -42,7 +36,7 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
     dev = pick_device(device)
     ran_on = resolve_engine(engine, dev)
     model = load(weights)
-    scales = check_scales(scales or DEFAULT_SCALES, model.spec.crop_size)
+    scales = list(check_scales(scales or DEFAULT_SCALES, model.spec.crop_size))
     prec = resolve(precision, dev)
     model = ready(model, ran_on, prec, dev, engine_cache)
     names = model.meta.class_names()

@@ -83,14 +83,20 @@ def default_scales(crop: int, train_scale: tuple[int, int] | None) -> TestScales
     return TestScales(single=single, multi=multi, train_scale=train_scale)
 
 
-def check_scales(scales: Sequence[int], crop: int, name: str = "the net") -> tuple[int, ...]:
-    """Explicit scales, sorted and de-duplicated; an error for any below the crop size."""
+#: The paper's multi-scale test set for jittered training (section 3.2), Q in {256, 384, 512}:
+#: the default of ``predict`` and of the very deep features (Appendix B).
+PAPER_TEST_SCALES = (256, 384, 512)
+
+
+def check_scales(scales: Sequence[int], crop: int, name: str = "the net", keep_order: bool = False) -> tuple[int, ...]:
+    """Explicit scales, sorted and de-duplicated (``keep_order``: as given, for stacked descriptors
+    whose layout follows the order); an error for any below the crop size."""
     small = sorted(q for q in scales if q < crop)
     if small:
         raise ConfigError(f"test scale(s) {small} are smaller than {name}'s crop size {crop} (Q must be >= the crop)")
     if not scales:
         raise ConfigError("no test scales given")
-    return tuple(sorted(set(int(q) for q in scales)))
+    return tuple(int(q) for q in scales) if keep_order else tuple(sorted(set(int(q) for q in scales)))
 
 
 def describe_train_scale(train_scale: Sequence[int] | None) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from verydeep.evaluate.scales import PAPER_TEST_SCALES
 from verydeep.data.images import read_image
 from verydeep.errors import VerydeepError
 from verydeep.report.transfer import table11
@@ -21,14 +22,13 @@ from verydeep.transfer.descriptors import pixel_descriptor, scale_descriptor
 from verydeep.transfer.features import FeatureSet, ImageItem, list_images
 from verydeep.transfer.protocols import caltech_protocol, voc_protocol
 
-#: The paper's Caltech scales for 224-pixel crops; the demo keeps them in proportion to its crop.
-PAPER_SCALES = (256, 384, 512)
 DEMO_C_GRID = (0.1, 1.0, 10.0)
 PIXEL_SIZE = 16
 
 
 def proportional_scales(crop: int) -> list[int]:
-    return [int(round(crop * q / 224)) for q in PAPER_SCALES]
+    """The paper's scales for 224-pixel crops (Q in {256, 384, 512}), kept in proportion to ``crop``."""
+    return [int(round(crop * q / 224)) for q in PAPER_TEST_SCALES]
 
 
 def _subset(items: list[ImageItem], split: str, per_class: int, seed: int) -> list[ImageItem]:

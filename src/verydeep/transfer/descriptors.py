@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.data.preprocess import normalise, rescale
-from verydeep.errors import ConfigError
+from verydeep.evaluate.scales import check_scales as check_test_scales
 from verydeep.models.taps import resolve_taps
 from verydeep.runtime.precision import autocast_for
 from verydeep.transfer.aggregate import aggregate_scales, combine_nets
@@ -59,13 +59,9 @@ def weights_identity(model) -> str:
 
 
 def check_scales(models: Sequence, scales: Sequence[int]) -> list[int]:
-    if not scales:
-        raise ConfigError("no scales given for the descriptors")
-    crop = max(m.spec.crop_size for m in models)
-    small = [q for q in scales if q < crop]
-    if small:
-        raise ConfigError(f"scale(s) {small} are smaller than the net's crop size {crop}")
-    return [int(q) for q in scales]
+    """The scales in the order given (the stacked descriptor's layout follows it), each at least
+    every net's crop size."""
+    return list(check_test_scales(scales, max(m.spec.crop_size for m in models), keep_order=True))
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from verydeep.evaluate.scales import PAPER_TEST_SCALES
 from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError
 from verydeep.runtime.precision import resolve
@@ -14,7 +15,7 @@ from verydeep.transfer.protocols import PROTOCOLS, caltech_protocol, voc_protoco
 from verydeep.transfer.svm import C_GRID
 
 #: The paper's Caltech scales (stacked); VOC averaged 256 ... 768.
-DEFAULT_SCALES = (256, 384, 512)
+DEFAULT_SCALES = PAPER_TEST_SCALES
 
 
 def features_command(weights: Sequence[str], data: str, out: str, scales: Sequence[int] | None = None,
