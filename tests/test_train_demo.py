@@ -90,3 +90,24 @@ def _rerun_reuses_and_isolates_sections(out, capsys, monkeypatch):
     monkeypatch.setattr(train_package, "train", lambda *a, **k: (_ for _ in ()).throw(DataError("retrained")))
     assert main(["demo", "--fast", "--out", str(out), "--fresh"]) == 3
     assert "retrained" in json.loads((out / "summary.json").read_text())["failed_sections"]["classification"]
+
+
+def test_a_previous_demo_folder_is_reused_and_another_report_is_protected(tmp_path):
+    """A folder holding an earlier demo's output (even the first round's summary, without
+    ``failed_sections``) is the demo's to rewrite; a folder holding some other report.md is refused."""
+    import pytest
+
+    from verydeep.demo.run import _prepare_out
+    from verydeep.errors import VerydeepError
+
+    old = tmp_path / "old-demo"
+    old.mkdir()
+    (old / "report.md").write_text("# verydeep demo\n")
+    (old / "summary.json").write_text(json.dumps({"settings": {}, "nets": {"A": {}}}))
+    assert _prepare_out(old, overwrite=False) == old
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "report.md").write_text("# my own notes\n")
+    with pytest.raises(VerydeepError, match="report"):
+        _prepare_out(other, overwrite=False)
+    assert _prepare_out(other, overwrite=True) == other

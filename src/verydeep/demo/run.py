@@ -211,7 +211,8 @@ def _is_demo_output(out: Path) -> bool:
         summary = json.loads((out / DEMO_MARK).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(summary, dict) and "settings" in summary and "failed_sections" in summary
+    # "settings" and "nets" are in every demo's summary, this round's and the first round's
+    return isinstance(summary, dict) and "settings" in summary and "nets" in summary
 
 
 def _plan(s: DemoSettings, runs: Path) -> dict[str, dict[str, Any]]:
