@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/verydeep demo
 
-# The OpenVINO engine's tests run in a process of their own (see verydeep/runtime/engines.py).
+# The OpenVINO engine's tests (marker openvino) run second; the rest run `auto` on PyTorch (tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not openvino"
 	$(BIN)/python -m pytest -q -m openvino tests/test_openvino_engine.py

@@ -118,6 +118,7 @@ def bench_steps(quick: bool) -> list[dict]:
 
 
 def _drain(loader, batches: int, prepare) -> float:
+    """Images/s out of ``loader``, each batch through ``prepare`` (which returns its image count)."""
     it = iter(loader)
     first = next(it)  # workers started, first batch out
     prepare(first)
@@ -127,8 +128,7 @@ def _drain(loader, batches: int, prepare) -> float:
             batch = next(it)
         except StopIteration:
             break
-        prepare(batch)
-        n += len(batch[1])
+        n += prepare(batch)
     return n / (time.perf_counter() - t)
 
 
@@ -137,10 +137,11 @@ def bench_pipeline(data: Path, workers: int, quick: bool) -> list[dict]:
     from torchvision import datasets, transforms
 
     from verydeep.data.folders import scan_image_folder
-    from verydeep.data.transforms import TrainAugment, TrainDataset, compute_colour_stats
+    from verydeep.data.cached import CachedTrainDataset
+    from verydeep.data.pipeline import ColourShift, DeviceLoader
+    from verydeep.data.transforms import TrainAugment, TrainDataset, compute_colour_stats, prepare_batch
     from verydeep.demo import FULL
     from verydeep.train.distributed import GlobalBatchSampler
-    from verydeep.train.inputs import CachedTrainDataset, colour_offsets, net_input, train_loader
 
     s = FULL
     index = scan_image_folder(data / "train")
@@ -149,14 +150,17 @@ def bench_pipeline(data: Path, workers: int, quick: bool) -> list[dict]:
     batches = 10 if quick else 40
     cpu = torch.device("cpu")
 
-    def ours_prepare(batch):
-        images, _, indices, _ = batch
-        net_input(images, stats, cpu, True, colour_offsets(indices, stats, 0.1, 0, 0))
+    def ours_prepare(batch) -> int:
+        prepare_batch(batch.images, stats, batch.offsets, channels_last=True)
+        return len(batch)
+
+    def loader(dataset):  # the training's own input path (train/inputs.py builds the same)
+        sampler = GlobalBatchSampler(len(index), s.batch, 1, 0, 1, seed=0)
+        return DeviceLoader(dataset, sampler, cpu, workers=workers, colour=ColourShift(stats, 0.1, seed=0))
 
     out = []
-    sampler = GlobalBatchSampler(len(index), s.batch, 1, 0, 1, seed=0)
-    ours = _drain(train_loader(TrainDataset(index, aug, seed=0), sampler, workers, False), batches, ours_prepare)
-    cached = _drain(train_loader(CachedTrainDataset(index, aug, seed=0), sampler, workers, False), batches, ours_prepare)
+    ours = _drain(loader(TrainDataset(index, aug, seed=0)), batches, ours_prepare)
+    cached = _drain(loader(CachedTrainDataset(index, aug, seed=0)), batches, ours_prepare)
 
     mean = [v / 255 for v in stats.mean_rgb]
     tv_set = datasets.ImageFolder(str(data / "train"), transform=transforms.Compose([
@@ -164,7 +168,7 @@ def bench_pipeline(data: Path, workers: int, quick: bool) -> list[dict]:
         transforms.ToTensor(), transforms.Normalize(mean, [1 / 255] * 3)]))
     tv_loader = DataLoader(tv_set, batch_size=s.batch, shuffle=True, num_workers=workers,
                            generator=torch.Generator().manual_seed(0))
-    tv = _drain(tv_loader, batches, lambda b: None)
+    tv = _drain(tv_loader, batches, lambda b: len(b[1]))
     what = f"input pipeline, synthetic set, crop {s.crop}, batch {s.batch}, {workers} worker(s)"
     out.append({"what": f"{what}: ours (decode every time)", "ours": ours, "baseline": tv,
                 "baseline_name": "torchvision ImageFolder + transforms"})

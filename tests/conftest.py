@@ -148,3 +148,15 @@ def _shared_engine_cache(tmp_path_factory):
         os.environ.pop("VERYDEEP_ENGINE_CACHE", None)
     else:
         os.environ["VERYDEEP_ENGINE_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _torch_engine_unless_openvino_test(request, monkeypatch):
+    """``auto`` means OpenVINO on a CPU when it is installed; the suite's numbers (tolerances,
+    channels-last, bf16 autocast, weights identities) are PyTorch's, so every test not marked
+    ``openvino`` runs ``auto`` on PyTorch (``VERYDEEP_ENGINE=torch``, inherited by the CLI processes
+    tests start). The ``openvino`` tests see the real default."""
+    if request.node.get_closest_marker("openvino") is None:
+        monkeypatch.setenv("VERYDEEP_ENGINE", "torch")
+    else:
+        monkeypatch.delenv("VERYDEEP_ENGINE", raising=False)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from verydeep.bench import run as bench
+from verydeep.bench import training as bench
+from verydeep.bench.baselines import make_nets
+from verydeep.bench.settings import settings_for
+from verydeep.runtime.precision import Precision
 from verydeep.bench.timing import TimingMethod, measure
 from verydeep.models.summary import multiply_adds
 
@@ -60,30 +63,30 @@ def test_impossible_methods_are_refused():
 
 
 def test_the_cpu_rows_train_at_batch_32_with_batch_8_as_a_second_figure():
-    cpu = bench.settings_for(torch.device("cpu"), quick=False)
+    cpu = settings_for(torch.device("cpu"), quick=False)
     assert (cpu.train_batch, cpu.small_batch) == (32, 8)
     assert cpu.timing.windows >= 3 and cpu.timing.min_warmup >= 2
-    assert bench.settings_for(torch.device("cuda"), quick=False).small_batch is None
+    assert settings_for(torch.device("cuda"), quick=False).small_batch is None
 
 
 def test_train_step_rows_report_the_median_rate_and_the_optimiser_share(monkeypatch):
     """Our step costs 0.1 s an image plus its optimiser step (0.5 s); the baseline 0.3 s an image."""
     clock = FakeClock()
-    s = bench.settings_for(torch.device("cpu"), quick=True)
-    ours, tv = bench.make_nets(s)
-    step, base = bench.make_steps(ours, tv, torch.device("cpu"), bench.Precision.FP32, compile_ours=False)
-    real_step, real_base, real_opt = bench.TrainStep.__call__, bench.BaselineStep.__call__, step.optimizer.step
+    s = settings_for(torch.device("cpu"), quick=True)
+    ours, tv = make_nets(s)
+    step, base = bench.make_steps(ours, tv, torch.device("cpu"), Precision.FP32, compile_ours=False)
+    real_step, real_base, real_opt = bench.OurStep.__call__, bench.BaselineStep.__call__, step.optimizer.step
 
     def opt_step(*args, **kwargs):
         clock.spend(0.5)
         return real_opt(*args, **kwargs)
 
     monkeypatch.setattr(step.optimizer, "step", opt_step)
-    monkeypatch.setattr(bench.TrainStep, "__call__", lambda self, x, y: (real_step(self, x, y), clock.spend(0.1 * len(y))))
+    monkeypatch.setattr(bench.OurStep, "__call__", lambda self, x, y: (real_step(self, x, y), clock.spend(0.1 * len(y))))
     monkeypatch.setattr(bench.BaselineStep, "__call__", lambda self, x, y: (real_base(self, x, y), clock.spend(0.3 * len(y))))
     monkeypatch.setattr(bench, "measure", lambda fn, items, method, sync: measure(fn, items, method, sync, clock=clock))
     peaks = {"fp32": 1e12, "bf16": 2e12}
-    rows = bench.bench_train_step(step, base, s, torch.device("cpu"), bench.Precision.FP32, peaks)
+    rows = bench.bench_train_step(step, base, s, torch.device("cpu"), Precision.FP32, peaks)
 
     assert [(r["workload"], r["batch"]) for r in rows] == [("train_step", 4), ("train_step_small_batch", 2)]
     flops = 6.0 * multiply_adds(step.model.spec, s.crop)
@@ -102,9 +105,9 @@ def test_train_step_rows_report_the_median_rate_and_the_optimiser_share(monkeypa
 
 
 def test_timing_the_optimiser_leaves_the_net_and_its_momentum_as_they_were():
-    s = bench.settings_for(torch.device("cpu"), quick=True)
-    ours, tv = bench.make_nets(s)
-    step, _ = bench.make_steps(ours, tv, torch.device("cpu"), bench.Precision.FP32, compile_ours=False)
+    s = settings_for(torch.device("cpu"), quick=True)
+    ours, tv = make_nets(s)
+    step, _ = bench.make_steps(ours, tv, torch.device("cpu"), Precision.FP32, compile_ours=False)
     x, y = torch.randn(2, 3, s.crop, s.crop), torch.tensor([0, 1])
     step(x, y)
     weights = {k: v.clone() for k, v in step.model.state_dict().items()}

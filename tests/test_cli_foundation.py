@@ -10,14 +10,11 @@ import torch
 import torchvision
 from PIL import Image
 
-import verydeep
 from verydeep.cli import main
 from verydeep.data.images import read_image
 from verydeep.evaluate.predict import predict_files
 from verydeep.weights import canonical
 from verydeep.weights.loader import read_weights
-
-from conftest import TINY
 
 
 def run(capsys, *argv):

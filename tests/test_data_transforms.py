@@ -18,7 +18,7 @@ from verydeep.data.transforms import (
     TrainAugment,
     TrainDataset,
     collate_skipping,
-    colour_shift,
+    colour_offsets,
     compute_colour_stats,
     crop_box,
     prepare_batch,
@@ -201,11 +201,9 @@ def test_colour_shift_has_the_pca_covariance():
     """Shift = V (alpha * lambda / 255), alpha ~ N(0, std): its covariance is V diag((std lambda / 255)^2) V^T."""
     stats = ColourStats.from_covariance(MEAN, COVARIANCE * 40)
     std = 0.1
-    batch = torch.zeros((40000, 3, 2, 2))
-    gen = torch.Generator().manual_seed(0)
-    shifted = colour_shift(batch, stats, std, gen)
-    assert torch.equal(shifted[:, :, :1, :1].expand_as(shifted), shifted)  # one offset per image
-    offsets = shifted[:, :, 0, 0].double().numpy()
+    offsets = colour_offsets(range(20000), stats, std, seed=0, epoch=0)
+    assert offsets.shape == (20000, 3, 1, 1)  # one offset per image, added to every pixel
+    offsets = offsets[:, :, 0, 0].double().numpy()
     vecs = np.asarray(stats.eigvecs)
     expected = vecs @ np.diag((std * np.asarray(stats.eigvals) / 255.0) ** 2) @ vecs.T
     assert np.allclose(np.cov(offsets.T), expected, rtol=0.05, atol=0.05 * expected.max())
@@ -213,20 +211,18 @@ def test_colour_shift_has_the_pca_covariance():
     # Along each eigenvector the offsets are uncorrelated, with the component's spread.
     proj = offsets @ vecs
     assert np.allclose(proj.std(0), std * np.asarray(stats.eigvals) / 255.0, rtol=0.05)
-    assert torch.equal(colour_shift(batch[:3], stats, 0.0, gen), batch[:3])
+    assert torch.equal(colour_offsets([1, 2, 3], stats, 0.0, 0, 0), torch.zeros(3, 3, 1, 1))
 
 
 def test_prepare_batch():
     stats = ColourStats.from_covariance(MEAN, COVARIANCE)
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    aug = TrainAugment(scale_min=8, scale_max=8, crop=8, colour_shift_std=0.1)
-    evaluated = prepare_batch(images, stats, aug, None, train=False)
+    evaluated = prepare_batch(images, stats)
     assert evaluated.dtype == torch.float32 and torch.allclose(evaluated, images.float() - mean)
-    a = prepare_batch(images, stats, aug, torch.Generator().manual_seed(5), train=True)
-    b = prepare_batch(images, stats, aug, torch.Generator().manual_seed(5), train=True)
-    assert torch.equal(a, b) and not torch.allclose(a, evaluated)
+    offsets = colour_offsets(range(4), stats, 0.1, seed=5, epoch=0)
+    a = prepare_batch(images, stats, offsets)
+    assert torch.equal(a, prepare_batch(images, stats, offsets.clone())) and not torch.allclose(a, evaluated)
     delta = a - evaluated  # the colour shift: constant over each image's pixels
     assert torch.allclose(delta, delta[:, :, :1, :1].expand_as(delta), atol=1e-4)
-    no_shift = TrainAugment(scale_min=8, scale_max=8, crop=8, colour_shift_std=0.0)
-    assert torch.allclose(prepare_batch(images, stats, no_shift, None, train=True), evaluated)
+    assert torch.allclose(delta[:, :, :1, :1], offsets, atol=1e-4)

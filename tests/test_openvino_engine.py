@@ -26,7 +26,8 @@ from verydeep.weights.metadata import Preprocessing, WeightsMeta
 
 from conftest import TINY
 
-#: These tests run in a pytest process of their own (`make test`): see verydeep.runtime.engines.
+#: `make test` runs these (marker `openvino`) in a pytest process of their own; conftest pins the
+#: other tests to the PyTorch engine, these see the real default (OpenVINO on a CPU when installed).
 pytestmark = pytest.mark.openvino
 needs_openvino = pytest.mark.skipif(not engines.openvino_available(), reason="openvino is not installed")
 
@@ -47,15 +48,22 @@ def _json(capsys, argv):
 
 
 # -- choosing the engine ------------------------------------------------------------------------------
-def test_auto_takes_openvino_on_a_cpu_only_when_asked_and_installed(monkeypatch):
+def test_auto_takes_openvino_on_a_cpu_when_installed_unless_the_environment_says_torch(monkeypatch, tmp_path):
     monkeypatch.setattr(engines, "openvino_available", lambda: True)
-    monkeypatch.delenv(engines.AUTO_ENV, raising=False)
-    assert engines.resolve_engine("auto", "cpu") == "torch"  # opt-in for now (see engines' docstring)
-    monkeypatch.setenv(engines.AUTO_ENV, "openvino")
     assert engines.resolve_engine("auto", "cpu") == "openvino"
     assert engines.resolve_engine(None, "cpu") == "openvino"
     assert engines.resolve_engine("auto", "cuda") == "torch"
+    assert engines.resolve_engine("auto", "cuda:1") == "torch"
     assert engines.resolve_engine("torch", "cpu") == "torch"
+    monkeypatch.setenv(engines.AUTO_ENV, "torch")
+    assert engines.resolve_engine("auto", "cpu") == "torch"
+    assert engines.resolve_engine("openvino", "cpu") == "openvino"  # an explicit choice wins
+    monkeypatch.setenv(engines.AUTO_ENV, "openvino")
+    assert engines.resolve_engine("auto", "cpu") == "openvino"
+    monkeypatch.setenv(engines.AUTO_ENV, "tensorrt")
+    with pytest.raises(ConfigError, match="VERYDEEP_ENGINE='tensorrt'"):
+        engines.resolve_engine("auto", "cpu")
+    monkeypatch.delenv(engines.AUTO_ENV)
     with pytest.raises(ConfigError, match="runs on the CPU"):
         engines.resolve_engine("openvino", "cuda")
     with pytest.raises(ConfigError, match="unknown engine"):
@@ -64,6 +72,31 @@ def test_auto_takes_openvino_on_a_cpu_only_when_asked_and_installed(monkeypatch)
     assert engines.resolve_engine("auto", "cpu") == "torch"
     with pytest.raises(ConfigError, match=r"pip install 'verydeep\[openvino\]'"):
         engines.resolve_engine("openvino", "cpu")
+
+
+def test_cache_folder_defaults_to_the_user_cache_and_the_environment_can_turn_it_off(monkeypatch, tmp_path):
+    monkeypatch.delenv(engines.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert engines.cache_folder(None) == str(tmp_path / "xdg" / "verydeep" / "openvino")
+    assert engines.cache_folder(tmp_path / "mine") == str(tmp_path / "mine")
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "env"))
+    assert engines.cache_folder(None) == str(tmp_path / "env")
+    monkeypatch.setenv(engines.CACHE_ENV, "")
+    assert engines.cache_folder(None) is None and engines.digest_memo_folder() is None
+    assert engines.cache_folder(tmp_path / "mine") == str(tmp_path / "mine")
+
+
+@needs_openvino
+def test_the_default_engine_is_openvino_on_a_cpu_and_json_says_so(tiny_weights, eval_folder, photo, tmp_path,
+                                                                  capsys, monkeypatch):
+    common = ["--weights", str(tiny_weights), "--scales", "32", "--json"]
+    for preferred, expected in ((None, "openvino"), ("torch", "torch")):
+        if preferred:
+            monkeypatch.setenv(engines.AUTO_ENV, preferred)
+        assert _json(capsys, ["evaluate", "--data", str(eval_folder), "--device", "cpu", *common])["engine"] == expected
+        assert _json(capsys, ["predict", str(photo), *common])[0]["engine"] == expected
+        out = tmp_path / f"{expected}.npz"
+        assert _json(capsys, ["features", "--data", str(eval_folder), "--out", str(out), *common])["engine"] == expected
 
 
 def test_without_openvino_the_torch_engine_runs_and_says_so(monkeypatch, tiny_weights, eval_folder, photo,
@@ -100,8 +133,9 @@ def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
     net = OpenVINONet(copy.deepcopy(model), Precision.FP32)
     crop = model.spec.crop_size
     gen = torch.Generator().manual_seed(1)
-    # the first batch of 3 is split over OpenVINO's streams; single images run on one request
-    for batch, height, width in [(3, crop + 64, crop), (1, crop, crop), (2, crop + 32, crop + 64)]:
+    # the first batch of 3 is split over OpenVINO's streams; a smaller one at its size is padded to its
+    # chunks (no new shape); single images run on one request
+    for batch, height, width in [(3, crop + 64, crop), (1, crop + 64, crop), (1, crop, crop), (2, crop + 32, crop + 64)]:
         x = torch.randn(batch, 3, height, width, generator=gen) * 2
         with torch.no_grad():
             dense, fc7 = model.dense(x), model.descriptor(x)
@@ -119,6 +153,8 @@ def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
     with pytest.raises(VerydeepError, match="at least one crop large"):
         net.dense(torch.zeros(1, 3, crop - 8, crop))
     assert net.timings["convert"] > 0 and net.timings["compile"] > 0
+    streams = len(net._requests[True])  # the single image at the first batch's size was padded to its chunk
+    assert net._chunks(np.zeros((1, 3, crop + 64, crop), np.float32), True, streams)[0].shape[0] == -(-3 // streams)
 
 
 @needs_openvino
@@ -285,3 +321,52 @@ def test_evaluate_with_a_filled_cache_does_not_load_the_weights_again(tiny_weigh
     argv[2] = str(other)
     assert _json(capsys, argv)["engine"] == "openvino"
     assert len(list((tmp_path / "cache").glob("vgg-*-dense.xml"))) == 2
+
+
+# -- forking after OpenVINO ------------------------------------------------------------------------------
+#: A user's session in one process: two nets readied for OpenVINO through the Python API, run, and
+#: released in the order they were made; then work that forks: evaluations with DataLoader workers on
+#: both engines (an ensemble too) and subprocesses. Exits 0 and prints "ok" when it survives.
+AFTER_OPENVINO = '''
+import ctypes, subprocess, sys
+import torch
+import verydeep
+from verydeep.evaluate.run import evaluate
+from verydeep.runtime.engines import ready
+first, second, data = sys.argv[1:4]
+nets = [ready(verydeep.load(w), "openvino", None) for w in (first, second)]
+scores = [net.dense(torch.randn(2, 3, 40, 48)) for net in nets]
+nets.pop(0)  # first made, first released
+nets.pop(0)
+for weights, engine in (([first, second], "openvino"), ([first], "openvino"), ([second], "torch")):
+    run = evaluate(weights, data, scales=[32, 40], engine=engine, workers=2, progress=False)
+    assert run.engine == engine and run.scores.done.all()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+class Stack(ctypes.Structure):  # the calling thread's alternate signal stack must be memory it owns
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+stack = Stack()
+assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+if not stack.flags & 2:  # SS_DISABLE: none
+    spans = [[int(a, 16) for a in line.split()[0].split("-")] for line in open("/proc/self/maps")]
+    assert any(lo <= stack.sp < hi for lo, hi in spans), f"alternate signal stack {stack.sp:#x} is not mapped"
+print("ok")
+'''
+
+
+@needs_openvino
+def test_forking_after_two_openvino_nets_were_released_does_not_crash(tmp_path, tiny_weights, eval_folder):
+    """Two nets that each had a Core of their own left the main thread's alternate signal stack
+    unmapped once both were released (see verydeep.runtime.openvino_engine): the next SIGCHLD (a
+    DataLoader worker's or a subprocess's exit) then killed the process with SIGSEGV."""
+    import subprocess
+    import sys
+
+    model = load(tiny_weights)
+    with torch.no_grad():
+        model.classifier[6].bias.add_(1.0)
+    other = canonical.save(model.state_dict(), model.meta, tmp_path / "other.safetensors")
+    env = {**__import__("os").environ, "VERYDEEP_ENGINE_CACHE": ""}  # no cache: conversion in the child too
+    done = subprocess.run([sys.executable, "-c", AFTER_OPENVINO, str(tiny_weights), str(other), str(eval_folder)],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-3000:])

@@ -48,25 +48,46 @@ def test_installed_wheel_has_the_presets(tmp_path):
                               str(wheel)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
     assert list((target / "verydeep" / "configs" / "paper").glob("*.yaml"))
-    # run from a folder outside the checkout, the installed copy first on the path
+    # run from a folder outside the checkout, the installed copy first on the path; one child runs the
+    # commands one after another (one start-up instead of four)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(target)}
-
-    def verydeep(*args):
-        return subprocess.run([sys.executable, "-m", "verydeep", *args], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=600)
-
-    where = subprocess.run([sys.executable, "-c", "import verydeep; print(verydeep.__file__)"], cwd=work, env=env,
-                           capture_output=True, text=True)
-    assert str(target) in where.stdout, where.stdout
-    listed = verydeep("configs")
-    assert listed.returncode == 0 and "paper/D_S256" in listed.stdout, listed.stderr
-    assert verydeep("synth", "data", "--classes", "2", "--train", "8", "--val", "4").returncode == 0
-    trained = verydeep("train", "--config", "cpu/tiny", "--json", "--set", "data.train=data/train",
-                       "data.val=data/val", "run.out=run", "run.progress=false", "schedule.epochs=1")
-    assert trained.returncode == 0, trained.stderr
-    assert (work / "run" / "final.safetensors").is_file()
-    demo = verydeep("demo", "--fast", "--out", "demo")
-    assert demo.returncode == 0, demo.stderr[-2000:]
+    child = subprocess.run([sys.executable, "-c", COMMANDS], cwd=work, env={**os.environ, "PYTHONPATH": str(target)},
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    assert str(target) in report["file"], report["file"]
+    for name in ("configs", "demo", "train", "predict"):
+        assert report[name]["code"] == 0, (name, report[name]["err"])
+    presets = json.loads(report["configs"]["out"])  # the paths it lists say which copy runs
+    assert "paper/D_S256" in presets and Path(presets["cpu/tiny"]).is_relative_to(target), presets["cpu/tiny"]
     assert (work / "demo" / "report.md").is_file()
+    assert (work / "run" / "final.safetensors").is_file()  # the preset trained by name
+    assert json.loads(report["predict"]["out"])[0]["topk"]
+
+
+#: ``verydeep configs``, ``demo --fast``, ``train --config cpu/tiny`` (on the demo's synthetic set) and
+#: ``predict`` (with the weights it trained), each through the CLI's ``main``; prints a JSON report.
+COMMANDS = """
+import contextlib, io, json, sys
+from pathlib import Path
+import verydeep
+from verydeep.cli import main
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue()[-2000:]}
+
+report = {"file": verydeep.__file__, "configs": run("configs", "--json"), "demo": run("demo", "--fast", "--out", "demo")}
+report["train"] = run("train", "--config", "cpu/tiny", "--json", "--set", "data.train=demo/data/train",
+                      "data.val=demo/data/val", "run.out=run", "run.progress=false", "schedule.epochs=1")
+image = sorted(Path("demo/data/val").rglob("*.jpg"))[0]
+report["predict"] = run("predict", str(image), "--weights", "run/final.safetensors", "--scales", "32",
+                        "--precision", "fp32", "--json")
+print(json.dumps(report))
+"""

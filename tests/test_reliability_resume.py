@@ -3,8 +3,8 @@
 Real subprocesses are killed mid-run (SIGKILL once partial output is on disk; SIGINT for the
 evaluation's save-on-interrupt), then the same command is run again. The feature file must be
 byte for byte the file of an uninterrupted run; the evaluation's scores and error table the same
-numbers. The subprocesses decode images slowly on purpose (a sleep per image), so that a kill
-lands in the middle of the run rather than after it.
+numbers. Kills are timed by events, not sleeps: the subprocess writes a marker file at a chosen
+point (a chunk saved, an image about to be read, scores saved) and waits there for the signal.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import verydeep.evaluate.loading as loading_module
@@ -32,42 +31,58 @@ from verydeep.evaluate.scores import load_scores
 
 IMAGES_PER_CLASS = 70  # 140 images: three chunks of 64 for the feature files
 
-#: ``python -c SLOW DELAY COUNT_FILE verydeep-args...``: the CLI, one thread, each image read ``DELAY`` s
-#: slower, the number of images read so far written to ``COUNT_FILE``.
-SLOW = textwrap.dedent("""
-    import os, sys, time
+#: ``python -c PAUSING WHAT AFTER MARKER verydeep-args...``: the CLI on one thread, which at the
+#: ``AFTER``-th event (WHAT: ``chunks``, a feature chunk saved; ``reads``, an image about to be read)
+#: writes ``MARKER`` and waits for a signal, so the test's kill lands exactly there.
+PAUSING = textwrap.dedent("""
+    import signal, sys
     import torch
     torch.set_num_threads(1)
     import verydeep.evaluate.loading as loading
     import verydeep.transfer.features as features
-    delay, count_file = float(sys.argv[1]), sys.argv[2]
-    count = 0
-    def slowly(read):
-        def read_slowly(path):
-            global count
-            time.sleep(delay)
-            count += 1
-            with open(count_file + ".tmp", "w") as handle:
-                handle.write(str(count))
-            os.replace(count_file + ".tmp", count_file)
-            return read(path)
-        return read_slowly
-    loading.read_image = slowly(loading.read_image)
-    features.read_image = slowly(features.read_image)
+    what, after, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    seen = 0
+    def event():
+        global seen
+        seen += 1
+        if seen == after:
+            open(marker, "w").close()
+            signal.pause()  # until the test's signal
+    def after_call(function):
+        def wrapper(*args):
+            result = function(*args)
+            event()
+            return result
+        return wrapper
+    def before_call(function):
+        def wrapper(*args):
+            event()
+            return function(*args)
+        return wrapper
+    if what == "chunks":
+        features._save_chunk = after_call(features._save_chunk)
+    else:
+        loading.read_image = before_call(loading.read_image)
     from verydeep.cli import main
-    raise SystemExit(main(sys.argv[3:]))
+    raise SystemExit(main(sys.argv[4:]))
 """)
 
-#: The evaluation through its Python entry point, saving partial scores after every batch.
+#: The evaluation through its Python entry point, saving partial scores after every batch; once the
+#: saved file holds 16 scored images it writes ``job["marker"]`` and waits for the test's signal.
 EVALUATE_SAVING_OFTEN = textwrap.dedent("""
-    import json, sys, time
+    import json, signal, sys
     import torch
     torch.set_num_threads(1)
     from verydeep.evaluate.command import evaluate_command
+    from verydeep.evaluate.scores import load_scores
     job = json.loads(sys.argv[1])
+    def pause_once_saved(batch):
+        if int(load_scores(job["scores"]).done.sum()) >= 16:
+            open(job["marker"], "w").close()
+            signal.pause()
     evaluate_command(weights=[job["weights"]], data=job["data"], scales=[32, 40], save_scores=job["scores"],
                      precision="fp32", workers=0, batch_size=8, progress=False, save_every_s=0.0,
-                     on_batch=lambda b: time.sleep(0.1))
+                     on_batch=pause_once_saved)
 """)
 
 
@@ -86,21 +101,15 @@ def env(tmp_path_factory):
     return {"tmp": tmp, "weights": weights, "data": data}
 
 
-def _start(args: list, delay: float, count_file: Path) -> subprocess.Popen:
+def _start(args: list, what: str, after: int, marker: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", SLOW, str(delay), str(count_file), *[str(a) for a in args]],
+    return subprocess.Popen([sys.executable, "-c", PAUSING, what, str(after), str(marker), *[str(a) for a in args]],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _images_read(count_file: Path) -> int:
-    try:
-        return int(count_file.read_text())
-    except (OSError, ValueError):
-        return 0
-
-
 def _kill_when(proc: subprocess.Popen, ready, sig=signal.SIGKILL, timeout: float = 120.0) -> None:
-    """Send ``sig`` to ``proc`` as soon as ``ready()`` is true; fail if the run ends first."""
+    """Send ``sig`` to ``proc`` as soon as ``ready()`` is true (polling; the child waits there for the
+    signal); fail if the run ends first."""
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read().decode()[-2000:]}"
@@ -118,8 +127,9 @@ def test_killed_feature_extraction_resumes_to_the_same_bytes(env, capsys, monkey
     partial = tmp / "features.safetensors.partial"
     kills = 0
     for chunk in (0, 1):  # killed after the first chunk, then (resumed) after the second
-        proc = _start(["features", *args, "--out", out], delay=0.01, count_file=tmp / f"count-f{chunk}")
-        _kill_when(proc, lambda: (partial / f"chunk-{chunk:06d}.safetensors").is_file())
+        marker = tmp / f"saved-f{chunk}"
+        proc = _start(["features", *args, "--out", out], "chunks", 1, marker)  # each run's first chunk
+        _kill_when(proc, marker.exists)
         assert proc.returncode == -signal.SIGKILL
         kills += 1
         done = sorted(p.name for p in partial.glob("chunk-*.safetensors"))
@@ -144,18 +154,11 @@ def test_killed_evaluation_resumes_to_the_same_scores(env, capsys, monkeypatch):
             "fp32", "--workers", "0", "--batch-size", "8", "--json"]
     reference = _summary(capsys, [*args, "--save-scores", tmp / "reference-scores.safetensors"])
     scores = tmp / "scores.safetensors"
-    job = {"weights": str(env["weights"]), "data": str(env["data"]), "scores": str(scores)}
+    marker = tmp / "saved-eval"
+    job = {"weights": str(env["weights"]), "data": str(env["data"]), "scores": str(scores), "marker": str(marker)}
     proc = subprocess.Popen([sys.executable, "-c", EVALUATE_SAVING_OFTEN, json.dumps(job)], stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-    def some_done() -> bool:
-        try:
-            done = load_scores(scores).done
-        except Exception:  # not written yet
-            return False
-        return int(done.sum()) >= 16
-
-    _kill_when(proc, some_done)
+    _kill_when(proc, marker.exists)
     assert proc.returncode == -signal.SIGKILL
     partial = load_scores(scores)
     assert 16 <= partial.done.sum() < len(partial.done)
@@ -174,9 +177,9 @@ def test_interrupted_evaluation_saves_and_resumes(env, capsys, monkeypatch):
     reference = tmp / "reference-int.safetensors"
     expected = _summary(capsys, [*args, "--save-scores", reference])
     scores = tmp / "scores-int.safetensors"
-    count = tmp / "count-int"
-    proc = _start([*args, "--save-scores", scores], delay=0.02, count_file=count)
-    _kill_when(proc, lambda: _images_read(count) >= 40, sig=signal.SIGINT)  # about a third of the images
+    marker = tmp / "read-int"
+    proc = _start([*args, "--save-scores", scores], "reads", 40, marker)  # about a third of the images
+    _kill_when(proc, marker.exists, sig=signal.SIGINT)
     assert proc.returncode == 130, proc.stderr.read().decode()[-2000:]
     partial = load_scores(scores)
     assert 0 < partial.done.sum() < len(partial.done)

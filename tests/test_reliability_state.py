@@ -23,7 +23,7 @@ from PIL import Image
 
 from conftest import save_tiny_classifier
 from test_reliability_cli import leaf_parsers
-from verydeep.cli import build_parser, main
+from verydeep.cli import main
 from verydeep.runtime.locks import lock_file, lock_folder
 from verydeep.weights import canonical
 from verydeep.weights.loader import read_weights
@@ -458,10 +458,10 @@ def test_sigterm_during_evaluate_saves_the_scores(env, tmp_path, capsys, monkeyp
 
 
 def test_sigterm_during_training_checkpoints_the_step_and_resumes(train_config, tmp_path, capsys, monkeypatch):
-    from verydeep.train import loop as loop_module
+    from verydeep.train.step import Step
 
     config = train_config("term", {"schedule.epochs": 1, "run.checkpoint_every": 100, "run.deterministic": True})
-    real = loop_module.Trainer._step
+    real = Step.__call__
     steps = []
 
     def step_then_terminate(self, *args, **kwargs):
@@ -471,12 +471,12 @@ def test_sigterm_during_training_checkpoints_the_step_and_resumes(train_config, 
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(loop_module.Trainer, "_step", step_then_terminate)
+    monkeypatch.setattr(Step, "__call__", step_then_terminate)
     code, err = run(capsys, ["train", "--config", config])
     assert code == 143, err
     assert "terminated" in one_line(err)
     assert [p.name for p in sorted((tmp_path / "term" / "checkpoints").glob("step-*.pt"))] == ["step-000000003.pt"]
-    monkeypatch.setattr(loop_module.Trainer, "_step", real)
+    monkeypatch.setattr(Step, "__call__", real)
     assert run(capsys, ["train", "--config", config, "--resume"])[0] == 0
     reference = train_config("term-ref", {"schedule.epochs": 1, "run.checkpoint_every": 100, "run.deterministic": True})
     assert run(capsys, ["train", "--config", reference])[0] == 0

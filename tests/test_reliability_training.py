@@ -29,6 +29,7 @@ from verydeep.cli import main
 from verydeep.runtime import io as io_module
 from verydeep.train import checkpoint as checkpoint_module
 from verydeep.train import faults
+from verydeep.train import engine as engine_module
 from verydeep.train import loop as loop_module
 from verydeep.train.checkpoint import CheckpointFolder, load_checkpoint
 from verydeep.train.metrics import read_metrics
@@ -291,18 +292,18 @@ def test_disk_full_writing_the_log_is_one_line(train_config, tmp_path, capsys, m
 # -- NaN and inf losses --------------------------------------------------------------------------------------
 def poison_batches(monkeypatch, steps: set[int]) -> None:
     """Training inputs of the given (1-based) steps become inf (validation inputs are left alone)."""
-    real = loop_module.net_input
+    real = engine_module.prepare_batch
     calls = {"n": 0}
 
-    def net_input(images, stats, device, channels_last, offsets=None, divide_std=False):
-        x = real(images, stats, device, channels_last, offsets, divide_std)
+    def prepare_batch(images, stats, offsets=None, divide_std=False, channels_last=False):
+        x = real(images, stats, offsets, divide_std, channels_last)
         if offsets is not None:  # a training batch (validation passes no colour offsets)
             calls["n"] += 1
             if calls["n"] in steps:
                 x = torch.full_like(x, float("inf"))
         return x
 
-    monkeypatch.setattr(loop_module, "net_input", net_input)
+    monkeypatch.setattr(engine_module, "prepare_batch", prepare_batch)
 
 
 def test_a_nonfinite_loss_stops_at_its_step_and_writes_nothing_after(train_config, tmp_path, capsys, monkeypatch):

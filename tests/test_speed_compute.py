@@ -1,4 +1,4 @@
-"""Compute helpers: compile switch, channels-last, deferred metrics, the train step, the fast dense head."""
+"""The one training step (train/step.py), the compile switch, and the fast dense head."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import verydeep
-from verydeep.runtime.compute import (
-    DeferredMetrics,
-    TrainStep,
-    compile_by_default,
-    compile_if,
-    to_channels_last,
-)
 from verydeep.errors import VerydeepError
+from verydeep.runtime.devices import compile_by_default
 from verydeep.runtime.precision import Precision
+from verydeep.train.step import Step, load_optimizer, make_sgd
 
 from conftest import TINY
 
@@ -30,82 +25,101 @@ def tiny(**options):
 def test_compile_is_on_by_default_on_cuda_only():
     assert compile_by_default("cuda") and compile_by_default("cuda:1")
     assert not compile_by_default("cpu")
-    model = tiny()
-    assert compile_if(model, None, "cpu") is model
-    assert compile_if(model, False, "cuda") is model
 
 
-def test_compiled_module_shares_the_weights_and_the_outputs():
-    model = tiny().eval()
-    compiled = compile_if(model, True, "cpu", backend="eager")  # no C++ toolchain needed
-    assert compiled is not model
-    x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(compiled(x), model(x))
-    assert compiled.state_dict().keys() == {"_orig_mod." + k for k in model.state_dict()}
-    with torch.no_grad():
-        model.classifier[6].bias.add_(1.0)
-    assert torch.equal(compiled(x), model(x))
+def _batch(n=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=gen), torch.arange(n) % 5
 
 
-def test_channels_last_for_nets_and_batches():
-    model = to_channels_last(tiny())
-    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
-    x = to_channels_last(torch.randn(2, 3, 8, 8))
-    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    flat = torch.randn(3, 4)
-    assert to_channels_last(flat) is flat
-
-
-def test_deferred_metrics_read_the_device_only_every_n_steps():
-    metrics = DeferredMetrics(every=3)
-    losses, correct, counts = [2.0, 1.0, 0.5], [1, 2, 4], [4, 4, 4]
-    outs = []
-    for loss, c, n in zip(losses, correct, counts):
-        outs.append(metrics.step())
-        metrics.add(torch.tensor(loss * n), torch.tensor(c), n)
-        assert metrics.syncs == 0
-    read = metrics.step()
-    assert metrics.syncs == 1 and outs == [None, None, None]
-    assert read == pytest.approx({"loss": sum(l * n for l, n in zip(losses, counts)) / 12, "top1": 7 / 12,
-                                  "images": 12, "steps": 3})
-    assert metrics.read() is None  # reset after a read
-    metrics.add(torch.tensor(1.0), torch.tensor(1), torch.tensor(2))
-    assert metrics.step() is None and metrics.read()["images"] == 2
-
-
-def test_train_step_is_one_plain_sgd_step():
+def test_the_step_is_torchs_plain_sgd_step():
+    """Two steps of ours (fused SGD, two micro-batches) equal torch.optim.SGD's default (foreach) on the whole batch."""
     model = tiny(dropout=0.0)
     reference = copy.deepcopy(model)
-    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), "cpu", Precision.FP32,
-                     metrics_every=2)
-    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    x, y = _batch(4)
+    step = Step(model, make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), "cpu", Precision.FP32)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     for _ in range(2):
-        step(x, y)
+        out = step([(x[:2], y[:2]), (x[2:], y[2:])], lr=0.1, scale=1 / 4)
         ref_opt.zero_grad()
         loss = F.cross_entropy(reference(x), y)
         loss.backward()
         ref_opt.step()
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), name
-    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
-    read = step.metrics.step()
-    assert read["images"] == 8 and read["steps"] == 2 and read["loss"] > 0
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+    assert out.images == 4 and not bool(out.refused)
+    torch.testing.assert_close(out.mean_loss, out.loss_sum / 4)
 
 
-def test_train_step_in_bf16_learns():
+def test_a_refused_step_leaves_weights_and_momentum_untouched():
     model = tiny(dropout=0.0)
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), "cpu", Precision.BF16,
-                     metrics_every=5)
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(8, 3, 32, 32, generator=gen), torch.arange(8) % 5
-    losses = []
-    for _ in range(30):
-        step(x, y)
-        read = step.metrics.step()
-        if read:
-            losses.append(read["loss"])
-    assert losses[-1] < losses[0]
+    optimizer = make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    step = Step(model, optimizer, "cpu", Precision.FP32)
+    x, y = _batch(4)
+    step([(x, y)], lr=0.1, scale=1 / 4)  # a healthy step first: momentum is not zero any more
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    for bad_input, limit, why in ((x * float("inf"), float("inf"), "loss"), (x, 1e-6, "limit")):
+        out = step([(bad_input, y)], lr=0.1, scale=1 / 4, limit=limit)
+        assert bool(out.refused), why
+        assert bool(out.loss_finite) == (why == "limit")
+        assert float(out.loss_sum) == 0.0  # nothing of a refused step is added to the epoch's sums
+        assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items()), why
+        assert all(torch.equal(optimizer.state[p]["momentum_buffer"], m) for p, m in zip(model.parameters(), momentum))
+
+
+def test_a_refused_first_step_does_not_leave_garbage_momentum():
+    """Fused SGD makes missing momentum buffers from uninitialised memory; ours are zero from the start."""
+    model = tiny(dropout=0.0)
+    reference = copy.deepcopy(model)
+    optimizer = make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.0)
+    step = Step(model, optimizer, "cpu", Precision.FP32)
+    x, y = _batch(4)
+    assert bool(step([(x * float("inf"), y)], lr=0.1, scale=1 / 4).refused)
+    step([(x, y)], lr=0.1, scale=1 / 4)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    F.cross_entropy(reference(x), y).backward()
+    ref_opt.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+
+
+def test_the_step_reads_nothing_back_from_the_device(monkeypatch):
+    """No .item(), .tolist(), float(), bool() or copy to the host inside a step: on CUDA each would wait for the GPU."""
+    model = tiny(dropout=0.0)
+    step = Step(model, make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), "cpu", Precision.BF16,
+                clip_grad_norm=1.0)
+    x, y = _batch(4)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host read inside the step")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    out = step([(x[:2], y[:2]), (x[2:], y[2:])], lr=0.1, scale=1 / 4, limit=100.0)
+    monkeypatch.undo()
+    assert not bool(out.refused) and out.images == 4
+
+
+def test_the_optimiser_loads_a_plain_sgd_checkpoint():
+    model = tiny(dropout=0.0)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = _batch(4)
+    F.cross_entropy(model(x), y).backward()
+    plain.step()
+    fused = make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.0)
+    load_optimizer(fused, plain.state_dict())
+    assert fused.param_groups[0]["fused"]
+    for p in model.parameters():
+        torch.testing.assert_close(fused.state[p]["momentum_buffer"], plain.state[p]["momentum_buffer"])
+
+
+def test_the_step_in_bf16_learns():
+    model = tiny(dropout=0.0)
+    step = Step(model, make_sgd(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.0), "cpu", Precision.BF16)
+    x, y = _batch(8)
+    losses = [float(step([(x, y)], lr=0.05, scale=1 / 8).mean_loss) for _ in range(30)]
+    assert losses[-1] < losses[0] * 0.9
 
 
 def _conv_form(model, x):

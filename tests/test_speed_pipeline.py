@@ -20,14 +20,14 @@ from verydeep.data.pipeline import (
     balance_share,
     crop_windows,
     measure_rates,
-    net_input,
+    ColourShift,
     plan_crop,
     read_header,
 )
 from verydeep.data.pipeline.device import to_uint8
 from verydeep.data.pipeline.hybrid import device_positions
 from verydeep.data.pipeline.plan import draft_factor
-from verydeep.data.transforms import ColourStats, TrainAugment, TrainDataset, collate_skipping, prepare_batch
+from verydeep.data.transforms import ColourStats, TrainAugment, TrainDataset, collate_skipping, colour_offsets
 from verydeep.errors import ConfigError
 
 AUG = TrainAugment(scale_min=40, scale_max=96, crop=32)
@@ -284,14 +284,14 @@ def test_device_positions_take_the_share_spread_out(n, share):
 
 
 # -- batched augmentation on the device, balance, staging -----------------------------------------------
-def test_net_input_is_prepare_batch_in_channels_last(index):
+def test_the_loader_draws_each_samples_colour_shift_whatever_its_path(index):
     dataset = TrainDataset(index, AUG, seed=0)
-    (batch, *_) = list(DeviceLoader(dataset, batches(len(dataset), 4), "cpu", share=0.5))
     stats = ColourStats.from_covariance((120.0, 110.0, 100.0), np.diag([900.0, 200.0, 50.0]))
-    x = net_input(batch, stats, AUG, torch.Generator().manual_seed(3))
-    want = prepare_batch(batch.images, stats, AUG, torch.Generator().manual_seed(3), train=True)
-    assert x.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(x, want)
+    colour = ColourShift(stats, 0.1, seed=0)
+    for share in (0.0, 0.5):
+        (batch, *_) = list(DeviceLoader(dataset, batches(len(dataset), 4), "cpu", share=share, colour=colour))
+        assert torch.equal(batch.offsets, colour_offsets(batch.index_list, stats, 0.1, 0, dataset.epoch))
+        assert batch.index_list == batch.indices.tolist()
 
 
 def test_balance_share_equalises_cpu_and_device_time():

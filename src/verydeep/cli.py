@@ -3,18 +3,22 @@
 All the work lives in the package so that Python users get everything the CLI does. Errors a
 user can cause (:class:`~verydeep.errors.VerydeepError`, bad options) print one line and exit 2.
 To add a command, write ``_add_<name>(parser)`` and ``_run_<name>(args) -> int`` and list it in
-``COMMANDS`` at the bottom.
+``COMMANDS`` at the bottom. Each ``_run_<name>`` imports the modules of its own command
+(``# start-up: per command``), so that ``verydeep --help`` and the light commands load none of the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+from verydeep import __version__
 from verydeep.errors import ConfigError, VerydeepError
+from verydeep.runtime import signals
 
 EXIT_USAGE = 2
 
@@ -59,8 +63,8 @@ def _add_models(p: argparse.ArgumentParser) -> None:
 
 
 def _run_models(args) -> int:
-    from verydeep.models.summary import summarise_all
-    from verydeep.report.tables import markdown_table
+    from verydeep.models.summary import summarise_all  # start-up: per command
+    from verydeep.report.tables import markdown_table  # start-up: per command
 
     rows = summarise_all(num_classes=args.num_classes)
     if args.json:
@@ -86,7 +90,7 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
 
 
 def _run_convert(args) -> int:
-    from verydeep.weights.convert import convert
+    from verydeep.weights.convert import convert  # start-up: per command
 
     meta = convert(args.src, args.dst, fmt=args.fmt, prototxt=args.prototxt, overwrite=args.overwrite)
     if args.json:
@@ -104,7 +108,7 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
                    help="inference engine (auto: OpenVINO when installed and the device is a CPU, else PyTorch)")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
                    help="keep OpenVINO's converted and compiled nets in DIR for later runs "
-                        "(default: $VERYDEEP_ENGINE_CACHE, else none)")
+                        "(default: $VERYDEEP_ENGINE_CACHE, set empty for none, else ~/.cache/verydeep/openvino)")
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
@@ -122,7 +126,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args) -> int:
-    from verydeep.evaluate.predict import predict_files
+    from verydeep.evaluate.predict import predict_files  # start-up: per command
 
     results = predict_files(args.images, args.weights, scales=args.scales, flip=not args.no_flip,
                             topk=args.topk, precision=args.precision, device=args.device, engine=args.engine,
@@ -158,9 +162,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args) -> int:
-    import os
-
-    from verydeep.train import resolve_config, train
+    from verydeep.train import resolve_config, train  # start-up: per command
 
     result = train(resolve_config(args.config, args.overrides, args.resume), resume=args.resume,
                    overwrite=args.overwrite)
@@ -182,7 +184,7 @@ def _add_configs(p: argparse.ArgumentParser) -> None:
 
 
 def _run_configs(args) -> int:
-    from verydeep.train.presets import PRESETS, list_presets, preset_summary
+    from verydeep.train.presets import PRESETS, list_presets, preset_summary  # start-up: per command
 
     names = list_presets()
     if args.json:
@@ -197,7 +199,7 @@ def _run_configs(args) -> int:
 
 # -- synth --------------------------------------------------------------------------------------
 def _add_synth(p: argparse.ArgumentParser) -> None:
-    from verydeep.data.synth import DEFAULT_CLASSES, DEFAULT_TRAIN, DEFAULT_VAL, SHAPES
+    from verydeep.data.synth import DEFAULT_CLASSES, DEFAULT_TRAIN, DEFAULT_VAL, SHAPES  # start-up: per command
 
     p.add_argument("out", help="output folder (OUT/train/<class>/*.jpg + .xml boxes, OUT/val/...)")
     p.add_argument("--classes", type=positive_int, default=DEFAULT_CLASSES,
@@ -213,7 +215,7 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
 
 
 def _run_synth(args) -> int:
-    from verydeep.data.synth import existing_set, make_synthetic, read_manifest
+    from verydeep.data.synth import existing_set, make_synthetic, read_manifest  # start-up: per command
 
     had = existing_set(args.out, args.classes, args.train, args.val, args.seed) is not None
     out = make_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, seed=args.seed,
@@ -245,7 +247,7 @@ DEMO_SECTION_FAILED = 3
 
 
 def _run_demo(args) -> int:
-    from verydeep.demo import run_demo
+    from verydeep.demo import run_demo  # start-up: per command
 
     summary = run_demo(args.out, fast=args.fast, overwrite=args.overwrite, fresh=args.fresh)
     if args.json:
@@ -272,7 +274,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args) -> int:
-    from verydeep.weights.export import export
+    from verydeep.weights.export import export  # start-up: per command
 
     info = export(args.weights, args.dst, fmt=args.fmt, opset=args.opset, check=args.check, overwrite=args.overwrite)
     if args.json:
@@ -311,8 +313,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from verydeep.evaluate.command import evaluate_command
-    from verydeep.report.evaluation import failures_text, report_folder, results_table, write_report
+    from verydeep.evaluate.command import evaluate_command  # start-up: per command
+    from verydeep.report.evaluation import (failures_text, report_folder, results_table,  # start-up: per command
+                                            write_report)
 
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
@@ -388,11 +391,11 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
 
 
 def _run_localize(args) -> int:
-    from verydeep.localize.report import evaluation_text, training_text
+    from verydeep.localize.report import evaluation_text, training_text  # start-up: per command
 
     if args.localize_command == "train":
-        from verydeep.localize.run import train_command
-        from verydeep.localize.train import BoxTrainConfig
+        from verydeep.localize.run import train_command  # start-up: per command
+        from verydeep.localize.train import BoxTrainConfig  # start-up: per command
 
         if args.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
@@ -402,7 +405,7 @@ def _run_localize(args) -> int:
         summary = train_command(args.weights, args.data, args.out, config, overwrite=args.overwrite)
         _print_json(summary) if args.json else print(training_text(summary))
         return 0
-    from verydeep.localize.run import evaluate_command
+    from verydeep.localize.run import evaluate_command  # start-up: per command
 
     results = evaluate_command(args.box_weights, args.data, weights=args.weights, protocol=args.protocol,
                                scale=args.scale, scales=args.scales, top=args.top, merge_iou=args.merge_iou,
@@ -435,7 +438,7 @@ def _add_features(p: argparse.ArgumentParser) -> None:
 
 
 def _run_features(args) -> int:
-    from verydeep.transfer.run import features_command
+    from verydeep.transfer.run import features_command  # start-up: per command
 
     summary = features_command(args.weights, args.data, args.out, scales=args.scales, aggregate=args.aggregate,
                                flip=not args.no_flip, precision=args.precision, device=args.device,
@@ -470,8 +473,8 @@ def _add_transfer(p: argparse.ArgumentParser) -> None:
 
 
 def _run_transfer(args) -> int:
-    from verydeep.report.transfer import per_class_table, row_name, table11
-    from verydeep.transfer.run import transfer_command
+    from verydeep.report.transfer import per_class_table, row_name, table11  # start-up: per command
+    from verydeep.transfer.run import transfer_command  # start-up: per command
 
     if args.test_per_class < 0:
         raise ConfigError(f"--test-per-class must be 0 (all) or more, got {args.test_per_class}")
@@ -509,7 +512,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bench(args) -> int:
-    from verydeep.bench import format_report, run_bench
+    from verydeep.bench import format_report, run_bench  # start-up: per command
 
     result = run_bench(args.device, quick=args.quick, data=args.data, progress=not args.json, share=args.share)
     _print_json(result) if args.json else print(format_report(result))
@@ -560,14 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from verydeep import __version__
-
     return f"verydeep {__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from verydeep.runtime import signals
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the sub-command's parser: `verydeep train: error: unrecognized arguments: ...`

@@ -26,25 +26,25 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.models.summary import multiply_adds
+from verydeep.runtime.engines import ready, resolve_engine
+from verydeep.runtime.openvino_engine import shared_core  # one Core per process: see there
 
 
 def _plain_openvino(tv, crop: int) -> tuple[object, float]:
     """torchvision's VGG compiled by OpenVINO the way its documentation shows; (request, setup seconds)."""
-    import openvino as ov
+    import openvino as ov  # optional: openvino
 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = ov.convert_model(copy.deepcopy(tv).eval(), example_input=torch.zeros(1, 3, crop, crop))
-    request = ov.Core().compile_model(graph, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    request = shared_core().compile_model(graph, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
     return request, time.perf_counter() - start
 
 
 def openvino_row(ours, tv, batches, s, precision, peaks, torch_row: dict, make_row) -> dict:
     """The ``inference_dense_openvino`` row (``make_row`` is bench's row builder, ``torch_row`` the
     ``inference_dense`` row of the same run)."""
-    from verydeep.runtime.engines import ready, resolve_engine
-
     engine = resolve_engine("openvino", "cpu")
     net = ready(copy.deepcopy(ours), engine, precision, "cpu")
     request, base_setup = _plain_openvino(tv, s.crop)

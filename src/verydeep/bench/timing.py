@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 
 @dataclass(frozen=True)
 class TimingMethod:
@@ -82,3 +84,41 @@ def measure(fn: Callable[[], object], items_per_call: float, method: TimingMetho
         steady = agree(warm[-2], warm[-1], method.tolerance)
     timed = tuple(window() for _ in range(method.windows))
     return Rate(statistics.median(timed), timed, len(warm), steady)
+
+
+# -- devices and the matmul peak ---------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], warmup: int, iters: int, device: torch.device) -> float:
+    """Seconds for ``iters`` calls of ``fn`` after ``warmup`` untimed ones (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matrix product in ``dtype``: the best of ``repeats`` short runs.
+
+    The best, not the mean: on a shared machine the peak is what the hardware can do when nobody
+    else is using it, and MFU is a fraction of that.
+    """
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    iters = 3 if device.type == "cpu" else 20
+    best = min(timed(lambda: a @ b, 1, iters, device) / iters for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def peaks_for(device: torch.device, n: int, before: dict | None = None) -> dict:
+    """Matmul peaks (FLOP/s) by precision name, the best of this measurement and ``before``."""
+    now = {"fp32": matmul_peak(device, torch.float32, n),
+           "bf16": matmul_peak(device, torch.bfloat16, n)}
+    return {k: max(v, (before or {}).get(k, 0.0)) for k, v in now.items()}

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import xml.etree.ElementTree as ET
@@ -34,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from verydeep.errors import DataError
 from verydeep.runtime.io import make_folder, write_bytes, write_json
@@ -351,6 +353,36 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
         raise DataError(f"the seed must be >= 0, got {seed}")
     if existing_set(out, classes, train, val, seed) is not None:
         return out
+    _clear_for_new_set(out, overwrite)
+    make_folder(out, "folder")
+    manifest = {"generator": "verydeep synthetic shapes", "arguments": _arguments(classes, train, val, seed),
+                "complete": False, "classes": names}
+    _write_manifest(out, manifest)
+
+    jobs = [(seed, split, label, number, name)
+            for split, per_class in (("train", train), ("val", val))
+            for label, name in enumerate(names) for number in range(per_class)]
+    for split in SPLITS:
+        for name in names:
+            make_folder(out / split / name, "folder")
+    digest = _write_images(out, jobs, progress, workers)
+    manifest.update({
+        "complete": True,
+        "counts": {"train": train * classes, "val": val * classes},
+        "geometry": {"shorter_side": list(GEOMETRY.shorter), "aspect": [round(v, 4) for v in GEOMETRY.aspect],
+                     "object_size": list(GEOMETRY.object_size), "rotation_deg": GEOMETRY.rotation_deg,
+                     "jpeg_quality": GEOMETRY.jpeg_quality},
+        "boxes": "VOC XML beside each image, 0-based pixel indices, max inclusive",
+        "sha256": digest,
+    })
+    os.sync()  # the images reach the disk before the manifest says the set is complete
+    _write_manifest(out, manifest)
+    return out
+
+
+def _clear_for_new_set(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds anything but our own set; remove an incomplete (or, with
+    ``overwrite``, a complete) earlier set of ours."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -362,28 +394,16 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
                             "pass --overwrite to replace it, or choose another folder")
         for split in SPLITS:  # our own earlier set: replace it
             shutil.rmtree(out / split, ignore_errors=True)
-    make_folder(out, "folder")
-    arguments = _arguments(classes, train, val, seed)
-    manifest = {"generator": "verydeep synthetic shapes", "arguments": arguments, "complete": False, "classes": names}
-    _write_manifest(out, manifest)
 
-    jobs = [(seed, split, label, number, name)
-            for split, per_class in (("train", train), ("val", val))
-            for label, name in enumerate(names) for number in range(per_class)]
-    for split in SPLITS:
-        for name in names:
-            make_folder(out / split / name, "folder")
+
+def _write_images(out: Path, jobs: list[tuple[int, str, int, int, str]], progress: bool, workers: int) -> str:
+    """Render and write every job's image and box file (in ``workers`` processes when more than
+    one); returns the sha256 over names and bytes, in job order."""
     digest = hashlib.sha256()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="synth", unit="img")
+    bar = tqdm(total=len(jobs), desc="synth", unit="img") if progress else None
     pool = None
     try:
         if workers > 1:
-            import multiprocessing
-
             pool = multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(workers)
             results = pool.imap(_make_one, jobs, chunksize=16)
         else:
@@ -408,15 +428,4 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
             pool.join()
         if bar is not None:
             bar.close()
-    manifest.update({
-        "complete": True,
-        "counts": {"train": train * classes, "val": val * classes},
-        "geometry": {"shorter_side": list(GEOMETRY.shorter), "aspect": [round(v, 4) for v in GEOMETRY.aspect],
-                     "object_size": list(GEOMETRY.object_size), "rotation_deg": GEOMETRY.rotation_deg,
-                     "jpeg_quality": GEOMETRY.jpeg_quality},
-        "boxes": "VOC XML beside each image, 0-based pixel indices, max inclusive",
-        "sha256": digest.hexdigest(),
-    })
-    os.sync()  # the images reach the disk before the manifest says the set is complete
-    _write_manifest(out, manifest)
-    return out
+    return digest.hexdigest()

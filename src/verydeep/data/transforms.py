@@ -3,10 +3,10 @@
 Per image, on the CPU workers: the shorter side is isotropically rescaled to a training scale
 S (fixed, or sampled per image from [Smin, Smax] for scale jittering), a random crop x crop
 window is taken, and the crop is mirrored with probability 1/2. Per batch, wherever the batch
-lives (CPU or GPU): Krizhevsky's PCA colour shift, then subtraction of the training set's mean
-RGB, the paper's only normalisation. Imported weights keep their own normalisation (see
-:func:`verydeep.data.preprocess.normalise`); ``ColourStats.preprocessing()`` is what a net
-trained here records in its metadata.
+lives (CPU or GPU): Krizhevsky's PCA colour shift (drawn per sample), then subtraction of the
+training set's mean RGB, the paper's only normalisation (:func:`prepare_batch`). Imported
+weights keep their own normalisation (see :func:`verydeep.data.preprocess.normalise`);
+``ColourStats.preprocessing()`` is what a net trained here records in its metadata.
 
 Every random choice for image ``i`` in epoch ``e`` comes from a generator seeded from
 ``(seed, e, i)``, so a sample is the same whichever worker or process computes it and a resumed
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from verydeep.data.folders import ImageIndex
 from verydeep.data.images import open_rgb, to_tensor
@@ -264,8 +265,6 @@ def compute_colour_stats(index: ImageIndex, max_images: int = 500, seed: int = 0
     outer = np.zeros((3, 3), dtype=np.float64)
     items = chosen
     if progress:
-        from tqdm import tqdm
-
         items = tqdm(chosen, desc="colour statistics", unit="img", leave=False)
     for k in items:
         try:
@@ -283,34 +282,53 @@ def compute_colour_stats(index: ImageIndex, max_images: int = 500, seed: int = 0
     return ColourStats.from_covariance(mean, cov)
 
 
-def colour_shift(batch: torch.Tensor, stats: ColourStats, std: float, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Krizhevsky's PCA colour augmentation on a float (N, 3, H, W) batch in 0-255 units.
+#: A salt that keeps the colour-shift stream apart from the crop/flip stream of the same sample.
+_COLOUR_SALT = 0xC0105
 
-    Each image gets the same RGB offset at every pixel: ``eigvecs @ (alpha * lambda)`` with
-    ``alpha ~ N(0, std)`` drawn per image and component. Krizhevsky's ``lambda`` are covariance
-    eigenvalues of pixel values on a 0-1 scale (the usual ImageNet values are about 0.2175,
-    0.0188, 0.0045), so in our 0-255 units the offset is ``eigvecs @ (alpha * eigvals / 255)``.
-    Runs wherever ``batch`` lives; ``alpha`` comes from ``gen`` (on its own device).
+
+def colour_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of sample ``index``'s colour shift in ``epoch`` (its own stream, apart from
+    the crop/flip stream of :func:`sample_generator`)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index), _COLOUR_SALT])
+    return torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0]))
+
+
+def colour_offsets(indices: Sequence[int] | torch.Tensor, stats: ColourStats, std: float, seed: int,
+                   epoch: int) -> torch.Tensor:
+    """Krizhevsky's PCA colour shift of each sample, as (N, 3, 1, 1) RGB offsets in 0-255 units.
+
+    Each image gets the same offset at every pixel: ``eigvecs @ (alpha * lambda)`` with ``alpha ~
+    N(0, std)`` per component. Krizhevsky's ``lambda`` are covariance eigenvalues of pixel values
+    on a 0-1 scale (the usual ImageNet values are about 0.2175, 0.0188, 0.0045), so in our 0-255
+    units the offset is ``eigvecs @ (alpha * eigvals / 255)``. ``alpha`` of sample ``i`` comes from
+    :func:`colour_generator` ``(seed, epoch, i)``, so the input of an image does not depend on the
+    process, worker or micro-batch it lands in (which a resumed or re-sharded run relies on).
     """
-    if std <= 0 or batch.shape[0] == 0:
-        return batch
-    device = gen.device if gen is not None else torch.device("cpu")
-    alpha = torch.randn((batch.shape[0], 3), generator=gen, device=device, dtype=torch.float32) * float(std)
-    lam = torch.tensor(stats.eigvals, dtype=torch.float32, device=device) / 255.0
-    vecs = torch.tensor(stats.eigvecs, dtype=torch.float32, device=device)
-    shift = (alpha * lam) @ vecs.T  # (N, 3): row n is eigvecs @ (alpha_n * lam)
-    return batch + shift.to(device=batch.device, dtype=batch.dtype)[:, :, None, None]
+    indices = [int(i) for i in indices]
+    if std <= 0 or not indices:
+        return torch.zeros((len(indices), 3, 1, 1))
+    alpha = torch.stack([torch.randn(3, generator=colour_generator(seed, epoch, i)) for i in indices]) * float(std)
+    lam = torch.tensor(stats.eigvals, dtype=torch.float32) / 255.0
+    vecs = torch.tensor(stats.eigvecs, dtype=torch.float32)
+    return ((alpha * lam) @ vecs.T)[:, :, None, None]  # row n is eigvecs @ (alpha_n * lam)
 
 
-def prepare_batch(images: torch.Tensor, stats: ColourStats, aug: TrainAugment | None = None,
-                  gen: torch.Generator | None = None, train: bool = True) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 net input: colour shift (training only), minus the mean RGB.
+def prepare_batch(images: torch.Tensor, stats: ColourStats, offsets: torch.Tensor | None = None,
+                  divide_std: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 net input where the images are: plus the colour ``offsets``
+    (training), minus the mean RGB, and with ``divide_std`` divided by the per-channel std.
 
-    The result is what ``Preprocessing.mean_subtraction(stats.mean_rgb)`` describes, so a net
-    trained on it is used by the rest of the package with no special case.
+    The one place where training and validation crops become net input. The result is what
+    ``stats.preprocessing(divide_std)`` describes, so a net trained on it is used by the rest of
+    the package with no special case. ``channels_last`` returns NHWC memory (what oneDNN's and
+    cuDNN's fastest convolutions want).
     """
+    device = images.device
     x = images.to(torch.float32)
-    if train and aug is not None and aug.colour_shift_std > 0:
-        x = colour_shift(x, stats, aug.colour_shift_std, gen)
-    mean = torch.tensor(stats.mean_rgb, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return x - mean
+    shift = -torch.tensor(stats.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1)
+    if offsets is not None:
+        shift = shift.to(offsets.device) + offsets  # (N, 3, 1, 1): computed where the offsets were drawn
+    x = x + shift.to(device, non_blocking=True)
+    if divide_std:
+        x = x / torch.tensor(stats.channel_std(), dtype=torch.float32).view(1, 3, 1, 1).to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

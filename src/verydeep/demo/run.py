@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -36,8 +37,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
+from verydeep import localize, transfer
+from verydeep.data.folders import scan_image_folder
+from verydeep.data.images import read_image
+from verydeep.data.synth import make_synthetic
 from verydeep.errors import ConfigError, VerydeepError
+from verydeep.evaluate.dense import dense_posteriors
+from verydeep.evaluate.metrics import topk_correct
+from verydeep.report.plots import plot_runs
+from verydeep.report.tables import markdown_table
+from verydeep.runtime.io import write_json, write_text
+from verydeep.runtime.outputs import check_output
+from verydeep.runtime.precision import resolve
+import verydeep.train as training  # the module, so that tests can replace training.train
+from verydeep.train.config import TrainConfig, apply, save_yaml, validate
+from verydeep.train.metrics import read_metrics
+from verydeep.weights.loader import load
 
 
 @dataclass(frozen=True)
@@ -88,8 +105,6 @@ FAST = DemoSettings(classes=3, train_per_class=12, val_per_class=4, width=1 / 16
 def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple[int, int], lr: float,
                epochs: int, source: Path | None = None, progress: bool = True):
     """The :class:`~verydeep.train.config.TrainConfig` of one demo net."""
-    from verydeep.train.config import TrainConfig, apply, validate
-
     overrides = {
         "model.config": config, "model.width": s.width, "model.fc_width": s.fc_width, "model.crop_size": s.crop,
         "model.batch_norm": s.batch_norm, "model.dropout": s.dropout,
@@ -111,13 +126,6 @@ def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple
 
 def dense_errors(weights: str, val_root: Path, scales: list[int], precision: str) -> dict[str, float]:
     """Top-1/top-5 error of dense evaluation (whole image, flips, averaged over ``scales``)."""
-    from verydeep.data.folders import scan_image_folder
-    from verydeep.data.images import read_image
-    from verydeep.evaluate.dense import dense_posteriors
-    from verydeep.evaluate.metrics import topk_correct
-    from verydeep.runtime.precision import resolve
-    from verydeep.weights.loader import load
-
     model = load(weights)
     index = scan_image_folder(val_root)
     images = [read_image(path) for path, _ in index.samples]
@@ -138,14 +146,10 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     section (classification, localisation, transfer) is isolated: one that fails is reported in
     ``report.md`` and ``summary.json`` (``"failed_sections"``) and the others still run.
     """
-    from verydeep.data.synth import make_synthetic
-
     s = settings or (FAST if fast else FULL)
     out = _prepare_out(Path(out), overwrite)
     runs = out / "runs"
     if fresh and runs.exists():
-        import shutil
-
         shutil.rmtree(runs)
     t0 = time.perf_counter()
     data = make_synthetic(out / "data", classes=s.classes, train=s.train_per_class, val=s.val_per_class,
@@ -173,7 +177,6 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     summary["failed_sections"] = failures
     if nets:
         _plots(out, runs, nets)
-    from verydeep.runtime.io import write_json, write_text
 
     write_json(out / "summary.json", summary)
     report = (_report(summary) if nets else "# verydeep demo\n") + "".join(
@@ -193,8 +196,6 @@ DEMO_MARK = "summary.json"
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:
     """``out`` as a folder the demo may write: new, a previous demo's, or (with ``overwrite``) anything."""
-    from verydeep.runtime.outputs import check_output
-
     if out.exists() and not out.is_dir():
         raise ConfigError(f"demo output {out} exists and is not a folder")
     if not _is_demo_output(out):
@@ -289,8 +290,6 @@ def reuse_run(cfg) -> dict[str, Any] | None:
     """The summary of a finished run in ``cfg.run.out`` with the same resolved config, else None.
 
     A run folder whose config differs is removed (it is stale: the demo's settings changed)."""
-    import yaml
-
     run_dir = Path(cfg.run.out)
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
@@ -310,14 +309,10 @@ def reuse_run(cfg) -> dict[str, Any] | None:
 
 def _discard(run_dir: Path) -> None:
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
 
 
 def _train_or_reuse(name: str, cfg, what: str, progress: bool) -> dict[str, Any]:
-    from verydeep.train import train
-
     reused = reuse_run(cfg)
     if reused is not None:
         if progress:
@@ -325,7 +320,7 @@ def _train_or_reuse(name: str, cfg, what: str, progress: bool) -> dict[str, Any]
         return reused
     if progress:
         print(f"[demo] training {name}: {what}", flush=True)
-    return train(cfg, resume="auto").to_dict()
+    return training.train(cfg, resume="auto").to_dict()
 
 
 def _bare_summary(s: DemoSettings, synth_s: float, total_s: float) -> dict[str, Any]:
@@ -358,9 +353,6 @@ def beyond_classification(weights: Path, data: Path, fast: bool, progress: bool,
     and transfer (linear SVMs on very deep features against raw pixels, one scale against several).
 
     Returns the sections that ran and, by name, the error of each one that failed."""
-    from verydeep import localize, transfer
-    from verydeep.weights.loader import load
-
     sizes = SECTION_SIZES["fast" if fast else "full"]
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
@@ -385,8 +377,6 @@ class _Background:
     """``verydeep train`` of one config in a child process (one thread), its output in a log file."""
 
     def __init__(self, cfg, log: Path) -> None:
-
-        from verydeep.train.config import save_yaml
 
         log.parent.mkdir(parents=True, exist_ok=True)
         self.config_path = log.with_suffix(".yaml")
@@ -426,8 +416,6 @@ HEAD_START_ACCURACY = 0.8
 
 def first_epoch_reaching(run_dir: Path, accuracy: float) -> int | None:
     """The first epoch whose validation top-1 accuracy is at least ``accuracy`` (None if none is)."""
-    from verydeep.train.metrics import read_metrics
-
     for r in read_metrics(run_dir):
         if r.get("kind") == "epoch" and r.get("val_top1_err") is not None and 1 - r["val_top1_err"] >= accuracy:
             return int(r["epoch"])
@@ -468,9 +456,6 @@ def _cpu_name() -> str:
 
 
 def _plots(out: Path, runs: Path, nets: dict) -> None:
-    from verydeep.report.plots import plot_runs
-    from verydeep.train.metrics import read_metrics
-
     records = {name: read_metrics(runs / name) for name in nets}
     plot_runs({"D from A": records["D_from_A"], "D random": records["D_random"]}, "val_top1_err",
               out / "d_init_val_error.png", "validation top-1 error (%, centre crop)",
@@ -505,8 +490,6 @@ def _backoff_text(nets: dict[str, dict[str, Any]]) -> str:
 
 
 def _report(summary: dict[str, Any]) -> str:
-    from verydeep.report.tables import markdown_table
-
     s, nets, cmp_ = summary["settings"], summary["nets"], summary["comparison"]
     rows = [[name, n["config"], n["init"], _scale(n["train_scale"]), n["epochs"], n["steps"],
              f"{n['train_time_s']:.0f}", _pct(n["val_top1_err"]), _pct(n["val_top5_err"]),

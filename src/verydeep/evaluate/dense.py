@@ -15,6 +15,7 @@ import torch
 
 from verydeep.data.preprocess import normalise, rescale
 from verydeep.evaluate.protocols import dense_probs
+from verydeep.runtime.precision import autocast_for
 
 
 def dense_logits(model, batch: torch.Tensor) -> torch.Tensor:
@@ -44,8 +45,6 @@ def dense_posteriors(
     rescaled size go through the net together. ``precision`` (a :class:`verydeep.runtime.precision.Precision`
     or None for fp32) picks the compute dtype.
     """
-    from verydeep.runtime.precision import autocast_for
-
     device = next(model.parameters()).device
     prep = model.meta.preprocessing
     items = list(images)

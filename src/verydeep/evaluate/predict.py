@@ -13,8 +13,10 @@ from verydeep.data.images import read_image
 from verydeep.data.preprocess import check_rescaled_size
 from verydeep.runtime.devices import pick_device
 from verydeep.errors import ImageError
+from verydeep.evaluate.dense import dense_posteriors
 from verydeep.runtime.precision import resolve
 from verydeep.evaluate.scales import PAPER_TEST_SCALES, check_scales
+from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for, weights_cache_key
 from verydeep.weights.loader import load
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
@@ -31,14 +33,12 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
                   engine_cache: str | None = None) -> list[dict]:
     """One result per path: ``{"image", "engine", "topk": [{"index", "name", "prob"}]}`` or
     ``{"image", "error"}``. ``engine``: auto, torch or openvino (:mod:`verydeep.runtime.engines`)."""
-    from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for
-
     dev = pick_device(device)
     ran_on = resolve_engine(engine, dev)
     model = load(weights)
     scales = list(check_scales(scales or DEFAULT_SCALES, model.spec.crop_size))
     prec = resolve(precision, dev)
-    model = ready(model, ran_on, prec, dev, engine_cache)
+    model = ready(model, ran_on, prec, dev, engine_cache, weights_cache_key(weights, ran_on))
     names = model.meta.class_names()
     results = []
     with torch_threads_for(ran_on):
@@ -49,8 +49,6 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
 
 def _predict_one(model, path, scales, flip, prec, names, topk, ran_on) -> dict:
     """One image's result (or its error), as :func:`predict_files` lists them."""
-    from verydeep.evaluate.dense import dense_posteriors
-
     try:
         image = read_image(path)
         check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=str(path))

@@ -17,7 +17,6 @@ gives the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from verydeep.data.folders import scan_image_folder
 from verydeep.data.preprocess import normalise
@@ -37,11 +37,18 @@ from verydeep.evaluate.plan import plan_batches, probe_size
 from verydeep.evaluate.protocols import FORWARD, base_protocols, parse_protocols
 from verydeep.evaluate.scales import check_scales, default_scales, train_scale_of
 from verydeep.evaluate.scores import NetRecord, Scores, changed_images, file_stats, image_list_difference, load_scores
-from verydeep.runtime.precision import Precision, autocast_for, resolve
 from verydeep.runtime import distributed
+from verydeep.runtime.digests import file_sha256
+from verydeep.runtime.engines import cache_folder, digest_memo_folder, ready, resolve_engine, torch_threads_for
+from verydeep.runtime.openvino_engine import OpenVINONet
+from verydeep.runtime.precision import Precision, autocast_for, resolve
+from verydeep.weights.canonical import read_meta
+from verydeep.weights import loader  # the module: tests replace loader.load
 
 #: Images per batch when not given: the GPU takes more.
-DEFAULT_BATCH = {"cuda": 32, "cpu": 8}
+DEFAULT_BATCH = {"cuda": 32, "cpu": 8, "openvino": 16}
+#: (OpenVINO splits a batch over its streams: 16 images, 8 per stream on 2 cores, ran 6% faster than
+#: 8 on the AMX Xeon; 32, 11% but with four times the activation memory at large scales.)
 #: Multi-crop runs the crops of ``batch_size // CROPS_PER_IMAGE_SHARE`` images per forward pass
 #: (50 crops of 224 cost about what 16 dense images of 384 x 512 do).
 CROPS_PER_IMAGE_SHARE = 8
@@ -71,15 +78,12 @@ class Evaluation:
 
 
 def fingerprint(source: str | os.PathLike) -> str:
-    """A content hash of a weights file (the name itself for a release name)."""
+    """A content hash of a weights file (the name itself for a release name); remembered in the
+    engine cache folder while the file is unchanged (:mod:`verydeep.runtime.digests`)."""
     path = Path(source)
     if not path.is_file():
         return f"name:{source}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    return f"sha256:{file_sha256(path, digest_memo_folder())}"
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -122,19 +126,14 @@ def _load_ready(source, digest: str, engine: str, precision, device, engine_cach
     On OpenVINO with a cache folder that already holds the graphs converted from this very file
     (same sha256), only the file's header is read: loading and checking half a gigabyte of
     weights again would be most of a short run's time."""
-    from verydeep.runtime.engines import cache_folder, ready
-    from verydeep.weights.loader import load
-
     key = digest if digest.startswith("sha256:") else None  # the file's hash: not hashed again
     if engine == "openvino" and key and cache_folder(engine_cache):
-        from verydeep.runtime.openvino_engine import OpenVINONet
-        from verydeep.weights.canonical import read_meta
-
         meta = read_meta(source)
-        cached = meta and OpenVINONet.from_cache(meta, lambda: load(source), precision, cache_folder(engine_cache), key)
+        cached = meta and OpenVINONet.from_cache(meta, lambda: loader.load(source), precision, cache_folder(engine_cache),
+                                                 key)
         if cached:
             return cached
-    return ready(load(source), engine, precision, device, engine_cache, key)
+    return ready(loader.load(source), engine, precision, device, engine_cache, key)
 
 
 def _partial_files(path: Path) -> list[Path]:
@@ -208,101 +207,131 @@ def evaluate(
     ``engine`` (auto, torch, openvino) and ``engine_cache``: :mod:`verydeep.runtime.engines`.
     Returns the :class:`Evaluation` on rank 0 and None on the other ranks of a distributed run.
     """
-    asked = parse_protocols(protocols)
+    run = _Run(weights=weights, data=data, asked=parse_protocols(protocols), scales=scales, flip=flip,
+               precision=precision, batch_size=batch_size, workers=workers,
+               save_path=Path(save_scores) if save_scores else None, progress=progress, log=log,
+               save_every_s=save_every_s, on_batch=on_batch, engine=engine, engine_cache=engine_cache)
     ctx = distributed.setup(device)
     try:
-        return _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, workers,
-                         Path(save_scores) if save_scores else None, progress, log, save_every_s, on_batch,
-                         engine, engine_cache)
+        return _evaluate(ctx, run)
     finally:
         distributed.teardown(ctx)
 
 
-def _evaluate(ctx, weights, data, asked, scales, flip, precision, batch_size, workers, save_path, progress, log,
-              save_every_s, on_batch, engine="auto", engine_cache=None) -> Evaluation | None:
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class _Run:
+    """The arguments of one :func:`evaluate` call, as its helpers need them (protocols parsed,
+    the scores file as a Path)."""
 
-    from verydeep.runtime.engines import resolve_engine, torch_threads_for
+    weights: Sequence[str]
+    data: str | os.PathLike
+    asked: list[str]
+    scales: Sequence[int] | None
+    flip: bool
+    precision: str | None
+    batch_size: int | None
+    workers: int | None
+    save_path: Path | None
+    progress: bool
+    log: Callable[[str], None]
+    save_every_s: float
+    on_batch: Callable[[int], None] | None
+    engine: str | None
+    engine_cache: str | os.PathLike | None
 
-    say = log if ctx.is_main else (lambda line: None)
-    index = scan_image_folder(data)
+
+def _evaluate(ctx: distributed.DistContext, run: _Run) -> Evaluation | None:
+    say = run.log if ctx.is_main else (lambda line: None)
+    index = scan_image_folder(run.data)
     warnings: list[str] = []
 
     def note(line: str) -> None:
         warnings.append(line)
         say(line)
 
-    prec = resolve(precision, ctx.device)
-    ran_on = resolve_engine(engine, ctx.device)
-    nets = load_nets(weights, index.classes, scales, flip, ctx.device, prec, note, ran_on, engine_cache)
-    run_protocols = base_protocols(asked)
+    prec = resolve(run.precision, ctx.device)
+    ran_on = resolve_engine(run.engine, ctx.device)
+    nets = load_nets(run.weights, index.classes, run.scales, run.flip, ctx.device, prec, note, ran_on, run.engine_cache)
     state = Scores(paths=[p for p, _ in index.samples], labels=np.array([label for _, label in index.samples]),
-                   classes=list(index.classes), nets=[n.record for n in nets], protocols=list(run_protocols),
+                   classes=list(index.classes), nets=[n.record for n in nets], protocols=list(base_protocols(run.asked)),
                    root=str(index.root), stats=file_stats([p for p, _ in index.samples]))
     state.allocate()
-    if save_path is not None:
-        if not save_path.parent.is_dir():
-            raise DataError(f"cannot write scores file {save_path}: folder {save_path.parent} does not exist")
-        _resume(state, save_path)
+    if run.save_path is not None:
+        if not run.save_path.parent.is_dir():
+            raise DataError(f"cannot write scores file {run.save_path}: folder {run.save_path.parent} does not exist")
+        _resume(state, run.save_path)
         if ctx.is_main and state.done.any():
-            say(f"resuming from {save_path}: {int(state.done.sum())} of {state.num_images} images already scored")
+            say(f"resuming from {run.save_path}: {int(state.done.sum())} of {state.num_images} images already scored")
 
-    all_scales = sorted({q for n in nets for q in n.record.scales})
-    device = ctx.device
-    batch_size = int(batch_size or DEFAULT_BATCH.get(device.type, DEFAULT_BATCH["cpu"]))
+    visits, computed = _score_all(ctx, run, state, nets, prec, ran_on)
+    if ctx.world_size > 1:
+        visits = _gather(ctx, state, computed, visits)
+        if not ctx.is_main:
+            return None
+    if run.save_path is not None:
+        state.save(run.save_path)
+        for extra in _partial_files(run.save_path):
+            extra.unlink(missing_ok=True)
+    return Evaluation(scores=state, protocols=run.asked, warnings=warnings, visits=visits, engine=ran_on)
+
+
+def _loader_sizes(device: torch.device, batch_size: int | None, workers: int | None,
+                  engine: str = "torch") -> tuple[int, int, int]:
+    """Images per batch, loader workers and images per multi-crop pass (defaults by device and engine)."""
+    kind = "openvino" if engine == "openvino" else device.type
+    batch_size = int(batch_size or DEFAULT_BATCH.get(kind, DEFAULT_BATCH["cpu"]))
     if workers is None:
         cores = os.cpu_count() or 1
         workers = min(8, cores) if device.type == "cuda" else min(4, max(1, cores // 2))
-    images_per_pass = max(1, batch_size // CROPS_PER_IMAGE_SHARE)
+    return batch_size, workers, max(1, batch_size // CROPS_PER_IMAGE_SHARE)
 
+
+def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Sequence[LoadedNet], prec,
+               ran_on: str) -> tuple[np.ndarray, np.ndarray]:
+    """Score this process's share of the batches not yet done, saving partial scores as it goes
+    (and on an interrupt); returns how often each image was scored and which were scored here."""
+    all_scales = sorted({q for n in nets for q in n.record.scales})
+    run_protocols = list(state.protocols)
+    batch_size, workers, images_per_pass = _loader_sizes(ctx.device, run.batch_size, run.workers, ran_on)
     plan = plan_batches(_probe_all(ctx, state.paths), all_scales, batch_size)
     order = [b for b in range(len(plan)) if b % ctx.world_size == ctx.rank and not state.done[plan[b]].all()]
     visits = np.zeros(state.num_images, dtype=np.int64)
     computed = np.zeros(state.num_images, dtype=bool)
     partial_path = None
-    if save_path is not None:
-        partial_path = save_path if ctx.world_size == 1 else save_path.with_name(f"{save_path.name}.part{ctx.rank}")
+    if run.save_path is not None:
+        partial_path = run.save_path if ctx.world_size == 1 else run.save_path.with_name(f"{run.save_path.name}.part{ctx.rank}")
 
     def run_batch(b: int, items) -> None:
         todo = [i for i in plan[b] if not state.done[i]]
-        _score_batch(state, nets, items, set(todo), all_scales, run_protocols, flip, device, prec, images_per_pass)
+        _score_batch(state, nets, items, set(todo), all_scales, run_protocols, run.flip, ctx.device, prec,
+                     images_per_pass)
         state.done[todo] = True
         computed[todo] = True
         visits[todo] += 1
 
-    total = sum(len(plan[b]) for b in order)
-    bar = tqdm(total=total, unit="img", desc="evaluate", disable=not (progress and ctx.is_main), file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(total=sum(len(plan[b]) for b in order), unit="img", desc="evaluate",
+               disable=not (run.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
     last_save, save_cost = time.monotonic(), 0.0
-    loader = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
+    batches = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
     try:
         with torch.inference_mode(), torch_threads_for(ran_on):
-            for b, items in loader:
+            for b, items in batches:
                 run_batch(b, items)
                 bar.update(len(plan[b]))
                 now = time.monotonic()
-                if partial_path is not None and now - last_save >= max(save_every_s, 5 * save_cost):
+                if partial_path is not None and now - last_save >= max(run.save_every_s, 5 * save_cost):
                     state.save(partial_path)
                     last_save = time.monotonic()
                     save_cost = last_save - now
-                if on_batch is not None:
-                    on_batch(b)
+                if run.on_batch is not None:
+                    run.on_batch(b)
     except BaseException:
         if partial_path is not None and computed.any():
             state.save(partial_path)  # keep what was scored; a rerun resumes from it
         raise
     finally:
         bar.close()
-
-    if ctx.world_size > 1:
-        visits = _gather(ctx, state, computed, visits)
-        if not ctx.is_main:
-            return None
-    if save_path is not None:
-        state.save(save_path)
-        for extra in _partial_files(save_path):
-            extra.unlink(missing_ok=True)
-    return Evaluation(scores=state, protocols=asked, warnings=warnings, visits=visits, engine=ran_on)
+    return visits, computed
 
 
 def _score_batch(state: Scores, nets: Sequence[LoadedNet], items, wanted: set[int], scales: Sequence[int],

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save as save_bytes
 
 from verydeep.errors import DataError
+from verydeep.runtime.io import write_bytes
 
 FORMAT = "verydeep-scores/1"
 META_KEY = "verydeep-scores"
@@ -118,10 +121,6 @@ class Scores:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically; the file is always either the old one or the new one."""
-        from safetensors.numpy import save as save_bytes
-
-        from verydeep.runtime.io import write_bytes
-
         path = Path(path)
         tensors = {"labels": self.labels, "done": self.done.astype(np.uint8)}
         for (n, p, q), array in self.values.items():
@@ -136,9 +135,6 @@ def _tensor_name(net: int, protocol: str, q: int) -> str:
 
 def load_scores(path: str | os.PathLike) -> Scores:
     """Read a scores file written by :meth:`Scores.save`; one clear line if it is not one."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.numpy import load_file
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"scores file {path} does not exist")

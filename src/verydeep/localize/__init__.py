@@ -4,16 +4,9 @@
 """
 
 from verydeep.localize.boxes import decode, encode, iou
+from verydeep.localize.demo import demo_section
 from verydeep.localize.head import BoxNet, from_classifier, load_box_net, save_box_net
 from verydeep.localize.merge import greedy_merge
-
-
-def demo_section(model, data_dir, **options):
-    """See :func:`verydeep.localize.demo.demo_section`."""
-    from verydeep.localize.demo import demo_section as run
-
-    return run(model, data_dir, **options)
-
 
 __all__ = ["BoxNet", "decode", "demo_section", "encode", "from_classifier", "greedy_merge", "iou",
            "load_box_net", "save_box_net"]

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from verydeep.data.images import open_rgb, to_tensor
 from verydeep.data.preprocess import check_rescaled_size, normalise, rescale
@@ -50,7 +51,6 @@ def _device(model) -> torch.device:
 def _bar(total: int, desc: str, progress: bool):
     if not progress:
         return None
-    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", leave=False)
 

@@ -25,6 +25,8 @@ from torch import nn
 
 from verydeep.errors import ConfigError, WeightsError
 from verydeep.models.vgg import VGG
+from verydeep.weights import canonical
+from verydeep.weights.loader import load
 from verydeep.weights.metadata import WeightsMeta
 
 BOX_PARAMS = 4
@@ -143,13 +145,9 @@ def as_box_net(model: VGG) -> BoxNet:
 
 
 def load_box_net(path: str | os.PathLike) -> BoxNet:
-    from verydeep.weights.loader import load
-
     return as_box_net(load(path))
 
 
 def save_box_net(box_net: BoxNet, path: str | os.PathLike) -> Path:
-    from verydeep.weights import canonical
-
     meta = dataclasses.replace(box_net.net.meta, extra={**box_net.net.meta.extra, META_KEY: box_net.head.to_dict()})
     return canonical.save(box_net.net.state_dict(), meta, path)

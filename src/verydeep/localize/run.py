@@ -17,6 +17,8 @@ from verydeep.localize.data import load_box_index, skipped_text
 from verydeep.localize.evaluate import crop_protocol, dense_protocol
 from verydeep.localize.head import load_box_net, save_box_net
 from verydeep.localize.train import BoxTrainConfig, default_scale, train_box_net, write_training_log
+from verydeep.runtime.outputs import WEIGHTS, check_output
+from verydeep.weights.loader import load
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("crop", "dense", "both")
@@ -43,14 +45,11 @@ def training_log_path(out: Path) -> Path:
 def train_command(weights: str, data: str, out: str, config: BoxTrainConfig, overwrite: bool = False,
                   progress: bool = True) -> dict:
     """Train a box net from a classification net's weights file; write it and its training log."""
-    from verydeep.weights.loader import load
-
     out_path = Path(out)
     if out_path.suffix != ".safetensors":
         raise ConfigError(f"--out {out} must end in .safetensors")
     if out_path.exists() and not overwrite:
         raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
-    from verydeep.runtime.outputs import WEIGHTS, check_output
 
     check_output(out_path, WEIGHTS, overwrite=True)  # even with --overwrite, never over a file of another kind
     if not out_path.parent.is_dir():
@@ -69,8 +68,6 @@ def evaluate_command(box_weights: str, data: str, weights: str | None = None, pr
                      scale: int | None = None, scales: Sequence[int] | None = None, top: int = 5,
                      merge_iou: float = 0.5, device: str = "auto", progress: bool = True) -> dict:
     """Run test 1 (``crop``), test 2 (``dense``, needs the classification net) or ``both``."""
-    from verydeep.weights.loader import load
-
     protocol = protocol or ("both" if weights else "crop")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown localisation protocol {protocol!r}: choose crop, dense or both")

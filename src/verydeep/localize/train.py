@@ -4,14 +4,16 @@ The recipe is the paper's: start from a classification net with its last layer r
 random box regressor (:func:`verydeep.localize.head.from_classifier`), learning rate 10^-3,
 momentum 0.9, weight decay 5*10^-4, random crops of the image rescaled to a fixed S with random
 mirroring, and either all layers fine-tuned or only the FC layers (the conv layers frozen, kept
-in eval mode). This is a small loop of its own: a box net needs crops whose boxes move with
-them (:mod:`verydeep.localize.crops`) and none of the classification training's machinery.
+in eval mode). The data differ from the classification training's (crops whose boxes move with
+them, :mod:`verydeep.localize.crops`), the loss is the Euclidean one, and the run is a fixed number
+of steps; the step itself is the package's one SGD step (:class:`verydeep.train.step.Step`).
 
 The Euclidean loss is quadratic in the regressor's weights, so features of a large scale make
 plain SGD diverge in a few steps (0.5 -> 8 -> 141 -> 8e4 ...). The same guards as the
 classification training (:mod:`verydeep.train.stability`) keep it finite: a linear warm-up, an
 optional gradient-norm cap, and ``on_divergence: backoff``, which returns to the last good state
-(kept every ``snapshot_every`` steps) with the learning rate halved.
+(kept every ``snapshot_every`` steps) with the learning rate halved. As in the classification
+training, a refused step never reaches the weights (the step's on-device verdict gates the update).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from verydeep.data.preprocess import normalise
 from verydeep.runtime.devices import pick_device
+from verydeep.runtime.io import write_json
 from verydeep.errors import ConfigError
 from verydeep.localize.crops import BoxCropDataset
 from verydeep.localize.data import BoxIndex, class_mapping, skipped_text
@@ -37,6 +40,7 @@ from verydeep.localize.head import FINE_TUNE, MODES, BoxNet, from_classifier
 from verydeep.localize.loss import euclidean_box_loss
 from verydeep.models.vgg import VGG
 from verydeep.train.stability import DivergenceWatch, warmup_factor
+from verydeep.train.step import Step, load_optimizer, make_sgd
 from verydeep.weights.metadata import Preprocessing
 
 
@@ -127,14 +131,15 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     if scale < crop:
         raise ConfigError(f"training scale {scale} is smaller than the net's crop size {crop}")
     device = pick_device(config.device)
-    box_net, trainable, optimiser = _box_net_and_optimiser(classifier, config, scale, device)
+    box_net, optimiser = _box_net_and_optimiser(classifier, config, scale, device)
+    step_fn = Step(box_net, optimiser, device, None, box_loss, clip_grad_norm=config.clip_grad_norm)
     to_net = torch.tensor(class_mapping(box_net.head.classes, data.classes, "classification net"), dtype=torch.long)
     prep = box_net.meta.preprocessing if box_net.meta is not None else Preprocessing()
     dataset = BoxCropDataset(data, scale, crop, train=True, flip=config.flip, seed=config.seed)
     guard = _Guard(config, box_net, optimiser)
     bar = None
     if progress:
-        from tqdm import tqdm  # progress bars only when asked for
+        from tqdm import tqdm  # start-up: progress bars only when asked for
 
         bar = tqdm(total=config.steps, desc=f"box net ({config.mode}, {config.fine_tune})", unit="step", leave=False)
     losses: list[float] = []
@@ -150,16 +155,14 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
                 box_net.net.features.eval()
             for images, targets, labels, valid in loader:
                 invalid += int((~valid).sum())
-                for group in optimiser.param_groups:
-                    group["lr"] = guard.lr * warmup_factor(step, config.warmup_steps)
-                value = _loss_and_gradients(box_net, optimiser, normalise(images.to(device), prep),
-                                            targets.to(device), to_net[labels].to(device), valid.to(device))
-                if not guard.healthy(value, step):
+                target = (targets.to(device), to_net[labels].to(device), valid.to(device))
+                out = step_fn([(normalise(images.to(device), prep), target)],
+                              guard.lr * warmup_factor(step, config.warmup_steps), None, guard.limit())
+                value = float(out.mean_loss)
+                if bool(out.refused):  # not applied: back off (or stop)
                     step = guard.back_off(value, step, losses, bar)
                     continue
-                if config.clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, config.clip_grad_norm)
-                optimiser.step()
+                guard.accept(value, step)
                 losses.append(value)
                 step += 1
                 guard.keep(step)
@@ -180,23 +183,22 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
 
 
 def _box_net_and_optimiser(classifier: VGG, config: BoxTrainConfig, scale: int, device):
-    """The box net (last layer random), the parameters it trains (conv layers frozen for ``fc``) and their SGD."""
+    """The box net (last layer random) and the SGD of the parameters it trains (the conv layers
+    frozen for ``fc``)."""
     gen = torch.Generator().manual_seed(config.seed)
     box_net = from_classifier(classifier, config.mode, config.fine_tune, scale, generator=gen).to(device)
     trainable = box_net.fc_parameters() if config.fine_tune == "fc" else list(box_net.parameters())
     if config.fine_tune == "fc":
         for p in box_net.net.features.parameters():
             p.requires_grad_(False)
-    optimiser = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return box_net, trainable, optimiser
+    return box_net, make_sgd(trainable, config.lr, config.momentum, config.weight_decay)
 
 
-def _loss_and_gradients(box_net: BoxNet, optimiser, x, targets, labels, valid) -> float:
-    """One batch's Euclidean box loss, with its gradients in place (the update is the caller's)."""
-    loss = euclidean_box_loss(box_net(x), targets, labels, valid)
-    optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    return float(loss.detach())
+def box_loss(pred: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
+    """The Euclidean box loss as the step wants it: summed over the samples with a box, and their count."""
+    targets, labels, valid = target
+    count = valid.sum().float().clamp(min=1.0)
+    return euclidean_box_loss(pred.float(), targets, labels, valid) * count, count, None
 
 
 class _Guard:
@@ -221,34 +223,39 @@ class _Guard:
             if step == 0:
                 self.snapshot = self.pending
 
-    def healthy(self, loss: float, step: int) -> bool:
-        if self.config.on_divergence == "stop":
-            if not math.isfinite(loss):
-                raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss}); lower the learning rate")
-            return True
-        self.median = self.watch.median()
-        self.reason = self.watch.check(loss)
-        if self.reason is None and self.pending is not None and self.pending["step"] == step:
-            self.snapshot = self.pending
-        return self.reason is None
+    def limit(self) -> float:
+        """The loss above which the next step is refused (never, under ``stop``: only a loss that is
+        not finite is)."""
+        return self.watch.limit() if self.config.on_divergence == "backoff" else math.inf
+
+    def accept(self, loss: float, step: int) -> None:
+        """A step's loss passed: remember it, and trust the snapshot it confirms."""
+        if self.config.on_divergence == "backoff":
+            self.watch.record(loss)
+            if self.pending is not None and self.pending["step"] == step:
+                self.snapshot = self.pending
 
     def back_off(self, loss: float, step: int, losses: list[float], bar=None) -> int:
         """Restore the snapshot, halve the rate; returns the step to go on from (``losses`` cut to it,
-        the progress ``bar`` moved back to it)."""
+        the progress ``bar`` moved back to it). Under ``stop`` (or past the limit) raise instead."""
+        reason = "not finite" if not math.isfinite(loss) else "exploding"
+        if self.config.on_divergence == "stop":
+            raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss}); lower the learning rate")
         if len(self.records) >= self.config.max_backoffs:
-            raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss:.4g}, {self.reason}) after "
+            raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss:.4g}, {reason}) after "
                               f"{len(self.records)} back-off(s); lower the learning rate (now {self.lr:g})")
-        snap = self.snapshot
-        self.net.load_state_dict(snap["net"])
-        self.optimiser.load_state_dict(snap["optimiser"])
+        median, snap = self.watch.median(), self.snapshot
+        self.net.load_state_dict(snap["net"])  # copies into the parameters
+        # A copy: the optimiser adopts the tensors it is given (its momentum would update the snapshot's).
+        load_optimizer(self.optimiser, copy.deepcopy(snap["optimiser"]))
         self.watch.load_state_dict(snap["watch"])
-        self.records.append({"diverged_step": step + 1, "restored_step": snap["step"], "reason": self.reason,
-                             "loss": loss, "median": self.median, "lr_before": self.lr, "lr_after": self.lr / 2})
+        self.records.append({"diverged_step": step + 1, "restored_step": snap["step"], "reason": reason,
+                             "loss": loss, "median": median, "lr_before": self.lr, "lr_after": self.lr / 2})
         self.lr /= 2
         del losses[snap["step"]:]
         if bar is not None:
             bar.n = snap["step"]
-            bar.write(f"box net: loss {loss:.4g} at step {step + 1} ({self.reason}); back to step {snap['step']} "
+            bar.write(f"box net: loss {loss:.4g} at step {step + 1} ({reason}); back to step {snap['step']} "
                       f"with learning rate {self.lr:g}")
         return snap["step"]
 
@@ -258,6 +265,4 @@ def write_training_log(result: BoxTrainResult, path: str | os.PathLike, config: 
     path = Path(path)
     record = {"config": dataclasses.asdict(config), **result.summary(), "losses": result.losses,
               "skipped_text": skipped_text(result.skipped)}
-    from verydeep.runtime.io import write_json
-
     return write_json(path, record)

@@ -22,14 +22,13 @@ from torch import nn
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.taps import POOLS, resolve_taps
 from verydeep.models.vgg import VGG
+from verydeep.weights.loader import build, from_state_dict, load
 from verydeep.weights.metadata import Preprocessing
 
 
 def as_vgg(weights) -> tuple[VGG, bool]:
     """``(net, is_callers)`` from anything :func:`verydeep.load` reads (a path, a release name such as
     ``torchvision:vgg19``), a loaded :class:`VGG`, or a torchvision/timm VGG module or state dict."""
-    from verydeep.weights.loader import build, from_state_dict, load
-
     if isinstance(weights, VGG):
         return weights, True
     if isinstance(weights, nn.Module):

@@ -42,10 +42,10 @@ def failures_text(summary: Summary) -> list[str]:
 
 def plot_error_vs_scale(summary: Summary, path: str | os.PathLike) -> Path | None:
     """Top-1 and top-5 error against Q per (net or ensemble, protocol); None when there is nothing to plot."""
-    import matplotlib
+    import matplotlib  # start-up: matplotlib is slow to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: matplotlib is slow to import
 
     lines: dict[tuple[str, str], list[tuple[int, dict]]] = {}
     for row in summary.rows:

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from verydeep.runtime.io import atomic_write
+
 
 def _epochs(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in records if r.get("kind") == "epoch"]
@@ -31,8 +33,6 @@ def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
 
 def _save(fig, path: Path) -> Path:
     """The PNG through the one atomic writer (a full disk never leaves a 0-byte plot behind)."""
-    from verydeep.runtime.io import atomic_write
-
     try:
         fig.tight_layout()
         atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))

@@ -20,3 +20,9 @@ def pick_device(name: str | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name} asked for, but no CUDA GPU is available")
     return device
+
+
+def compile_by_default(device: torch.device | str) -> bool:
+    """``torch.compile`` is on by default on CUDA only: on the CPU it costs minutes of compiling
+    for little gain on a net made of large convolutions that oneDNN already runs well."""
+    return torch.device(device).type == "cuda"

@@ -3,16 +3,16 @@
 ``torch`` runs the net in PyTorch (bf16 weights and channels-last where fast,
 :func:`verydeep.runtime.precision.prepare_model`); ``openvino`` runs its dense and descriptor views on
 OpenVINO's CPU plugin (:class:`verydeep.runtime.openvino_engine.OpenVINONet`), an optional extra
-(``pip install 'verydeep[openvino]'``). ``auto`` takes PyTorch for now: OpenVINO is opt-in
-(``--engine openvino``, or ``VERYDEEP_ENGINE=openvino`` to make it what ``auto`` means), because a
-process that ran the cached OpenVINO path several times was seen to corrupt its heap and crash
-at a later fork (tests/test_openvino_engine.py runs in a process of its own for that reason;
-see :data:`AUTO_ENV`). Both engines take the same normalised input, so every caller
-keeps one code path; :func:`engine_of` says which one a readied net runs on (for ``--json``).
+(``pip install 'verydeep[openvino]'``). ``auto`` (the default) takes OpenVINO when it is installed
+and the device is a CPU (about twice PyTorch's rate for VGG on AMX CPUs, issue 13), else PyTorch;
+``VERYDEEP_ENGINE=torch`` makes ``auto`` mean PyTorch (:data:`AUTO_ENV`). Both engines take the
+same normalised input, so every caller keeps one code path; :func:`engine_of` says which one a
+readied net runs on (for ``--json``).
 
-The OpenVINO engine keeps converted graphs and compiled blobs in ``cache_dir`` when one is
-given (``--engine-cache DIR``, or the ``VERYDEEP_ENGINE_CACHE`` environment variable), so that
-short runs do not pay the conversion and compilation again.
+The OpenVINO engine keeps converted graphs and compiled blobs in a cache folder so that short runs
+do not pay the conversion and compilation again (:func:`cache_folder`): ``--engine-cache DIR``,
+else ``$VERYDEEP_ENGINE_CACHE`` (set but empty: no cache), else the user's cache folder
+(``$XDG_CACHE_HOME/verydeep/openvino``, by default ``~/.cache/verydeep/openvino``).
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ import os
 import torch
 
 from verydeep.errors import ConfigError
+from verydeep.runtime.digests import file_sha256
+from verydeep.runtime.openvino_engine import OpenVINONet  # imports openvino only when a net is made
+from verydeep.runtime.precision import prepare_model
 
 ENGINES = ("auto", "torch", "openvino")
-#: Environment variable naming the OpenVINO cache folder when ``--engine-cache`` is not given.
+#: Environment variable naming the OpenVINO cache folder when ``--engine-cache`` is not given
+#: (set but empty: no cache folder).
 CACHE_ENV = "VERYDEEP_ENGINE_CACHE"
-#: Environment variable: set to ``openvino`` to make ``auto`` take OpenVINO on a CPU when installed.
+#: Environment variable: ``torch`` makes ``auto`` mean PyTorch (``openvino`` or unset: OpenVINO on a
+#: CPU when installed).
 AUTO_ENV = "VERYDEEP_ENGINE"
 
 
@@ -38,14 +43,18 @@ def openvino_available() -> bool:
 
 
 def resolve_engine(choice: str | None, device: torch.device | str = "cpu") -> str:
-    """``auto`` (or None) -> ``torch``, or with ``$VERYDEEP_ENGINE=openvino`` ``openvino`` on a CPU
-    with OpenVINO installed.
+    """``auto`` (or None) -> ``openvino`` on a CPU with OpenVINO installed, unless
+    ``$VERYDEEP_ENGINE`` is ``torch``; else ``torch``.
 
-    An explicit ``openvino`` without the package, or on a GPU, is a :class:`ConfigError`.
+    An explicit ``openvino`` without the package, or on a GPU, is a :class:`ConfigError`; so is a
+    ``$VERYDEEP_ENGINE`` other than ``torch``, ``openvino`` or ``auto``.
     """
     device = torch.device(device)
     if choice in (None, "auto"):
-        wanted = os.environ.get(AUTO_ENV, "torch") == "openvino"
+        preferred = os.environ.get(AUTO_ENV, "") or "auto"
+        if preferred not in ENGINES:
+            raise ConfigError(f"{AUTO_ENV}={preferred!r}: choose auto, torch or openvino")
+        wanted = preferred != "torch"
         return "openvino" if wanted and device.type == "cpu" and openvino_available() else "torch"
     if choice not in ENGINES:
         raise ConfigError(f"unknown engine {choice!r}: choose auto, torch or openvino")
@@ -58,9 +67,37 @@ def resolve_engine(choice: str | None, device: torch.device | str = "cpu") -> st
     return choice
 
 
+def default_cache_folder() -> str:
+    """``$XDG_CACHE_HOME/verydeep/openvino`` (``~/.cache/verydeep/openvino`` by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "verydeep", "openvino")
+
+
 def cache_folder(cache_dir: str | os.PathLike | None) -> str | None:
-    """The OpenVINO cache folder: ``cache_dir`` if given, else ``$VERYDEEP_ENGINE_CACHE``, else none."""
-    return str(cache_dir) if cache_dir else (os.environ.get(CACHE_ENV) or None)
+    """The OpenVINO cache folder: ``cache_dir`` if given, else ``$VERYDEEP_ENGINE_CACHE`` (empty: none),
+    else :func:`default_cache_folder`. Why a default: without it every ``evaluate`` of VGG-16 would
+    trace and convert the net again (about 6 s on a 2-core Xeon, more than a few hundred images take)."""
+    if cache_dir:
+        return str(cache_dir)
+    if CACHE_ENV in os.environ:
+        return os.environ[CACHE_ENV] or None
+    return default_cache_folder()
+
+
+def digest_memo_folder() -> str | None:
+    """Where :mod:`verydeep.runtime.digests` remembers weights files' sha256: the ``sha256`` folder
+    of the default cache folder (none when ``$VERYDEEP_ENGINE_CACHE`` is set empty)."""
+    root = cache_folder(None)
+    return os.path.join(root, "sha256") if root else None
+
+
+def weights_cache_key(source, engine: str) -> str | None:
+    """For ``engine == "openvino"`` and a weights file: ``sha256:<hex>`` of the file (remembered,
+    :mod:`verydeep.runtime.digests`), the name of its OpenVINO cache entry, so that the loaded values
+    need not be hashed again (:func:`ready`); else None."""
+    if engine != "openvino" or not os.path.isfile(source):
+        return None
+    return f"sha256:{file_sha256(source, digest_memo_folder())}"
 
 
 def ready(model, engine: str, precision, device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None,
@@ -70,11 +107,7 @@ def ready(model, engine: str, precision, device: torch.device | str = "cpu", cac
     ``cache_key`` names the weights in the OpenVINO cache (the sha256 of their file, when the
     caller has it) instead of a digest of the loaded values."""
     if engine == "openvino":
-        from verydeep.runtime.openvino_engine import OpenVINONet
-
         return OpenVINONet(model, precision, cache_folder(cache_dir), cache_key)
-    from verydeep.runtime.precision import prepare_model
-
     return prepare_model(model, precision, device)
 
 

@@ -30,6 +30,14 @@ How:
   for them (``evaluate`` uses it: a short run is then mostly the images).
 
 ``openvino`` is imported only when an engine is made: the package works without it.
+
+One ``ov.Core`` per process (:func:`shared_core`), never one per net: OpenVINO's CPU plugin
+(2026.4) installs an alternate signal stack on the thread that first compiles with a Core and, when
+that Core's plugin is destroyed, puts back the stack it found and unmaps its own. With two Cores
+released in the order they were made, the thread is left with an unmapped alternate stack, and the
+next signal whose handler runs on it (Python installs every handler with ``SA_ONSTACK``; the
+DataLoader's SIGCHLD handler fires when a worker or a subprocess exits) kills the process with
+SIGSEGV. A single Core that lives as long as the process never gives its stack back.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -90,7 +99,7 @@ class DenseHead(nn.Module):
 
 def to_openvino(model, logits: bool = True):
     """The net's :class:`DenseHead` as an ``ov.Model`` with dynamic batch, height and width (float32 weights)."""
-    import openvino as ov
+    import openvino as ov  # optional: openvino
 
     module = DenseHead(model, logits).to(device="cpu", dtype=torch.float32)
     crop = model.spec.crop_size
@@ -112,9 +121,7 @@ def save_ir(graph, xml: Path) -> Path:
     """Write ``graph`` as OpenVINO IR ``xml`` + its ``.bin``, atomically: both are written in a
     temporary folder beside them and moved into place, the weights first (a reader that finds the
     ``.xml`` finds its ``.bin``). float32 weights are kept (no fp16 compression)."""
-    import tempfile
-
-    import openvino as ov
+    import openvino as ov  # optional: openvino
 
     xml = Path(xml)
     scratch = Path(tempfile.mkdtemp(prefix=f".{xml.stem}.", dir=xml.parent))
@@ -139,6 +146,19 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
+_CORE = None
+
+
+def shared_core():
+    """The process's one ``ov.Core`` (made at the first call; see the module doc for why one)."""
+    global _CORE
+    if _CORE is None:
+        import openvino as ov  # optional: openvino
+
+        _CORE = ov.Core()
+    return _CORE
+
+
 def ov_precision(precision) -> str:
     """OpenVINO's inference precision for ours: bf16 -> bf16, anything else -> f32."""
     return "bf16" if getattr(precision, "value", precision) == "bf16" else "f32"
@@ -158,18 +178,16 @@ class OpenVINONet:
         hashing them again for the cache; by default :func:`weights_digest`. ``model`` may be None
         with ``meta`` and a ``loader`` that returns the net when it is first needed (see
         :meth:`from_cache`)."""
-        import openvino as ov
-
         self._model = model.to("cpu").float().eval() if model is not None else None
         self._meta, self._loader = meta, loader
         self.precision = ov_precision(precision)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.core = ov.Core()
+        self.core = shared_core()
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.core.set_property({"CACHE_DIR": str(self.cache_dir / "compiled")})
         self._requests: dict[bool, list] = {}
-        self._shapes: set[tuple[bool, tuple[int, ...]]] = set()
+        self._shapes: set[tuple] = set()
+        self._chunk_rows: dict[tuple, int] = {}  # (logits, (3, H, W)) -> images per request (_chunks)
         self._digest = hashlib.sha256(cache_key.encode()).hexdigest() if cache_key else None
         #: Seconds spent on: "convert" (trace + conversion, or reading the cached IR), "compile",
         #: "first_inference" (summed over the first inference at each new input shape).
@@ -250,8 +268,10 @@ class OpenVINONet:
             source = self._graph_source(logits)
             mid = time.perf_counter()
             hint = SPLIT_HINT if batch > 1 else SINGLE_HINT
-            compiled = self.core.compile_model(source, "CPU", {"PERFORMANCE_HINT": hint,
-                                                                "INFERENCE_PRECISION_HINT": self.precision})
+            config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.precision}
+            if self.cache_dir is not None:  # per compilation: the Core is shared (shared_core)
+                config["CACHE_DIR"] = str(self.cache_dir / "compiled")
+            compiled = self.core.compile_model(source, "CPU", config)
             count = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if hint == SPLIT_HINT else 1
             self._requests[logits] = [compiled.create_infer_request() for _ in range(max(1, count))]
             self.timings["convert"] += mid - start
@@ -262,7 +282,7 @@ class OpenVINONet:
         self._check_size(x)
         requests = self._requests_for(logits, x.shape[0])
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        chunks = np.array_split(array, min(len(requests), len(array)))  # views: rows of a C-order array
+        chunks = self._chunks(array, logits, len(requests))
         start = time.perf_counter()
         for request, chunk in zip(requests, chunks):
             request.start_async({0: chunk}, share_inputs=False)
@@ -270,11 +290,26 @@ class OpenVINONet:
         for request in requests[:len(chunks)]:
             request.wait()
             outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
-        key = (logits, array.shape)
+        key = (logits, tuple(c.shape for c in chunks))
         if key not in self._shapes:
             self._shapes.add(key)
             self.timings["first_inference"] += time.perf_counter() - start
-        return torch.from_numpy(np.concatenate(outs))
+        return torch.from_numpy(np.concatenate(outs)[:len(array)])
+
+    def _chunks(self, array: np.ndarray, logits: bool, requests: int) -> list[np.ndarray]:
+        """``array`` cut into at most ``requests`` chunks, one per infer request. A batch no larger
+        than the first one seen at this image size (a run's last batch) is cut into chunks of that
+        first batch's per-request size, the last padded with zero images: OpenVINO builds kernels for
+        each new input shape at its first inference (about 0.8 s for VGG-16 on 2 cores), more than a
+        few padded images cost. A larger batch is split evenly (new shapes)."""
+        rows = self._chunk_rows.setdefault((logits, array.shape[1:]), -(-len(array) // requests))
+        if len(array) > rows * requests:
+            return np.array_split(array, min(requests, len(array)))  # views: rows of a C-order array
+        chunks = [array[i:i + rows] for i in range(0, len(array), rows)]
+        if len(chunks[-1]) < rows:
+            pad = np.zeros((rows - len(chunks[-1]), *array.shape[1:]), dtype=array.dtype)
+            chunks[-1] = np.concatenate([chunks[-1], pad])
+        return chunks
 
     # -- the VGG views ------------------------------------------------------------------------------
     def dense(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from verydeep.errors import ConfigError
 from verydeep.runtime.io import atomic_write
 from verydeep.train import faults
+from verydeep.weights.archive import check_inflation
 
 STEP_PATTERN = re.compile(r"^step-(\d{9})\.pt$")
 BEST_NAME = "best.pt"
@@ -90,10 +92,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
-    from safetensors import SafetensorError
-
-    from verydeep.weights.archive import check_inflation
-
     check_inflation(path, "checkpoint")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)

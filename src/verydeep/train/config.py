@@ -24,6 +24,9 @@ import yaml
 
 from verydeep.errors import ConfigError
 from verydeep.models.configs import CROP_SIZE, DROPOUT, FC_WIDTH, ModelSpec, resolve_name
+from verydeep.runtime.io import write_text
+from verydeep.train.limits import check_numbers
+from verydeep.train.presets import resolve_preset
 
 
 @dataclass
@@ -67,7 +70,9 @@ class DataConfig:
     ``normalise``: ``mean`` subtracts the training set's mean RGB (the paper); ``mean_std`` also
     divides by its per-channel standard deviation, so that the first layer sees unit-scale input
     whatever the data's pixel spread (white strokes on black have twice a photo's); the weights'
-    metadata records it, so evaluation and every export follow.
+    metadata records it, so evaluation and every export follow. ``device_share`` is the share of
+    each batch that a CUDA device decodes (nvJPEG) and crops itself when the CPU workers cannot keep
+    up (:mod:`verydeep.data.pipeline`; ``verydeep bench`` measures a good value); on a CPU it is 0.
     """
 
     train: Optional[str] = None
@@ -81,6 +86,7 @@ class DataConfig:
     workers: int = 4
     cache: bool = False
     normalise: str = "mean"
+    device_share: float = 0.0
 
 
 @dataclass
@@ -133,7 +139,7 @@ class RunConfig:
     ``dist_timeout_s`` bounds how long a process waits for the others (joining the group, or in any
     collective) before it fails, so that a peer that hangs cannot hang the job forever.
     ``stuck_epochs``: after this many epochs in a row at chance level (or with outputs that do not
-    depend on the input) the run warns, and its summary says ``"learned": false``."""
+    depend on the input) the run warns, and its summary says ``"learned": false`` (0: no alarm)."""
 
     out: str = "runs/train"
     seed: int = 0
@@ -312,8 +318,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults (or ``base``), then the YAML preset at ``path`` (if any), then ``key=value`` overrides; validated."""
     cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     if path is not None:
-        from verydeep.train.presets import resolve_preset  # presets import nothing of this module
-
         apply_mapping(cfg, _read_yaml(resolve_preset(path)), str(path))
     for text in overrides:
         key, value = _parse_override(text)
@@ -331,8 +335,7 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def save_yaml(cfg: TrainConfig, path: Path) -> None:
-    from verydeep.runtime.io import write_text  # atomic: a full disk never leaves half a config
-
+    """Write the resolved config (atomically: a full disk never leaves half a config)."""
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
@@ -363,6 +366,7 @@ def validate(cfg: TrainConfig) -> None:
     _require(d.colour_shift >= 0, f"data.colour_shift must be non-negative, got {d.colour_shift}")
     _require(d.colour_stats_images >= 1, f"data.colour_stats_images must be at least 1, got {d.colour_stats_images}")
     _require(d.workers >= 0, f"data.workers must be non-negative, got {d.workers}")
+    _require(0.0 <= d.device_share <= 1.0, f"data.device_share must be in [0, 1], got {d.device_share}")
     _require(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
     _require(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _require(o.weight_decay >= 0, f"optim.weight_decay must be non-negative, got {o.weight_decay}")
@@ -374,7 +378,7 @@ def validate(cfg: TrainConfig) -> None:
              f"optim.clip_grad_norm must be a positive number or null, got {o.clip_grad_norm}")
     _require(1 < o.divergence_factor < float("inf"), f"optim.divergence_factor must be above 1, got {o.divergence_factor}")
     _require(o.max_backoffs >= 0, f"optim.max_backoffs must be non-negative, got {o.max_backoffs}")
-    _require(r.stuck_epochs >= 1, f"run.stuck_epochs must be at least 1, got {r.stuck_epochs}")
+    _require(r.stuck_epochs >= 0, f"run.stuck_epochs must be 0 (no alarm) or more, got {r.stuck_epochs}")
     _require(s.epochs >= 1, f"schedule.epochs must be at least 1, got {s.epochs}")
     _require(0.0 < s.factor < 1.0, f"schedule.factor must be in (0, 1), got {s.factor}")
     _require(s.patience >= 1, f"schedule.patience must be at least 1, got {s.patience}")
@@ -386,6 +390,4 @@ def validate(cfg: TrainConfig) -> None:
     _require(r.log_every >= 1, f"run.log_every must be at least 1, got {r.log_every}")
     _require(r.threads is None or r.threads >= 1, f"run.threads must be at least 1, got {r.threads}")
     _require(bool(r.out.strip()), "run.out must name a folder")
-    from verydeep.train.guard import check_numbers  # finite values, lr and seed ranges, net size (issue 16)
-
-    check_numbers(cfg)
+    check_numbers(cfg)  # finite values, lr and seed ranges, net size

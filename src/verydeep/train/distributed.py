@@ -45,6 +45,10 @@ class GlobalBatchSampler:
         self.accumulation, self.micro, self.per_rank = accumulation, micro, per_rank
         self.seed, self.epoch, self.start_step = seed, epoch, start_step
 
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Serve ``epoch`` from its step ``start_step`` on (a loader keeps one sampler for the run)."""
+        self.epoch, self.start_step = int(epoch), int(start_step)
+
     @property
     def steps(self) -> int:
         return self.n // self.batch_size

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from verydeep.errors import ConfigError
+from verydeep.runtime.devices import pick_device
 from verydeep.runtime.io import make_folder
 from verydeep.runtime.locks import Lock, lock_folder
+from verydeep.train.config import TrainConfig
 
 FINAL_NAME = "final.safetensors"
 
@@ -30,6 +32,7 @@ RESUME_MAY_CHANGE = (
     "schedule.epochs",
     "run.out", "run.checkpoint_every", "run.keep_last", "run.log_every", "run.progress", "run.tensorboard",
     "run.plots", "run.device", "run.threads", "run.dist_timeout_s", "data.workers",
+    "data.device_share",
 )
 
 
@@ -74,8 +77,6 @@ def config_differences(saved: dict[str, Any], new: dict[str, Any], defaults: dic
 
 def check_resume_config(saved: Any, cfg) -> None:
     """Refuse a ``--resume`` whose config differs from the checkpoint's beyond :data:`RESUME_MAY_CHANGE`."""
-    from verydeep.train.config import TrainConfig
-
     if not isinstance(saved, dict):
         raise ConfigError("the checkpoint's saved config is not a mapping; it is damaged")
     diffs = config_differences(saved, cfg.to_dict(), TrainConfig().to_dict())
@@ -98,57 +99,8 @@ def claim_run(cfg, ckpt: dict[str, Any] | None, overwrite: bool = False) -> Lock
     elif (out / FINAL_NAME).exists() and not overwrite:
         raise ConfigError(f"{out} holds the final weights of a finished run ({FINAL_NAME}); choose another run.out, "
                           "or pass --overwrite to train afresh there")
-    from verydeep.runtime.devices import pick_device
-
     pick_device(cfg.run.device)  # a device that cannot be used is refused before the folder is made
     if os.environ.get("RANK", "0") != "0":
         return None
     make_folder(out, "run.out")
     return lock_folder(out, f"run folder {out}")
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_numbers(cfg) -> None:
-    """Values the per-key range checks let through but that cannot be trained with: non-finite
-    numbers, a learning rate beyond float32, a seed NumPy refuses, a net larger than the machine.
-
-    Called by :func:`verydeep.train.config.validate`, so before any data is read or any tensor
-    allocated (the net's size comes from a net built on the ``meta`` device)."""
-    import dataclasses
-    import math
-
-    for section in dataclasses.fields(cfg):
-        for f in dataclasses.fields(getattr(cfg, section.name)):
-            value = getattr(getattr(cfg, section.name), f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{section.name}.{f.name} must be a finite number, got {value}")
-    if not cfg.optim.lr <= 1e3:
-        raise ConfigError(f"optim.lr must be at most 1000 (the paper's is 0.01), got {cfg.optim.lr:g}")
-    if not 0 <= cfg.run.seed < 2**32:
-        raise ConfigError(f"run.seed must be in 0 .. 2**32-1, got {cfg.run.seed}")
-    estimate_fits(cfg.model_spec(cfg.model.num_classes or 1000), "model")
-
-
-def estimate_fits(spec, what: str = "model") -> int:
-    """The parameter count of ``spec`` (from a net on the ``meta`` device: nothing allocated);
-    refused when training it (weights, gradients, momentum: 3 float32 copies) needs more than the
-    machine's memory."""
-    import torch
-
-    from verydeep.models.vgg import VGG
-
-    with torch.device("meta"):
-        params = sum(p.numel() for p in VGG(spec).parameters())
-    memory = _physical_memory()
-    need = 12 * params
-    if memory is not None and need > memory:
-        raise ConfigError(f"{what}.width={spec.width:g} (fc_width {spec.fc_width}, crop {spec.crop_size}) makes a net "
-                          f"of {params / 1e9:.1f} G parameters: training needs at least {need / 2**30:.0f} GiB, "
-                          f"this machine has {memory / 2**30:.0f} GiB")
-    return params

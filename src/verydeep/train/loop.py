@@ -1,10 +1,13 @@
 """The training loop: the paper's recipe, one process or many, resumable to the bit.
 
-:func:`train` runs a whole configured run and returns a :class:`TrainResult`. One step takes the
+:func:`train` checks everything a user can get wrong, builds the run (:func:`build_run`: data,
+net, optimiser, the one step of :mod:`verydeep.train.step`), and runs its epochs
+(:func:`run_epochs`): :func:`verydeep.train.engine.train_one_epoch`, then validation, the
+learning-rate schedule, the epoch record and a checkpoint (:func:`end_epoch`). One step takes the
 global batch (this process's slices of it, in ``optim.accumulation`` micro-batches), scales each
-micro-batch's summed loss by ``world / readable images in the global batch`` so that DDP's gradient
-average is the mean over the global batch, and takes one SGD step. Unreadable images are dropped
-from their batch, counted, and listed at the end of the epoch.
+micro-batch's summed loss by ``world / global batch`` so that DDP's gradient average is the mean
+over the global batch, and takes one SGD step. Unreadable images are dropped from their batch
+(they count as zero loss in the mean), counted, and listed at the end of the epoch.
 
 Everything a step depends on is either in the checkpoint (weights, momentum, schedule, RNG states
 of every process, epoch accumulators) or a function of ``(seed, epoch, index)`` (data order, crops,
@@ -14,38 +17,40 @@ never stopped (on the CPU, in deterministic mode, with the same world size).
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import errno
 import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from verydeep.data.transforms import ColourStats, TrainDataset, compute_colour_stats
+from verydeep.data.transforms import ColourStats, compute_colour_stats
 from verydeep.errors import ConfigError, DataError, VerydeepError
-from verydeep.evaluate.metrics import topk_correct
 from verydeep.models.vgg import VGG
-from verydeep.runtime.precision import autocast_for, resolve
 from verydeep.runtime import distributed as D
 from verydeep.runtime import signals
 from verydeep.runtime.io import write_json
+from verydeep.runtime.precision import resolve
+from verydeep.runtime.settings import torch_settings
 from verydeep.train import faults
 from verydeep.train.checkpoint import CheckpointFolder, atomic_save, capture_rng, load_checkpoint, restore_rng
-from verydeep.train.config import TrainConfig, save_yaml
+from verydeep.train.config import TrainConfig, from_dict, load_config, save_yaml
 from verydeep.train.distributed import GlobalBatchSampler
-from verydeep.train.inputs import CachedTrainDataset, DataSets, augment, colour_offsets, net_input, scan, train_loader, val_loader
+from verydeep.train.engine import train_one_epoch, validate
 from verydeep.train.guard import claim_run
+from verydeep.train.inputs import DataSets, scan, train_dataset, train_loader
 from verydeep.train.metrics import MetricsLog, Progress, read_metrics
 from verydeep.train.model_init import build_model
 from verydeep.train.schedule import PlateauSchedule
-from verydeep.train.stability import DivergenceWatch, StuckWatch, stuck_advice, warmup_factor
+from verydeep.train.state import (EpochSums, RunState, checkpoint_state, global_sums, keep_last_good, link_or_copy,
+                                  restore_state, save_checkpoint, weights_meta, write_weights)
+from verydeep.train.stability import DivergenceWatch, StuckWatch, stuck_advice
+from verydeep.train.step import Step, classification_loss, make_sgd
 
 #: ``--resume`` without a path: the newest step checkpoint of the run folder.
 LATEST = "latest"
@@ -89,25 +94,6 @@ class TrainResult:
         return asdict(self)
 
 
-class Diverged(Exception):
-    """A step's loss diverged under ``optim.on_divergence: backoff`` (caught by the epoch loop)."""
-
-    def __init__(self, reason: str, loss: float, median: float | None) -> None:
-        super().__init__(reason)
-        self.reason, self.loss, self.median = reason, loss, median
-
-
-@dataclass
-class EpochSums:
-    """Running sums of the current epoch, over all processes (so rank 0's copy is the whole truth)."""
-
-    loss: float = 0.0
-    correct: float = 0.0
-    seen: int = 0
-    skipped: list[int] = field(default_factory=list)
-    nonfinite: list[int] = field(default_factory=list)
-
-
 def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrainResult:
     """Run (or resume) the configured training. ``resume``: a checkpoint path, :data:`LATEST` or :data:`AUTO`.
 
@@ -133,12 +119,12 @@ def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) 
                        cfg.optim.accumulation, cfg.run.seed)  # divisibility checks, before any work
     lock = claim_run(cfg, ckpt, overwrite)  # one writer per run.out; a resume keeps its config (train/guard.py)
     info = D.setup(cfg.run.device, timeout_s=cfg.run.dist_timeout_s)
-    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
-    trainer: Trainer | None = None
+    run: RunState | None = None
     failure: VerydeepError | None = None
     try:
-        trainer = Trainer(cfg, data, info, folder, ckpt)
-        return trainer.run()
+        with torch_settings(cfg.run.threads, cfg.run.deterministic):
+            run = build_run(cfg, data, info, folder, ckpt)
+            return run_epochs(run, ckpt)
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
@@ -147,14 +133,13 @@ def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) 
     except RuntimeError as exc:
         if not (info.distributed and D.is_peer_failure(exc)):
             raise
-        where = f" at step {trainer.step + 1}" if trainer is not None else ""
+        where = f" at step {run.step + 1}" if run is not None else ""
         failure = DataError(f"process {info.rank} of {info.world_size} lost the others{where} (one died, or did "
                             f"not answer within run.dist_timeout_s={cfg.run.dist_timeout_s:g} s): {D.first_line(exc)}")
     finally:
-        trainer = None  # the net and its DDP wrapper go before their process group (else gloo aborts at exit)
-        torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
-        torch.set_flush_denormal(False)
+        if run is not None:
+            run.loader.close()  # its persistent workers end with the run
+        run = None  # the net and its DDP wrapper go before their process group (else gloo aborts at exit)
         D.teardown(info)
         if lock is not None:
             lock.release()
@@ -164,8 +149,6 @@ def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) 
 def resolve_config(path: str | None, overrides: list[str], resume: str | None) -> TrainConfig:
     """The run's config: the preset at ``path`` (or, resuming a checkpoint file without a preset,
     the checkpoint's own resolved config), then the overrides."""
-    from verydeep.train.config import from_dict, load_config
-
     if path is None and resume and resume not in (LATEST, AUTO):
         cfg = from_dict(load_checkpoint(resume)["config"])
         return load_config(None, overrides, base=cfg)
@@ -188,513 +171,186 @@ def check_run_folder(out: str | os.PathLike) -> None:
         raise DataError(f"cannot write run.out {path}: {os.strerror(errno.EACCES)} ({probe})")
 
 
-def _process_settings(r) -> None:
-    """The process-wide torch settings of a run (``train`` restores the previous ones at the end)."""
-    if r.threads:
-        torch.set_num_threads(r.threads)
-    if r.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = not r.deterministic
-    # Tiny gradients of small nets become denormal floats, which x86 CPUs handle 10-20x slower.
-    torch.set_flush_denormal(True)
+def build_run(cfg: TrainConfig, data: DataSets, info: D.DistContext, folder: CheckpointFolder,
+              ckpt: dict[str, Any] | None) -> RunState:
+    """The run's state: data and loader, the net (fresh, or the checkpoint's), optimiser, the step."""
+    r, o = cfg.run, cfg.optim
+    spec = cfg.model_spec(len(data.classes))
+    train_set = train_dataset(cfg, data, progress=info.is_main and r.progress)
+    if ckpt is not None:
+        stats = ColourStats.from_dict(ckpt["colour_stats"])
+        model, copied = VGG(spec), list(ckpt.get("progress", {}).get("copied_layers", []))
+    else:
+        stats = compute_colour_stats(data.train, cfg.data.colour_stats_images, seed=r.seed)
+        model, copied = build_model(spec, cfg.init, r.seed)
+    model.to(info.device)
+    if r.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_sgd(model.parameters(), o.lr, o.momentum, o.weight_decay)
+    sampler = GlobalBatchSampler(len(train_set), o.batch_size, info.world_size, info.rank, o.accumulation, r.seed)
+    steps_per_epoch = len(data.train) // o.batch_size
+    precision = resolve(r.precision, info.device)
+    run = RunState(
+        cfg=cfg, data=data, info=info, folder=folder, device=info.device, precision=precision, spec=spec, stats=stats,
+        train_set=train_set, sampler=sampler, loader=train_loader(cfg, train_set, sampler, info.device, stats),
+        model=model, net=model, optimizer=optimizer, step_fn=Step(model, optimizer, info.device, precision),
+        schedule=PlateauSchedule(lr=o.lr, factor=cfg.schedule.factor, patience=cfg.schedule.patience,
+                                 max_drops=cfg.schedule.max_drops, threshold=cfg.schedule.threshold),
+        watch=DivergenceWatch(o.divergence_factor, floor=math.log(max(spec.num_classes, 2))),
+        stuck=StuckWatch(r.stuck_epochs), log=MetricsLog(Path(r.out), enabled=info.is_main, tensorboard=r.tensorboard),
+        run_dir=Path(r.out), steps_per_epoch=steps_per_epoch,
+        warmup_steps=max(o.warmup_steps, math.ceil(o.warmup_epochs * steps_per_epoch)), copied=copied,
+        explode_at=faults.explode_step())
+    if ckpt is not None:
+        restore_state(run, ckpt)
+    model.meta = weights_meta(run)
+    _wrap(run)
+    return run
 
 
-class Trainer:
-    """One run's state and its loop. Build it through :func:`train`."""
+def _wrap(run: RunState) -> None:
+    """DDP (after a restore: it broadcasts rank 0's weights) and ``torch.compile`` around the net,
+    and the step that runs it."""
+    net: Any = run.model
+    if run.info.distributed:
+        from torch.nn.parallel import DistributedDataParallel  # start-up: only multi-process runs need it
 
-    def __init__(self, cfg: TrainConfig, data: DataSets, info: D.DistContext, folder: CheckpointFolder,
-                 ckpt: dict[str, Any] | None) -> None:
-        r = cfg.run
-        self.cfg, self.data, self.info, self.folder = cfg, data, info, folder
-        _process_settings(r)
-        self.device = info.device
-        self.precision = resolve(r.precision, self.device)
-        self.run_dir = Path(r.out)
-        self.spec = cfg.model_spec(len(data.classes))
-        self.aug = augment(cfg)
-        if cfg.data.cache:
-            self.train_set: TrainDataset = CachedTrainDataset(data.train, self.aug, r.seed, progress=info.is_main and r.progress)
-        else:
-            self.train_set = TrainDataset(data.train, self.aug, seed=r.seed)
-        self.steps_per_epoch = len(data.train) // cfg.optim.batch_size
-        self.total_steps = self.steps_per_epoch * cfg.schedule.epochs
-        self._stability_settings()
-        self.schedule = PlateauSchedule(lr=cfg.optim.lr, factor=cfg.schedule.factor, patience=cfg.schedule.patience,
-                                        max_drops=cfg.schedule.max_drops, threshold=cfg.schedule.threshold)
-        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.sums = EpochSums()
-        self.best: dict[str, Any] = {}
-        self.elapsed = 0.0
-        self._t0: float | None = None
+        net = DistributedDataParallel(run.model, device_ids=[run.device] if run.device.type == "cuda" else None)
+    if run.cfg.run.compile:
+        net = torch.compile(net)
+    run.net = net
+    run.step_fn = Step(run.model, run.optimizer, run.device, run.precision, classification_loss, net=net,
+                       clip_grad_norm=run.cfg.optim.clip_grad_norm,
+                       all_sum=partial(D.all_sum, run.info) if run.info.distributed else None)
+
+
+def run_epochs(run: RunState, ckpt: dict[str, Any] | None) -> TrainResult:
+    """The run from where it stands to its last epoch; its summary."""
+    cfg, main = run.cfg, run.info.is_main
+    if main:
+        run.folder.prepare()
+        save_yaml(cfg, run.run_dir / "config.yaml")
+        write_json(run.run_dir / "colour_stats.json", run.stats.to_dict())
+        # (a fresh start, step 0, drops what a run killed before its first checkpoint logged)
+        run.log.truncate_after(run.step, backoffs=run.backoffs)
         if ckpt is not None:
-            self.stats = ColourStats.from_dict(ckpt["colour_stats"])
-            self.model, self.copied = VGG(self.spec), list(ckpt.get("progress", {}).get("copied_layers", []))
-        else:
-            self.stats = compute_colour_stats(data.train, cfg.data.colour_stats_images, seed=r.seed)
-            self.model, self.copied = build_model(self.spec, cfg.init, r.seed)
-        self.model.to(self.device)
-        if r.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                         weight_decay=cfg.optim.weight_decay)
-        self.ckpt = ckpt
-        if ckpt is not None:
-            self._restore(ckpt)
-        self.model.meta = self._meta()
-        self.ddp = None
-        self.net: Any = self.model
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
-            self.net = self.ddp
-        if r.compile:
-            self.net = torch.compile(self.net)
-        self.log = MetricsLog(self.run_dir, enabled=info.is_main, tensorboard=r.tensorboard)
-
-    def _stability_settings(self) -> None:
-        """Warm-up, back-off and the stuck-run alarm (:mod:`verydeep.train.stability`)."""
-        o = self.cfg.optim
-        self.warmup_steps = max(o.warmup_steps, math.ceil(o.warmup_epochs * self.steps_per_epoch))
-        self.backoff = o.on_divergence == "backoff"
-        self.divide_std = self.cfg.data.normalise == "mean_std"
-        self.watch = DivergenceWatch(o.divergence_factor, floor=math.log(max(self.spec.num_classes, 2)))
-        self.stuck = StuckWatch(self.cfg.run.stuck_epochs)
-        self.backoffs = 0
-        self.last_good: dict[str, Any] | None = None  # the newest checkpoint's state, for a back-off
-        self.explode_at = faults.explode_step()
-
-    # -- state --------------------------------------------------------------------------------------
-    def _meta(self):
-        from verydeep.weights.metadata import WeightsMeta
-
-        d = self.cfg.data
-        extra = {"train_scale": [d.scale_min, d.scale_max], "val_scale": self.cfg.val_scale,
-                 "epoch": self.epoch, "step": self.step, "colour_stats": self.stats.to_dict()}
-        for key in ("val_top1_err", "val_top5_err"):
-            if key in self.best:
-                extra[f"best_{key}"] = self.best[key]
-        return WeightsMeta(spec=self.spec, classes=list(self.data.classes), preprocessing=self.stats.preprocessing(self.divide_std),
-                           source=f"verydeep-train:{self.run_dir.name}", extra=extra)
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise ConfigError(f"the checkpoint does not fit the configured model: {self._mismatch(ckpt, exc)}") from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
-        progress = ckpt.get("progress", {})
-        self.sums = EpochSums(**progress.get("sums", {}))
-        self.best = dict(progress.get("best", {}))
-        self.elapsed = float(progress.get("elapsed", 0.0))
-        stability = ckpt.get("stability", {})
-        self.watch.load_state_dict(stability.get("divergence", {}))
-        self.stuck.load_state_dict(stability.get("stuck", {}))
-        self.backoffs = int(stability.get("backoffs", 0))
-
-    def _mismatch(self, ckpt: dict[str, Any], exc: Exception) -> str:
-        """What differs between the checkpoint's net and this run's: the model settings, and the first tensor."""
-        from verydeep.weights.metadata import WeightsMeta
-
-        parts = []
-        try:
-            theirs = WeightsMeta.from_json(ckpt["meta"]).spec
-        except (KeyError, TypeError, ValueError, VerydeepError):
-            theirs = None
-        if theirs is not None:
-            names = [f for f in ("config", "batch_norm", "num_classes", "width", "fc_width", "crop_size")
-                     if getattr(theirs, f) != getattr(self.spec, f)]
-            if names:
-                parts.append(f"it is for {', '.join(f'model.{f}={getattr(theirs, f)}' for f in names)}, this run has "
-                             f"{', '.join(f'model.{f}={getattr(self.spec, f)}' for f in names)}")
-        own, state = self.model.state_dict(), ckpt["model"]
-        shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
-                  if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
-        missing = [k for k in own if k not in state]
-        extra = [k for k in state if k not in own]
-        if shapes:
-            key, a, b = shapes[0]
-            parts.append(f"{key} has shape {a} in the checkpoint, {b} here")
-        elif missing:
-            parts.append(f"the checkpoint lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-        elif extra:
-            parts.append(f"the checkpoint has {extra[0]}, which this net lacks")
-        return "; ".join(parts) or str(exc).strip().splitlines()[0][:200]
-
-    def _gather_rng(self) -> list[dict[str, Any]]:
-        return D.all_gather(self.info, capture_rng())
-
-    def _checkpoint(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
-        self.model.meta = self._meta()
-        return {
-            "model": self.model.state_dict(),
-            "meta": self.model.meta.to_json(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "batch_in_epoch": self.batch_in_epoch,
-            "rng": {"world_size": self.info.world_size, "ranks": rngs},
-            "config": self.cfg.to_dict(),
-            "colour_stats": self.stats.to_dict(),
-            "progress": {"sums": asdict(self.sums), "best": dict(self.best), "elapsed": self._elapsed(),
-                         "copied_layers": list(self.copied)},
-            "stability": {"divergence": self.watch.state_dict(), "stuck": self.stuck.state_dict(),
-                          "backoffs": self.backoffs},
-        }
-
-    def _save(self, best: bool = False) -> None:
-        """A step checkpoint (every process joins to hand over its RNG state; rank 0 writes)."""
-        rngs = self._gather_rng()
-        state = self._checkpoint(rngs) if (self.backoff or self.info.is_main) else None
-        if self.backoff:
-            self._keep_last_good(state, rngs[min(self.info.rank, len(rngs) - 1)])
-        if not self.info.is_main:
-            return
-        self._check_finite_weights()
-        path = self.folder.save(state, self.step)
-        if best:
-            _link_or_copy(path, self.folder.best)
-
-    def _keep_last_good(self, state: dict[str, Any], rng: dict[str, Any]) -> None:
-        """Keep a private copy of a checkpoint's state (this process's RNG included) to back off to.
-
-        The copy is taken exactly where checkpoints are written, so that a run resumed from its
-        newest checkpoint holds the same last good state as the run that wrote it, and a back-off
-        after the resume replays the same history."""
-        self.last_good = {"state": copy.deepcopy(state), "rng": copy.deepcopy(rng)}
-
-    def _back_off(self, diverged: Diverged, progress: Progress) -> None:
-        """Return to the last good state and go on with the learning rate halved (or stop, past the limit)."""
-        o, failed_step, lr_before = self.cfg.optim, self.step + 1, self.schedule.lr
-        what = f"{diverged.reason} ({diverged.loss:.4g}" + (
-            f", {diverged.loss / diverged.median:.0f}x the running median {diverged.median:.4g})"
-            if diverged.reason == "exploding" and diverged.median else ")")
-        if self.backoffs >= o.max_backoffs or self.last_good is None:
-            raise ConfigError(f"the loss diverged at step {failed_step}: {what}, after {self.backoffs} back-off(s) "
-                              f"(optim.max_backoffs={o.max_backoffs}); lower optim.lr (now {lr_before:g}) or check the data")
-        count, elapsed = self.backoffs + 1, self._elapsed()
-        self._restore(copy.deepcopy(self.last_good["state"]))
-        restore_rng(self.last_good["rng"])
-        self.elapsed, self._t0 = elapsed, time.perf_counter()
-        self.backoffs = count
-        self.schedule.lr = lr_before * 0.5
-        self.schedule.apply(self.optimizer)
-        self.log.truncate_after(self.step, backoffs=count - 1)
-        self.log.write({"kind": "backoff", "step": self.step, "epoch": self.epoch, "backoff": count,
-                        "diverged_step": failed_step, "reason": diverged.reason, "loss": diverged.loss,
-                        "median": diverged.median, "lr_before": lr_before, "lr_after": self.schedule.lr})
-        progress.rewind(self.step)
-        if self.info.is_main:
-            progress.write(f"step {failed_step}: loss {what}; back to step {self.step} with learning rate "
-                           f"{self.schedule.lr:g} (back-off {count} of {o.max_backoffs})")
-
-    def _redo_best(self) -> None:
-        """Resuming from the end-of-epoch checkpoint of the best epoch, make its best copies again
-        (``best.pt``, ``best.safetensors``: the same bytes): the killed run may have died between
-        writing the checkpoint and writing them."""
-        if self.batch_in_epoch or not self.best or self.best.get("epoch") != self.epoch:
-            return
-        path = self.folder.step_path(self.step)
-        if path.is_file():
-            _link_or_copy(path, self.folder.best)
-        self._write_weights(self.run_dir / "best.safetensors")
-
-    def _check_finite_weights(self) -> None:
-        """Never write weights with a NaN or an infinity in them (a checkpoint one would resume from)."""
-        for key, value in self.model.state_dict().items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise ConfigError(f"the weights are not finite after step {self.step} ({key}): not writing them; "
-                                  f"lower optim.lr (now {self.schedule.lr:g}) or check the data")
-
-    def _elapsed(self) -> float:
-        return self.elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
-
-    # -- the loop -----------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
-        cfg, main = self.cfg, self.info.is_main
-        if main:
-            self.folder.prepare()
-            save_yaml(cfg, self.run_dir / "config.yaml")
-            atomic_json(self.stats.to_dict(), self.run_dir / "colour_stats.json")
-            # (a fresh start, step 0, drops what a run killed before its first checkpoint logged)
-            self.log.truncate_after(self.step, backoffs=self.backoffs)
-            if self.ckpt is not None:
-                sys.stderr.write(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch + 1}) from its checkpoint\n")
-                self._redo_best()
-        if self.ckpt is not None:
-            ranks = self.ckpt["rng"]["ranks"]
-            restore_rng(ranks[self.info.rank] if self.info.rank < len(ranks) else ranks[0])
-            self.ckpt = None
-        self.schedule.apply(self.optimizer)
-        progress = Progress(self.total_steps, self.step, enabled=main and cfg.run.progress)
-        self._t0 = time.perf_counter()
-        if self.backoff:  # the state at the start (step 0, or the checkpoint resumed from)
-            self._keep_last_good(self._checkpoint([capture_rng()]), capture_rng())
-        fault = faults.kill_step()
-        undefer = signals.defer(self.info.world_size == 1)  # SIGTERM: checkpoint between steps, then exit 143
-        try:
-            while self.epoch < cfg.schedule.epochs:
-                epoch = self.epoch
-                if self._train_epoch(epoch, progress, fault):
-                    self._end_epoch(epoch, progress)
-                    signals.raise_if_pending()  # the epoch's checkpoint is written
-        finally:
-            undefer()
-            progress.close()
-        result = self._finish()
-        self.log.close()
-        return result
-
-    def _train_epoch(self, epoch: int, progress: Progress, fault: int) -> bool:
-        """The epoch's remaining steps; False when a back-off went back to an earlier state instead."""
-        cfg, info = self.cfg, self.info
-        self.train_set.set_epoch(epoch)
-        sampler = GlobalBatchSampler(len(self.train_set), cfg.optim.batch_size, info.world_size, info.rank,
-                                     cfg.optim.accumulation, cfg.run.seed, epoch, start_step=self.batch_in_epoch)
-        loader = train_loader(self.train_set, sampler, cfg.data.workers, pin=self.device.type == "cuda")
-        batches = iter(loader)
-        interval = {"loss": 0.0, "seen": 0, "t": time.perf_counter()}
-        postfix: dict[str, str] = {}
-        for b in range(self.batch_in_epoch, self.steps_per_epoch):
-            micro = [next(batches) for _ in range(cfg.optim.accumulation)]
-            try:
-                loss_sum, seen = self._step(micro, epoch)
-            except Diverged as diverged:  # the loader's workers end when this returns
-                self._back_off(diverged, progress)
-                return False
-            self.batch_in_epoch, self.step = b + 1, self.step + 1
-            interval["loss"] += loss_sum
-            interval["seen"] += seen
-            if self.step % cfg.run.log_every == 0 or b + 1 == self.steps_per_epoch:
-                dt = max(time.perf_counter() - interval["t"], 1e-9)
-                loss = interval["loss"] / max(interval["seen"], 1)
-                ips = interval["seen"] / dt
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.log.write({"kind": "step", "step": self.step, "epoch": epoch, "loss": loss,
-                                "lr": lr, "images_per_s": ips})
-                postfix = {"loss": f"{loss:.3f}", "lr": f"{lr:.1e}", "img/s": f"{ips:.0f}"}
-                interval = {"loss": 0.0, "seen": 0, "t": time.perf_counter()}
-            progress.update(epoch, cfg.schedule.epochs, **postfix)
-            if self.step % cfg.run.checkpoint_every == 0 and b + 1 < self.steps_per_epoch:
-                self._save()
-            if fault and self.step == fault:
-                faults.die()
-            if signals.pending() and b + 1 < self.steps_per_epoch:  # SIGTERM: keep this step, then exit 143
-                self._save()
-                signals.raise_if_pending()
-        del batches, loader
-        return True
-
-    def _step(self, micro: list[tuple], epoch: int) -> tuple[float, int]:
-        """One SGD step on the global batch; returns (summed loss, readable images), over all processes."""
-        cfg, info = self.cfg, self.info
-        good = sum(len(m[1]) for m in micro)
-        bad = [i for m in micro for i in m[3]]
-        counts = D.all_sum(info, torch.tensor([good, len(bad)], dtype=torch.float64))
-        n_global, bad_global = int(counts[0]), int(counts[1])
-        if bad_global:
-            self.sums.skipped.extend(self._gather_list(bad))
-        if n_global == 0:
-            return 0.0, 0
-        self.optimizer.zero_grad(set_to_none=True)
-        rate = self.schedule.lr * warmup_factor(self.step, self.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = rate
-        loss_local = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.float64)
-        scale = info.world_size / n_global
-        for k, (images, labels, indices, _) in enumerate(micro):
-            offsets = colour_offsets(indices, self.stats, cfg.data.colour_shift, cfg.run.seed, epoch)
-            x = net_input(images, self.stats, self.device, cfg.run.channels_last, offsets, self.divide_std)
-            if self.explode_at == self.step + 1 and self.backoffs == 0:
-                x = x * faults.EXPLODE_FACTOR
-            y = labels.to(self.device, non_blocking=True)
-            last = k == len(micro) - 1
-            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
-            with sync:
-                with autocast_for(self.device, self.precision):
-                    logits = self.net(x)
-                loss = F.cross_entropy(logits.float(), y, reduction="sum")
-                (loss * scale).backward()
-            loss_local += loss.detach().double().cpu()
-            correct += (logits.detach().argmax(-1) == y).sum().double().cpu()
-        sums = D.all_sum(info, torch.stack([loss_local, correct]))
-        # Before the update, so that a diverged batch never reaches the weights (every process
-        # sees the same summed loss and the same averaged gradients, so all decide alike).
-        grad_norm = self._gradient_norm()
-        finite_grads = grad_norm is None or bool(torch.isfinite(grad_norm))
-        if self.backoff:
-            mean_loss = float(sums[0]) / n_global
-            median = self.watch.median()
-            reason = self.watch.check(mean_loss) or (None if finite_grads else "gradients not finite")
-            if reason is not None:
-                self.optimizer.zero_grad(set_to_none=True)
-                raise Diverged(reason, mean_loss, median)
-        bad_value = "loss" if not math.isfinite(float(sums[0])) else None if finite_grads else "gradients"
-        if bad_value is not None:
-            if cfg.optim.on_nonfinite == "stop":
-                raise ConfigError(f"the {bad_value} diverged (not finite) at step {self.step + 1}: lower optim.lr "
-                                  f"(now {self.schedule.lr:g}), check the data, or set optim.on_nonfinite=skip")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.sums.nonfinite.append(self.step + 1)
-            return 0.0, 0
-        if cfg.optim.clip_grad_norm is not None and grad_norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), cfg.optim.clip_grad_norm, grad_norm)
-        self.optimizer.step()
-        self.sums.loss += float(sums[0])
-        self.sums.correct += float(sums[1])
-        self.sums.seen += n_global
-        return float(sums[0]), n_global
-
-    def _gradient_norm(self) -> torch.Tensor | None:
-        """The global L2 norm of the gradients (None when no parameter has one)."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else None
-
-    def _gather_list(self, items: list[int]) -> list[int]:
-        return [i for part in D.all_gather(self.info, list(items)) for i in part]
-
-    @torch.no_grad()
-    def validate(self) -> dict[str, float] | None:
-        """Loss and top-1/top-5 error of centre crops at the validation scale Q, over all processes."""
-        if self.data.val is None:
-            return None
-        cfg, info = self.cfg, self.info
-        batch = max(1, cfg.optim.batch_size // (info.world_size * cfg.optim.accumulation))
-        loader = val_loader(self.data.val, self.cfg.val_scale, self.spec.crop_size, batch, info.rank, info.world_size,
-                            cfg.data.workers, pin=self.device.type == "cuda")
-        self.model.eval()
-        sums = torch.zeros(5, dtype=torch.float64)
-        classes = self.spec.num_classes
-        moments = torch.zeros(2, classes, dtype=torch.float64)  # sums of log-probabilities and their squares
-        for images, labels, _, bad in loader:
-            sums[4] += len(bad)
-            if len(labels) == 0:
-                continue
-            x = net_input(images, self.stats, self.device, cfg.run.channels_last, divide_std=self.divide_std)
-            y = labels.to(self.device)
-            with autocast_for(self.device, self.precision):
-                logits = self.model(x).float()
-            top1, top5 = (int(topk_correct(logits, y, k).sum()) for k in (1, 5))
-            sums += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")), top1, top5, len(labels), 0.0],
-                                 dtype=torch.float64)
-            lp = F.log_softmax(logits, dim=-1).double().cpu()
-            moments += torch.stack([lp.sum(0), (lp * lp).sum(0)])
-        self.model.train()
-        sums = D.all_sum(info, torch.cat([sums, moments.flatten()]))
-        moments, sums = sums[5:].view(2, classes), sums[:5]
-        n = max(float(sums[3]), 1.0)
-        mean = moments[0] / n
-        spread = float((moments[1] / n - mean * mean).clamp(min=0).sqrt().mean()) if n > 1 else None
-        return {"val_loss": float(sums[0]) / n, "val_top1_err": 1.0 - float(sums[1]) / n,
-                "val_top5_err": 1.0 - float(sums[2]) / n, "val_images": int(sums[3]), "val_skipped": int(sums[4]),
-                "val_output_spread": spread}
-
-    def _end_epoch(self, epoch: int, progress: Progress) -> None:
-        val = self.validate()
-        lr_used = self.schedule.lr
-        improved, dropped = True, False
-        if val is not None:
-            improved = val["val_top1_err"] < self.best.get("val_top1_err", math.inf)
-            dropped = self.schedule.step(1.0 - val["val_top1_err"])
-            self.schedule.apply(self.optimizer)
-            if improved:
-                self.best = {"epoch": epoch + 1, "val_top1_err": val["val_top1_err"], "val_top5_err": val["val_top5_err"]}
-        s = self.sums
-        skipped = [self.data.train.samples[i][0] for i in sorted(set(s.skipped))]
-        train_loss = s.loss / max(s.seen, 1)
-        stuck_reason = self.stuck.update(train_loss if s.seen else math.nan, self.spec.num_classes,
-                                         (val or {}).get("val_output_spread"))
-        record = {"kind": "epoch", "epoch": epoch + 1, "step": self.step, "lr": lr_used,
-                  "train_loss": train_loss, "train_top1_err": 1.0 - s.correct / max(s.seen, 1),
-                  **(val or {}), "lr_dropped": dropped, "next_lr": self.schedule.lr,
-                  "stuck": stuck_reason is not None, "backoffs": self.backoffs,
-                  "skipped_count": len(skipped), "skipped": skipped[:MAX_LISTED],
-                  "nonfinite_skipped": len(s.nonfinite), "nonfinite_steps": s.nonfinite[:MAX_LISTED], "time_s": self._elapsed()}
-        self.log.write(record)
-        if self.info.is_main and s.nonfinite:
-            steps = ", ".join(map(str, s.nonfinite[:10])) + (f" and {len(s.nonfinite) - 10} more" if len(s.nonfinite) > 10 else "")
-            progress.write(f"epoch {epoch + 1}: skipped {len(s.nonfinite)} batch(es) whose loss or gradients were "
-                           f"not finite (step {steps})")
-        if self.info.is_main and skipped:
-            shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-            progress.write(f"epoch {epoch + 1}: skipped {len(skipped)} unreadable image(s): {shown}")
-        if self.info.is_main and stuck_reason is not None and self.stuck.streak == self.stuck.epochs:
-            progress.write(self._stuck_warning())
-        if self.info.is_main and dropped:
-            progress.write(f"epoch {epoch + 1}: validation accuracy stopped improving; learning rate now "
-                           f"{self.schedule.lr:g} (drop {self.schedule.drops} of {self.schedule.max_drops})")
-        self.epoch, self.batch_in_epoch = epoch + 1, 0
-        self.sums = EpochSums()
-        self._save(best=improved and val is not None)
-        if self.info.is_main and improved and val is not None:
-            self._write_weights(self.run_dir / "best.safetensors")
-
-    def _stuck_warning(self) -> str:
-        o = self.cfg.optim
-        return (f"warning: the net is not learning: {self.stuck.reasons[-1]} for {self.stuck.streak} epoch(s) in a row "
-                f"(run.stuck_epochs={self.stuck.epochs}); "
-                + stuck_advice(self.schedule.lr, self.warmup_steps, o.on_divergence))
-
-    def _write_weights(self, path: Path) -> Path:
-        from verydeep.weights import canonical
-
-        self._check_finite_weights()
-        self.model.meta = self._meta()
-        return canonical.save(self.model.state_dict(), self.model.meta, path)
-
-    def _finish(self) -> TrainResult:
-        elapsed = self._elapsed()
-        final = self.run_dir / "final.safetensors"
-        records = [r for r in read_metrics(self.run_dir) if r.get("kind") == "epoch"] if self.info.is_main else []
-        last = records[-1] if records else {}
-        best_path = self.run_dir / "best.safetensors"
-        result = TrainResult(
-            run_dir=str(self.run_dir), epochs=self.epoch, steps=self.step, train_time_s=elapsed,
-            final_weights=str(final), best_weights=str(best_path) if self.best else None,
-            best_epoch=self.best.get("epoch"), best_val_top1_err=self.best.get("val_top1_err"),
-            best_val_top5_err=self.best.get("val_top5_err"), final_val_top1_err=last.get("val_top1_err"),
-            final_val_top5_err=last.get("val_top5_err"), final_lr=self.schedule.lr, lr_drops=self.schedule.drops,
-            skipped_images=sum(int(r.get("skipped_count", 0)) for r in records), copied_layers=list(self.copied),
-            nonfinite_skipped=sum(int(r.get("nonfinite_skipped", 0)) for r in records),
-            backoffs=self.backoffs, learned=not self.stuck.stuck(self.epoch),
-            stuck_reason=self.stuck.reasons[-1] if self.stuck.stuck(self.epoch) else None,
-        )
-        if self.info.is_main and not result.learned and self.stuck.streak < self.stuck.epochs:
-            sys.stderr.write(self._stuck_warning() + "\n")  # a run shorter than run.stuck_epochs
-        if self.info.is_main:
-            self._write_weights(final)
-            if self.cfg.run.plots:
-                from verydeep.report.plots import plot_training
-
-                plot_training(read_metrics(self.run_dir), self.run_dir)
-            atomic_json(result.to_dict(), self.run_dir / "summary.json")
-        return result
-
-
-def atomic_json(obj: Any, path: Path) -> None:
-    write_json(path, obj)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` becomes the same file as ``src`` (a hard link where possible), atomically."""
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+            sys.stderr.write(f"resuming {run.run_dir} at step {run.step} (epoch {run.epoch + 1}) from its checkpoint\n")
+            redo_best(run)
+    if ckpt is not None:
+        ranks = ckpt["rng"]["ranks"]
+        restore_rng(ranks[run.info.rank] if run.info.rank < len(ranks) else ranks[0])
+    run.schedule.apply(run.optimizer)
+    progress = Progress(run.steps_per_epoch * cfg.schedule.epochs, run.step, enabled=main and cfg.run.progress)
+    run.started = time.perf_counter()
+    if run.backoff:  # the state at the start (step 0, or the checkpoint resumed from)
+        keep_last_good(run, checkpoint_state(run, [capture_rng()], run.sums), capture_rng())
+    fault = faults.kill_step()
+    undefer = signals.defer(run.info.world_size == 1)  # SIGTERM: checkpoint between steps, then exit 143
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        while run.epoch < cfg.schedule.epochs:
+            if train_one_epoch(run, progress, fault):
+                end_epoch(run, progress)
+                signals.raise_if_pending()  # the epoch's checkpoint is written
     finally:
-        tmp.unlink(missing_ok=True)
+        undefer()
+        progress.close()
+    result = finish(run)
+    run.log.close()
+    return result
 
 
-__all__ = ["train", "TrainResult", "Trainer", "LATEST", "AUTO", "atomic_save", "check_run_folder"]
+def end_epoch(run: RunState, progress: Progress) -> None:
+    """Validation, the schedule's decision, the epoch record and messages, the epoch's checkpoint."""
+    epoch, val, lr_used = run.epoch, validate(run), run.schedule.lr
+    improved, dropped = True, False
+    if val is not None:
+        improved = val["val_top1_err"] < run.best.get("val_top1_err", math.inf)
+        dropped = run.schedule.step(1.0 - val["val_top1_err"])
+        run.schedule.apply(run.optimizer)
+        if improved:
+            run.best = {"epoch": epoch + 1, "val_top1_err": val["val_top1_err"], "val_top5_err": val["val_top5_err"]}
+    s = global_sums(run)
+    skipped = [run.data.train.samples[i][0] for i in sorted(set(s.skipped))]
+    train_loss = s.loss / max(s.seen, 1)
+    stuck_reason = run.stuck.update(train_loss if s.seen else math.nan, run.spec.num_classes,
+                                    (val or {}).get("val_output_spread"))
+    run.log.write({"kind": "epoch", "epoch": epoch + 1, "step": run.step, "lr": lr_used,
+                   "train_loss": train_loss, "train_top1_err": 1.0 - s.correct / max(s.seen, 1),
+                   **(val or {}), "lr_dropped": dropped, "next_lr": run.schedule.lr,
+                   "stuck": stuck_reason is not None, "backoffs": run.backoffs,
+                   "skipped_count": len(skipped), "skipped": skipped[:MAX_LISTED],
+                   "nonfinite_skipped": len(s.nonfinite), "nonfinite_steps": s.nonfinite[:MAX_LISTED],
+                   "time_s": run.elapsed()})
+    if run.info.is_main:
+        _epoch_messages(run, epoch, s, skipped, stuck_reason, dropped, progress)
+    run.epoch, run.batch_in_epoch, run.sums = epoch + 1, 0, EpochSums()
+    save_checkpoint(run, best=improved and val is not None)
+    if run.info.is_main and improved and val is not None:
+        write_weights(run, run.run_dir / "best.safetensors")
+
+
+def _listing(items: list, shown: int = 10) -> str:
+    return ", ".join(map(str, items[:shown])) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _epoch_messages(run: RunState, epoch: int, s: EpochSums, skipped: list[str], stuck_reason: str | None,
+                    dropped: bool, progress: Progress) -> None:
+    if s.nonfinite:
+        progress.write(f"epoch {epoch + 1}: skipped {len(s.nonfinite)} batch(es) whose loss or gradients were "
+                       f"not finite (step {_listing(s.nonfinite)})")
+    if skipped:
+        progress.write(f"epoch {epoch + 1}: skipped {len(skipped)} unreadable image(s): {_listing(skipped)}")
+    if stuck_reason is not None and run.stuck.streak == run.stuck.epochs:
+        progress.write(stuck_warning(run))
+    if dropped:
+        progress.write(f"epoch {epoch + 1}: validation accuracy stopped improving; learning rate now "
+                       f"{run.schedule.lr:g} (drop {run.schedule.drops} of {run.schedule.max_drops})")
+
+
+def stuck_warning(run: RunState) -> str:
+    o = run.cfg.optim
+    return (f"warning: the net is not learning: {run.stuck.reasons[-1]} for {run.stuck.streak} epoch(s) in a row "
+            f"(run.stuck_epochs={run.stuck.epochs}); " + stuck_advice(run.schedule.lr, run.warmup_steps, o.on_divergence))
+
+
+def redo_best(run: RunState) -> None:
+    """Resuming from the end-of-epoch checkpoint of the best epoch, make its best copies again
+    (``best.pt``, ``best.safetensors``: the same bytes): the killed run may have died between
+    writing the checkpoint and writing them."""
+    if run.batch_in_epoch or not run.best or run.best.get("epoch") != run.epoch:
+        return
+    path = run.folder.step_path(run.step)
+    if path.is_file():
+        link_or_copy(path, run.folder.best)
+    write_weights(run, run.run_dir / "best.safetensors")
+
+
+def finish(run: RunState) -> TrainResult:
+    """The summary (``summary.json``), the final weights and the plots."""
+    elapsed, final, best_path = run.elapsed(), run.run_dir / "final.safetensors", run.run_dir / "best.safetensors"
+    records = [r for r in read_metrics(run.run_dir) if r.get("kind") == "epoch"] if run.info.is_main else []
+    last = records[-1] if records else {}
+    stuck = run.stuck.stuck(run.epoch)
+    result = TrainResult(
+        run_dir=str(run.run_dir), epochs=run.epoch, steps=run.step, train_time_s=elapsed,
+        final_weights=str(final), best_weights=str(best_path) if run.best else None,
+        best_epoch=run.best.get("epoch"), best_val_top1_err=run.best.get("val_top1_err"),
+        best_val_top5_err=run.best.get("val_top5_err"), final_val_top1_err=last.get("val_top1_err"),
+        final_val_top5_err=last.get("val_top5_err"), final_lr=run.schedule.lr, lr_drops=run.schedule.drops,
+        skipped_images=sum(int(r.get("skipped_count", 0)) for r in records), copied_layers=list(run.copied),
+        nonfinite_skipped=sum(int(r.get("nonfinite_skipped", 0)) for r in records),
+        backoffs=run.backoffs, learned=not stuck, stuck_reason=run.stuck.reasons[-1] if stuck else None,
+    )
+    if run.info.is_main and not result.learned and run.stuck.streak < run.stuck.epochs:
+        sys.stderr.write(stuck_warning(run) + "\n")  # a run shorter than run.stuck_epochs
+    if run.info.is_main:
+        write_weights(run, final)
+        if run.cfg.run.plots:
+            from verydeep.report.plots import plot_training  # start-up: matplotlib only when plots are asked for
+
+            plot_training(read_metrics(run.run_dir), run.run_dir)
+        write_json(run.run_dir / "summary.json", result.to_dict())
+    return result
+
+
+__all__ = ["train", "TrainResult", "LATEST", "AUTO", "atomic_save", "check_run_folder", "build_run", "run_epochs"]

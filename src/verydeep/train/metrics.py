@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
+
+from verydeep.runtime.io import write_text
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -53,8 +58,6 @@ class MetricsLog:
             return int(r.get("step", 0)) <= step
 
         kept = [r for r in read_metrics(self.path) if keep(r)]
-        from verydeep.runtime.io import write_text
-
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -68,7 +71,7 @@ class MetricsLog:
         if self._tb_dir is None:
             return
         if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # start-up: tensorboard only when a run logs to it
 
             self._tb = SummaryWriter(log_dir=str(self._tb_dir))
         kind = record.get("kind", "step")
@@ -91,8 +94,6 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self.bar = None
         if enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True, mininterval=0.5)
 
     def update(self, epoch: int, epochs: int, **postfix: Any) -> None:
@@ -108,8 +109,6 @@ class Progress:
             self.bar.refresh()
 
     def write(self, text: str) -> None:
-        import sys
-
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:

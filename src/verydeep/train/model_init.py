@@ -18,6 +18,7 @@ from verydeep.models.configs import ModelSpec, weight_layers
 from verydeep.models.init import PAPER_COPIED_LAYERS, init_from_shallow, initialise
 from verydeep.models.vgg import VGG
 from verydeep.train.config import InitConfig
+from verydeep.weights.loader import load
 
 #: What a run folder given as ``init.source`` is read from, in order of preference.
 RUN_WEIGHTS = ("best.safetensors", "final.safetensors")
@@ -38,8 +39,6 @@ def source_path(source: str) -> Path:
 
 def build_model(spec: ModelSpec, init: InitConfig, seed: int) -> tuple[VGG, list[str]]:
     """The initialised net and the names of the layers copied from ``init.source`` (if any)."""
-    from verydeep.weights.loader import load
-
     torch.manual_seed(seed)
     model = VGG(spec)
     initialise(model, init.scheme, std=init.std)

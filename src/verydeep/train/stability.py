@@ -61,6 +61,16 @@ class DivergenceWatch:
     def median(self) -> float | None:
         return statistics.median(self.losses) if len(self.losses) >= MIN_HISTORY else None
 
+    def limit(self) -> float:
+        """The mean loss above which a step counts as exploding (infinite until there is a history)."""
+        median = self.median()
+        return math.inf if median is None else max(self.factor * median, self.floor)
+
+    def record(self, loss: float) -> None:
+        """Remember a loss judged healthy elsewhere (on the device, against :meth:`limit`)."""
+        self.losses.append(float(loss))
+        del self.losses[:-HISTORY]
+
     def check(self, loss: float) -> str | None:
         if not math.isfinite(loss):
             return "not finite"
@@ -105,8 +115,9 @@ class StuckWatch:
         return reason
 
     def stuck(self, epochs_run: int) -> bool:
-        """Stuck now: ``epochs`` stuck epochs in a row (or every epoch of a shorter run)."""
-        return self.streak >= max(1, min(self.epochs, epochs_run))
+        """Stuck now: ``epochs`` stuck epochs in a row (or every epoch of a shorter run); never
+        with ``epochs == 0`` (the alarm is off: a timing run of a few steps cannot learn)."""
+        return self.epochs > 0 and self.streak >= max(1, min(self.epochs, epochs_run))
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

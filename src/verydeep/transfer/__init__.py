@@ -4,14 +4,7 @@ linear SVMs, VOC average precision and Caltech mean class recall.
 ``verydeep.transfer.demo_section(model, data_dir)`` is the demo's section.
 """
 
+from verydeep.transfer.demo import demo_section
 from verydeep.transfer.features import FeatureSet, extract_features, load_features
-
-
-def demo_section(model, data_dir, **options):
-    """See :func:`verydeep.transfer.demo.demo_section`."""
-    from verydeep.transfer.demo import demo_section as run
-
-    return run(model, data_dir, **options)
-
 
 __all__ = ["FeatureSet", "demo_section", "extract_features", "load_features"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from verydeep.evaluate.scales import PAPER_TEST_SCALES
 from verydeep.data.images import read_image
@@ -54,40 +55,9 @@ def demo_section(model, data_dir: str | Path, *, train_per_class: int = 20, val_
     scales = scales or proportional_scales(model.spec.crop_size)
     classes, items = list_images(data_dir)
     chosen = _subset(items, "train", train_per_class, seed) + _subset(items, "val", val_per_class, seed)
-    model.eval()
-    per_scale: list[list[torch.Tensor]] = []
-    pixels, kept = [], []
-    iterator = chosen
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(chosen, desc="transfer demo", unit="img", leave=False)
-    for item in iterator:
-        try:
-            image = read_image(item.path)
-        except VerydeepError:
-            continue
-        per_scale.append([scale_descriptor(model, image, q) for q in scales])
-        pixels.append(pixel_descriptor(image, PIXEL_SIZE))
-        kept.append(item)
+    per_scale, pixels, kept = _describe(model, chosen, scales, progress)
     labels = np.array([it.label for it in kept], dtype=np.int64)
-    multilabels = np.eye(len(classes), dtype=np.uint8)[labels]
-
-    def feature_set(descriptors: torch.Tensor, configs: list[str], used: list[int], how: str) -> FeatureSet:
-        info = {"identity": {"configs": configs, "scales": used, "aggregate": how}}
-        return FeatureSet(descriptors.numpy().astype(np.float32), labels, multilabels, [it.rel for it in kept],
-                          [it.split for it in kept], classes, info)
-
-    name = model.spec.name
-    variants = [
-        (f"raw pixels {PIXEL_SIZE}x{PIXEL_SIZE}", feature_set(torch.stack(pixels), ["pixels"], [], "stack")),
-        (f"{name}, Q {scales[0]}", feature_set(torch.stack([aggregate_scales(d[:1], "stack") for d in per_scale]),
-                                               [name], scales[:1], "stack")),
-        (f"{name}, Q {'/'.join(map(str, scales))} stacked",
-         feature_set(torch.stack([aggregate_scales(d, "stack") for d in per_scale]), [name], scales, "stack")),
-        (f"{name}, Q {'/'.join(map(str, scales))} averaged",
-         feature_set(torch.stack([aggregate_scales(d, "mean") for d in per_scale]), [name], scales, "mean")),
-    ]
+    variants = _variants(model.spec.name, scales, per_scale, pixels, kept, labels, classes)
     n_train = caltech_train or max(1, min(int(np.bincount(labels).min()) - 1, train_per_class))
     rows, figures = [], {}
     for row, fs in variants:
@@ -110,3 +80,42 @@ def demo_section(model, data_dir: str | Path, *, train_per_class: int = 20, val_
         table11(rows),
     ])
     return {"title": "Transfer", "markdown": markdown, "figures": figures, "seconds": seconds}
+
+
+def _describe(model, chosen: list[ImageItem], scales: list[int], progress: bool
+              ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor], list[ImageItem]]:
+    """Each readable image's descriptor at every scale (computed once, aggregated later) and its
+    pixel descriptor; returns them with the images kept."""
+    model.eval()
+    per_scale: list[list[torch.Tensor]] = []
+    pixels, kept = [], []
+    for item in tqdm(chosen, desc="transfer demo", unit="img", leave=False) if progress else chosen:
+        try:
+            image = read_image(item.path)
+        except VerydeepError:
+            continue
+        per_scale.append([scale_descriptor(model, image, q) for q in scales])
+        pixels.append(pixel_descriptor(image, PIXEL_SIZE))
+        kept.append(item)
+    return per_scale, pixels, kept
+
+
+def _variants(name: str, scales: list[int], per_scale: list[list[torch.Tensor]], pixels: list[torch.Tensor],
+              kept: list[ImageItem], labels: np.ndarray, classes: list[str]) -> list[tuple[str, FeatureSet]]:
+    """Table 11's rows: raw pixels, the net at one scale, at every scale stacked and averaged."""
+    multilabels = np.eye(len(classes), dtype=np.uint8)[labels]
+
+    def feature_set(descriptors: torch.Tensor, configs: list[str], used: list[int], how: str) -> FeatureSet:
+        info = {"identity": {"configs": configs, "scales": used, "aggregate": how}}
+        return FeatureSet(descriptors.numpy().astype(np.float32), labels, multilabels, [it.rel for it in kept],
+                          [it.split for it in kept], classes, info)
+
+    return [
+        (f"raw pixels {PIXEL_SIZE}x{PIXEL_SIZE}", feature_set(torch.stack(pixels), ["pixels"], [], "stack")),
+        (f"{name}, Q {scales[0]}", feature_set(torch.stack([aggregate_scales(d[:1], "stack") for d in per_scale]),
+                                               [name], scales[:1], "stack")),
+        (f"{name}, Q {'/'.join(map(str, scales))} stacked",
+         feature_set(torch.stack([aggregate_scales(d, "stack") for d in per_scale]), [name], scales, "stack")),
+        (f"{name}, Q {'/'.join(map(str, scales))} averaged",
+         feature_set(torch.stack([aggregate_scales(d, "mean") for d in per_scale]), [name], scales, "mean")),
+    ]

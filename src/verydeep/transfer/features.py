@@ -26,21 +26,27 @@ refused with what differs (nothing is overwritten).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file, save
+from tqdm import tqdm
 
 from verydeep.data.folders import boxes_for, scan_image_folder
 from verydeep.data.images import read_image
 from verydeep.data.preprocess import check_rescaled_size
 from verydeep.errors import ConfigError, DataError, VerydeepError
+from verydeep.runtime.io import make_folder, write_bytes
 from verydeep.transfer.aggregate import AGGREGATES
 from verydeep.transfer.descriptors import (DEFAULT_LAYER, check_layer, check_scales, descriptor_size, image_descriptor,
                                           weights_identity)
@@ -185,8 +191,6 @@ def differences(found: dict, asked: dict) -> list[str]:
 # -- reading and writing ---------------------------------------------------------------------------
 def _atomic_write(path: Path, data: bytes) -> None:
     """Through the one atomic writer (:mod:`verydeep.runtime.io`)."""
-    from verydeep.runtime.io import write_bytes
-
     write_bytes(path, data)
 
 
@@ -205,14 +209,10 @@ def save_features(features: FeatureSet, path: str | os.PathLike) -> Path:
               "labels": np.ascontiguousarray(features.labels, dtype=np.int64),
               "multilabels": np.ascontiguousarray(features.multilabels, dtype=np.uint8)}
     if path.suffix == ".npz":
-        import io
-
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.array(meta), **arrays)
         data = buffer.getvalue()
     else:
-        from safetensors.numpy import save
-
         data = save(arrays, metadata={META_KEY: meta})
     _atomic_write(path, data)
     return path
@@ -229,9 +229,6 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
                 arrays = {k: data[k] for k in ("descriptors", "labels", "multilabels")}
                 meta = json.loads(str(data["meta"]))
         else:
-            from safetensors import safe_open
-            from safetensors.numpy import load_file
-
             with safe_open(str(path), framework="np") as handle:
                 header = handle.metadata() or {}
             arrays = load_file(str(path))
@@ -272,14 +269,10 @@ def _feature_set_problem(fs: FeatureSet) -> str | None:
 
 
 def _save_chunk(path: Path, descriptors: np.ndarray, ok: np.ndarray, multilabels: np.ndarray) -> None:
-    from safetensors.numpy import save
-
     _atomic_write(path, save({"descriptors": descriptors, "ok": ok, "multilabels": multilabels}))
 
 
 def _load_chunk(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
     try:
         return load_file(str(path))
     except Exception as exc:  # SafetensorError, OSError
@@ -312,6 +305,41 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
     changed on disk) is refused, or with ``overwrite`` recomputed; a file that is not a feature
     file is never replaced. A damaged chunk of a partial run is recomputed, with a warning."""
     out = Path(out)
+    scales = _check_request(models, out, scales, aggregate, layer)
+    classes, items = list_images(root)
+    asked = identity(models, items, scales, aggregate, flip, getattr(precision, "value", precision) or "fp32", layer)
+    finished = _finished_run(out, asked, overwrite)
+    if finished is not None:
+        return finished
+
+    partial = out.with_name(out.name + ".partial")
+    chunk_size = _open_partial(partial, asked, chunk_size, overwrite)
+    for m in models:
+        m.eval()
+    dim = descriptor_size(models, scales, aggregate, layer)
+    n_chunks = max(1, math.ceil(len(items) / chunk_size))
+    chunks = [(partial / f"chunk-{c:06d}.safetensors", items[c * chunk_size:(c + 1) * chunk_size]) for c in range(n_chunks)]
+    _drop_damaged_chunks(chunks, dim, len(classes), partial)
+    position = {c: i for i, c in enumerate(classes)}
+    bar = _progress_bar(progress, len(items), sum(len(part) for path, part in chunks if path.is_file()))
+    try:
+        for chunk_path, part in chunks:
+            if not chunk_path.is_file():
+                _save_chunk(chunk_path, *_describe_chunk(part, models, position, dim, scales, aggregate, flip,
+                                                         precision, layer, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    features = _assemble([path for path, _part in chunks], items, classes, dim, root,
+                         info={"identity": asked, "descriptor_size": dim, "sources": list(sources or [])})
+    save_features(features, out)
+    shutil.rmtree(partial, ignore_errors=True)
+    return features
+
+
+def _check_request(models: Sequence, out: Path, scales: Sequence[int], aggregate: str, layer: str) -> list[int]:
+    """Refuse what cannot be extracted before any image is read; returns the checked scales."""
     _check_suffix(out)
     if aggregate not in AGGREGATES:
         raise ConfigError(f"unknown aggregation {aggregate!r}: choose stack or mean")
@@ -321,20 +349,26 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
     check_layer(models, layer)
     if not out.parent.is_dir():
         raise DataError(f"cannot write {out}: folder {out.parent} does not exist")
-    prec_name = getattr(precision, "value", precision) or "fp32"
-    classes, items = list_images(root)
-    asked = identity(models, items, scales, aggregate, flip, prec_name, layer)
+    return scales
 
-    if out.exists():
-        existing = load_features(out)  # refuses (and so never replaces) a file that is not a feature file
-        diffs = differences(existing.info.get("identity", {}), asked)
-        if not diffs:
-            return existing
-        if not overwrite:
-            raise DataError(f"{out} holds features made differently ({'; '.join(diffs)}); "
-                            "pass --overwrite to recompute them, or choose another --out")
 
-    partial = out.with_name(out.name + ".partial")
+def _finished_run(out: Path, asked: dict, overwrite: bool) -> FeatureSet | None:
+    """The finished file when it was made as asked; None when there is none or it is to be redone."""
+    if not out.exists():
+        return None
+    existing = load_features(out)  # refuses (and so never replaces) a file that is not a feature file
+    diffs = differences(existing.info.get("identity", {}), asked)
+    if not diffs:
+        return existing
+    if not overwrite:
+        raise DataError(f"{out} holds features made differently ({'; '.join(diffs)}); "
+                        "pass --overwrite to recompute them, or choose another --out")
+    return None
+
+
+def _open_partial(partial: Path, asked: dict, chunk_size: int, overwrite: bool) -> int:
+    """Resume the partial run in ``partial`` when it was made as asked, else start one; returns the
+    chunk size in force (a resumed run keeps its own)."""
     manifest_path = partial / "manifest.json"
     if partial.exists():
         try:
@@ -350,63 +384,56 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
         if diffs and not overwrite:
             raise DataError(f"{partial} holds a partial run made differently ({'; '.join(diffs)}); "
                             "pass --overwrite to start it again, or choose another --out")
-        if diffs:
-            shutil.rmtree(partial)
-        else:
-            chunk_size = size
-    if not partial.exists():
-        from verydeep.runtime.io import make_folder
+        if not diffs:
+            return size
+        shutil.rmtree(partial)
+    make_folder(partial, "partial feature folder")
+    manifest = {"format": FORMAT, "identity": asked, "chunk_size": int(chunk_size)}
+    _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode())
+    return chunk_size
 
-        make_folder(partial, "partial feature folder")
-        manifest = {"format": FORMAT, "identity": asked, "chunk_size": int(chunk_size)}
-        _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode())
 
-    for m in models:
-        m.eval()
-    dim = descriptor_size(models, scales, aggregate, layer)
-    position = {c: i for i, c in enumerate(classes)}
-    n_chunks = max(1, math.ceil(len(items) / chunk_size))
-    chunk_paths = [partial / f"chunk-{c:06d}.safetensors" for c in range(n_chunks)]
-    for c, chunk_path in enumerate(chunk_paths):
+def _drop_damaged_chunks(chunks: Sequence[tuple[Path, Sequence[ImageItem]]], dim: int, classes: int, partial: Path) -> None:
+    """Remove (with a warning) each chunk on disk that cannot be kept, so that it is recomputed."""
+    for chunk_path, part in chunks:
         if chunk_path.is_file():
-            why = _chunk_problem(chunk_path, len(items[c * chunk_size:(c + 1) * chunk_size]), dim, len(classes))
+            why = _chunk_problem(chunk_path, len(part), dim, classes)
             if why:
-                import sys
-
                 sys.stderr.write(f"verydeep features: warning: recomputing {chunk_path.name} of {partial}: {why}\n")
                 chunk_path.unlink()
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        already = sum(min(chunk_size, len(items) - c * chunk_size) for c, p in enumerate(chunk_paths) if p.is_file())
-        bar = tqdm(total=len(items), initial=already, desc="features", unit="img")
-    try:
-        for c, chunk_path in enumerate(chunk_paths):
-            if chunk_path.is_file():
-                continue
-            part = items[c * chunk_size:(c + 1) * chunk_size]
-            desc = np.zeros((len(part), dim), dtype=np.float32)
-            ok = np.zeros(len(part), dtype=np.uint8)
-            multi = np.zeros((len(part), len(classes)), dtype=np.uint8)
-            for k, item in enumerate(part):
-                multi[k] = _multilabel(item, position)
-                try:
-                    image = read_image(item.path)
-                    check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=item.path)
-                except VerydeepError:
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                desc[k] = image_descriptor(models, image, scales, aggregate, flip, precision, layer).numpy()
-                ok[k] = 1
-                if bar is not None:
-                    bar.update(1)
-            _save_chunk(chunk_path, desc, ok, multi)
-    finally:
+
+def _progress_bar(progress: bool, total: int, already: int):
+    return tqdm(total=total, initial=already, desc="features", unit="img") if progress else None
+
+
+def _describe_chunk(part: Sequence[ImageItem], models: Sequence, position: dict[str, int], dim: int,
+                    scales: Sequence[int], aggregate: str, flip: bool, precision, layer: str, bar
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Descriptors, read-ok flags and multilabels of one chunk of images (an unreadable or too small
+    image gets a zero row and ok 0)."""
+    desc = np.zeros((len(part), dim), dtype=np.float32)
+    ok = np.zeros(len(part), dtype=np.uint8)
+    multi = np.zeros((len(part), len(position)), dtype=np.uint8)
+    for k, item in enumerate(part):
+        multi[k] = _multilabel(item, position)
+        try:
+            image = read_image(item.path)
+            check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=item.path)
+        except VerydeepError:
+            if bar is not None:
+                bar.update(1)
+            continue
+        desc[k] = image_descriptor(models, image, scales, aggregate, flip, precision, layer).numpy()
+        ok[k] = 1
         if bar is not None:
-            bar.close()
+            bar.update(1)
+    return desc, ok, multi
 
+
+def _assemble(chunk_paths: Sequence[Path], items: Sequence[ImageItem], classes: list[str], dim: int,
+              root, info: dict) -> FeatureSet:
+    """The feature set of the images that could be read, from the chunks on disk."""
     chunks = [_load_chunk(p) for p in chunk_paths]
     desc = np.concatenate([ch["descriptors"] for ch in chunks]) if items else np.zeros((0, dim), np.float32)
     ok = np.concatenate([ch["ok"] for ch in chunks]).astype(bool) if items else np.zeros(0, bool)
@@ -414,13 +441,9 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
     if not ok.any():
         raise DataError(f"none of the {len(items)} images in {root} could be read")
     kept = [it for it, good in zip(items, ok) if good]
-    info = {"identity": asked, "descriptor_size": dim, "sources": list(sources or []),
-            "skipped": [it.rel for it, good in zip(items, ok) if not good]}
-    features = FeatureSet(desc[ok], np.array([it.label for it in kept], dtype=np.int64), multi[ok],
-                          [it.rel for it in kept], [it.split for it in kept], classes, info)
-    save_features(features, out)
-    shutil.rmtree(partial, ignore_errors=True)
-    return features
+    info = {**info, "skipped": [it.rel for it, good in zip(items, ok) if not good]}
+    return FeatureSet(desc[ok], np.array([it.label for it in kept], dtype=np.int64), multi[ok],
+                      [it.rel for it in kept], [it.split for it in kept], classes, info)
 
 
 def describe_images(models: Sequence, images: Sequence[torch.Tensor], scales: Sequence[int], aggregate: str = "stack",

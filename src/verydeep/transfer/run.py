@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from verydeep.evaluate.scales import PAPER_TEST_SCALES
 from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError
 from verydeep.runtime.precision import resolve
-from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for
+from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for, weights_cache_key
+from verydeep.runtime.locks import lock_file
+from verydeep.runtime.outputs import check_writable_folder
 from verydeep.transfer.descriptors import DEFAULT_LAYER
 from verydeep.transfer.features import extract_features, load_features
 from verydeep.transfer.protocols import PROTOCOLS, caltech_protocol, voc_protocol
 from verydeep.transfer.svm import C_GRID
+from verydeep.weights.loader import load
 
 #: The paper's Caltech scales (stacked); VOC averaged 256 ... 768.
 DEFAULT_SCALES = PAPER_TEST_SCALES
@@ -27,23 +31,18 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
     The output is locked for the whole run: a second ``features`` on the same ``out`` is refused.
     ``engine`` (:mod:`verydeep.runtime.engines`): OpenVINO computes the paper's fc7 descriptor;
     other layers run on PyTorch (``auto`` picks it for them)."""
-    from pathlib import Path
-
-    from verydeep.runtime.locks import lock_file
-    from verydeep.weights.loader import load
-
     if not weights:
         raise ConfigError("no --weights given")
     dev = pick_device(device)
     ran_on = _engine_for(engine, dev, layer)
-    from verydeep.runtime.outputs import check_writable_folder
 
     check_writable_folder(out)  # before any image is described
     held = lock_file(out, f"feature file {out}") if Path(out).parent.is_dir() else None
     try:
         models = [load(w).to(dev) for w in weights]
         if ran_on == "openvino":  # the torch path keeps the nets as loaded (their weights' identity too)
-            models = [ready(m, ran_on, resolve(precision, dev), dev, engine_cache) for m in models]
+            models = [ready(m, ran_on, resolve(precision, dev), dev, engine_cache, weights_cache_key(w, ran_on))
+                      for m, w in zip(models, weights)]
         with torch_threads_for(ran_on):
             features = extract_features(models, data, out, list(scales or DEFAULT_SCALES), aggregate, flip,
                                         resolve(precision, dev), progress=progress, sources=[str(w) for w in weights],

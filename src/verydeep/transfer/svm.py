@@ -34,15 +34,15 @@ class SvmResult:
 
 
 def _make(C: float, multilabel: bool, seed: int):
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.svm import LinearSVC
+    from sklearn.multiclass import OneVsRestClassifier  # start-up: scikit-learn takes seconds to import
+    from sklearn.svm import LinearSVC  # start-up: scikit-learn takes seconds to import
 
     svc = LinearSVC(C=C, dual="auto", max_iter=MAX_ITER, random_state=seed)
     return OneVsRestClassifier(svc) if multilabel else svc
 
 
 def _fit(C: float, X: np.ndarray, y: np.ndarray, multilabel: bool, seed: int):
-    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.exceptions import ConvergenceWarning  # start-up: scikit-learn takes seconds to import
 
     model = _make(C, multilabel, seed)
     with warnings.catch_warnings():
@@ -76,7 +76,7 @@ def _score(model, X: np.ndarray, y: np.ndarray, multilabel: bool, n_classes: int
 
 
 def _holdout(y: np.ndarray, multilabel: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # start-up: scikit-learn takes seconds to import
 
     idx = np.arange(len(y))
     stratify = None

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
@@ -37,8 +37,6 @@ def save(state_dict: dict[str, torch.Tensor], meta: WeightsMeta, path: str | os.
 
 def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], WeightsMeta | None]:
     """Read a safetensors file: its tensors and, when present, our metadata."""
-    from safetensors import safe_open
-
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -61,8 +59,6 @@ def is_safetensors(head: bytes) -> bool:
 def read_meta(path: str | os.PathLike) -> WeightsMeta | None:
     """The metadata of a canonical file from its header alone (no tensor is read); None when
     ``path`` is not a safetensors file carrying it."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}

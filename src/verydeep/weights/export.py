@@ -30,9 +30,13 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.onnx import _constants  # the exporter's own supported opset range
 
 from verydeep.errors import ConfigError, WeightsError
+from verydeep.runtime import engines, openvino_engine  # modules: tests replace their functions
 from verydeep.runtime.io import write_bytes
+from verydeep.runtime.outputs import ONNX, TORCHSCRIPT, check_output
+from verydeep.weights.loader import load
 from verydeep.weights.metadata import WeightsMeta
 
 EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
@@ -105,7 +109,7 @@ def _example(model) -> torch.Tensor:
 def export_onnx(model, dst: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
     """Write the dense net as ONNX with dynamic batch/height/width and the metadata props."""
     try:
-        import onnx
+        import onnx  # optional: onnx
     except ImportError:
         raise ConfigError("ONNX export needs the onnx package: pip install onnx") from None
     module = dense_module(model)
@@ -149,25 +153,20 @@ def export_openvino(model, dst: str | os.PathLike) -> Path:
     """Write the dense net as OpenVINO IR (``dst`` .xml and its .bin) with the metadata in ``rt_info``."""
     if not openvino_installed():
         raise ConfigError("OpenVINO export needs the openvino package: pip install 'verydeep[openvino]'")
-    from verydeep.runtime.openvino_engine import save_ir, to_openvino
 
-    graph = to_openvino(model, logits=True)
+    graph = openvino_engine.to_openvino(model, logits=True)
     for key, value in metadata_props(model.meta).items():
         graph.set_rt_info(value, ["verydeep", key])
-    return save_ir(graph, Path(dst))
+    return openvino_engine.save_ir(graph, Path(dst))
 
 
 def openvino_installed() -> bool:
-    from verydeep.runtime.engines import openvino_available
-
-    return openvino_available()
+    return engines.openvino_available()
 
 
 def read_openvino_metadata(path: str | os.PathLike) -> WeightsMeta:
     """The :class:`WeightsMeta` stored in an exported OpenVINO IR file."""
-    import openvino as ov
-
-    graph = ov.Core().read_model(str(path))
+    graph = openvino_engine.shared_core().read_model(str(path))  # one Core per process: see there
     if not graph.has_rt_info(["verydeep", "verydeep"]):
         raise WeightsError(f"{path} carries no verydeep metadata")
     return WeightsMeta.from_json(graph.get_rt_info(["verydeep", "verydeep"]).astype(str))
@@ -176,9 +175,7 @@ def read_openvino_metadata(path: str | os.PathLike) -> WeightsMeta:
 def check_openvino(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None,
                    seed: int = 0) -> dict[str, float]:
     """Largest |OpenVINO (f32) - PyTorch| of the score map at each ``(height, width)``."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_engine.shared_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return _compare(model, lambda x: compiled({INPUT_NAME: x})[OUTPUT_NAME], "OpenVINO", sizes, seed)
 
 
@@ -202,7 +199,7 @@ def _compare(model, run, engine: str, sizes: Sequence[tuple[int, int]] | None, s
 
 def read_onnx_metadata(path: str | os.PathLike) -> WeightsMeta:
     """The :class:`WeightsMeta` stored in an exported ONNX file."""
-    import onnx
+    import onnx  # optional: onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
@@ -214,7 +211,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> WeightsMeta:
 def check_onnx(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| of the score map at each ``(height, width)``."""
     try:
-        import onnxruntime
+        import onnxruntime  # optional: onnxruntime
     except ImportError:
         raise ConfigError("checking an ONNX export needs onnxruntime: pip install onnxruntime") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -223,8 +220,6 @@ def check_onnx(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] 
 
 def check_opset(opset: int) -> None:
     """Refuse an ONNX opset the installed exporter cannot write (it would fail mid-export with a graph dump)."""
-    from torch.onnx import _constants  # the exporter's own supported range
-
     low, high = _constants.ONNX_MIN_OPSET, _constants.ONNX_MAX_OPSET
     if not low <= int(opset) <= high:
         raise ConfigError(f"--opset {opset} is not supported: this PyTorch exports ONNX opsets {low} to {high}")
@@ -249,9 +244,6 @@ def export(weights: str | os.PathLike, dst: str | os.PathLike, fmt: str | None =
 
     An existing ``dst`` is replaced only with ``overwrite``, and never when it is a checkpoint,
     weights or an image (:func:`verydeep.runtime.outputs.check_output`)."""
-    from verydeep.runtime.outputs import ONNX, TORCHSCRIPT, check_output
-    from verydeep.weights.loader import load
-
     fmt = format_for(dst, fmt)
     if check and fmt not in ("onnx", "openvino"):
         raise ConfigError("--check runs the file with onnxruntime or OpenVINO: it applies to --format onnx or openvino")

@@ -10,6 +10,7 @@ import torch
 
 from verydeep.errors import WeightsError
 from verydeep.models.configs import CONFIGS, DOWNSAMPLING, ModelSpec, weight_layers
+from verydeep.models.vgg import VGG
 
 
 def _conv_keys(state: dict[str, torch.Tensor]) -> list[str]:
@@ -68,8 +69,6 @@ def _shapes_match(expected: dict[str, torch.Size], state: dict[str, torch.Tensor
 def expected_shapes(spec: ModelSpec) -> dict[str, torch.Size]:
     """The state dict's shapes for ``spec``, from a net built on the ``meta`` device: nothing is
     allocated, so a file whose metadata claims a huge net costs nothing to refuse."""
-    from verydeep.models.vgg import VGG
-
     with torch.device("meta"):
         return {k: v.shape for k, v in VGG(spec).state_dict().items()}
 

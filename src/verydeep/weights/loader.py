@@ -16,7 +16,9 @@ from typing import Callable, NamedTuple
 import torch
 
 from verydeep.errors import WeightsError
+from verydeep.models.vgg import VGG
 from verydeep.weights import caffe, canonical, matconvnet
+from verydeep.weights.archive import check_inflation
 from verydeep.weights.infer import check_state, infer_spec
 from verydeep.weights.metadata import Preprocessing, WeightsMeta
 from verydeep.weights.releases import resolve_release
@@ -42,8 +44,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]
 
 
 def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
-    from verydeep.weights.archive import check_inflation
-
     check_inflation(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -142,8 +142,6 @@ def build(state: dict[str, torch.Tensor], meta: WeightsMeta, checked: bool = Fal
     every value is not repeated. The net is made on the meta device and then given empty storage:
     a random initialisation of weights about to be overwritten would cost a second at full size.
     """
-    from verydeep.models.vgg import VGG
-
     if not checked:
         check_state(meta.spec, state)
     with torch.device("meta"):

@@ -232,8 +232,8 @@ def from_matconvnet(mat: dict, source: str = "matconvnet") -> tuple[dict[str, to
 
 def read_matconvnet(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """Read a MatConvNet ``.mat`` file of a VGG net."""
-    from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
+    from scipy.io import loadmat  # start-up: scipy.io only for .mat files
+    from scipy.io.matlab import MatReadError  # start-up: scipy.io only for .mat files
 
     path = Path(path)
     try:

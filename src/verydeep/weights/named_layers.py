@@ -16,6 +16,7 @@ import torch
 
 from verydeep.errors import ConfigError, WeightsError
 from verydeep.models.configs import CONFIGS, DOWNSAMPLING, ModelSpec, weight_layers
+from verydeep.models.vgg import VGG
 
 
 class NamedWeights(NamedTuple):
@@ -118,8 +119,6 @@ def to_canonical(layers: Sequence[NamedWeights], lrn: bool = False) -> tuple[dic
     except ConfigError as exc:
         raise WeightsError(f"the weights describe no usable VGG net: {exc}") from None
     with torch.device("meta"):
-        from verydeep.models.vgg import VGG
-
         expected = {key: tuple(value.shape) for key, value in VGG(spec).state_dict().items()}
     state: dict[str, torch.Tensor] = {}
     for info, layer in zip(weight_layers(spec), layers):

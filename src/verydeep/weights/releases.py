@@ -11,6 +11,8 @@ import socket
 from pathlib import Path
 from urllib.error import URLError
 
+import torch.hub
+
 from verydeep.errors import WeightsError
 
 TORCHVISION_CONFIGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
@@ -19,7 +21,7 @@ DOWNLOAD_TIMEOUT_S = 20.0
 
 def release_urls() -> dict[str, str]:
     """Every known release name and its URL (torchvision's are read from its weight enums)."""
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # start-up: torchvision.models is slow to import
 
     urls = {}
     for name in TORCHVISION_CONFIGS:
@@ -29,8 +31,6 @@ def release_urls() -> dict[str, str]:
 
 
 def cache_dir() -> Path:
-    import torch.hub
-
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -45,7 +45,6 @@ def resolve_release(name: str) -> Path:
     target = cache_dir() / url.rsplit("/", 1)[-1]
     if target.exists():
         return target
-    import torch.hub
 
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)

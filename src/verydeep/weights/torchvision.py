@@ -14,7 +14,7 @@ from verydeep.weights.metadata import Preprocessing, WeightsMeta
 
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet class names in torchvision's index order (no download needed)."""
-    from torchvision.models import VGG16_Weights
+    from torchvision.models import VGG16_Weights  # start-up: torchvision.models is slow to import
 
     return list(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
 

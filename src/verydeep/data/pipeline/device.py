@@ -118,6 +118,8 @@ class DeviceBatch:
 
     ``bad`` lists the dataset indices of unreadable images (dropped); ``fallbacks`` counts the
     device-routed samples that took the CPU path, by reason; ``on_device`` how many did not.
+    ``index_list`` holds the indices on the host too (so nothing has to be read back from the
+    device), and ``offsets`` each sample's colour shift (N, 3, 1, 1) when the loader draws one.
     """
 
     images: torch.Tensor
@@ -126,11 +128,16 @@ class DeviceBatch:
     bad: list[int] = field(default_factory=list)
     fallbacks: Counter = field(default_factory=Counter)
     on_device: int = 0
+    index_list: list[int] = field(default_factory=list)
+    offsets: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.index_list)
 
     def record_stream(self, stream) -> None:
         """Tell the CUDA caching allocator these tensors are used on ``stream`` too (side-stream staging)."""
-        for t in (self.images, self.labels, self.indices):
-            if t.is_cuda:
+        for t in (self.images, self.labels, self.indices, self.offsets):
+            if t is not None and t.is_cuda:
                 t.record_stream(stream)
 
 
@@ -193,4 +200,4 @@ def assemble(hb: HybridBatch, dataset: HybridDataset, device: torch.device | str
     return DeviceBatch(images=images,
                        labels=torch.tensor(labels, dtype=torch.long).to(device, non_blocking=True),
                        indices=torch.tensor(indices, dtype=torch.long).to(device, non_blocking=True),
-                       bad=bad, fallbacks=fallbacks, on_device=len(good))
+                       bad=bad, fallbacks=fallbacks, on_device=len(good), index_list=list(indices))

@@ -7,14 +7,19 @@ indices, exactly the content of ``collate_skipping`` moved to the device. With `
 default, and the right choice whenever the CPUs keep up, as on a CPU-only machine) every sample
 takes the CPU path and the batches are bit-for-bit those of a plain DataLoader; with ``share>0``
 that fraction of each batch is decoded and cropped on the device from the same per-sample random
-choices. Colour shift and mean subtraction then run batched on the device
-(:func:`net_input`), and on CUDA the next batch is staged on a side stream while the current one
-trains.
+choices. Each sample's colour shift is drawn from its own ``(seed, epoch, index)`` stream
+(:class:`ColourShift`) and travels with the batch; the shift and the mean subtraction then run
+batched on the device (:func:`verydeep.data.transforms.prepare_batch`), and on CUDA the next batch
+is staged on a side stream while the current one trains.
+
+This is the one training input path: ``verydeep train``, ``verydeep bench`` and the tests all
+read their batches from it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -23,8 +28,17 @@ from torch.utils.data import DataLoader
 from verydeep.data.pipeline.device import CANVAS_ELEMENTS, DeviceBatch, assemble
 from verydeep.data.pipeline.hybrid import HybridDataset, RoutedBatchSampler, collate_hybrid
 from verydeep.data.pipeline.stream import Prefetcher
-from verydeep.data.transforms import ColourStats, TrainAugment, TrainDataset, prepare_batch
+from verydeep.data.transforms import ColourStats, TrainDataset, colour_offsets
 from verydeep.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ColourShift:
+    """The PCA colour shift a loader draws for every sample: statistics, strength, run seed."""
+
+    stats: ColourStats
+    std: float
+    seed: int
 
 
 class DeviceLoader:
@@ -37,7 +51,7 @@ class DeviceLoader:
 
     def __init__(self, dataset: TrainDataset, batch_sampler: Iterable[Sequence[int]], device: torch.device | str,
                  share: float = 0.0, workers: int = 0, prefetch_factor: int = 4,
-                 canvas_elements: int = CANVAS_ELEMENTS) -> None:
+                 canvas_elements: int = CANVAS_ELEMENTS, colour: ColourShift | None = None) -> None:
         if workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {workers}")
         self.dataset = dataset
@@ -47,6 +61,7 @@ class DeviceLoader:
         self.workers = int(workers)
         self.prefetch_factor = int(prefetch_factor)
         self.canvas_elements = int(canvas_elements)
+        self.colour = colour
         self.totals: Counter = Counter()
         self._dataloader: DataLoader | None = None
 
@@ -83,18 +98,16 @@ class DeviceLoader:
         self.totals["bad"] += len(batch.bad)
         for reason, count in batch.fallbacks.items():
             self.totals[f"fallback: {reason}"] += count
+        if self.colour is not None:
+            c = self.colour
+            offsets = colour_offsets(batch.index_list, c.stats, c.std, c.seed, self.dataset.epoch)
+            batch.offsets = offsets.to(self.device, non_blocking=True)
         return batch
 
     def __iter__(self) -> Iterator[DeviceBatch]:
         return iter(Prefetcher(self._loader(), self._stage, self.device))
 
+    def close(self) -> None:
+        """Stop the persistent workers now (dropping the DataLoader ends them) rather than at garbage collection."""
+        self._dataloader = None
 
-def net_input(batch: DeviceBatch, stats: ColourStats, aug: TrainAugment | None, gen: torch.Generator | None,
-              train: bool = True, channels_last: bool = True) -> torch.Tensor:
-    """uint8 crops on the device -> float net input there: colour shift (training), mean subtraction.
-
-    The data helper's :func:`prepare_batch` does the work, batched on whatever device the batch is
-    on (``gen`` must live on that device for the colour shift).
-    """
-    x = prepare_batch(batch.images, stats, aug, gen, train=train)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,0 +1,77 @@
+"""Does ``verydeep train`` print what ``verydeep bench`` reports? One run of each, same data, net and batch.
+
+1. Writes the bench's JPEG folder (the synthetic set at ImageNet-like sizes) once.
+2. ``verydeep bench --device cpu --json --data FOLDER``: its ``train_end_to_end`` row (ours), plus
+   the training-step row and the matmul peak it measured (MFU of the step at batch 32).
+3. ``verydeep train`` from the command line on the same folder with the bench's net (VGG-16 at
+   224), batch and augmentation: the images/s it logs per step (what its progress bar prints),
+   the first step of each epoch left out as the bench does.
+
+Prints both rates and their ratio, and the CPU model.
+
+    python benchmarks/train_vs_bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from verydeep.bench.data import write_jpegs
+from verydeep.bench.report import device_name
+from verydeep.bench.settings import settings_for
+from verydeep.train.metrics import read_metrics
+
+
+def train_rate(folder: Path, out: Path, s, epochs: int) -> tuple[float, int]:
+    """The median logged images/s of a ``verydeep train`` run (first step of each epoch left out)."""
+    args = [sys.executable, "-m", "verydeep", "train", "--set", f"data.train={folder}", f"run.out={out}",
+            f"model.config={s.config}", f"model.width={s.width}", f"model.fc_width={s.fc_width}",
+            f"model.crop_size={s.crop}", f"data.scale_min={s.scale_min}", f"data.scale_max={s.scale_max}",
+            f"data.workers={s.workers}", f"optim.batch_size={s.train_batch}", f"schedule.epochs={epochs}",
+            "run.log_every=1", "run.keep_last=1", "run.tensorboard=false", "run.plots=false", "run.stuck_epochs=0",
+            "data.colour_stats_images=16", "run.device=cpu"]
+    subprocess.run(args, check=True)
+    steps = [r for r in read_metrics(out) if r.get("kind") == "step"]
+    per_epoch = max(1, len(steps) // epochs)
+    rates = [r["images_per_s"] for r in steps if (r["step"] - 1) % per_epoch != 0]
+    return statistics.median(rates), len(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny net and images (a smoke test; says nothing about speed)")
+    args = parser.parse_args()
+    s = settings_for(torch.device("cpu"), args.quick)
+    with tempfile.TemporaryDirectory(prefix="verydeep-train-vs-bench-") as tmp:
+        folder = Path(tmp) / "data"
+        write_jpegs(folder, s.images, s.image_shorter)
+        bench = subprocess.run([sys.executable, "-m", "verydeep", "bench", "--device", "cpu", "--json",
+                                "--data", str(folder)] + (["--quick"] if args.quick else []),
+                               check=True, capture_output=True, text=True)
+        result = json.loads(bench.stdout)
+        rows = {r["workload"]: r for r in result["rows"]}
+        epochs = max(1, -(-s.end_to_end_batches // (s.images // s.train_batch)))
+        ours_train, timed = train_rate(folder, Path(tmp) / "run", s, epochs)
+    e2e, step = rows["train_end_to_end"], rows["train_step"]
+    print(f"CPU: {device_name(torch.device('cpu'))}; torch {torch.__version__}; {result['threads']} threads; "
+          f"load average at the bench's end {result['load_average']}")
+    print(f"VGG {s.config} at {s.crop}, batch {s.train_batch}, {s.images} JPEGs, {s.workers} workers")
+    print(f"bench train_end_to_end (verydeep train inside bench): {e2e['ours_images_per_s']:.2f} img/s "
+          f"({e2e['timed_steps']} timed steps); baseline {e2e['baseline_images_per_s']:.2f} img/s")
+    print(f"verydeep train from the command line: {ours_train:.2f} img/s ({timed} timed steps)")
+    print(f"ratio train / bench: {ours_train / e2e['ours_images_per_s']:.3f}")
+    peak = result["peak_tflops"]["bf16"]
+    print(f"bench train_step at batch {step['batch']}: {step['ours_images_per_s']:.2f} img/s = {step['mfu_ours']:.1%} of "
+          f"the bf16 matmul peak it measured ({peak:.2f} TFLOP/s); optimiser {step['optimizer_share']:.0%} of the step")
+
+
+if __name__ == "__main__":
+    main()
