@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,22 +26,16 @@ import torch
 from verydeep.bench.data import write_jpegs
 from verydeep.bench.report import device_name
 from verydeep.bench.settings import settings_for
-from verydeep.train.metrics import read_metrics
+from verydeep.bench.training import logged_rate, train_overrides
 
 
 def train_rate(folder: Path, out: Path, s, epochs: int) -> tuple[float, int]:
-    """The median logged images/s of a ``verydeep train`` run (first step of each epoch left out)."""
-    args = [sys.executable, "-m", "verydeep", "train", "--set", f"data.train={folder}", f"run.out={out}",
-            f"model.config={s.config}", f"model.width={s.width}", f"model.fc_width={s.fc_width}",
-            f"model.crop_size={s.crop}", f"data.scale_min={s.scale_min}", f"data.scale_max={s.scale_max}",
-            f"data.workers={s.workers}", f"optim.batch_size={s.train_batch}", f"schedule.epochs={epochs}",
-            "run.log_every=1", "run.keep_last=1", "run.tensorboard=false", "run.plots=false", "run.stuck_epochs=0",
-            "data.colour_stats_images=16", "run.device=cpu"]
-    subprocess.run(args, check=True)
-    steps = [r for r in read_metrics(out) if r.get("kind") == "step"]
-    per_epoch = max(1, len(steps) // epochs)
-    rates = [r["images_per_s"] for r in steps if (r["step"] - 1) % per_epoch != 0]
-    return statistics.median(rates), len(rates)
+    """The median logged images/s of a ``verydeep train`` run from the command line, with the bench's
+    own overrides (progress shown: its bar prints the same rate)."""
+    overrides = [o for o in train_overrides(s, folder, out, epochs, "cpu") if o != "run.progress=false"]
+    subprocess.run([sys.executable, "-m", "verydeep", "train", "--set", *overrides], check=True)
+    rate, _, timed = logged_rate(out, s.images // s.train_batch)
+    return rate, timed
 
 
 def main() -> None:

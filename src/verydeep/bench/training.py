@@ -42,7 +42,7 @@ from verydeep.runtime.precision import Precision
 from verydeep.train.config import load_config
 from verydeep.train.loop import train
 from verydeep.train.metrics import read_metrics
-from verydeep.train.step import Step, make_sgd
+from verydeep.train.step import Step, load_optimizer, make_sgd
 
 
 class OurStep:
@@ -76,7 +76,7 @@ def optimizer_rate(step: OurStep, s: BenchSettings, device: torch.device) -> Rat
         with torch.no_grad():
             for p, old in zip(params, saved):
                 p.copy_(old)
-        step.optimizer.load_state_dict(state)
+        load_optimizer(step.optimizer, state)
 
 
 def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device: torch.device,
@@ -193,6 +193,26 @@ def bench_pipeline(p: Pipelines, batches: int) -> dict:
                 batch=p.s.train_batch, totals=dict(p.ours.totals))
 
 
+def train_overrides(s: BenchSettings, data: Path, out: Path, epochs: int, device: torch.device | str,
+                    share: float = 0.0) -> list[str]:
+    """The ``--set`` overrides of a ``verydeep train`` run with the bench's net, batch and augmentation
+    on ``data`` (also what ``benchmarks/train_vs_bench.py`` passes on the command line)."""
+    return [f"data.train={data}", f"run.out={out}", f"run.device={device}", f"model.config={s.config}",
+            f"model.width={s.width}", f"model.fc_width={s.fc_width}", f"model.crop_size={s.crop}",
+            f"data.scale_min={s.scale_min}", f"data.scale_max={s.scale_max}", f"data.workers={s.workers}",
+            f"data.device_share={share}", "data.colour_stats_images=16", f"optim.batch_size={s.train_batch}",
+            f"optim.lr={SGD['lr']}", f"schedule.epochs={epochs}", "run.log_every=1", "run.keep_last=1",
+            "run.progress=false", "run.tensorboard=false", "run.plots=false", "run.stuck_epochs=0"]
+
+
+def logged_rate(run_dir: Path, steps_per_epoch: int) -> tuple[float, int, int]:
+    """The median images/s a run logged per step, the first step of each epoch left out (its batch
+    waits for the workers to start); with the number of steps logged and of those timed."""
+    records = [r for r in read_metrics(run_dir) if r.get("kind") == "step"]
+    timed = [r["images_per_s"] for r in records if (r["step"] - 1) % steps_per_epoch != 0]
+    return statistics.median(timed or [r["images_per_s"] for r in records]), len(records), len(timed)
+
+
 def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: torch.device, precision: Precision,
                        compile_ours: bool, share: float, pipes: Pipelines, base: BaselineStep, peaks: dict) -> dict:
     """``verydeep train`` itself on the bench's JPEG folder against the baseline's loader and step.
@@ -205,18 +225,9 @@ def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: to
     steps_per_epoch = len(pipes.sampler)
     epochs = max(1, math.ceil(s.end_to_end_batches / max(steps_per_epoch, 1)))
     with tempfile.TemporaryDirectory(prefix="verydeep-bench-train-") as out:
-        cfg = load_config(None, [
-            f"data.train={data}", f"run.out={out}", f"run.device={device}", f"model.config={s.config}",
-            f"model.width={s.width}", f"model.fc_width={s.fc_width}", f"model.crop_size={s.crop}",
-            f"data.scale_min={s.scale_min}", f"data.scale_max={s.scale_max}", f"data.workers={s.workers}",
-            f"data.device_share={share}", "data.colour_stats_images=16", f"optim.batch_size={s.train_batch}",
-            f"optim.lr={SGD['lr']}", f"schedule.epochs={epochs}", "run.log_every=1", "run.keep_last=1",
-            "run.progress=false", "run.tensorboard=false", "run.plots=false", "run.stuck_epochs=0",
-            f"run.compile={str(compile_ours).lower()}", f"run.precision={precision.value}"])
-        train(cfg)
-        records = [r for r in read_metrics(out) if r.get("kind") == "step"]
-    timed_rates = [r["images_per_s"] for r in records if (r["step"] - 1) % steps_per_epoch != 0]
-    ours = statistics.median(timed_rates or [r["images_per_s"] for r in records])
+        train(load_config(None, train_overrides(s, data, Path(out), epochs, device, share) + [
+            f"run.compile={str(compile_ours).lower()}", f"run.precision={precision.value}"]))
+        ours, records, timed = logged_rate(Path(out), steps_per_epoch)
 
     def base_fn(batch) -> int:
         base(*pipes.base_input(batch))
@@ -226,4 +237,4 @@ def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: to
     flops = 6.0 * multiply_adds(spec, s.crop)
     return row("train_end_to_end", ours, base_rate, flops, peaks, precision, base.precision,
                "verydeep train (its logged images/s per step, median)", "torchvision DataLoader -> eager step",
-               batch=s.train_batch, steps=len(records), timed_steps=len(timed_rates))
+               batch=s.train_batch, steps=records, timed_steps=timed)

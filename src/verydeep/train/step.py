@@ -108,6 +108,8 @@ class Step:
         self.clip_grad_norm = clip_grad_norm
         self.all_sum = all_sum
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # Buffers exist from the start (see prime_momentum); a state loaded later goes through load_optimizer.
+        prime_momentum(optimizer)
 
     def __call__(self, micro: Sequence[tuple[torch.Tensor, Any]], lr: float, scale: float | None = None,
                  limit: float = math.inf) -> StepOutput:
@@ -149,7 +151,6 @@ class Step:
         if self.clip_grad_norm is not None and grads:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.clip_grad_norm, norm)
         self.optimizer.found_inf = refused.float()  # read by fused SGD: 1 leaves weights and momentum as they are
-        prime_momentum(self.optimizer)  # a restored or freshly loaded state may lack buffers
         self.optimizer.step()
         kept = ~refused
         return StepOutput(loss_sum=torch.where(kept, loss_sum, 0.0), correct=None if correct is None else correct * kept,
