@@ -153,7 +153,7 @@ def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
     with pytest.raises(VerydeepError, match="at least one crop large"):
         net.dense(torch.zeros(1, 3, crop - 8, crop))
     assert net.timings["convert"] > 0 and net.timings["compile"] > 0
-    streams = len(net._requests[True])  # the single image at the first batch's size was padded to its chunk
+    streams = net._requests[True].streams  # the single image at the first batch's size was padded to its chunk
     assert net._chunks(np.zeros((1, 3, crop + 64, crop), np.float32), True, streams)[0].shape[0] == -(-3 // streams)
 
 
@@ -321,6 +321,56 @@ def test_evaluate_with_a_filled_cache_does_not_load_the_weights_again(tiny_weigh
     argv[2] = str(other)
     assert _json(capsys, argv)["engine"] == "openvino"
     assert len(list((tmp_path / "cache").glob("vgg-*-dense.xml"))) == 2
+
+
+@needs_openvino
+def test_two_batches_in_flight_score_as_one_at_a_time_and_resume_after_an_interrupt(tiny_weights, eval_folder,
+                                                                                     tmp_path, monkeypatch):
+    from verydeep.evaluate import run as evaluate_run
+    from verydeep.evaluate.run import evaluate
+    from verydeep.evaluate.scores import load_scores
+
+    options = dict(protocols=["dense", "multicrop"], scales=[32, 40], batch_size=2, precision="fp32", device="cpu",
+                   workers=0, progress=False, engine="openvino", engine_cache=tmp_path / "cache")
+    assert evaluate_run.IN_FLIGHT["openvino"] == 2
+    whole = evaluate([str(tiny_weights)], eval_folder, save_scores=tmp_path / "whole.scores", **options)
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate_run, "IN_FLIGHT", {})  # one batch at a time, as the PyTorch engine runs
+        serial = evaluate([str(tiny_weights)], eval_folder, **options)
+    for key, array in whole.scores.values.items():
+        np.testing.assert_allclose(serial.scores.values[key], array, rtol=0, atol=1e-6)
+
+    taken = []
+
+    def stop_after_two(batch):
+        taken.append(batch)
+        if len(taken) == 2:
+            raise KeyboardInterrupt
+
+    partial = tmp_path / "partial.scores"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate([str(tiny_weights)], eval_folder, save_scores=partial, on_batch=stop_after_two, **options)
+    saved = load_scores(partial)
+    assert taken == sorted(taken) and saved.done.sum() == 4  # two whole batches of 2, the one in flight dropped
+    resumed = evaluate([str(tiny_weights)], eval_folder, save_scores=partial, **options)
+    assert resumed.visits.sum() == saved.num_images - 4
+    for key, array in whole.scores.values.items():
+        np.testing.assert_allclose(resumed.scores.values[key], array, rtol=0, atol=1e-6)
+
+
+@needs_openvino
+def test_calls_from_two_threads_at_once_give_each_its_own_answer(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = _net()
+    ov_net = engines.ready(copy.deepcopy(net), "openvino", Precision.FP32, cache_dir=tmp_path / "cache")
+    torch.manual_seed(1)
+    inputs = [torch.randn(4, 3, 32 + 8 * (k % 2), 40) for k in range(8)]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(ov_net.dense, inputs))
+    with torch.no_grad():
+        for x, got in zip(inputs, together):
+            torch.testing.assert_close(got, net.dense(x), rtol=1e-4, atol=1e-4)
 
 
 # -- forking after OpenVINO ------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from verydeep.data.folders import scan_image_folder
 from verydeep.data.preprocess import normalise
 from verydeep.errors import ConfigError, DataError
 from verydeep.evaluate.classes import check_classes
+from verydeep.evaluate.inflight import InFlight
 from verydeep.evaluate.loading import PlannedBatches, batch_loader, group_by_shape
 from verydeep.evaluate.plan import plan_batches, probe_size
 from verydeep.evaluate.protocols import FORWARD, base_protocols, parse_protocols
@@ -52,6 +53,9 @@ DEFAULT_BATCH = {"cuda": 32, "cpu": 8, "openvino": 16}
 #: Multi-crop runs the crops of ``batch_size // CROPS_PER_IMAGE_SHARE`` images per forward pass
 #: (50 crops of 224 cost about what 16 dense images of 384 x 512 do).
 CROPS_PER_IMAGE_SHARE = 8
+#: Batches in flight at once, by engine (:mod:`verydeep.evaluate.inflight`): OpenVINO runs a batch on
+#: its own threads, so the next one is prepared meanwhile; PyTorch's kernels already take every core.
+IN_FLIGHT = {"openvino": 2}
 #: Seconds between writes of partial scores (at least 5x the time one write takes).
 SAVE_EVERY_S = 60.0
 
@@ -301,30 +305,39 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
     if run.save_path is not None:
         partial_path = run.save_path if ctx.world_size == 1 else run.save_path.with_name(f"{run.save_path.name}.part{ctx.rank}")
 
-    def run_batch(b: int, items) -> None:
+    last_save, save_cost = time.monotonic(), 0.0
+
+    def apply(b: int, result: BatchScores) -> None:
+        """Book one batch's result (in batch order), save partial scores when due, tell ``on_batch``."""
+        nonlocal last_save, save_cost
         todo = [i for i in plan[b] if not state.done[i]]
-        _score_batch(state, nets, items, set(todo), all_scales, run_protocols, run.flip, ctx.device, prec,
-                     images_per_pass)
+        state.failed.update(result.failed)
+        for key, rows, probs in result.values:
+            state.values[key][rows] = probs
         state.done[todo] = True
         computed[todo] = True
         visits[todo] += 1
+        bar.update(len(plan[b]))
+        now = time.monotonic()
+        if partial_path is not None and now - last_save >= max(run.save_every_s, 5 * save_cost):
+            state.save(partial_path)
+            last_save = time.monotonic()
+            save_cost = last_save - now
+        if run.on_batch is not None:
+            run.on_batch(b)
 
     bar = tqdm(total=sum(len(plan[b]) for b in order), unit="img", desc="evaluate",
                disable=not (run.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
-    last_save, save_cost = time.monotonic(), 0.0
     batches = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
     try:
-        with torch.inference_mode(), torch_threads_for(ran_on):
+        with torch.inference_mode(), torch_threads_for(ran_on), InFlight(IN_FLIGHT.get(ran_on, 1)) as window:
             for b, items in batches:
-                run_batch(b, items)
-                bar.update(len(plan[b]))
-                now = time.monotonic()
-                if partial_path is not None and now - last_save >= max(run.save_every_s, 5 * save_cost):
-                    state.save(partial_path)
-                    last_save = time.monotonic()
-                    save_cost = last_save - now
-                if run.on_batch is not None:
-                    run.on_batch(b)
+                wanted = {i for i in plan[b] if not state.done[i]}
+                for taken in window.submit(b, lambda items=items, wanted=wanted: _score_batch(
+                        nets, items, wanted, all_scales, run_protocols, run.flip, ctx.device, prec, images_per_pass)):
+                    apply(*taken)
+            for taken in window.drain():
+                apply(*taken)
     except BaseException:
         if partial_path is not None and computed.any():
             state.save(partial_path)  # keep what was scored; a rerun resumes from it
@@ -334,12 +347,22 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
     return visits, computed
 
 
-def _score_batch(state: Scores, nets: Sequence[LoadedNet], items, wanted: set[int], scales: Sequence[int],
-                 protocols: Sequence[str], flip: bool, device: torch.device, precision, images_per_pass: int) -> None:
-    """Posteriors of the ``wanted`` images of one decoded batch, for every net, scale and protocol."""
-    for i, images in items:
-        if isinstance(images, str) and i in wanted:
-            state.failed[i] = images
+@dataclass
+class BatchScores:
+    """What one batch gave: unreadable images (index -> why) and posteriors ``(key, rows, probs)``
+    for ``state.values[key][rows]``; applied to the scores by the loop, in batch order."""
+
+    failed: dict[int, str]
+    values: list[tuple[tuple[int, str, int], list[int], np.ndarray]]
+
+
+def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Sequence[int], protocols: Sequence[str],
+                 flip: bool, device: torch.device, precision, images_per_pass: int) -> BatchScores:
+    """Posteriors of the ``wanted`` images of one decoded batch, for every net, scale and protocol.
+    Reads nothing it does not own, so that the next batch's call may run while this one's engine
+    works (:mod:`verydeep.evaluate.inflight`)."""
+    result = BatchScores(failed={i: images for i, images in items if isinstance(images, str) and i in wanted},
+                         values=[])
     for indices, rescaled in group_by_shape(items, scales):
         keep = [k for k, i in enumerate(indices) if i in wanted]
         if not keep:
@@ -353,7 +376,8 @@ def _score_batch(state: Scores, nets: Sequence[LoadedNet], items, wanted: set[in
                         extra = {"images_per_pass": images_per_pass} if p == "multicrop" else {}
                         # channels-last: faster convolutions on GPUs and on CPUs (oneDNN) alike
                         probs = FORWARD[p](net.model, x, flip=flip, memory_format=torch.channels_last, **extra)
-                        state.values[(n, p, q)][rows] = probs.float().cpu().numpy()
+                        result.values.append(((n, p, q), rows, probs.float().cpu().numpy()))
+    return result
 
 
 def _gather(ctx: distributed.DistContext, state: Scores, computed: np.ndarray, visits: np.ndarray) -> np.ndarray:

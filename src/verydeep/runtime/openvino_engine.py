@@ -42,10 +42,12 @@ SIGSEGV. A single Core that lives as long as the process never gives its stack b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -65,6 +67,9 @@ INPUT_NAME, SCORES_NAME, FC7_NAME = "image", "scores", "fc7"
 #: request per stream, run together); a graph first called with single images gets LATENCY (one
 #: stream on every core), since one image cannot be split.
 SPLIT_HINT, SINGLE_HINT = "THROUGHPUT", "LATENCY"
+#: Calls of one net that may run at once (``evaluate`` keeps two batches in flight,
+#: :mod:`verydeep.evaluate.inflight`): each compiled graph gets this many requests per stream.
+IN_FLIGHT = 2
 
 
 class DenseHead(nn.Module):
@@ -185,7 +190,8 @@ class OpenVINONet:
         self.core = shared_core()
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self._requests: dict[bool, list] = {}
+        self._requests: dict[bool, _RequestPool] = {}
+        self._compile_lock = threading.Lock()
         self._shapes: set[tuple] = set()
         self._chunk_rows: dict[tuple, int] = {}  # (logits, (3, H, W)) -> images per request (_chunks)
         self._digest = hashlib.sha256(cache_key.encode()).hexdigest() if cache_key else None
@@ -261,35 +267,38 @@ class OpenVINONet:
             save_ir(to_openvino(self.model, logits), xml)
         return str(xml)
 
-    def _requests_for(self, logits: bool, batch: int) -> list:
-        """The graph's infer requests, one per stream; compiled at the first call (see SPLIT_HINT)."""
-        if logits not in self._requests:
-            start = time.perf_counter()
-            source = self._graph_source(logits)
-            mid = time.perf_counter()
-            hint = SPLIT_HINT if batch > 1 else SINGLE_HINT
-            config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.precision}
-            if self.cache_dir is not None:  # per compilation: the Core is shared (shared_core)
-                config["CACHE_DIR"] = str(self.cache_dir / "compiled")
-            compiled = self.core.compile_model(source, "CPU", config)
-            count = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if hint == SPLIT_HINT else 1
-            self._requests[logits] = [compiled.create_infer_request() for _ in range(max(1, count))]
-            self.timings["convert"] += mid - start
-            self.timings["compile"] += time.perf_counter() - mid
+    def _requests_for(self, logits: bool, batch: int) -> "_RequestPool":
+        """The graph's infer requests, one per stream for each batch that may be in flight
+        (:data:`IN_FLIGHT`); compiled at the first call (see SPLIT_HINT)."""
+        with self._compile_lock:  # two batches in flight must not compile the graph twice
+            if logits not in self._requests:
+                start = time.perf_counter()
+                source = self._graph_source(logits)
+                mid = time.perf_counter()
+                hint = SPLIT_HINT if batch > 1 else SINGLE_HINT
+                config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.precision}
+                if self.cache_dir is not None:  # per compilation: the Core is shared (shared_core)
+                    config["CACHE_DIR"] = str(self.cache_dir / "compiled")
+                compiled = self.core.compile_model(source, "CPU", config)
+                streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if hint == SPLIT_HINT else 1
+                self._requests[logits] = _RequestPool(compiled, max(1, streams), IN_FLIGHT)
+                self.timings["convert"] += mid - start
+                self.timings["compile"] += time.perf_counter() - mid
         return self._requests[logits]
 
     def _run(self, x: torch.Tensor, logits: bool) -> torch.Tensor:
         self._check_size(x)
-        requests = self._requests_for(logits, x.shape[0])
+        pool = self._requests_for(logits, x.shape[0])
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        chunks = self._chunks(array, logits, len(requests))
+        chunks = self._chunks(array, logits, pool.streams)
         start = time.perf_counter()
-        for request, chunk in zip(requests, chunks):
-            request.start_async({0: chunk}, share_inputs=False)
-        outs = []
-        for request in requests[:len(chunks)]:
-            request.wait()
-            outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        with pool.take(len(chunks)) as requests:
+            for request, chunk in zip(requests, chunks):
+                request.start_async({0: chunk}, share_inputs=False)
+            outs = []
+            for request in requests:
+                request.wait()
+                outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
         key = (logits, tuple(c.shape for c in chunks))
         if key not in self._shapes:
             self._shapes.add(key)
@@ -327,3 +336,29 @@ class OpenVINONet:
             raise VerydeepError(f"the crop view needs ({crop}, {crop}) inputs, got shape {tuple(x.shape)}; "
                                 "use .dense(x) for whole images")
         return self.dense(x)[:, :, 0, 0]
+
+
+class _RequestPool:
+    """A compiled graph's idle infer requests: ``streams`` per call, for ``calls`` calls at once.
+
+    A call takes all the requests it needs in one step (:meth:`take`), or waits until that many
+    are idle, so that two calls can never each hold half of what the other needs; the requests of
+    the second call queue behind the first's on OpenVINO's streams and start as soon as a stream
+    is free."""
+
+    def __init__(self, compiled, streams: int, calls: int) -> None:
+        self.streams = streams
+        self._idle = [compiled.create_infer_request() for _ in range(streams * max(1, calls))]
+        self._ready = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, count: int):
+        with self._ready:
+            self._ready.wait_for(lambda: len(self._idle) >= count)
+            taken, self._idle = self._idle[:count], self._idle[count:]
+        try:
+            yield taken
+        finally:
+            with self._ready:
+                self._idle.extend(taken)
+                self._ready.notify_all()
