@@ -1,21 +1,19 @@
 """Issue 8, interrupted feature extraction and evaluation: a rerun resumes and gives the same output.
 
-Real subprocesses are killed mid-run (SIGKILL once partial output is on disk; SIGINT for the
+Real separate processes are killed mid-run (SIGKILL once partial output is on disk; SIGINT for the
 evaluation's save-on-interrupt), then the same command is run again. The feature file must be
 byte for byte the file of an uninterrupted run; the evaluation's scores and error table the same
-numbers. Kills are timed by events, not sleeps: the subprocess writes a marker file at a chosen
+numbers. Kills are timed by events, not sleeps: the process writes a marker file at a chosen
 point (a chunk saved, an image about to be read, scores saved) and waits there for the signal.
+Each is forked from the test process (no interpreter start-up), never from a killed one: a rerun
+sees only what is on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -26,64 +24,61 @@ from PIL import Image
 import verydeep.evaluate.loading as loading_module
 import verydeep.transfer.features as features_module
 from conftest import save_tiny_classifier
+from forked import ForkedChild
 from verydeep.cli import main
+from verydeep.evaluate.command import evaluate_command
 from verydeep.evaluate.scores import load_scores
 
 IMAGES_PER_CLASS = 70  # 140 images: three chunks of 64 for the feature files
 
-#: ``python -c PAUSING WHAT AFTER MARKER verydeep-args...``: the CLI on one thread, which at the
-#: ``AFTER``-th event (WHAT: ``chunks``, a feature chunk saved; ``reads``, an image about to be read)
-#: writes ``MARKER`` and waits for a signal, so the test's kill lands exactly there.
-PAUSING = textwrap.dedent("""
-    import signal, sys
-    import torch
-    torch.set_num_threads(1)
-    import verydeep.evaluate.loading as loading
-    import verydeep.transfer.features as features
-    what, after, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def _pause_at(after: int, marker: Path):
+    """An event counter for a forked child: at the ``after``-th event it writes ``marker`` and waits
+    there for a signal, so the test's kill lands exactly there."""
     seen = 0
+
     def event():
-        global seen
+        nonlocal seen
         seen += 1
         if seen == after:
             open(marker, "w").close()
             signal.pause()  # until the test's signal
-    def after_call(function):
-        def wrapper(*args):
-            result = function(*args)
-            event()
-            return result
-        return wrapper
-    def before_call(function):
-        def wrapper(*args):
-            event()
-            return function(*args)
-        return wrapper
-    if what == "chunks":
-        features._save_chunk = after_call(features._save_chunk)
-    else:
-        loading.read_image = before_call(loading.read_image)
-    from verydeep.cli import main
-    raise SystemExit(main(sys.argv[4:]))
-""")
 
-#: The evaluation through its Python entry point, saving partial scores after every batch; once the
-#: saved file holds 16 scored images it writes ``job["marker"]`` and waits for the test's signal.
-EVALUATE_SAVING_OFTEN = textwrap.dedent("""
-    import json, signal, sys
-    import torch
-    torch.set_num_threads(1)
-    from verydeep.evaluate.command import evaluate_command
-    from verydeep.evaluate.scores import load_scores
-    job = json.loads(sys.argv[1])
+    return event
+
+
+def _pausing(args: list, what: str, after: int, marker: Path):
+    """The CLI, for a forked child, which at the ``after``-th event (``chunks``: a feature chunk saved;
+    ``reads``: an image about to be read) writes ``marker`` and waits for a signal."""
+    event = _pause_at(after, marker)
+
+    def run():
+        if what == "chunks":
+            save = features_module._save_chunk
+            features_module._save_chunk = lambda *a: (save(*a), event())[0]
+        else:
+            read = loading_module.read_image
+            loading_module.read_image = lambda *a: (event(), read(*a))[1]
+        return main([str(a) for a in args])
+
+    return run
+
+
+def _evaluate_saving_often(job: dict):
+    """The evaluation through its Python entry point, for a forked child, saving partial scores after
+    every batch; once the saved file holds 16 scored images it writes ``job["marker"]`` and waits."""
+
     def pause_once_saved(batch):
         if int(load_scores(job["scores"]).done.sum()) >= 16:
             open(job["marker"], "w").close()
             signal.pause()
-    evaluate_command(weights=[job["weights"]], data=job["data"], scales=[32, 40], save_scores=job["scores"],
-                     precision="fp32", workers=0, batch_size=8, progress=False, save_every_s=0.0,
-                     on_batch=pause_once_saved)
-""")
+
+    def run():
+        evaluate_command(weights=[job["weights"]], data=job["data"], scales=[32, 40], save_scores=job["scores"],
+                         precision="fp32", workers=0, batch_size=8, progress=False, save_every_s=0.0,
+                         on_batch=pause_once_saved)
+        return 0
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +96,18 @@ def env(tmp_path_factory):
     return {"tmp": tmp, "weights": weights, "data": data}
 
 
-def _start(args: list, what: str, after: int, marker: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", PAUSING, what, str(after), str(marker), *[str(a) for a in args]],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _start(args: list, what: str, after: int, marker: Path) -> ForkedChild:
+    """The CLI in a separate process (forked from this one: no interpreter start-up) that pauses at
+    the ``after``-th event for the test's signal."""
+    return ForkedChild(_pausing(args, what, after, marker))
 
 
-def _kill_when(proc: subprocess.Popen, ready, sig=signal.SIGKILL, timeout: float = 120.0) -> None:
+def _kill_when(proc: ForkedChild, ready, sig=signal.SIGKILL, timeout: float = 120.0) -> None:
     """Send ``sig`` to ``proc`` as soon as ``ready()`` is true (polling; the child waits there for the
     signal); fail if the run ends first."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read().decode()[-2000:]}"
+        assert proc.poll() is None, f"the run ended before the kill: {proc.output()[1][-2000:]}"
         assert time.monotonic() < deadline, "no partial output appeared"
         time.sleep(0.02)
     proc.send_signal(sig)
@@ -156,8 +151,7 @@ def test_killed_evaluation_resumes_to_the_same_scores(env, capsys, monkeypatch):
     scores = tmp / "scores.safetensors"
     marker = tmp / "saved-eval"
     job = {"weights": str(env["weights"]), "data": str(env["data"]), "scores": str(scores), "marker": str(marker)}
-    proc = subprocess.Popen([sys.executable, "-c", EVALUATE_SAVING_OFTEN, json.dumps(job)], stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = ForkedChild(_evaluate_saving_often(job))
     _kill_when(proc, marker.exists)
     assert proc.returncode == -signal.SIGKILL
     partial = load_scores(scores)
@@ -180,7 +174,7 @@ def test_interrupted_evaluation_saves_and_resumes(env, capsys, monkeypatch):
     marker = tmp / "read-int"
     proc = _start([*args, "--save-scores", scores], "reads", 40, marker)  # about a third of the images
     _kill_when(proc, marker.exists, sig=signal.SIGINT)
-    assert proc.returncode == 130, proc.stderr.read().decode()[-2000:]
+    assert proc.returncode == 130, proc.output()[1][-2000:]
     partial = load_scores(scores)
     assert 0 < partial.done.sum() < len(partial.done)
     with counting_reads(monkeypatch, loading_module) as reads:

@@ -197,6 +197,32 @@ def test_a_lock_held_by_another_process_refuses_and_dies_with_it(tmp_path, capsy
     assert run(capsys, evaluate_argv(env, "--save-scores", scores))[0] == 0
 
 
+def test_a_killed_holders_forked_children_do_not_keep_its_lock(tmp_path):
+    """A writer's forked children (DataLoader workers) outlive a SIGKILL for a while; they must not
+    hold its lock meanwhile, or a ``--resume`` right after the kill is refused."""
+    from verydeep.runtime.locks import lock_file
+
+    scores = tmp_path / "s.safetensors"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import os, time; from verydeep.runtime.locks import lock_file; "
+                               f"l = lock_file({str(scores)!r}); pid = os.fork()\n"
+                               "if pid == 0: time.sleep(60); os._exit(0)\n"
+                               "print(pid, flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        os.kill(worker, 0)  # the forked child is still alive ...
+        with lock_file(scores):  # ... and the lock is free all the same
+            pass
+    finally:
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # -- class 5: values that pass validation and then crash or lie ---------------------------------------
 @pytest.mark.parametrize("device", ["meta", "mps", "xpu", "hpu"])
 def test_unusable_devices_are_refused(device, env, capsys):
@@ -438,10 +464,11 @@ def test_sigterm_during_evaluate_saves_the_scores(env, tmp_path, capsys, monkeyp
     calls = []
 
     def score_then_terminate(*args, **kwargs):
-        real(*args, **kwargs)
+        scored = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == 2:  # the batch in flight is lost, the one before is saved
             os.kill(os.getpid(), signal.SIGTERM)
+        return scored
 
     monkeypatch.setattr(run_module, "_score_batch", score_then_terminate)
     scores = tmp_path / "s.safetensors"

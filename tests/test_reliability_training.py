@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from forked import ForkedChild
 from verydeep.cli import main
 from verydeep.runtime import io as io_module
 from verydeep.train import checkpoint as checkpoint_module
@@ -417,16 +418,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_pair(config: Path, env: dict[str, str]) -> list[subprocess.Popen]:
+def launch_pair(config: Path, env: dict[str, str], *extra: str) -> list[ForkedChild]:
     """Two ``verydeep train`` processes of one gloo group, started by hand (no torchrun agent to stop
-    the survivor: it must fail by itself)."""
+    the survivor: it must fail by itself); forked from this one, without an interpreter's start-up."""
     port = str(free_port())
     procs = []
     for rank in (0, 1):
-        e = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+        e = {"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
              "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), **env}
-        procs.append(subprocess.Popen([sys.executable, "-m", "verydeep", "train", "--config", str(config)], env=e,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(ForkedChild(lambda: main(["train", "--config", str(config), *extra]), e))
     return procs
 
 
@@ -465,16 +465,19 @@ def test_torchrun_restarts_the_group_from_the_checkpoint(train_config, tmp_path)
         return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
-    # rank 1 dies after step 5 of the first attempt; torchrun restarts both, which resume from step 4
-    jobs = [torchrun("once", {}), torchrun("restarted", {faults.KILL_AT_STEP: "5", faults.ONLY_RANK: "1"})]
+    # rank 1 dies after step 5 of the first attempt; torchrun restarts both, which resume from step 4.
+    # The reference, the same two-process group never killed, is a pair forked from this process.
+    job = torchrun("restarted", {faults.KILL_AT_STEP: "5", faults.ONLY_RANK: "1"})
+    once = launch_pair(train_config("once", overrides), {}, "--json")
     try:
-        outputs = [job.communicate(timeout=240) for job in jobs]
+        outputs = [once[0].communicate(timeout=240), job.communicate(timeout=240)]
+        assert once[1].wait(timeout=60) == 0, once[1].output()[1][-3000:]
     finally:
-        for job in jobs:
-            if job.poll() is None:
-                job.kill()
-    for job, (out, err) in zip(jobs, outputs):
-        assert job.returncode == 0, err[-3000:]
+        for proc in [job, *once]:
+            if proc.poll() is None:
+                proc.kill()
+    for code, (out, err) in zip((once[0].returncode, job.returncode), outputs):
+        assert code == 0, err[-3000:]
         assert json.loads(out)["steps"] == 2 * STEPS_PER_EPOCH
     err = outputs[1][1]
     # the first attempt lost rank 1: torchrun reports whichever failure it sees first, rank 1's SIGKILL

@@ -10,12 +10,12 @@ a function of the image's index and so identical.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import socket
 
 import torch
 
+from forked import ForkedChild
+from verydeep.cli import main
 from verydeep.train import load_config, train
 from verydeep.train.distributed import GlobalBatchSampler
 from verydeep.train.metrics import read_metrics
@@ -45,16 +45,27 @@ def test_sampler_shards_cover_the_global_batch():
 def test_two_gloo_processes_match_one(train_config, tmp_path):
     single = train(load_config(train_config("single", OVERRIDES)))
     config = train_config("ddp", OVERRIDES)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "verydeep", "train", "--config", str(config), "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[:8000]
+    # the two processes of one gloo group, forked from this one (torchrun's own tests: test_train_multinode,
+    # test_reliability_training), with the environment torchrun would give them
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    ranks = [ForkedChild(lambda: main(["train", "--config", str(config), "--json"]),
+                         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
+                          "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}) for rank in (0, 1)]
+    try:
+        outputs = [rank.communicate(timeout=300) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    for rank, (_, err) in zip(ranks, outputs):
+        assert rank.returncode == 0, err[-8000:]
+    stdout = outputs[0][0]
     a, _ = canonical.read(single.final_weights)
     b, _ = canonical.read(tmp_path / "ddp" / "final.safetensors")
     _close(a, b)
     # The same global batch: the same number of steps, and the same losses step by step.
-    assert '"steps": 12' in done.stdout
+    assert '"steps": 12' in stdout
     losses = [[r["loss"] for r in read_metrics(folder) if r["kind"] == "step"] for folder in (single.run_dir, tmp_path / "ddp")]
     assert len(losses[0]) == 12
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=0, rtol=1e-4)

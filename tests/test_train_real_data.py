@@ -2,32 +2,33 @@
 
 1,437 real handwritten digits (scikit-learn's UCI scans), white strokes on black at random places in
 80x80 images: half the pixels are 0 and the strokes near 255, a spread twice a photo's. The first
-round's preset sat at ln 10 on such data for 30 epochs; a linear SVM on the pixels gets 46%.
+round's preset sat at ln 10 (90% error) on such data for 30 epochs; a linear SVM on the pixels gets 46%.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from digit_data import linear_pixel_accuracy, write_digit_folders
+from verydeep.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_small_preset_learns_real_digits(tmp_path):
+def test_small_preset_learns_real_digits(tmp_path, capsys):
+    """The preset as shipped, in this process (no second interpreter to start): >= 95% on held-out
+    digits, the bar the robust-training issue set for the CPU presets."""
     train, val = write_digit_folders(tmp_path / "digits")
-    cmd = [sys.executable, "-m", "verydeep", "train", "--config", str(REPO / "configs" / "cpu" / "small.yaml"),
-           "--json", "--set", f"data.train={train}", f"data.val={val}", f"run.out={tmp_path / 'run'}",
-           "run.progress=false", "run.tensorboard=false", "run.plots=false"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    code = main(["train", "--config", str(REPO / "configs" / "cpu" / "small.yaml"), "--json", "--set",
+                 f"data.train={train}", f"data.val={val}", f"run.out={tmp_path / 'run'}",
+                 "run.progress=false", "run.tensorboard=false", "run.plots=false"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    result = json.loads(out)
     assert result["learned"] is True
     assert result["best_val_top1_err"] <= 0.05, result
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 
 import torch
 
+from forked import run_forked
 from verydeep.train.checkpoint import CheckpointFolder, load_checkpoint
 from verydeep.train.loop import FAULT_ENV
 from verydeep.weights import canonical
@@ -19,8 +17,8 @@ EPOCHS = 3
 
 
 def _run(config, *extra, env=None):
-    cmd = [sys.executable, "-m", "verydeep", "train", "--config", str(config), *extra]
-    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+    """``verydeep train`` in a separate process (forked from this one: no interpreter start-up)."""
+    return run_forked(["train", "--config", config, *extra], env)
 
 
 def test_kill_and_resume_is_bitwise_exact(train_config, tmp_path):

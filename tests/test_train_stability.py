@@ -114,10 +114,8 @@ def test_box_net_back_off_limit_is_one_line(box_setup):
 
 
 # -- the training loop ------------------------------------------------------------------------------
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
+from forked import run_forked  # noqa: E402
 from verydeep.train.checkpoint import CheckpointFolder, load_checkpoint  # noqa: E402
 from verydeep.train.faults import EXPLODE_AT_STEP, KILL_AT_STEP  # noqa: E402
 from verydeep.train.metrics import read_metrics  # noqa: E402
@@ -129,8 +127,8 @@ GUARDED = {"optim.on_divergence": "backoff", "optim.warmup_steps": 2, "schedule.
 
 
 def _train(config, *extra, env=None):
-    cmd = [sys.executable, "-m", "verydeep", "train", "--config", str(config), "--json", *extra]
-    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+    """``verydeep train --json`` in a separate process (forked from this one: no interpreter start-up)."""
+    return run_forked(["train", "--config", config, "--json", *extra], env)
 
 
 def test_an_exploding_step_backs_off_and_the_run_goes_on(train_config, tmp_path):

@@ -6,6 +6,12 @@ an exclusive ``flock`` on a small lock file (``run.out/.lock``, ``.NAME.lock`` b
 for as long as it writes; a second writer is refused at once with one line. The lock belongs to
 the open file, so the kernel drops it when the process ends, however it ends: a killed run never
 leaves a stale lock behind (the lock file itself stays, empty and harmless).
+
+A forked child (a DataLoader worker) would inherit the lock's open file and, with it, the lock:
+after the writer is killed, its workers kept the run folder locked until they noticed their parent
+was gone (up to 5 s), and a ``--resume`` right away was refused. Each held lock's descriptor is
+therefore closed in every forked child (``os.register_at_fork``), without unlocking: the lock stays
+the parent's and ends with it.
 """
 
 from __future__ import annotations
@@ -13,9 +19,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import weakref
 from pathlib import Path
 
 from verydeep.errors import WriteError
+
+
+#: The locks this process holds (their descriptors are closed in forked children).
+_HELD: "weakref.WeakSet[Lock]" = weakref.WeakSet()
 
 
 class Lock:
@@ -24,9 +35,11 @@ class Lock:
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd: int | None = fd
+        _HELD.add(self)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
+        _HELD.discard(self)
         if fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -44,6 +57,21 @@ class Lock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the parent's lock descriptors (no unlock: the locks stay the parent's)."""
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def acquire(lock_path: str | os.PathLike, what: str) -> Lock:
