@@ -184,3 +184,17 @@ def test_resume_from_an_unsafe_or_broken_checkpoint_is_refused(checkpoint, env, 
         else:
             assert f"{env['tmp'] / name} is not a" in line and ("readable" in line or "training checkpoint" in line), line
     assert not env["marker"].exists(), "unpickling ran code"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_finds_one_bad_value_anywhere(dtype):
+    from verydeep.weights.infer import all_finite
+
+    values = torch.randn(3, 1000).to(dtype)
+    assert all_finite(values) and all_finite(values[:0])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for where in ((0, 0), (1, 517), (2, 999)):
+            damaged = values.clone()
+            damaged[where] = bad
+            assert not all_finite(damaged), (bad, where)
+            assert bool(torch.isfinite(damaged).all()) is False  # the plain check agrees
