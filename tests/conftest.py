@@ -31,6 +31,19 @@ def save_tiny_classifier(path, classes=("c0", "c1"), config="A"):
     return model, canonical.save(model.state_dict(), model.meta, path)
 
 
+def interrupt_after(batches: int, seen: list | None = None):
+    """An ``on_batch`` callback for ``evaluate`` that raises KeyboardInterrupt (a user's Ctrl-C) once
+    ``batches`` batches are booked; the batch numbers it saw are appended to ``seen``."""
+    seen = [] if seen is None else seen
+
+    def on_batch(batch):
+        seen.append(batch)
+        if len(seen) == batches:
+            raise KeyboardInterrupt
+
+    return on_batch
+
+
 @pytest.fixture
 def tiny_weights(tmp_path):
     """A canonical weights file of a tiny net A with 5 named classes."""

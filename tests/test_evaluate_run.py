@@ -20,7 +20,7 @@ from verydeep.evaluate.scores import load_scores
 from verydeep.weights import canonical
 from verydeep.weights.metadata import Preprocessing, WeightsMeta
 
-from conftest import TINY
+from conftest import TINY, interrupt_after
 
 FAST = dict(precision="fp32", device="cpu", workers=0, progress=False)
 
@@ -85,14 +85,9 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_weights, eval_folder, t
     options = dict(protocols=["dense", "multicrop"], scales=[32, 36], batch_size=2, **FAST)
     whole = evaluate([str(tiny_weights)], eval_folder, save_scores=tmp_path / "whole.safetensors", **options)
 
-    def stop_after_two(batch, seen=[]):
-        seen.append(batch)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
     partial = tmp_path / "partial.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        evaluate([str(tiny_weights)], eval_folder, save_scores=partial, on_batch=stop_after_two, **options)
+        evaluate([str(tiny_weights)], eval_folder, save_scores=partial, on_batch=interrupt_after(2), **options)
     saved = load_scores(partial)
     assert 0 < saved.done.sum() < saved.num_images
     resumed = evaluate([str(tiny_weights)], eval_folder, save_scores=partial, **options)

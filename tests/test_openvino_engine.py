@@ -24,7 +24,7 @@ from verydeep.weights import canonical
 from verydeep.weights.loader import load
 from verydeep.weights.metadata import Preprocessing, WeightsMeta
 
-from conftest import TINY
+from conftest import TINY, interrupt_after
 
 #: `make test` runs these (marker `openvino`) in a pytest process of their own; conftest pins the
 #: other tests to the PyTorch engine, these see the real default (OpenVINO on a CPU when installed).
@@ -341,15 +341,9 @@ def test_two_batches_in_flight_score_as_one_at_a_time_and_resume_after_an_interr
         np.testing.assert_allclose(serial.scores.values[key], array, rtol=0, atol=1e-6)
 
     taken = []
-
-    def stop_after_two(batch):
-        taken.append(batch)
-        if len(taken) == 2:
-            raise KeyboardInterrupt
-
     partial = tmp_path / "partial.scores"
     with pytest.raises(KeyboardInterrupt):
-        evaluate([str(tiny_weights)], eval_folder, save_scores=partial, on_batch=stop_after_two, **options)
+        evaluate([str(tiny_weights)], eval_folder, save_scores=partial, on_batch=interrupt_after(2, taken), **options)
     saved = load_scores(partial)
     assert taken == sorted(taken) and saved.done.sum() == 4  # two whole batches of 2, the one in flight dropped
     resumed = evaluate([str(tiny_weights)], eval_folder, save_scores=partial, **options)
