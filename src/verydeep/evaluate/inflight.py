@@ -3,9 +3,10 @@ engine still runs the one before, and results come back in the order the batches
 
 Why: OpenVINO runs a batch on its own threads and leaves the Python thread waiting. Run one batch
 after another, its streams sit idle while Python takes the next decoded batch from the loader,
-normalises it, averages the last posteriors and books them, about a tenth of an ``evaluate`` on a
-2-core Xeon (issue 13). With two batches in flight, the second one's requests queue behind the
-first one's and the streams never wait for Python. PyTorch's CPU engine keeps a window of one
+normalises it, averages the last posteriors and books them (about a tenth of the loop's time in a
+profile of ``evaluate`` over 300 images on a 2-core Xeon, issue 13). With two batches in flight,
+the second one's requests are already queued behind the first one's when its streams free up.
+(On that shared machine the gain was smaller than the run-to-run spread: benchmarks/RESULTS.md.) PyTorch's CPU engine keeps a window of one
 (the work runs in the calling thread, as before): its kernels already use every core, and a second
 batch would only fight them for the cores.
 
