@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.data.preprocess import normalise, rescale
-from verydeep.evaluate.scales import check_scales as check_test_scales
+from verydeep.evaluate.scales import check_scales
 from verydeep.models.taps import resolve_taps
 from verydeep.runtime.precision import autocast_for
 from verydeep.transfer.aggregate import aggregate_scales, combine_nets
@@ -58,10 +58,10 @@ def weights_identity(model) -> str:
     return digest.hexdigest()
 
 
-def check_scales(models: Sequence, scales: Sequence[int]) -> list[int]:
+def descriptor_scales(models: Sequence, scales: Sequence[int]) -> list[int]:
     """The scales in the order given (the stacked descriptor's layout follows it), each at least
-    every net's crop size."""
-    return list(check_test_scales(scales, max(m.spec.crop_size for m in models), keep_order=True))
+    every net's crop size (:func:`verydeep.evaluate.scales.check_scales`)."""
+    return list(check_scales(scales, max(m.spec.crop_size for m in models), keep_order=True))
 
 
 @torch.no_grad()

@@ -48,8 +48,8 @@ from verydeep.data.preprocess import check_rescaled_size
 from verydeep.errors import ConfigError, DataError, VerydeepError
 from verydeep.runtime.io import make_folder, write_bytes
 from verydeep.transfer.aggregate import AGGREGATES
-from verydeep.transfer.descriptors import (DEFAULT_LAYER, check_layer, check_scales, descriptor_size, image_descriptor,
-                                          weights_identity)
+from verydeep.transfer.descriptors import (DEFAULT_LAYER, check_layer, descriptor_scales, descriptor_size,
+                                          image_descriptor, weights_identity)
 
 FORMAT = "verydeep-features/1"
 META_KEY = "verydeep_features"
@@ -345,7 +345,7 @@ def _check_request(models: Sequence, out: Path, scales: Sequence[int], aggregate
         raise ConfigError(f"unknown aggregation {aggregate!r}: choose stack or mean")
     if not models:
         raise ConfigError("no nets given for the descriptors")
-    scales = check_scales(models, scales)
+    scales = descriptor_scales(models, scales)
     check_layer(models, layer)
     if not out.parent.is_dir():
         raise DataError(f"cannot write {out}: folder {out.parent} does not exist")
@@ -449,6 +449,6 @@ def _assemble(chunk_paths: Sequence[Path], items: Sequence[ImageItem], classes: 
 def describe_images(models: Sequence, images: Sequence[torch.Tensor], scales: Sequence[int], aggregate: str = "stack",
                     flip: bool = True, precision=None, layer: str = DEFAULT_LAYER) -> np.ndarray:
     """In-memory descriptors (N, D) of uint8 images, for Python users and the demo (no file)."""
-    scales = check_scales(models, scales)
+    scales = descriptor_scales(models, scales)
     check_layer(models, layer)
     return np.stack([image_descriptor(models, im, scales, aggregate, flip, precision, layer).numpy() for im in images])
