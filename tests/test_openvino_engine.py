@@ -353,6 +353,25 @@ def test_two_batches_in_flight_score_as_one_at_a_time_and_resume_after_an_interr
 
 
 @needs_openvino
+def test_evaluate_hands_openvino_nchw_batches(tiny_weights, eval_folder, tmp_path, monkeypatch):
+    """OpenVINO reads NCHW arrays: a channels-last batch (PyTorch's fast layout) would be copied back."""
+    from verydeep.evaluate.run import evaluate
+    from verydeep.runtime.openvino_engine import OpenVINONet
+
+    layouts = []
+    real = OpenVINONet._run
+
+    def spy(self, x, logits):
+        layouts.append(x.is_contiguous())
+        return real(self, x, logits)
+
+    monkeypatch.setattr(OpenVINONet, "_run", spy)
+    evaluate([str(tiny_weights)], eval_folder, protocols=["dense", "multicrop"], scales=[32], precision="fp32",
+             device="cpu", workers=0, progress=False, engine="openvino", engine_cache=tmp_path / "cache")
+    assert layouts and all(layouts)
+
+
+@needs_openvino
 def test_calls_from_two_threads_at_once_give_each_its_own_answer(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

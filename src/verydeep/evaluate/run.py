@@ -374,8 +374,10 @@ def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Seq
                 with autocast_for(device, precision):
                     for p in protocols:
                         extra = {"images_per_pass": images_per_pass} if p == "multicrop" else {}
-                        # channels-last: faster convolutions on GPUs and on CPUs (oneDNN) alike
-                        probs = FORWARD[p](net.model, x, flip=flip, memory_format=torch.channels_last, **extra)
+                        # channels-last: faster convolutions on GPUs and on CPUs (oneDNN) alike; an engine
+                        # that wants another layout says so (OpenVINO takes NCHW arrays)
+                        layout = getattr(net.model, "memory_format", torch.channels_last)
+                        probs = FORWARD[p](net.model, x, flip=flip, memory_format=layout, **extra)
                         result.values.append(((n, p, q), rows, probs.float().cpu().numpy()))
     return result
 

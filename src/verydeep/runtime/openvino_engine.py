@@ -176,6 +176,9 @@ class OpenVINONet:
     are converted from float32 weights whatever precision they then run in."""
 
     engine = "openvino"
+    #: The layout callers should hand over: OpenVINO reads NCHW arrays, so a channels-last batch
+    #: would be copied back (about 14 ms per 16 images at 224, one thread).
+    memory_format = torch.contiguous_format
 
     def __init__(self, model, precision=None, cache_dir: str | os.PathLike | None = None,
                  cache_key: str | None = None, *, meta=None, loader=None) -> None:
