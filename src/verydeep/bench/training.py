@@ -3,7 +3,9 @@ optimiser's share), the input pipeline alone, and training end to end -- where o
 ``verydeep train`` itself, so that the figure is the one a user's run prints.
 
 * step alone: ours = the training's :class:`verydeep.train.step.Step` (bf16 autocast where fast,
-  channels-last, fused SGD, compiled on CUDA, no host sync); baseline = torchvision's VGG eager
+  channels-last, fused SGD, compiled on CUDA, no host sync) under the process settings of
+  ``verydeep train`` (:func:`verydeep.runtime.settings.torch_settings`: freed memory kept in the
+  heap, denormals flushed); baseline = torchvision's VGG eager
   with a plain SGD step and ``loss.item()`` every step;
 * input pipeline alone: ours = :class:`verydeep.data.pipeline.DeviceLoader` (window-only
   resampling in the workers, the device's share decoded there) + colour shift and mean on the
@@ -38,7 +40,9 @@ from verydeep.data.transforms import ColourStats, TrainAugment, TrainDataset, pr
 from verydeep.errors import DataError
 from verydeep.models.configs import ModelSpec
 from verydeep.models.summary import multiply_adds
+from verydeep.runtime.heap import heap_policy
 from verydeep.runtime.precision import Precision
+from verydeep.runtime.settings import torch_settings
 from verydeep.train.config import load_config
 from verydeep.train.loop import train
 from verydeep.train.metrics import read_metrics
@@ -84,7 +88,7 @@ def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device
     """The training-step rows: at ``train_batch``, and at ``small_batch`` when set."""
     flops = 6.0 * multiply_adds(step.model.spec, s.crop)
     what = (f"train.step.Step: {precision.value} autocast, channels-last, fused SGD, no host sync"
-            + (", torch.compile" if step.net is not step.model else ""))
+            + (", torch.compile" if step.net is not step.model else "") + f"; heap: {heap_policy()}")
     rows, optimizer = [], None
     for name, batch in (("train_step", s.train_batch), ("train_step_small_batch", s.small_batch)):
         if batch is None:
@@ -92,8 +96,9 @@ def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device
         gen = torch.Generator().manual_seed(0)
         x = torch.randn((batch, 3, s.crop, s.crop), generator=gen).to(device)
         y = torch.randint(0, s.num_classes, (batch,), generator=gen).to(device)
-        ours = measure(lambda: step(x, y), batch, s.timing, lambda: sync(device))
-        optimizer = optimizer or optimizer_rate(step, s, device)  # the same work at every batch size
+        with torch_settings():  # the process settings verydeep train steps under (threads as they are)
+            ours = measure(lambda: step(x, y), batch, s.timing, lambda: sync(device))
+            optimizer = optimizer or optimizer_rate(step, s, device)  # the same work at every batch size
         theirs = measure(lambda: base(x, y), batch, s.timing, lambda: sync(device))
         rows.append(row(name, ours.median, theirs.median, flops, peaks, precision, base.precision, what,
                          f"torchvision VGG eager {base.precision.value}, loss.item() every step", batch=batch,

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from verydeep.data.preprocess import normalise
 from verydeep.runtime.devices import pick_device
+from verydeep.runtime.heap import keep_freed_memory
 from verydeep.runtime.io import write_json
 from verydeep.errors import ConfigError
 from verydeep.localize.crops import BoxCropDataset
@@ -144,39 +145,41 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
         bar = tqdm(total=config.steps, desc=f"box net ({config.mode}, {config.fine_tune})", unit="step", leave=False)
     losses: list[float] = []
     invalid = step = epoch = 0
-    try:
-        while step < config.steps:
-            dataset.set_epoch(epoch)
-            order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=order,
-                                num_workers=config.workers, collate_fn=_collate, drop_last=len(dataset) > config.batch_size)
-            box_net.train()
-            if config.fine_tune == "fc":
-                box_net.net.features.eval()
-            for images, targets, labels, valid in loader:
-                invalid += int((~valid).sum())
-                target = (targets.to(device), to_net[labels].to(device), valid.to(device))
-                out = step_fn([(normalise(images.to(device), prep), target)],
-                              guard.lr * warmup_factor(step, config.warmup_steps), None, guard.limit())
-                value = float(out.mean_loss)
-                if bool(out.refused):  # not applied: back off (or stop)
-                    step = guard.back_off(value, step, losses, bar)
-                    continue
-                guard.accept(value, step)
-                losses.append(value)
-                step += 1
-                guard.keep(step)
-                if on_step is not None:
-                    on_step(step, value)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}")
-                if step >= config.steps:
-                    break
-            epoch += 1
-    finally:
-        if bar is not None:
-            bar.close()
+    with keep_freed_memory():  # the same heap policy as verydeep train's steps (runtime/heap.py)
+        try:
+            while step < config.steps:
+                dataset.set_epoch(epoch)
+                order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+                loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=order,
+                                    num_workers=config.workers, collate_fn=_collate,
+                                    drop_last=len(dataset) > config.batch_size)
+                box_net.train()
+                if config.fine_tune == "fc":
+                    box_net.net.features.eval()
+                for images, targets, labels, valid in loader:
+                    invalid += int((~valid).sum())
+                    target = (targets.to(device), to_net[labels].to(device), valid.to(device))
+                    out = step_fn([(normalise(images.to(device), prep), target)],
+                                  guard.lr * warmup_factor(step, config.warmup_steps), None, guard.limit())
+                    value = float(out.mean_loss)
+                    if bool(out.refused):  # not applied: back off (or stop)
+                        step = guard.back_off(value, step, losses, bar)
+                        continue
+                    guard.accept(value, step)
+                    losses.append(value)
+                    step += 1
+                    guard.keep(step)
+                    if on_step is not None:
+                        on_step(step, value)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{value:.4f}")
+                    if step >= config.steps:
+                        break
+                epoch += 1
+        finally:
+            if bar is not None:
+                bar.close()
     for p in box_net.parameters():
         p.requires_grad_(True)
     return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), invalid, guard.records)
