@@ -9,7 +9,7 @@
 
 Prints both rates and their ratio, and the CPU model.
 
-    python benchmarks/train_vs_bench.py [--quick]
+    python benchmarks/train_vs_bench.py [--quick] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def train_rate(folder: Path, out: Path, s, epochs: int) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny net and images (a smoke test; says nothing about speed)")
+    parser.add_argument("--json", help="also write the bench's whole JSON report here")
     args = parser.parse_args()
     s = settings_for(torch.device("cpu"), args.quick)
     with tempfile.TemporaryDirectory(prefix="verydeep-train-vs-bench-") as tmp:
@@ -64,6 +65,10 @@ def main() -> None:
     peak = result["peak_tflops"]["bf16"]
     print(f"bench train_step at batch {step['batch']}: {step['ours_images_per_s']:.2f} img/s = {step['mfu_ours']:.1%} of "
           f"the bf16 matmul peak it measured ({peak:.2f} TFLOP/s); optimiser {step['optimizer_share']:.0%} of the step")
+    windows = ", ".join(f"{w:.2f}" for w in step["timing"]["ours"]["windows"])
+    print(f"  its timed windows (img/s): {windows}; heap: {step['ours'].split('heap: ')[-1]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -238,7 +238,8 @@ def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: to
         base(*pipes.base_input(batch))
         return len(batch[1])
 
-    base_rate = _time_stream(_epochs(pipes.base_epoch, s.end_to_end_batches, pipes.per_epoch), base_fn, pipes.device)
+    base_rate = _time_stream(_epochs(pipes.base_epoch, s.baseline_end_to_end_batches, pipes.per_epoch), base_fn,
+                             pipes.device)
     flops = 6.0 * multiply_adds(spec, s.crop)
     return row("train_end_to_end", ours, base_rate, flops, peaks, precision, base.precision,
                "verydeep train (its logged images/s per step, median)", "torchvision DataLoader -> eager step",
