@@ -16,7 +16,7 @@ from verydeep.errors import ImageError
 from verydeep.evaluate.dense import dense_posteriors
 from verydeep.runtime.precision import resolve
 from verydeep.evaluate.scales import PAPER_TEST_SCALES, check_scales
-from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for, weights_cache_key
+from verydeep.runtime.engines import inference_settings, ready, resolve_engine, weights_cache_key
 from verydeep.weights.loader import load
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
@@ -41,7 +41,7 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
     model = ready(model, ran_on, prec, dev, engine_cache, weights_cache_key(weights, ran_on))
     names = model.meta.class_names()
     results = []
-    with torch_threads_for(ran_on):
+    with inference_settings(ran_on):
         for path in paths:
             results.append(_predict_one(model, path, scales, flip, prec, names, topk, ran_on))
     return results

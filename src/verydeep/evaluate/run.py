@@ -40,7 +40,7 @@ from verydeep.evaluate.scales import check_scales, default_scales, train_scale_o
 from verydeep.evaluate.scores import NetRecord, Scores, changed_images, file_stats, image_list_difference, load_scores
 from verydeep.runtime import distributed
 from verydeep.runtime.digests import file_sha256
-from verydeep.runtime.engines import cache_folder, digest_memo_folder, ready, resolve_engine, torch_threads_for
+from verydeep.runtime.engines import cache_folder, digest_memo_folder, inference_settings, ready, resolve_engine
 from verydeep.runtime.openvino_engine import OpenVINONet
 from verydeep.runtime.precision import Precision, autocast_for, resolve
 from verydeep.weights.canonical import read_meta
@@ -330,7 +330,7 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
                disable=not (run.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
     batches = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
     try:
-        with torch.inference_mode(), torch_threads_for(ran_on), InFlight(IN_FLIGHT.get(ran_on, 1)) as window:
+        with torch.inference_mode(), inference_settings(ran_on), InFlight(IN_FLIGHT.get(ran_on, 1)) as window:
             for b, items in batches:
                 wanted = {i for i in plan[b] if not state.done[i]}
                 for taken in window.submit(b, lambda items=items, wanted=wanted: _score_batch(

@@ -9,7 +9,7 @@ from verydeep.evaluate.scales import PAPER_TEST_SCALES
 from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError
 from verydeep.runtime.precision import resolve
-from verydeep.runtime.engines import ready, resolve_engine, torch_threads_for, weights_cache_key
+from verydeep.runtime.engines import inference_settings, ready, resolve_engine, weights_cache_key
 from verydeep.runtime.locks import lock_file
 from verydeep.runtime.outputs import check_writable_folder
 from verydeep.transfer.descriptors import DEFAULT_LAYER
@@ -43,7 +43,7 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
         if ran_on == "openvino":  # the torch path keeps the nets as loaded (their weights' identity too)
             models = [ready(m, ran_on, resolve(precision, dev), dev, engine_cache, weights_cache_key(w, ran_on))
                       for m, w in zip(models, weights)]
-        with torch_threads_for(ran_on):
+        with inference_settings(ran_on):
             features = extract_features(models, data, out, list(scales or DEFAULT_SCALES), aggregate, flip,
                                         resolve(precision, dev), progress=progress, sources=[str(w) for w in weights],
                                         overwrite=overwrite, layer=layer)
