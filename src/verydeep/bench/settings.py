@@ -65,7 +65,8 @@ def settings_for(device: torch.device, quick: bool) -> BenchSettings:
     if device.type == "cuda":
         return BenchSettings(train_batch=256, small_batch=None, infer_batch=256, warmup=10, infer_passes=5,
                              timing=TimingMethod(calls_per_window=6, windows=5, max_warmup=6), images=1024,
-                             pipeline_batches=24, end_to_end_batches=24, baseline_end_to_end_batches=24, workers=min(16, cores), matmul=8192)
+                             pipeline_batches=24, end_to_end_batches=24, baseline_end_to_end_batches=24,
+                             workers=min(16, cores), matmul=8192)
     return BenchSettings(workers=min(2, cores))
 
 

@@ -39,9 +39,11 @@ _in_force = False  # whether glibc took the values when the first of them opened
 
 
 def _libc():
-    """glibc's ``mallopt`` and ``malloc_trim``, or None where the C library has no such calls."""
+    """glibc's ``mallopt`` and ``malloc_trim``, or None where the C library is not glibc (musl has a
+    ``mallopt`` that does nothing; macOS has none)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # glibc's own: the parameters below are glibc's
         mallopt, trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
         return None
