@@ -9,11 +9,14 @@ memory (``VmHWM``) covers them all: decoding the bomb would take 0.9-2.7 GB.
 
 from __future__ import annotations
 
+import gc
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +143,23 @@ def test_the_bomb_is_refused_from_its_header(tmp_path):
     Image.new("L", (300, 200)).save(tmp_path / "big.png")  # our own limit, below Pillow's
     with pytest.raises(ImageError, match="over the limit of 10000"):
         open_rgb(tmp_path / "big.png", max_pixels=10_000)
+
+
+@pytest.mark.parametrize("keep", [50, 970])  # bytes kept: cut inside the tags; cut inside the pixels
+def test_a_cut_off_tiff_is_one_error_with_no_warning_and_no_open_file(tmp_path, keep):
+    # Cut inside its tags, PIL warns "Truncated File Read" before it fails (found by the property
+    # test of truncated files); cut inside its pixels, it opens and then fails to load. Either way
+    # the user must see one line (the ImageError), nothing else, and the file must be closed.
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(buffer, "TIFF")
+    path = tmp_path / "cut.tif"
+    path.write_bytes(buffer.getvalue()[:keep])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageError, match="cut.tif: "):
+            open_rgb(path)
+        gc.collect()  # a file left open warns (ResourceWarning) when its object is collected
+    assert [str(w.message) for w in caught] == []
 
 
 def test_memory_stays_bounded_through_all_four_paths(four_paths):

@@ -63,15 +63,17 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft: tuple
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(f"{path}: {width}x{height} pixels is over the limit of {max_pixels} (decompression bomb?)")
-            if draft is not None and img.format == "JPEG":
-                img.draft("RGB", draft)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            # PIL warns while it reads the tags of a cut-off TIFF and then fails (or not) on its
+            # own; the failure becomes our one-line error below, the warning would be a second line.
+            warnings.filterwarnings("ignore", message="Truncated File Read")
+            with Image.open(path) as img:  # closed on every path, an error's included
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageError(f"{path}: {width}x{height} pixels is over the limit of {max_pixels} (decompression bomb?)")
+                if draft is not None and img.format == "JPEG":
+                    img.draft("RGB", draft)
+                img.load()
+                return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except FileNotFoundError:
