@@ -61,8 +61,9 @@ def heap_policy() -> str:
 
 
 def _apply(params: dict[int, int]) -> bool:
+    """Set every parameter (none skipped when one is refused); whether glibc took them all."""
     mallopt, _ = _LIBC
-    return all(mallopt(param, value) == 1 for param, value in params.items())
+    return all([mallopt(param, value) == 1 for param, value in params.items()])
 
 
 @contextlib.contextmanager
