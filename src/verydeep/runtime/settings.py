@@ -1,8 +1,9 @@
 """The process-wide torch settings a training run changes, set in one place and put back after.
 
 Threads, deterministic algorithms, cuDNN's autotuner, flushing denormal floats to zero and the C
-heap's policy (:mod:`verydeep.runtime.heap`) are global to the process; a run (``verydeep train``, ``verydeep bench``) sets them on entry and
-restores the caller's on exit, so a Python session that trains once is not left changed.
+heap's policy (:mod:`verydeep.runtime.heap`) are global to the process; a run (``verydeep train``,
+``verydeep bench``) sets them on entry and restores the caller's on exit, so a Python session that
+trains once is not left changed.
 """
 
 from __future__ import annotations
