@@ -372,6 +372,31 @@ def test_evaluate_hands_openvino_nchw_batches(tiny_weights, eval_folder, tmp_pat
 
 
 @needs_openvino
+def test_evaluate_converts_the_graph_in_its_own_thread_before_batches_fly(tiny_weights, eval_folder, tmp_path,
+                                                                          monkeypatch):
+    """The trace is silenced by ``warnings.catch_warnings``, which is not thread-safe: converted on
+    an in-flight thread while the main thread decodes (``--workers 0``) in a ``catch_warnings`` of
+    its own, the tracer's FutureWarning leaked to stderr. The conversion must run in the caller's
+    thread, before the first batch is handed over."""
+    import threading
+
+    from verydeep.evaluate.run import evaluate
+    from verydeep.runtime import openvino_engine
+
+    threads = []
+    real = openvino_engine.to_openvino
+
+    def spy(model, logits=True):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(model, logits)
+
+    monkeypatch.setattr(openvino_engine, "to_openvino", spy)
+    evaluate([str(tiny_weights)], eval_folder, protocols=["dense"], scales=[32], precision="fp32",
+             device="cpu", workers=0, progress=False, engine="openvino", engine_cache=tmp_path / "cache")
+    assert threads == [True]
+
+
+@needs_openvino
 def test_calls_from_two_threads_at_once_give_each_its_own_answer(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -328,6 +328,9 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
 
     bar = tqdm(total=sum(len(plan[b]) for b in order), unit="img", desc="evaluate",
                disable=not (run.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
+    for net in nets:  # an OpenVINO graph is converted here, before batches run on other threads
+        if getattr(net.model, "engine", None) == "openvino":
+            net.model.prepare()
     batches = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
     try:
         with torch.inference_mode(), inference_settings(ran_on), InFlight(IN_FLIGHT.get(ran_on, 1)) as window:

@@ -194,6 +194,7 @@ class OpenVINONet:
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._requests: dict[bool, _RequestPool] = {}
+        self._sources: dict[bool, object] = {}  # graphs converted ahead (prepare), not compiled yet
         self._compile_lock = threading.Lock()
         self._shapes: set[tuple] = set()
         self._chunk_rows: dict[tuple, int] = {}  # (logits, (3, H, W)) -> images per request (_chunks)
@@ -270,13 +271,28 @@ class OpenVINONet:
             save_ir(to_openvino(self.model, logits), xml)
         return str(xml)
 
+    def prepare(self, logits: bool = True) -> None:
+        """Convert the graph now, in the calling thread (or find it in the cache), so that the
+        first batch only compiles it.
+
+        Why: tracing warns (TorchScript's deprecation notes), and the warnings are silenced with
+        ``warnings.catch_warnings``, which is not thread-safe before Python 3.14. Converted on a
+        thread of :mod:`verydeep.evaluate.inflight` while the caller's thread decodes images in a
+        ``catch_warnings`` of its own (``--workers 0``), the caller's exit put the filters back
+        in the middle of the trace and the tracer's warning got through."""
+        with self._compile_lock:
+            if logits not in self._requests and logits not in self._sources:
+                start = time.perf_counter()
+                self._sources[logits] = self._graph_source(logits)
+                self.timings["convert"] += time.perf_counter() - start
+
     def _requests_for(self, logits: bool, batch: int) -> "_RequestPool":
         """The graph's infer requests, one per stream for each batch that may be in flight
         (:data:`IN_FLIGHT`); compiled at the first call (see SPLIT_HINT)."""
         with self._compile_lock:  # two batches in flight must not compile the graph twice
             if logits not in self._requests:
                 start = time.perf_counter()
-                source = self._graph_source(logits)
+                source = self._sources.pop(logits, None) or self._graph_source(logits)
                 mid = time.perf_counter()
                 hint = SPLIT_HINT if batch > 1 else SINGLE_HINT
                 config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.precision}
