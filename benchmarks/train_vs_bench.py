@@ -27,15 +27,18 @@ from verydeep.bench.data import write_jpegs
 from verydeep.bench.report import device_name
 from verydeep.bench.settings import settings_for
 from verydeep.bench.training import logged_rate, train_overrides
+from verydeep.train.metrics import read_metrics
 
 
 def train_rate(folder: Path, out: Path, s, epochs: int) -> tuple[float, int]:
-    """The median logged images/s of a ``verydeep train`` run from the command line, with the bench's
+    """The logged images/s of a ``verydeep train`` run from the command line (summed over its steps
+    as the bench sums its own run's, :func:`verydeep.bench.training.logged_rate`), with the bench's
     own overrides (progress shown: its bar prints the same rate)."""
     overrides = [o for o in train_overrides(s, folder, out, epochs, "cpu") if o != "run.progress=false"]
     subprocess.run([sys.executable, "-m", "verydeep", "train", "--set", *overrides], check=True)
     rate, _, timed = logged_rate(out, s.images // s.train_batch)
-    return rate, timed
+    rates = [r["images_per_s"] for r in read_metrics(out) if r.get("kind") == "step"]
+    return rate, timed, rates
 
 
 def main() -> None:
@@ -51,13 +54,13 @@ def main() -> None:
         write_jpegs(folder, s.images, s.image_shorter)
         epochs = max(1, -(-s.end_to_end_batches // (s.images // s.train_batch)))
         if args.train_first:
-            ours_train, timed = train_rate(folder, Path(tmp) / "run", s, epochs)
+            ours_train, timed, train_steps = train_rate(folder, Path(tmp) / "run", s, epochs)
         bench = subprocess.run([sys.executable, "-m", "verydeep", "bench", "--device", "cpu", "--json",
                                 "--data", str(folder)] + (["--quick"] if args.quick else []),
                                check=True, capture_output=True, text=True)
         result = json.loads(bench.stdout)
         if not args.train_first:
-            ours_train, timed = train_rate(folder, Path(tmp) / "run", s, epochs)
+            ours_train, timed, train_steps = train_rate(folder, Path(tmp) / "run", s, epochs)
         rows = {r["workload"]: r for r in result["rows"]}
     e2e, step = rows["train_end_to_end"], rows["train_step"]
     print(f"CPU: {device_name(torch.device('cpu'))}; torch {torch.__version__}; {result['threads']} threads; "
@@ -65,7 +68,9 @@ def main() -> None:
     print(f"VGG {s.config} at {s.crop}, batch {s.train_batch}, {s.images} JPEGs, {s.workers} workers")
     print(f"bench train_end_to_end (verydeep train inside bench): {e2e['ours_images_per_s']:.2f} img/s "
           f"({e2e['timed_steps']} timed steps); baseline {e2e['baseline_images_per_s']:.2f} img/s")
+    print(f"  its steps (img/s): {', '.join(f'{v:.1f}' for v in e2e['step_rates'])}")
     print(f"verydeep train from the command line: {ours_train:.2f} img/s ({timed} timed steps)")
+    print(f"  its steps (img/s): {', '.join(f'{v:.1f}' for v in train_steps)}")
     print(f"ratio train / bench: {ours_train / e2e['ours_images_per_s']:.3f}")
     peak = result["peak_tflops"]["bf16"]
     print(f"bench train_step at batch {step['batch']}: {step['ours_images_per_s']:.2f} img/s = {step['mfu_ours']:.1%} of "

@@ -118,3 +118,28 @@ def test_timing_the_optimiser_leaves_the_net_and_its_momentum_as_they_were():
         assert torch.equal(value, weights[key]), key
     for p, m in zip(step.model.parameters(), momentum):
         assert torch.equal(step.optimizer.state[p]["momentum_buffer"], m)
+
+
+def test_the_end_to_end_rate_is_images_over_seconds_of_the_steps_that_do_not_start_an_epoch(tmp_path):
+    """Two epochs of three steps of one batch each: the first step of each epoch (waiting for the
+    workers) is left out, and the rest give images over seconds, not the median of their rates
+    (which would be 12 here, the fast mode of a machine a neighbour slows down half the time)."""
+    import json
+
+    from verydeep.train.metrics import METRICS_NAME
+
+    rates = [1.0, 12.0, 6.0, 2.0, 12.0, 6.0]
+    lines = [json.dumps({"kind": "epoch", "epoch": 1})] + [
+        json.dumps({"kind": "step", "step": k + 1, "images_per_s": r}) for k, r in enumerate(rates)]
+    (tmp_path / METRICS_NAME).write_text("\n".join(lines) + "\n")
+    rate, logged, timed = bench.logged_rate(tmp_path, steps_per_epoch=3)
+    # four timed steps of 32 images: 32/12 + 32/6 + 32/12 + 32/6 = 16 s for 128 images
+    assert rate == pytest.approx(8.0) and (logged, timed) == (6, 4)
+
+
+def test_the_cpu_bench_times_enough_end_to_end_steps_and_windows_to_see_through_a_neighbour():
+    s = settings_for(torch.device("cpu"), quick=False)
+    per_epoch = s.images // s.train_batch
+    epochs = -(-s.end_to_end_batches // per_epoch)
+    assert epochs * (per_epoch - 1) >= 20  # timed steps of the end-to-end run
+    assert s.timing.windows >= 9 and s.infer_images <= s.images

@@ -77,3 +77,14 @@ def test_bench_on_a_folder_smaller_than_a_batch_is_one_line(tmp_path, capsys):
     assert main(["bench", "--device", "cpu", "--quick", "--data", str(tmp_path), "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fewer than one batch" in err[0]
+
+
+def test_the_end_to_end_run_is_the_command_and_its_error_is_the_bench_s_one_line(tmp_path):
+    """The bench's end-to-end row runs ``python -m verydeep train`` as a user would; a run that
+    fails says why in the bench's one line (here the child's own config error)."""
+    from verydeep.bench.training import run_train_command
+    from verydeep.errors import DataError
+
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match=r"exit code 2: .*data has no class sub-folders"):
+        run_train_command([f"data.train={tmp_path / 'data'}", f"run.out={tmp_path / 'run'}"], torch.device("cpu"))

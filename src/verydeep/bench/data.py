@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from verydeep.bench.settings import IMAGENET_MEAN, IMAGENET_STD, BenchSettings
 from verydeep.data.folders import ImageIndex, scan_image_folder
@@ -42,9 +42,11 @@ def write_jpegs(root: Path, count: int, shorter: tuple[int, int], classes: int =
 
 
 def eval_batches(index: ImageIndex, s: BenchSettings) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Centre crops of every image, normalised as torchvision does, in batches of ``infer_batch``."""
-    loader = DataLoader(EvalDataset(index, scale=s.test_scale, crop=s.crop), batch_size=s.infer_batch,
-                        collate_fn=collate_skipping)
+    """Centre crops of the first ``infer_images`` images, normalised as torchvision does, in
+    batches of ``infer_batch``."""
+    dataset = EvalDataset(index, scale=s.test_scale, crop=s.crop)
+    dataset = Subset(dataset, range(min(len(dataset), s.infer_images)))
+    loader = DataLoader(dataset, batch_size=s.infer_batch, collate_fn=collate_skipping)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     return [((images.float() - mean) / std, labels) for images, labels, _, _ in loader]

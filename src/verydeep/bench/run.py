@@ -21,7 +21,8 @@ same machine, data and weights, with the ratio ours / baseline:
   DataLoader of PIL images through torchvision's RandomResize, RandomCrop, RandomHorizontalFlip,
   PILToTensor/ToDtype and Normalize;
 * **training end to end** from the JPEG files: ours = ``verydeep train`` itself, a short real run
-  on the same folder (the median of the images/s it logs per step: what the command prints);
+  on the same folder in a process of its own (the images/s of the steps it logs, summed over the
+  steps: what the command prints, step by step);
   baseline = the torchvision DataLoader feeding the eager step;
 * on a CPU with OpenVINO installed, **dense inference against OpenVINO**
   (:mod:`verydeep.bench.openvino`): ours on its default engine against plain OpenVINO.

@@ -10,15 +10,16 @@ optimiser's share), the input pipeline alone, and training end to end -- where o
 * input pipeline alone: ours = :class:`verydeep.data.pipeline.DeviceLoader` (window-only
   resampling in the workers, the device's share decoded there) + colour shift and mean on the
   device; baseline = a DataLoader of PIL images through torchvision transforms;
-* end to end: ours = a short real ``verydeep train`` run on the same folder; baseline = its
-  DataLoader feeding its eager step.
+* end to end: ours = a short real ``verydeep train`` run on the same folder, as its own
+  process (``python -m verydeep train``); baseline = its DataLoader feeding its eager step.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,8 +44,6 @@ from verydeep.models.summary import multiply_adds
 from verydeep.runtime.heap import heap_policy
 from verydeep.runtime.precision import Precision
 from verydeep.runtime.settings import torch_settings
-from verydeep.train.config import load_config
-from verydeep.train.loop import train
 from verydeep.train.metrics import read_metrics
 from verydeep.train.step import Step, load_optimizer, make_sgd
 
@@ -99,7 +98,7 @@ def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device
         with torch_settings():  # the process settings verydeep train steps under (threads as they are)
             ours = measure(lambda: step(x, y), batch, s.timing, lambda: sync(device))
             optimizer = optimizer or optimizer_rate(step, s, device)  # the same work at every batch size
-        theirs = measure(lambda: base(x, y), batch, s.timing, lambda: sync(device))
+        theirs = measure(lambda: base(x, y), batch, s.baseline_timing or s.timing, lambda: sync(device))
         rows.append(row(name, ours.median, theirs.median, flops, peaks, precision, base.precision, what,
                          f"torchvision VGG eager {base.precision.value}, loss.item() every step", batch=batch,
                          optimizer_seconds=optimizer.seconds_per_item,
@@ -211,28 +210,57 @@ def train_overrides(s: BenchSettings, data: Path, out: Path, epochs: int, device
 
 
 def logged_rate(run_dir: Path, steps_per_epoch: int) -> tuple[float, int, int]:
-    """The median images/s a run logged per step, the first step of each epoch left out (its batch
-    waits for the workers to start); with the number of steps logged and of those timed."""
+    """The images/s of a run's steps, the first step of each epoch left out (its batch waits for
+    the workers to start): images over seconds summed over the steps its log shows (one record a
+    step, ``run.log_every=1``, every step one batch), with the number of steps logged and of those
+    timed.
+
+    The sum, not the median of the steps' rates: on a shared machine the steps' rates are
+    bimodal (a neighbour holds the cores or not, 6-8 against 12-15 img/s for VGG-16 at batch 32 on
+    the 2-core Xeon of benchmarks/RESULTS.md), and a median of a few samples then lands in one
+    mode or the other by chance, while the sum's error shrinks with every step.
+    """
     records = [r for r in read_metrics(run_dir) if r.get("kind") == "step"]
-    timed = [r["images_per_s"] for r in records if (r["step"] - 1) % steps_per_epoch != 0]
-    return statistics.median(timed or [r["images_per_s"] for r in records]), len(records), len(timed)
+    timed = [r for r in records if (r["step"] - 1) % steps_per_epoch != 0] or records
+    batch_seconds = sum(1.0 / r["images_per_s"] for r in timed)  # seconds per image of each step, summed
+    return len(timed) / batch_seconds, len(records), len(timed)
+
+
+def run_train_command(overrides: list[str], device: torch.device) -> None:
+    """``python -m verydeep train --set OVERRIDES`` in a process of its own, as a user runs it.
+
+    A process of its own, not ``train()`` called here: by then the bench process holds the other
+    rows' state (two VGG-16 nets, a heap the baseline's fp32 steps used under glibc's defaults,
+    the loaders' workers), which a user's ``verydeep train`` never has. Its error, if any, becomes
+    the bench's one line.
+    """
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the child needs the memory the rows before it cached
+    done = subprocess.run([sys.executable, "-m", "verydeep", "train", "--set", *overrides],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise DataError(f"the end-to-end run (verydeep train) failed with exit code {done.returncode}: "
+                        f"{lines[-1] if lines else 'no message'}")
 
 
 def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: torch.device, precision: Precision,
                        compile_ours: bool, share: float, pipes: Pipelines, base: BaselineStep, peaks: dict) -> dict:
     """``verydeep train`` itself on the bench's JPEG folder against the baseline's loader and step.
 
-    Ours is the median of the images/s that the run logs for each step (what ``verydeep train``
-    prints), the first step of each epoch left out (its batch waits for the workers to start).
-    The run is a real one in a temporary folder: colour statistics, checkpoints and the final
-    weights are written, outside the timed steps.
+    Ours is the images/s of the run's steps as its log gives them (what ``verydeep train``'s bar
+    prints, step by step), summed as :func:`logged_rate` says.
+    The run is a real one from the command line (:func:`run_train_command`) in a temporary
+    folder: colour statistics, checkpoints and the final weights are written, outside the timed
+    steps.
     """
     steps_per_epoch = len(pipes.sampler)
     epochs = max(1, math.ceil(s.end_to_end_batches / max(steps_per_epoch, 1)))
     with tempfile.TemporaryDirectory(prefix="verydeep-bench-train-") as out:
-        train(load_config(None, train_overrides(s, data, Path(out), epochs, device, share) + [
-            f"run.compile={str(compile_ours).lower()}", f"run.precision={precision.value}"]))
+        run_train_command(train_overrides(s, data, Path(out), epochs, device, share) + [
+            f"run.compile={str(compile_ours).lower()}", f"run.precision={precision.value}"], device)
         ours, records, timed = logged_rate(Path(out), steps_per_epoch)
+        rates = [r["images_per_s"] for r in read_metrics(Path(out)) if r.get("kind") == "step"]
 
     def base_fn(batch) -> int:
         base(*pipes.base_input(batch))
@@ -242,5 +270,5 @@ def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: to
                              pipes.device)
     flops = 6.0 * multiply_adds(spec, s.crop)
     return row("train_end_to_end", ours, base_rate, flops, peaks, precision, base.precision,
-               "verydeep train (its logged images/s per step, median)", "torchvision DataLoader -> eager step",
-               batch=s.train_batch, steps=records, timed_steps=timed)
+               "verydeep train, its own process (the images/s it logs, over its steps)", "torchvision DataLoader -> eager step",
+               batch=s.train_batch, steps=records, timed_steps=timed, step_rates=rates)
