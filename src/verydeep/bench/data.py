@@ -42,10 +42,10 @@ def write_jpegs(root: Path, count: int, shorter: tuple[int, int], classes: int =
 
 
 def eval_batches(index: ImageIndex, s: BenchSettings) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Centre crops of the first ``infer_images`` images, normalised as torchvision does, in
-    batches of ``infer_batch``."""
+    """Centre crops of ``infer_images`` images spread evenly over the folder (whose order is by
+    class, so every class is in), normalised as torchvision does, in batches of ``infer_batch``."""
     dataset = EvalDataset(index, scale=s.test_scale, crop=s.crop)
-    dataset = Subset(dataset, range(min(len(dataset), s.infer_images)))
+    dataset = Subset(dataset, range(0, len(dataset), max(1, len(dataset) // s.infer_images))[:s.infer_images])
     loader = DataLoader(dataset, batch_size=s.infer_batch, collate_fn=collate_skipping)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255

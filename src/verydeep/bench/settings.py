@@ -44,7 +44,7 @@ class BenchSettings:
     end_to_end_batches: int = 30
     baseline_end_to_end_batches: int = 3
     infer_passes: int = 1  # timed passes over the inference images
-    infer_images: int = 96  # of the images, the first this many are the inference rows' input
+    infer_images: int = 96  # the inference rows' input: this many of the images, spread over every class
     images: int = 192  # JPEG files written when no data folder is given (6 training batches of 32)
     image_shorter: tuple[int, int] = (333, 375)
     workers: int = 2
