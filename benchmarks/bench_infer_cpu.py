@@ -9,7 +9,7 @@ centre crops), batch ``--batch``.
 
 Agreement with fp32: the cosine of the logits, raw top-1 agreement (weak with random weights:
 classes are nearly tied) and the top-1 agreement of a linear probe fitted on half the images'
-fp32 fc7 features and tested on the other half (see :func:`verydeep.bench.run.agreement`).
+fp32 fc7 features and tested on the other half (see :func:`verydeep.bench.inference.agreement`).
 
 It also prints the ceiling this CPU allows: the measured bf16 matrix-product rate divided by
 VGG-16's FLOPs per image. Run it on a quiet machine; the load average is printed before and after.
@@ -29,7 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from verydeep.bench.run import BenchSettings, agreement, eval_batches, make_nets, matmul_peak, write_jpegs
+from verydeep.bench.baselines import make_nets
+from verydeep.bench.data import eval_batches, write_jpegs
+from verydeep.bench.inference import agreement
+from verydeep.bench.settings import BenchSettings
+from verydeep.bench.timing import matmul_peak
 from verydeep.models.summary import multiply_adds
 from verydeep.runtime.precision import Precision, autocast_for, cpu_has_fast_bf16, prepare_model
 
