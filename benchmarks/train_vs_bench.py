@@ -72,9 +72,10 @@ def main() -> None:
     print(f"verydeep train from the command line: {ours_train:.2f} img/s ({timed} timed steps)")
     print(f"  its steps (img/s): {', '.join(f'{v:.1f}' for v in train_steps)}")
     print(f"ratio train / bench: {ours_train / e2e['ours_images_per_s']:.3f}")
-    peak = result["peak_tflops"]["bf16"]
+    peak, probes = result["peak_tflops"]["bf16"], result["peak_probes"]
     print(f"bench train_step at batch {step['batch']}: {step['ours_images_per_s']:.2f} img/s = {step['mfu_ours']:.1%} of "
-          f"the bf16 matmul peak it measured ({peak:.2f} TFLOP/s); optimiser {step['optimizer_share']:.0%} of the step")
+          f"the bf16 matmul peak it measured ({peak:.2f} TFLOP/s, the best of {probes['count']} probes, the lowest "
+          f"{probes['lowest_tflops']['bf16']:.2f}); optimiser {step['optimizer_share']:.0%} of the step")
     windows = ", ".join(f"{w:.2f}" for w in step["timing"]["ours"]["windows"])
     print(f"  its timed windows (img/s): {windows}; heap: {step['ours'].split('heap: ')[-1]}")
     if args.json:

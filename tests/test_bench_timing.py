@@ -55,6 +55,41 @@ def test_a_steady_start_is_not_warmed_up_longer_than_asked():
     assert rate.warmup_windows == 2 and rate.steady and rate.median == pytest.approx(32.0)
 
 
+def test_what_runs_between_windows_runs_after_each_one_and_is_not_timed():
+    clock = FakeClock()
+    calls = []
+
+    def between():
+        calls.append(clock())
+        clock.spend(100.0)  # a slow probe: none of it may land in a window
+
+    rate = measure(lambda: clock.spend(0.5), 4, TimingMethod(windows=3, min_warmup=2), clock=clock, between=between)
+    assert rate.windows == pytest.approx((8.0, 8.0, 8.0)) and rate.warmup_windows == 2
+    assert len(calls) == 5  # after both warm-up windows and the three timed ones
+
+
+def test_the_peak_probe_keeps_the_best_and_the_lowest_of_every_probe(monkeypatch):
+    from verydeep.bench import timing
+
+    rates = iter([1.0e12, 0.5e12, 2.0e12, 0.4e12, 1.5e12, 0.6e12])  # fp32, bf16 for each of three probes
+    monkeypatch.setattr(timing, "_product_rate", lambda a, b, device, repeats: next(rates))
+    probe = timing.PeakProbe(torch.device("cpu"), 8)
+    assert probe(repeats=5) == {"fp32": 1.0e12, "bf16": 0.5e12}
+    assert probe() == {"fp32": 2.0e12, "bf16": 0.5e12}
+    assert probe() == {"fp32": 2.0e12, "bf16": 0.6e12}
+    assert probe.summary() == {"count": 3, "lowest_tflops": {"fp32": 1.0, "bf16": 0.4}}
+
+
+def test_the_report_says_when_a_probe_found_the_machine_shared():
+    from verydeep.bench.report import peak_line
+
+    result = {"peak_tflops": {"fp32": 0.6, "bf16": 2.0}, "peak_probes": {"count": 20, "lowest_tflops": {"fp32": 0.55, "bf16": 0.8}}}
+    line = peak_line(result)
+    assert "best of 20 probes" in line and "bf16 0.80" in line and "fp32 0.55" not in line and "slower" in line
+    result["peak_probes"]["lowest_tflops"]["bf16"] = 1.9
+    assert "slower" not in peak_line(result) and "best of 20 probes" in peak_line(result)
+
+
 def test_impossible_methods_are_refused():
     with pytest.raises(ValueError):
         TimingMethod(min_warmup=3, max_warmup=2)
@@ -84,9 +119,12 @@ def test_train_step_rows_report_the_median_rate_and_the_optimiser_share(monkeypa
     monkeypatch.setattr(step.optimizer, "step", opt_step)
     monkeypatch.setattr(bench.OurStep, "__call__", lambda self, x, y: (real_step(self, x, y), clock.spend(0.1 * len(y))))
     monkeypatch.setattr(bench.BaselineStep, "__call__", lambda self, x, y: (real_base(self, x, y), clock.spend(0.3 * len(y))))
-    monkeypatch.setattr(bench, "measure", lambda fn, items, method, sync: measure(fn, items, method, sync, clock=clock))
+    monkeypatch.setattr(bench, "measure", lambda fn, items, method, sync, between=None:
+                        measure(fn, items, method, sync, clock=clock, between=between))
     peaks = {"fp32": 1e12, "bf16": 2e12}
-    rows = bench.bench_train_step(step, base, s, torch.device("cpu"), Precision.FP32, peaks)
+    probes = []
+    rows = bench.bench_train_step(step, base, s, torch.device("cpu"), Precision.FP32, peaks,
+                                  between=lambda: probes.append(clock()))
 
     assert [(r["workload"], r["batch"]) for r in rows] == [("train_step", 4), ("train_step_small_batch", 2)]
     flops = 6.0 * multiply_adds(step.model.spec, s.crop)
@@ -102,6 +140,9 @@ def test_train_step_rows_report_the_median_rate_and_the_optimiser_share(monkeypa
             timing = row["timing"][side]
             assert len(timing["windows"]) == s.timing.windows and timing["steady"]
             assert timing["warmup_windows"] == 2  # the first window cannot be compared with anything
+    # the peak is probed after every window of both steps (not the optimiser's: its windows are short)
+    assert len(probes) == sum(r["timing"][side]["warmup_windows"] + len(r["timing"][side]["windows"])
+                              for r in rows for side in ("ours", "baseline"))
 
 
 def test_timing_the_optimiser_leaves_the_net_and_its_momentum_as_they_were():

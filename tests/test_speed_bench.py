@@ -10,7 +10,10 @@ import statistics
 import pytest
 import torch
 
+from verydeep.bench.baselines import make_nets
+from verydeep.bench.settings import settings_for
 from verydeep.cli import main
+from verydeep.models.summary import multiply_adds
 from verydeep.runtime.engines import openvino_available
 
 WORKLOADS = ["inference_dense", "train_step", "train_step_small_batch", "input_pipeline", "train_end_to_end"]
@@ -36,6 +39,16 @@ def test_bench_quick_json_on_the_cpu(capsys):
         assert rows[name]["optimizer_seconds"] == pytest.approx(1 / timing["optimizer"]["median"])
         share = rows[name]["optimizer_seconds"] * rows[name]["ours_images_per_s"] / rows[name]["batch"]
         assert rows[name]["optimizer_share"] == pytest.approx(share)
+    # Every MFU is over the best of the matmul probes: one at the start, one after each window of the
+    # training-step rows, one at the end.
+    probes = result["peak_probes"]
+    assert probes["count"] == 2 + sum(rows[name]["timing"][side]["warmup_windows"] + len(rows[name]["timing"][side]["windows"])
+                                      for name in ("train_step", "train_step_small_batch") for side in ("ours", "baseline"))
+    flops = 6.0 * multiply_adds(make_nets(settings_for(torch.device("cpu"), quick=True))[0].spec, result["settings"]["crop"])
+    for name in ("train_step", "train_end_to_end"):
+        peak = result["peak_tflops"][result["precision"]] * 1e12
+        assert rows[name]["mfu_ours"] == pytest.approx(rows[name]["ours_images_per_s"] * flops / peak)
+        assert probes["lowest_tflops"][result["precision"]] <= result["peak_tflops"][result["precision"]]
     agreement = result["rows"][0]["agreement"]
     assert 0.99 <= agreement["logit_cosine_min"] <= 1.0 + 1e-9
     assert 0.0 <= agreement["top1_agreement_raw"] <= 1.0

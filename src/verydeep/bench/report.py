@@ -62,6 +62,25 @@ def format_report(result: dict) -> str:
     if ov_row:
         lines.append(f"against plain OpenVINO: ours on engine {ov_row['engine']} {ov_row['ratio']:.2f}x, on the PyTorch "
                      f"engine {ov_row['torch_engine_ratio']:.2f}x ({num(ov_row['torch_engine_images_per_s'])} img/s)")
-    peak = ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in result["peak_tflops"].items())
-    lines.append(f"matmul peak: {peak}")
+    lines.append(peak_line(result))
     return "\n".join(lines)
+
+
+#: A probe below this fraction of the best one: the machine was shared while the bench ran.
+SHARED_BELOW = 0.8
+
+
+def peak_line(result: dict) -> str:
+    """The peaks the MFUs are over, and whether a probe found the machine shared (its rows then ran
+    below what the machine can do, and their MFU with them)."""
+    peak = ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in result["peak_tflops"].items())
+    probes = result.get("peak_probes")
+    if not probes:
+        return f"matmul peak: {peak}"
+    line = f"matmul peak: {peak} (the best of {probes['count']} probes"
+    low = {k: v for k, v in probes["lowest_tflops"].items() if v < SHARED_BELOW * result["peak_tflops"][k]}
+    if low:
+        worst = ", ".join(f"{k} {v:.2f}" for k, v in low.items())
+        line += (f"; the lowest {worst} TFLOP/s: something else used this machine's cores while the bench ran, "
+                 f"so the rows may be slower than the machine is")
+    return line + ")"

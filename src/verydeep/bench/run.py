@@ -28,7 +28,10 @@ same machine, data and weights, with the ratio ours / baseline:
   (:mod:`verydeep.bench.openvino`): ours on its default engine against plain OpenVINO.
 
 MFU is the model's FLOPs per second (2 per multiply-add, training counted as 3 forward passes)
-over the peak of a large matrix product measured here in the same precision.
+over the peak of a large matrix product measured here in the same precision: the best of the
+probes at the start, after every window of the training-step rows and at the end
+(:class:`~verydeep.bench.timing.PeakProbe`), since on a shared machine one probe can catch a
+neighbour's busy minute.
 
 The input is a temporary copy of the built-in synthetic data set rendered at ImageNet-like sizes
 (shorter side 333-375 pixels, aspect 4:3 to 3:2, JPEG quality 90), because the synthetic set's
@@ -59,7 +62,7 @@ from verydeep.bench.data import eval_batches, write_jpegs
 from verydeep.bench.inference import bench_inference
 from verydeep.bench.report import device_name, format_report, row
 from verydeep.bench.settings import BenchSettings, settings_for
-from verydeep.bench.timing import peaks_for
+from verydeep.bench.timing import PeakProbe
 from verydeep.bench.training import Pipelines, bench_pipeline, bench_train_step, make_steps, trainer_end_to_end
 from verydeep.data.folders import ImageIndex, scan_image_folder
 from verydeep.data.pipeline import balance_share, measure_rates
@@ -90,13 +93,14 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
         if dev.type == "cuda":  # both sides get cuDNN's autotuned algorithms (restored on exit)
             stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=True))
         folder, index = _bench_data(stack, data, s, bar)
-        rows, peaks = _workloads(folder, index, s, dev, precision, share, with_openvino, bar)
+        rows, probe = _workloads(folder, index, s, dev, precision, share, with_openvino, bar)
     return {
         "device": str(dev), "device_name": device_name(dev), "quick": quick,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "precision": precision.value, "compiled": compile_by_default(dev),
-        "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
+        "peak_tflops": {k: v / 1e12 for k, v in probe.best.items()},
+        "peak_probes": probe.summary(),
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
         "data": data or f"synthetic set at ImageNet-like sizes, {s.images} JPEGs (temporary)",
         "rows": rows,
@@ -118,11 +122,12 @@ def _bench_data(stack: ExitStack, data: str | None, s: BenchSettings, bar) -> tu
 
 
 def _workloads(folder: Path, index: ImageIndex, s: BenchSettings, dev: torch.device, precision: Precision,
-               share: float | None, with_openvino: bool, bar) -> tuple[list[dict], dict]:
-    """Every row in order, and the matmul peaks they were scored against."""
+               share: float | None, with_openvino: bool, bar) -> tuple[list[dict], PeakProbe]:
+    """Every row in order, and the probe of the matmul peaks they were scored against."""
     compile_ours = compile_by_default(dev)
     bar.set_postfix_str("matmul peak")
-    peaks = peaks_for(dev, s.matmul)
+    probe = PeakProbe(dev, s.matmul)
+    peaks = probe(repeats=5)
     bar.update()
     ours_net, tv = make_nets(s)
     bar.set_postfix_str("inference")
@@ -130,7 +135,7 @@ def _workloads(folder: Path, index: ImageIndex, s: BenchSettings, dev: torch.dev
     bar.update()
     bar.set_postfix_str("training step")
     step, base = make_steps(ours_net, tv, dev, precision, compile_ours)
-    rows.extend(bench_train_step(step, base, s, dev, precision, peaks))
+    rows.extend(bench_train_step(step, base, s, dev, precision, peaks, between=probe))
     del step  # its net, gradients and momentum: the end-to-end run builds its own
     bar.update()
     rates = None
@@ -152,7 +157,8 @@ def _workloads(folder: Path, index: ImageIndex, s: BenchSettings, dev: torch.dev
         bar.set_postfix_str("openvino")
         rows.append(openvino_row(ours_net, tv, eval_batches(index, s), s, precision, peaks, rows[0], row))
         bar.update()
-    return rows, _rescore(rows, dev, s, peaks, precision)
+    _rescore(rows, dev, peaks, probe(repeats=5), precision)
+    return rows, probe
 
 
 def _balanced_share(index: ImageIndex, s: BenchSettings, dev: torch.device, step_rate: float):
@@ -166,14 +172,14 @@ def _balanced_share(index: ImageIndex, s: BenchSettings, dev: torch.device, step
     return balance_share(rates.cpu, rates.device, rates.read, step_rate), rates
 
 
-def _rescore(rows: list[dict], dev: torch.device, s: BenchSettings, peaks: dict, precision: Precision) -> dict:
-    """Measure the peaks again at the end (the best of both): a busy moment at the start must not
-    inflate MFU. Rescales every row's MFU to the final peaks, which it returns."""
-    final = peaks_for(dev, s.matmul, peaks)
+def _rescore(rows: list[dict], dev: torch.device, peaks: dict, final: dict, precision: Precision) -> None:
+    """Rescale every row's MFU from the peaks it was scored against at the start to ``final``, the
+    best of every probe of the run (the last one at the end): a busy moment at the start, or all
+    through the rows, must not inflate MFU (:class:`~verydeep.bench.timing.PeakProbe`)."""
     for r in rows:
         for side in ("ours", "baseline"):
             key = f"mfu_{side}"
             if key in r:
                 prec = precision.value if side == "ours" else baseline_precision(dev).value
                 r[key] *= peaks[prec] / final[prec]
-    return final
+

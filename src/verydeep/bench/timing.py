@@ -14,6 +14,7 @@ a fake clock.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -61,11 +62,13 @@ def agree(a: float, b: float, tolerance: float) -> bool:
 
 
 def measure(fn: Callable[[], object], items_per_call: float, method: TimingMethod,
-            sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter) -> Rate:
+            sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
+            between: Callable[[], object] | None = None) -> Rate:
     """Items per second of ``fn`` (each call handles ``items_per_call`` items), timed as the module says.
 
     ``sync`` waits for queued device work (``torch.cuda.synchronize``), called at both ends of
-    every window, so a window holds the work its calls queued and nothing else.
+    every window, so a window holds the work its calls queued and nothing else. ``between`` runs
+    after every window, outside its time (the bench probes the matmul peak there: :class:`PeakProbe`).
     """
 
     def window() -> float:
@@ -75,6 +78,8 @@ def measure(fn: Callable[[], object], items_per_call: float, method: TimingMetho
             fn()
         sync()
         elapsed = clock() - start
+        if between is not None:
+            between()
         return method.calls_per_window * items_per_call / elapsed if elapsed > 0 else float("inf")
 
     warm = [window() for _ in range(method.min_warmup)]
@@ -104,6 +109,17 @@ def timed(fn: Callable[[], object], warmup: int, iters: int, device: torch.devic
     return time.perf_counter() - start
 
 
+#: The precisions a peak is measured in, by the names the rows use.
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _product_rate(a: torch.Tensor, b: torch.Tensor, device: torch.device, repeats: int) -> float:
+    """FLOP/s of ``a @ b`` (square): the best of ``repeats`` short runs."""
+    iters = 3 if device.type == "cpu" else 20
+    best = min(timed(lambda: a @ b, 1, iters, device) / iters for _ in range(repeats))
+    return 2 * a.shape[0] ** 3 / best
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
     """FLOP/s of an n x n matrix product in ``dtype``: the best of ``repeats`` short runs.
 
@@ -112,13 +128,37 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     """
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    iters = 3 if device.type == "cpu" else 20
-    best = min(timed(lambda: a @ b, 1, iters, device) / iters for _ in range(repeats))
-    return 2 * n**3 / best
+    return _product_rate(a, b, device, repeats)
 
 
-def peaks_for(device: torch.device, n: int, before: dict | None = None) -> dict:
-    """Matmul peaks (FLOP/s) by precision name, the best of this measurement and ``before``."""
-    now = {"fp32": matmul_peak(device, torch.float32, n),
-           "bf16": matmul_peak(device, torch.bfloat16, n)}
-    return {k: max(v, (before or {}).get(k, 0.0)) for k, v in now.items()}
+class PeakProbe:
+    """The matmul peaks of one bench run (FLOP/s by precision name): the best of every probe.
+
+    Why more than a probe at the start and one at the end: on a shared host a neighbour holds the
+    matrix units for minutes at a time, and a peak measured then is less than half what the
+    machine gives (0.8 against 2.1 TFLOP/s on the 2-core Xeon of benchmarks/RESULTS.md), so an MFU
+    over it flatters every row (71.5% and 64.9% in two such runs). The bench also calls the probe
+    between timed windows, and scores every row against the best probe: more probes can only
+    lower an MFU. ``lowest`` keeps the worst probe, which says how shared the machine was.
+    """
+
+    def __init__(self, device: torch.device, n: int) -> None:
+        self.device = device
+        self.operands = {name: (torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype))
+                         for name, dtype in PEAK_DTYPES.items()}
+        self.best: dict[str, float] = {}
+        self.lowest: dict[str, float] = {}
+        self.count = 0
+
+    def __call__(self, repeats: int = 1) -> dict:
+        """Probe every precision once more (the best of ``repeats`` runs each); the best peaks so far."""
+        for name, (a, b) in self.operands.items():
+            rate = _product_rate(a, b, self.device, repeats)
+            self.best[name] = max(rate, self.best.get(name, 0.0))
+            self.lowest[name] = min(rate, self.lowest.get(name, math.inf))
+        self.count += 1
+        return dict(self.best)
+
+    def summary(self) -> dict:
+        """For the report: how many probes ran and the lowest of each precision (TFLOP/s)."""
+        return {"count": self.count, "lowest_tflops": {k: v / 1e12 for k, v in self.lowest.items()}}

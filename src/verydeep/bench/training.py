@@ -83,8 +83,9 @@ def optimizer_rate(step: OurStep, s: BenchSettings, device: torch.device) -> Rat
 
 
 def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device: torch.device,
-                     precision: Precision, peaks: dict) -> list[dict]:
-    """The training-step rows: at ``train_batch``, and at ``small_batch`` when set."""
+                     precision: Precision, peaks: dict, between: Callable[[], object] | None = None) -> list[dict]:
+    """The training-step rows: at ``train_batch``, and at ``small_batch`` when set. ``between`` runs
+    after every window of both steps, outside their time (the bench's :class:`~.timing.PeakProbe`)."""
     flops = 6.0 * multiply_adds(step.model.spec, s.crop)
     what = (f"train.step.Step: {precision.value} autocast, channels-last, fused SGD, no host sync"
             + (", torch.compile" if step.net is not step.model else "") + f"; heap: {heap_policy()}")
@@ -96,9 +97,10 @@ def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device
         x = torch.randn((batch, 3, s.crop, s.crop), generator=gen).to(device)
         y = torch.randint(0, s.num_classes, (batch,), generator=gen).to(device)
         with torch_settings():  # the process settings verydeep train steps under (threads as they are)
-            ours = measure(lambda: step(x, y), batch, s.timing, lambda: sync(device))
+            ours = measure(lambda: step(x, y), batch, s.timing, lambda: sync(device), between=between)
             optimizer = optimizer or optimizer_rate(step, s, device)  # the same work at every batch size
-        theirs = measure(lambda: base(x, y), batch, s.baseline_timing or s.timing, lambda: sync(device))
+        theirs = measure(lambda: base(x, y), batch, s.baseline_timing or s.timing, lambda: sync(device),
+                         between=between)
         rows.append(row(name, ours.median, theirs.median, flops, peaks, precision, base.precision, what,
                          f"torchvision VGG eager {base.precision.value}, loss.item() every step", batch=batch,
                          optimizer_seconds=optimizer.seconds_per_item,
