@@ -8,6 +8,7 @@ Anything that cannot be read becomes one :class:`~verydeep.errors.ImageError` li
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import warnings
@@ -46,6 +47,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+@contextlib.contextmanager
+def quiet_decoder():
+    """Pillow's own warnings about the file it reads, silenced: a TIFF cut inside its tag
+    directory warns "Corrupt EXIF data" or "Truncated File Read" and then fails (or decodes) on
+    its own, and a large image warns below our own pixel limit. The failure becomes our one
+    ImageError line; the warning would be a second line, naming Pillow's source file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
+
+
 def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image file to an 8-bit RGB PIL image, upright.
 
@@ -61,11 +74,7 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft: tuple
         # a FIFO would block the decoder forever, a device stream from it without end
         raise ImageError(f"{path}: not a regular file (a FIFO, socket or device), not read")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # PIL warns while it reads the tags of a cut-off TIFF and then fails (or not) on its
-            # own; the failure becomes our one-line error below, the warning would be a second line.
-            warnings.filterwarnings("ignore", message="Truncated File Read")
+        with quiet_decoder():
             with Image.open(path) as img:  # closed on every path, an error's included
                 width, height = img.size
                 if width * height > max_pixels:

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from verydeep.data.folders import ImageIndex, boxes_for, scan_image_folder
+from verydeep.data.images import quiet_decoder
 from verydeep.errors import ConfigError, DataError
 from verydeep.localize.boxes import clip
 
@@ -60,7 +61,7 @@ class BoxIndex:
 
 def _image_size(path: str) -> tuple[int, int] | None:
     try:
-        with Image.open(path) as img:
+        with quiet_decoder(), Image.open(path) as img:
             return img.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
