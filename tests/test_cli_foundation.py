@@ -155,6 +155,30 @@ def test_bad_images_are_one_line_each_and_the_others_still_classified(tmp_path, 
     assert not [str(w.message) for w in recwarn if "PIL" in w.filename]
 
 
+def test_a_tiff_pillow_logs_about_is_still_one_line(tmp_path, tiny_weights):
+    """Pillow logs "More samples per pixel than can be decoded" at ERROR before it raises; with no
+    logging set up, Python would print it above our error. A real process: pytest's own log
+    handlers would hide the line in this one."""
+    import struct
+    import subprocess
+    import sys
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    directory = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, directory)[0]):
+        entry = directory + 2 + 12 * k
+        if struct.unpack_from("<H", data, entry)[0] == 277:  # SamplesPerPixel
+            struct.pack_into("<H", data, entry + 8, 62467)
+    (tmp_path / "samples.tif").write_bytes(bytes(data))
+    done = subprocess.run([sys.executable, "-m", "verydeep", "predict", str(tmp_path / "samples.tif"), "--weights",
+                           str(tiny_weights)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"verydeep predict: error: {tmp_path / 'samples.tif'}: not an image "
+                                        "(or an unsupported format)"]
+
+
 def test_decompression_bomb_is_refused_unread(tmp_path):
     from verydeep.data import images
     from verydeep.errors import ImageError

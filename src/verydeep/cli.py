@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -566,7 +567,18 @@ def _version() -> str:
     return f"verydeep {__version__}"
 
 
+def _quiet_pillow_log() -> None:
+    """Pillow logs some bad files' details at ERROR just before it raises (a TIFF's sample count);
+    with no logging set up, Python prints that record as an extra stderr line above the command's
+    one-line error. A NullHandler on Pillow's logger stops that fallback only: logging a user has
+    set up (handlers on the root logger) still receives the records."""
+    pillow = logging.getLogger("PIL")
+    if not any(isinstance(h, logging.NullHandler) for h in pillow.handlers):
+        pillow.addHandler(logging.NullHandler())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_pillow_log()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the sub-command's parser: `verydeep train: error: unrecognized arguments: ...`
