@@ -10,11 +10,11 @@ the same batches: a batch is computed exactly once, by one process, with the sam
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Sequence
 
 from PIL import Image
 
+from verydeep.data.images import quiet_decoder
 from verydeep.data.preprocess import rescaled_size
 from verydeep.runtime.io import is_regular_file
 
@@ -30,8 +30,7 @@ def probe_size(path: str | os.PathLike) -> tuple[int, int] | None:
     if not is_regular_file(path):  # a FIFO would block Image.open; decoding then reports it
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_decoder():
             with Image.open(path) as img:
                 width, height = img.size
                 orientation = img.getexif().get(_ORIENTATION_TAG, 1)

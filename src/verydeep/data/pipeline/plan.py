@@ -13,13 +13,12 @@ instead of resampling it, so the random draws are the very same calls in the ver
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from verydeep.data.images import MAX_PIXELS
+from verydeep.data.images import MAX_PIXELS, quiet_decoder
 from verydeep.data.transforms import TrainAugment, rescale_crop_at, sample_generator, sample_scale
 
 #: EXIF tag of the orientation; anything but 1 (upright) is served by the CPU path, which rotates.
@@ -54,8 +53,7 @@ class CropPlan:
 def read_header(data: bytes) -> JpegHeader | None:
     """The header of an encoded image, or None when Pillow cannot identify it."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_decoder():
             img = Image.open(io.BytesIO(data))
             orientation = int(img.getexif().get(_ORIENTATION, 1)) if img.format == "JPEG" else 1
             width, height = img.size
