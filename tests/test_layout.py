@@ -25,7 +25,7 @@ IMPORT_REASON = re.compile(r"#\s*(optional|start-up):\s*\S")
 
 #: docs/architecture.md's layers, lowest first: a module may import its own layer or a lower one.
 LAYERS = (
-    ("errors",),
+    ("errors", "paper"),
     ("runtime",),
     ("models",),
     ("data", "weights"),
@@ -195,7 +195,7 @@ def test_no_import_cycle():
 
 def test_the_graph_sees_the_package():
     graph = import_graph()
-    assert "verydeep.models.vgg" in graph["verydeep"]
+    assert "verydeep.models.vgg" in graph["verydeep.train.loop"] and graph["verydeep"] == {"verydeep.errors"}
     assert "verydeep.errors" in graph["verydeep.runtime.io"] or any(
         "verydeep.errors" in graph[m] for m in graph if m.startswith("verydeep.runtime"))
     assert layer_of("verydeep.runtime.io") < layer_of("verydeep.train.loop") < layer_of("verydeep.cli")
@@ -247,3 +247,18 @@ if __name__ == "__main__":
                         ("import cycles", [" <-> ".join(c) for c in import_cycles()])):
         print(f"== {title}: {len(rows)}")
         print("\n".join(rows))
+
+
+def test_the_package_root_and_the_command_line_leave_torch_unimported():
+    """``import verydeep``, ``import verydeep.cli`` and ``verydeep --help`` load no torch (the root is
+    lazy); the public names still resolve on first use, and an unknown one is an AttributeError."""
+    probe = ("import sys, verydeep, verydeep.cli, verydeep.errors\n"
+             "try:\n    verydeep.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print('torch' in sys.modules)\n"
+             "print(verydeep.vgg.__module__, verydeep.load.__module__, verydeep.PerceptualLoss.__name__)\n"
+             "print(verydeep.transfer.__name__, 'torch' in sys.modules)\n"
+             "try:\n    verydeep.no_such_name\nexcept AttributeError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    lines = done.stdout.strip().splitlines()[-4:]
+    assert lines == ["False", "verydeep.models.vgg verydeep.weights.loader PerceptualLoss", "verydeep.transfer True",
+                     "module 'verydeep' has no attribute 'no_such_name'"], done.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import verydeep
 from verydeep.cli import main
-from verydeep.demo import FULL, net_config
+from verydeep.demo import FAST, FULL, net_config
 from verydeep.models.init import PAPER_COPIED_LAYERS
 from verydeep.train.config import load_config
 
@@ -111,3 +111,35 @@ def test_a_previous_demo_folder_is_reused_and_another_report_is_protected(tmp_pa
     with pytest.raises(VerydeepError, match="report"):
         _prepare_out(other, overwrite=False)
     assert _prepare_out(other, overwrite=True) == other
+
+
+def test_a_net_that_did_not_learn_fails_the_demo(tmp_path, capsys, monkeypatch):
+    """The fast demo's nets are too small and brief to learn (3 classes, 6 steps: they end at chance);
+    judged as the real demo judges its nets, the story is refused: exit 3, a failed classification
+    section, and every part built on net A says it ran on a net at chance."""
+    import dataclasses
+
+    from verydeep.demo import run as demo_run
+
+    monkeypatch.setattr(demo_run, "FAST", dataclasses.replace(demo_run.FAST, judge=True))
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "section classification failed: net A did not learn" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "A" in summary["dead_nets"] and "net A did not learn" in summary["failed_sections"]["classification"]
+    assert set(summary["built_on_dead_nets"]) == {"D_from_A", "localisation", "transfer"}
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[2].startswith("**FAILED: net A did not learn")
+    assert report.count("**Built on a net at chance**") == 3  # D from A, localisation, transfer
+
+
+def test_the_demo_judges_nets_by_their_accuracy_over_chance():
+    from verydeep.demo.run import dead_nets
+
+    nets = {"A": {"dense_top1_err": 0.85, "learned": True}, "D_from_A": {"dense_top1_err": 0.1, "learned": True},
+            "D_random": {"dense_top1_err": 0.3, "learned": False, "stuck_reason": "the outputs no longer depend on the input"}}
+    dead = dead_nets(FULL, nets)
+    assert set(dead) == {"A", "D_random"} and "15.0% dense top-1 accuracy" in dead["A"]
+    assert "the outputs no longer depend" in dead["D_random"]
+    assert dead_nets(FAST, nets) == {}

@@ -189,3 +189,77 @@ def test_a_run_that_cannot_learn_says_so(train_config, tmp_path):
     assert summary["learned"] is False and summary["stuck_reason"]
     assert "warning: the net is not learning" in done.stderr and "optim.lr=" in done.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["learned"] is False
+
+
+# -- collapses: a net that falls back to chance after it had learned --------------------------------
+from verydeep.train.faults import COLLAPSE_AT_EPOCH  # noqa: E402
+from verydeep.train.schedule import PlateauSchedule  # noqa: E402
+from verydeep.train.stability import LEFT_CHANCE, chance_loss  # noqa: E402
+
+# 4 epochs of 6 steps; checkpoints every 4 steps too, so that the newest checkpoint when the collapse
+# is seen (step 16) is already dead: the run must go back to its best epoch, not to that checkpoint.
+COLLAPSING = {**GUARDED, "schedule.epochs": 4, "run.checkpoint_every": 4, "run.keep_last": 10,
+              "init.scheme": "kaiming", "data.normalise": "mean_std", "optim.lr": 0.02}
+
+
+def test_stuck_watch_tells_a_collapse_from_a_slow_start():
+    watch, chance = StuckWatch(epochs=3), chance_loss(10)
+    reason = watch.update(chance, 10, 0.5)  # at chance from the start: a slow start, not a collapse
+    assert reason is not None and not watch.collapsed(reason, 10) and not watch.left_chance(10)
+    assert watch.update(0.95 * chance, 10, 0.5) is None and not watch.left_chance(10)  # not clearly below
+    assert watch.update(0.5 * LEFT_CHANCE * chance, 10, 0.5) is None and watch.left_chance(10)
+    assert watch.collapsed(watch.update(chance, 10, 0.5), 10)  # back at chance: collapsed
+    assert watch.collapsed(watch.update(1.0, 10, 0.0), 10)  # outputs constant: collapsed
+    restored = StuckWatch()
+    restored.load_state_dict(json.loads(json.dumps(watch.state_dict())))
+    assert restored == watch
+
+
+def test_a_collapse_goes_back_to_the_best_epoch_with_a_lower_rate(train_config, tmp_path):
+    done = _train(train_config("run", COLLAPSING), env={COLLAPSE_AT_EPOCH: "3"})
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    records = read_metrics(tmp_path / "run")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert min(r["train_loss"] for r in epochs[:2]) < LEFT_CHANCE * chance_loss(3)  # it had learned
+    [backoff] = [r for r in records if r["kind"] == "backoff"]
+    assert backoff["reason"] == "collapsed" and backoff["diverged_step"] == 18
+    best_epoch = max(range(1, 3), key=lambda e: -next(r["val_top1_err"] for r in epochs if r["epoch"] == e))
+    assert backoff["step"] == 6 * best_epoch  # the best epoch's state, not the newest checkpoint (step 16)
+    assert backoff["lr_after"] == backoff["lr_before"] / 2
+    assert "collapsed back to chance" in done.stderr and "Traceback" not in done.stderr
+    assert summary["backoffs"] == 1 and summary["steps"] == 24 and summary["learned"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]  # the collapsed epoch is redone, not recorded
+    assert all(r["val_output_spread"] > 1e-3 for r in epochs)
+
+
+def test_a_collapse_is_replayed_bit_for_bit_after_a_kill(train_config, tmp_path):
+    env = {COLLAPSE_AT_EPOCH: "3"}
+    assert _train(train_config("reference", COLLAPSING), env=env).returncode == 0
+    interrupted = train_config("interrupted", COLLAPSING)
+    # killed after the dead checkpoint of step 16, before the collapse is seen at step 18: the resumed
+    # run holds that checkpoint as its last good state and must find the best epoch's state on disk
+    assert _train(interrupted, env={**env, KILL_AT_STEP: "17"}).returncode != 0
+    resumed = _train(interrupted, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a, _ = canonical.read(tmp_path / "reference" / "final.safetensors")
+    b, _ = canonical.read(tmp_path / "interrupted" / "final.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in rs]
+    assert strip(read_metrics(tmp_path / "reference")) == strip(read_metrics(tmp_path / "interrupted"))
+    assert any(r.get("reason") == "collapsed" for r in read_metrics(tmp_path / "interrupted"))
+
+
+def test_the_plateau_rule_leaves_a_run_at_chance_alone(train_config, tmp_path):
+    # a rate this small leaves the net at chance; patience 1 would otherwise drop the rate every epoch
+    config = train_config("run", {"optim.lr": 1e-7, "schedule.epochs": 4, "schedule.patience": 1,
+                                  "run.stuck_epochs": 0, "data.workers": 0})
+    done = _train(config)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["lr_drops"] == 0 and summary["final_lr"] == 1e-7
+    assert all(r["next_lr"] == 1e-7 for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch")
+    # the rule itself is unchanged once a run has left chance
+    schedule = PlateauSchedule(lr=1.0, patience=1)
+    assert not schedule.step(0.5) and schedule.step(0.5) and schedule.lr == 0.1

@@ -5,13 +5,45 @@
 such as ``"torchvision:vgg16"``) returns a net with its metadata in ``model.meta``;
 ``verydeep.PerceptualLoss("torchvision:vgg19", ["relu1_1", "relu2_1"], kind="gram")`` is a
 content or style loss on named activations of a frozen net.
+
+The names above are imported on first use (module ``__getattr__``, PEP 562), as are the
+subpackages (``verydeep.transfer``, ``verydeep.demo``, ...): ``import verydeep.errors``, the
+``verydeep`` command's start and ``verydeep --help`` do not import torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from verydeep.errors import VerydeepError
-from verydeep.models.configs import ModelSpec
-from verydeep.models.vgg import VGG, vgg
-from verydeep.perceptual import PerceptualLoss
-from verydeep.weights.loader import load
+
+#: Public names and the module each lives in (imported when first asked for).
+_LAZY = {
+    "VGG": "verydeep.models.vgg",
+    "vgg": "verydeep.models.vgg",
+    "ModelSpec": "verydeep.models.configs",
+    "PerceptualLoss": "verydeep.perceptual",
+    "load": "verydeep.weights.loader",
+}
+#: Subpackages and modules reachable as attributes of the package (``verydeep.transfer.…``).
+_SUBMODULES = ("bench", "cli", "data", "demo", "evaluate", "localize", "models", "paper", "perceptual", "report",
+               "runtime", "train", "transfer", "weights")
 
 __all__ = ["VGG", "ModelSpec", "PerceptualLoss", "VerydeepError", "load", "vgg"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

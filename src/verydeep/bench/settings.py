@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
+from verydeep import paper
 from verydeep.bench.timing import TimingMethod
 
 #: torchvision's ImageNet normalisation (the baseline's, and the input of the inference rows).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The paper's SGD settings (momentum 0.9, weight decay 5e-4; lr 1e-2).
-SGD = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+SGD = dict(lr=paper.LR, momentum=paper.MOMENTUM, weight_decay=paper.WEIGHT_DECAY)
 
 
 @dataclass(frozen=True)

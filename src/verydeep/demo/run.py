@@ -12,11 +12,13 @@ Everything is an ordinary :func:`verydeep.train.train` run whose folder (config,
 TensorBoard events, checkpoints, weights) is kept under ``out/runs``. ``fast=True`` shrinks every
 size so the whole story runs in seconds (the tests use it); its numbers mean nothing.
 
-Choices for a 2-core CPU and ten minutes (see :data:`FULL`): plain nets (no batch norm, as in the
-paper) at 1/8 of the paper's widths with 256-wide FC layers and 64-pixel crops; Glorot for the
-random weights (the paper's alternative: N(0, 0.01) is far too small for layers this narrow);
-dropout off (FC layers this narrow did not learn with 0.5); learning rate 1e-2 for A and 5e-3 for
-the D nets (1e-2 sometimes diverges in the 16-layer plain net). Each training process runs one
+Choices for a 2-core CPU and ten minutes (see :data:`FULL`; ``configs/cpu/synth_*.yaml`` hold the
+same recipe): plain nets (no batch norm, as in the paper) at 1/8 of the paper's widths with
+256-wide FC layers and 64-pixel crops; He (Kaiming) random weights (N(0, 0.01) and Glorot leave a
+plain net this narrow and deep with near-constant outputs for epochs); the gradient norm capped at
+5 (rare steps 30-90x the usual norm otherwise knock the narrow early layers' ReLUs out); dropout
+off (FC layers this narrow did not learn with 0.5); learning rate 1e-2 for A and 5e-3 for the D
+nets (1e-2 sometimes diverges in the 16-layer plain net). Each training process runs one
 thread and the control trains in a second process beside A: two single-thread processes use the
 two cores better than one two-thread process for nets this small, and single-thread runs give the
 same numbers every time on the same machine.
@@ -39,7 +41,7 @@ from typing import Any
 import torch
 import yaml
 
-from verydeep import localize, transfer
+from verydeep import localize, paper, transfer
 from verydeep.data.folders import scan_image_folder
 from verydeep.data.images import read_image
 from verydeep.data.synth import make_synthetic
@@ -71,7 +73,8 @@ class DemoSettings:
     crop: int = 64
     scale_a: tuple[int, int] = (64, 64)  # net A: fixed S (the paper's S = 256 for A)
     scale_d: tuple[int, int] = (64, 80)  # net D: S jittered (the paper's [256, 512])
-    init: str = "glorot"
+    init: str = "kaiming"
+    clip_grad_norm: float | None = 5.0
     lr_a: float = 0.01
     lr_d: float = 0.005
     batch: int = 64
@@ -82,24 +85,65 @@ class DemoSettings:
     parallel: bool = True  # train the control net in a second process, beside A and then D from A
     precision: str = "auto"
     seed: int = 0
-    # Guards (verydeep.train.stability): without them the plain 16-layer net from random weights sat at
-    # chance on one CPU family and learned on the other, by luck of bf16 rounding in its first steps.
+    # Guards (verydeep.train.stability): without them the plain nets sat at chance or collapsed back to
+    # it on some seeds and not others, in either precision (benchmarks/RESULTS.md, the recipe sweep).
     normalise: str = "mean_std"
     warmup_epochs: float = 1.0
     on_divergence: str = "backoff"
+    # A net that did not learn fails the classification section (exit 3), and the sections built on it
+    # say they ran on a net at chance. Off in FAST, whose nets are too small and brief to learn.
+    judge: bool = True
 
     @property
     def eval_scales(self) -> list[int]:
-        """The paper's multi-scale test rule for jittered S: Q in {S_min, (S_min + S_max) / 2, S_max}."""
-        lo, hi = self.scale_d
-        return sorted({lo, (lo + hi) // 2, hi})
+        """The paper's multi-scale test rule for net D's jittered S: Q in {S_min, (S_min + S_max) / 2, S_max}."""
+        return list(paper.test_scales(self.crop, self.scale_d).multi)
 
 
 #: The settings ``verydeep demo`` runs (``configs/cpu/synth_*.yaml`` hold the same training recipe).
 FULL = DemoSettings()
 #: Seconds-long settings for tests and smoke runs.
 FAST = DemoSettings(classes=3, train_per_class=12, val_per_class=4, width=1 / 16, fc_width=32, crop=32,
-                    scale_a=(32, 32), scale_d=(32, 40), batch=12, epochs_a=2, epochs_d=2, precision="fp32")
+                    scale_a=(32, 32), scale_d=(32, 40), batch=12, epochs_a=2, epochs_d=2, precision="fp32", judge=False)
+#: A net "learned" when its run did not end stuck at chance and its dense top-1 accuracy is at least
+#: this many times chance (1 / classes): 20% for the demo's 10 classes.
+LEARNED_OVER_CHANCE = 2.0
+#: What each net is built on: D from A starts from A; the localisation and transfer sections use D from A.
+BUILT_ON = {"D_from_A": ("A",), "localisation": ("A", "D_from_A"), "transfer": ("A", "D_from_A")}
+
+
+def dead_nets(s: DemoSettings, nets: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The nets that did not learn, each with the reason (none when ``s.judge`` is off)."""
+    if not s.judge:
+        return {}
+    chance, dead = 1.0 / s.classes, {}
+    for name, n in nets.items():
+        accuracy = 1.0 - n["dense_top1_err"]
+        if not n.get("learned", True):
+            dead[name] = f"its training ended at chance ({n.get('stuck_reason') or 'stuck'})"
+        elif accuracy < LEARNED_OVER_CHANCE * chance:
+            dead[name] = (f"{100 * accuracy:.1f}% dense top-1 accuracy, under {LEARNED_OVER_CHANCE:g}x chance "
+                          f"({100 * chance:.0f}%)")
+    return dead
+
+
+def dead_story(dead: dict[str, str]) -> str:
+    """The classification section's failure: which nets did not learn, and why."""
+    return "; ".join(f"net {name} did not learn: {why}" for name, why in dead.items())
+
+
+def built_on_dead(part: str, dead: dict[str, str]) -> list[str]:
+    """The dead nets that ``part`` (a net or a section) was built on."""
+    return [name for name in BUILT_ON.get(part, ()) if name in dead]
+
+
+def at_chance_note(part: str, dead: dict[str, str]) -> str:
+    """A warning for a part of the report that was built on a net at chance ('' when it was not)."""
+    under = built_on_dead(part, dead)
+    if not under:
+        return ""
+    return (f"> **Built on a net at chance** (net {', '.join(under)} did not learn): "
+            f"these numbers say nothing about the paper's method.\n\n")
 
 
 def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple[int, int], lr: float,
@@ -113,6 +157,7 @@ def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple
         "data.scale_max": scale[1], "data.val_scale": s.crop, "data.workers": 0, "data.cache": True,
         "data.normalise": s.normalise, "optim.lr": lr, "optim.batch_size": s.batch,
         "optim.warmup_epochs": s.warmup_epochs, "optim.on_divergence": s.on_divergence,
+        "optim.clip_grad_norm": s.clip_grad_norm,
         "schedule.epochs": epochs, "schedule.patience": s.patience,
         "run.out": str(out), "run.seed": s.seed, "run.threads": s.threads, "run.precision": s.precision,
         "run.checkpoint_every": 10**9, "run.keep_last": 1, "run.log_every": 10, "run.progress": progress,
@@ -162,6 +207,9 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
         nets = classification(s, data, runs, out, progress)
     except VerydeepError as exc:
         failures["classification"] = str(exc)
+    dead = dead_nets(s, nets) if nets else {}
+    if dead:
+        failures["classification"] = dead_story(dead)
     sections: dict[str, dict] = {}
     if "D_from_A" in nets:
         sections, more = beyond_classification(out / nets["D_from_A"]["weights"], data, fast, progress,
@@ -175,12 +223,15 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     summary["sections"] = {name: {"title": sec["title"], "seconds": sec["seconds"], "figures": sec["figures"]}
                            for name, sec in sections.items()}
     summary["failed_sections"] = failures
+    summary["dead_nets"] = dead
+    summary["built_on_dead_nets"] = {part: built_on_dead(part, dead) for part in BUILT_ON if built_on_dead(part, dead)}
     if nets:
         _plots(out, runs, nets)
 
     write_json(out / "summary.json", summary)
     report = (_report(summary) if nets else "# verydeep demo\n") + "".join(
-        f"\n{sec['markdown'].strip()}\n" for sec in sections.values()) + _failures_markdown(failures)
+        f"\n{_with_note(sec['markdown'], at_chance_note(name, dead))}\n" for name, sec in sections.items()) \
+        + _failures_markdown(failures)
     write_text(out / "report.md", report)
     if progress:
         verdict = (f"net D (from A): {100 * (1 - nets['D_from_A']['dense_top1_err']):.1f}% top-1 accuracy; "
@@ -269,7 +320,7 @@ def classification(s: DemoSettings, data: Path, runs: Path, out: Path, progress:
                       "val_top5_err": result["best_val_top5_err"], "best_epoch": result["best_epoch"], **errors,
                       "copied_layers": result["copied_layers"], "weights": os.path.relpath(weights, out),
                       "run_dir": os.path.relpath(result["run_dir"], out), "backoffs": result.get("backoffs", 0),
-                      "learned": result.get("learned", True)}
+                      "learned": result.get("learned", True), "stuck_reason": result.get("stuck_reason")}
     return nets
 
 
@@ -328,6 +379,12 @@ def _bare_summary(s: DemoSettings, synth_s: float, total_s: float) -> dict[str, 
             "nets": {}, "synthesis_time_s": synth_s, "total_time_s": total_s,
             "machine": {"cpu": _cpu_name(), "threads": s.threads, "torch": torch.__version__,
                         "python": platform.python_version()}}
+
+
+def _with_note(markdown: str, note: str) -> str:
+    """A section's markdown with ``note`` under its heading (the first line)."""
+    heading, _, rest = markdown.strip().partition("\n")
+    return f"{heading}\n\n{note}{rest.lstrip()}" if note else markdown.strip()
 
 
 def _failures_markdown(failures: dict[str, str]) -> str:
@@ -489,6 +546,31 @@ def _backoff_text(nets: dict[str, dict[str, Any]]) -> str:
     return text + (f"; did NOT learn (stayed at chance): {', '.join(stuck)}" if stuck else "")
 
 
+def _failed_banner(summary: dict[str, Any]) -> list[str]:
+    """The report's first lines when a net did not learn (none when every net did)."""
+    dead = summary.get("dead_nets") or {}
+    if not dead:
+        return []
+    parts = ", ".join(part.replace("_", " ") for part in summary.get("built_on_dead_nets", {}))
+    return [f"**FAILED: {dead_story(dead)}.** The parts built on {'it' if len(dead) == 1 else 'them'} ({parts}) "
+            f"ran on a net at chance; their numbers say nothing about the paper's method.", ""]
+
+
+def _recipe_text(s: dict[str, Any], nets: dict[str, dict[str, Any]]) -> str:
+    """The nets and the recipe, with what is not in the paper and why."""
+    return (
+        f"Nets: width x{s['width']:g}, FC {s['fc_width']}, crop {s['crop']}, batch {s['batch']}, dropout {s['dropout']}, "
+        f"SGD momentum {paper.MOMENTUM:g}, weight decay {paper.WEIGHT_DECAY:g}, learning rate {s['lr_a']:g} (A) and "
+        f"{s['lr_d']:g} (D) divided by 10 on a validation plateau (patience {s['patience']}, at most "
+        f"{paper.LR_DROPS} times), {s['init']} random weights, "
+        f"{'batch norm' if s['batch_norm'] else 'no batch norm (as in the paper)'}. "
+        f"Not in the paper, so that plain nets this narrow learn on every seed, in either precision, on any CPU: "
+        f"inputs divided by the training set's per-channel standard deviation ({s['normalise']}), a "
+        f"{s['warmup_epochs']:g}-epoch linear learning-rate warm-up, "
+        + (f"the gradient norm capped at {s['clip_grad_norm']:g}, " if s.get("clip_grad_norm") else "")
+        + f"and back-off on a divergence or a collapse ({s['on_divergence']}): " + _backoff_text(nets) + ".")
+
+
 def _report(summary: dict[str, Any]) -> str:
     s, nets, cmp_ = summary["settings"], summary["nets"], summary["comparison"]
     rows = [[name, n["config"], n["init"], _scale(n["train_scale"]), n["epochs"], n["steps"],
@@ -509,22 +591,17 @@ def _report(summary: dict[str, Any]) -> str:
     head = (f"The head start: net D from A first reached {100 * cmp_['head_start_accuracy']:.0f}% validation accuracy "
             f"(centre crop) {epoch(cmp_['from_A_first_epoch_reaching'])}, net D from random weights "
             f"{epoch(cmp_['random_first_epoch_reaching'])}.")
+    dead = summary.get("dead_nets") or {}
     lines = [
         "# verydeep demo",
         "",
+        *_failed_banner(summary),
         f"The paper's training story on synthetic shapes ({summary['data']['classes']} classes, "
         f"{summary['data']['train_images']} training and {summary['data']['val_images']} validation images), "
         f"on {summary['machine']['cpu']} ({_processes(s)}); total {summary['total_time_s']:.0f} s "
         f"(synthesis {summary['synthesis_time_s']:.0f} s).",
         "",
-        f"Nets: width x{s['width']:g}, FC {s['fc_width']}, crop {s['crop']}, batch {s['batch']}, dropout {s['dropout']}, "
-        f"SGD momentum 0.9, weight decay 5e-4, learning rate {s['lr_a']:g} (A) and {s['lr_d']:g} (D) divided by 10 on a "
-        f"validation plateau (patience {s['patience']}, at most 3 times), {s['init']} random weights, "
-        f"{'batch norm' if s['batch_norm'] else 'no batch norm (as in the paper)'}. "
-        f"Not in the paper, to keep plain nets this narrow from dying in their first steps on any CPU: inputs divided "
-        f"by the training set's per-channel standard deviation ({s['normalise']}), a {s['warmup_epochs']:g}-epoch linear "
-        f"learning-rate warm-up, and divergence back-off ({s['on_divergence']}): "
-        + _backoff_text(nets) + ".",
+        _recipe_text(s, nets),
         "",
         markdown_table(["net", "config", "initialisation", "S", "epochs", "steps", "train s", "top-1 err % (crop)",
                         "top-5 err % (crop)", "top-1 err % (dense)", "top-5 err % (dense)"], rows),
@@ -532,7 +609,7 @@ def _report(summary: dict[str, Any]) -> str:
         f"*crop*: the best epoch's centre crop at Q={s['crop']}; *dense*: the whole image, fully convolutional, "
         f"flipped and not, averaged over Q = {scales} (the paper's multi-scale rule for jittered S).",
         "",
-        f"**Net D initialised from A reaches {100 * (1 - d['dense_top1_err']):.1f}% top-1 accuracy** and "
+        at_chance_note("D_from_A", dead) + f"**Net D initialised from A reaches {100 * (1 - d['dense_top1_err']):.1f}% top-1 accuracy** and "
         f"{verdict} net D from random weights trained for the same {d['steps']} steps "
         f"({_pct(cmp_['from_A_dense_top1_err'])}% against {_pct(cmp_['random_dense_top1_err'])}% top-1 error). "
         + head,

@@ -15,12 +15,13 @@ from verydeep.runtime.devices import pick_device
 from verydeep.errors import ImageError
 from verydeep.evaluate.dense import dense_posteriors
 from verydeep.runtime.precision import resolve
-from verydeep.evaluate.scales import PAPER_TEST_SCALES, check_scales
+from verydeep.evaluate.scales import check_scales
+from verydeep.paper import Q_MULTI
 from verydeep.runtime.engines import inference_settings, ready, resolve_engine, weights_cache_key
 from verydeep.weights.loader import load
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
-DEFAULT_SCALES = PAPER_TEST_SCALES
+DEFAULT_SCALES = Q_MULTI
 
 
 def topk_entries(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:

@@ -18,7 +18,8 @@ from verydeep.localize.data import BoxIndex, load_box_index, skipped_text
 from verydeep.localize.evaluate import IOU_RIGHT, crop_protocol, dense_protocol
 from verydeep.localize.report import FINE_TUNE_TEXT, results_table
 from verydeep.localize.run import resolve_split
-from verydeep.localize.train import BoxTrainConfig, default_scale, train_box_net
+from verydeep import paper
+from verydeep.localize.train import BoxTrainConfig, train_box_net
 
 
 def balanced_subset(data: BoxIndex, per_class: int, seed: int = 0) -> BoxIndex:
@@ -78,7 +79,7 @@ def demo_section(model, data_dir: str | Path, *, steps: int = 150, batch_size: i
     """
     start = time.perf_counter()
     crop = model.spec.crop_size
-    s = scale or default_scale(crop)
+    s = scale or paper.train_scale(crop)
     train = balanced_subset(load_box_index(resolve_split(data_dir, ("train",))), train_per_class, seed)
     val = balanced_subset(load_box_index(resolve_split(data_dir, ("val", "test"))), val_per_class, seed)
     model.eval()

@@ -16,7 +16,8 @@ from verydeep.errors import ConfigError, DataError
 from verydeep.localize.data import load_box_index, skipped_text
 from verydeep.localize.evaluate import crop_protocol, dense_protocol
 from verydeep.localize.head import load_box_net, save_box_net
-from verydeep.localize.train import BoxTrainConfig, default_scale, train_box_net, write_training_log
+from verydeep import paper
+from verydeep.localize.train import BoxTrainConfig, train_box_net, write_training_log
 from verydeep.runtime.outputs import WEIGHTS, check_output
 from verydeep.weights.loader import load
 
@@ -80,7 +81,7 @@ def evaluate_command(box_weights: str, data: str, weights: str | None = None, pr
     # Both nets are read before any work, so bad weights fail at once rather than after test 1.
     classifier = load(weights).to(dev) if protocol in ("dense", "both") else None
     crop = box_net.spec.crop_size
-    q = scale or box_net.head.train_scale or default_scale(crop)
+    q = scale or box_net.head.train_scale or paper.train_scale(crop)
     folder = resolve_split(data, ("val", "test"))
     boxes = load_box_index(folder)
     out: dict = {"box_weights": str(box_weights), "data": str(folder), "mode": box_net.head.mode,

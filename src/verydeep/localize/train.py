@@ -30,6 +30,7 @@ import copy
 import torch
 from torch.utils.data import DataLoader
 
+from verydeep import paper
 from verydeep.data.preprocess import normalise
 from verydeep.runtime.devices import pick_device
 from verydeep.runtime.heap import keep_freed_memory
@@ -45,23 +46,18 @@ from verydeep.train.step import Step, load_optimizer, make_sgd
 from verydeep.weights.metadata import Preprocessing
 
 
-def default_scale(crop: int) -> int:
-    """The paper's S = 256 for 224 crops, kept in proportion for other crop sizes."""
-    return crop * 256 // 224
-
-
 @dataclass
 class BoxTrainConfig:
     """The box net's training recipe; defaults are the paper's where it gives them."""
 
     mode: str = "pcr"  # "scr" (one box) or "pcr" (a box per class)
     fine_tune: str = "all"  # "all" layers or only the "fc" layers
-    scale: int | None = None  # fixed training scale S (None: 256 * crop / 224)
+    scale: int | None = None  # fixed training scale S (None: verydeep.paper.train_scale(crop))
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = paper.MOMENTUM
+    weight_decay: float = paper.WEIGHT_DECAY
     flip: bool = True
     seed: int = 0
     workers: int = 0
@@ -128,7 +124,7 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     """Fine-tune a box net from ``classifier`` on ``data``; returns it (eval mode) with its losses."""
     config = config or BoxTrainConfig()
     crop = classifier.spec.crop_size
-    scale = config.scale or default_scale(crop)
+    scale = config.scale or paper.train_scale(crop)
     if scale < crop:
         raise ConfigError(f"training scale {scale} is smaller than the net's crop size {crop}")
     device = pick_device(config.device)

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
+from verydeep import paper
 from verydeep.errors import ConfigError
 
 POOL = "M"
@@ -61,8 +62,8 @@ PAPER_PARAMS = {
 }
 
 FC_WIDTH = 4096
-DROPOUT = 0.5
-CROP_SIZE = 224
+DROPOUT = paper.DROPOUT
+CROP_SIZE = paper.CROP
 NUM_CLASSES = 1000
 DOWNSAMPLING = 32  # five 2x2 pools
 

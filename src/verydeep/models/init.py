@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from verydeep import paper
 from verydeep.errors import ConfigError
 from verydeep.models.configs import weight_layers
 if TYPE_CHECKING:  # annotations only: vgg.py imports this module
     from verydeep.models.vgg import VGG
 
-PAPER_STD = 1e-2
+PAPER_STD = paper.INIT_STD
 SCHEMES = ("paper", "glorot", "kaiming")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from verydeep import paper
 from verydeep.errors import ConfigError
 from verydeep.models.configs import CROP_SIZE, DROPOUT, FC_WIDTH, ModelSpec, resolve_name
 from verydeep.runtime.io import write_text
@@ -77,8 +78,8 @@ class DataConfig:
 
     train: Optional[str] = None
     val: Optional[str] = None
-    scale_min: int = 256
-    scale_max: int = 256
+    scale_min: int = paper.S_FIXED
+    scale_max: int = paper.S_FIXED
     val_scale: Optional[int] = None
     flip: bool = True
     colour_shift: float = 0.1
@@ -105,10 +106,10 @@ class OptimConfig:
     the last checkpoint with the rate halved, at most ``max_backoffs`` times (``stop`` leaves
     divergence to ``on_nonfinite``)."""
 
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    lr: float = paper.LR
+    momentum: float = paper.MOMENTUM
+    weight_decay: float = paper.WEIGHT_DECAY
+    batch_size: int = paper.BATCH_SIZE
     accumulation: int = 1
     on_nonfinite: str = "stop"
     warmup_steps: int = 0
@@ -125,10 +126,10 @@ class ScheduleConfig:
     more than ``threshold`` for ``patience`` epochs, at most ``max_drops`` times; stop after
     ``epochs``. The paper: factor 0.1, 3 drops, 74 epochs (its patience is not stated)."""
 
-    epochs: int = 74
-    factor: float = 0.1
+    epochs: int = paper.EPOCHS
+    factor: float = paper.LR_FACTOR
     patience: int = 2
-    max_drops: int = 3
+    max_drops: int = paper.LR_DROPS
     threshold: float = 0.0
 
 
@@ -188,7 +189,7 @@ class TrainConfig:
         """Q for validation: the configured one, else the paper's single-scale rule."""
         if self.data.val_scale is not None:
             return self.data.val_scale
-        return (self.data.scale_min + self.data.scale_max) // 2
+        return paper.test_scales(self.model.crop_size, (self.data.scale_min, self.data.scale_max)).single
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}

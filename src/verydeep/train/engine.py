@@ -35,11 +35,12 @@ from verydeep.train.step import StepOutput
 
 
 class Diverged(Exception):
-    """A step's loss diverged under ``optim.on_divergence: backoff`` (caught by the epoch loop)."""
+    """A step's loss diverged, or an epoch collapsed back to chance (``reason == "collapsed"``, with
+    the stuck watch's ``why``), under ``optim.on_divergence: backoff``."""
 
-    def __init__(self, reason: str, loss: float, median: float | None, step: int) -> None:
+    def __init__(self, reason: str, loss: float, median: float | None, step: int, why: str | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.loss, self.median, self.step = reason, loss, median, step
+        self.reason, self.loss, self.median, self.step, self.why = reason, loss, median, step, why
 
 
 @dataclass
@@ -119,6 +120,8 @@ def train_one_epoch(run: RunState, progress: Progress, fault: int) -> bool:
     cfg, epoch = run.cfg, run.epoch
     run.loader.set_epoch(epoch)
     run.sampler.set_epoch(epoch, run.batch_in_epoch)
+    if run.collapse_at == epoch + 1 and run.batch_in_epoch == 0 and run.backoffs == 0:
+        faults.kill_first_relus(run.model)  # test-only: keyed on the run's state, so a resume replays it
     read_every = 1 if run.device.type != "cuda" else cfg.run.log_every
     scale = run.info.world_size / cfg.optim.batch_size
     batches = iter(run.loader)
@@ -155,18 +158,27 @@ def train_one_epoch(run: RunState, progress: Progress, fault: int) -> bool:
     return True
 
 
-def back_off(run: RunState, diverged: Diverged, progress: Progress) -> None:
-    """Return to the last good state and go on with the learning rate halved (or stop, past the limit)."""
+def back_off(run: RunState, diverged: Diverged, progress: Progress) -> bool:
+    """Return to the last good state (the best epoch's, after a collapse) and go on with the learning
+    rate halved. Past ``optim.max_backoffs`` a diverged step stops the run with one line, and a
+    collapse is left as it is (False: the stuck alarm reports it; the best weights stay written)."""
     o, lr_before = run.cfg.optim, run.schedule.lr
+    collapse = diverged.reason == "collapsed"
     what = f"{diverged.reason} ({diverged.loss:.4g}" + (
         f", {diverged.loss / diverged.median:.0f}x the running median {diverged.median:.4g})"
         if diverged.reason == "exploding" and diverged.median else ")")
-    if run.backoffs >= o.max_backoffs or run.last_good is None:
+    target = (run.best_good or run.last_good) if collapse else run.last_good
+    if run.backoffs >= o.max_backoffs or target is None:
+        if collapse:
+            if run.info.is_main:
+                progress.write(f"epoch {run.epoch + 1}: the net collapsed back to chance ({diverged.why}); not rolled "
+                               f"back: {run.backoffs} back-off(s) already (optim.max_backoffs={o.max_backoffs})")
+            return False
         raise ConfigError(f"the loss diverged at step {diverged.step}: {what}, after {run.backoffs} back-off(s) "
                           f"(optim.max_backoffs={o.max_backoffs}); lower optim.lr (now {lr_before:g}) or check the data")
-    count, elapsed = run.backoffs + 1, run.elapsed()
-    restore_state(run, copy.deepcopy(run.last_good["state"]))
-    restore_rng(run.last_good["rng"])
+    count, elapsed, epoch = run.backoffs + 1, run.elapsed(), run.epoch
+    restore_state(run, copy.deepcopy(target["state"]))
+    restore_rng(target["rng"])
     run.elapsed_before, run.started = elapsed, time.perf_counter()
     run.backoffs = count
     run.schedule.lr = lr_before * 0.5
@@ -176,9 +188,14 @@ def back_off(run: RunState, diverged: Diverged, progress: Progress) -> None:
                    "diverged_step": diverged.step, "reason": diverged.reason, "loss": diverged.loss,
                    "median": diverged.median, "lr_before": lr_before, "lr_after": run.schedule.lr})
     progress.rewind(run.step)
-    if run.info.is_main:
+    if run.info.is_main and collapse:
+        progress.write(f"epoch {epoch + 1}: the net collapsed back to chance ({diverged.why}, training loss "
+                       f"{diverged.loss:.4g}); back to epoch {run.epoch} (step {run.step}) with learning rate "
+                       f"{run.schedule.lr:g} (back-off {count} of {o.max_backoffs})")
+    elif run.info.is_main:
         progress.write(f"step {diverged.step}: loss {what}; back to step {run.step} with learning rate "
                        f"{run.schedule.lr:g} (back-off {count} of {o.max_backoffs})")
+    return True
 
 
 @torch.no_grad()

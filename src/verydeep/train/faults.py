@@ -19,6 +19,10 @@ runs through) and, with :data:`ONLY_RANK`, only in that process.
 - ``VERYDEEP_FAULT_EXPLODE_AT_STEP=N``: the training inputs of global step N are multiplied by
   :data:`EXPLODE_FACTOR`, so that its loss explodes, as long as the run has not backed off yet (a
   condition on the run's state, not on the process, so a resumed run replays the same history).
+- ``VERYDEEP_FAULT_COLLAPSE_AT_EPOCH=N``: at the start of epoch N (1-based), as long as the run has
+  not backed off yet, conv1_1's biases are set to :data:`DEAD_BIAS`: every ReLU of the first layer
+  is dead, so the net's outputs no longer depend on its input and no gradient can revive them --
+  the dead-ReLU collapse of a plain net, on cue (:func:`kill_first_relus`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ SIGNAL = "VERYDEEP_FAULT_SIGNAL"
 ONLY_RANK = "VERYDEEP_FAULT_RANK"
 EXPLODE_AT_STEP = "VERYDEEP_FAULT_EXPLODE_AT_STEP"
 EXPLODE_FACTOR = 1e4
+COLLAPSE_AT_EPOCH = "VERYDEEP_FAULT_COLLAPSE_AT_EPOCH"
+#: conv1_1's bias under the collapse fault: far below any normalised pixel's response.
+DEAD_BIAS = -1e4
 #: Moments of a checkpoint write, in the order they happen.
 PHASES = ("partial", "written", "renamed")
 
@@ -53,6 +60,21 @@ def explode_step() -> int:
     """The global step whose inputs are to blow up (0: never)."""
     value = os.environ.get(EXPLODE_AT_STEP, "")
     return int(value) if value else 0
+
+
+def collapse_epoch() -> int:
+    """The 1-based epoch at whose start the first layer's ReLUs are killed (0: never)."""
+    value = os.environ.get(COLLAPSE_AT_EPOCH, "")
+    return int(value) if value else 0
+
+
+def kill_first_relus(model) -> None:
+    """Set the first convolution's biases to :data:`DEAD_BIAS` (in place, no gradient)."""
+    import torch  # start-up: the fault hooks are imported by modules that run before torch is needed
+
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv.bias.fill_(DEAD_BIAS)
 
 
 def checkpoint_phase(step: int) -> str | None:

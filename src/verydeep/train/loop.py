@@ -41,15 +41,16 @@ from verydeep.train import faults
 from verydeep.train.checkpoint import CheckpointFolder, atomic_save, capture_rng, load_checkpoint, restore_rng
 from verydeep.train.config import TrainConfig, from_dict, load_config, save_yaml
 from verydeep.train.distributed import GlobalBatchSampler
-from verydeep.train.engine import train_one_epoch, validate
+from verydeep.train.engine import Diverged, back_off, train_one_epoch, validate
 from verydeep.train.guard import claim_run
 from verydeep.train.inputs import DataSets, scan, train_dataset, train_loader
 from verydeep.train.metrics import MetricsLog, Progress, read_metrics
 from verydeep.train.model_init import build_model
 from verydeep.train.schedule import PlateauSchedule
-from verydeep.train.state import (EpochSums, RunState, checkpoint_state, global_sums, keep_last_good, link_or_copy,
-                                  restore_state, save_checkpoint, weights_meta, write_weights)
-from verydeep.train.stability import DivergenceWatch, StuckWatch, stuck_advice
+from verydeep.train.state import (EpochSums, RunState, checkpoint_state, global_sums, keep_best_from_disk,
+                                  keep_last_good, link_or_copy, restore_state, save_checkpoint, weights_meta,
+                                  write_weights)
+from verydeep.train.stability import DivergenceWatch, StuckWatch, chance_loss, stuck_advice
 from verydeep.train.step import Step, classification_loss, make_sgd
 
 #: ``--resume`` without a path: the newest step checkpoint of the run folder.
@@ -196,11 +197,11 @@ def build_run(cfg: TrainConfig, data: DataSets, info: D.DistContext, folder: Che
         model=model, net=model, optimizer=optimizer, step_fn=Step(model, optimizer, info.device, precision),
         schedule=PlateauSchedule(lr=o.lr, factor=cfg.schedule.factor, patience=cfg.schedule.patience,
                                  max_drops=cfg.schedule.max_drops, threshold=cfg.schedule.threshold),
-        watch=DivergenceWatch(o.divergence_factor, floor=math.log(max(spec.num_classes, 2))),
+        watch=DivergenceWatch(o.divergence_factor, floor=chance_loss(spec.num_classes)),
         stuck=StuckWatch(r.stuck_epochs), log=MetricsLog(Path(r.out), enabled=info.is_main, tensorboard=r.tensorboard),
         run_dir=Path(r.out), steps_per_epoch=steps_per_epoch,
         warmup_steps=max(o.warmup_steps, math.ceil(o.warmup_epochs * steps_per_epoch)), copied=copied,
-        explode_at=faults.explode_step())
+        explode_at=faults.explode_step(), collapse_at=faults.collapse_epoch())
     if ckpt is not None:
         restore_state(run, ckpt)
     model.meta = weights_meta(run)
@@ -237,6 +238,8 @@ def run_epochs(run: RunState, ckpt: dict[str, Any] | None) -> TrainResult:
             sys.stderr.write(f"resuming {run.run_dir} at step {run.step} (epoch {run.epoch + 1}) from its checkpoint\n")
             redo_best(run)
     if ckpt is not None:
+        D.all_gather(run.info, None)  # a barrier: rank 0 may have just rewritten best.pt (redo_best)
+        keep_best_from_disk(run)
         ranks = ckpt["rng"]["ranks"]
         restore_rng(ranks[run.info.rank] if run.info.rank < len(ranks) else ranks[0])
     run.schedule.apply(run.optimizer)
@@ -260,20 +263,26 @@ def run_epochs(run: RunState, ckpt: dict[str, Any] | None) -> TrainResult:
 
 
 def end_epoch(run: RunState, progress: Progress) -> None:
-    """Validation, the schedule's decision, the epoch record and messages, the epoch's checkpoint."""
+    """Validation, the collapse check, the schedule's decision, the epoch record and messages, the
+    epoch's checkpoint. A collapsed epoch (under back-off) is not recorded: the run goes back to its
+    best epoch instead (:func:`~verydeep.train.engine.back_off`) and redoes the epochs after it."""
     epoch, val, lr_used = run.epoch, validate(run), run.schedule.lr
-    improved, dropped = True, False
-    if val is not None:
-        improved = val["val_top1_err"] < run.best.get("val_top1_err", math.inf)
-        dropped = run.schedule.step(1.0 - val["val_top1_err"])
-        run.schedule.apply(run.optimizer)
-        if improved:
-            run.best = {"epoch": epoch + 1, "val_top1_err": val["val_top1_err"], "val_top5_err": val["val_top5_err"]}
     s = global_sums(run)
     skipped = [run.data.train.samples[i][0] for i in sorted(set(s.skipped))]
     train_loss = s.loss / max(s.seen, 1)
-    stuck_reason = run.stuck.update(train_loss if s.seen else math.nan, run.spec.num_classes,
-                                    (val or {}).get("val_output_spread"))
+    classes = run.spec.num_classes
+    stuck_reason = run.stuck.update(train_loss if s.seen else math.nan, classes, (val or {}).get("val_output_spread"))
+    if run.backoff and run.stuck.collapsed(stuck_reason, classes):
+        if back_off(run, Diverged("collapsed", train_loss, None, run.step, why=stuck_reason), progress):
+            return
+    improved, dropped = True, False
+    if val is not None:
+        improved = val["val_top1_err"] < run.best.get("val_top1_err", math.inf)
+        if stuck_reason is None and run.stuck.left_chance(classes):  # a net at chance has no plateau to drop on
+            dropped = run.schedule.step(1.0 - val["val_top1_err"])
+            run.schedule.apply(run.optimizer)
+        if improved:
+            run.best = {"epoch": epoch + 1, "val_top1_err": val["val_top1_err"], "val_top5_err": val["val_top5_err"]}
     run.log.write({"kind": "epoch", "epoch": epoch + 1, "step": run.step, "lr": lr_used,
                    "train_loss": train_loss, "train_top1_err": 1.0 - s.correct / max(s.seen, 1),
                    **(val or {}), "lr_dropped": dropped, "next_lr": run.schedule.lr,

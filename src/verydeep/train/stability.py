@@ -14,7 +14,13 @@ well-known remedies, each off in the paper presets and on in the CPU ones:
   with the rate halved, at most ``max_backoffs`` times (:class:`DivergenceWatch`);
 - **a stuck-run alarm**: when the training loss stays within a few per cent of ln C, or the net's
   outputs no longer depend on its input, for ``epochs`` epochs in a row, the run says so
-  (:class:`StuckWatch`), instead of ending at chance with exit 0 and no word.
+  (:class:`StuckWatch`), instead of ending at chance with exit 0 and no word;
+- **a collapse is a divergence**: a run whose training loss was once clearly below chance
+  (:data:`LEFT_CHANCE`) and whose epoch then ends at chance again, or with outputs that no longer
+  depend on the input, has collapsed (:meth:`StuckWatch.collapsed`); under back-off it goes back
+  to its best epoch's state with the rate halved, like an explosion. Until a run has left chance,
+  the plateau rule does not count its epochs (:meth:`StuckWatch.left_chance`): a net still at
+  chance has nothing to plateau on, and dropping its rate there only freezes it.
 
 Everything here is plain numbers with ``state_dict``/``load_state_dict``, so checkpoints hold it.
 """
@@ -33,6 +39,9 @@ HISTORY = 50
 MIN_HISTORY = 1
 #: "Within a few per cent of ln C": the relative distance of the training loss to chance.
 CHANCE_BAND = 0.03
+#: "Clearly below chance": an epoch's training loss under this share of ln C (0.9: 2.07 for 10
+#: classes, 6.2 for 1000). Until one epoch gets there, a run has not left chance.
+LEFT_CHANCE = 0.9
 #: Outputs whose spread over the validation images (mean over classes of the standard deviation of
 #: the log-probabilities) is below this no longer depend on the input: dead ReLUs, a constant net.
 CONSTANT_OUTPUT = 1e-3
@@ -90,16 +99,35 @@ class DivergenceWatch:
         self.floor = float(state.get("floor", self.floor))
 
 
+def chance_loss(num_classes: int) -> float:
+    """ln C: the cross-entropy of a classifier that ignores its input (uniform over C classes)."""
+    return math.log(max(num_classes, 2))
+
+
 @dataclass
 class StuckWatch:
-    """Counts the epochs in a row that look stuck; ``update`` returns the reason for one that does."""
+    """Counts the epochs in a row that look stuck; ``update`` returns the reason for one that does.
+
+    It also remembers the lowest epoch training loss (``lowest``), which says whether the run has
+    ever left chance: the plateau rule waits for that, and a stuck epoch after it is a collapse."""
 
     epochs: int = 3
     streak: int = 0
     reasons: list[str] = field(default_factory=list)
+    lowest: float = math.inf
+
+    def left_chance(self, num_classes: int) -> bool:
+        """Some epoch's training loss was clearly below chance (under ``LEFT_CHANCE * ln C``)."""
+        return self.lowest < LEFT_CHANCE * chance_loss(num_classes)
+
+    def collapsed(self, reason: str | None, num_classes: int) -> bool:
+        """The epoch that :meth:`update` just judged stuck (``reason``) fell back to chance after the
+        run had clearly left it: a divergence, not a slow start."""
+        return reason is not None and self.left_chance(num_classes)
 
     def update(self, train_loss: float, num_classes: int, output_spread: float | None) -> str | None:
-        chance = math.log(max(num_classes, 2))
+        """Judge one epoch (and remember its loss for :meth:`left_chance`)."""
+        chance = chance_loss(num_classes)
         reason = None
         if math.isnan(train_loss):
             reason = "no batch of the epoch could be used (every loss or gradient was not finite)"
@@ -107,6 +135,8 @@ class StuckWatch:
             reason = "the outputs no longer depend on the input"
         elif math.isfinite(train_loss) and abs(train_loss - chance) <= CHANCE_BAND * chance:
             reason = f"the training loss stays at ln({num_classes}) = {chance:.3f}, chance level"
+        if math.isfinite(train_loss):
+            self.lowest = min(self.lowest, float(train_loss))
         if reason is None:
             self.streak, self.reasons = 0, []
         else:
@@ -126,6 +156,7 @@ class StuckWatch:
         self.epochs = int(state.get("epochs", self.epochs))
         self.streak = int(state.get("streak", 0))
         self.reasons = [str(r) for r in state.get("reasons", [])]
+        self.lowest = float(state.get("lowest", math.inf))
 
 
 def stuck_advice(lr: float, warmup_steps: int, on_divergence: str) -> str:
@@ -146,5 +177,5 @@ def output_spread(log_probs) -> float:
     return float(log_probs.float().std(dim=0).mean())
 
 
-__all__ = ["warmup_factor", "DivergenceWatch", "StuckWatch", "stuck_advice", "output_spread",
-           "HISTORY", "CHANCE_BAND", "CONSTANT_OUTPUT"]
+__all__ = ["warmup_factor", "DivergenceWatch", "StuckWatch", "stuck_advice", "output_spread", "chance_loss",
+           "HISTORY", "CHANCE_BAND", "CONSTANT_OUTPUT", "LEFT_CHANCE"]

@@ -28,7 +28,7 @@ from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import ModelSpec
 from verydeep.runtime import distributed as D
 from verydeep.runtime.precision import Precision
-from verydeep.train.checkpoint import CheckpointFolder, capture_rng
+from verydeep.train.checkpoint import CheckpointFolder, capture_rng, load_checkpoint
 from verydeep.train.config import TrainConfig
 from verydeep.train.distributed import GlobalBatchSampler
 from verydeep.train.inputs import DataSets
@@ -87,7 +87,9 @@ class RunState:
     started: float | None = None
     backoffs: int = 0
     last_good: dict[str, Any] | None = None  # the newest checkpoint's state, for a back-off
+    best_good: dict[str, Any] | None = None  # the best epoch's state (a snapshot of it), for a collapse
     explode_at: int = 0  # test-only fault: the step whose input is blown up
+    collapse_at: int = 0  # test-only fault: the epoch at whose start the first ReLUs are killed
 
     @property
     def backoff(self) -> bool:
@@ -216,6 +218,17 @@ def keep_last_good(run: RunState, state: dict[str, Any], rng: dict[str, Any]) ->
     run.last_good = {"state": copy.deepcopy(state), "rng": copy.deepcopy(rng)}
 
 
+def keep_best_from_disk(run: RunState) -> None:
+    """On resume, the best epoch's state from ``best.pt`` (what :func:`save_checkpoint` kept in memory
+    when it wrote that file), so that a collapse after a resume goes back where the unbroken run would."""
+    path = run.folder.best
+    if not (run.backoff and path.is_file()):
+        return
+    best = load_checkpoint(path)
+    ranks = best["rng"]["ranks"]
+    run.best_good = {"state": best, "rng": ranks[min(run.info.rank, len(ranks) - 1)]}
+
+
 def save_checkpoint(run: RunState, best: bool = False) -> None:
     """A step checkpoint (every process joins to hand over its RNG state and sums; rank 0 writes)."""
     rngs = D.all_gather(run.info, capture_rng())
@@ -223,6 +236,8 @@ def save_checkpoint(run: RunState, best: bool = False) -> None:
     state = checkpoint_state(run, rngs, sums) if (run.backoff or run.info.is_main) else None
     if run.backoff:
         keep_last_good(run, state, rngs[min(run.info.rank, len(rngs) - 1)])
+        if best:
+            run.best_good = run.last_good  # the same snapshot: a collapse goes back to it
     if not run.info.is_main:
         return
     check_finite_weights(run)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from verydeep.evaluate.scales import PAPER_TEST_SCALES
 from verydeep.data.images import read_image
 from verydeep.errors import VerydeepError
+from verydeep.paper import multi_scale_set
 from verydeep.report.transfer import table11
 from verydeep.transfer.aggregate import aggregate_scales
 from verydeep.transfer.descriptors import pixel_descriptor, scale_descriptor
@@ -25,11 +25,6 @@ from verydeep.transfer.protocols import caltech_protocol, voc_protocol
 
 DEMO_C_GRID = (0.1, 1.0, 10.0)
 PIXEL_SIZE = 16
-
-
-def proportional_scales(crop: int) -> list[int]:
-    """The paper's scales for 224-pixel crops (Q in {256, 384, 512}), kept in proportion to ``crop``."""
-    return [int(round(crop * q / 224)) for q in PAPER_TEST_SCALES]
 
 
 def _subset(items: list[ImageItem], split: str, per_class: int, seed: int) -> list[ImageItem]:
@@ -52,7 +47,7 @@ def demo_section(model, data_dir: str | Path, *, train_per_class: int = 20, val_
     splits of the pooled images) for each descriptor.
     """
     start = time.perf_counter()
-    scales = scales or proportional_scales(model.spec.crop_size)
+    scales = scales or list(multi_scale_set(model.spec.crop_size))
     classes, items = list_images(data_dir)
     chosen = _subset(items, "train", train_per_class, seed) + _subset(items, "val", val_per_class, seed)
     per_scale, pixels, kept = _describe(model, chosen, scales, progress)

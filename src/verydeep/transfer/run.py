@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from verydeep.evaluate.scales import PAPER_TEST_SCALES
+from verydeep.paper import Q_MULTI
 from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError
 from verydeep.runtime.precision import resolve
@@ -19,7 +19,7 @@ from verydeep.transfer.svm import C_GRID
 from verydeep.weights.loader import load
 
 #: The paper's Caltech scales (stacked); VOC averaged 256 ... 768.
-DEFAULT_SCALES = PAPER_TEST_SCALES
+DEFAULT_SCALES = Q_MULTI
 
 
 def features_command(weights: Sequence[str], data: str, out: str, scales: Sequence[int] | None = None,
