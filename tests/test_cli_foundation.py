@@ -251,3 +251,20 @@ def test_console_script_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "verydeep", "models", "--json"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["config"] == "A"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """``verydeep models --json | head -1``: the pipe closes under the writer; no BrokenPipeError traceback,
+    exit 141 (128 + SIGPIPE) as a shell pipeline expects. The read end is closed before the command starts."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "verydeep", "models", "--json"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")

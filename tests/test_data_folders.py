@@ -198,6 +198,13 @@ def test_voc_file_without_objects(tmp_path):
      "not a number"),
     ("<annotation><object><name>a</name><bndbox><xmin>5</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
      "max below min"),
+    # nan passes every comparison test (nan < x is false) and inf is clipped silently: both refused
+    ("<annotation><object><name>a</name><bndbox><xmin>nan</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+     "not finite"),
+    ("<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>inf</xmax><ymax>2</ymax></bndbox></object></annotation>",
+     "not finite"),
+    ("<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>-Infinity</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+     "not finite"),
 ])
 def test_malformed_voc(tmp_path, text, message):
     path = tmp_path / "bad.xml"

@@ -100,3 +100,8 @@ def test_cli_missing_config_file(capsys, tmp_path):
 def test_cli_indivisible_accumulation(capsys, train_config):
     err = _cli_error(capsys, ["train", "--config", str(train_config()), "--set", "optim.accumulation=3"])
     assert "optim.accumulation" in err
+
+
+def test_cli_config_that_is_a_folder(capsys, tmp_path):
+    err = _cli_error(capsys, ["train", "--config", str(tmp_path)])
+    assert f"config file {tmp_path} is a folder" in err and "does not exist" not in err

@@ -143,3 +143,31 @@ def test_the_demo_judges_nets_by_their_accuracy_over_chance():
     assert set(dead) == {"A", "D_random"} and "15.0% dense top-1 accuracy" in dead["A"]
     assert "the outputs no longer depend" in dead["D_random"]
     assert dead_nets(FAST, nets) == {}
+
+
+def test_the_demo_never_deletes_what_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "demo"
+    mine = out / "runs" / "A" / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("a user's notes")
+    notes = out / "runs" / "notes.txt"
+    notes.write_text("kept")
+    # runs/A is not a run of this demo's config: it would be replaced, but it holds a file of the user's
+    assert main(["demo", "--fast", "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "runs/A holds mine.txt, which the demo did not write" in err and "Traceback" not in err
+    assert mine.read_text() == "a user's notes"
+    mine.unlink()
+    assert main(["demo", "--fast", "--out", str(out), "--fresh"]) == 0  # --fresh removes the demo's runs only
+    assert notes.read_text() == "kept"
+    # a link where a run folder goes: refused before anything is written, the target untouched
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "precious.txt").write_text("x")
+    import shutil
+
+    shutil.rmtree(out / "runs" / "D_random")
+    (out / "runs" / "D_random").symlink_to(target)
+    assert main(["demo", "--fast", "--out", str(out), "--fresh"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert (target / "precious.txt").read_text() == "x" and (out / "runs" / "A").is_dir()

@@ -596,8 +596,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except BrokenPipeError:  # the reader of stdout has gone (`verydeep ... --json | head`): end quietly
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     finally:
         restore()
+
+
+#: The exit code of a writer whose reader has gone (128 + SIGPIPE), what a shell pipeline expects.
+EXIT_BROKEN_PIPE = 141
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit finds no closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (stdout replaced in-process): nothing to flush
+        pass
 
 
 if __name__ == "__main__":

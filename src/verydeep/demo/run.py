@@ -194,8 +194,13 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     s = settings or (FAST if fast else FULL)
     out = _prepare_out(Path(out), overwrite)
     runs = out / "runs"
-    if fresh and runs.exists():
-        shutil.rmtree(runs)
+    links = [name for name in NET_NAMES if (runs / name).is_symlink()]
+    if links:
+        raise ConfigError(f"{runs / links[0]} is a symbolic link: the demo does not write or delete through links; "
+                          f"remove it or choose another --out")
+    if fresh:
+        for name in NET_NAMES:
+            _discard(runs / name)
     t0 = time.perf_counter()
     data = make_synthetic(out / "data", classes=s.classes, train=s.train_per_class, val=s.val_per_class,
                           seed=s.seed, progress=progress, workers=max(1, s.threads), overwrite=True)  # the demo's own set
@@ -286,7 +291,7 @@ def classification(s: DemoSettings, data: Path, runs: Path, out: Path, progress:
                for name, p in plan.items()}
     results: dict[str, Any] = {}
     background = None
-    names = ["A", "D_from_A", "D_random"]
+    names = list(NET_NAMES)
     if s.parallel:  # the control does not depend on A: train it in a second process meanwhile
         names.remove("D_random")
         results["D_random"] = reuse_run(configs["D_random"])
@@ -358,9 +363,49 @@ def reuse_run(cfg) -> dict[str, Any] | None:
     return {**summary, "reused": True}
 
 
+#: The demo's three training runs, each a folder of ``out/runs``.
+NET_NAMES = ("A", "D_from_A", "D_random")
+#: What ``verydeep train`` writes into a run folder, and the prefixes of the files in its two subfolders;
+#: the demo removes a stale run folder only when it holds nothing else (a user's file is never deleted).
+RUN_ENTRIES = {".lock", "best.safetensors", "final.safetensors", "colour_stats.json", "config.yaml", "error.png",
+               "loss.png", "metrics.jsonl", "summary.json", "checkpoints", "tb"}
+RUN_SUBFOLDER_FILES = {"checkpoints": ("step-", "best.pt", "."), "tb": ("events.out.tfevents.", ".")}
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` a training run did not write (links included), as paths relative to it."""
+    foreign = []
+    for entry in sorted(run_dir.iterdir()):
+        if entry.is_symlink() or entry.name not in RUN_ENTRIES and not entry.name.startswith("."):
+            foreign.append(entry.name)
+        elif entry.name in RUN_SUBFOLDER_FILES:
+            if not entry.is_dir():
+                foreign.append(entry.name)
+                continue
+            prefixes = RUN_SUBFOLDER_FILES[entry.name]
+            foreign += [f"{entry.name}/{f.name}" for f in sorted(entry.iterdir())
+                        if f.is_symlink() or not f.is_file() or not f.name.startswith(prefixes)]
+    return foreign
+
+
 def _discard(run_dir: Path) -> None:
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    """Remove a stale run folder of the demo's, refusing (one line) anything the demo did not write."""
+    if run_dir.is_symlink():
+        raise ConfigError(f"{run_dir} is a symbolic link: the demo does not write or delete through links; "
+                          f"remove it or choose another --out")
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, where the demo keeps a training run; move it or choose another --out")
+    foreign = foreign_entries(run_dir)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise ConfigError(f"{run_dir} holds {foreign[0]}{more}, which the demo did not write, and the demo would "
+                          f"replace this run: move them away or choose another --out")
+    shutil.rmtree(run_dir)
+    for leftover in (run_dir.with_suffix(".log"), run_dir.with_suffix(".yaml")):  # the control's log and config
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink()
 
 
 def _train_or_reuse(name: str, cfg, what: str, progress: bool) -> dict[str, Any]:
