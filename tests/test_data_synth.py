@@ -162,3 +162,13 @@ def test_cli_synth_refuses_foreign_folder(tmp_path, capsys):
     (tmp_path / "photo.jpg").write_bytes(b"x")
     assert main(["synth", str(tmp_path), "--classes", "2", "--train", "1", "--val", "1"]) == 2
     assert "holds no synthetic set" in capsys.readouterr().err
+
+
+def test_a_manifest_nested_too_deeply_is_one_line(tmp_path, capsys):
+    """``synth.json`` replaced by ``[[[...]]]`` 50,000 deep: one line, no RecursionError (issue 26, class C)."""
+    from verydeep.cli import main
+
+    (tmp_path / "synth.json").write_text("[" * 50000 + "]" * 50000)
+    assert main(["synth", str(tmp_path), "--classes", "2", "--train", "2", "--val", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no synthetic set" in err

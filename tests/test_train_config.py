@@ -105,3 +105,18 @@ def test_cli_indivisible_accumulation(capsys, train_config):
 def test_cli_config_that_is_a_folder(capsys, tmp_path):
     err = _cli_error(capsys, ["train", "--config", str(tmp_path)])
     assert f"config file {tmp_path} is a folder" in err and "does not exist" not in err
+
+
+def test_a_yaml_alias_bomb_is_quoted_in_a_short_line(tmp_path):
+    """8 levels of 9-fold aliases (a few hundred bytes of YAML) under model.config, in a file and in a
+    --set value: the error quotes about 200 characters of the value and never expands it (issue 26, D)."""
+    levels = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefg", "bcdefgh"):
+        levels.append(f"&{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    bomb = "[" + ", ".join(levels) + "]"
+    (tmp_path / "bomb.yaml").write_text(f"model:\n  config: {bomb}\n")
+    for path, overrides in ((tmp_path / "bomb.yaml", []), (None, [f"model.config={bomb}"])):
+        with pytest.raises(ConfigError) as exc:
+            load_config(path, overrides)
+        message = str(exc.value)
+        assert message.startswith("model.config: expected a string, got [[") and len(message) < 400, message[:500]

@@ -140,3 +140,23 @@ def test_release_names_use_the_hub_cache_and_fail_offline_with_instructions(tmp_
     torch.save({k: torch.zeros(v.shape) for k, v in state.items()}, cached)
     model = load("torchvision:vgg11")
     assert model.spec.config == "A" and model.meta.preprocessing == Preprocessing.torchvision()
+
+
+def test_metadata_nested_too_deeply_is_one_line(tmp_path, tiny_weights, capsys):
+    """A header whose metadata is ``[[[...]]]`` 50,000 deep: Python's JSON parser would raise a
+    RecursionError traceback; it is a malformed file, said in one line (issue 26, class C)."""
+    from safetensors.torch import load_file, save_file
+
+    from verydeep.cli import main
+
+    bomb = tmp_path / "bomb.safetensors"
+    save_file(load_file(tiny_weights), bomb, metadata={canonical.META_KEY: "[" * 50000 + "]" * 50000})
+    with pytest.raises(WeightsError):
+        load(bomb)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(image)
+    assert main(["predict", str(image), "--weights", str(bomb), "--engine", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "RecursionError" not in err, err

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 from verydeep import __version__
-from verydeep.errors import ConfigError, VerydeepError
+from verydeep.errors import ConfigError, VerydeepError, shorten
 from verydeep.runtime import signals
+from verydeep.runtime.workers import check_workers
 
 EXIT_USAGE = 2
 
@@ -218,6 +219,7 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
 def _run_synth(args) -> int:
     from verydeep.data.synth import existing_set, make_synthetic, read_manifest  # start-up: per command
 
+    check_workers(args.workers, "--workers")
     had = existing_set(args.out, args.classes, args.train, args.val, args.seed) is not None
     out = make_synthetic(args.out, classes=args.classes, train=args.train, val=args.val, seed=args.seed,
                          progress=not args.json, workers=args.workers, overwrite=args.overwrite)
@@ -318,8 +320,8 @@ def _run_evaluate(args) -> int:
     from verydeep.report.evaluation import (failures_text, report_folder, results_table,  # start-up: per command
                                             write_report)
 
-    if args.workers is not None and args.workers < 0:
-        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+    if args.workers is not None:
+        check_workers(args.workers, "--workers")
     if args.report:
         report_folder(args.report, overwrite=args.overwrite)  # before the evaluation: a bad path fails at once
     summary = evaluate_command(weights=args.weights, data=args.data, combine=args.combine, protocols=args.protocols,
@@ -398,8 +400,7 @@ def _run_localize(args) -> int:
         from verydeep.localize.run import train_command  # start-up: per command
         from verydeep.localize.train import BoxTrainConfig  # start-up: per command
 
-        if args.workers < 0:
-            raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+        check_workers(args.workers, "--workers")
         config = BoxTrainConfig(mode=args.mode, fine_tune=args.fine_tune, scale=args.scale, steps=args.steps,
                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
                                 device=args.device)
@@ -588,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except VerydeepError as exc:
-        sys.stderr.write(f"{name}: error: {exc}\n")
+        sys.stderr.write(f"{name}: error: {shorten(str(exc))}\n")
         return EXIT_USAGE
     except signals.Terminated:
         sys.stderr.write(f"{name}: terminated (SIGTERM); what was done so far is saved where the command saves it\n")

@@ -7,6 +7,30 @@ code 2; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import reprlib
+
+#: How much of a bad value a message quotes: enough to recognise it, never the whole of a value that
+#: a YAML alias bomb or a pasted file can make gigabytes long.
+QUOTE_LIMIT = 200
+#: What one message may hold in all (the CLI cuts longer ones: a message is one line of a terminal).
+MESSAGE_LIMIT = 2000
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, QUOTE_LIMIT, QUOTE_LIMIT
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for a message, at most about ``limit`` characters, built without expanding the
+    whole value (nested containers are cut at three levels and eight items)."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shorten(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` cut to ``limit`` characters, saying how much was left out."""
+    return message if len(message) <= limit else f"{message[:limit]}... ({len(message) - limit} more characters)"
+
 
 class VerydeepError(Exception):
     """A problem with the user's input, reported as one line."""

@@ -46,6 +46,7 @@ from verydeep.runtime.precision import Precision
 from verydeep.runtime.settings import torch_settings
 from verydeep.train.metrics import read_metrics
 from verydeep.train.step import Step, load_optimizer, make_sgd
+from verydeep.runtime.workers import die_with_parent
 
 
 class OurStep:
@@ -156,7 +157,8 @@ class Pipelines:
         # Persistent workers on both sides, so neither pays for starting its workers every epoch.
         self.base = DataLoader(TorchvisionFolder(index, s), batch_size=s.train_batch, shuffle=True, drop_last=True,
                                num_workers=s.workers, pin_memory=device.type == "cuda",
-                               persistent_workers=s.workers > 0, generator=torch.Generator().manual_seed(0))
+                               persistent_workers=s.workers > 0, generator=torch.Generator().manual_seed(0),
+                               worker_init_fn=die_with_parent)
         self.per_epoch = len(self.sampler)
 
     def ours_epoch(self, epoch: int):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import multiprocessing
 import os
@@ -38,7 +37,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from verydeep.errors import DataError
-from verydeep.runtime.io import make_folder, write_bytes, write_json
+from verydeep.runtime.io import make_folder, read_json, write_bytes, write_json
+from verydeep.runtime.workers import die_with_parent
 
 #: Bump when the images change for the same arguments (a set made by another version is remade).
 SYNTH_VERSION = 1
@@ -310,7 +310,7 @@ def read_manifest(out: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -404,7 +404,7 @@ def _write_images(out: Path, jobs: list[tuple[int, str, int, int, str]], progres
     pool = None
     try:
         if workers > 1:
-            pool = multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(workers)
+            pool = multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(workers, initializer=die_with_parent)
             results = pool.imap(_make_one, jobs, chunksize=16)
         else:
             results = map(_make_one, jobs)

@@ -50,7 +50,7 @@ from verydeep.evaluate.dense import dense_posteriors
 from verydeep.evaluate.metrics import topk_correct
 from verydeep.report.plots import plot_runs
 from verydeep.report.tables import markdown_table
-from verydeep.runtime.io import write_json, write_text
+from verydeep.runtime.io import read_json, write_json, write_text
 from verydeep.runtime.outputs import check_output
 from verydeep.runtime.precision import resolve
 import verydeep.train as training  # the module, so that tests can replace training.train
@@ -265,7 +265,7 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
 
 def _is_demo_output(out: Path) -> bool:
     try:
-        summary = json.loads((out / DEMO_MARK).read_text(encoding="utf-8"))
+        summary = read_json((out / DEMO_MARK).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     # "settings" and "nets" are in every demo's summary, this round's and the first round's
@@ -355,7 +355,7 @@ def reuse_run(cfg) -> dict[str, Any] | None:
         _discard(run_dir)
         return None
     try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = read_json((run_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # unfinished: resumed from its checkpoints by the caller
     if not isinstance(summary, dict) or not Path(summary.get("final_weights", "")).is_file():
@@ -497,7 +497,7 @@ class _Background:
             lines = self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
             raise ConfigError(f"the control run failed (exit {code}): {lines[-1] if lines else 'no output'} "
                               f"(log {self.log})")
-        return json.loads((self.run_dir / "summary.json").read_text(encoding="utf-8"))
+        return read_json((self.run_dir / "summary.json").read_text(encoding="utf-8"))
 
     def stop(self) -> None:
         """End the child if it still runs (an interrupted or failed demo does not leave it training)."""

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from verydeep.data.images import read_image
 from verydeep.data.preprocess import check_rescaled_size, rescale
 from verydeep.errors import ImageError
+from verydeep.runtime.workers import die_with_parent
 
 #: One decoded image: (index, {Q: uint8 (3, h, w)}) or (index, error message).
 Decoded = tuple[int, "dict[int, torch.Tensor] | str"]
@@ -51,7 +52,8 @@ def _keep(item):
 def batch_loader(dataset: PlannedBatches, order: Sequence[int], workers: int) -> DataLoader:
     """Batches ``order`` of ``dataset``, decoded by ``workers`` processes (0: in this one)."""
     return DataLoader(dataset, batch_size=None, sampler=list(order), num_workers=max(0, int(workers)),
-                      collate_fn=_keep, prefetch_factor=2 if workers > 0 else None)
+                      collate_fn=_keep, prefetch_factor=2 if workers > 0 else None,
+                      worker_init_fn=die_with_parent)
 
 
 def group_by_shape(items: Sequence[Decoded], scales: Sequence[int]) -> list[tuple[list[int], dict[int, torch.Tensor]]]:

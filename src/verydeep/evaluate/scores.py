@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save as save_bytes
 
 from verydeep.errors import DataError
-from verydeep.runtime.io import write_bytes
+from verydeep.runtime.io import read_json, write_bytes
 
 FORMAT = "verydeep-scores/1"
 META_KEY = "verydeep-scores"
@@ -147,7 +147,7 @@ def load_scores(path: str | os.PathLike) -> Scores:
     if header is None:
         raise DataError(f"{path} is not a verydeep scores file (no '{META_KEY}' header)")
     try:
-        meta = json.loads(header)
+        meta = read_json(header)
         if not isinstance(meta, dict):
             raise TypeError(f"the header is {type(meta).__name__}, not an object")
         if meta.get("format") != FORMAT:

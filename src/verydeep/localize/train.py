@@ -44,6 +44,7 @@ from verydeep.models.vgg import VGG
 from verydeep.train.stability import DivergenceWatch, warmup_factor
 from verydeep.train.step import Step, load_optimizer, make_sgd
 from verydeep.weights.metadata import Preprocessing
+from verydeep.runtime.workers import die_with_parent
 
 
 @dataclass
@@ -147,7 +148,7 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
                 dataset.set_epoch(epoch)
                 order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
                 loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=order,
-                                    num_workers=config.workers, collate_fn=_collate,
+                                    num_workers=config.workers, collate_fn=_collate, worker_init_fn=die_with_parent,
                                     drop_last=len(dataset) > config.batch_size)
                 box_net.train()
                 if config.fine_tune == "fc":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
 from verydeep import paper
-from verydeep.errors import ConfigError
+from verydeep.errors import ConfigError, quote
 
 POOL = "M"
 LRN = "LRN"
@@ -82,7 +82,7 @@ def resolve_name(name: str) -> tuple[str, bool]:
     letter = ALIASES.get(key.replace("-", ""), key.upper())
     if letter not in CONFIGS:
         known = ", ".join(list(CONFIGS) + list(ALIASES))
-        raise ConfigError(f"unknown config {raw!r}: choose one of {known} (optionally with _bn)")
+        raise ConfigError(f"unknown config {quote(raw)}: choose one of {known} (optionally with _bn)")
     return letter, batch_norm
 
 

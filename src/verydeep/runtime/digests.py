@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from verydeep.errors import WriteError
-from verydeep.runtime.io import atomic_write
+from verydeep.runtime.io import atomic_write, read_json
 
 
 def _stat_key(path: Path) -> str:
@@ -45,7 +45,7 @@ def file_sha256(path: str | os.PathLike, memo_dir: str | os.PathLike | None) -> 
     key = _stat_key(path)
     entry = Path(memo_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
     try:
-        remembered = json.loads(entry.read_text(encoding="utf-8"))
+        remembered = read_json(entry.read_text(encoding="utf-8"))
         if remembered.get("key") == key and len(remembered.get("sha256", "")) == 64:
             return remembered["sha256"]
     except (OSError, ValueError, AttributeError):

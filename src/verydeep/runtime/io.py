@@ -178,6 +178,16 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, wha
     return write_text(path, text, what=what, note=note)
 
 
+def read_json(text: str | bytes) -> Any:
+    """``json.loads`` for text that came from a file: input nested too deeply for Python's parser
+    (``[[[[...]]]]`` 50,000 times) is a ``ValueError``, what a malformed file already raises, so that
+    every reader's one-line error covers it, never a RecursionError traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
 def make_folder(folder: str | os.PathLike, what: str = "folder") -> Path:
     """``mkdir -p`` whose failure (read-only, a file in the way, no permission) is one line."""
     folder = Path(folder)

@@ -11,13 +11,13 @@ photo.jpg`` are typing mistakes that would destroy the input).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import zipfile
 from pathlib import Path
 
 from verydeep.errors import WriteError
+from verydeep.runtime.io import read_json
 
 #: kinds a command may write, and the kinds detected from an existing file's bytes
 WEIGHTS = "a weights file (safetensors)"
@@ -47,7 +47,7 @@ def _safetensors_kind(head: bytes, path: Path) -> str | None:
     try:
         with open(path, "rb") as handle:
             handle.seek(8)
-            header = json.loads(handle.read(length))
+            header = read_json(handle.read(length))
     except (OSError, ValueError):
         return SAFETENSORS
     meta = header.get("__metadata__") if isinstance(header, dict) else None

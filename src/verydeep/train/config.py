@@ -23,9 +23,10 @@ from typing import Any, Optional, Union
 import yaml
 
 from verydeep import paper
-from verydeep.errors import ConfigError
+from verydeep.errors import ConfigError, quote
 from verydeep.models.configs import CROP_SIZE, DROPOUT, FC_WIDTH, ModelSpec, resolve_name
 from verydeep.runtime.io import write_text
+from verydeep.runtime.workers import check_workers
 from verydeep.train.limits import check_numbers
 from verydeep.train.presets import resolve_preset
 
@@ -239,15 +240,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         or (tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool))
     )
     if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {quote(value)}")
     return tp(value)
 
 
 def _check_key(section: str, name: str | None = None) -> None:
     if section not in SECTIONS:
-        raise ConfigError(f"unknown config key '{section}': sections are {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown config key {quote(section)}: sections are {', '.join(SECTIONS)}")
     if name is not None and name not in _HINTS[section]:
-        raise ConfigError(f"unknown config key '{section}.{name}'; known in {section}: {', '.join(_HINTS[section])}")
+        raise ConfigError(f"unknown config key {quote(f'{section}.{name}')}; known in {section}: {', '.join(_HINTS[section])}")
 
 
 def apply(cfg: TrainConfig, key: str, value: Any) -> None:
@@ -256,7 +257,7 @@ def apply(cfg: TrainConfig, key: str, value: Any) -> None:
     if not name or "." in name:
         matches = [f"{sec}.{key}" for sec, hints in _HINTS.items() if key in hints]
         hint = f"did you mean {' or '.join(matches)}?" if matches else f"sections are {', '.join(SECTIONS)}"
-        raise ConfigError(f"unknown config key {key!r}: keys are section.field (e.g. optim.lr); {hint}")
+        raise ConfigError(f"unknown config key {quote(key)}: keys are section.field (e.g. optim.lr); {hint}")
     _check_key(section, name)
     setattr(getattr(cfg, section), name, _coerce(key, value, _HINTS[section][name]))
 
@@ -279,7 +280,7 @@ def apply_mapping(cfg: TrainConfig, data: Any, origin: str) -> None:
 def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.001), got {text!r}")
+        raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.001), got {quote(text)}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -353,7 +354,7 @@ def validate(cfg: TrainConfig) -> None:
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _require(value in choices, f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        _require(value in choices, f"{key}: expected one of {', '.join(choices)}, got {quote(value)}")
     resolve_name(cfg.model.config)
     m, d, o, s, r = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.run
     _require(m.width > 0, f"model.width must be positive, got {m.width}")
@@ -368,7 +369,7 @@ def validate(cfg: TrainConfig) -> None:
              f"data.val_scale ({d.val_scale}) must be at least model.crop_size ({m.crop_size})")
     _require(d.colour_shift >= 0, f"data.colour_shift must be non-negative, got {d.colour_shift}")
     _require(d.colour_stats_images >= 1, f"data.colour_stats_images must be at least 1, got {d.colour_stats_images}")
-    _require(d.workers >= 0, f"data.workers must be non-negative, got {d.workers}")
+    check_workers(d.workers, "data.workers")
     _require(0.0 <= d.device_share <= 1.0, f"data.device_share must be in [0, 1], got {d.device_share}")
     _require(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
     _require(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")

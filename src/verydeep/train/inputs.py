@@ -21,6 +21,7 @@ from verydeep.data.transforms import ColourStats, EvalDataset, TrainAugment, Tra
 from verydeep.errors import ConfigError, DataError
 from verydeep.train.config import TrainConfig
 from verydeep.train.distributed import GlobalBatchSampler
+from verydeep.runtime.workers import die_with_parent
 
 
 @dataclass
@@ -87,4 +88,4 @@ def val_loader(index: ImageIndex, scale: int, crop: int, batch: int, rank: int, 
     dataset = EvalDataset(index, scale=scale, crop=crop)
     shard = Subset(dataset, list(range(rank, len(dataset), world)))
     return DataLoader(shard, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate_skipping,
-                      pin_memory=pin, generator=torch.Generator().manual_seed(0))
+                      pin_memory=pin, generator=torch.Generator().manual_seed(0), worker_init_fn=die_with_parent)

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from verydeep.runtime.io import write_text
+from verydeep.runtime.io import read_json, write_text
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -31,8 +31,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         return records
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            records.append(read_json(line))
+        except ValueError:
             continue
     return records
 

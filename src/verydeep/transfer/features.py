@@ -46,7 +46,7 @@ from verydeep.data.folders import boxes_for, scan_image_folder
 from verydeep.data.images import read_image
 from verydeep.data.preprocess import check_rescaled_size
 from verydeep.errors import ConfigError, DataError, VerydeepError
-from verydeep.runtime.io import make_folder, write_bytes
+from verydeep.runtime.io import make_folder, read_json, write_bytes
 from verydeep.transfer.aggregate import AGGREGATES
 from verydeep.transfer.descriptors import (DEFAULT_LAYER, check_layer, descriptor_scales, descriptor_size,
                                           image_descriptor, weights_identity)
@@ -227,12 +227,12 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in ("descriptors", "labels", "multilabels")}
-                meta = json.loads(str(data["meta"]))
+                meta = read_json(str(data["meta"]))
         else:
             with safe_open(str(path), framework="np") as handle:
                 header = handle.metadata() or {}
             arrays = load_file(str(path))
-            meta = json.loads(header[META_KEY])
+            meta = read_json(header[META_KEY])
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise KeyError("format")
         features = FeatureSet(arrays["descriptors"], arrays["labels"], arrays["multilabels"], list(meta["paths"]),
@@ -372,7 +372,7 @@ def _open_partial(partial: Path, asked: dict, chunk_size: int, overwrite: bool) 
     manifest_path = partial / "manifest.json"
     if partial.exists():
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = read_json(manifest_path.read_text())
         except (OSError, ValueError):
             raise DataError(f"{partial} is not a partial feature run (no readable manifest); remove it") from None
         size = manifest.get("chunk_size") if isinstance(manifest, dict) else None

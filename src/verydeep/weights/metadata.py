@@ -15,6 +15,7 @@ from typing import Any
 
 from verydeep.errors import WeightsError
 from verydeep.models.configs import ModelSpec
+from verydeep.runtime.io import read_json
 
 #: torchvision's ImageNet normalisation (RGB, values in [0, 1]).
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
@@ -104,7 +105,7 @@ class WeightsMeta:
     @classmethod
     def from_json(cls, text: str) -> "WeightsMeta":
         try:
-            data = json.loads(text)
+            data = read_json(text)
             if not isinstance(data, dict):
                 raise TypeError(f"expected a JSON object, got {type(data).__name__}")
             prep = data.get("preprocessing", {})

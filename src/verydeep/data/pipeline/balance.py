@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from verydeep.data.pipeline.device import CANVAS_ELEMENTS, crop_windows, decode_images
 from verydeep.data.pipeline.hybrid import HybridBatch, HybridDataset, RoutedBatchSampler, collate_hybrid
 from verydeep.data.transforms import TrainDataset
+from verydeep.runtime.workers import die_with_parent
 
 
 def balance_share(cpu_rate: float, device_rate: float, read_rate: float = math.inf,
@@ -54,7 +55,8 @@ def _sync(device: torch.device) -> None:
 def _time_loader(dataset: HybridDataset, batches: Sequence[list[int]], share: float, workers: int) -> tuple[float, list[HybridBatch]]:
     """Images/s of the workers alone (the first batch, which pays for starting them, is not timed)."""
     loader = DataLoader(dataset, batch_sampler=RoutedBatchSampler(batches, share), num_workers=workers,
-                        collate_fn=collate_hybrid, generator=torch.Generator().manual_seed(0))
+                        collate_fn=collate_hybrid, generator=torch.Generator().manual_seed(0),
+                        worker_init_fn=die_with_parent)
     out: list[HybridBatch] = []
     start, timed = 0.0, 0
     for k, hb in enumerate(loader):

@@ -30,6 +30,7 @@ from verydeep.data.pipeline.hybrid import HybridDataset, RoutedBatchSampler, col
 from verydeep.data.pipeline.stream import Prefetcher
 from verydeep.data.transforms import ColourStats, TrainDataset, colour_offsets
 from verydeep.errors import ConfigError
+from verydeep.runtime.workers import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class DeviceLoader:
             self._dataloader = DataLoader(
                 self.hybrid, batch_sampler=self.sampler, num_workers=self.workers, collate_fn=collate_hybrid,
                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0),
-                persistent_workers=self.workers > 0, prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
+                persistent_workers=self.workers > 0, prefetch_factor=self.prefetch_factor if self.workers > 0 else None,
+                worker_init_fn=die_with_parent)
         return self._dataloader
 
     def _stage(self, hb) -> DeviceBatch:
