@@ -203,6 +203,47 @@ def test_cache_folder_keeps_the_converted_net_for_the_next_run(tmp_path, monkeyp
     assert len(list((tmp_path / "ov").glob("vgg-*-dense.xml"))) == 2
 
 
+@needs_openvino
+@pytest.mark.parametrize("damage", ["truncated bin", "garbage xml", "empty xml", "cache is a file", "disk full"])
+def test_any_fault_in_the_cache_is_one_warning_and_the_answer_stays_right(tmp_path, monkeypatch, capsys, damage):
+    """The cache is an optimisation (issue 26, class B): a damaged entry is rebuilt, a cache that cannot be
+    made or written is skipped, each with one warning line, and the net gives the same numbers."""
+    from verydeep.runtime import openvino_engine
+    from verydeep.runtime.openvino_engine import OpenVINONet
+
+    model, x, cache = _net(), torch.randn(2, 3, 40, 52), tmp_path / "ov"
+    expected = OpenVINONet(copy.deepcopy(model), Precision.FP32, cache_dir=cache).dense(x)
+    xml = next(cache.glob("vgg-*-dense.xml"))
+    if damage == "truncated bin":
+        with open(xml.with_suffix(".bin"), "r+b") as handle:
+            handle.truncate(100)
+    elif damage in ("garbage xml", "empty xml"):
+        xml.write_text("not IR <<<" if damage == "garbage xml" else "")
+    elif damage == "cache is a file":
+        cache = tmp_path / "a-file"
+        cache.write_text("x")
+    else:
+        cache = tmp_path / "full"
+
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(openvino_engine, "save_ir", full)
+    if damage != "disk full":
+        for blob in (cache / "compiled").glob("*") if cache.is_dir() else ():
+            blob.unlink()  # the IR itself is what is read
+    capsys.readouterr()
+    again = OpenVINONet(copy.deepcopy(model), Precision.FP32, cache_dir=cache).dense(x)
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=1e-5)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: OpenVINO cache"), err
+    if damage in ("truncated bin", "garbage xml", "empty xml"):
+        assert "rebuilding it" in err and xml.stat().st_size > 100  # rebuilt in place
+        capsys.readouterr()
+        OpenVINONet(copy.deepcopy(model), Precision.FP32, cache_dir=cache).dense(x)
+        assert capsys.readouterr().err == ""  # and good for the next run
+
+
 # -- the commands on both engines -------------------------------------------------------------------------
 @needs_openvino
 def test_evaluate_predict_features_give_the_torch_engines_numbers(tiny_weights, eval_folder, photo, tmp_path, capsys):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from verydeep.errors import WriteError
@@ -36,6 +37,10 @@ def hash_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+#: What a remembered digest must look like (a memo is a file anyone could edit: never trusted as is).
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def file_sha256(path: str | os.PathLike, memo_dir: str | os.PathLike | None) -> str:
     """The sha256 (hex) of ``path``'s bytes, from ``memo_dir`` when the file has not changed since it
     was hashed (see the module doc); None ``memo_dir``: always hashed."""
@@ -46,8 +51,9 @@ def file_sha256(path: str | os.PathLike, memo_dir: str | os.PathLike | None) -> 
     entry = Path(memo_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
     try:
         remembered = read_json(entry.read_text(encoding="utf-8"))
-        if remembered.get("key") == key and len(remembered.get("sha256", "")) == 64:
-            return remembered["sha256"]
+        value = remembered.get("sha256")
+        if remembered.get("key") == key and isinstance(value, str) and SHA256.fullmatch(value):
+            return value
     except (OSError, ValueError, AttributeError):
         pass  # not remembered yet, or unreadable: hash it
     value = hash_file(path)

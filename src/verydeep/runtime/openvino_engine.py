@@ -46,6 +46,7 @@ import contextlib
 import copy
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -122,6 +123,14 @@ def to_openvino(model, logits: bool = True):
     return converted
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's reason for a one-line warning: its strerror, else the first line of its message that
+    is not OpenVINO's source location (``Exception from src/...:132:``), cut to 200 characters."""
+    text = getattr(exc, "strerror", None) or str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Exception from ")]
+    return lines[0][:200] if lines else (text.splitlines()[0][:200] if text else type(exc).__name__)
+
+
 def save_ir(graph, xml: Path) -> Path:
     """Write ``graph`` as OpenVINO IR ``xml`` + its ``.bin``, atomically: both are written in a
     temporary folder beside them and moved into place, the weights first (a reader that finds the
@@ -192,7 +201,10 @@ class OpenVINONet:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.core = shared_core()
         if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # read-only home, a file in the way, a full disk: the cache is optional
+                self._cache_fault("cannot create it", exc)
         self._requests: dict[bool, _RequestPool] = {}
         self._sources: dict[bool, object] = {}  # graphs converted ahead (prepare), not compiled yet
         self._compile_lock = threading.Lock()
@@ -268,8 +280,34 @@ class OpenVINONet:
             self._digest = weights_digest(self.model)
         xml = self._cached_ir(logits)
         if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
-            save_ir(to_openvino(self.model, logits), xml)
+            graph = to_openvino(self.model, logits)
+            try:
+                save_ir(graph, xml)
+            except (OSError, RuntimeError) as exc:  # a full or read-only disk: go on with the graph in memory
+                self._cache_fault("cannot write to it", exc)
+                return graph
         return str(xml)
+
+    def _cache_fault(self, what: str, exc: BaseException) -> None:
+        """The cache is an optimisation: a fault in it is one warning line, and the run goes on without it."""
+        sys.stderr.write(f"warning: OpenVINO cache {self.cache_dir}: {what} ({_first_line(exc)}); going on without it\n")
+        self.cache_dir = None
+
+    def _compile(self, source, config: dict, logits: bool):
+        """Compile ``source``; a cached IR or blob that OpenVINO cannot read (truncated, emptied, not
+        IR) is removed, and the graph converted again from the net (and cached again when it can be)."""
+        try:
+            return self.core.compile_model(source, "CPU", config)
+        except RuntimeError as exc:
+            if not isinstance(source, str):
+                raise
+            xml = Path(source)
+            sys.stderr.write(f"warning: OpenVINO cache entry {xml.name} is damaged ({_first_line(exc)}); rebuilding it\n")
+            for stale in (xml, xml.with_suffix(".bin")):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # its blob may be the damaged part
+            return self.core.compile_model(self._graph_source(logits), "CPU", config)
 
     def prepare(self, logits: bool = True) -> None:
         """Convert the graph now, in the calling thread (or find it in the cache), so that the
@@ -298,7 +336,7 @@ class OpenVINONet:
                 config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.precision}
                 if self.cache_dir is not None:  # per compilation: the Core is shared (shared_core)
                     config["CACHE_DIR"] = str(self.cache_dir / "compiled")
-                compiled = self.core.compile_model(source, "CPU", config)
+                compiled = self._compile(source, config, logits)
                 streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if hint == SPLIT_HINT else 1
                 self._requests[logits] = _RequestPool(compiled, max(1, streams), IN_FLIGHT)
                 self.timings["convert"] += mid - start
