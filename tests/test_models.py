@@ -242,3 +242,31 @@ def test_init_from_net_a_copies_exactly_the_papers_layers():
                 assert torch.equal(now, a.state_dict()[f"{a_layers[info.name]}.{suffix}"])
             else:
                 assert torch.equal(now, before[key]), info.name
+
+
+def test_torchvision_habits_get_the_right_call_in_one_line():
+    """``vgg("D", pretrained=True)`` / ``weights="IMAGENET1K_V1"`` (torchvision's habits) name the call that
+    gives trained weights; an unknown option names the ones there are (issue 27, item 6)."""
+    import verydeep
+    from verydeep.errors import ConfigError
+
+    for options in ({"pretrained": True}, {"weights": "IMAGENET1K_V1"}):
+        with pytest.raises(ConfigError, match=r'verydeep.load\("torchvision:vgg16"\)'):
+            verydeep.vgg("D", **options)
+    with pytest.raises(ConfigError, match=r'verydeep.load\("torchvision:vgg19_bn"\)'):
+        verydeep.vgg("vgg19_bn", pretrained=True)
+    with pytest.raises(ConfigError, match="bad model option colour: vgg\\(\\) takes num_classes"):
+        verydeep.vgg("A", colour=1)
+    with pytest.raises(TypeError):
+        verydeep.vgg("A", 10)  # options are keywords, as the signature says
+
+
+def test_a_release_name_without_its_prefix_suggests_the_release():
+    import verydeep
+    from verydeep.errors import WeightsError
+
+    with pytest.raises(WeightsError, match=r"did you mean the release 'torchvision:vgg16'\?"):
+        verydeep.load("vgg16")
+    with pytest.raises(WeightsError) as exc:
+        verydeep.load("no-such-file.safetensors")
+    assert "did you mean" not in str(exc.value)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from verydeep.errors import ConfigError, VerydeepError
-from verydeep.models.configs import LRN_SETTINGS, Conv1x1, ModelSpec, conv_width, feature_layout
+from verydeep.models.configs import (CROP_SIZE, DROPOUT, FC_WIDTH, LRN_SETTINGS, NUM_CLASSES, Conv1x1, ModelSpec,
+                                     conv_width, feature_layout, resolve_name)
 from verydeep.models.init import initialise
 from verydeep.models.taps import compute_taps
 
@@ -203,17 +204,30 @@ class VGG(nn.Module):
         return self._fc_maps(self.features(x), logits=True)
 
 
-def vgg(config: str = "D", **options: Any) -> VGG:
-    """Build a net by Table 1 name (``"A"``, ``"A-LRN"``, ``"vgg16_bn"`` ...) with the paper's init.
+#: torchvision's release of each Table 1 config (C and A-LRN have none).
+RELEASE_OF = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
+
+
+def vgg(config: str = "D", *, num_classes: int = NUM_CLASSES, width: float = 1.0, fc_width: int = FC_WIDTH,
+        dropout: float = DROPOUT, crop_size: int = CROP_SIZE, batch_norm: bool = False, init: str = "paper",
+        **unknown: Any) -> VGG:
+    """Build a net by Table 1 name (``"A"``, ``"A-LRN"``, ``"vgg16_bn"`` ...) with random weights.
 
     Options are :class:`ModelSpec` fields (``num_classes``, ``width``, ``fc_width``, ``dropout``,
     ``crop_size``, ``batch_norm``) and ``init`` (``"paper"`` for N(0, 0.01), ``"glorot"``, ``"kaiming"``).
+    Trained weights come from :func:`verydeep.load` (a file, or a release name such as
+    ``"torchvision:vgg16"``); torchvision's ``pretrained=``/``weights=`` say so in one line.
     """
-    init = options.pop("init", "paper")
-    try:
-        spec = ModelSpec(config=config, **options)
-    except TypeError as exc:
-        raise ConfigError(f"bad model option: {exc}") from None
+    if "pretrained" in unknown or "weights" in unknown:
+        letter, bn = resolve_name(config)
+        name = RELEASE_OF.get(letter, "vgg16") + ("_bn" if bn or batch_norm else "")
+        raise ConfigError(f"verydeep.vgg() builds a net with random weights; for trained ones use "
+                          f"verydeep.load(\"torchvision:{name}\") (or a weights file)")
+    if unknown:
+        raise ConfigError(f"bad model option {', '.join(sorted(unknown))}: vgg() takes num_classes, width, fc_width, "
+                          f"dropout, crop_size, batch_norm and init")
+    spec = ModelSpec(config=config, num_classes=num_classes, width=width, fc_width=fc_width, dropout=dropout,
+                     crop_size=crop_size, batch_norm=batch_norm)
     model = VGG(spec)
     initialise(model, init)
     return model

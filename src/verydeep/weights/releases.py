@@ -13,7 +13,7 @@ from urllib.error import URLError
 
 import torch.hub
 
-from verydeep.errors import WeightsError
+from verydeep.errors import WeightsError, quote
 
 TORCHVISION_CONFIGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 DOWNLOAD_TIMEOUT_S = 20.0
@@ -39,7 +39,10 @@ def resolve_release(name: str) -> Path:
     urls = release_urls()
     if name not in urls:
         if ":" in name and not os.path.sep in name:
-            raise WeightsError(f"unknown release {name!r}; known: {', '.join(urls)}")
+            raise WeightsError(f"unknown release {quote(name)}; known: {', '.join(urls)}")
+        release = f"torchvision:{Path(name).name.lower().removesuffix('.pth')}"
+        if release in urls:  # "vgg16": a release name without its prefix, most likely
+            raise WeightsError(f"weights file {name} does not exist; did you mean the release {release!r}?")
         raise WeightsError(f"weights file {name} does not exist")
     url = urls[name]
     target = cache_dir() / url.rsplit("/", 1)[-1]
