@@ -120,3 +120,22 @@ def test_a_yaml_alias_bomb_is_quoted_in_a_short_line(tmp_path):
             load_config(path, overrides)
         message = str(exc.value)
         assert message.startswith("model.config: expected a string, got [[") and len(message) < 400, message[:500]
+
+
+def test_outputs_inside_an_input_data_folder_are_refused(capsys, train_config, train_folders, tiny_weights):
+    """A run folder inside a class folder made its plots training images; a report there, a class of its
+    own. Refused before anything is written (issue 26, class E)."""
+    inside = train_folders / "train" / "c0" / "run"
+    err = _cli_error(capsys, ["train", "--config", str(train_config()), "--set", f"run.out={inside}"])
+    assert f"run.out {inside} is inside the data folder" in err and not inside.exists()
+    val = train_folders / "val"
+    for argv, what in ((["evaluate", "--weights", str(tiny_weights), "--data", str(val), "--report",
+                         str(val / "c1" / "report")], "--report"),
+                       (["evaluate", "--weights", str(tiny_weights), "--data", str(val), "--save-scores",
+                         str(val / "s.scores")], "--save-scores"),
+                       (["features", "--weights", str(tiny_weights), "--data", str(val), "--out",
+                         str(val / "f.npz")], "--out")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{what} " in err and "is inside the data folder" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in val.iterdir()) == ["c0", "c1", "c2"]

@@ -323,6 +323,10 @@ def _run_evaluate(args) -> int:
     if args.workers is not None:
         check_workers(args.workers, "--workers")
     if args.report:
+        if args.data:
+            from verydeep.runtime.outputs import check_outside  # start-up: per command
+
+            check_outside(args.report, (args.data,), "--report")
         report_folder(args.report, overwrite=args.overwrite)  # before the evaluation: a bad path fails at once
     summary = evaluate_command(weights=args.weights, data=args.data, combine=args.combine, protocols=args.protocols,
                                scales=args.scales, flip=not args.no_flip, save_scores=args.save_scores,

@@ -18,7 +18,7 @@ from verydeep.evaluate.results import Summary, summarise
 from verydeep.evaluate.run import evaluate
 from verydeep.evaluate.scores import load_scores
 from verydeep.runtime.locks import lock_file
-from verydeep.runtime.outputs import SCORES, check_output, check_writable_folder, file_kind
+from verydeep.runtime.outputs import SCORES, check_output, check_outside, check_writable_folder, file_kind
 
 
 def evaluate_command(
@@ -48,6 +48,7 @@ def evaluate_command(
         return _combine(combine, protocols, save_scores, overwrite)
     if not weights or data is None:
         raise ConfigError("give --weights W [W ...] and --data DIR (or --combine FILE [FILE ...])")
+    check_outside(save_scores, (data,), "--save-scores")
     kwargs = dict(options)
     if log is not None:
         kwargs["log"] = log

@@ -18,7 +18,7 @@ from verydeep.localize.evaluate import crop_protocol, dense_protocol
 from verydeep.localize.head import load_box_net, save_box_net
 from verydeep import paper
 from verydeep.localize.train import BoxTrainConfig, train_box_net, write_training_log
-from verydeep.runtime.outputs import WEIGHTS, check_output
+from verydeep.runtime.outputs import WEIGHTS, check_output, check_outside
 from verydeep.weights.loader import load
 
 SPLITS = ("train", "val", "test")
@@ -53,6 +53,7 @@ def train_command(weights: str, data: str, out: str, config: BoxTrainConfig, ove
         raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
 
     check_output(out_path, WEIGHTS, overwrite=True)  # even with --overwrite, never over a file of another kind
+    check_outside(out_path, (data,), "--out")
     if not out_path.parent.is_dir():
         raise DataError(f"cannot write {out}: folder {out_path.parent} does not exist")
     folder = resolve_split(data, ("train",))

@@ -16,7 +16,7 @@ import stat
 import zipfile
 from pathlib import Path
 
-from verydeep.errors import WriteError
+from verydeep.errors import ConfigError, WriteError
 from verydeep.runtime.io import read_json
 
 #: kinds a command may write, and the kinds detected from an existing file's bytes
@@ -121,6 +121,22 @@ def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False, op
     if not overwrite:
         raise WriteError(f"{path} already exists ({found}): pass {option} to replace it")
     return path
+
+
+def check_outside(output: str | os.PathLike | None, inputs, what: str) -> None:
+    """Refuse an output inside an input data folder (or equal to it): a run's plots written into a
+    class folder became training images (18 -> 20 in one test), a report there a class of its own.
+    ``inputs``: the folders read as data (None entries are skipped)."""
+    if output is None:
+        return
+    out = Path(output).resolve()
+    for folder in inputs:
+        if folder is None:
+            continue
+        root = Path(folder).resolve()
+        if out == root or root in out.parents:
+            raise ConfigError(f"{what} {output} is inside the data folder {folder}, whose files are read as data: "
+                              f"write it somewhere else")
 
 
 def check_writable_folder(path: str | os.PathLike) -> None:

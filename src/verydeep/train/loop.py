@@ -35,6 +35,7 @@ from verydeep.models.vgg import VGG
 from verydeep.runtime import distributed as D
 from verydeep.runtime import signals
 from verydeep.runtime.io import write_json
+from verydeep.runtime.outputs import check_outside
 from verydeep.runtime.precision import resolve
 from verydeep.runtime.settings import torch_settings
 from verydeep.train import faults
@@ -104,6 +105,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) 
     stops answering end the run with one line; the checkpoints already written stay as they were.
     """
     check_run_folder(cfg.run.out)
+    check_outside(cfg.run.out, (cfg.data.train, cfg.data.val), "run.out")
     data = scan(cfg)
     folder = CheckpointFolder(Path(cfg.run.out) / "checkpoints", cfg.run.keep_last)
     if resume == AUTO:

@@ -11,7 +11,7 @@ from verydeep.errors import ConfigError
 from verydeep.runtime.precision import resolve
 from verydeep.runtime.engines import inference_settings, ready, resolve_engine, weights_cache_key
 from verydeep.runtime.locks import lock_file
-from verydeep.runtime.outputs import check_writable_folder
+from verydeep.runtime.outputs import check_outside, check_writable_folder
 from verydeep.transfer.descriptors import DEFAULT_LAYER
 from verydeep.transfer.features import extract_features, load_features
 from verydeep.transfer.protocols import PROTOCOLS, caltech_protocol, voc_protocol
@@ -36,6 +36,7 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
     dev = pick_device(device)
     ran_on = _engine_for(engine, dev, layer)
 
+    check_outside(out, (data,), "--out")
     check_writable_folder(out)  # before any image is described
     held = lock_file(out, f"feature file {out}") if Path(out).parent.is_dir() else None
     try:
