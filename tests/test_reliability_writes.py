@@ -127,6 +127,7 @@ def writing_commands(w: Path, d: Path, out: Path) -> dict[str, tuple[list, Path]
         "convert": (["convert", w, out / "c.safetensors"], out / "c.safetensors"),
         "export-onnx": (["export", out / "e.onnx", "--weights", w], out / "e.onnx"),
         "export-torchscript": (["export", out / "e.pt", "--weights", w], out / "e.pt"),
+        "export-openvino": (["export", out / "e.xml", "--weights", w], out / "e.xml"),
         "evaluate-scores": (["evaluate", "--weights", w, "--data", d, "--save-scores", out / "s.safetensors",
                              "--scales", "32", "--workers", "0"], out / "s.safetensors"),
         "evaluate-report": (["evaluate", "--weights", w, "--data", d, "--report", out / "rep", "--scales", "32",
@@ -147,6 +148,8 @@ def test_every_write_fails_with_one_line_and_leaves_nothing(name, broken, inputs
     kind, folder, real = broken
     if name in ("synth", "evaluate-report") and not real:
         pytest.skip("creates folders, which only a real read-only or full file system refuses")
+    if name == "export-openvino" and not real:
+        pytest.skip("OpenVINO's C++ writer opens its files itself: only a real file system can refuse them")
     argv, final = writing_commands(inputs["w"], inputs["d"], folder)[name]
     code, err = run_cli(argv)
     line = error_line(err)

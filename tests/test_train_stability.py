@@ -131,6 +131,16 @@ def _train(config, *extra, env=None):
     return run_forked(["train", "--config", config, "--json", *extra], env)
 
 
+def _same_history(reference, other):
+    """Two run folders that ended bit for bit alike: final weights, and every metrics record but timings."""
+    a, _ = canonical.read(reference / "final.safetensors")
+    b, _ = canonical.read(other / "final.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in rs]
+    assert strip(read_metrics(reference)) == strip(read_metrics(other))
+
+
 def test_an_exploding_step_backs_off_and_the_run_goes_on(train_config, tmp_path):
     config = train_config("run", GUARDED)
     done = _train(config, env={EXPLODE_AT_STEP: "7"})
@@ -169,12 +179,7 @@ def test_resume_after_a_kill_with_a_back_off_in_history_is_bitwise_exact(train_c
     resumed = _train(interrupted, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["backoffs"] >= 1
-    a, _ = canonical.read(tmp_path / "reference" / "final.safetensors")
-    b, _ = canonical.read(tmp_path / "interrupted" / "final.safetensors")
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in rs]
-    assert strip(read_metrics(tmp_path / "reference")) == strip(read_metrics(tmp_path / "interrupted"))
+    _same_history(tmp_path / "reference", tmp_path / "interrupted")
     ca = load_checkpoint(CheckpointFolder(tmp_path / "reference" / "checkpoints").latest())
     assert ca["stability"]["backoffs"] == json.loads(resumed.stdout)["backoffs"]
 
@@ -242,12 +247,7 @@ def test_a_collapse_is_replayed_bit_for_bit_after_a_kill(train_config, tmp_path)
     assert _train(interrupted, env={**env, KILL_AT_STEP: "17"}).returncode != 0
     resumed = _train(interrupted, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stderr
-    a, _ = canonical.read(tmp_path / "reference" / "final.safetensors")
-    b, _ = canonical.read(tmp_path / "interrupted" / "final.safetensors")
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in rs]
-    assert strip(read_metrics(tmp_path / "reference")) == strip(read_metrics(tmp_path / "interrupted"))
+    _same_history(tmp_path / "reference", tmp_path / "interrupted")
     assert any(r.get("reason") == "collapsed" for r in read_metrics(tmp_path / "interrupted"))
 
 

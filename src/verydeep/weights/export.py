@@ -21,6 +21,7 @@ batch, height and width, float32 weights; the metadata strings are in the IR's `
 from __future__ import annotations
 
 import copy
+import errno
 import io
 import json
 import os
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 from torch.onnx import _constants  # the exporter's own supported opset range
 
-from verydeep.errors import ConfigError, WeightsError
+from verydeep.errors import ConfigError, WeightsError, WriteError
 from verydeep.runtime import engines, openvino_engine  # modules: tests replace their functions
 from verydeep.runtime.io import write_bytes
 from verydeep.runtime.outputs import ONNX, TORCHSCRIPT, check_output
@@ -157,7 +158,25 @@ def export_openvino(model, dst: str | os.PathLike) -> Path:
     graph = openvino_engine.to_openvino(model, logits=True)
     for key, value in metadata_props(model.meta).items():
         graph.set_rt_info(value, ["verydeep", key])
-    return openvino_engine.save_ir(graph, Path(dst))
+    try:
+        return openvino_engine.save_ir(graph, Path(dst))
+    except (OSError, RuntimeError) as exc:  # OpenVINO's C++ writer says "basic_ios::clear" on a full disk
+        raise WriteError(f"cannot write {dst}: {_ir_write_failure(exc, Path(dst).parent)}") from None
+
+
+def _ir_write_failure(exc: BaseException, folder: Path) -> str:
+    """Why OpenVINO could not write the IR: the OS's reason when there is one, else what the folder's
+    file system says (read-only, or how little room is left)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        return "OpenVINO could not write the files"
+    if fs.f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    free = fs.f_bavail * fs.f_frsize
+    return f"{os.strerror(errno.ENOSPC)} (OpenVINO's writer failed with {free / 1e6:.1f} MB free in {folder})"
 
 
 def openvino_installed() -> bool:
