@@ -78,3 +78,30 @@ def test_accumulation_equals_the_full_batch(train_config):
     b, _ = canonical.read(accumulated.final_weights)
     _close(a, b)
     assert accumulated.steps == full.steps == 12
+
+
+def test_ranks_started_with_different_configs_all_stop_in_one_line(train_config, tmp_path):
+    """Rank 1 started with another learning rate (issue 26, class G): it trained silently before; now
+    every rank stops at once, before any step, with one line naming the key."""
+    import time
+
+    config = train_config("ddp", OVERRIDES)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    extra = {0: [], 1: ["--set", "optim.lr=0.05"]}
+    ranks = [ForkedChild(lambda rank=rank: main(["train", "--config", str(config), *extra[rank]]),
+                         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
+                          "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}) for rank in (0, 1)]
+    started = time.monotonic()
+    try:
+        outputs = [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert time.monotonic() - started < 60
+    for rank, (_, err) in zip(ranks, outputs):
+        assert rank.returncode == 2, err[-3000:]
+        lines = [line for line in err.strip().splitlines() if line]
+        assert len(lines) == 1 and "rank(s) 1 differ from rank 0 in optim.lr (0.02 on rank 0)" in lines[0], err
+    assert not list((tmp_path / "ddp").glob("checkpoints/step-*.pt"))

@@ -6,14 +6,18 @@ of the configured size, and gives each process an equal slice of every batch. Th
 slices is exactly the batch one process would take, so N processes train the same net as one.
 
 Who this process is (rank, world size, device) and the collectives are
-:mod:`verydeep.runtime.distributed`, shared with evaluation.
+:mod:`verydeep.runtime.distributed`, shared with evaluation; :func:`check_same_config` makes sure
+every process was started with the same recipe before any step.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from verydeep.errors import ConfigError
+from verydeep.errors import ConfigError, quote
+from verydeep.runtime import distributed as D
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -63,3 +67,30 @@ class GlobalBatchSampler:
             shard = batch[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
             for k in range(self.accumulation):
                 yield shard[k * self.micro:(k + 1) * self.micro]
+
+
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"optim": {"lr": 0.01}}`` -> ``{"optim.lr": 0.01}``."""
+    return {f"{section}.{key}": value for section, fields in config.items() for key, value in fields.items()}
+
+
+def check_same_config(info: D.DistContext, config: dict[str, Any]) -> None:
+    """Every process of a run must have resolved the same config (the same ``--config`` and ``--set``).
+
+    Ranks started with different learning rates trained silently; different data folders hung until
+    ``run.dist_timeout_s``; different widths failed with tracebacks. One exchange at the start, before
+    any step: every process compares all the configs with rank 0's, and all stop with the same line,
+    naming the keys, when one differs."""
+    if not info.distributed:
+        return
+    everyone = [_flatten(c) for c in D.all_gather(info, config)]
+    first = everyone[0]
+    keys = sorted({k for other in everyone[1:] for k in set(first) | set(other) if other.get(k) != first.get(k)})
+    if keys:
+        ranks = [r for r, other in enumerate(everyone) if other != first]
+        shown = ", ".join(f"{k} ({quote(first.get(k), 60)} on rank 0)" for k in keys[:8])
+        raise ConfigError(f"the {info.world_size} processes resolved different configs: rank(s) "
+                          f"{', '.join(map(str, ranks))} differ from rank 0 in {shown}"
+                          + (f" and {len(keys) - 8} more key(s)" if len(keys) > 8 else "")
+                          + "; start every process with the same --config and --set")
+

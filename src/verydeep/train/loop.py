@@ -41,7 +41,7 @@ from verydeep.runtime.settings import torch_settings
 from verydeep.train import faults
 from verydeep.train.checkpoint import CheckpointFolder, atomic_save, capture_rng, load_checkpoint, restore_rng
 from verydeep.train.config import TrainConfig, from_dict, load_config, save_yaml
-from verydeep.train.distributed import GlobalBatchSampler
+from verydeep.train.distributed import GlobalBatchSampler, check_same_config
 from verydeep.train.engine import Diverged, back_off, train_one_epoch, validate
 from verydeep.train.guard import claim_run
 from verydeep.train.inputs import DataSets, scan, train_dataset, train_loader
@@ -126,6 +126,7 @@ def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) 
     failure: VerydeepError | None = None
     try:
         with torch_settings(cfg.run.threads, cfg.run.deterministic):
+            check_same_config(info, cfg.to_dict())  # every rank, the same recipe: checked before any work
             run = build_run(cfg, data, info, folder, ckpt)
             return run_epochs(run, ckpt)
     except OSError as exc:
