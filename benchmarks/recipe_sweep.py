@@ -2,11 +2,12 @@
 
 Trains the demo's net A (the preset ``cpu/synth_A``) for every seed in ``--seeds`` and every
 precision in ``--precisions`` on the demo's synthetic set, and net D from A (``cpu/synth_D``)
-for the seeds in ``--d-seeds``, each as a ``verydeep train`` command of its own (one thread each,
-``--jobs`` at a time), then evaluates each D densely with ``verydeep evaluate``. Prints one row per
-run -- best validation top-1 error, epochs, back-offs (and how many were collapses), whether the
-run learned, wall time -- the spread over the runs, the CPU model, and whether the issue's bars
-hold (A: best validation top-1 error <= 25%; D from A: dense top-1 accuracy >= 90%).
+for the seeds in ``--d-seeds`` beside the demo's control, net D from random weights for the same
+steps, each as a ``verydeep train`` command of its own (one thread each, ``--jobs`` at a time),
+then evaluates each D densely with ``verydeep evaluate``. Prints one row per run -- best
+validation top-1 error, epochs, back-offs (and how many were collapses), whether the run learned,
+wall time -- the spread over the runs, the CPU model, and whether the issue's bars hold (A: best
+validation top-1 error <= 25%; D from A: dense top-1 accuracy >= 90% and better than D random's).
 
     python benchmarks/recipe_sweep.py                                # seeds 0-4 x bf16, fp32; D for seeds 0, 1
     python benchmarks/recipe_sweep.py --seeds 0-9 --precisions fp32 --d-seeds none
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=seeds, default=seeds("0-4"), help="seeds of the A runs (default 0-4)")
     parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated (default bf16,fp32)")
     parser.add_argument("--d-seeds", type=seeds, default=seeds("0,1"),
-                        help="seeds whose A also starts a D from A, in every precision (default 0,1; none: no D)")
+                        help="seeds whose A also starts a D from A, beside a D from random weights, in every "
+                             "precision (default 0,1; none: no D)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every A run")
     parser.add_argument("--d-set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every D run")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at a time (one thread each)")
@@ -142,30 +144,39 @@ def main(argv: list[str] | None = None) -> int:
         seed, precision = job
         return train("cpu/synth_A", data, args.work / f"A_{precision}_s{seed}", seed, precision, args.set, args.fresh)
 
-    def run_d(a_row: dict) -> dict:
+    def run_d(job: tuple[dict, bool]) -> dict:
+        a_row, from_a = job
         seed, precision = a_row["seed"], a_row["precision"]
-        source = args.work / a_row["run"]
-        row = train("cpu/synth_D", data, args.work / f"D_from_A_{precision}_s{seed}", seed, precision,
-                    [f"init.source={source}", *args.set, *args.d_set], args.fresh)
+        name = "D_from_A" if from_a else "D_random"
+        source = f"init.source={args.work / a_row['run']}" if from_a else "init.source=null"
+        row = train("cpu/synth_D", data, args.work / f"{name}_{precision}_s{seed}", seed, precision,
+                    [source, *args.set, *args.d_set], args.fresh)
         row["dense_top1_err"] = dense_error(row["best_weights"], data) if row.get("best_weights") else None
+        row["net"] = "D from A" if from_a else "D random"
         return row
 
     with ThreadPoolExecutor(args.jobs) as pool:
         a_rows = list(pool.map(run_a, [(s, p) for p in precisions for s in args.seeds]))
-        d_rows = list(pool.map(run_d, [r for r in a_rows if r["seed"] in args.d_seeds and r["exit"] == 0]))
+        d_jobs = [(r, from_a) for r in a_rows if r["seed"] in args.d_seeds and r["exit"] == 0 for from_a in (True, False)]
+        all_d = list(pool.map(run_d, d_jobs))
+    d_rows = [r for r in all_d if r["net"] == "D from A"]
+    controls = {(r["seed"], r["precision"]): r for r in all_d if r["net"] == "D random"}
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
     rows = [["A", r["precision"], r["seed"], pct(r["best_val_top1_err"]), "-", r["epochs"], r["backoffs"],
              r["collapses"], "yes" if r["learned"] else "NO", f"{r['wall_s']:.0f}"] for r in a_rows]
-    rows += [["D from A", r["precision"], r["seed"], pct(r["best_val_top1_err"]), pct(r.get("dense_top1_err")),
+    rows += [[r["net"], r["precision"], r["seed"], pct(r["best_val_top1_err"]), pct(r.get("dense_top1_err")),
               r["epochs"], r["backoffs"], r["collapses"], "yes" if r["learned"] else "NO", f"{r['wall_s']:.0f}"]
-             for r in d_rows]
+             for r in all_d]
     a_errs = [r["best_val_top1_err"] for r in a_rows if r["best_val_top1_err"] is not None]
     d_errs = [r["dense_top1_err"] for r in d_rows if r.get("dense_top1_err") is not None]
     a_ok = len(a_errs) == len(a_rows) and all(e <= A_MAX_ERR for e in a_errs)
-    d_ok = len(d_errs) == len(d_rows) and all(1 - e >= D_MIN_ACC for e in d_errs)
+    beats = [r.get("dense_top1_err") is not None and controls[(r["seed"], r["precision"])].get("dense_top1_err")
+             is not None and r["dense_top1_err"] < controls[(r["seed"], r["precision"])]["dense_top1_err"]
+             for r in d_rows]
+    d_ok = len(d_errs) == len(d_rows) and all(1 - e >= D_MIN_ACC for e in d_errs) and all(beats)
     print(f"recipe sweep on {cpu}, torch {torch.__version__}, {args.jobs} runs at a time, one thread each, "
           f"{time.perf_counter() - started:.0f} s" + (f"; overrides {' '.join(args.set)}" if args.set else ""))
     print(markdown_table(["net", "precision", "seed", "best val top-1 err", "dense top-1 err", "epochs",
@@ -173,11 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A, best validation top-1 error: {spread(a_errs)}")
     if d_rows:
         print(f"D from A, dense top-1 error: {spread(d_errs)}")
+        print(f"D random, dense top-1 error: "
+              f"{spread([r['dense_top1_err'] for r in controls.values() if r.get('dense_top1_err') is not None])}")
+        print(f"D from A beats D random (dense top-1, same seed and precision, same steps): {sum(beats)} of {len(beats)}")
     print(f"A <= {A_MAX_ERR:.0%} on every run: {'yes' if a_ok else 'NO'}"
-          + (f"; D from A >= {D_MIN_ACC:.0%} dense top-1 on every run: {'yes' if d_ok else 'NO'}" if d_rows else ""))
+          + (f"; D from A >= {D_MIN_ACC:.0%} dense top-1 and ahead of D random on every run: {'yes' if d_ok else 'NO'}"
+             if d_rows else ""))
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "torch": torch.__version__, "overrides": args.set,
-                                         "a": a_rows, "d": d_rows, "a_ok": a_ok, "d_ok": d_ok}, indent=2))
+                                         "a": a_rows, "d": all_d, "a_ok": a_ok, "d_ok": d_ok}, indent=2))
     return 0 if a_ok and (d_ok or not d_rows) else 1
 
 

@@ -160,7 +160,7 @@ def test_frozen_copy_leaves_the_callers_net_alone():
     torch.manual_seed(0)
     model = verydeep.vgg("B_bn", **TINY)  # in training mode, parameters trainable
     model.features[1].running_mean.normal_()
-    loss = PerceptualLoss(model, "relu4_1")
+    loss = PerceptualLoss(model, "relu4_1", preprocessing=Preprocessing())
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert len(loss.net.net.features) == 24  # three blocks of 7 modules, then conv4_1, bn4_1, relu4_1
     assert len(loss.net.net.classifier) == 0
@@ -180,8 +180,8 @@ def test_frozen_copy_leaves_the_callers_net_alone():
 def test_bf16_autocast_keeps_the_loss_in_float32():
     torch.manual_seed(0)
     model = verydeep.vgg("A", init="glorot", **TINY)
-    content = PerceptualLoss(model, ["relu2_1", "relu3_2"])
-    style = PerceptualLoss(model, ["relu1_1", "relu3_2"], kind="gram")
+    content = PerceptualLoss(model, ["relu2_1", "relu3_2"], preprocessing=Preprocessing())
+    style = PerceptualLoss(model, ["relu1_1", "relu3_2"], kind="gram", preprocessing=Preprocessing())
     images, target = _rgb01(2, 32, seed=2).requires_grad_(), _rgb01(2, 32, seed=3)
     exact = {"content": content(images, target), "style": style(images, target)}
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -226,6 +226,7 @@ def test_weights_from_a_file_or_a_state_dict_bring_their_preprocessing(tmp_path)
 
 def test_bad_arguments_are_one_line_errors():
     model = verydeep.vgg("A", **TINY)
+    model.meta = WeightsMeta(spec=model.spec, preprocessing=Preprocessing.torchvision())
     with pytest.raises(ConfigError, match="feature or gram"):
         PerceptualLoss(model, "relu1_1", kind="style")
     with pytest.raises(ConfigError, match="2 values for 1 layers"):
@@ -245,3 +246,81 @@ def test_bad_arguments_are_one_line_errors():
         loss(torch.rand(1, 1, 32, 32), _rgb01(1, 32, seed=0))
     with pytest.raises(VerydeepError, match="targets()"):
         loss(_rgb01(1, 32, seed=0), {"relu1_1": torch.zeros(1)})
+
+
+def test_a_net_without_metadata_is_never_given_a_guessed_preprocessing():
+    """``n = vgg("D"); n.load_state_dict(tv.state_dict())``: relu3_3 was off by 92 under a silently assumed
+    Caffe preprocessing. Now such a net needs its preprocessing said; the torchvision module itself, or its
+    state dict, brings torchvision's (issue 27, item 1)."""
+    import torchvision
+
+    tv = torchvision.models.vgg11(weights=None)
+    bare = verydeep.vgg("A")
+    bare.load_state_dict(tv.state_dict())
+    with pytest.raises(ConfigError, match=r"carries no preprocessing .* preprocessing=Preprocessing.torchvision\(\)"):
+        PerceptualLoss(bare, "relu3_1")
+    images = _rgb01(1, 32, seed=0)
+    from_module = FeatureNet(tv, "relu1_1")
+    torch.testing.assert_close(from_module.normalise(images), _imagenet(images))
+    said = FeatureNet(bare, "relu1_1", preprocessing=Preprocessing.torchvision())
+    torch.testing.assert_close(said(images)["relu1_1"], from_module(images)["relu1_1"])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda x: (x * 255).round(), "look like 0-255 pixels: divide by 255"),
+    (lambda x: (x * 255).to(torch.uint8), "got torch.uint8: use images.float\\(\\) / 255"),
+    (lambda x: x * 2 - 1 - 0.6, "look normalised"),
+    (lambda x: (x - 0.45) / 0.226, "look normalised"),
+    (lambda x: x[0], "add the batch dimension"),
+    (lambda x: x[:0], "empty batch"),
+    (lambda x: x.bool(), "got torch.bool"),
+])
+def test_inputs_in_another_convention_are_refused_in_one_line(make, message):
+    """RGB 0-1 is the one convention; 0-255 floats, uint8, ImageNet-normalised and [-1, 1] inputs gave
+    plausible numbers (2939, 0.69, 0.149 against 0.0357) before (issue 27, items 2-3)."""
+    model = verydeep.vgg("A", **TINY)
+    loss = PerceptualLoss(model, "relu2_1", preprocessing=Preprocessing.torchvision())
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(VerydeepError, match=message):
+        loss(make(images), images)
+
+
+def test_other_float_dtypes_are_converted_and_small_images_and_bad_names_refused():
+    model = verydeep.vgg("A", **TINY)
+    loss = PerceptualLoss(model, ["relu2_1", "pool5"], preprocessing=Preprocessing.torchvision())
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss(images.double(), images), loss(images, images))  # float64: unambiguous
+    with pytest.raises(VerydeepError, match=r"pool5 comes after 5 2x2 pools: it needs images of at least 32x32"):
+        loss(images[..., :16, :16], images[..., :16, :16])
+    with pytest.raises(ConfigError, match=r"layer names must be a name or a list of names"):
+        model.taps(images, None)
+    with pytest.raises(ConfigError, match="finite numbers"):
+        PerceptualLoss(model, "relu1_1", weights_per_layer=[float("nan")], preprocessing=Preprocessing())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda x: x[0], "add the batch dimension with x\\[None\\]"),
+    (lambda x: (x * 255).to(torch.uint8), "x.float\\(\\) / 255"),
+    (lambda x: x.double(), "weights are torch.float32 and the input is torch.float64"),
+    (lambda x: __import__("PIL.Image").Image.new("RGB", (32, 32)), "got Image: turn images into tensors"),
+])
+def test_the_net_answers_common_mistakes_with_the_fix(make, message):
+    """The raw torch errors for ``net(torch.rand(3, 32, 32))``, uint8, a PIL image, float64 (issue 27, item 4)."""
+    model = verydeep.vgg("A", **TINY).eval()
+    with pytest.raises(VerydeepError, match=message):
+        model(make(torch.rand(1, 3, 32, 32)))
+
+
+def test_transforms_turn_a_photo_into_the_apis_input():
+    """``verydeep.transforms()``: a PIL image (any mode) or a uint8 tensor -> RGB floats in [0, 1], the
+    one input convention; the same numbers as torchvision's ToImage + ToDtype(scale=True)."""
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (3, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    to_input = verydeep.transforms()
+    torch.testing.assert_close(to_input(pixels), pixels.float() / 255)
+    grey = to_input(Image.fromarray(pixels[0].numpy(), mode="L"))
+    assert grey.shape == (3, 6, 5) and torch.equal(grey[0], grey[2])
+    loss = PerceptualLoss(verydeep.vgg("A", **TINY), "relu1_1", preprocessing=Preprocessing.torchvision())
+    photo = to_input(Image.fromarray(pixels.permute(1, 2, 0).numpy()))[None]
+    assert torch.isfinite(loss(photo, photo)) and loss(photo, photo) == 0

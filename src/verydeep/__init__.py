@@ -24,13 +24,17 @@ _LAZY = {
     "vgg": "verydeep.models.vgg",
     "ModelSpec": "verydeep.models.configs",
     "PerceptualLoss": "verydeep.perceptual",
+    "FeatureNet": "verydeep.perceptual",
+    "Preprocessing": "verydeep.weights.metadata",
     "load": "verydeep.weights.loader",
+    "transforms": "verydeep.perceptual.network",
 }
 #: Subpackages and modules reachable as attributes of the package (``verydeep.transfer.…``).
 _SUBMODULES = ("bench", "cli", "data", "demo", "evaluate", "localize", "models", "paper", "perceptual", "report",
                "runtime", "train", "transfer", "weights")
 
-__all__ = ["VGG", "ModelSpec", "PerceptualLoss", "VerydeepError", "load", "vgg"]
+__all__ = ["VGG", "FeatureNet", "ModelSpec", "PerceptualLoss", "Preprocessing", "VerydeepError", "load", "transforms",
+           "vgg"]
 __version__ = "0.1.0"
 
 

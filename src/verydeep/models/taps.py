@@ -18,13 +18,14 @@ Only the layers up to the deepest name asked for are run.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from verydeep.errors import ConfigError, VerydeepError
+from verydeep.errors import ConfigError, VerydeepError, quote
 from verydeep.models.configs import Conv1x1, ModelSpec, conv_width, feature_layout, weight_layers
 
 #: The dense view's maps, in the order they are computed.
@@ -72,7 +73,15 @@ def tap_names(spec: ModelSpec) -> list[str]:
 def resolve_taps(spec: ModelSpec, names: str | Iterable[str]) -> list[Tap]:
     """The taps for ``names`` (one name or several, duplicates dropped, order kept); an unknown
     name is a :class:`ConfigError` that lists the valid ones."""
-    asked = [names] if isinstance(names, str) else list(names)
+    if isinstance(names, str):
+        asked = [names]
+    elif isinstance(names, Iterable) and not isinstance(names, (bytes, dict)):
+        asked = list(names)
+    else:
+        asked = None
+    if asked is None or not all(isinstance(n, str) for n in asked):
+        raise ConfigError(f"layer names must be a name or a list of names such as ['relu3_3'], got {quote(names)}; "
+                          f"valid: {', '.join(tap.name for tap in tap_table(spec))}")
     if not asked:
         raise ConfigError("no layer names given")
     table = {tap.name: tap for tap in tap_table(spec)}
@@ -97,8 +106,7 @@ def compute_taps(model, x: torch.Tensor, names: str | Iterable[str], pool: str =
     (already normalised) batch ``x``, as a dict in the order asked; see :meth:`VGG.taps`."""
     if pool not in POOLS:
         raise ConfigError(f"unknown pooling {pool!r}: choose max or avg")
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise VerydeepError(f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}")
+    model.check_input(x)
     wanted = resolve_taps(model.spec, names)
     table = tap_table(model.spec)
     deepest = max(tap.index for tap in wanted)
@@ -106,6 +114,11 @@ def compute_taps(model, x: torch.Tensor, names: str | Iterable[str], pool: str =
     stack = len(table) - len(FC_TAPS)  # number of feature modules
     if deepest >= stack:
         model._check_dense_size(x)
+    else:
+        pools = sum(isinstance(m, nn.MaxPool2d) for m in list(model.features)[: deepest + 1])
+        if min(x.shape[-2:]) < 2 ** pools:
+            raise VerydeepError(f"{table[deepest].name} comes after {pools} 2x2 pools: it needs images of at least "
+                                f"{2 ** pools}x{2 ** pools} pixels, got {x.shape[-2]}x{x.shape[-1]}")
     found: dict[str, torch.Tensor] = {}
     for tap, module in zip(table[: min(deepest + 1, stack)], model.features):
         x = _apply(module, x, pool)

@@ -109,7 +109,30 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for crops of ``spec.crop_size``."""
+        self.check_input(x)
         return self.forward_head(self.forward_features(x))
+
+    def check_input(self, x) -> None:
+        """One line, naming the fix, for the usual mistakes at the net's door: not a tensor (a PIL
+        image), one image without its batch dimension, not 3 channels, integer pixels, or a dtype that
+        is not the weights' outside autocast. The net takes normalised batches (``model.meta.preprocessing``);
+        :class:`verydeep.perceptual.FeatureNet` takes RGB in [0, 1] and normalises them itself."""
+        if not isinstance(x, torch.Tensor):
+            raise VerydeepError(f"expected a tensor batch (N, 3, H, W), got {type(x).__name__}: turn images into "
+                                "tensors first (torchvision.transforms.v2.ToImage, then ToDtype(torch.float32, "
+                                "scale=True) and the normalisation model.meta.preprocessing gives)")
+        if x.dim() == 3 and x.shape[0] == 3:
+            raise VerydeepError(f"expected a batch (N, 3, H, W), got one image of shape {tuple(x.shape)}: "
+                                "add the batch dimension with x[None]")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise VerydeepError(f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise VerydeepError(f"expected floating-point input, got {x.dtype}: convert it (x.float() / 255 for "
+                                "8-bit pixels) and normalise it as model.meta.preprocessing says")
+        weight = self.features[0].weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise VerydeepError(f"the net's weights are {weight.dtype} and the input is {x.dtype}: use "
+                                f"x.to({weight.dtype}) (or convert the net), or run inside torch.autocast")
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace fc8 with a freshly initialised layer of ``num_classes`` outputs."""
@@ -132,8 +155,7 @@ class VGG(nn.Module):
         ]
 
     def _check_dense_size(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise VerydeepError(f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}")
+        self.check_input(x)
         h, w = x.shape[-2:]
         crop = self.spec.crop_size
         if h < crop or w < crop:

@@ -12,15 +12,17 @@ in bf16, the differences and Gram sums do not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from verydeep.errors import ConfigError, VerydeepError
+from verydeep.errors import ConfigError, VerydeepError, quote
 from verydeep.perceptual.gram import gram_matrix
 from verydeep.perceptual.network import FeatureNet, check_images
+from verydeep.weights.metadata import Preprocessing
 
 KINDS = ("feature", "gram")
 
@@ -42,9 +44,12 @@ def _layer_weights(layers: list[str], weights_per_layer) -> dict[str, float]:
     else:
         raise ConfigError("weights_per_layer must be a list (one value per layer) or a dict by layer name")
     try:
-        return {name: float(value) for name, value in zip(layers, values)}
+        out = {name: float(value) for name, value in zip(layers, values)}
     except (TypeError, ValueError):
-        raise ConfigError(f"weights_per_layer must hold numbers, got {values}") from None
+        raise ConfigError(f"weights_per_layer must hold numbers, got {quote(values)}") from None
+    if not all(math.isfinite(v) for v in out.values()):
+        raise ConfigError(f"weights_per_layer must hold finite numbers, got {quote(values)}")
+    return out
 
 
 class PerceptualLoss(nn.Module):
@@ -60,11 +65,11 @@ class PerceptualLoss(nn.Module):
     """
 
     def __init__(self, weights, layers: str | Iterable[str], weights_per_layer=None, kind: str = "feature",
-                 pool: str = "max") -> None:
+                 pool: str = "max", preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"unknown loss kind {kind!r}: choose feature or gram")
-        self.net = FeatureNet(weights, layers, pool=pool)
+        self.net = FeatureNet(weights, layers, pool=pool, preprocessing=preprocessing)
         self.kind = kind
         self.layers = list(self.net.layers)
         self.layer_weights = _layer_weights(self.layers, weights_per_layer)
