@@ -75,3 +75,45 @@ def test_errors_are_one_line(tiny_weights, box_data, tmp_path, capsys):
     rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(tmp_path / "nowhere"),
                "--out", str(tmp_path / "new.safetensors")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_predict_gives_the_boxes_that_evaluate_scores(tiny_weights, box_data, tmp_path, capsys):
+    """``localize predict`` on the validation photos: its guesses, judged by ILSVRC's rule against the
+    ground truth, give exactly ``localize evaluate``'s dense top-5 and top-1 errors (issue 27, item 8);
+    ``--draw`` writes each photo with its boxes; a broken photo is one line and the others still run."""
+    import numpy as np
+    from PIL import Image
+
+    from verydeep.localize.data import class_mapping, load_box_index
+    from verydeep.localize.evaluate import Guess, guesses_right
+    from verydeep.weights.loader import load
+
+    out = tmp_path / "pcr.safetensors"
+    assert main(["localize", "train", "--weights", str(tiny_weights), "--data", str(box_data), "--out", str(out),
+                 "--fine-tune", "fc", "--scale", "40", "--steps", "3", "--batch-size", "4"]) == 0
+    capsys.readouterr()
+    assert main(["localize", "evaluate", "--box-weights", str(out), "--weights", str(tiny_weights), "--data",
+                 str(box_data), "--protocol", "dense", "--scales", "32,48", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["dense"]
+    val = load_box_index(box_data / "val")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a JPEG")
+    photos = [str(s.path) for s in val.samples]
+    assert main(["localize", "predict", *photos, str(broken), "--box-weights", str(out), "--weights",
+                 str(tiny_weights), "--scales", "32,48", "--draw", str(tmp_path / "drawn"), "--json"]) == 2
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert captured.err.count("\n") == 1 and "broken.jpg" in captured.err
+    assert results[-1]["image"] == str(broken) and "error" in results[-1]
+    to_net = class_mapping(load(tiny_weights).meta.class_names(), val.classes, "classification net")
+    right = {1: 0, 5: 0}
+    for sample, result in zip(val.samples, results):
+        assert result["image"] == str(sample.path) and len(result["guesses"]) == 5
+        guesses = [Guess(g["index"], np.array(g["box"]), g["score"]) for g in result["guesses"]]
+        for top in right:
+            right[top] += guesses_right(guesses[:top], to_net[sample.label], sample.boxes)
+        with Image.open(result["drawn"]) as picture, Image.open(sample.path) as photo:
+            assert picture.format == "PNG" and picture.size == photo.size
+    n = len(val.samples)
+    assert evaluated["top5_error"] == pytest.approx(100.0 * (n - right[5]) / n)
+    assert evaluated["top1_error"] == pytest.approx(100.0 * (n - right[1]) / n)

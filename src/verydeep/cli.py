@@ -395,6 +395,21 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     e.add_argument("--merge-iou", type=float, default=0.5, help="greedy merging continues while IoU >= this (default 0.5)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
+    r = sub.add_parser("predict", help="the top classes of your own photos, each with its box",
+                       description="Boxes for your own photos: the classification net's top classes, each with "
+                                   "the box net's merged box (test 2 of the paper's localisation, no ground truth).",
+                       epilog="example: verydeep localize predict photo.jpg --box-weights box.safetensors "
+                              "--weights D.safetensors --draw boxes/")
+    r.add_argument("images", nargs="+", help="image files")
+    r.add_argument("--box-weights", required=True, help="the box net written by `verydeep localize train`")
+    r.add_argument("--weights", required=True, help="the classification net that ranks the classes")
+    r.add_argument("--scales", type=int_list, default=None, help="scales Q, comma-separated (default the box net's S)")
+    r.add_argument("--top", type=positive_int, default=5, help="classes (each with a box) per image (default 5)")
+    r.add_argument("--merge-iou", type=float, default=0.5, help="greedy merging continues while IoU >= this (default 0.5)")
+    r.add_argument("--draw", default=None, metavar="DIR", help="also write DIR/<image>.boxes.png, the boxes on the photo")
+    r.add_argument("--overwrite", action="store_true", help="replace pictures already in DIR")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    r.add_argument("--json", action="store_true", help="print one JSON object per image")
 
 
 def _run_localize(args) -> int:
@@ -411,6 +426,8 @@ def _run_localize(args) -> int:
         summary = train_command(args.weights, args.data, args.out, config, overwrite=args.overwrite)
         _print_json(summary) if args.json else print(training_text(summary))
         return 0
+    if args.localize_command == "predict":
+        return _localize_predict(args)
     from verydeep.localize.run import evaluate_command  # start-up: per command
 
     results = evaluate_command(args.box_weights, args.data, weights=args.weights, protocol=args.protocol,
@@ -418,6 +435,29 @@ def _run_localize(args) -> int:
                                device=args.device)
     _print_json(results) if args.json else print(evaluation_text(results))
     return 0
+
+
+def _localize_predict(args) -> int:
+    from verydeep.localize.predict import predict_boxes  # start-up: per command
+
+    results = predict_boxes(args.images, args.box_weights, args.weights, scales=args.scales, top=args.top,
+                            merge_iou=args.merge_iou, device=args.device, draw=args.draw, overwrite=args.overwrite)
+    failed = [r for r in results if "error" in r]
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            if "error" in r:
+                continue
+            print(r["image"])
+            for rank, g in enumerate(r["guesses"], start=1):
+                box = ", ".join(f"{v:.0f}" for v in g["box"])
+                print(f"  {rank}. {g['class']:<20} box ({box})  score {g['score']:.3g}")
+            if "drawn" in r:
+                print(f"  drawn: {r['drawn']}")
+    for r in failed:
+        sys.stderr.write(f"verydeep localize predict: error: {r['error']}\n")
+    return EXIT_USAGE if failed else 0
 
 
 # -- features -----------------------------------------------------------------------------------
@@ -545,7 +585,7 @@ COMMANDS: list[Command] = [
             _add_configs, _run_configs),
     Command("demo", "synthesise data, train A then D from A, evaluate, write a report", _add_demo, _run_demo),
     Command("synth", "write the built-in synthetic data set (shapes on clutter, JPEG + VOC boxes)", _add_synth, _run_synth),
-    Command("localize", "box localisation (Appendix A): train a box net, measure localisation error",
+    Command("localize", "box localisation (Appendix A): train a box net, measure its error, boxes for your photos",
             _add_localize, _run_localize),
     Command("features", "very deep descriptors (fc7, pooled, flip-averaged, scales) to a feature file",
             _add_features, _run_features),

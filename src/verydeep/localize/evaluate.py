@@ -111,7 +111,8 @@ class Guess:
     score: float  # merged (summed) class score
 
 
-def _check_pair(box_net: BoxNet, classifier) -> None:
+def check_pair(box_net: BoxNet, classifier) -> None:
+    """The two nets of test 2 fit together: the same crop (so dense positions line up), PCR classes."""
     if box_net.spec.crop_size != classifier.spec.crop_size:
         raise ConfigError(f"the box net's crop ({box_net.spec.crop_size}) and the classification net's "
                           f"({classifier.spec.crop_size}) differ, so their dense positions do not line up")
@@ -161,7 +162,7 @@ def guesses_right(guesses: Sequence[Guess], label: int, boxes: np.ndarray) -> bo
 def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence[int], top: int = TOP,
                    merge_iou: float = MERGE_IOU, progress: bool = True) -> dict:
     """Test 2: top-5 (and top-1) localisation error (%) of dense application with greedy merging."""
-    _check_pair(box_net, classifier)
+    check_pair(box_net, classifier)
     small = [q for q in scales if q < box_net.spec.crop_size]
     if small or not scales:
         raise ConfigError(f"test scales {list(scales)} must be given and at least the crop size {box_net.spec.crop_size}")
