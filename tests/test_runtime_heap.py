@@ -19,8 +19,12 @@ from verydeep.runtime import heap
 BLOCK = 64 << 20  # bytes: far over glibc's largest mmap threshold (32 MiB)
 PAGES = BLOCK // 4096
 
+# The child imports what a training run imports before it measures: the rounds' page faults depend on
+# the heap's layout (an aligned block can miss the hole the freed one left when a small allocation sits
+# above it), and a process that has imported only torch has a heap no real run has.
 CHILD = textwrap.dedent(f"""
     import json, os, resource, torch
+    import verydeep.train.loop
     from verydeep.runtime.heap import _LIBC, keep_freed_memory
     from verydeep.runtime.settings import torch_settings
 

@@ -137,12 +137,14 @@ def test_a_net_that_did_not_learn_fails_the_demo(tmp_path, capsys, monkeypatch):
 def test_the_demo_judges_nets_by_their_accuracy_over_chance():
     from verydeep.demo.run import dead_nets
 
-    nets = {"A": {"dense_top1_err": 0.85, "learned": True}, "D_from_A": {"dense_top1_err": 0.1, "learned": True},
-            "D_random": {"dense_top1_err": 0.3, "learned": False, "stuck_reason": "the outputs no longer depend on the input"}}
+    nets = {"A": {"dense_top1_err": 0.85, "learned": True},
+            "D_from_A": {"dense_top1_err": 0.3, "learned": False, "stuck_reason": "the outputs no longer depend on the input"},
+            "D_random": {"dense_top1_err": 0.9, "learned": False, "stuck_reason": "the training loss stays at ln(10)"}}
     dead = dead_nets(FULL, nets)
-    assert set(dead) == {"A", "D_random"} and "15.0% dense top-1 accuracy" in dead["A"]
-    assert "the outputs no longer depend" in dead["D_random"]
-    assert dead_nets(FAST, nets) == {}
+    assert set(dead) == {"A", "D_from_A"} and "15.0% dense top-1 accuracy" in dead["A"]
+    assert "the outputs no longer depend" in dead["D_from_A"]
+    # the control may stall: a deep plain net from random weights stalling is the paper's point
+    assert "D_random" not in dead and dead_nets(FAST, nets) == {}
 
 
 def test_the_demo_never_deletes_what_it_did_not_write(tmp_path, capsys):

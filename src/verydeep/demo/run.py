@@ -73,7 +73,8 @@ class DemoSettings:
     crop: int = 64
     scale_a: tuple[int, int] = (64, 64)  # net A: fixed S (the paper's S = 256 for A)
     scale_d: tuple[int, int] = (64, 80)  # net D: S jittered (the paper's [256, 512])
-    init: str = "kaiming"
+    init: str = "kaiming"  # net A's random weights
+    init_d: str = "glorot"  # the random layers of both D nets: see configs/cpu/synth_D.yaml
     clip_grad_norm: float | None = 5.0
     lr_a: float = 0.01
     lr_d: float = 0.005
@@ -112,12 +113,17 @@ LEARNED_OVER_CHANCE = 2.0
 BUILT_ON = {"D_from_A": ("A",), "localisation": ("A", "D_from_A"), "transfer": ("A", "D_from_A")}
 
 
+#: The nets whose learning the story rests on. The control, D from random weights, may stall: that is
+#: the paper's point about deep plain nets from random weights, and the report says so.
+JUDGED = ("A", "D_from_A")
+
+
 def dead_nets(s: DemoSettings, nets: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The nets that did not learn, each with the reason (none when ``s.judge`` is off)."""
     if not s.judge:
         return {}
     chance, dead = 1.0 / s.classes, {}
-    for name, n in nets.items():
+    for name, n in ((name, nets[name]) for name in JUDGED if name in nets):
         accuracy = 1.0 - n["dense_top1_err"]
         if not n.get("learned", True):
             dead[name] = f"its training ended at chance ({n.get('stuck_reason') or 'stuck'})"
@@ -152,7 +158,7 @@ def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple
     overrides = {
         "model.config": config, "model.width": s.width, "model.fc_width": s.fc_width, "model.crop_size": s.crop,
         "model.batch_norm": s.batch_norm, "model.dropout": s.dropout,
-        "init.scheme": s.init, "init.source": str(source) if source else None, "init.copy": "shallow",
+        "init.scheme": s.init if config == "A" else s.init_d, "init.source": str(source) if source else None, "init.copy": "shallow",
         "data.train": str(data / "train"), "data.val": str(data / "val"), "data.scale_min": scale[0],
         "data.scale_max": scale[1], "data.val_scale": s.crop, "data.workers": 0, "data.cache": True,
         "data.normalise": s.normalise, "optim.lr": lr, "optim.batch_size": s.batch,
@@ -193,14 +199,7 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     """
     s = settings or (FAST if fast else FULL)
     out = _prepare_out(Path(out), overwrite)
-    runs = out / "runs"
-    links = [name for name in NET_NAMES if (runs / name).is_symlink()]
-    if links:
-        raise ConfigError(f"{runs / links[0]} is a symbolic link: the demo does not write or delete through links; "
-                          f"remove it or choose another --out")
-    if fresh:
-        for name in NET_NAMES:
-            _discard(runs / name)
+    runs = _prepare_runs(out / "runs", fresh)
     t0 = time.perf_counter()
     data = make_synthetic(out / "data", classes=s.classes, train=s.train_per_class, val=s.val_per_class,
                           seed=s.seed, progress=progress, workers=max(1, s.threads), overwrite=True)  # the demo's own set
@@ -246,6 +245,19 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     return summary
 
 
+def _prepare_runs(runs: Path, fresh: bool) -> Path:
+    """The folder of the three training runs: no link where a run goes; ``fresh`` removes the runs
+    (only what the demo wrote, see :func:`_discard`)."""
+    links = [name for name in NET_NAMES if (runs / name).is_symlink()]
+    if links:
+        raise ConfigError(f"{runs / links[0]} is a symbolic link: the demo does not write or delete through links; "
+                          f"remove it or choose another --out")
+    if fresh:
+        for name in NET_NAMES:
+            _discard(runs / name)
+    return runs
+
+
 #: The name of the file that marks a folder as a demo's output (rerunning the demo into it is expected).
 DEMO_MARK = "summary.json"
 
@@ -278,9 +290,9 @@ def _plan(s: DemoSettings, runs: Path) -> dict[str, dict[str, Any]]:
         "A": dict(config="A", scale=s.scale_a, lr=s.lr_a, epochs=s.epochs_a, source=None,
                   what=f"random ({s.init}), fixed S={s.scale_a[0]}"),
         "D_from_A": dict(config="D", scale=s.scale_d, lr=s.lr_d, epochs=s.epochs_d, source=runs / "A",
-                         what="paper's rule: 7 layers from A, 9 random; S jittered"),
+                         what=f"paper's rule: 7 layers from A, 9 random ({s.init_d}); S jittered"),
         "D_random": dict(config="D", scale=s.scale_d, lr=s.lr_d, epochs=s.epochs_d, source=None,
-                         what=f"random ({s.init}); S jittered (control)"),
+                         what=f"random ({s.init_d}); S jittered (control)"),
     }
 
 
@@ -607,7 +619,8 @@ def _recipe_text(s: dict[str, Any], nets: dict[str, dict[str, Any]]) -> str:
         f"Nets: width x{s['width']:g}, FC {s['fc_width']}, crop {s['crop']}, batch {s['batch']}, dropout {s['dropout']}, "
         f"SGD momentum {paper.MOMENTUM:g}, weight decay {paper.WEIGHT_DECAY:g}, learning rate {s['lr_a']:g} (A) and "
         f"{s['lr_d']:g} (D) divided by 10 on a validation plateau (patience {s['patience']}, at most "
-        f"{paper.LR_DROPS} times), {s['init']} random weights, "
+        f"{paper.LR_DROPS} times), {s['init']} random weights for A and {s.get('init_d', s['init'])} for the nine "
+        f"random layers of both D nets, "
         f"{'batch norm' if s['batch_norm'] else 'no batch norm (as in the paper)'}. "
         f"Not in the paper, so that plain nets this narrow learn on every seed, in either precision, on any CPU: "
         f"inputs divided by the training set's per-channel standard deviation ({s['normalise']}), a "
