@@ -133,18 +133,22 @@ def _run_predict(args) -> int:
     results = predict_files(args.images, args.weights, scales=args.scales, flip=not args.no_flip,
                             topk=args.topk, precision=args.precision, device=args.device, engine=args.engine,
                             engine_cache=args.engine_cache)
+    return _per_image(results, args.json, "verydeep predict", lambda r: [
+        f"  {t['prob']:7.2%}  {t['index']:4d}  {t['name']}" for t in r["topk"]])
+
+
+def _per_image(results: list[dict], as_json: bool, name: str, lines: Callable[[dict], list[str]]) -> int:
+    """Print the results of a command that reads several images (JSON, or each image's name and
+    ``lines``); an image that failed is one stderr line, the others are still printed; exit 2 if any failed."""
     failed = [r for r in results if "error" in r]
-    if args.json:
+    if as_json:
         _print_json(results)
     else:
         for r in results:
-            if "error" in r:
-                continue
-            print(r["image"])
-            for t in r["topk"]:
-                print(f"  {t['prob']:7.2%}  {t['index']:4d}  {t['name']}")
+            if "error" not in r:
+                print("\n".join([r["image"], *lines(r)]))
     for r in failed:
-        sys.stderr.write(f"verydeep predict: error: {r['error']}\n")
+        sys.stderr.write(f"{name}: error: {r['error']}\n")
     return EXIT_USAGE if failed else 0
 
 
@@ -442,22 +446,12 @@ def _localize_predict(args) -> int:
 
     results = predict_boxes(args.images, args.box_weights, args.weights, scales=args.scales, top=args.top,
                             merge_iou=args.merge_iou, device=args.device, draw=args.draw, overwrite=args.overwrite)
-    failed = [r for r in results if "error" in r]
-    if args.json:
-        _print_json(results)
-    else:
-        for r in results:
-            if "error" in r:
-                continue
-            print(r["image"])
-            for rank, g in enumerate(r["guesses"], start=1):
-                box = ", ".join(f"{v:.0f}" for v in g["box"])
-                print(f"  {rank}. {g['class']:<20} box ({box})  score {g['score']:.3g}")
-            if "drawn" in r:
-                print(f"  drawn: {r['drawn']}")
-    for r in failed:
-        sys.stderr.write(f"verydeep localize predict: error: {r['error']}\n")
-    return EXIT_USAGE if failed else 0
+    def lines(r: dict) -> list[str]:
+        boxes = [f"  {rank}. {g['class']:<20} box ({', '.join(f'{v:.0f}' for v in g['box'])})  score {g['score']:.3g}"
+                 for rank, g in enumerate(r["guesses"], start=1)]
+        return boxes + ([f"  drawn: {r['drawn']}"] if "drawn" in r else [])
+
+    return _per_image(results, args.json, "verydeep localize predict", lines)
 
 
 # -- features -----------------------------------------------------------------------------------
