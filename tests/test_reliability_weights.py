@@ -101,6 +101,12 @@ def _commands(env, weights):
         "localize evaluate --box-weights": (["localize", "evaluate", "--box-weights", weights, "--data", boxes], []),
         "localize evaluate --weights": (["localize", "evaluate", "--box-weights", tmp / "box.safetensors",
                                          "--weights", weights, "--data", boxes, "--scales", "40"], []),
+        "localize predict --box-weights": (["localize", "predict", env["image"], "--box-weights", weights,
+                                            "--weights", tmp / "w.safetensors", "--draw", out / "drawn"],
+                                           [out / "drawn"]),
+        "localize predict --weights": (["localize", "predict", env["image"], "--box-weights", tmp / "box.safetensors",
+                                        "--weights", weights, "--scales", "40", "--draw", out / "drawn"],
+                                       [out / "drawn"]),
         "train init.source": (["train", "--set", f"data.train={boxes / 'train'}", f"init.source={weights}",
                                "init.copy=all", "model.width=0.0625", "model.fc_width=32", "model.crop_size=32",
                                "data.scale_min=32", "data.scale_max=40", "optim.batch_size=2", "data.workers=0",
@@ -109,7 +115,8 @@ def _commands(env, weights):
 
 
 COMMAND_NAMES = ["predict", "evaluate", "export", "features", "convert", "localize train",
-                 "localize evaluate --box-weights", "localize evaluate --weights", "train init.source"]
+                 "localize evaluate --box-weights", "localize evaluate --weights", "localize predict --box-weights",
+                 "localize predict --weights", "train init.source"]
 
 
 def test_every_weights_option_is_covered():
@@ -123,7 +130,8 @@ def test_every_weights_option_is_covered():
             if any(o in ("--weights", "--box-weights") for o in action.option_strings):
                 found.add(f"{name} {action.option_strings[0]}")
     assert found == {"predict --weights", "evaluate --weights", "export --weights", "features --weights",
-                     "localize train --weights", "localize evaluate --box-weights", "localize evaluate --weights"}
+                     "localize train --weights", "localize evaluate --box-weights", "localize evaluate --weights",
+                     "localize predict --box-weights", "localize predict --weights"}
 
 
 def _subparsers(parser, prefix=""):

@@ -21,8 +21,8 @@ from verydeep.localize.evaluate import TOP, check_pair, dense_guesses
 from verydeep.localize.head import load_box_net
 from verydeep.localize.merge import MERGE_IOU
 from verydeep.runtime.devices import pick_device
-from verydeep.runtime.io import atomic_write
-from verydeep.runtime.outputs import IMAGE, check_output
+from verydeep.runtime.io import atomic_write, make_folder
+from verydeep.runtime.outputs import IMAGE, check_creatable_folder, check_output
 from verydeep.weights.loader import load
 
 #: Colours of the drawn boxes, best guess first (the rest repeat the last).
@@ -38,6 +38,8 @@ def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights
     that receives ``<stem>.boxes.png`` per image, the guesses drawn on the photo."""
     if not 0 < merge_iou <= 1:
         raise ConfigError(f"--merge-iou must be in (0, 1], got {merge_iou}")
+    if draw is not None:
+        check_creatable_folder(draw, "--draw folder")  # before any work, creating nothing yet
     dev = pick_device(device)
     box_net, classifier = load_box_net(box_weights).to(dev).eval(), load(weights).to(dev).eval()
     check_pair(box_net, classifier)
@@ -46,9 +48,7 @@ def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights
     if min(chosen) < crop:
         raise ConfigError(f"test scales {chosen} must be at least the crop size {crop}")
     names = classifier.meta.class_names() if classifier.meta is not None else None
-    folder = Path(draw) if draw is not None else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(draw, "--draw folder") if draw is not None else None
     results = []
     for path in images:
         try:

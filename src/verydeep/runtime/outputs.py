@@ -139,6 +139,20 @@ def check_outside(output: str | os.PathLike | None, inputs, what: str) -> None:
                               f"write it somewhere else")
 
 
+def check_creatable_folder(path: str | os.PathLike, what: str) -> None:
+    """Refuse, without creating anything, a folder that cannot become a writable folder: one under a
+    regular file, or in a folder this user may not write (so a command fails before its work, and
+    writes nothing when it fails for another reason)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise WriteError(f"cannot create {what} {path}: {os.strerror(errno.ENOTDIR)} ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write {what} {path}: {os.strerror(errno.EACCES)} ({probe})")
+
+
 def check_writable_folder(path: str | os.PathLike) -> None:
     """Refuse at once an output whose folder exists but cannot be written (read-only file system,
     no permission), so that a long command does not fail only at its end. A missing folder is left

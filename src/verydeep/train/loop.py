@@ -35,7 +35,7 @@ from verydeep.models.vgg import VGG
 from verydeep.runtime import distributed as D
 from verydeep.runtime import signals
 from verydeep.runtime.io import write_json
-from verydeep.runtime.outputs import check_outside
+from verydeep.runtime.outputs import check_creatable_folder, check_outside
 from verydeep.runtime.precision import resolve
 from verydeep.runtime.settings import torch_settings
 from verydeep.train import faults
@@ -165,14 +165,7 @@ def check_run_folder(out: str | os.PathLike) -> None:
     A run folder under a regular file, or in a folder this user may not write, would otherwise
     fail only after the colour statistics (or a whole epoch) had been computed.
     """
-    path = Path(out)
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise DataError(f"cannot create run.out {path}: {os.strerror(errno.ENOTDIR)} ({probe} is a file)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write run.out {path}: {os.strerror(errno.EACCES)} ({probe})")
+    check_creatable_folder(out, "run.out")
 
 
 def build_run(cfg: TrainConfig, data: DataSets, info: D.DistContext, folder: CheckpointFolder,
