@@ -236,6 +236,8 @@ def run_epochs(run: RunState, ckpt: dict[str, Any] | None) -> TrainResult:
     if ckpt is not None:
         D.all_gather(run.info, None)  # a barrier: rank 0 may have just rewritten best.pt (redo_best)
         keep_best_from_disk(run)
+        if not all(D.all_gather(run.info, run.best_good is not None)):  # a node without the run folder's
+            run.best_good = None  # best.pt: every rank backs off to the same (last good) state instead
         ranks = ckpt["rng"]["ranks"]
         restore_rng(ranks[run.info.rank] if run.info.rank < len(ranks) else ranks[0])
     run.schedule.apply(run.optimizer)
