@@ -237,7 +237,7 @@ def test_bad_arguments_are_one_line_errors():
         PerceptualLoss(model, "relu1_2")  # config A has one conv in block 1
     with pytest.raises(ConfigError, match="max or avg"):
         PerceptualLoss(model, "relu1_1", pool="min")
-    with pytest.raises(ConfigError, match="weights must be"):
+    with pytest.raises(VerydeepError, match="weights must be a file, a release name"):
         PerceptualLoss(3, "relu1_1")
     loss = PerceptualLoss(model, "relu2_1")
     with pytest.raises(VerydeepError, match="target needs the images' size"):

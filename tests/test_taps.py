@@ -219,3 +219,23 @@ def test_features_cli_layer(tiny_weights, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "unknown layer name(s) 'relu6_1'" in err and "relu7" in err and err.count("\n") == 1
     assert not (tmp_path / "h.npz.partial").exists()
+
+
+def test_feature_info_matches_the_maps_taps_return():
+    """timm's ``feature_info`` (module, channels, reduction) for every tap, checked against the shapes of
+    the maps themselves on a 64x96 input (issue 27, item 6)."""
+    import verydeep
+
+    model = verydeep.vgg("D_bn", num_classes=5, width=1 / 16, fc_width=16, crop_size=32).eval()
+    info = model.feature_info
+    assert [f["module"] for f in info] == tap_names(model.spec)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        maps = model.taps(x, [f["module"] for f in info])
+    for f in info:
+        found = maps[f["module"]]
+        assert found.shape[1] == f["num_chs"], f
+        assert (64 // found.shape[2], 96 // found.shape[3]) == (f["reduction"],) * 2, f
+    full = {f["module"]: f for f in verydeep.vgg("D").feature_info}
+    assert full["relu3_3"] == {"module": "relu3_3", "num_chs": 256, "reduction": 4}
+    assert full["pool5"]["reduction"] == 32 and full["fc7"]["num_chs"] == 4096

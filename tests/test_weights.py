@@ -160,3 +160,17 @@ def test_metadata_nested_too_deeply_is_one_line(tmp_path, tiny_weights, capsys):
     assert main(["predict", str(image), "--weights", str(bomb), "--engine", "torch"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "RecursionError" not in err, err
+
+
+def test_load_takes_what_the_feature_api_takes():
+    """``verydeep.load`` of a torchvision module or its state dict (torchvision's preprocessing comes with
+    it), of a VGG (returned as it is); anything else is one line (issue 27, item 5)."""
+    tv = torchvision.models.vgg11(weights=None)
+    for source in (tv, tv.state_dict()):
+        net = load(source)
+        assert net.spec.config == "A" and net.meta.preprocessing == Preprocessing.torchvision()
+        assert torch.equal(net.features[0].weight, tv.features[0].weight)
+    ours = verydeep.vgg("A", **TINY)
+    assert load(ours) is ours
+    with pytest.raises(WeightsError, match="a VGG module or a state dict, not int"):
+        load(3)

@@ -65,6 +65,19 @@ def tap_table(spec: ModelSpec) -> list[Tap]:
     return taps
 
 
+def feature_info(spec: ModelSpec) -> list[dict]:
+    """timm's ``feature_info`` for every named activation: ``{"module", "num_chs", "reduction"}``, where
+    ``reduction`` is the stride of the map against the input (2 per pool before it; the dense FC maps
+    are pool5's, 32). Names are :meth:`VGG.taps`'s, so ``[f["module"] for f in info]`` can be tapped."""
+    info, pools = [], 0
+    for tap in tap_table(spec):
+        info.append({"module": tap.name, "num_chs": tap.channels, "reduction": 2 ** pools})
+        if tap.name.startswith("pool"):
+            pools += 1
+            info[-1]["reduction"] = 2 ** pools
+    return info
+
+
 def tap_names(spec: ModelSpec) -> list[str]:
     """The valid names for :meth:`VGG.taps` on a net of ``spec``, shallowest first."""
     return [tap.name for tap in tap_table(spec)]

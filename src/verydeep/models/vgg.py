@@ -25,7 +25,7 @@ from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import (CROP_SIZE, DROPOUT, FC_WIDTH, LRN_SETTINGS, NUM_CLASSES, Conv1x1, ModelSpec,
                                      conv_width, feature_layout, resolve_name)
 from verydeep.models.init import initialise
-from verydeep.models.taps import compute_taps
+from verydeep.models.taps import compute_taps, feature_info
 
 
 def make_features(spec: ModelSpec) -> nn.Sequential:
@@ -89,6 +89,12 @@ class VGG(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.spec.num_classes
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """Every named activation's channels and stride, in timm's form (see
+        :func:`verydeep.models.taps.feature_info`): ``[{"module": "relu1_1", "num_chs": 64, "reduction": 1}, ...]``."""
+        return feature_info(self.spec)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The conv stack's output (after pool5)."""

@@ -12,8 +12,6 @@ Only the layers up to the deepest name asked for are kept. A net the caller pass
 from __future__ import annotations
 
 import copy
-import os
-from collections.abc import Mapping
 from typing import Iterable
 
 import torch
@@ -22,22 +20,15 @@ from torch import nn
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.taps import POOLS, resolve_taps
 from verydeep.models.vgg import VGG
-from verydeep.weights.loader import build, from_state_dict, load
+from verydeep.weights.loader import load
 from verydeep.weights.metadata import Preprocessing
 
 
 def as_vgg(weights) -> tuple[VGG, bool]:
-    """``(net, is_callers)`` from anything :func:`verydeep.load` reads (a path, a release name such as
-    ``torchvision:vgg19``), a loaded :class:`VGG`, or a torchvision/timm VGG module or state dict."""
-    if isinstance(weights, VGG):
-        return weights, True
-    if isinstance(weights, nn.Module):
-        return build(*from_state_dict(weights.state_dict(), source=type(weights).__name__)), False
-    if isinstance(weights, Mapping):
-        return build(*from_state_dict(dict(weights), source="state dict")), False
-    if isinstance(weights, (str, os.PathLike)):
-        return load(weights), False
-    raise ConfigError(f"weights must be a file, a release name, a VGG or a state dict, not {type(weights).__name__}")
+    """``(net, is_callers)`` from anything :func:`verydeep.load` takes (a path, a release name such as
+    ``torchvision:vgg19``, a loaded :class:`VGG`, a torchvision/timm VGG module or a state dict);
+    ``is_callers``: the net is the caller's own object (to be copied, not cut)."""
+    return load(weights), isinstance(weights, VGG)
 
 
 #: RGB in [0, 1] with room for a generator's overshoot: a batch outside this is in another convention.

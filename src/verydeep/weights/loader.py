@@ -11,6 +11,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable, NamedTuple
 
 import torch
@@ -157,8 +158,20 @@ def build(state: dict[str, torch.Tensor], meta: WeightsMeta, checked: bool = Fal
     return model.eval()
 
 
-def load(source: str | os.PathLike, fmt: str | None = None):
-    """Load any supported weights file or release name; returns the net (eval mode) with ``.meta``."""
+def load(source, fmt: str | None = None):
+    """Load any supported weights file or release name (``"torchvision:vgg16"``), or take a
+    torchvision/timm VGG module or a state dict as they are; returns the net (eval mode) with
+    ``.meta`` (a module or state dict of torchvision's layout gets torchvision's preprocessing).
+    A :class:`VGG` is returned as it is."""
+    if isinstance(source, VGG):
+        return source
+    if isinstance(source, torch.nn.Module):
+        return build(*from_state_dict(source.state_dict(), source=type(source).__name__))
+    if isinstance(source, Mapping):
+        return build(*from_state_dict(dict(source), source="state dict"))
+    if not isinstance(source, (str, os.PathLike)):
+        raise WeightsError(f"weights must be a file, a release name (torchvision:vgg16), a VGG module or a state "
+                           f"dict, not {type(source).__name__}")
     state, meta = read_weights(source, fmt)
     return build(state, meta, checked=True)
 
