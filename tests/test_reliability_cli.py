@@ -120,6 +120,9 @@ def test_every_command_has_a_minimal_command_line(env):
 def test_help_works_everywhere(path):
     code, out, err = call([*path.split(), "--help"])
     assert code == 0 and out.startswith("usage: verydeep") and err == ""
+    if path:  # every command's help ends with one example of it (issue 27, item 7)
+        text = " ".join(out.split())  # argparse wraps the epilog
+        assert text[text.rfind("example: "):].startswith(f"example: verydeep {path}"), out[-300:]
 
 
 @pytest.mark.parametrize("path", LEAVES)

@@ -369,7 +369,9 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     sub.required = True
     t = sub.add_parser("train", help="fine-tune a box net (SCR or PCR) from a classification net",
                        description="Fine-tune a box-regression net from a classification net (Appendix A): "
-                                   "Euclidean loss on (cx, cy, w, h) as fractions of the crop, lr 1e-3, fixed S.")
+                                   "Euclidean loss on (cx, cy, w, h) as fractions of the crop, lr 1e-3, fixed S.",
+                       epilog="example: verydeep localize train --weights D.safetensors --data synth/ "
+                              "--out box.safetensors --mode pcr --fine-tune fc --steps 2000")
     t.add_argument("--weights", required=True, help="the classification net (weights file or release name)")
     t.add_argument("--data", required=True, metavar="DIR",
                    help="ImageFolder with VOC XML boxes beside the images (or a folder with train/ and val/)")
@@ -387,7 +389,9 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     e = sub.add_parser("evaluate", help="localisation error: centre crop (test 1) and dense top-5 (test 2)",
                        description="Localisation error of a box net: test 1 (centre crop, ground-truth class) and "
-                                   "test 2 (dense boxes, greedy merging, top-5 classes from a classification net).")
+                                   "test 2 (dense boxes, greedy merging, top-5 classes from a classification net).",
+                       epilog="example: verydeep localize evaluate --box-weights box.safetensors "
+                              "--weights D.safetensors --data synth/ --scales 64,80")
     e.add_argument("--box-weights", required=True, help="the box net written by `verydeep localize train`")
     e.add_argument("--weights", default=None, help="the classification net (needed for the dense protocol)")
     e.add_argument("--data", required=True, metavar="DIR", help="ImageFolder with XML boxes (or a folder with val/)")
@@ -590,13 +594,32 @@ COMMANDS: list[Command] = [
 ]
 
 
+#: The example that ends each command's --help (the localize steps carry their own).
+EXAMPLES = {
+    "models": "verydeep models --num-classes 10",
+    "convert": "verydeep convert vgg16-397923af.pth vgg16.safetensors",
+    "predict": "verydeep predict photo.jpg --weights torchvision:vgg16 --topk 3",
+    "evaluate": "verydeep evaluate --weights D.safetensors --data val/ --protocol dense,multicrop",
+    "export": "verydeep export vgg16.onnx --weights vgg16.safetensors --check",
+    "train": "verydeep train --config cpu/synth_A --set data.train=demo-out/data/train data.val=demo-out/data/val",
+    "configs": "verydeep configs",
+    "demo": "verydeep demo --out demo-out",
+    "synth": "verydeep synth synth/ --classes 10 --train 300 --val 50",
+    "localize": "verydeep localize train --weights D.safetensors --data synth/ --out box.safetensors",
+    "features": "verydeep features --weights D.safetensors --data synth/ --out synth.features.safetensors",
+    "transfer": "verydeep transfer --features synth.features.safetensors --protocol voc",
+    "bench": "verydeep bench --quick --json",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="verydeep", description="The VGG paper as a toolkit (Simonyan & Zisserman, ICLR 2015).")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p = sub.add_parser(command.name, help=command.help, description=command.help,
+                           epilog=f"example: {EXAMPLES[command.name]}")
         command.add(p)
         p.set_defaults(run=command.run, _parser=p)
     return parser
