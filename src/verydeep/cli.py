@@ -124,7 +124,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                    help="compute precision (auto: bf16 where the CPU/GPU does it fast)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     _add_engine(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per image")
 
 
 def _run_predict(args) -> int:
@@ -417,7 +417,7 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     r.add_argument("--draw", default=None, metavar="DIR", help="also write DIR/<image>.boxes.png, the boxes on the photo")
     r.add_argument("--overwrite", action="store_true", help="replace pictures already in DIR")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    r.add_argument("--json", action="store_true", help="print one JSON object per image")
+    r.add_argument("--json", action="store_true", help="print a JSON array, one object per image")
 
 
 def _run_localize(args) -> int:
