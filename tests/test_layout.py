@@ -262,3 +262,30 @@ def test_the_package_root_and_the_command_line_leave_torch_unimported():
     lines = done.stdout.strip().splitlines()[-4:]
     assert lines == ["False", "verydeep.models.vgg verydeep.weights.loader PerceptualLoss", "verydeep.transfer True",
                      "module 'verydeep' has no attribute 'no_such_name'"], done.stdout
+
+
+def test_every_module_is_named_on_the_map():
+    """docs/architecture.md's folder map names every module of the package in its folder's entry
+    (a new module without a line there fails here)."""
+    text = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("```", 2)[1]
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        match = re.match(r"^  (\S+)", line)
+        if match:
+            current = match.group(1).rstrip("/")
+            entries[current] = line
+        elif current is not None:
+            entries[current] += " " + line
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.name == "__init__.py" and len(rel.parts) > 1:
+            continue
+        entry = entries.get(rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.name.removesuffix(".py"))
+        if entry is None and len(rel.parts) == 1:
+            entry = entries.get(rel.name)
+        if entry is None or not re.search(rf"\b{re.escape(path.stem)}\b", entry):
+            missing.append(str(rel))
+    assert missing == [], f"not on docs/architecture.md's map: {missing}"

@@ -92,7 +92,7 @@ def from_state_dict(state: dict[str, torch.Tensor], source: str) -> tuple[dict[s
     return from_torchvision(state, source=source)
 
 
-#: Formats tried in order; importers of other formats append themselves here.
+#: Formats tried in order (a new format is one more row here: see docs/architecture.md).
 FORMATS: list[WeightsFormat] = [
     WeightsFormat("safetensors", lambda head, path: canonical.is_safetensors(head), _read_safetensors),
     WeightsFormat("pytorch", lambda head, path: head[:4] == b"PK\x03\x04" or head[:1] == b"\x80", _read_pickle),
