@@ -268,3 +268,19 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_sigterm_says_what_was_kept_by_the_command_that_was_running(monkeypatch, capsys):
+    """``localize train`` said "saved" on SIGTERM but keeps nothing until it ends (issue 26, class M)."""
+    from verydeep import cli
+    from verydeep.runtime import signals
+
+    def terminated(args):
+        raise signals.Terminated()
+
+    monkeypatch.setattr(cli, "COMMANDS", [c._replace(run=terminated) if c.name in ("localize", "train") else c
+                                          for c in cli.COMMANDS])
+    assert main(["localize", "train", "--weights", "w", "--data", "d", "--out", "b.safetensors"]) == 143
+    assert "nothing was written" in capsys.readouterr().err
+    assert main(["train"]) == 143
+    assert "saved where the command saves it" in capsys.readouterr().err

@@ -653,7 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{name}: error: {shorten(str(exc))}\n")
         return EXIT_USAGE
     except signals.Terminated:
-        sys.stderr.write(f"{name}: terminated (SIGTERM); what was done so far is saved where the command saves it\n")
+        kept = ("what was done so far is saved where the command saves it" if args.command in SAVES_AS_IT_GOES
+                else "nothing was written (this command writes its output only at the end)")
+        sys.stderr.write(f"{name}: terminated (SIGTERM); {kept}\n")
         return signals.EXIT_TERMINATED
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
@@ -664,6 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         restore()
 
+
+#: Commands that keep their work as they go (checkpoints, partial scores and features, the synthetic
+#: set's finished images, the demo's runs); the others write their output only when they finish.
+SAVES_AS_IT_GOES = {"train", "evaluate", "features", "synth", "demo"}
 
 #: The exit code of a writer whose reader has gone (128 + SIGPIPE), what a shell pipeline expects.
 EXIT_BROKEN_PIPE = 141
