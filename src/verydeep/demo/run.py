@@ -14,8 +14,10 @@ size so the whole story runs in seconds (the tests use it); its numbers mean not
 
 Choices for a 2-core CPU and ten minutes (see :data:`FULL`; ``configs/cpu/synth_*.yaml`` hold the
 same recipe): plain nets (no batch norm, as in the paper) at 1/8 of the paper's widths with
-256-wide FC layers and 64-pixel crops; He (Kaiming) random weights (N(0, 0.01) and Glorot leave a
-plain net this narrow and deep with near-constant outputs for epochs); the gradient norm capped at
+256-wide FC layers and 64-pixel crops; He (Kaiming) random weights for net A (N(0, 0.01) and Glorot
+leave a plain net this narrow with near-constant outputs for epochs), Glorot for the nine random
+layers of both D nets (the paper's own alternative; with He there, D from random weights needs no
+head start and the comparison shows nothing: configs/cpu/synth_D.yaml); the gradient norm capped at
 5 (rare steps 30-90x the usual norm otherwise knock the narrow early layers' ReLUs out); dropout
 off (FC layers this narrow did not learn with 0.5); learning rate 1e-2 for A and 5e-3 for the D
 nets (1e-2 sometimes diverges in the 16-layer plain net). Each training process runs one
@@ -158,7 +160,8 @@ def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple
     overrides = {
         "model.config": config, "model.width": s.width, "model.fc_width": s.fc_width, "model.crop_size": s.crop,
         "model.batch_norm": s.batch_norm, "model.dropout": s.dropout,
-        "init.scheme": s.init if config == "A" else s.init_d, "init.source": str(source) if source else None, "init.copy": "shallow",
+        "init.scheme": s.init if config == "A" else s.init_d, "init.source": str(source) if source else None,
+        "init.copy": "shallow",
         "data.train": str(data / "train"), "data.val": str(data / "val"), "data.scale_min": scale[0],
         "data.scale_max": scale[1], "data.val_scale": s.crop, "data.workers": 0, "data.cache": True,
         "data.normalise": s.normalise, "optim.lr": lr, "optim.batch_size": s.batch,
@@ -622,7 +625,7 @@ def _recipe_text(s: dict[str, Any], nets: dict[str, dict[str, Any]]) -> str:
         f"{paper.LR_DROPS} times), {s['init']} random weights for A and {s.get('init_d', s['init'])} for the nine "
         f"random layers of both D nets, "
         f"{'batch norm' if s['batch_norm'] else 'no batch norm (as in the paper)'}. "
-        f"Not in the paper, so that plain nets this narrow learn on every seed, in either precision, on any CPU: "
+        f"Not in the paper, so that plain nets this narrow learn on every seed and in either precision: "
         f"inputs divided by the training set's per-channel standard deviation ({s['normalise']}), a "
         f"{s['warmup_epochs']:g}-epoch linear learning-rate warm-up, "
         + (f"the gradient norm capped at {s['clip_grad_norm']:g}, " if s.get("clip_grad_norm") else "")

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from verydeep import paper
 from verydeep.errors import ConfigError, WeightsError
 from verydeep.models.vgg import VGG
 from verydeep.weights import canonical
@@ -51,6 +52,12 @@ class BoxHead:
             raise ConfigError(f"unknown box regression mode {self.mode!r}: choose scr or pcr")
         if self.fine_tune not in FINE_TUNE:
             raise ConfigError(f"unknown fine-tuning choice {self.fine_tune!r}: choose all or fc")
+
+    @property
+    def test_scale(self) -> int:
+        """The scale Q the box net is tested at by default: its training S (the paper's rule for a
+        crop when the file does not say)."""
+        return self.head.train_scale or paper.train_scale(self.spec.crop_size)
 
     @property
     def boxes_per_image(self) -> int:
@@ -86,6 +93,12 @@ class BoxNet(nn.Module):
     @property
     def meta(self):
         return self.net.meta
+
+    @property
+    def test_scale(self) -> int:
+        """The scale Q the box net is tested at by default: its training S (the paper's rule for a
+        crop when the file does not say)."""
+        return self.head.train_scale or paper.train_scale(self.spec.crop_size)
 
     @property
     def boxes_per_image(self) -> int:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from verydeep.errors import ConfigError
 from verydeep.localize.boxes import as_corners, iou
 
 #: Default closeness: merge while the closest pair overlaps at least this much (IoU).
@@ -29,6 +30,13 @@ class Merged(NamedTuple):
     boxes: np.ndarray  # (m, 4) corner boxes, best first
     scores: np.ndarray  # (m,) summed scores
     counts: np.ndarray  # (m,) original boxes in each group
+
+
+def check_merge_iou(merge_iou: float) -> float:
+    """``--merge-iou`` as the merging can use it: in (0, 1]; else one line."""
+    if not 0 < merge_iou <= 1:
+        raise ConfigError(f"--merge-iou must be in (0, 1], got {merge_iou}")
+    return merge_iou
 
 
 def greedy_merge(boxes, scores, threshold: float = MERGE_IOU) -> Merged:

@@ -13,13 +13,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from verydeep import paper
 from verydeep.data.images import open_rgb, to_tensor
 from verydeep.data.preprocess import check_rescaled_size
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.localize.evaluate import TOP, check_pair, dense_guesses
 from verydeep.localize.head import load_box_net
-from verydeep.localize.merge import MERGE_IOU
+from verydeep.localize.merge import MERGE_IOU, check_merge_iou
 from verydeep.runtime.devices import pick_device
 from verydeep.runtime.io import atomic_write, make_folder
 from verydeep.runtime.outputs import IMAGE, check_creatable_folder, check_output
@@ -36,15 +35,14 @@ def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights
     best class first, the box as ``[xmin, ymin, xmax, ymax]`` in the image's pixels; or
     ``{"image", "error"}`` for an image that cannot be read (the others go on). ``draw``: a folder
     that receives ``<stem>.boxes.png`` per image, the guesses drawn on the photo."""
-    if not 0 < merge_iou <= 1:
-        raise ConfigError(f"--merge-iou must be in (0, 1], got {merge_iou}")
+    check_merge_iou(merge_iou)
     if draw is not None:
         check_creatable_folder(draw, "--draw folder")  # before any work, creating nothing yet
     dev = pick_device(device)
     box_net, classifier = load_box_net(box_weights).to(dev).eval(), load(weights).to(dev).eval()
     check_pair(box_net, classifier)
     crop = box_net.spec.crop_size
-    chosen = list(scales or [box_net.head.train_scale or paper.train_scale(crop)])
+    chosen = list(scales or [box_net.test_scale])
     if min(chosen) < crop:
         raise ConfigError(f"test scales {chosen} must be at least the crop size {crop}")
     names = classifier.meta.class_names() if classifier.meta is not None else None

@@ -16,7 +16,7 @@ from verydeep.errors import ConfigError, DataError
 from verydeep.localize.data import load_box_index, skipped_text
 from verydeep.localize.evaluate import crop_protocol, dense_protocol
 from verydeep.localize.head import load_box_net, save_box_net
-from verydeep import paper
+from verydeep.localize.merge import check_merge_iou
 from verydeep.localize.train import BoxTrainConfig, train_box_net, write_training_log
 from verydeep.runtime.outputs import WEIGHTS, check_output, check_outside
 from verydeep.weights.loader import load
@@ -73,16 +73,14 @@ def evaluate_command(box_weights: str, data: str, weights: str | None = None, pr
     protocol = protocol or ("both" if weights else "crop")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown localisation protocol {protocol!r}: choose crop, dense or both")
-    if not 0 < merge_iou <= 1:
-        raise ConfigError(f"--merge-iou must be in (0, 1], got {merge_iou}")
+    check_merge_iou(merge_iou)
     if protocol in ("dense", "both") and not weights:
         raise ConfigError("the dense protocol ranks boxes by a classification net's scores: pass --weights")
     dev = pick_device(device)
     box_net = load_box_net(box_weights).to(dev)
     # Both nets are read before any work, so bad weights fail at once rather than after test 1.
     classifier = load(weights).to(dev) if protocol in ("dense", "both") else None
-    crop = box_net.spec.crop_size
-    q = scale or box_net.head.train_scale or paper.train_scale(crop)
+    q = scale or box_net.test_scale
     folder = resolve_split(data, ("val", "test"))
     boxes = load_box_index(folder)
     out: dict = {"box_weights": str(box_weights), "data": str(folder), "mode": box_net.head.mode,

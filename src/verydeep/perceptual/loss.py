@@ -21,7 +21,7 @@ from torch import nn
 
 from verydeep.errors import ConfigError, VerydeepError, quote
 from verydeep.perceptual.gram import gram_matrix
-from verydeep.perceptual.network import FeatureNet, check_images
+from verydeep.perceptual.network import FeatureNet
 from verydeep.weights.metadata import Preprocessing
 
 KINDS = ("feature", "gram")
@@ -74,31 +74,29 @@ class PerceptualLoss(nn.Module):
         self.layers = list(self.net.layers)
         self.layer_weights = _layer_weights(self.layers, weights_per_layer)
 
-    def _represent(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The per-layer quantity compared: activations (float32) or their Gram matrices."""
-        maps = self.net(images)
+    def _represent(self, images: torch.Tensor, what: str = "images") -> dict[str, torch.Tensor]:
+        """The per-layer quantity compared: activations (float32) or their Gram matrices (the images
+        are checked by the net, once)."""
+        maps = self.net(images, what)
         if self.kind == "gram":
             return {name: gram_matrix(value) for name, value in maps.items()}
         return {name: value.float() for name, value in maps.items()}
 
     def targets(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The per-layer targets of fixed images, detached, to pass as ``target`` again and again."""
-        check_images(images, "target")
         with torch.no_grad():
-            return {name: value.detach() for name, value in self._represent(images).items()}
+            return {name: value.detach() for name, value in self._represent(images, "target").items()}
 
     def layer_losses(self, images: torch.Tensor, target) -> dict[str, torch.Tensor]:
         """Each layer's unweighted term (a float32 scalar), by name."""
-        check_images(images)
+        found = self._represent(images)
         if isinstance(target, Mapping):
             missing = [name for name in self.layers if name not in target]
             if missing:
                 raise VerydeepError(f"target holds no {', '.join(missing)}: make it with this loss's targets()")
             wanted = target
         else:
-            check_images(target, "target")
-            wanted = self._represent(target)
-        found = self._represent(images)
+            wanted = self._represent(target, "target")
         terms = {}
         with torch.autocast(device_type=images.device.type, enabled=False):
             for name in self.layers:

@@ -100,8 +100,9 @@ class FeatureNet(nn.Module):
         if self.preprocessing is None:
             raise ConfigError("this net carries no preprocessing (it was built by verydeep.vgg() or had a state dict "
                               "loaded into it), so its input normalisation is unknown: load the weights with "
-                              "verydeep.load(...) or pass the module/state dict itself (torchvision's get torchvision's "
-                              "normalisation), or say it: preprocessing=Preprocessing.torchvision() (or .caffe())")
+                              "verydeep.load(...), or pass the torchvision module or state dict itself (it brings "
+                              "torchvision's normalisation), or say it: preprocessing=Preprocessing.torchvision() "
+                              "(or .caffe())")
         self.net = self._trunk(model, max(tap.index for tap in taps), copy_modules=is_callers)
         self.net.requires_grad_(False)
         self.net.eval()
@@ -133,8 +134,9 @@ class FeatureNet(nn.Module):
             images = images.flip(-3)
         return images * self.scale - self.shift
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_images(images)
+    def forward(self, images: torch.Tensor, what: str = "images") -> dict[str, torch.Tensor]:
+        """``{name: activation}``; ``images`` checked once, here (``what`` names them in the error)."""
+        check_images(images, what)
         if images.dtype != self.scale.dtype and not torch.is_autocast_enabled(images.device.type):
             images = images.to(self.scale.dtype)  # float64 or float16 RGB in [0, 1]: unambiguous, so converted
         return self.net.taps(self.normalise(images), self.layers, pool=self.pool)
