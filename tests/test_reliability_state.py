@@ -204,14 +204,15 @@ def test_a_killed_holders_forked_children_do_not_keep_its_lock(tmp_path):
 
     scores = tmp_path / "s.safetensors"
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import os, time; from verydeep.runtime.locks import lock_file; "
+                               "import os, sys, time; from verydeep.runtime.locks import lock_file; "
                                f"l = lock_file({str(scores)!r}); pid = os.fork()\n"
-                               "if pid == 0: print('child', flush=True); time.sleep(60); os._exit(0)\n"
+                               "if pid == 0: print('child', file=sys.stderr, flush=True); time.sleep(60); os._exit(0)\n"
                                "print(pid, flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    # the child prints once os.fork() has returned in it, after its at-fork hook: only then is the race over
-    lines = {holder.stdout.readline().strip() for _ in range(2)}
-    worker = int(next(line for line in lines if line != "child"))
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child says so (on stderr, apart from the parent's stdout) once os.fork() has returned in it,
+    # after its at-fork hook: only then is the race over
+    worker = int(holder.stdout.readline())
+    assert holder.stderr.readline().strip() == "child"
     try:
         holder.kill()
         holder.wait()
