@@ -40,7 +40,7 @@ def test_the_step_is_torchs_plain_sgd_step():
     step = Step(model, make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), "cpu", Precision.FP32)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     for _ in range(2):
-        out = step([(x[:2], y[:2]), (x[2:], y[2:])], lr=0.1, scale=1 / 4)
+        out = step([(x[:2], y[:2]), (x[2:], y[2:])], scale=1 / 4)
         ref_opt.zero_grad()
         loss = F.cross_entropy(reference(x), y)
         loss.backward()
@@ -56,11 +56,11 @@ def test_a_refused_step_leaves_weights_and_momentum_untouched():
     optimizer = make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     step = Step(model, optimizer, "cpu", Precision.FP32)
     x, y = _batch(4)
-    step([(x, y)], lr=0.1, scale=1 / 4)  # a healthy step first: momentum is not zero any more
+    step([(x, y)], scale=1 / 4)  # a healthy step first: momentum is not zero any more
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
     for bad_input, limit, why in ((x * float("inf"), float("inf"), "loss"), (x, 1e-6, "limit")):
-        out = step([(bad_input, y)], lr=0.1, scale=1 / 4, limit=limit)
+        out = step([(bad_input, y)], scale=1 / 4, limit=limit)
         assert bool(out.refused), why
         assert bool(out.loss_finite) == (why == "limit")
         assert float(out.loss_sum) == 0.0  # nothing of a refused step is added to the epoch's sums
@@ -75,8 +75,8 @@ def test_a_refused_first_step_does_not_leave_garbage_momentum():
     optimizer = make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.0)
     step = Step(model, optimizer, "cpu", Precision.FP32)
     x, y = _batch(4)
-    assert bool(step([(x * float("inf"), y)], lr=0.1, scale=1 / 4).refused)
-    step([(x, y)], lr=0.1, scale=1 / 4)
+    assert bool(step([(x * float("inf"), y)], scale=1 / 4).refused)
+    step([(x, y)], scale=1 / 4)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
     F.cross_entropy(reference(x), y).backward()
     ref_opt.step()
@@ -96,7 +96,7 @@ def test_the_step_reads_nothing_back_from_the_device(monkeypatch):
 
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    out = step([(x[:2], y[:2]), (x[2:], y[2:])], lr=0.1, scale=1 / 4, limit=100.0)
+    out = step([(x[:2], y[:2]), (x[2:], y[2:])], scale=1 / 4, limit=100.0)
     monkeypatch.undo()
     assert not bool(out.refused) and out.images == 4
 
@@ -118,7 +118,7 @@ def test_the_step_in_bf16_learns():
     model = tiny(dropout=0.0)
     step = Step(model, make_sgd(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.0), "cpu", Precision.BF16)
     x, y = _batch(8)
-    losses = [float(step([(x, y)], lr=0.05, scale=1 / 8).mean_loss) for _ in range(30)]
+    losses = [float(step([(x, y)], scale=1 / 8).mean_loss) for _ in range(30)]
     assert losses[-1] < losses[0] * 0.9
 
 

@@ -14,7 +14,8 @@ from verydeep.errors import ConfigError
 from verydeep.localize.data import load_box_index
 from verydeep.localize.demo import BOX_RECIPE
 from verydeep.localize.train import BoxTrainConfig, train_box_net
-from verydeep.train.stability import DivergenceWatch, StuckWatch, output_spread, warmup_factor
+from verydeep.train.schedule import warmup_factor
+from verydeep.train.stability import DivergenceWatch, StuckWatch, output_spread
 from verydeep.weights.loader import load
 
 
@@ -198,7 +199,7 @@ def test_a_run_that_cannot_learn_says_so(train_config, tmp_path):
 
 # -- collapses: a net that falls back to chance after it had learned --------------------------------
 from verydeep.train.faults import COLLAPSE_AT_EPOCH  # noqa: E402
-from verydeep.train.schedule import PlateauSchedule  # noqa: E402
+from verydeep.train.schedule import RateSchedule  # noqa: E402
 from verydeep.train.stability import LEFT_CHANCE, chance_loss  # noqa: E402
 
 # 4 epochs of 6 steps; checkpoints every 4 steps too, so that the newest checkpoint when the collapse
@@ -261,5 +262,5 @@ def test_the_plateau_rule_leaves_a_run_at_chance_alone(train_config, tmp_path):
     assert summary["lr_drops"] == 0 and summary["final_lr"] == 1e-7
     assert all(r["next_lr"] == 1e-7 for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch")
     # the rule itself is unchanged once a run has left chance
-    schedule = PlateauSchedule(lr=1.0, patience=1)
-    assert not schedule.step(0.5) and schedule.step(0.5) and schedule.lr == 0.1
+    schedule = RateSchedule(lr=1.0, patience=1)
+    assert not schedule.on_plateau(0.5) and schedule.on_plateau(0.5) and schedule.lr == 0.1

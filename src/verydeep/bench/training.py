@@ -60,7 +60,7 @@ class OurStep:
         self.step = Step(self.model, self.optimizer, device, precision, net=self.net)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.step([(x.contiguous(memory_format=torch.channels_last), y)], SGD["lr"], 1.0 / len(y))
+        self.step([(x.contiguous(memory_format=torch.channels_last), y)], 1.0 / len(y))
 
 
 def make_steps(ours: VGG, tv: nn.Module, device: torch.device, precision: Precision,

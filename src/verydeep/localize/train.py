@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import copy
-
 import torch
 from torch.utils.data import DataLoader
 
@@ -41,8 +39,10 @@ from verydeep.localize.data import BoxIndex, class_mapping, skipped_text
 from verydeep.localize.head import FINE_TUNE, MODES, BoxNet, from_classifier
 from verydeep.localize.loss import euclidean_box_loss
 from verydeep.models.vgg import VGG
-from verydeep.train.stability import DivergenceWatch, warmup_factor
-from verydeep.train.step import Step, load_optimizer, make_sgd
+from verydeep.train.backoff import BackOffs, Snapshots
+from verydeep.train.schedule import RateSchedule
+from verydeep.train.stability import DivergenceWatch
+from verydeep.train.step import Step, make_sgd
 from verydeep.weights.metadata import Preprocessing
 from verydeep.runtime.workers import die_with_parent
 
@@ -134,7 +134,8 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     to_net = torch.tensor(class_mapping(box_net.head.classes, data.classes, "classification net"), dtype=torch.long)
     prep = box_net.meta.preprocessing if box_net.meta is not None else Preprocessing()
     dataset = BoxCropDataset(data, scale, crop, train=True, flip=config.flip, seed=config.seed)
-    guard = _Guard(config, box_net, optimiser)
+    schedule = RateSchedule(config.lr, warmup_steps=config.warmup_steps, max_drops=0)  # no plateau rule: fixed steps
+    guard = _Guard(config, box_net, optimiser, schedule)
     bar = None
     if progress:
         from tqdm import tqdm  # start-up: progress bars only when asked for
@@ -145,19 +146,15 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     with keep_freed_memory():  # the same heap policy as verydeep train's steps (runtime/heap.py)
         try:
             while step < config.steps:
-                dataset.set_epoch(epoch)
-                order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-                loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=order,
-                                    num_workers=config.workers, collate_fn=_collate, worker_init_fn=die_with_parent,
-                                    drop_last=len(dataset) > config.batch_size)
+                loader = _epoch_loader(dataset, config, epoch)
                 box_net.train()
                 if config.fine_tune == "fc":
                     box_net.net.features.eval()
                 for images, targets, labels, valid in loader:
                     invalid += int((~valid).sum())
                     target = (targets.to(device), to_net[labels].to(device), valid.to(device))
-                    out = step_fn([(normalise(images.to(device), prep), target)],
-                                  guard.lr * warmup_factor(step, config.warmup_steps), None, guard.limit())
+                    schedule.write(optimiser, step)
+                    out = step_fn([(normalise(images.to(device), prep), target)], None, guard.limit())
                     value = float(out.mean_loss)
                     if bool(out.refused):  # not applied: back off (or stop)
                         step = guard.back_off(value, step, losses, bar)
@@ -179,7 +176,15 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
                 bar.close()
     for p in box_net.parameters():
         p.requires_grad_(True)
-    return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), invalid, guard.records)
+    return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), invalid, guard.books.records)
+
+
+def _epoch_loader(dataset: BoxCropDataset, config: BoxTrainConfig, epoch: int) -> DataLoader:
+    """The crops of one pass over the data, in an order fixed by (seed, epoch)."""
+    dataset.set_epoch(epoch)
+    order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=order, num_workers=config.workers,
+                      collate_fn=_collate, worker_init_fn=die_with_parent, drop_last=len(dataset) > config.batch_size)
 
 
 def _box_net_and_optimiser(classifier: VGG, config: BoxTrainConfig, scale: int, device):
@@ -202,62 +207,53 @@ def box_loss(pred: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor, torch
 
 
 class _Guard:
-    """The box training's divergence policy: judge each loss before its update, keep the last good
-    state every ``snapshot_every`` steps, and back off to it with the rate halved (or stop)."""
+    """The box training's divergence policy on the shared parts: the loss judged before its update
+    (:class:`~verydeep.train.stability.DivergenceWatch`), the last good state (:class:`Snapshots`),
+    and the back-off's books and halving (:class:`BackOffs`, through the run's :class:`RateSchedule`),
+    or a stop under ``on_divergence: stop``."""
 
-    def __init__(self, config: BoxTrainConfig, net: torch.nn.Module, optimiser: torch.optim.Optimizer) -> None:
-        self.config, self.net, self.optimiser = config, net, optimiser
-        self.lr = config.lr
+    def __init__(self, config: BoxTrainConfig, net: torch.nn.Module, optimiser: torch.optim.Optimizer,
+                 schedule: RateSchedule) -> None:
+        self.config, self.schedule = config, schedule
+        self.backoff = config.on_divergence == "backoff"
         self.watch = DivergenceWatch(config.divergence_factor)
-        self.records: list[dict] = []
-        self.snapshot: dict = {}
-        self.pending: dict | None = None
-        self.keep(0)
-
-    def keep(self, step: int) -> None:
-        """Copy the state after ``step`` updates; it becomes the one to back off to once the loss it
-        gives on the next batch has been judged healthy (an update can be the one that diverged)."""
-        if self.config.on_divergence == "backoff" and step % self.config.snapshot_every == 0:
-            self.pending = {"step": step, "net": copy.deepcopy(self.net.state_dict()),
-                            "optimiser": copy.deepcopy(self.optimiser.state_dict()), "watch": self.watch.state_dict()}
-            if step == 0:
-                self.snapshot = self.pending
+        self.books = BackOffs(config.max_backoffs)
+        self.snapshots = Snapshots(config.snapshot_every, net, optimiser, self.watch) if self.backoff else None
 
     def limit(self) -> float:
         """The loss above which the next step is refused (never, under ``stop``: only a loss that is
         not finite is)."""
-        return self.watch.limit() if self.config.on_divergence == "backoff" else math.inf
+        return self.watch.limit() if self.backoff else math.inf
 
     def accept(self, loss: float, step: int) -> None:
-        """A step's loss passed: remember it, and trust the snapshot it confirms."""
-        if self.config.on_divergence == "backoff":
+        """Step ``step + 1``'s loss passed: remember it, and trust the snapshot it confirms."""
+        if self.snapshots is not None:
             self.watch.record(loss)
-            if self.pending is not None and self.pending["step"] == step:
-                self.snapshot = self.pending
+            self.snapshots.confirm(step)
+
+    def keep(self, step: int) -> None:
+        if self.snapshots is not None:
+            self.snapshots.keep(step)
 
     def back_off(self, loss: float, step: int, losses: list[float], bar=None) -> int:
-        """Restore the snapshot, halve the rate; returns the step to go on from (``losses`` cut to it,
+        """Restore the good state, halve the rate; returns the step to go on from (``losses`` cut to it,
         the progress ``bar`` moved back to it). Under ``stop`` (or past the limit) raise instead."""
         reason = "not finite" if not math.isfinite(loss) else "exploding"
-        if self.config.on_divergence == "stop":
+        if self.snapshots is None:
             raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss}); lower the learning rate")
-        if len(self.records) >= self.config.max_backoffs:
+        if self.books.exhausted():
             raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss:.4g}, {reason}) after "
-                              f"{len(self.records)} back-off(s); lower the learning rate (now {self.lr:g})")
-        median, snap = self.watch.median(), self.snapshot
-        self.net.load_state_dict(snap["net"])  # copies into the parameters
-        # A copy: the optimiser adopts the tensors it is given (its momentum would update the snapshot's).
-        load_optimizer(self.optimiser, copy.deepcopy(snap["optimiser"]))
-        self.watch.load_state_dict(snap["watch"])
-        self.records.append({"diverged_step": step + 1, "restored_step": snap["step"], "reason": reason,
-                             "loss": loss, "median": median, "lr_before": self.lr, "lr_after": self.lr / 2})
-        self.lr /= 2
-        del losses[snap["step"]:]
+                              f"{self.books.count} back-off(s); lower the learning rate (now {self.schedule.lr:g})")
+        median = self.watch.median()
+        restored = self.snapshots.restore()
+        self.books.take(self.schedule, diverged_step=step + 1, restored_step=restored, reason=reason, loss=loss,
+                        median=median)
+        del losses[restored:]
         if bar is not None:
-            bar.n = snap["step"]
-            bar.write(f"box net: loss {loss:.4g} at step {step + 1} ({reason}); back to step {snap['step']} "
-                      f"with learning rate {self.lr:g}")
-        return snap["step"]
+            bar.n = restored
+            bar.write(f"box net: loss {loss:.4g} at step {step + 1} ({reason}); back to step {restored} "
+                      f"with learning rate {self.schedule.lr:g}")
+        return restored
 
 
 def write_training_log(result: BoxTrainResult, path: str | os.PathLike, config: BoxTrainConfig) -> Path:

@@ -29,7 +29,6 @@ from verydeep.train import faults
 from verydeep.train.checkpoint import restore_rng
 from verydeep.train.inputs import val_loader
 from verydeep.train.metrics import Progress
-from verydeep.train.stability import warmup_factor
 from verydeep.train.state import RunState, restore_state, save_checkpoint
 from verydeep.train.step import StepOutput
 
@@ -130,10 +129,10 @@ def train_one_epoch(run: RunState, progress: Progress, fault: int) -> bool:
         micro = [next(batches) for _ in range(cfg.optim.accumulation)]
         for batch in micro:
             run.sums.skipped.extend(batch.bad)
-        lr = run.schedule.lr * warmup_factor(run.step, run.warmup_steps)
         limit = run.watch.limit() if run.backoff else math.inf
         if run.info.distributed or any(len(batch) for batch in micro):
-            pending.add(run.step + 1, run.step_fn(_inputs(run, micro), lr, scale, limit))
+            run.schedule.write(run.optimizer, run.step)
+            pending.add(run.step + 1, run.step_fn(_inputs(run, micro), scale, limit))
         run.batch_in_epoch, run.step = b + 1, run.step + 1
         last = b + 1 == run.steps_per_epoch
         log_now = run.step % cfg.run.log_every == 0 or last
@@ -162,31 +161,31 @@ def back_off(run: RunState, diverged: Diverged, progress: Progress) -> bool:
     """Return to the last good state (the best epoch's, after a collapse) and go on with the learning
     rate halved. Past ``optim.max_backoffs`` a diverged step stops the run with one line, and a
     collapse is left as it is (False: the stuck alarm reports it; the best weights stay written)."""
-    o, lr_before = run.cfg.optim, run.schedule.lr
+    o = run.cfg.optim
     collapse = diverged.reason == "collapsed"
     what = f"{diverged.reason} ({diverged.loss:.4g}" + (
         f", {diverged.loss / diverged.median:.0f}x the running median {diverged.median:.4g})"
         if diverged.reason == "exploding" and diverged.median else ")")
     target = (run.best_good or run.last_good) if collapse else run.last_good
-    if run.backoffs >= o.max_backoffs or target is None:
+    lr_now = run.schedule.lr
+    if run.books.exhausted() or target is None:
         if collapse:
             if run.info.is_main:
                 progress.write(f"epoch {run.epoch + 1}: the net collapsed back to chance ({diverged.why}); not rolled "
                                f"back: {run.backoffs} back-off(s) already (optim.max_backoffs={o.max_backoffs})")
             return False
         raise ConfigError(f"the loss diverged at step {diverged.step}: {what}, after {run.backoffs} back-off(s) "
-                          f"(optim.max_backoffs={o.max_backoffs}); lower optim.lr (now {lr_before:g}) or check the data")
-    count, elapsed, epoch = run.backoffs + 1, run.elapsed(), run.epoch
-    restore_state(run, copy.deepcopy(target["state"]))
+                          f"(optim.max_backoffs={o.max_backoffs}); lower optim.lr (now {lr_now:g}) or check the data")
+    count, elapsed, epoch = run.backoffs, run.elapsed(), run.epoch
+    restore_state(run, copy.deepcopy(target["state"]))  # (the state's own back-off count and rate too)
     restore_rng(target["rng"])
     run.elapsed_before, run.started = elapsed, time.perf_counter()
-    run.backoffs = count
-    run.schedule.lr = lr_before * 0.5
-    run.schedule.apply(run.optimizer)
-    run.log.truncate_after(run.step, backoffs=count - 1)
-    run.log.write({"kind": "backoff", "step": run.step, "epoch": run.epoch, "backoff": count,
-                   "diverged_step": diverged.step, "reason": diverged.reason, "loss": diverged.loss,
-                   "median": diverged.median, "lr_before": lr_before, "lr_after": run.schedule.lr})
+    run.books.count, run.schedule.lr = count, lr_now  # the back-off halves the rate the run had
+    run.log.truncate_after(run.step, backoffs=count)
+    entry = run.books.take(run.schedule, diverged_step=diverged.step, reason=diverged.reason, loss=diverged.loss,
+                           median=diverged.median)
+    run.log.write({"kind": "backoff", "step": run.step, "epoch": run.epoch, **entry})
+    count = entry["backoff"]
     progress.rewind(run.step)
     if run.info.is_main and collapse:
         progress.write(f"epoch {epoch + 1}: the net collapsed back to chance ({diverged.why}, training loss "

@@ -39,6 +39,7 @@ from verydeep.runtime.outputs import check_creatable_folder, check_outside
 from verydeep.runtime.precision import resolve
 from verydeep.runtime.settings import torch_settings
 from verydeep.train import faults
+from verydeep.train.backoff import BackOffs
 from verydeep.train.checkpoint import CheckpointFolder, atomic_save, capture_rng, load_checkpoint, restore_rng
 from verydeep.train.config import TrainConfig, from_dict, load_config, save_yaml
 from verydeep.train.distributed import GlobalBatchSampler, check_same_config
@@ -47,7 +48,7 @@ from verydeep.train.guard import claim_run
 from verydeep.train.inputs import DataSets, scan, train_dataset, train_loader
 from verydeep.train.metrics import MetricsLog, Progress, read_metrics
 from verydeep.train.model_init import build_model
-from verydeep.train.schedule import PlateauSchedule
+from verydeep.train.schedule import RateSchedule
 from verydeep.train.state import (EpochSums, RunState, checkpoint_state, global_sums, keep_best_from_disk,
                                   keep_last_good, link_or_copy, restore_state, save_checkpoint, weights_meta,
                                   write_weights)
@@ -191,12 +192,13 @@ def build_run(cfg: TrainConfig, data: DataSets, info: D.DistContext, folder: Che
         cfg=cfg, data=data, info=info, folder=folder, device=info.device, precision=precision, spec=spec, stats=stats,
         train_set=train_set, sampler=sampler, loader=train_loader(cfg, train_set, sampler, info.device, stats),
         model=model, net=model, optimizer=optimizer, step_fn=Step(model, optimizer, info.device, precision),
-        schedule=PlateauSchedule(lr=o.lr, factor=cfg.schedule.factor, patience=cfg.schedule.patience,
-                                 max_drops=cfg.schedule.max_drops, threshold=cfg.schedule.threshold),
+        schedule=RateSchedule(lr=o.lr, warmup_steps=max(o.warmup_steps, math.ceil(o.warmup_epochs * steps_per_epoch)),
+                              factor=cfg.schedule.factor, patience=cfg.schedule.patience,
+                              max_drops=cfg.schedule.max_drops, threshold=cfg.schedule.threshold),
         watch=DivergenceWatch(o.divergence_factor, floor=chance_loss(spec.num_classes)),
         stuck=StuckWatch(r.stuck_epochs), log=MetricsLog(Path(r.out), enabled=info.is_main, tensorboard=r.tensorboard),
         run_dir=Path(r.out), steps_per_epoch=steps_per_epoch,
-        warmup_steps=max(o.warmup_steps, math.ceil(o.warmup_epochs * steps_per_epoch)), copied=copied,
+        books=BackOffs(o.max_backoffs), copied=copied,
         explode_at=faults.explode_step(), collapse_at=faults.collapse_epoch())
     if ckpt is not None:
         restore_state(run, ckpt)
@@ -240,7 +242,6 @@ def run_epochs(run: RunState, ckpt: dict[str, Any] | None) -> TrainResult:
             run.best_good = None  # best.pt: every rank backs off to the same (last good) state instead
         ranks = ckpt["rng"]["ranks"]
         restore_rng(ranks[run.info.rank] if run.info.rank < len(ranks) else ranks[0])
-    run.schedule.apply(run.optimizer)
     progress = Progress(run.steps_per_epoch * cfg.schedule.epochs, run.step, enabled=main and cfg.run.progress)
     run.started = time.perf_counter()
     if run.backoff:  # the state at the start (step 0, or the checkpoint resumed from)
@@ -277,8 +278,7 @@ def end_epoch(run: RunState, progress: Progress) -> None:
     if val is not None:
         improved = val["val_top1_err"] < run.best.get("val_top1_err", math.inf)
         if stuck_reason is None and run.stuck.left_chance(classes):  # a net at chance has no plateau to drop on
-            dropped = run.schedule.step(1.0 - val["val_top1_err"])
-            run.schedule.apply(run.optimizer)
+            dropped = run.schedule.on_plateau(1.0 - val["val_top1_err"])
         if improved:
             run.best = {"epoch": epoch + 1, "val_top1_err": val["val_top1_err"], "val_top5_err": val["val_top5_err"]}
     run.log.write({"kind": "epoch", "epoch": epoch + 1, "step": run.step, "lr": lr_used,
@@ -317,7 +317,7 @@ def _epoch_messages(run: RunState, epoch: int, s: EpochSums, skipped: list[str],
 def stuck_warning(run: RunState) -> str:
     o = run.cfg.optim
     return (f"warning: the net is not learning: {run.stuck.reasons[-1]} for {run.stuck.streak} epoch(s) in a row "
-            f"(run.stuck_epochs={run.stuck.epochs}); " + stuck_advice(run.schedule.lr, run.warmup_steps, o.on_divergence))
+            f"(run.stuck_epochs={run.stuck.epochs}); " + stuck_advice(run.schedule.lr, run.schedule.warmup_steps, o.on_divergence))
 
 
 def redo_best(run: RunState) -> None:

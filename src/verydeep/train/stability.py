@@ -7,7 +7,8 @@ the ReLUs die, and the net then sits at chance (loss ln C) for the rest of the r
 well-known remedies, each off in the paper presets and on in the CPU ones:
 
 - **linear warm-up** (Goyal et al. 2017): the rate climbs from ``lr / warmup`` to ``lr`` over the
-  first ``warmup`` steps (:func:`warmup_factor`);
+  first ``warmup`` steps (:func:`verydeep.train.schedule.warmup_factor`, owned by the run's
+  :class:`~verydeep.train.schedule.RateSchedule`);
 - **back-off**: a step whose loss is not finite or is more than ``factor`` times the running median
   of the recent losses is not applied; the run goes back to its last good state (the newest
   checkpoint, kept in memory, so a resumed run replays the same history bit for bit) and goes on
@@ -45,13 +46,6 @@ LEFT_CHANCE = 0.9
 #: Outputs whose spread over the validation images (mean over classes of the standard deviation of
 #: the log-probabilities) is below this no longer depend on the input: dead ReLUs, a constant net.
 CONSTANT_OUTPUT = 1e-3
-
-
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    """The share of the base rate used for the 0-based ``step``: linear from ``1/warmup_steps`` to 1."""
-    if warmup_steps <= 0 or step >= warmup_steps:
-        return 1.0
-    return (step + 1) / warmup_steps
 
 
 @dataclass
@@ -177,5 +171,5 @@ def output_spread(log_probs) -> float:
     return float(log_probs.float().std(dim=0).mean())
 
 
-__all__ = ["warmup_factor", "DivergenceWatch", "StuckWatch", "stuck_advice", "output_spread", "chance_loss",
+__all__ = ["DivergenceWatch", "StuckWatch", "stuck_advice", "output_spread", "chance_loss",
            "HISTORY", "CHANCE_BAND", "CONSTANT_OUTPUT", "LEFT_CHANCE"]

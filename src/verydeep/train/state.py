@@ -28,12 +28,13 @@ from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import ModelSpec
 from verydeep.runtime import distributed as D
 from verydeep.runtime.precision import Precision
+from verydeep.train.backoff import BackOffs
 from verydeep.train.checkpoint import CheckpointFolder, capture_rng, load_checkpoint
 from verydeep.train.config import TrainConfig
 from verydeep.train.distributed import GlobalBatchSampler
 from verydeep.train.inputs import DataSets
 from verydeep.train.metrics import MetricsLog
-from verydeep.train.schedule import PlateauSchedule
+from verydeep.train.schedule import RateSchedule
 from verydeep.train.stability import DivergenceWatch, StuckWatch
 from verydeep.train.step import Step, load_optimizer
 from verydeep.weights import canonical
@@ -70,13 +71,12 @@ class RunState:
     net: Any  # what runs forward: the model, its DDP wrapper, or a compiled one
     optimizer: torch.optim.SGD
     step_fn: Step
-    schedule: PlateauSchedule
+    schedule: RateSchedule  # the one owner of the learning rate
     watch: DivergenceWatch
     stuck: StuckWatch
     log: MetricsLog
     run_dir: Path
     steps_per_epoch: int
-    warmup_steps: int
     copied: list[str] = field(default_factory=list)
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -85,11 +85,15 @@ class RunState:
     best: dict[str, Any] = field(default_factory=dict)
     elapsed_before: float = 0.0
     started: float | None = None
-    backoffs: int = 0
+    books: BackOffs = field(default_factory=lambda: BackOffs(0))  # the back-offs taken (count, limit)
     last_good: dict[str, Any] | None = None  # the newest checkpoint's state, for a back-off
     best_good: dict[str, Any] | None = None  # the best epoch's state (a snapshot of it), for a collapse
     explode_at: int = 0  # test-only fault: the step whose input is blown up
     collapse_at: int = 0  # test-only fault: the epoch at whose start the first ReLUs are killed
+
+    @property
+    def backoffs(self) -> int:
+        return self.books.count
 
     @property
     def backoff(self) -> bool:
@@ -164,7 +168,7 @@ def restore_state(run: RunState, ckpt: dict[str, Any]) -> None:
     stability = ckpt.get("stability", {})
     run.watch.load_state_dict(stability.get("divergence", {}))
     run.stuck.load_state_dict(stability.get("stuck", {}))
-    run.backoffs = int(stability.get("backoffs", 0))
+    run.books.count = int(stability.get("backoffs", 0))
 
 
 def mismatch(run: RunState, ckpt: dict[str, Any], exc: Exception) -> str:

@@ -111,9 +111,10 @@ class Step:
         # Buffers exist from the start (see prime_momentum); a state loaded later goes through load_optimizer.
         prime_momentum(optimizer)
 
-    def __call__(self, micro: Sequence[tuple[torch.Tensor, Any]], lr: float, scale: float | None = None,
+    def __call__(self, micro: Sequence[tuple[torch.Tensor, Any]], scale: float | None = None,
                  limit: float = math.inf) -> StepOutput:
-        """Step on ``micro`` = [(input, target), ...] at learning rate ``lr``.
+        """Step on ``micro`` = [(input, target), ...] at the rate the optimiser holds (written before
+        each step by the run's :class:`~verydeep.train.schedule.RateSchedule`, its one owner).
 
         ``scale`` multiplies each micro-batch's summed loss before backward (``world / global
         batch`` makes DDP's gradient average the mean over the global batch); None divides by the
@@ -121,8 +122,6 @@ class Step:
         refuse the step when the mean loss exceeds it (the divergence watch's threshold).
         """
         self.optimizer.zero_grad(set_to_none=True)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         count = torch.zeros((), dtype=torch.float32, device=self.device)
         correct: torch.Tensor | None = None
