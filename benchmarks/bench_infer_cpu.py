@@ -13,7 +13,7 @@ fp32 fc7 features and tested on the other half (see :func:`verydeep.bench.infere
 
 It also prints the ceiling this CPU allows: the measured bf16 matrix-product rate divided by
 VGG-16's FLOPs per image. Run it on a quiet machine; the load average is printed before and after.
-Usage: ``python benchmarks/bench_infer_cpu.py [--images 64] [--batch 8] [--batches-sizes 1,8,16]``.
+Usage: ``python benchmarks/bench_infer_cpu.py [--images 64] [--batch 8] [--batch-sizes 1,8,16]``.
 """
 
 from __future__ import annotations
