@@ -48,10 +48,26 @@ def test_preset_base_chain(tmp_path):
     assert cfg.jittered and cfg.val_scale == 384  # the paper's Q for S in [256, 512]
 
 
-@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_preset_loads(preset):
+@pytest.mark.parametrize("preset", sorted((REPO / "configs" / "paper").glob("[!_]*.yaml")), ids=lambda p: p.stem)
+def test_every_paper_preset_is_the_paper_s_recipe_for_its_name(preset):
+    """``<config>_S<scale>`` is Table 3's row: that net, that training scale (fixed or jittered), the
+    validation scale the paper's rule gives, and section 3.1's recipe from :mod:`verydeep.paper`
+    (lr 1e-2 from random or net-A weights, 1e-3 when fine-tuning a net of another scale)."""
+    from verydeep import paper
+
     cfg = load_config(preset)
-    assert cfg.model.crop_size % 32 == 0
+    config, _, scale = preset.stem.partition("_S")
+    lo, _, hi = scale.partition("-")
+    assert cfg.model.config == config and cfg.model.crop_size == paper.CROP
+    assert (cfg.data.scale_min, cfg.data.scale_max) == (int(lo), int(hi or lo))
+    assert cfg.val_scale == (sum(paper.S_JITTER) // 2 if hi else int(lo))  # Q = S, or the jitter's middle
+    assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.batch_size) == (
+        paper.MOMENTUM, paper.WEIGHT_DECAY, paper.BATCH_SIZE)
+    assert (cfg.model.dropout, cfg.schedule.factor, cfg.schedule.max_drops, cfg.schedule.epochs) == (
+        paper.DROPOUT, paper.LR_FACTOR, paper.LR_DROPS, paper.EPOCHS)
+    fine_tuned = cfg.init.copy == "all"  # started from this config's net at another scale
+    assert cfg.optim.lr == (paper.LR / 10 if fine_tuned else paper.LR)
+    assert cfg.optim.on_divergence != "backoff" and not cfg.optim.warmup_epochs  # the paper's schedule as it is
 
 
 def test_presets_exist():
