@@ -127,11 +127,6 @@ class FolderWalk:
             sys.stderr.write(f"verydeep: warning: {self.root}: skipped {' and '.join(parts)}\n")
 
 
-def _image_files(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, links followed once), in a stable sorted order."""
-    return FolderWalk(folder).files(folder)
-
-
 def _require_folder(path: Path, what: str) -> None:
     if not path.exists():
         raise DataError(f"{what} {path} does not exist")

@@ -18,11 +18,6 @@ from verydeep.evaluate.protocols import dense_probs
 from verydeep.runtime.precision import autocast_for
 
 
-def dense_logits(model, batch: torch.Tensor) -> torch.Tensor:
-    """Spatially averaged class scores (N, classes) of a normalised batch of equal-size images."""
-    return model.dense(batch).mean(dim=(-2, -1))
-
-
 def group_by_size(images: Sequence[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
     """Indices of equally sized (3, H, W) images, by size, in first-seen order."""
     groups: dict[tuple[int, int], list[int]] = {}

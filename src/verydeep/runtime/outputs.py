@@ -166,11 +166,3 @@ def check_writable_folder(path: str | os.PathLike) -> None:
         read_only = False
     reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
     raise WriteError(f"cannot write {path}: {reason}")
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when ``a`` and ``b`` are the same existing file (hard links and symlinks included)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False

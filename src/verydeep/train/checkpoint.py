@@ -178,6 +178,3 @@ class CheckpointFolder:
         for _, old in self.steps()[:-self.keep_last]:
             old.unlink(missing_ok=True)
         return path
-
-    def save_best(self, obj: dict[str, Any]) -> Path:
-        return atomic_save(obj, self.best)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -98,7 +97,3 @@ def pixel_descriptor(image: torch.Tensor, size: int = 16) -> torch.Tensor:
     x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     v = (x / 255.0 - 0.5).flatten()
     return v / v.norm().clamp_min(1e-12)
-
-
-def as_numpy(descriptors: Sequence[torch.Tensor]) -> np.ndarray:
-    return torch.stack(list(descriptors)).numpy().astype(np.float32)

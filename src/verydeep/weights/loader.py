@@ -123,14 +123,9 @@ def detect_format(path: Path) -> WeightsFormat:
 def read_weights(source: str | os.PathLike, fmt: str | None = None) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """Canonical state dict and metadata from a path or a known release name (``torchvision:vgg16``)."""
     path = Path(source) if Path(source).exists() else resolve_release(str(source))
-    if fmt is not None:
-        chosen = {f.name: f for f in FORMATS}.get(fmt)
-        if chosen is None:
-            raise WeightsError(f"unknown format {fmt!r}: choose one of {', '.join(f.name for f in FORMATS)}")
-        if fmt in ("torchvision", "timm"):
-            chosen = detect_format(path)
-    else:
-        chosen = detect_format(path)
+    chosen = detect_format(path) if fmt is None else {f.name: f for f in FORMATS}.get(fmt)
+    if chosen is None:  # (a pytorch file's layout, torchvision's or timm's, is told from its keys)
+        raise WeightsError(f"unknown format {fmt!r}: choose one of {', '.join(f.name for f in FORMATS)}")
     state, meta = chosen.read(path)
     check_state(meta.spec, state)
     return state, meta
