@@ -4,7 +4,7 @@ Real separate processes are killed mid-run (SIGKILL once partial output is on di
 evaluation's save-on-interrupt), then the same command is run again. The feature file must be
 byte for byte the file of an uninterrupted run; the evaluation's scores and error table the same
 numbers. Kills are timed by events, not sleeps: the process writes a marker file at a chosen
-point (a chunk saved, an image about to be read, scores saved) and waits there for the signal.
+point (feature rows saved, an image about to be read, scores saved) and waits there for the signal.
 Each is forked from the test process (no interpreter start-up), never from a killed one: a rerun
 sees only what is on disk.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.numpy import load_file
 
 import verydeep.evaluate.loading as loading_module
 import verydeep.transfer.features as features_module
@@ -29,7 +30,7 @@ from verydeep.cli import main
 from verydeep.evaluate.command import evaluate_command
 from verydeep.evaluate.scores import load_scores
 
-IMAGES_PER_CLASS = 70  # 140 images: three chunks of 64 for the feature files
+IMAGES_PER_CLASS = 70  # 140 images (and a broken one): 18 batches of 8 (or fewer) in three sizes
 
 def _pause_at(after: int, marker: Path):
     """An event counter for a forked child: at the ``after``-th event it writes ``marker`` and waits
@@ -47,14 +48,15 @@ def _pause_at(after: int, marker: Path):
 
 
 def _pausing(args: list, what: str, after: int, marker: Path):
-    """The CLI, for a forked child, which at the ``after``-th event (``chunks``: a feature chunk saved;
-    ``reads``: an image about to be read) writes ``marker`` and waits for a signal."""
+    """The CLI, for a forked child, which at the ``after``-th event (``rows``: a feature run's rows saved,
+    after every batch; ``reads``: an image about to be read) writes ``marker`` and waits for a signal."""
     event = _pause_at(after, marker)
 
     def run():
-        if what == "chunks":
-            save = features_module._save_chunk
-            features_module._save_chunk = lambda *a: (save(*a), event())[0]
+        if what == "rows":
+            save = features_module._save_rows
+            features_module.SAVE_EVERY_S = 0.0
+            features_module._save_rows = lambda *a: (save(*a), event())[0]
         else:
             read = loading_module.read_image
             loading_module.read_image = lambda *a: (event(), read(*a))[1]
@@ -116,23 +118,22 @@ def _kill_when(proc: ForkedChild, ready, sig=signal.SIGKILL, timeout: float = 12
 
 def test_killed_feature_extraction_resumes_to_the_same_bytes(env, capsys, monkeypatch):
     tmp = env["tmp"]
-    args = ["--weights", env["weights"], "--data", env["data"], "--scales", "32,40", "--precision", "fp32"]
+    args = ["--weights", env["weights"], "--data", env["data"], "--scales", "32,40", "--precision", "fp32",
+            "--workers", "0", "--batch-size", "8"]
     assert main([str(a) for a in ["features", *args, "--out", tmp / "reference.safetensors"]]) == 0
     out = tmp / "features.safetensors"
     partial = tmp / "features.safetensors.partial"
-    kills = 0
-    for chunk in (0, 1):  # killed after the first chunk, then (resumed) after the second
-        marker = tmp / f"saved-f{chunk}"
-        proc = _start(["features", *args, "--out", out], "chunks", 1, marker)  # each run's first chunk
+    kept = []
+    for run in (0, 1):  # killed after its first batch's rows were saved, then (resumed) again
+        marker = tmp / f"saved-f{run}"
+        proc = _start(["features", *args, "--out", out], "rows", 1, marker)
         _kill_when(proc, marker.exists)
-        assert proc.returncode == -signal.SIGKILL
-        kills += 1
-        done = sorted(p.name for p in partial.glob("chunk-*.safetensors"))
-        assert done[-1] == f"chunk-{chunk:06d}.safetensors" and len(done) < 3 and not out.exists()
-    assert kills == 2
-    with counting_reads(monkeypatch, features_module) as reads:
+        assert proc.returncode == -signal.SIGKILL and not out.exists()
+        kept.append(int(load_file(str(partial / "rows.safetensors"))["done"].sum()))
+    assert 0 < kept[0] < kept[1] <= 16  # one more batch of at most 8 each time
+    with counting_reads(monkeypatch, loading_module) as reads:
         assert main([str(a) for a in ["features", *args, "--out", out]]) == 0
-    assert reads == [2 * IMAGES_PER_CLASS + 1 - 128]  # only the third chunk was left to describe
+    assert reads == [2 * IMAGES_PER_CLASS + 1 - kept[1]]  # only the images not described yet
     assert out.read_bytes() == (tmp / "reference.safetensors").read_bytes()
     assert not partial.exists()
 

@@ -380,18 +380,17 @@ def test_damaged_feature_runs_and_files(env, tmp_path, capsys):
     argv = ["features", "--weights", env["w"], "--data", env["d"], "--out", out, "--scales", "32"]
     assert run(capsys, argv)[0] == 0
     reference = out.read_bytes()
-    # a manifest with chunk_size 0 (or not a number)
+    # a manifest whose identity is not a mapping
     partial = tmp_path / "f.safetensors.partial"
-    for size in (0, "x", -3):
+    for identity in (None, "x", [1]):
         partial.mkdir(exist_ok=True)
-        (partial / "manifest.json").write_text(json.dumps({"format": "verydeep-features/1", "identity": {},
-                                                           "chunk_size": size}))
+        (partial / "manifest.json").write_text(json.dumps({"format": "verydeep-features/1", "identity": identity}))
         out.unlink(missing_ok=True)
-        refused(capsys, argv, "manifest.json", "chunk_size")
+        refused(capsys, argv, "manifest.json", "identity")
     import shutil
 
     shutil.rmtree(partial)
-    # a truncated chunk of a partial run: recomputed, with a warning, to the same bytes
+    # truncated rows of a partial run: described again, with a warning, to the same bytes
     from verydeep.transfer import features as features_module
 
     real_save = features_module.save_features
@@ -400,10 +399,10 @@ def test_damaged_feature_runs_and_files(env, tmp_path, capsys):
         run(capsys, argv)
     finally:
         features_module.save_features = real_save
-    chunk = partial / "chunk-000000.safetensors"
-    chunk.write_bytes(chunk.read_bytes()[:100])
+    rows = partial / "rows.safetensors"
+    rows.write_bytes(rows.read_bytes()[:100])
     code, err = run(capsys, argv)
-    assert code == 0 and "recomputing chunk-000000.safetensors" in err, err
+    assert code == 0 and "describing every image again" in err and "rows.safetensors" in err, err
     assert out.read_bytes() == reference
     # feature files with NaN descriptors, short class lists, labels out of range
     from safetensors import safe_open

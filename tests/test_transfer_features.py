@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
 
 import verydeep
 from box_data import write_box_folder
@@ -13,7 +14,8 @@ from verydeep.errors import DataError
 from verydeep.transfer import features as features_module
 from verydeep.transfer.aggregate import aggregate_scales, combine_nets, l2_normalise
 from verydeep.transfer.descriptors import image_descriptor, pixel_descriptor, scale_descriptor, weights_identity
-from verydeep.transfer.features import extract_features, list_images, load_features
+from verydeep.data.images import read_image
+from verydeep.transfer.features import describe_images, extract_features, list_images, load_features
 from verydeep.weights.metadata import WeightsMeta
 
 TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
@@ -86,36 +88,30 @@ def test_resumed_extraction_gives_the_same_file(tmp_path, monkeypatch):
     data = write_box_folder(tmp_path / "data", per_class=3, extra_label="c1")
     net = _net()
     whole = tmp_path / "whole.safetensors"
-    extract_features([net], data, whole, [32, 40], "stack", progress=False, chunk_size=2)
+    extract_features([net], data, whole, [32, 40], "stack", progress=False, batch_size=2, workers=0)
 
-    # interrupt the second run after 5 images (in the third chunk)
-    real = features_module.image_descriptor
-    calls = {"n": 0}
+    # interrupt the second run once 5 images are described (the rows done so far are saved on the way out)
+    real = features_module.batch_descriptors
+    described = {"n": 0}
 
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 5:
+    def counting(models, rescaled, *args, **kwargs):
+        described["n"] += len(next(iter(rescaled.values())))
+        if described["n"] > limit:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(models, rescaled, *args, **kwargs)
 
-    resumed = tmp_path / "resumed.safetensors"
-    monkeypatch.setattr(features_module, "image_descriptor", failing)
+    resumed, limit = tmp_path / "resumed.safetensors", 5
+    monkeypatch.setattr(features_module, "batch_descriptors", counting)
     with pytest.raises(KeyboardInterrupt):
-        extract_features([net], data, resumed, [32, 40], "stack", progress=False, chunk_size=2)
+        extract_features([net], data, resumed, [32, 40], "stack", progress=False, batch_size=2, workers=0)
     assert not resumed.exists()
     partial = tmp_path / "resumed.safetensors.partial"
-    assert len(list(partial.glob("chunk-*.safetensors"))) == 2  # two whole chunks were kept
+    kept = int(load_file(str(partial / "rows.safetensors"))["done"].sum())
+    assert 0 < kept <= 5  # whole batches only
 
-    monkeypatch.setattr(features_module, "image_descriptor", real)
-    counted = {"n": 0}
-
-    def counting(*args, **kwargs):
-        counted["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(features_module, "image_descriptor", counting)
-    extract_features([net], data, resumed, [32, 40], "stack", progress=False, chunk_size=2)
-    assert counted["n"] == 12 - 4  # only the images not yet written
+    described["n"], limit = 0, 99
+    extract_features([net], data, resumed, [32, 40], "stack", progress=False, batch_size=2, workers=0)
+    assert described["n"] == 12 - kept  # only the images not yet written
     assert not partial.exists()
     assert resumed.read_bytes() == whole.read_bytes()
 
@@ -161,3 +157,24 @@ def test_npz_files_and_unreadable_images(tmp_path):
     with pytest.raises(DataError, match="not a verydeep feature file"):
         (tmp_path / "junk.npz").write_bytes(b"junk")
         load_features(tmp_path / "junk.npz")
+
+
+def test_a_batch_of_equal_images_is_described_as_each_image_alone(tmp_path):
+    """The pass runs equal-size images through the nets together; their descriptors are the ones each
+    image gets on its own (describe_images), and workers decoding them change nothing."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "data" / c / f"{k}.png")
+    net = _net()
+    together = extract_features([net], tmp_path / "data", tmp_path / "f.npz", [32, 40], "mean", progress=False,
+                                batch_size=8, workers=0)
+    with_workers = extract_features([net], tmp_path / "data", tmp_path / "g.npz", [32, 40], "mean", progress=False,
+                                    batch_size=3, workers=2)
+    images = [read_image(tmp_path / "data" / p) for p in together.paths]
+    alone = describe_images([net], images, [32, 40], aggregate="mean")
+    np.testing.assert_allclose(together.descriptors, alone, atol=1e-5)
+    np.testing.assert_allclose(with_workers.descriptors, alone, atol=1e-5)

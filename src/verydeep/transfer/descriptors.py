@@ -64,27 +64,42 @@ def descriptor_scales(models: Sequence, scales: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
-def scale_descriptor(model, image: torch.Tensor, scale: int, flip: bool = True, precision=None,
-                     layer: str = DEFAULT_LAYER) -> torch.Tensor:
-    """The pooled fc7 (or ``layer``) descriptor of a uint8 (3, H, W) image at one scale (float32, CPU)."""
+def pooled_maps(model, images: torch.Tensor, flip: bool = True, precision=None, layer: str = DEFAULT_LAYER) -> torch.Tensor:
+    """The pooled fc7 (or ``layer``) descriptors (n, C) of a batch of uint8 (n, 3, H, W) images of one
+    size, each averaged with its mirror image's when ``flip`` (float32, CPU)."""
     device = next(model.parameters()).device
     prep = model.meta.preprocessing if model.meta is not None else Preprocessing()
-    x = normalise(rescale(image, scale)[None].to(device), prep)
+    x = normalise(images.to(device), prep)
     views = [x, x.flip(-1)] if flip else [x]
     total = 0
     with autocast_for(device, precision):
         for view in views:
             maps = model.descriptor(view) if layer == DEFAULT_LAYER else model.taps(view, layer)[layer]
-            total = total + maps.float().mean(dim=(-2, -1))[0]
+            total = total + maps.float().mean(dim=(-2, -1))
     return (total / len(views)).cpu()
+
+
+def scale_descriptor(model, image: torch.Tensor, scale: int, flip: bool = True, precision=None,
+                     layer: str = DEFAULT_LAYER) -> torch.Tensor:
+    """The pooled descriptor of one uint8 (3, H, W) image at one scale (:func:`pooled_maps`)."""
+    return pooled_maps(model, rescale(image, scale)[None], flip, precision, layer)[0]
+
+
+def batch_descriptors(models: Sequence, rescaled: dict[int, torch.Tensor], scales: Sequence[int],
+                      aggregate: str = "stack", flip: bool = True, precision=None,
+                      layer: str = DEFAULT_LAYER) -> torch.Tensor:
+    """The full descriptors (n, D) of n images given rescaled to every scale (``rescaled[Q]``: uint8
+    (n, 3, h, w)): per net, the scales' pooled maps aggregated and L2-normalised; nets stacked."""
+    per_net = [aggregate_scales([pooled_maps(m, rescaled[q], flip, precision, layer) for q in scales], aggregate)
+               for m in models]
+    return per_net[0] if len(per_net) == 1 else combine_nets(per_net)
 
 
 def image_descriptor(models: Sequence, image: torch.Tensor, scales: Sequence[int], aggregate: str = "stack",
                      flip: bool = True, precision=None, layer: str = DEFAULT_LAYER) -> torch.Tensor:
-    """The full descriptor of one image: per net, scales aggregated and L2-normalised; nets stacked."""
-    per_net = [aggregate_scales([scale_descriptor(m, image, q, flip, precision, layer) for q in scales], aggregate)
-               for m in models]
-    return per_net[0] if len(per_net) == 1 else combine_nets(per_net)
+    """The full descriptor of one uint8 (3, H, W) image (:func:`batch_descriptors` of a batch of one)."""
+    return batch_descriptors(models, {q: rescale(image, q)[None] for q in scales}, scales, aggregate, flip,
+                             precision, layer)[0]
 
 
 def descriptor_size(models: Sequence, scales: Sequence[int], aggregate: str, layer: str = DEFAULT_LAYER) -> int:

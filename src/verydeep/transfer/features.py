@@ -16,11 +16,16 @@ Splits: a data folder whose sub-folders are all named ``train``, ``val`` or ``te
 ImageFolder whose images are all in split ``all``. The VOC protocol trains on ``train`` and tests
 on ``val`` (or ``test``).
 
-Resuming: work goes to ``<out>.partial/`` in chunks of images, each chunk written atomically,
-with a manifest of the identity. A new run with the same arguments skips the chunks already
-there; every image is described on its own, so the finished file is byte for byte the file of an
-uninterrupted run. A finished file or a partial run made with other weights, scales or images is
-refused with what differs (nothing is overwritten).
+The images are described in one pass over the folder, the same as ``verydeep evaluate``'s
+(:mod:`verydeep.evaluate.folder_pass`): batches of equal rescaled size, decoded by DataLoader
+workers, each batch through the nets at once.
+
+Resuming: work goes to ``<out>.partial/``: a manifest of the identity, and the rows described so
+far with a mask of the images done (``rows.safetensors``), written atomically at most every
+:data:`SAVE_EVERY_S` seconds and on an interrupt. A new run with the same arguments describes only
+the batches not done; the batches depend only on the image sizes, so the finished file is byte for
+byte the file of an uninterrupted run. A finished file or a partial run made with other weights,
+scales or images is refused with what differs (nothing is overwritten).
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -40,22 +45,23 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file, save
-from tqdm import tqdm
 
 from verydeep.data.folders import boxes_for, scan_image_folder
-from verydeep.data.images import read_image
-from verydeep.data.preprocess import check_rescaled_size
-from verydeep.errors import ConfigError, DataError, VerydeepError
+from verydeep.errors import ConfigError, DataError
+from verydeep.evaluate.folder_pass import loader_sizes, plan_pass, run_pass
+from verydeep.evaluate.loading import Decoded, group_by_shape
+from verydeep.runtime import distributed
 from verydeep.runtime.io import make_folder, read_json, write_bytes
 from verydeep.transfer.aggregate import AGGREGATES
-from verydeep.transfer.descriptors import (DEFAULT_LAYER, check_layer, descriptor_scales, descriptor_size,
-                                          image_descriptor, weights_identity)
+from verydeep.transfer.descriptors import (DEFAULT_LAYER, batch_descriptors, check_layer, descriptor_scales,
+                                          descriptor_size, image_descriptor, weights_identity)
 
 FORMAT = "verydeep-features/1"
 META_KEY = "verydeep_features"
 SPLIT_NAMES = ("train", "val", "test")
 NO_SPLIT = "all"
-CHUNK_SIZE = 64
+#: Seconds between writes of a partial run's rows (at least 5x the time one write takes).
+SAVE_EVERY_S = 60.0
 SUFFIXES = (".safetensors", ".npz")
 
 
@@ -268,42 +274,53 @@ def _feature_set_problem(fs: FeatureSet) -> str | None:
     return None
 
 
-def _save_chunk(path: Path, descriptors: np.ndarray, ok: np.ndarray, multilabels: np.ndarray) -> None:
-    _atomic_write(path, save({"descriptors": descriptors, "ok": ok, "multilabels": multilabels}))
+def _save_rows(partial: Path, rows: dict[str, np.ndarray]) -> None:
+    """The partial run's rows (descriptors, readable, done), written atomically."""
+    _atomic_write(partial / "rows.safetensors", save(rows))
 
 
-def _load_chunk(path: Path) -> dict[str, np.ndarray]:
+def _load_rows(partial: Path, images: int, dim: int) -> dict[str, np.ndarray]:
+    """The rows of a resumed partial run, or empty rows; a damaged rows file is started again, with a warning."""
+    fresh = {"descriptors": np.zeros((images, dim), np.float32), "ok": np.zeros(images, np.uint8),
+             "done": np.zeros(images, np.uint8)}
+    path = partial / "rows.safetensors"
+    if not path.is_file():
+        return fresh
     try:
-        return load_file(str(path))
+        rows = load_file(str(path))
     except Exception as exc:  # SafetensorError, OSError
-        raise DataError(f"{path} is a damaged chunk of a partial feature run ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                        "remove it and rerun (it will be recomputed)") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    else:
+        why = _rows_problem(rows, images, dim)
+        if why is None:
+            return rows
+    sys.stderr.write(f"verydeep features: warning: describing every image again: {path} of {partial} is damaged ({why})\n")
+    path.unlink()
+    return fresh
 
 
-def _chunk_problem(path: Path, rows: int, dim: int, classes: int) -> str | None:
-    """Why a chunk on disk cannot be kept (unreadable, wrong shapes, non-finite), or None."""
-    try:
-        chunk = _load_chunk(path)
-    except DataError as exc:
-        return str(exc).split(" (", 1)[-1].split(");", 1)[0]
-    want = {"descriptors": (rows, dim), "ok": (rows,), "multilabels": (rows, classes)}
+def _rows_problem(rows: dict[str, np.ndarray], images: int, dim: int) -> str | None:
+    """Why a partial run's rows cannot be kept (wrong shapes, non-finite), or None."""
+    want = {"descriptors": (images, dim), "ok": (images,), "done": (images,)}
     for key, shape in want.items():
-        if key not in chunk or tuple(chunk[key].shape) != shape:
-            return f"{key} has shape {tuple(chunk[key].shape) if key in chunk else None}, expected {shape}"
-    if not np.isfinite(chunk["descriptors"]).all():
+        if key not in rows or tuple(rows[key].shape) != shape:
+            return f"{key} has shape {tuple(rows[key].shape) if key in rows else None}, expected {shape}"
+    if not np.isfinite(rows["descriptors"]).all():
         return "its descriptors are not finite"
     return None
 
 
 # -- extraction ------------------------------------------------------------------------------------
 def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.PathLike, scales: Sequence[int],
-                     aggregate: str = "stack", flip: bool = True, precision=None, chunk_size: int = CHUNK_SIZE,
-                     progress: bool = True, sources: Sequence[str] | None = None, layer: str = DEFAULT_LAYER, overwrite: bool = False) -> FeatureSet:
+                     aggregate: str = "stack", flip: bool = True, precision=None, progress: bool = True,
+                     sources: Sequence[str] | None = None, layer: str = DEFAULT_LAYER, overwrite: bool = False,
+                     batch_size: int | None = None, workers: int | None = None) -> FeatureSet:
     """Describe every image of ``root`` with ``models`` and write ``out`` (resuming a partial run).
 
     A finished ``out`` or a partial run made differently (other nets, scales, images, or images
     changed on disk) is refused, or with ``overwrite`` recomputed; a file that is not a feature
-    file is never replaced. A damaged chunk of a partial run is recomputed, with a warning."""
+    file is never replaced. Damaged rows of a partial run are recomputed, with a warning.
+    ``batch_size`` and ``workers`` (decoding processes): as ``verydeep evaluate``'s defaults."""
     out = Path(out)
     scales = _check_request(models, out, scales, aggregate, layer)
     classes, items = list_images(root)
@@ -313,29 +330,67 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
         return finished
 
     partial = out.with_name(out.name + ".partial")
-    chunk_size = _open_partial(partial, asked, chunk_size, overwrite)
+    _open_partial(partial, asked, overwrite)
     for m in models:
         m.eval()
     dim = descriptor_size(models, scales, aggregate, layer)
-    n_chunks = max(1, math.ceil(len(items) / chunk_size))
-    chunks = [(partial / f"chunk-{c:06d}.safetensors", items[c * chunk_size:(c + 1) * chunk_size]) for c in range(n_chunks)]
-    _drop_damaged_chunks(chunks, dim, len(classes), partial)
-    position = {c: i for i, c in enumerate(classes)}
-    bar = _progress_bar(progress, len(items), sum(len(part) for path, part in chunks if path.is_file()))
+    rows = _load_rows(partial, len(items), dim)
+    device = next(models[0].parameters()).device
+    batch_size, workers = loader_sizes(device, batch_size, workers, getattr(models[0], "engine", "torch"))
+    done = rows["done"].astype(bool)
+    plan = plan_pass(distributed.DistContext(device=device), [it.path for it in items], scales, batch_size, done)
+    _describe_all(plan, rows, done, workers, partial, progress,
+                  lambda decoded, wanted: _describe_batch(decoded, wanted, models, scales, aggregate, flip, precision, layer))
     try:
-        for chunk_path, part in chunks:
-            if not chunk_path.is_file():
-                _save_chunk(chunk_path, *_describe_chunk(part, models, position, dim, scales, aggregate, flip,
-                                                         precision, layer, bar))
-    finally:
-        if bar is not None:
-            bar.close()
-
-    features = _assemble([path for path, _part in chunks], items, classes, dim, root,
-                         info={"identity": asked, "descriptor_size": dim, "sources": list(sources or [])})
-    save_features(features, out)
+        features = _assemble(rows, items, classes, root,
+                             info={"identity": asked, "descriptor_size": dim, "sources": list(sources or [])})
+        save_features(features, out)
+    except BaseException:
+        _save_rows(partial, rows)  # every image is described: a rerun only assembles and writes
+        raise
     shutil.rmtree(partial, ignore_errors=True)
     return features
+
+
+def _describe_all(plan, rows: dict[str, np.ndarray], done: np.ndarray, workers: int, partial: Path, progress: bool,
+                  work) -> None:
+    """Run the pass, booking each batch's rows; save them as the pass goes (and on an interrupt)."""
+    last_save, save_cost, unsaved = time.monotonic(), 0.0, False
+
+    def book(b: int, result: tuple[list[int], list[int], np.ndarray]) -> None:
+        nonlocal last_save, save_cost, unsaved
+        todo, described, descriptors = result
+        if described:
+            rows["descriptors"][described] = descriptors
+            rows["ok"][described] = 1
+        rows["done"][todo] = 1
+        done[todo] = True
+        unsaved = True
+        now = time.monotonic()
+        if now - last_save >= max(SAVE_EVERY_S, 5 * save_cost):
+            _save_rows(partial, rows)
+            unsaved, last_save = False, time.monotonic()
+            save_cost = last_save - now
+
+    try:
+        run_pass(plan, workers, work, book, desc="features", progress=progress)
+    except BaseException:
+        if unsaved:
+            _save_rows(partial, rows)  # keep what was described; a rerun resumes from it
+        raise
+
+
+def _describe_batch(decoded: list[Decoded], wanted: set[int], models: Sequence, scales: Sequence[int], aggregate: str,
+                    flip: bool, precision, layer: str) -> tuple[list[int], list[int], np.ndarray | None]:
+    """One decoded batch: the images it settles (described or unreadable), the ones described, and
+    their descriptors (an unreadable or too small image is left out, and counted as skipped)."""
+    todo = [i for i, _ in decoded if i in wanted]
+    described: list[int] = []
+    parts: list[np.ndarray] = []
+    for indices, rescaled in group_by_shape([d for d in decoded if d[0] in wanted], scales):
+        described.extend(indices)
+        parts.append(batch_descriptors(models, rescaled, scales, aggregate, flip, precision, layer).numpy())
+    return todo, described, np.concatenate(parts) if parts else None
 
 
 def _check_request(models: Sequence, out: Path, scales: Sequence[int], aggregate: str, layer: str) -> list[int]:
@@ -366,83 +421,39 @@ def _finished_run(out: Path, asked: dict, overwrite: bool) -> FeatureSet | None:
     return None
 
 
-def _open_partial(partial: Path, asked: dict, chunk_size: int, overwrite: bool) -> int:
-    """Resume the partial run in ``partial`` when it was made as asked, else start one; returns the
-    chunk size in force (a resumed run keeps its own)."""
+def _open_partial(partial: Path, asked: dict, overwrite: bool) -> None:
+    """Resume the partial run in ``partial`` when it was made as asked, else start one."""
     manifest_path = partial / "manifest.json"
     if partial.exists():
         try:
             manifest = read_json(manifest_path.read_text())
         except (OSError, ValueError):
             raise DataError(f"{partial} is not a partial feature run (no readable manifest); remove it") from None
-        size = manifest.get("chunk_size") if isinstance(manifest, dict) else None
-        if not isinstance(manifest.get("identity") if isinstance(manifest, dict) else None, dict) or \
-                not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1_000_000:
-            raise DataError(f"{manifest_path} is damaged (identity {type(manifest.get('identity')).__name__ if isinstance(manifest, dict) else '?'}, "
-                            f"chunk_size {size!r}: expected a mapping and an integer 1..1000000); remove {partial}")
-        diffs = differences(manifest["identity"], asked)
+        found = manifest.get("identity") if isinstance(manifest, dict) else None
+        if not isinstance(found, dict):
+            raise DataError(f"{manifest_path} is damaged (identity {type(found).__name__}: expected a mapping); "
+                            f"remove {partial}")
+        diffs = differences(found, asked)
         if diffs and not overwrite:
             raise DataError(f"{partial} holds a partial run made differently ({'; '.join(diffs)}); "
                             "pass --overwrite to start it again, or choose another --out")
         if not diffs:
-            return size
+            return
         shutil.rmtree(partial)
     make_folder(partial, "partial feature folder")
-    manifest = {"format": FORMAT, "identity": asked, "chunk_size": int(chunk_size)}
-    _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode())
-    return chunk_size
+    _atomic_write(manifest_path, json.dumps({"format": FORMAT, "identity": asked}, indent=2).encode())
 
 
-def _drop_damaged_chunks(chunks: Sequence[tuple[Path, Sequence[ImageItem]]], dim: int, classes: int, partial: Path) -> None:
-    """Remove (with a warning) each chunk on disk that cannot be kept, so that it is recomputed."""
-    for chunk_path, part in chunks:
-        if chunk_path.is_file():
-            why = _chunk_problem(chunk_path, len(part), dim, classes)
-            if why:
-                sys.stderr.write(f"verydeep features: warning: recomputing {chunk_path.name} of {partial}: {why}\n")
-                chunk_path.unlink()
-
-
-def _progress_bar(progress: bool, total: int, already: int):
-    return tqdm(total=total, initial=already, desc="features", unit="img") if progress else None
-
-
-def _describe_chunk(part: Sequence[ImageItem], models: Sequence, position: dict[str, int], dim: int,
-                    scales: Sequence[int], aggregate: str, flip: bool, precision, layer: str, bar
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Descriptors, read-ok flags and multilabels of one chunk of images (an unreadable or too small
-    image gets a zero row and ok 0)."""
-    desc = np.zeros((len(part), dim), dtype=np.float32)
-    ok = np.zeros(len(part), dtype=np.uint8)
-    multi = np.zeros((len(part), len(position)), dtype=np.uint8)
-    for k, item in enumerate(part):
-        multi[k] = _multilabel(item, position)
-        try:
-            image = read_image(item.path)
-            check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=item.path)
-        except VerydeepError:
-            if bar is not None:
-                bar.update(1)
-            continue
-        desc[k] = image_descriptor(models, image, scales, aggregate, flip, precision, layer).numpy()
-        ok[k] = 1
-        if bar is not None:
-            bar.update(1)
-    return desc, ok, multi
-
-
-def _assemble(chunk_paths: Sequence[Path], items: Sequence[ImageItem], classes: list[str], dim: int,
-              root, info: dict) -> FeatureSet:
-    """The feature set of the images that could be read, from the chunks on disk."""
-    chunks = [_load_chunk(p) for p in chunk_paths]
-    desc = np.concatenate([ch["descriptors"] for ch in chunks]) if items else np.zeros((0, dim), np.float32)
-    ok = np.concatenate([ch["ok"] for ch in chunks]).astype(bool) if items else np.zeros(0, bool)
-    multi = np.concatenate([ch["multilabels"] for ch in chunks]) if items else np.zeros((0, len(classes)), np.uint8)
+def _assemble(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: list[str], root, info: dict) -> FeatureSet:
+    """The feature set of the images that could be read."""
+    ok = rows["ok"].astype(bool)
     if not ok.any():
         raise DataError(f"none of the {len(items)} images in {root} could be read")
+    position = {c: i for i, c in enumerate(classes)}
     kept = [it for it, good in zip(items, ok) if good]
+    multi = np.stack([_multilabel(it, position) for it in kept])
     info = {**info, "skipped": [it.rel for it, good in zip(items, ok) if not good]}
-    return FeatureSet(desc[ok], np.array([it.label for it in kept], dtype=np.int64), multi[ok],
+    return FeatureSet(rows["descriptors"][ok], np.array([it.label for it in kept], dtype=np.int64), multi,
                       [it.rel for it in kept], [it.split for it in kept], classes, info)
 
 

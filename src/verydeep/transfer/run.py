@@ -25,12 +25,14 @@ DEFAULT_SCALES = Q_MULTI
 def features_command(weights: Sequence[str], data: str, out: str, scales: Sequence[int] | None = None,
                      aggregate: str = "stack", flip: bool = True, precision: str = "auto", device: str = "auto",
                      progress: bool = True, overwrite: bool = False, layer: str = DEFAULT_LAYER,
-                     engine: str | None = "auto", engine_cache: str | None = None) -> dict:
+                     engine: str | None = "auto", engine_cache: str | None = None, batch_size: int | None = None,
+                     workers: int | None = None) -> dict:
     """Load the nets and write (or resume, or confirm) the feature file; returns a summary.
 
     The output is locked for the whole run: a second ``features`` on the same ``out`` is refused.
     ``engine`` (:mod:`verydeep.runtime.engines`): OpenVINO computes the paper's fc7 descriptor;
-    other layers run on PyTorch (``auto`` picks it for them)."""
+    other layers run on PyTorch (``auto`` picks it for them). ``batch_size`` and ``workers``: the
+    pass over the folder's (:mod:`verydeep.evaluate.folder_pass`), as evaluate's."""
     if not weights:
         raise ConfigError("no --weights given")
     dev = pick_device(device)
@@ -47,7 +49,7 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
         with inference_settings(ran_on):
             features = extract_features(models, data, out, list(scales or DEFAULT_SCALES), aggregate, flip,
                                         resolve(precision, dev), progress=progress, sources=[str(w) for w in weights],
-                                        overwrite=overwrite, layer=layer)
+                                        overwrite=overwrite, layer=layer, batch_size=batch_size, workers=workers)
     finally:
         if held is not None:
             held.release()
