@@ -19,7 +19,7 @@ demo: $(STAMP)
 # spread over two pytest-xdist workers (each test keeps torch to one thread; 174 s against 277 s on 2 cores).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not openvino"
-	$(BIN)/python -m pytest -q -m openvino tests/test_openvino_engine.py
+	$(BIN)/python -m pytest -q -m openvino tests/test_openvino_engine.py tests/test_localize_cli.py
 
 bench: $(STAMP)
 	$(BIN)/verydeep bench --device cpu

@@ -239,3 +239,35 @@ def test_feature_info_matches_the_maps_taps_return():
     full = {f["module"]: f for f in verydeep.vgg("D").feature_info}
     assert full["relu3_3"] == {"module": "relu3_3", "num_chs": 256, "reduction": 4}
     assert full["pool5"]["reduction"] == 32 and full["fc7"]["num_chs"] == 4096
+
+
+@pytest.mark.parametrize("how", ["in_place", "wrapper"])
+def test_taps_run_compiled_with_the_model(how):
+    """``model.compile(); model.taps(...)`` and ``torch.compile(model)(x, taps=...)`` run a graph dynamo
+    compiled, with the eager results (issue 27, item 6: both ran eager). ``backend="eager"`` keeps the
+    test to dynamo's capture (inductor's code generation takes tens of seconds on 2 cores)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = verydeep.vgg("D", num_classes=5, width=0.125, fc_width=32, crop_size=32).eval()
+    x, names = _images(40), ["relu1_2", "relu3_3", "fc7"]
+    with torch.no_grad():
+        eager = model.taps(x, names)
+    torch._dynamo.reset()
+    counters.clear()
+    if how == "in_place":
+        model.compile(backend="eager")
+        run = model.taps
+    else:
+        compiled = torch.compile(model, backend="eager")
+        run = lambda x, names: compiled(x, taps=names)  # noqa: E731
+    with torch.no_grad():
+        found = run(x, names)
+        again = run(x, names)
+    assert counters["stats"]["unique_graphs"] == 1 and counters["stats"]["calls_captured"] > 20
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert list(found) == names
+    for name in names:
+        torch.testing.assert_close(found[name], eager[name], atol=0, rtol=0)
+        torch.testing.assert_close(again[name], eager[name], atol=0, rtol=0)
+    torch._dynamo.reset()

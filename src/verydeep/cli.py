@@ -105,7 +105,7 @@ def _run_convert(args) -> int:
 
 # -- predict ------------------------------------------------------------------------------------
 def _add_engine(p: argparse.ArgumentParser) -> None:
-    """``--engine`` and ``--engine-cache`` (predict, evaluate, features): see verydeep.runtime.engines."""
+    """``--engine`` and ``--engine-cache`` (predict, evaluate, features, localize predict): see runtime/engines.py."""
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"],
                    help="inference engine (auto: OpenVINO when installed and the device is a CPU, else PyTorch)")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
@@ -304,8 +304,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", type=int_list, default=None,
                    help="test scales Q, comma-separated (default: the paper's rule from each net's training scale)")
     p.add_argument("--no-flip", action="store_true", help="do not average with the horizontally flipped image")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default 8 on CPU, 32 on GPU)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader processes decoding images (default: by cores)")
+    _add_folder_pass(p)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="compute precision (auto: bf16 where the CPU/GPU does it fast)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -417,6 +416,7 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     r.add_argument("--draw", default=None, metavar="DIR", help="also write DIR/<image>.boxes.png, the boxes on the photo")
     r.add_argument("--overwrite", action="store_true", help="replace pictures already in DIR")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    _add_engine(r)
     r.add_argument("--json", action="store_true", help="print a JSON array, one object per image")
 
 
@@ -449,7 +449,8 @@ def _localize_predict(args) -> int:
     from verydeep.localize.predict import predict_boxes  # start-up: per command
 
     results = predict_boxes(args.images, args.box_weights, args.weights, scales=args.scales, top=args.top,
-                            merge_iou=args.merge_iou, device=args.device, draw=args.draw, overwrite=args.overwrite)
+                            merge_iou=args.merge_iou, device=args.device, draw=args.draw, overwrite=args.overwrite,
+                            engine=args.engine, engine_cache=args.engine_cache)
     def lines(r: dict) -> list[str]:
         boxes = [f"  {rank}. {g['class']:<20} box ({', '.join(f'{v:.0f}' for v in g['box'])})  score {g['score']:.3g}"
                  for rank, g in enumerate(r["guesses"], start=1)]
@@ -459,6 +460,13 @@ def _localize_predict(args) -> int:
 
 
 # -- features -----------------------------------------------------------------------------------
+def _add_folder_pass(p: argparse.ArgumentParser) -> None:
+    """``--batch-size`` and ``--workers`` of a pass over an image folder (evaluate, features)."""
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per batch, of equal rescaled size (default 8 on CPU, 16 on OpenVINO, 32 on GPU)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader processes decoding images (default: by cores)")
+
+
 def _add_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", nargs="+", required=True, metavar="W",
                    help="one or more nets (weights files or release names); their descriptors are stacked")
@@ -476,6 +484,7 @@ def _add_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="compute precision (auto: bf16 where the CPU/GPU does it fast)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    _add_folder_pass(p)
     _add_engine(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace a feature file (or partial run) made differently instead of refusing it")
@@ -484,10 +493,12 @@ def _add_features(p: argparse.ArgumentParser) -> None:
 def _run_features(args) -> int:
     from verydeep.transfer.run import features_command  # start-up: per command
 
+    if args.workers is not None:
+        check_workers(args.workers, "--workers")
     summary = features_command(args.weights, args.data, args.out, scales=args.scales, aggregate=args.aggregate,
                                flip=not args.no_flip, precision=args.precision, device=args.device,
                                overwrite=args.overwrite, layer=args.layer, engine=args.engine,
-                               engine_cache=args.engine_cache)
+                               engine_cache=args.engine_cache, batch_size=args.batch_size, workers=args.workers)
     if args.json:
         _print_json(summary)
     else:

@@ -45,7 +45,10 @@ def _prep(model) -> Preprocessing:
 
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where the net's inputs go: its parameters' device; the CPU for a net that holds none itself (a
+    box net around an OpenVINO net, :func:`verydeep.localize.predict.on_engine`)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _bar(total: int, desc: str, progress: bool):

@@ -6,8 +6,9 @@
   convolution kernels are *views* of the Linear weights, so nothing is copied and training the
   crop view trains the dense one;
 * ``model.descriptor(x)`` is the fc7 activation map (after ReLU) that transfer learning uses;
-* ``model.taps(x, names)`` returns activations by the release's names (``relu3_3``, ``fc7``), for
-  perceptual losses and features of other layers (:mod:`verydeep.models.taps`).
+* ``model.taps(x, names)`` (the same as ``model(x, taps=names)``, so that ``torch.compile``
+  compiles it) returns activations by the release's names (``relu3_3``, ``fc7``), for perceptual
+  losses and features of other layers (:mod:`verydeep.models.taps`).
 
 Parameter keys follow torchvision (``features.N.*``, ``classifier.0/3/6.*``) so that its state
 dicts load unchanged.
@@ -25,7 +26,7 @@ from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import (CROP_SIZE, DROPOUT, FC_WIDTH, LRN_SETTINGS, NUM_CLASSES, Conv1x1, ModelSpec,
                                      conv_width, feature_layout, resolve_name)
 from verydeep.models.init import initialise
-from verydeep.models.taps import compute_taps, feature_info
+from verydeep.models.taps import compute_taps, feature_info, resolve_taps
 
 
 def make_features(spec: ModelSpec) -> nn.Sequential:
@@ -113,8 +114,17 @@ class VGG(nn.Module):
         x = self.classifier[:6](x)
         return x if pre_logits else self.classifier[6](x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits for crops of ``spec.crop_size``."""
+    def forward(self, x: torch.Tensor, taps: str | Iterable[str] | None = None,
+                pool: str = "max") -> torch.Tensor | dict[str, torch.Tensor]:
+        """Class logits for crops of ``spec.crop_size``; with ``taps=names``, the activations
+        :meth:`taps` returns instead.
+
+        Why taps go through here: ``torch.compile`` compiles a module's ``forward`` (an
+        ``OptimizedModule``) or its ``__call__`` (``model.compile()``), never its other methods, so
+        a feature network called as ``compiled(x, taps=names)``, or ``model.taps`` after
+        ``model.compile()``, runs the compiled graph rather than eager PyTorch."""
+        if taps is not None:
+            return compute_taps(self, x, taps, pool)
         self.check_input(x)
         return self.forward_head(self.forward_features(x))
 
@@ -223,8 +233,14 @@ class VGG(nn.Module):
         order asked. Only the layers up to the deepest name are run. ``pool="avg"`` replaces every
         max-pool by a 2x2 average pool (Gatys et al.'s style transfer). Names are listed by
         :func:`verydeep.models.taps.tap_names`; an unknown one is a :class:`ConfigError` listing them.
+
+        It calls the module (``self(x, taps=names)``), so ``model.compile()`` compiles it too; for a
+        ``torch.compile(model)`` wrapper call ``compiled(x, taps=names)`` (its ``.taps`` is this
+        method of the wrapped net, which runs eager). The names are checked here first, so that
+        ``taps(x, None)`` is the error it always was, not the logits of ``forward(x, taps=None)``.
         """
-        return compute_taps(self, x, names, pool)
+        resolve_taps(self.spec, names)
+        return self(x, taps=names, pool=pool)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """The class score map (N, classes, h, w) of a whole image (no softmax, no pooling)."""
