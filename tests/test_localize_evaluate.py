@@ -10,7 +10,7 @@ from torch import nn
 from box_data import write_box_folder
 from verydeep.localize.boxes import dense_windows, encode, iou
 from verydeep.localize.data import load_box_index
-from verydeep.localize.evaluate import crop_protocol, dense_guesses, dense_protocol, guesses_right
+from verydeep.localize.evaluate import crop_protocol, dense_guesses, dense_protocol, guesses_right, rescaled_guesses
 from verydeep.localize.head import BoxHead
 from verydeep.models.configs import ModelSpec
 from verydeep.weights.metadata import Preprocessing, WeightsMeta
@@ -88,14 +88,14 @@ def test_dense_guesses_map_positions_to_image_boxes(mode, shift, right):
 def test_dense_protocol_counts_right_and_wrong(tmp_path, monkeypatch):
     data = load_box_index(write_box_folder(tmp_path, per_class=2, splits=("val",)) / "val")
     box_net = OracleBoxNet("pcr", data.classes)
-    original = dense_guesses
+    original = rescaled_guesses
 
-    def with_truth(net, classifier, image, scales, top, merge_iou):
-        sample = next(s for s in data.samples if s.size == (image.shape[-1], image.shape[-2]))
+    def with_truth(net, classifier, rescaled, size, top, merge_iou):
+        sample = next(s for s in data.samples if s.size == (size[1], size[0]))
         net.box, net.size = sample.boxes[0], sample.size
-        return original(net, classifier, image, scales, top, merge_iou)
+        return original(net, classifier, rescaled, size, top, merge_iou)
 
-    monkeypatch.setattr("verydeep.localize.evaluate.dense_guesses", with_truth)
+    monkeypatch.setattr("verydeep.localize.evaluate.rescaled_guesses", with_truth)
     # the classifier always says c0: with top-1 only the c0 images are right, with top-2 all are
     result = dense_protocol(box_net, FixedClassifier(data.classes, favourite=0), data, [40], top=2, progress=False)
     assert result["top2_error"] == 0.0 and result["top1_error"] == 50.0 and result["images"] == 4

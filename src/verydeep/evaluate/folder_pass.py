@@ -1,8 +1,8 @@
 """One pass over an image folder: plan, decode in workers, a function per batch, results in order.
 
-``verydeep evaluate`` (posteriors) and ``verydeep features`` (descriptors) both go over a folder
-this way, so a fix to decoding, batching, worker processes or the order results are booked in
-lands once:
+``verydeep evaluate`` (posteriors), ``verydeep features`` (descriptors) and ``verydeep localize
+evaluate``'s dense test (boxes) all go over a folder this way, so a fix to decoding, batching,
+worker processes or the order results are booked in lands once:
 
 1. **plan** (:func:`plan_pass`): the images' sizes are read from their headers (split between the
    processes of a ``torchrun`` job), the images cut into batches of equal rescaled size at every
@@ -76,6 +76,7 @@ class Pass:
     plan: list[list[int]]
     order: list[int]
     done: np.ndarray | None = None
+    sizes: list[tuple[int, int] | None] | None = None  # each image's (height, width) as decoded, from its header
 
     def wanted(self, b: int) -> set[int]:
         """The images of batch ``b`` still to do."""
@@ -91,9 +92,10 @@ def plan_pass(ctx: distributed.DistContext, paths: Sequence[str], scales: Sequen
               done: np.ndarray | None = None) -> Pass:
     """Plan the batches over ``paths`` rescaled to every one of ``scales``; this process's share
     leaves out the batches whose images are all ``done``."""
-    plan = plan_batches(probe_all(ctx, paths), scales, batch_size)
+    sizes = probe_all(ctx, paths)
+    plan = plan_batches(sizes, scales, batch_size)
     left = [b for b in range(len(plan)) if done is None or not done[plan[b]].all()]
-    return Pass(list(paths), list(scales), plan, [b for b in left if b % ctx.world_size == ctx.rank], done)
+    return Pass(list(paths), list(scales), plan, [b for b in left if b % ctx.world_size == ctx.rank], done, sizes)
 
 
 def run_pass(p: Pass, workers: int, work: Callable[[list[Decoded], set[int]], Any], book: Callable[[int, Any], None],

@@ -25,14 +25,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from verydeep.data.images import open_rgb, to_tensor
-from verydeep.data.preprocess import check_rescaled_size, normalise, rescale
+from verydeep.data.images import open_rgb
+from verydeep.data.preprocess import normalise, rescale
 from verydeep.errors import ConfigError, VerydeepError
+from verydeep.evaluate.folder_pass import loader_sizes, plan_pass, run_pass
 from verydeep.localize.boxes import clip, decode, dense_windows, iou
 from verydeep.localize.crops import crop_with_boxes, window
 from verydeep.localize.data import BoxIndex, class_mapping
 from verydeep.localize.head import BoxNet, select_boxes
 from verydeep.localize.merge import MERGE_IOU, greedy_merge
+from verydeep.runtime import distributed
 from verydeep.weights.metadata import Preprocessing
 
 #: A box is right when its IoU with a ground-truth box is above this (ILSVRC's rule).
@@ -128,13 +130,21 @@ def check_pair(box_net: BoxNet, classifier) -> None:
 def dense_guesses(box_net: BoxNet, classifier, image: torch.Tensor, scales: Sequence[int], top: int = TOP,
                   merge_iou: float = MERGE_IOU) -> list[Guess]:
     """Test 2's guesses for one uint8 (3, H, W) image: ``top`` (class, box) pairs, best class first."""
-    height, width = image.shape[-2:]
+    rescaled = {q: rescale(image, q) for q in scales}
+    return rescaled_guesses(box_net, classifier, rescaled, tuple(image.shape[-2:]), top, merge_iou)
+
+
+@torch.no_grad()
+def rescaled_guesses(box_net: BoxNet, classifier, rescaled: dict[int, torch.Tensor], size: tuple[int, int],
+                     top: int = TOP, merge_iou: float = MERGE_IOU) -> list[Guess]:
+    """:func:`dense_guesses` of an image given rescaled to each scale Q (``rescaled[Q]``: uint8 (3, h, w),
+    as the folder pass decodes it) and its (height, width) as decoded."""
+    height, width = size
     crop = box_net.spec.crop_size
     device = _device(box_net)
     per_scale = []
     posterior = 0
-    for q in scales:
-        resized = rescale(image, q)
+    for resized in rescaled.values():
         rh, rw = resized.shape[-2:]
         probs = classifier.dense(normalise(resized[None].to(device), _prep(classifier)))[0].float().softmax(0)
         boxes = box_net.dense(normalise(resized[None].to(device), _prep(box_net)))[0].float()
@@ -163,8 +173,13 @@ def guesses_right(guesses: Sequence[Guess], label: int, boxes: np.ndarray) -> bo
 
 
 def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence[int], top: int = TOP,
-                   merge_iou: float = MERGE_IOU, progress: bool = True) -> dict:
-    """Test 2: top-5 (and top-1) localisation error (%) of dense application with greedy merging."""
+                   merge_iou: float = MERGE_IOU, progress: bool = True, workers: int | None = None) -> dict:
+    """Test 2: top-5 (and top-1) localisation error (%) of dense application with greedy merging.
+
+    The images go through the folder pass that ``evaluate`` and ``features`` use
+    (:mod:`verydeep.evaluate.folder_pass`): decoded and rescaled in ``workers`` processes, one image
+    at a time through the nets (each image's guesses are :func:`dense_guesses`'s, as ``localize
+    predict`` gives them)."""
     check_pair(box_net, classifier)
     small = [q for q in scales if q < box_net.spec.crop_size]
     if small or not scales:
@@ -173,29 +188,33 @@ def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence
                            [f"class_{i}" for i in range(classifier.num_classes)], data.classes, "classification net")
     box_net.eval()
     classifier.eval()
-    right_top = right_one = class_top = total = unreadable = 0
-    bar = _bar(len(data), "localisation (dense)", progress)
-    for sample in data.samples:
-        if bar is not None:
-            bar.update(1)
-        try:
-            image = to_tensor(open_rgb(sample.path))
-            check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=sample.path)
-        except VerydeepError:
-            unreadable += 1
-            continue
-        guesses = dense_guesses(box_net, classifier, image, scales, top, merge_iou)
-        label = to_net[sample.label]
-        total += 1
-        right_top += guesses_right(guesses, label, sample.boxes)
-        right_one += guesses_right(guesses[:1], label, sample.boxes)
-        class_top += any(g.label == label for g in guesses)
-    if bar is not None:
-        bar.close()
+    device = _device(box_net)
+    plan = plan_pass(distributed.DistContext(device=device), [s.path for s in data.samples], list(scales), 1)
+    counts = {"right_top": 0, "right_one": 0, "class_top": 0, "total": 0, "unreadable": 0}
+
+    def work(decoded, wanted):
+        [(i, rescaled)] = decoded
+        if isinstance(rescaled, str) or plan.sizes[i] is None:
+            return i, None
+        return i, rescaled_guesses(box_net, classifier, rescaled, plan.sizes[i], top, merge_iou)
+
+    def book(b, result):
+        i, guesses = result
+        if guesses is None:
+            counts["unreadable"] += 1
+            return
+        sample, label = data.samples[i], to_net[data.samples[i].label]
+        counts["total"] += 1
+        counts["right_top"] += guesses_right(guesses, label, sample.boxes)
+        counts["right_one"] += guesses_right(guesses[:1], label, sample.boxes)
+        counts["class_top"] += any(g.label == label for g in guesses)
+
+    run_pass(plan, loader_sizes(device, 1, workers)[1], work, book, desc="localisation (dense)", progress=progress)
+    total = counts["total"]
     if total == 0:
         raise ConfigError(f"no image of {data.root} could be read for the localisation test")
     return {"protocol": f"dense, top-{top}, greedy merging", "mode": box_net.head.mode, "scales": list(scales),
-            "images": total, f"top{top}_error": 100.0 * (total - right_top) / total,
-            "top1_error": 100.0 * (total - right_one) / total,
-            f"classification_top{top}_error": 100.0 * (total - class_top) / total,
-            "merge_iou": merge_iou, "unreadable": unreadable, "skipped": dict(data.skipped)}
+            "images": total, f"top{top}_error": 100.0 * (total - counts["right_top"]) / total,
+            "top1_error": 100.0 * (total - counts["right_one"]) / total,
+            f"classification_top{top}_error": 100.0 * (total - counts["class_top"]) / total,
+            "merge_iou": merge_iou, "unreadable": counts["unreadable"], "skipped": dict(data.skipped)}
