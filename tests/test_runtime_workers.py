@@ -74,3 +74,15 @@ def _alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead, waiting to be reaped
     except FileNotFoundError:
         return False
+
+
+def test_the_folder_pass_bounds_workers_for_the_python_api_too(tmp_path):
+    """``extract_features(..., workers=N)`` (and every pass over a folder) refuses N past the bound
+    before a process is started, as the command line's --workers does."""
+    import torch
+
+    from verydeep.evaluate.folder_pass import loader_sizes
+
+    assert loader_sizes(torch.device("cpu"), None, max_workers())[1] == max_workers()
+    with pytest.raises(ConfigError, match="more worker processes than this machine can hold"):
+        loader_sizes(torch.device("cpu"), None, max_workers() + 1)

@@ -35,6 +35,7 @@ from verydeep.evaluate.inflight import InFlight
 from verydeep.evaluate.loading import Decoded, PlannedBatches, batch_loader
 from verydeep.evaluate.plan import plan_batches, probe_size
 from verydeep.runtime import distributed
+from verydeep.runtime.workers import check_workers
 
 
 #: Images per batch when not given, by device (and engine): the GPU takes more. (OpenVINO splits a
@@ -51,7 +52,7 @@ def loader_sizes(device: torch.device, batch_size: int | None, workers: int | No
     if workers is None:
         cores = os.cpu_count() or 1
         workers = min(8, cores) if device.type == "cuda" else min(4, max(1, cores // 2))
-    return batch_size, workers
+    return batch_size, check_workers(int(workers), "workers")  # the bound holds for the Python API too
 
 
 def probe_all(ctx: distributed.DistContext, paths: Sequence[str]) -> list[tuple[int, int] | None]:
