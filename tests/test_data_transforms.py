@@ -226,3 +226,17 @@ def test_prepare_batch():
     delta = a - evaluated  # the colour shift: constant over each image's pixels
     assert torch.allclose(delta, delta[:, :, :1, :1].expand_as(delta), atol=1e-4)
     assert torch.allclose(delta[:, :, :1, :1], offsets, atol=1e-4)
+
+
+def test_normalise_refuses_0_to_1_floats_instead_of_being_off_by_255():
+    """Issue 27, item 3: ``normalise`` takes 0-255 pixels; 0-1 floats were silently wrong (4.4 off)."""
+    from verydeep.data.preprocess import normalise
+    from verydeep.errors import VerydeepError
+    from verydeep.weights.metadata import Preprocessing
+
+    pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    prep = Preprocessing.torchvision()
+    torch.testing.assert_close(normalise(pixels.float(), prep), normalise(pixels, prep))  # 0-255 floats are fine
+    with pytest.raises(VerydeepError, match="0-255 pixels.*FeatureNet"):
+        normalise(pixels.float() / 255, prep)
+    assert normalise(torch.zeros(1, 3, 4, 4), prep).shape == (1, 3, 4, 4)  # black is black on either scale

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from verydeep.errors import ImageError
+from verydeep.errors import ImageError, VerydeepError
 from verydeep.weights.metadata import Preprocessing
 
 #: Largest image :func:`rescale` makes, in pixels (4096 x 4096). A strip of extreme aspect ratio is a
@@ -55,7 +55,14 @@ def rescale(image: torch.Tensor, shorter: int) -> torch.Tensor:
 def normalise(image: torch.Tensor, prep: Preprocessing, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """RGB uint8 (or 0-255 float) pixels, channels at dim -3 -> the net's input per ``prep``:
     ``(x * value_range / 255 - mean) / std``, computed as one multiply-subtract in place on a copy
-    (4x faster than four passes over a batch: it runs in the main process between batches)."""
+    (4x faster than four passes over a batch: it runs in the main process between batches).
+
+    Float pixels in 0-1 (torchvision's convention) would come out wrong by a factor of 255 on the
+    pixel scale: a float input whose largest value is in (0, 1] is refused (an all-black image is
+    the same either way). The feature-network API takes 0-1 input: :class:`verydeep.FeatureNet`."""
+    if image.is_floating_point() and image.numel() and 0.0 < float(image.detach().amax()) <= 1.0:
+        raise VerydeepError("normalise() takes 0-255 pixels (uint8, or floats on that scale), got floats in 0-1: "
+                            "multiply by 255, or use verydeep.FeatureNet / PerceptualLoss, which take RGB in 0-1")
     x = image.to(dtype, copy=True)
     if prep.channel_order == "BGR":
         x = x.flip(-3)
