@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -126,12 +127,12 @@ def main() -> None:
             data = make_data(tmp / f"data_{protocol}", n)
             paths = sorted(str(p) for p in data.rglob("*.jpg"))
             baseline = baseline_dense if protocol == "dense" else baseline_multicrop
-            ref, t_base = timed(lambda: baseline(tv, paths, q))
+            ref, t_base = timed(partial(baseline, tv, paths, q))
             line = f"{name:20s} {n:3d} images  per-image torchvision loop (fp32): {n / t_base:6.2f} img/s"
             for precision in ("fp32", "auto"):
-                res, t_ours = timed(lambda: evaluate([str(weights)], data, protocols=[protocol], scales=[q],
-                                                     precision=precision, workers=args.workers, progress=False,
-                                                     log=lambda s: None))
+                res, t_ours = timed(partial(evaluate, [str(weights)], data, protocols=[protocol], scales=[q],
+                                            precision=precision, workers=args.workers, progress=False,
+                                            log=lambda s: None))
                 ours = res.scores.values[(0, protocol, q)]
                 order = [res.scores.paths.index(p) for p in paths]
                 diff = np.abs(ours[order] - ref).max()

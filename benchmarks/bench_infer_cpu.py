@@ -3,7 +3,8 @@
 The speed issue's CPU row. Ours is what ``verydeep predict/evaluate`` do on a CPU with fast bf16
 (AMX or AVX-512-BF16): :func:`verydeep.runtime.precision.prepare_model` (bf16 weights stored once,
 channels-last) under bf16 autocast, run through ``model.dense`` (on the CPU fc6-fc8 run as matrix
-products over the pool5 windows) and through ``model.descriptor`` plus fc8 as one matrix product. The baseline is ``torchvision.models.vgg16()`` eager in fp32, contiguous input.
+products over the pool5 windows) and through ``model.descriptor`` plus fc8 as one matrix product.
+The baseline is ``torchvision.models.vgg16()`` eager in fp32, contiguous input.
 Same weights (Glorot init), same images (the synthetic set rendered at ImageNet-like sizes,
 centre crops), batch ``--batch``.
 

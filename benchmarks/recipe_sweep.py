@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         a_rows = list(pool.map(run_a, [(s, p) for p in precisions for s in args.seeds]))
-        d_jobs = [(r, from_a) for r in a_rows if r["seed"] in args.d_seeds and r["exit"] == 0 for from_a in (True, False)]
+        d_jobs = [(r, from_a) for r in a_rows if r["seed"] in args.d_seeds and r["exit"] == 0
+                  for from_a in (True, False)]
         all_d = list(pool.map(run_d, d_jobs))
     d_rows = [r for r in all_d if r["net"] == "D from A"]
     controls = {(r["seed"], r["precision"]): r for r in all_d if r["net"] == "D random"}
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"D from A, dense top-1 error: {spread(d_errs)}")
         print(f"D random, dense top-1 error: "
               f"{spread([r['dense_top1_err'] for r in controls.values() if r.get('dense_top1_err') is not None])}")
-        print(f"D from A beats D random (dense top-1, same seed and precision, same steps): {sum(beats)} of {len(beats)}")
+        print("D from A beats D random (dense top-1, same seed and precision, same steps): "
+              f"{sum(beats)} of {len(beats)}")
     print(f"A <= {A_MAX_ERR:.0%} on every run: {'yes' if a_ok else 'NO'}"
           + (f"; D from A >= {D_MIN_ACC:.0%} dense top-1 and ahead of D random on every run: {'yes' if d_ok else 'NO'}"
              if d_rows else ""))

@@ -43,10 +43,12 @@ def train_rate(folder: Path, out: Path, s, epochs: int) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny net and images (a smoke test; says nothing about speed)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny net and images (a smoke test; says nothing about speed)")
     parser.add_argument("--json", help="also write the bench's whole JSON report here")
     parser.add_argument("--train-first", action="store_true",
-                        help="run verydeep train before the bench (on a shared machine, which comes first can decide the ratio)")
+                        help="run verydeep train before the bench "
+                             "(on a shared machine, which comes first can decide the ratio)")
     args = parser.parse_args()
     s = settings_for(torch.device("cpu"), args.quick)
     with tempfile.TemporaryDirectory(prefix="verydeep-train-vs-bench-") as tmp:
@@ -73,8 +75,9 @@ def main() -> None:
     print(f"  its steps (img/s): {', '.join(f'{v:.1f}' for v in train_steps)}")
     print(f"ratio train / bench: {ours_train / e2e['ours_images_per_s']:.3f}")
     peak, probes = result["peak_tflops"]["bf16"], result["peak_probes"]
-    print(f"bench train_step at batch {step['batch']}: {step['ours_images_per_s']:.2f} img/s = {step['mfu_ours']:.1%} of "
-          f"the bf16 matmul peak it measured ({peak:.2f} TFLOP/s, the best of {probes['count']} probes, the lowest "
+    print(f"bench train_step at batch {step['batch']}: {step['ours_images_per_s']:.2f} img/s = "
+          f"{step['mfu_ours']:.1%} of the bf16 matmul peak it measured ({peak:.2f} TFLOP/s, "
+          f"the best of {probes['count']} probes, the lowest "
           f"{probes['lowest_tflops']['bf16']:.2f}); optimiser {step['optimizer_share']:.0%} of the step")
     windows = ", ".join(f"{w:.2f}" for w in step["timing"]["ours"]["windows"])
     print(f"  its timed windows (img/s): {windows}; heap: {step['ours'].split('heap: ')[-1]}")

@@ -83,7 +83,8 @@ def test_the_peak_probe_keeps_the_best_and_the_lowest_of_every_probe(monkeypatch
 def test_the_report_says_when_a_probe_found_the_machine_shared():
     from verydeep.bench.report import peak_line
 
-    result = {"peak_tflops": {"fp32": 0.6, "bf16": 2.0}, "peak_probes": {"count": 20, "lowest_tflops": {"fp32": 0.55, "bf16": 0.8}}}
+    result = {"peak_tflops": {"fp32": 0.6, "bf16": 2.0},
+              "peak_probes": {"count": 20, "lowest_tflops": {"fp32": 0.55, "bf16": 0.8}}}
     line = peak_line(result)
     assert "best of 20 probes" in line and "bf16 0.80" in line and "fp32 0.55" not in line and "slower" in line
     result["peak_probes"]["lowest_tflops"]["bf16"] = 1.9
@@ -117,8 +118,10 @@ def test_train_step_rows_report_the_median_rate_and_the_optimiser_share(monkeypa
         return real_opt(*args, **kwargs)
 
     monkeypatch.setattr(step.optimizer, "step", opt_step)
-    monkeypatch.setattr(bench.OurStep, "__call__", lambda self, x, y: (real_step(self, x, y), clock.spend(0.1 * len(y))))
-    monkeypatch.setattr(bench.BaselineStep, "__call__", lambda self, x, y: (real_base(self, x, y), clock.spend(0.3 * len(y))))
+    monkeypatch.setattr(bench.OurStep, "__call__",
+                        lambda self, x, y: (real_step(self, x, y), clock.spend(0.1 * len(y))))
+    monkeypatch.setattr(bench.BaselineStep, "__call__",
+                        lambda self, x, y: (real_base(self, x, y), clock.spend(0.3 * len(y))))
     monkeypatch.setattr(bench, "measure", lambda fn, items, method, sync, between=None:
                         measure(fn, items, method, sync, clock=clock, between=between))
     peaks = {"fp32": 1e12, "bf16": 2e12}

@@ -217,7 +217,8 @@ def test_bad_weights_and_options_through_the_cli(case, tmp_path, tiny_weights, p
     argv = ["predict", photo, "--weights", weights, *extra]
     if case == "no_images":
         argv = ["predict", "--weights", weights]
-    code, _, err = run(capsys, *argv) if case not in ("bad_scales", "unknown_option", "no_images") else _exit(capsys, argv)
+    exits = case in ("bad_scales", "unknown_option", "no_images")
+    code, _, err = _exit(capsys, argv) if exits else run(capsys, *argv)
     assert code == 2, err
     assert one_line_error(err), err
 

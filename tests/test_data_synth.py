@@ -121,7 +121,8 @@ def test_learnable_but_not_linearly_from_pixels(tmp_path):
             img = Image.open(path).convert("RGB")
             pixels.append(np.asarray(img.resize((12, 12), Image.BILINEAR), np.float32).ravel() / 255)
             b = boxes_for(path)[0]
-            crop = np.asarray(img.crop((b.xmin, b.ymin, b.xmax + 1, b.ymax + 1)).resize((14, 14), Image.BILINEAR), np.float32)
+            crop = np.asarray(img.crop((b.xmin, b.ymin, b.xmax + 1, b.ymax + 1)).resize((14, 14), Image.BILINEAR),
+                              np.float32)
             border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
             fg = np.linalg.norm(crop - np.median(border, axis=0), axis=-1)
             shapes.append((fg / (fg.max() + 1e-6)).ravel())

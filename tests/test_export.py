@@ -51,7 +51,8 @@ def test_onnx_matches_pytorch_at_224_and_two_other_sizes(tmp_path, weights_224, 
     x = torch.randn(1, 3, 224, 224, generator=generator)
     with torch.no_grad():
         logits = model(x).numpy()
-    np.testing.assert_allclose(session.run(["scores"], {"image": x.numpy()})[0][:, :, 0, 0], logits, atol=1e-4, rtol=1e-4)
+    scores = session.run(["scores"], {"image": x.numpy()})[0]
+    np.testing.assert_allclose(scores[:, :, 0, 0], logits, atol=1e-4, rtol=1e-4)
 
 
 def test_onnx_graph_has_dynamic_axes_and_the_metadata(tmp_path, weights_224):
@@ -115,3 +116,21 @@ def test_existing_file_survives_a_failed_export(tmp_path, tiny_weights, capsys):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     assert main(["export", "--weights", str(bad), "--format", "torchscript", str(dst)]) == 2
     assert dst.read_bytes() == b"precious"
+
+
+def test_a_torchscript_export_fed_back_as_weights_is_one_line_saying_what_it_is(tmp_path, tiny_weights, eval_folder,
+                                                                                 capsys, recwarn):
+    """Issue 26, class M: torch.load's UserWarning and its "In PyTorch 2.6 ..." paragraph came through."""
+    program = tmp_path / "tiny.pt"
+    assert main(["export", "--weights", str(tiny_weights), "--format", "torchscript", str(program)]) == 0
+    capsys.readouterr()
+    image = next(eval_folder.rglob("*.jpg"))
+    for argv in (["predict", str(image), "--weights", str(program)],
+                 ["evaluate", "--weights", str(program), "--data", str(eval_folder)],
+                 ["convert", str(program), str(tmp_path / "back.safetensors")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "2.6" not in err and "weights_only" not in err, err
+        assert f"{program} is a TorchScript program" in err and "pass the weights file it was exported from" in err
+    assert not [w for w in recwarn if "TorchScript" in str(w.message)]
+    assert not (tmp_path / "back.safetensors").exists()

@@ -129,8 +129,8 @@ def test_caffe_weights_see_bgr_mean_subtracted_pixels(tmp_path, kind):
     path = tmp_path / "VGG_small.caffemodel"
     write_v1_caffemodel(path, blobs)
     layers = ["relu1_2", "relu3_3", "pool5", "relu7"]
-    loss = PerceptualLoss(str(path), layers, weights_per_layer={"relu1_2": 2.0, "relu3_3": 1.0, "pool5": 1.0, "relu7": 0.5},
-                          kind=kind)
+    loss = PerceptualLoss(str(path), layers,
+                          weights_per_layer={"relu1_2": 2.0, "relu3_3": 1.0, "pool5": 1.0, "relu7": 0.5}, kind=kind)
     images, target = _rgb01(2, 64, seed=6), _rgb01(2, 64, seed=7)
 
     def caffe_input(rgb01: torch.Tensor) -> torch.Tensor:

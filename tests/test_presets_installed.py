@@ -83,7 +83,8 @@ def run(*argv):
             code = exc.code
     return {"code": code, "out": out.getvalue(), "err": err.getvalue()[-2000:]}
 
-report = {"file": verydeep.__file__, "configs": run("configs", "--json"), "demo": run("demo", "--fast", "--out", "demo")}
+report = {"file": verydeep.__file__, "configs": run("configs", "--json"),
+          "demo": run("demo", "--fast", "--out", "demo")}
 report["train"] = run("train", "--config", "cpu/tiny", "--json", "--set", "data.train=demo/data/train",
                       "data.val=demo/data/val", "run.out=run", "run.progress=false", "schedule.epochs=1")
 image = sorted(Path("demo/data/val").rglob("*.jpg"))[0]

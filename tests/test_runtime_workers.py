@@ -30,8 +30,8 @@ def test_the_bound_is_checked_before_any_worker_starts():
 
 @pytest.mark.parametrize("argv", [["synth", "{tmp}/s", "--workers", "100000"],
                                   ["evaluate", "--weights", "x", "--data", "{tmp}", "--workers", "100000"],
-                                  ["localize", "train", "--weights", "x", "--data", "{tmp}", "--out", "{tmp}/b.safetensors",
-                                   "--workers", "100000"]])
+                                  ["localize", "train", "--weights", "x", "--data", "{tmp}",
+                                   "--out", "{tmp}/b.safetensors", "--workers", "100000"]])
 def test_commands_refuse_a_huge_worker_count_in_one_line(argv, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err

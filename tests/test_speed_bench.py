@@ -23,7 +23,8 @@ def test_bench_quick_json_on_the_cpu(capsys):
     assert main(["bench", "--device", "cpu", "--quick", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["quick"] is True
-    assert [r["workload"] for r in result["rows"]] == WORKLOADS + (["inference_dense_openvino"] if openvino_available() else [])
+    openvino_rows = ["inference_dense_openvino"] if openvino_available() else []
+    assert [r["workload"] for r in result["rows"]] == WORKLOADS + openvino_rows
     rows = {r["workload"]: r for r in result["rows"]}
     for row in rows.values():
         assert math.isfinite(row["ours_images_per_s"]) and math.isfinite(row["baseline_images_per_s"]), row["workload"]
@@ -42,9 +43,12 @@ def test_bench_quick_json_on_the_cpu(capsys):
     # Every MFU is over the best of the matmul probes: one at the start, one after each window of the
     # training-step rows, one at the end.
     probes = result["peak_probes"]
-    assert probes["count"] == 2 + sum(rows[name]["timing"][side]["warmup_windows"] + len(rows[name]["timing"][side]["windows"])
-                                      for name in ("train_step", "train_step_small_batch") for side in ("ours", "baseline"))
-    flops = 6.0 * multiply_adds(make_nets(settings_for(torch.device("cpu"), quick=True))[0].spec, result["settings"]["crop"])
+    assert probes["count"] == 2 + sum(rows[name]["timing"][side]["warmup_windows"]
+                                      + len(rows[name]["timing"][side]["windows"])
+                                      for name in ("train_step", "train_step_small_batch")
+                                      for side in ("ours", "baseline"))
+    spec = make_nets(settings_for(torch.device("cpu"), quick=True))[0].spec
+    flops = 6.0 * multiply_adds(spec, result["settings"]["crop"])
     for name in ("train_step", "train_end_to_end"):
         peak = result["peak_tflops"][result["precision"]] * 1e12
         assert rows[name]["mfu_ours"] == pytest.approx(rows[name]["ours_images_per_s"] * flops / peak)

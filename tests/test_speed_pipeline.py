@@ -152,7 +152,8 @@ def test_augmentation_statistics_are_the_same_on_both_paths(index, monkeypatch):
     n = len(flips)
     assert abs(np.mean(flips) - 0.5) < 4 * math.sqrt(0.25 / n)
     assert min(dev_s) < AUG.scale_min + 10 and max(dev_s) > AUG.scale_max - 10
-    assert abs(np.mean(dev_s) - (AUG.scale_min + AUG.scale_max) / 2) < 4 * (AUG.scale_max - AUG.scale_min) / math.sqrt(12 * n)
+    assert (abs(np.mean(dev_s) - (AUG.scale_min + AUG.scale_max) / 2)
+            < 4 * (AUG.scale_max - AUG.scale_min) / math.sqrt(12 * n))
 
 
 def test_pixel_statistics_match_between_paths(index):
@@ -190,7 +191,8 @@ def test_roi_align_crop_equals_pil_crop_resize(box, crop):
 
 def test_canvas_chunks_do_not_change_the_crops():
     imgs = [to_tensor(smooth_image(h, w, k)) for k, (h, w) in enumerate([(60, 80), (90, 70), (64, 64), (50, 120)])]
-    boxes = torch.tensor([[1.5, 2.0, 41.5, 42.0], [0.0, 10.0, 70.0, 80.0], [3.0, 3.0, 60.0, 60.0], [60.0, 0.0, 110.0, 50.0]])
+    boxes = torch.tensor([[1.5, 2.0, 41.5, 42.0], [0.0, 10.0, 70.0, 80.0], [3.0, 3.0, 60.0, 60.0],
+                          [60.0, 0.0, 110.0, 50.0]])
     one = crop_windows(imgs, boxes, 24)
     tiny = crop_windows(imgs, boxes, 24, canvas_elements=1)  # one image per canvas
     assert torch.equal(one, tiny)

@@ -111,7 +111,8 @@ def test_stage_outputs_equal_timm_forward_intermediates():
     names = ["relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4", "pool5"]
     with torch.no_grad():
         found = ours.eval().taps(x, names)
-        stages = theirs.eval().forward_intermediates(x, indices=list(range(6)), intermediates_only=True, stop_early=True)
+        stages = theirs.eval().forward_intermediates(x, indices=list(range(6)), intermediates_only=True,
+                                                     stop_early=True)
     assert len(stages) == 6
     for name, stage in zip(names, stages):
         torch.testing.assert_close(found[name], stage, atol=1e-5, rtol=1e-5, msg=name)

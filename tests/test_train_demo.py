@@ -66,7 +66,8 @@ def _rerun_reuses_and_isolates_sections(out, capsys, monkeypatch):
     from verydeep import localize, train as train_package
     from verydeep.errors import DataError
 
-    before = {name: (out / "runs" / name / "final.safetensors").stat().st_mtime_ns for name in ("A", "D_from_A", "D_random")}
+    before = {name: (out / "runs" / name / "final.safetensors").stat().st_mtime_ns
+              for name in ("A", "D_from_A", "D_random")}
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run with the same config was trained again")
@@ -138,7 +139,8 @@ def test_the_demo_judges_nets_by_their_accuracy_over_chance():
     from verydeep.demo.run import dead_nets
 
     nets = {"A": {"dense_top1_err": 0.85, "learned": True},
-            "D_from_A": {"dense_top1_err": 0.3, "learned": False, "stuck_reason": "the outputs no longer depend on the input"},
+            "D_from_A": {"dense_top1_err": 0.3, "learned": False,
+                         "stuck_reason": "the outputs no longer depend on the input"},
             "D_random": {"dense_top1_err": 0.9, "learned": False, "stuck_reason": "the training loss stays at ln(10)"}}
     dead = dead_nets(FULL, nets)
     assert set(dead) == {"A", "D_from_A"} and "15.0% dense top-1 accuracy" in dead["A"]

@@ -3,9 +3,9 @@
 Tolerance: the two runs add the same gradients in a different order (per-process partial sums,
 then gloo's all-reduce), so they agree to float32 rounding, which a few SGD steps amplify: after 12
 steps at lr 0.02 the weights (of magnitude 0.01-0.6) differ by about 2e-5 at most; the test allows
-|a - b| <= 1e-4 + 1e-3 |b| (per-step losses: 1e-4 relative). Dropout is off in the comparison: its masks are drawn per process (same
-distribution, different draws); every other random choice (order, crops, flips, colour shifts) is
-a function of the image's index and so identical.
+|a - b| <= 1e-4 + 1e-3 |b| (per-step losses: 1e-4 relative). Dropout is off in the comparison: its
+masks are drawn per process (same distribution, different draws); every other random choice
+(order, crops, flips, colour shifts) is a function of the image's index and so identical.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def test_two_gloo_processes_match_one(train_config, tmp_path):
     _close(a, b)
     # The same global batch: the same number of steps, and the same losses step by step.
     assert '"steps": 12' in stdout
-    losses = [[r["loss"] for r in read_metrics(folder) if r["kind"] == "step"] for folder in (single.run_dir, tmp_path / "ddp")]
+    losses = [[r["loss"] for r in read_metrics(folder) if r["kind"] == "step"]
+              for folder in (single.run_dir, tmp_path / "ddp")]
     assert len(losses[0]) == 12
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=0, rtol=1e-4)
 

@@ -73,6 +73,7 @@ def test_two_torchrun_nodes_match_one_process(train_config, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3, msg=key)
-    losses = [[r["loss"] for r in read_metrics(folder) if r["kind"] == "step"] for folder in (single.run_dir, tmp_path / "nodes")]
+    losses = [[r["loss"] for r in read_metrics(folder) if r["kind"] == "step"]
+              for folder in (single.run_dir, tmp_path / "nodes")]
     assert len(losses[0]) == single.steps == 6
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=0, rtol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 
@@ -53,8 +54,10 @@ def test_kill_and_resume_is_bitwise_exact(train_config, tmp_path):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     ra = [line for line in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()]
     rb = [line for line in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()]
-    strip = lambda lines: [{k: v for k, v in __import__("json").loads(x).items() if k not in ("images_per_s", "time_s")}
-                           for x in lines]
+
+    def strip(lines):
+        return [{k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "time_s")} for x in lines]
+
     assert strip(ra) == strip(rb)
 
 

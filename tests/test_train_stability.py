@@ -79,7 +79,8 @@ def test_demo_box_recipe_never_diverges_on_large_features(box_setup, seed):
     common = dict(mode="pcr", fine_tune="fc", scale=40, steps=60, batch_size=4, lr=BOX_RECIPE["lr"], seed=seed)
     # The demo's recipe (warm-up, gradient-norm cap, back-off) ends finite on features ten times the usual size.
     torch.manual_seed(seed)  # the FC layers' dropout
-    guarded = BoxTrainConfig(**common, warmup_steps=BOX_RECIPE["warmup_steps"], clip_grad_norm=BOX_RECIPE["clip_grad_norm"])
+    guarded = BoxTrainConfig(**common, warmup_steps=BOX_RECIPE["warmup_steps"],
+                             clip_grad_norm=BOX_RECIPE["clip_grad_norm"])
     result = train_box_net(_scaled_fc7(weights, 10.0), data, guarded, progress=False)
     assert len(result.losses) == 60 and all(math.isfinite(v) for v in result.losses)
     assert all(torch.isfinite(p).all() for p in result.box_net.parameters())
@@ -138,7 +139,10 @@ def _same_history(reference, other):
     b, _ = canonical.read(other / "final.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in rs]
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in rs]
+
     assert strip(read_metrics(reference)) == strip(read_metrics(other))
 
 

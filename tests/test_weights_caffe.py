@@ -24,7 +24,8 @@ from verydeep.weights.metadata import CAFFE_MEAN_BGR
 SMALL = dict(width=1 / 16, fc_width=32, crop_size=64, num_classes=10)  # fc6 is a 2x2 "conv": order matters
 
 # -- an independent protobuf encoder (wire format by hand, test-side only) --------------------------
-V1 = {"CONVOLUTION": 4, "DATA": 5, "DROPOUT": 6, "INNER_PRODUCT": 14, "LRN": 15, "POOLING": 17, "RELU": 18, "SOFTMAX": 20}
+V1 = {"CONVOLUTION": 4, "DATA": 5, "DROPOUT": 6, "INNER_PRODUCT": 14, "LRN": 15, "POOLING": 17, "RELU": 18,
+      "SOFTMAX": 20}
 
 
 def _varint(n: int) -> bytes:
@@ -341,7 +342,8 @@ def test_bad_caffemodels_are_one_line_exit_2(tmp_path, capsys, case, expected):
 def test_other_bytes_are_not_taken_for_a_caffemodel(tmp_path):
     from verydeep.weights.caffe import looks_like_caffemodel
 
-    for content in (b"name: \"VGG\"\nlayers {", b"\xff\xd8\xff\xe0JFIF", b"\x89PNG\r\n", b"\x1f\x8b\x08", b"random junk!" * 5):
+    for content in (b"name: \"VGG\"\nlayers {", b"\xff\xd8\xff\xe0JFIF", b"\x89PNG\r\n", b"\x1f\x8b\x08",
+                    b"random junk!" * 5):
         assert not looks_like_caffemodel(content), content
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x93NUMPY" + bytes(range(200)))

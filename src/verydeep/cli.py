@@ -88,7 +88,8 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prototxt", default=None,
                    help="Caffe deploy prototxt that must describe SRC (default: a deploy.prototxt beside it, if any)")
     p.add_argument("--json", action="store_true", help="print the written metadata as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it is a weights file already (never a file of another kind)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST if it is a weights file already (never a file of another kind)")
 
 
 def _run_convert(args) -> int:
@@ -163,7 +164,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="continue the run in run.out from its newest checkpoint (or from CHECKPOINT); "
                         "'--resume auto' resumes when run.out holds a checkpoint and starts afresh otherwise "
                         "(for torchrun --max-restarts)")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in a run.out that holds the final weights of a finished run (replacing them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run.out that holds the final weights of a finished run (replacing them)")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
 
 
@@ -217,7 +219,8 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="the set is a function of the seed (default 0)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes rendering images (same bytes either way)")
     p.add_argument("--json", action="store_true", help="print the set's manifest as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace a set of other settings in OUT (a set of the same settings is kept as it is)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a set of other settings in OUT (a set of the same settings is kept as it is)")
 
 
 def _run_synth(args) -> int:
@@ -244,7 +247,8 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="tiny sizes, seconds (a smoke test, not the real demo)")
     p.add_argument("--json", action="store_true", help="print the report's figures as JSON")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out folder that holds a report of something else (a previous demo's is reused)")
+                   help="write into an --out folder that holds a report of something else "
+                        "(a previous demo's is reused)")
     p.add_argument("--fresh", action="store_true",
                    help="retrain every net (by default a rerun reuses the finished runs whose config matches)")
 
@@ -277,7 +281,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true",
                    help="run the ONNX file with onnxruntime (the IR with OpenVINO) and compare with PyTorch")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it is an export of the same format (never a checkpoint, weights or image)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST if it is an export of the same format (never a checkpoint, weights or image)")
 
 
 def _run_export(args) -> int:
@@ -313,8 +318,10 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="save per-image posteriors (also as the run goes: a rerun resumes from FILE)")
     p.add_argument("--combine", nargs="+", default=None, metavar="FILE",
                    help="combine saved score files (nets, protocols, scales) without running a net")
-    p.add_argument("--report", default=None, metavar="DIR", help="write DIR/report.md and a plot of error against scale")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --report, or the --save-scores file of --combine")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write DIR/report.md and a plot of error against scale")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --report, or the --save-scores file of --combine")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -364,8 +371,17 @@ def _float_list(text: str) -> list[float]:
 
 
 def _add_localize(p: argparse.ArgumentParser) -> None:
+    """The steps of ``localize``, each with its options in a function of its own: the three lists together
+    would pass the 60-line limit of tests/test_layout.py."""
     sub = p.add_subparsers(dest="localize_command", metavar="STEP", parser_class=_Parser)
     sub.required = True
+    _add_localize_train(sub)
+    _add_localize_evaluate(sub)
+    _add_localize_predict(sub)
+
+
+def _add_localize_train(sub) -> None:
+    """``verydeep localize train``: fine-tune a box net."""
     t = sub.add_parser("train", help="fine-tune a box net (SCR or PCR) from a classification net",
                        description="Fine-tune a box-regression net from a classification net (Appendix A): "
                                    "Euclidean loss on (cx, cy, w, h) as fractions of the crop, lr 1e-3, fixed S.",
@@ -375,8 +391,10 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     t.add_argument("--data", required=True, metavar="DIR",
                    help="ImageFolder with VOC XML boxes beside the images (or a folder with train/ and val/)")
     t.add_argument("--out", required=True, metavar="FILE", help="output .safetensors box net (+ FILE.training.json)")
-    t.add_argument("--mode", default="pcr", choices=["scr", "pcr"], help="single-class or per-class regression (default pcr)")
-    t.add_argument("--fine-tune", default="all", choices=["all", "fc"], help="train all layers or only fc6-fc8 (default all)")
+    t.add_argument("--mode", default="pcr", choices=["scr", "pcr"],
+                   help="single-class or per-class regression (default pcr)")
+    t.add_argument("--fine-tune", default="all", choices=["all", "fc"],
+                   help="train all layers or only fc6-fc8 (default all)")
     t.add_argument("--scale", type=positive_int, default=None, help="training scale S (default 256 for 224 crops)")
     t.add_argument("--steps", type=positive_int, default=1000, help="SGD steps (default 1000)")
     t.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default 32)")
@@ -386,6 +404,10 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     t.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_localize_evaluate(sub) -> None:
+    """``verydeep localize evaluate``: the paper's two localisation tests."""
     e = sub.add_parser("evaluate", help="localisation error: centre crop (test 1) and dense top-5 (test 2)",
                        description="Localisation error of a box net: test 1 (centre crop, ground-truth class) and "
                                    "test 2 (dense boxes, greedy merging, top-5 classes from a classification net).",
@@ -399,9 +421,14 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     e.add_argument("--scale", type=positive_int, default=None, help="test 1's scale Q (default the box net's S)")
     e.add_argument("--scales", type=int_list, default=None, help="test 2's scales, comma-separated (default Q)")
     e.add_argument("--top", type=positive_int, default=5, help="guesses per image in test 2 (default 5)")
-    e.add_argument("--merge-iou", type=float, default=0.5, help="greedy merging continues while IoU >= this (default 0.5)")
+    e.add_argument("--merge-iou", type=float, default=0.5,
+                   help="greedy merging continues while IoU >= this (default 0.5)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _add_localize_predict(sub) -> None:
+    """``verydeep localize predict``: boxes for your own photos."""
     r = sub.add_parser("predict", help="the top classes of your own photos, each with its box",
                        description="Boxes for your own photos: the classification net's top classes, each with "
                                    "the box net's merged box (test 2 of the paper's localisation, no ground truth).",
@@ -412,8 +439,10 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     r.add_argument("--weights", required=True, help="the classification net that ranks the classes")
     r.add_argument("--scales", type=int_list, default=None, help="scales Q, comma-separated (default the box net's S)")
     r.add_argument("--top", type=positive_int, default=5, help="classes (each with a box) per image (default 5)")
-    r.add_argument("--merge-iou", type=float, default=0.5, help="greedy merging continues while IoU >= this (default 0.5)")
-    r.add_argument("--draw", default=None, metavar="DIR", help="also write DIR/<image>.boxes.png, the boxes on the photo")
+    r.add_argument("--merge-iou", type=float, default=0.5,
+                   help="greedy merging continues while IoU >= this (default 0.5)")
+    r.add_argument("--draw", default=None, metavar="DIR",
+                   help="also write DIR/<image>.boxes.png, the boxes on the photo")
     r.add_argument("--overwrite", action="store_true", help="replace pictures already in DIR")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     _add_engine(r)
@@ -487,7 +516,8 @@ def _add_features(p: argparse.ArgumentParser) -> None:
     _add_folder_pass(p)
     _add_engine(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace a feature file (or partial run) made differently instead of refusing it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a feature file (or partial run) made differently instead of refusing it")
 
 
 def _run_features(args) -> int:
@@ -504,7 +534,8 @@ def _run_features(args) -> int:
     else:
         splits = ", ".join(f"{n} {s}" for s, n in summary["splits"].items())
         print(f"wrote {summary['out']}: {summary['images']} images ({splits}), {summary['descriptor_size']}-D "
-              f"{summary['layer']} descriptors of {' & '.join(summary['configs'])} at Q {summary['scales']} ({summary['aggregate']})")
+              f"{summary['layer']} descriptors of {' & '.join(summary['configs'])} at Q {summary['scales']} "
+              f"({summary['aggregate']})")
     for path in summary["skipped"]:
         sys.stderr.write(f"verydeep features: warning: unreadable image skipped: {path}\n")
     return 0
@@ -512,13 +543,15 @@ def _run_features(args) -> int:
 
 # -- transfer -----------------------------------------------------------------------------------
 def _add_transfer(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", nargs="+", required=True, metavar="FILE", help="feature files from `verydeep features`")
+    p.add_argument("--features", nargs="+", required=True, metavar="FILE",
+                   help="feature files from `verydeep features`")
     p.add_argument("--protocol", required=True, choices=["voc", "caltech"],
                    help="voc: train on train/, AP on val/; caltech: random per-class splits, mean class recall")
     p.add_argument("--C", dest="C_grid", type=_float_list, default=None,
                    help="SVM C candidates, chosen on a held-out 20%% of training (default 0.01,0.1,1,10,100)")
     p.add_argument("--splits", type=positive_int, default=3, help="caltech: random splits (default 3)")
-    p.add_argument("--train-per-class", type=positive_int, default=30, help="caltech: training images per class (default 30)")
+    p.add_argument("--train-per-class", type=positive_int, default=30,
+                   help="caltech: training images per class (default 30)")
     p.add_argument("--test-per-class", type=int, default=50,
                    help="caltech: at most this many test images per class, 0 for all the rest (default 50)")
     p.add_argument("--ap", dest="ap_method", default="area", choices=["area", "11point"],
@@ -558,11 +591,13 @@ def _share(text: str) -> float:
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--quick", action="store_true", help="tiny net and images, seconds (a smoke test; ratios mean little)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny net and images, seconds (a smoke test; ratios mean little)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="ImageFolder of JPEGs to read (default: a temporary synthetic set at ImageNet-like sizes)")
     p.add_argument("--share", type=_share, default=None,
-                   help="fraction of each batch decoded on the device (default: measured and balanced on CUDA, 0 on CPU)")
+                   help="fraction of each batch decoded on the device "
+                        "(default: measured and balanced on CUDA, 0 on CPU)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -584,16 +619,19 @@ class Command(NamedTuple):
 
 COMMANDS: list[Command] = [
     Command("models", "Table 1: layers, parameters, multiply-adds, receptive field", _add_models, _run_models),
-    Command("convert", "convert weights (torchvision, timm, ...) to the canonical safetensors file", _add_convert, _run_convert),
+    Command("convert", "convert weights (torchvision, timm, ...) to the canonical safetensors file",
+            _add_convert, _run_convert),
     Command("predict", "classify images with dense multi-scale evaluation and flips", _add_predict, _run_predict),
     Command("evaluate", "top-1/top-5 error with the paper's protocols (dense, multi-crop, scales, ensembles)",
             _add_evaluate, _run_evaluate),
-    Command("export", "export the dense net to ONNX, TorchScript or OpenVINO IR with its metadata", _add_export, _run_export),
+    Command("export", "export the dense net to ONNX, TorchScript or OpenVINO IR with its metadata",
+            _add_export, _run_export),
     Command("train", "train a net with the paper's recipe (also under torchrun)", _add_train, _run_train),
     Command("configs", "list the shipped training presets (paper/*, cpu/*) that --config takes by name",
             _add_configs, _run_configs),
     Command("demo", "synthesise data, train A then D from A, evaluate, write a report", _add_demo, _run_demo),
-    Command("synth", "write the built-in synthetic data set (shapes on clutter, JPEG + VOC boxes)", _add_synth, _run_synth),
+    Command("synth", "write the built-in synthetic data set (shapes on clutter, JPEG + VOC boxes)",
+            _add_synth, _run_synth),
     Command("localize", "box localisation (Appendix A): train a box net, measure its error, boxes for your photos",
             _add_localize, _run_localize),
     Command("features", "very deep descriptors (fc7, pooled, flip-averaged, scales) to a feature file",

@@ -38,11 +38,13 @@ def format_report(result: dict) -> str:
         return f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
 
     rows = [[r["workload"], num(r["ours_images_per_s"]), num(r["baseline_images_per_s"]), f"{r['ratio']:.2f}x",
-             f"{r['mfu_ours']:.1%}" if "mfu_ours" in r else "-", f"{r['mfu_baseline']:.1%}" if "mfu_baseline" in r else "-"]
+             f"{r['mfu_ours']:.1%}" if "mfu_ours" in r else "-",
+             f"{r['mfu_baseline']:.1%}" if "mfu_baseline" in r else "-"]
             for r in result["rows"]]
     lines = [f"verydeep bench on {result['device']} ({result['device_name']}), {result['precision']}, "
              f"torch {result['torch']}, {result['threads']} threads, load average {result['load_average']}",
-             markdown_table(["workload", "ours img/s", "baseline img/s", "ours/baseline", "MFU ours", "MFU baseline"], rows)]
+             markdown_table(["workload", "ours img/s", "baseline img/s", "ours/baseline", "MFU ours", "MFU baseline"],
+                            rows)]
     inference = next((r for r in result["rows"] if r["workload"] == "inference_dense"), None)
     if inference:
         a = inference["agreement"]
@@ -53,15 +55,16 @@ def format_report(result: dict) -> str:
     for r in result["rows"]:
         if "optimizer_share" in r:
             t = r["timing"]
-            steady = ", ".join(f"{side} {'steady' if t[side]['steady'] else 'NOT steady'} after {t[side]['warmup_windows']}"
-                               for side in ("ours", "baseline"))
+            steady = ", ".join(f"{side} {'steady' if t[side]['steady'] else 'NOT steady'} "
+                               f"after {t[side]['warmup_windows']}" for side in ("ours", "baseline"))
             lines.append(f"{r['workload']} at batch {r['batch']}: optimiser {r['optimizer_share']:.0%} of our step "
                          f"({r['optimizer_seconds']:.3g} s); median of {len(t['ours']['windows'])} timed windows "
                          f"({steady} warm-up windows)")
     ov_row = next((r for r in result["rows"] if r["workload"] == "inference_dense_openvino"), None)
     if ov_row:
-        lines.append(f"against plain OpenVINO: ours on engine {ov_row['engine']} {ov_row['ratio']:.2f}x, on the PyTorch "
-                     f"engine {ov_row['torch_engine_ratio']:.2f}x ({num(ov_row['torch_engine_images_per_s'])} img/s)")
+        lines.append(f"against plain OpenVINO: ours on engine {ov_row['engine']} {ov_row['ratio']:.2f}x, "
+                     f"on the PyTorch engine {ov_row['torch_engine_ratio']:.2f}x "
+                     f"({num(ov_row['torch_engine_images_per_s'])} img/s)")
     lines.append(peak_line(result))
     return "\n".join(lines)
 

@@ -98,9 +98,9 @@ def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device
         x = torch.randn((batch, 3, s.crop, s.crop), generator=gen).to(device)
         y = torch.randint(0, s.num_classes, (batch,), generator=gen).to(device)
         with torch_settings():  # the process settings verydeep train steps under (threads as they are)
-            ours = measure(lambda: step(x, y), batch, s.timing, lambda: sync(device), between=between)
+            ours = measure(lambda x=x, y=y: step(x, y), batch, s.timing, lambda: sync(device), between=between)
             optimizer = optimizer or optimizer_rate(step, s, device)  # the same work at every batch size
-        theirs = measure(lambda: base(x, y), batch, s.baseline_timing or s.timing, lambda: sync(device),
+        theirs = measure(lambda x=x, y=y: base(x, y), batch, s.baseline_timing or s.timing, lambda: sync(device),
                          between=between)
         rows.append(row(name, ours.median, theirs.median, flops, peaks, precision, base.precision, what,
                          f"torchvision VGG eager {base.precision.value}, loss.item() every step", batch=batch,
@@ -150,8 +150,8 @@ class Pipelines:
         self.aug = TrainAugment(scale_min=s.scale_min, scale_max=s.scale_max, crop=s.crop)
         self.stats = ColourStats.from_covariance((124.0, 116.0, 104.0), np.diag([4000.0, 800.0, 300.0]))
         self.dataset = TrainDataset(index, self.aug, seed=0)
-        self.sampler = BatchSampler(RandomSampler(range(len(index.samples)), generator=torch.Generator().manual_seed(0)),
-                                    s.train_batch, drop_last=True)
+        order = RandomSampler(range(len(index.samples)), generator=torch.Generator().manual_seed(0))
+        self.sampler = BatchSampler(order, s.train_batch, drop_last=True)
         self.ours = DeviceLoader(self.dataset, self.sampler, device, share=share, workers=s.workers,
                                  colour=ColourShift(self.stats, self.aug.colour_shift_std, seed=0))
         # Persistent workers on both sides, so neither pays for starting its workers every epoch.
@@ -196,7 +196,8 @@ def bench_pipeline(p: Pipelines, batches: int) -> dict:
     finally:
         torch.set_num_threads(threads)
     return row("input_pipeline", ours_rate, base_rate, None, {}, Precision.FP32, Precision.FP32,
-                f"DeviceLoader ({p.s.workers} workers, device share {p.ours.share:.2f}) + colour shift and mean on the device",
+                f"DeviceLoader ({p.s.workers} workers, device share {p.ours.share:.2f}) "
+                "+ colour shift and mean on the device",
                 f"PIL + torchvision RandomResize/RandomCrop/Flip/ToTensor/Normalize ({p.s.workers} workers)",
                 batch=p.s.train_batch, totals=dict(p.ours.totals))
 
@@ -274,5 +275,6 @@ def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: to
                              pipes.device)
     flops = 6.0 * multiply_adds(spec, s.crop)
     return row("train_end_to_end", ours, base_rate, flops, peaks, precision, base.precision,
-               "verydeep train, its own process (the images/s it logs, over its steps)", "torchvision DataLoader -> eager step",
+               "verydeep train, its own process (the images/s it logs, over its steps)",
+               "torchvision DataLoader -> eager step",
                batch=s.train_batch, steps=records, timed_steps=timed, step_rates=rates)

@@ -273,7 +273,8 @@ def read_voc_boxes(xml_path: str | os.PathLike) -> list[Box]:
         except ValueError:
             raise DataError(f"{where}: a box coordinate is not a number") from None
         if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):  # nan compares false with everything
-            raise DataError(f"{where}: box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has a coordinate that is not finite")
+            raise DataError(f"{where}: box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) "
+                            "has a coordinate that is not finite")
         if xmax < xmin or ymax < ymin:
             raise DataError(f"{where}: box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has max below min")
         boxes.append(Box(name, xmin, ymin, xmax, ymax))

@@ -69,7 +69,8 @@ GEOMETRY = Geometry()
 Draw = ImageDraw.ImageDraw
 
 
-def _rotated(points: list[tuple[float, float]], cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+def _rotated(points: list[tuple[float, float]], cx: float, cy: float, r: float,
+             angle: float) -> list[tuple[float, float]]:
     """Unit-frame points (y down) scaled by r, rotated by ``angle`` radians, moved to (cx, cy)."""
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in points]
@@ -202,8 +203,10 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     d = ImageDraw.Draw(img)
     short = min(w, h)
     for _ in range(int(rng.integers(2, 9))):
-        pts = [(float(rng.uniform(-0.1, 1.1) * w), float(rng.uniform(-0.1, 1.1) * h)) for _ in range(int(rng.integers(2, 4)))]
-        d.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, max(2, short // 40))))
+        pts = [(float(rng.uniform(-0.1, 1.1) * w), float(rng.uniform(-0.1, 1.1) * h))
+               for _ in range(int(rng.integers(2, 4)))]
+        d.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+               width=int(rng.integers(1, max(2, short // 40))))
     for _ in range(int(rng.integers(3, 16))):
         x, y, q = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(1, 0.03 * short)
         d.ellipse((x - q, y - q, x + q, y + q), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
@@ -223,7 +226,8 @@ def _object_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
     return best  # type: ignore[return-value]
 
 
-def render(seed: int, split: str, label: int, number: int, geometry: Geometry = GEOMETRY) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def render(seed: int, split: str, label: int, number: int,
+           geometry: Geometry = GEOMETRY) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Image ``number`` of class ``label`` in ``split``, and its object's box (0-based, inclusive)."""
     rng = _rng(seed, split, label, number)
     g = geometry
@@ -319,7 +323,8 @@ def existing_set(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train: 
                  val: int = DEFAULT_VAL, seed: int = 0) -> dict | None:
     """The manifest if ``out`` holds a complete set made with these arguments, else None."""
     manifest = read_manifest(out)
-    if not manifest or not manifest.get("complete") or manifest.get("arguments") != _arguments(classes, train, val, seed):
+    if (not manifest or not manifest.get("complete")
+            or manifest.get("arguments") != _arguments(classes, train, val, seed)):
         return None
     out = Path(out)
     for split, per_class in (("train", train), ("val", val)):
@@ -404,7 +409,8 @@ def _write_images(out: Path, jobs: list[tuple[int, str, int, int, str]], progres
     pool = None
     try:
         if workers > 1:
-            pool = multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(workers, initializer=die_with_parent)
+            context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
+            pool = context.Pool(workers, initializer=die_with_parent)
             results = pool.imap(_make_one, jobs, chunksize=16)
         else:
             results = map(_make_one, jobs)

@@ -58,7 +58,8 @@ class TrainAugment:
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A CPU generator that depends only on ``(seed, epoch, index)`` (well mixed, not just summed)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index)]).generate_state(1, np.uint64)
+    sequence = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index)])
+    state = sequence.generate_state(1, np.uint64)
     gen = torch.Generator()
     gen.manual_seed(int(state[0]))
     return gen
@@ -182,7 +183,7 @@ def collate_skipping(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor
     if good:
         images = torch.stack([s[0] for s in good])
     else:
-        images = torch.empty((0, *batch[0][0].shape), dtype=torch.uint8) if batch else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+        images = torch.empty((0, *batch[0][0].shape) if batch else (0, 3, 0, 0), dtype=torch.uint8)
     labels = torch.tensor([int(s[1]) for s in good], dtype=torch.long)
     indices = torch.tensor([int(s[2]) for s in good], dtype=torch.long)
     return images, labels, indices, bad
@@ -201,7 +202,8 @@ class ColourStats:
     eigvecs: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
 
     def to_dict(self) -> dict:
-        return {"mean_rgb": list(self.mean_rgb), "eigvals": list(self.eigvals), "eigvecs": [list(r) for r in self.eigvecs]}
+        return {"mean_rgb": list(self.mean_rgb), "eigvals": list(self.eigvals),
+                "eigvecs": [list(r) for r in self.eigvecs]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ColourStats":
@@ -249,7 +251,8 @@ class ColourStats:
 _STATS_DRAFT = (256, 256)
 
 
-def compute_colour_stats(index: ImageIndex, max_images: int = 500, seed: int = 0, progress: bool = False) -> ColourStats:
+def compute_colour_stats(index: ImageIndex, max_images: int = 500, seed: int = 0,
+                         progress: bool = False) -> ColourStats:
     """Mean RGB and RGB covariance eigen-decomposition over the pixels of a sample of images.
 
     A seeded sample of ``max_images`` images stands in for the whole training set (the paper

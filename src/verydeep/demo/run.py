@@ -205,7 +205,8 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     runs = _prepare_runs(out / "runs", fresh)
     t0 = time.perf_counter()
     data = make_synthetic(out / "data", classes=s.classes, train=s.train_per_class, val=s.val_per_class,
-                          seed=s.seed, progress=progress, workers=max(1, s.threads), overwrite=True)  # the demo's own set
+                          seed=s.seed, progress=progress, workers=max(1, s.threads),
+                          overwrite=True)  # the demo's own set
     synth_s = time.perf_counter() - t0
 
     failures: dict[str, str] = {}
@@ -302,7 +303,8 @@ def _plan(s: DemoSettings, runs: Path) -> dict[str, dict[str, Any]]:
 def classification(s: DemoSettings, data: Path, runs: Path, out: Path, progress: bool) -> dict[str, dict[str, Any]]:
     """Train (or reuse) nets A, D from A and D from random weights; evaluate each densely."""
     plan = _plan(s, runs)
-    configs = {name: net_config(s, data, runs / name, p["config"], p["scale"], p["lr"], p["epochs"], p["source"], progress)
+    configs = {name: net_config(s, data, runs / name, p["config"], p["scale"], p["lr"], p["epochs"], p["source"],
+                                progress)
                for name, p in plan.items()}
     results: dict[str, Any] = {}
     background = None
@@ -334,8 +336,8 @@ def classification(s: DemoSettings, data: Path, runs: Path, out: Path, progress:
         weights = result["best_weights"] or result["final_weights"]
         t = time.perf_counter()
         errors = dense_errors(weights, data / "val", s.eval_scales, s.precision)
-        nets[name] = {"config": p["config"], "init": p["what"], "train_scale": list(p["scale"]), "epochs": result["epochs"],
-                      "steps": result["steps"], "train_time_s": result["train_time_s"],
+        nets[name] = {"config": p["config"], "init": p["what"], "train_scale": list(p["scale"]),
+                      "epochs": result["epochs"], "steps": result["steps"], "train_time_s": result["train_time_s"],
                       "eval_time_s": time.perf_counter() - t, "val_top1_err": result["best_val_top1_err"],
                       "val_top5_err": result["best_val_top5_err"], "best_epoch": result["best_epoch"], **errors,
                       "copied_layers": result["copied_layers"], "weights": os.path.relpath(weights, out),
@@ -427,7 +429,8 @@ def _train_or_reuse(name: str, cfg, what: str, progress: bool) -> dict[str, Any]
     reused = reuse_run(cfg)
     if reused is not None:
         if progress:
-            print(f"[demo] {name}: reusing the finished run in {cfg.run.out} (same config; --fresh retrains)", flush=True)
+            print(f"[demo] {name}: reusing the finished run in {cfg.run.out} (same config; --fresh retrains)",
+                  flush=True)
         return reused
     if progress:
         print(f"[demo] training {name}: {what}", flush=True)
@@ -544,8 +547,8 @@ def _summary(s: DemoSettings, out: Path, data: Path, nets: dict, synth_s: float,
     margin = r["dense_top1_err"] - d["dense_top1_err"]
     return {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
-        "data": {"root": os.path.relpath(data, out), "classes": s.classes, "train_images": s.classes * s.train_per_class,
-                 "val_images": s.classes * s.val_per_class},
+        "data": {"root": os.path.relpath(data, out), "classes": s.classes,
+                 "train_images": s.classes * s.train_per_class, "val_images": s.classes * s.val_per_class},
         "nets": nets,
         "comparison": {"from_A_dense_top1_err": d["dense_top1_err"], "random_dense_top1_err": r["dense_top1_err"],
                        "from_A_beats_random": margin > 0, "match_tolerance": MATCH_TOLERANCE,
@@ -557,7 +560,8 @@ def _summary(s: DemoSettings, out: Path, data: Path, nets: dict, synth_s: float,
         "d_top1_accuracy": 1 - d["dense_top1_err"],
         "synthesis_time_s": synth_s,
         "total_time_s": total_s,
-        "machine": {"cpu": _cpu_name(), "threads": s.threads, "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {"cpu": _cpu_name(), "threads": s.threads, "torch": torch.__version__,
+                    "python": platform.python_version()},
     }
 
 
@@ -619,7 +623,8 @@ def _failed_banner(summary: dict[str, Any]) -> list[str]:
 def _recipe_text(s: dict[str, Any], nets: dict[str, dict[str, Any]]) -> str:
     """The nets and the recipe, with what is not in the paper and why."""
     return (
-        f"Nets: width x{s['width']:g}, FC {s['fc_width']}, crop {s['crop']}, batch {s['batch']}, dropout {s['dropout']}, "
+        f"Nets: width x{s['width']:g}, FC {s['fc_width']}, crop {s['crop']}, batch {s['batch']}, "
+        f"dropout {s['dropout']}, "
         f"SGD momentum {paper.MOMENTUM:g}, weight decay {paper.WEIGHT_DECAY:g}, learning rate {s['lr_a']:g} (A) and "
         f"{s['lr_d']:g} (D) divided by 10 on a validation plateau (patience {s['patience']}, at most "
         f"{paper.LR_DROPS} times), {s['init']} random weights for A and {s.get('init_d', s['init'])} for the nine "
@@ -670,7 +675,8 @@ def _report(summary: dict[str, Any]) -> str:
         f"*crop*: the best epoch's centre crop at Q={s['crop']}; *dense*: the whole image, fully convolutional, "
         f"flipped and not, averaged over Q = {scales} (the paper's multi-scale rule for jittered S).",
         "",
-        at_chance_note("D_from_A", dead) + f"**Net D initialised from A reaches {100 * (1 - d['dense_top1_err']):.1f}% top-1 accuracy** and "
+        at_chance_note("D_from_A", dead)
+        + f"**Net D initialised from A reaches {100 * (1 - d['dense_top1_err']):.1f}% top-1 accuracy** and "
         f"{verdict} net D from random weights trained for the same {d['steps']} steps "
         f"({_pct(cmp_['from_A_dense_top1_err'])}% against {_pct(cmp_['random_dense_top1_err'])}% top-1 error). "
         + head,

@@ -2,9 +2,10 @@
 
 A crop is the window ``(left, top, crop)`` of the image isotropically rescaled so its shorter
 side is ``scale``. Only that window of the original image is resampled (PIL ``resize(box=...)``,
-as :func:`verydeep.data.transforms.crop_box` does for classification); the boxes go through the same rescale and shift, are clipped to the
-crop, and are mirrored with the crop. The box net's target is then the ground-truth box with the
-largest visible area, encoded relative to the crop (:func:`verydeep.localize.boxes.encode`).
+as :func:`verydeep.data.transforms.crop_box` does for classification); the boxes go through the
+same rescale and shift, are clipped to the crop, and are mirrored with the crop. The box net's
+target is then the ground-truth box with the largest visible area, encoded relative to the crop
+(:func:`verydeep.localize.boxes.encode`).
 A crop that shows no box at all has no target; it is marked invalid and the loss ignores it.
 """
 
@@ -57,9 +58,11 @@ def window(width: int, height: int, scale: int, crop: int, left: int | None = No
     if crop > min(rh, rw):
         raise ConfigError(f"crop {crop} is larger than the image rescaled to {scale}")
     if left is None:
-        left = int(torch.randint(0, rw - crop + 1, (1,), generator=gen).item()) if gen is not None else int(round((rw - crop) / 2))
+        left = (int(torch.randint(0, rw - crop + 1, (1,), generator=gen).item()) if gen is not None
+                else int(round((rw - crop) / 2)))
     if top is None:
-        top = int(torch.randint(0, rh - crop + 1, (1,), generator=gen).item()) if gen is not None else int(round((rh - crop) / 2))
+        top = (int(torch.randint(0, rh - crop + 1, (1,), generator=gen).item()) if gen is not None
+               else int(round((rh - crop) / 2)))
     return CropWindow(int(left), int(top), crop, rw / width, rh / height)
 
 

@@ -108,13 +108,13 @@ def demo_section(model, data_dir: str | Path, *, steps: int = 150, batch_size: i
         "## Localisation (Appendix A)",
         "",
         f"Box nets initialised from the demo's classifier (last layer random), {FINE_TUNE_TEXT[fine_tune]} "
-        f"fine-tuned for {steps} steps of {batch_size} crops at S = {s} (lr {lr:g} after a {BOX_RECIPE['warmup_steps']}-step "
-        f"warm-up, gradient norm capped at {BOX_RECIPE['clip_grad_norm']:g}, "
-        f"back-offs {figures['scr']['backoffs']} (SCR) and {figures['pcr']['backoffs']} (PCR); Euclidean loss on centre and "
-        f"size as fractions of the crop), {len(train)} training images; tested on {len(val)} validation images. Error = share of "
-        "images whose box has IoU <= 0.5 with every ground-truth box (%). Test 1: centre crop at Q = S with the "
-        "ground-truth class. Test 2: dense boxes over the whole image, greedy merging, ranked by the classifier's "
-        "scores, top-5 guesses (top-1 alongside).",
+        f"fine-tuned for {steps} steps of {batch_size} crops at S = {s} (lr {lr:g} after a "
+        f"{BOX_RECIPE['warmup_steps']}-step warm-up, gradient norm capped at {BOX_RECIPE['clip_grad_norm']:g}, "
+        f"back-offs {figures['scr']['backoffs']} (SCR) and {figures['pcr']['backoffs']} (PCR); Euclidean loss on "
+        f"centre and size as fractions of the crop), {len(train)} training images; tested on {len(val)} validation "
+        "images. Error = share of images whose box has IoU <= 0.5 with every ground-truth box (%). Test 1: centre "
+        "crop at Q = S with the ground-truth class. Test 2: dense boxes over the whole image, greedy merging, ranked "
+        "by the classifier's scores, top-5 guesses (top-1 alongside).",
         "",
         results_table(rows),
         "",

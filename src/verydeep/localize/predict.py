@@ -34,10 +34,10 @@ from verydeep.weights.loader import load
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4")
 
 
-def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights: str, scales: Sequence[int] | None = None,
-                  top: int = TOP, merge_iou: float = MERGE_IOU, device: str = "auto",
-                  draw: str | os.PathLike | None = None, overwrite: bool = False, engine: str | None = "auto",
-                  engine_cache: str | os.PathLike | None = None) -> list[dict]:
+def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights: str,
+                  scales: Sequence[int] | None = None, top: int = TOP, merge_iou: float = MERGE_IOU,
+                  device: str = "auto", draw: str | os.PathLike | None = None, overwrite: bool = False,
+                  engine: str | None = "auto", engine_cache: str | os.PathLike | None = None) -> list[dict]:
     """One dict per image: ``{"image", "engine", "scales", "guesses": [{"class", "index", "score", "box"}]}``,
     best class first, the box as ``[xmin, ymin, xmax, ymax]`` in the image's pixels; or
     ``{"image", "error"}`` for an image that cannot be read (the others go on). ``draw``: a folder

@@ -218,8 +218,8 @@ class VGG(nn.Module):
     def _fc_maps(self, pool5: torch.Tensor, logits: bool) -> torch.Tensor:
         """The relu7 map, or the fc8 map with ``logits`` (see :meth:`_fc_layers`)."""
         for _, value in self._fc_layers(pool5, "fc8" if logits else "relu7"):
-            pass
-        return value
+            last = value  # the generator stops after the wanted layer
+        return last
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """The fc7 activation map (N, fc_width, h, w): the very deep feature for transfer."""

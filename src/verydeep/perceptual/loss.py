@@ -103,7 +103,8 @@ class PerceptualLoss(nn.Module):
                 a, b = found[name], wanted[name].to(device=found[name].device, dtype=torch.float32)
                 if a.shape[1:] != b.shape[1:] or b.shape[0] not in (1, a.shape[0]):
                     raise VerydeepError(
-                        f"{name}: images give a {tuple(a.shape)} {self.kind} map but the target a {tuple(b.shape)} one; "
+                        f"{name}: images give a {tuple(a.shape)} {self.kind} map "
+                        f"but the target a {tuple(b.shape)} one; "
                         "the target needs the images' size (or use kind='gram') and a batch of 1 or the same batch"
                     )
                 terms[name] = (a - b).pow(2).mean()

@@ -13,5 +13,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
         align = "".join("l" if i == 0 else "r" for i in range(len(header)))
     def fmt(row):
         return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)) + " |"
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else (":" + "-" * (w + 1)) for w, a in zip(widths, align)) + "|"
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else (":" + "-" * (w + 1))
+                          for w, a in zip(widths, align)) + "|"
     return "\n".join([fmt(cells[0]), rule] + [fmt(r) for r in cells[1:]])

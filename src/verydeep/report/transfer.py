@@ -32,7 +32,8 @@ def table11(rows: Sequence[tuple[str, dict[str, dict]]]) -> str:
     """``rows``: (row name, {protocol: result}) -> markdown in Table 11's layout."""
     protocols = [p for p in COLUMNS if any(p in results for _, results in rows)]
     return markdown_table(["descriptor"] + [COLUMNS[p] for p in protocols],
-                          [[name] + [cell(results[p]) if p in results else "" for p in protocols] for name, results in rows])
+                          [[name] + [cell(results[p]) if p in results else "" for p in protocols]
+                           for name, results in rows])
 
 
 def per_class_table(result: dict) -> str:

@@ -43,7 +43,7 @@ def _libc():
     ``mallopt`` that does nothing; macOS has none)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # glibc's own: the parameters below are glibc's
+        _ = libc.gnu_get_libc_version  # glibc's own: the parameters below are glibc's
         mallopt, trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
         return None

@@ -101,7 +101,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1])
             raise ConfigError(f"refusing checkpoint {path}: it holds pickled objects other than tensors, which would "
                               f"run code on load ({detail[:160]})") from None
-        raise ConfigError(f"{path} is not a readable checkpoint ({(lines or ['unpickling failed'])[0][:160]})") from None
+        first = (lines or ["unpickling failed"])[0]
+        raise ConfigError(f"{path} is not a readable checkpoint ({first[:160]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, SafetensorError) as exc:
         # torch.load hands a safetensors file to the safetensors library, whose errors are SafetensorError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

@@ -248,7 +248,8 @@ def _check_key(section: str, name: str | None = None) -> None:
     if section not in SECTIONS:
         raise ConfigError(f"unknown config key {quote(section)}: sections are {', '.join(SECTIONS)}")
     if name is not None and name not in _HINTS[section]:
-        raise ConfigError(f"unknown config key {quote(f'{section}.{name}')}; known in {section}: {', '.join(_HINTS[section])}")
+        raise ConfigError(f"unknown config key {quote(f'{section}.{name}')}; "
+                          f"known in {section}: {', '.join(_HINTS[section])}")
 
 
 def apply(cfg: TrainConfig, key: str, value: Any) -> None:
@@ -360,11 +361,14 @@ def validate(cfg: TrainConfig) -> None:
     _require(m.width > 0, f"model.width must be positive, got {m.width}")
     _require(m.fc_width >= 1, f"model.fc_width must be at least 1, got {m.fc_width}")
     _require(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
-    _require(m.crop_size >= 32 and m.crop_size % 32 == 0, f"model.crop_size must be a positive multiple of 32, got {m.crop_size}")
+    _require(m.crop_size >= 32 and m.crop_size % 32 == 0,
+             f"model.crop_size must be a positive multiple of 32, got {m.crop_size}")
     _require(m.num_classes is None or m.num_classes >= 1, f"model.num_classes must be at least 1, got {m.num_classes}")
     _require(cfg.init.std > 0, f"init.std must be positive, got {cfg.init.std}")
-    _require(d.scale_min >= m.crop_size, f"data.scale_min ({d.scale_min}) must be at least model.crop_size ({m.crop_size})")
-    _require(d.scale_max >= d.scale_min, f"data.scale_max ({d.scale_max}) must be at least data.scale_min ({d.scale_min})")
+    _require(d.scale_min >= m.crop_size,
+             f"data.scale_min ({d.scale_min}) must be at least model.crop_size ({m.crop_size})")
+    _require(d.scale_max >= d.scale_min,
+             f"data.scale_max ({d.scale_max}) must be at least data.scale_min ({d.scale_min})")
     _require(d.val_scale is None or d.val_scale >= m.crop_size,
              f"data.val_scale ({d.val_scale}) must be at least model.crop_size ({m.crop_size})")
     _require(d.colour_shift >= 0, f"data.colour_shift must be non-negative, got {d.colour_shift}")
@@ -380,7 +384,8 @@ def validate(cfg: TrainConfig) -> None:
     _require(0 <= o.warmup_epochs < float("inf"), f"optim.warmup_epochs must be non-negative, got {o.warmup_epochs}")
     _require(o.clip_grad_norm is None or 0 < o.clip_grad_norm < float("inf"),
              f"optim.clip_grad_norm must be a positive number or null, got {o.clip_grad_norm}")
-    _require(1 < o.divergence_factor < float("inf"), f"optim.divergence_factor must be above 1, got {o.divergence_factor}")
+    _require(1 < o.divergence_factor < float("inf"),
+             f"optim.divergence_factor must be above 1, got {o.divergence_factor}")
     _require(o.max_backoffs >= 0, f"optim.max_backoffs must be non-negative, got {o.max_backoffs}")
     _require(r.stuck_epochs >= 0, f"run.stuck_epochs must be 0 (no alarm) or more, got {r.stuck_epochs}")
     _require(s.epochs >= 1, f"schedule.epochs must be at least 1, got {s.epochs}")
@@ -390,7 +395,8 @@ def validate(cfg: TrainConfig) -> None:
     _require(s.threshold >= 0, f"schedule.threshold must be non-negative, got {s.threshold}")
     _require(r.checkpoint_every >= 1, f"run.checkpoint_every must be at least 1, got {r.checkpoint_every}")
     _require(r.keep_last >= 1, f"run.keep_last must be at least 1, got {r.keep_last}")
-    _require(0 < r.dist_timeout_s < float("inf"), f"run.dist_timeout_s must be a positive number of seconds, got {r.dist_timeout_s}")
+    _require(0 < r.dist_timeout_s < float("inf"),
+             f"run.dist_timeout_s must be a positive number of seconds, got {r.dist_timeout_s}")
     _require(r.log_every >= 1, f"run.log_every must be at least 1, got {r.log_every}")
     _require(r.threads is None or r.threads >= 1, f"run.threads must be at least 1, got {r.threads}")
     _require(bool(r.out.strip()), "run.out must name a folder")

@@ -49,7 +49,8 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (isinstance(a, (int, float)) and isinstance(b, (int, float))
+            and not isinstance(a, bool) and not isinstance(b, bool)):
         return float(a) == float(b)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -82,10 +83,12 @@ def check_resume_config(saved: Any, cfg) -> None:
     diffs = config_differences(saved, cfg.to_dict(), TrainConfig().to_dict())
     if diffs:
         shown = ", ".join(diffs[:8]) + (f" and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-        model = "the checkpoint does not fit the configured model: " if any(d.startswith("model.") for d in diffs) else ""
-        raise ConfigError(f"{model}--resume with a config that differs from the run's own: {shown}; a resumed run keeps its "
-                          f"config (only {', '.join(RESUME_MAY_CHANGE)} may change): drop those settings, or start a "
-                          f"new run.out with init.source=<checkpoint> to train on from its weights")
+        misfit = any(d.startswith("model.") for d in diffs)
+        model = "the checkpoint does not fit the configured model: " if misfit else ""
+        raise ConfigError(f"{model}--resume with a config that differs from the run's own: {shown}; "
+                          f"a resumed run keeps its config (only {', '.join(RESUME_MAY_CHANGE)} may change): "
+                          "drop those settings, or start a new run.out with init.source=<checkpoint> "
+                          "to train on from its weights")
 
 
 def claim_run(cfg, ckpt: dict[str, Any] | None, overwrite: bool = False) -> Lock | None:

@@ -317,7 +317,8 @@ def _epoch_messages(run: RunState, epoch: int, s: EpochSums, skipped: list[str],
 def stuck_warning(run: RunState) -> str:
     o = run.cfg.optim
     return (f"warning: the net is not learning: {run.stuck.reasons[-1]} for {run.stuck.streak} epoch(s) in a row "
-            f"(run.stuck_epochs={run.stuck.epochs}); " + stuck_advice(run.schedule.lr, run.schedule.warmup_steps, o.on_divergence))
+            f"(run.stuck_epochs={run.stuck.epochs}); "
+            + stuck_advice(run.schedule.lr, run.schedule.warmup_steps, o.on_divergence))
 
 
 def redo_best(run: RunState) -> None:

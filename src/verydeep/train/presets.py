@@ -40,7 +40,8 @@ def resolve_preset(path: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     if given.is_dir():
-        raise ConfigError(f"config file {path} is a folder, not a YAML preset (`verydeep configs` lists the shipped ones)")
+        raise ConfigError(f"config file {path} is a folder, not a YAML preset "
+                          "(`verydeep configs` lists the shipped ones)")
     raise ConfigError(f"config file {path} does not exist, and no shipped preset has that name "
                       f"(`verydeep configs` lists them: {', '.join(list_presets()[:4])}, ...)")
 

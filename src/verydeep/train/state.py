@@ -115,7 +115,8 @@ def weights_meta(run: RunState) -> WeightsMeta:
     for key in ("val_top1_err", "val_top5_err"):
         if key in run.best:
             extra[f"best_{key}"] = run.best[key]
-    return WeightsMeta(spec=run.spec, classes=list(run.data.classes), preprocessing=run.stats.preprocessing(run.divide_std),
+    return WeightsMeta(spec=run.spec, classes=list(run.data.classes),
+                       preprocessing=run.stats.preprocessing(run.divide_std),
                        source=f"verydeep-train:{run.run_dir.name}", extra=extra)
 
 
@@ -193,7 +194,8 @@ def mismatch(run: RunState, ckpt: dict[str, Any], exc: Exception) -> str:
         key, a, b = shapes[0]
         parts.append(f"{key} has shape {a} in the checkpoint, {b} here")
     elif missing:
-        parts.append(f"the checkpoint lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        parts.append(f"the checkpoint lacks {missing[0]}"
+                     + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     elif extra:
         parts.append(f"the checkpoint has {extra[0]}, which this net lacks")
     return "; ".join(parts) or str(exc).strip().splitlines()[0][:200]

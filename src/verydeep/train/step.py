@@ -152,6 +152,6 @@ class Step:
         self.optimizer.found_inf = refused.float()  # read by fused SGD: 1 leaves weights and momentum as they are
         self.optimizer.step()
         kept = ~refused
-        return StepOutput(loss_sum=torch.where(kept, loss_sum, 0.0), correct=None if correct is None else correct * kept,
-                          images=images, mean_loss=mean_loss, refused=refused, loss_finite=loss_finite,
-                          grads_finite=grads_finite)
+        return StepOutput(loss_sum=torch.where(kept, loss_sum, 0.0),
+                          correct=None if correct is None else correct * kept, images=images,
+                          mean_loss=mean_loss, refused=refused, loss_finite=loss_finite, grads_finite=grads_finite)

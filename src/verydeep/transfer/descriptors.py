@@ -64,7 +64,8 @@ def descriptor_scales(models: Sequence, scales: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
-def pooled_maps(model, images: torch.Tensor, flip: bool = True, precision=None, layer: str = DEFAULT_LAYER) -> torch.Tensor:
+def pooled_maps(model, images: torch.Tensor, flip: bool = True, precision=None,
+                layer: str = DEFAULT_LAYER) -> torch.Tensor:
     """The pooled fc7 (or ``layer``) descriptors (n, C) of a batch of uint8 (n, 3, H, W) images of one
     size, each averaged with its mirror image's when ``flip`` (float32, CPU)."""
     device = next(model.parameters()).device

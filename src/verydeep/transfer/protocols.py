@@ -43,7 +43,8 @@ def voc_protocol(features: FeatureSet, C_grid: Sequence[float] = C_GRID, seed: i
     test_name = "val" if "val" in names else "test" if "test" in names else None
     if "train" not in names or test_name is None:
         raise DataError(f"the VOC protocol needs a train split and a val (or test) split; the feature file has "
-                        f"{', '.join(names) or 'none'} (make the features from a folder with train/ and val/ sub-folders)")
+                        f"{', '.join(names) or 'none'} "
+                        "(make the features from a folder with train/ and val/ sub-folders)")
     train, test = features.split("train"), features.split(test_name)
     result = train_svm(train.descriptors, train.multilabels, len(features.classes), C_grid, seed)
     scores = decision_scores(result.model, test.descriptors, len(features.classes))

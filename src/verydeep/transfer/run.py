@@ -72,8 +72,9 @@ def _engine_for(engine: str | None, device, layer: str) -> str:
     return ran_on
 
 
-def transfer_command(features: Sequence[str], protocol: str, C_grid: Sequence[float] | None = None, seed: int = 0,
-                     splits: int = 3, n_train: int = 30, n_test: int | None = 50, ap_method: str = "area") -> list[dict]:
+def transfer_command(features: Sequence[str], protocol: str, C_grid: Sequence[float] | None = None,
+                     seed: int = 0, splits: int = 3, n_train: int = 30, n_test: int | None = 50,
+                     ap_method: str = "area") -> list[dict]:
     """One protocol result per feature file."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown transfer protocol {protocol!r}: choose voc or caltech")

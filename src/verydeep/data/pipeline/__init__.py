@@ -14,7 +14,7 @@ from verydeep.data.pipeline.plan import CropPlan, JpegHeader, plan_crop, read_he
 from verydeep.data.pipeline.stream import Prefetcher
 
 __all__ = [
-    "ColourShift", "CropPlan", "DeviceBatch", "DeviceLoader", "HybridBatch", "HybridDataset", "JpegHeader", "Prefetcher", "Rates",
-    "RoutedBatchSampler", "assemble", "balance_share", "collate_hybrid", "crop_windows", "decode_images",
-    "measure_rates", "plan_crop", "read_header",
+    "ColourShift", "CropPlan", "DeviceBatch", "DeviceLoader", "HybridBatch", "HybridDataset", "JpegHeader",
+    "Prefetcher", "Rates", "RoutedBatchSampler", "assemble", "balance_share", "collate_hybrid", "crop_windows",
+    "decode_images", "measure_rates", "plan_crop", "read_header",
 ]

@@ -52,7 +52,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_loader(dataset: HybridDataset, batches: Sequence[list[int]], share: float, workers: int) -> tuple[float, list[HybridBatch]]:
+def _time_loader(dataset: HybridDataset, batches: Sequence[list[int]], share: float,
+                 workers: int) -> tuple[float, list[HybridBatch]]:
     """Images/s of the workers alone (the first batch, which pays for starting them, is not timed)."""
     loader = DataLoader(dataset, batch_sampler=RoutedBatchSampler(batches, share), num_workers=workers,
                         collate_fn=collate_hybrid, generator=torch.Generator().manual_seed(0),

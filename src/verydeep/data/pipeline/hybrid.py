@@ -181,7 +181,8 @@ def collate_hybrid(samples: Sequence[CpuSample | DeviceSample]) -> HybridBatch:
         cpu_labels=[s.label for _, s in cpu],
         cpu_indices=[s.index for _, s in cpu],
         cpu_positions=[p for p, _ in cpu],
-        device_bytes=torch.frombuffer(bytearray(encoded), dtype=torch.uint8) if encoded else torch.empty((0,), dtype=torch.uint8),
+        device_bytes=(torch.frombuffer(bytearray(encoded), dtype=torch.uint8) if encoded
+                      else torch.empty((0,), dtype=torch.uint8)),
         device_offsets=[0, *itertools.accumulate(len(s.data) for _, s in dev)],
         device_boxes=[s.box for _, s in dev],
         device_flips=[s.flip for _, s in dev],
