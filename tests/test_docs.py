@@ -51,17 +51,20 @@ LONG = {
     "data.val=/data/ilsvrc12/val": "ImageNet training, days",
     "verydeep train --config configs/paper/D_S256.yaml --set data.train=/data/ilsvrc12/train "
     "data.val=/data/ilsvrc12/val": "ImageNet training, days (and it starts from net A's run)",
-    "torchrun --nproc_per_node=4 -m verydeep train --config configs/paper/D_S256.yaml": "ImageNet training on 4 processes",
+    "torchrun --nproc_per_node=4 -m verydeep train --config configs/paper/D_S256.yaml":
+        "ImageNet training on 4 processes",
     "torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m verydeep train "
     "--config configs/paper/D_S256.yaml --set data.train=/data/ilsvrc12/train data.val=/data/ilsvrc12/val":
         "two nodes of 8 processes (HOST is a placeholder)",
     "torchrun --nproc_per_node 4 -m verydeep evaluate --weights D.safetensors --data val/":
-        "4 interpreters (about 10 s of start-up on 2 cores); 2-process evaluation is tests/test_evaluate_distributed.py",
+        "4 interpreters (about 10 s of start-up on 2 cores); "
+        "2-process evaluation is tests/test_evaluate_distributed.py",
     # the demo's data and training by hand: thousands of JPEGs, 20 epochs
     "verydeep synth demo-out/data": "3,500 JPEGs (the synthetic set is tests/test_data_synth.py)",
     "verydeep synth synth/": "3,500 JPEGs (the synthetic set is tests/test_data_synth.py)",
     "verydeep synth synth15/ --classes 15 --train 500 --val 100 --seed 1 --workers 2 --json": "9,000 JPEGs",
-    "verydeep train --config configs/cpu/synth_A.yaml": "the demo's net A, 20 epochs on 3,000 images (a minute or more)",
+    "verydeep train --config configs/cpu/synth_A.yaml":
+        "the demo's net A, 20 epochs on 3,000 images (a minute or more)",
     "verydeep train --config configs/cpu/synth_A.yaml --resume": "as above, resumed",
     # localisation: 2,000 SGD steps (the lines after it read a stand-in box net instead)
     "verydeep localize train --weights A.safetensors --data synth/ --out box-pcr.safetensors --mode pcr "
@@ -561,13 +564,15 @@ def test_a_bad_doc_fails_naming_its_file_and_line(tmp_path):
     lines = shell_lines(block)
     assert [line.line for line in lines] == [7, 8, 9, 11]
     assert lines[2].argv == ["verydeep", "convert", "missing.pth", "out.safetensors"]
-    with pytest.raises(pytest.fail.Exception, match=r"README.md:8: `verydeep predict photo.jpg '\[--json\]'` does not parse"):
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"README.md:8: `verydeep predict photo.jpg '\[--json\]'` does not parse"):
         parse_and_resolve(lines[1], verydeep_argv(lines[1]), tmp_path)
     with pytest.raises(AssertionError, match=r"README.md:9: `verydeep convert missing.pth out.safetensors` exited 2"):
         run_line(lines[2], tmp_path)
     with pytest.raises(pytest.fail.Exception, match=r"README.md:11: .* does not resolve: .*optim.nesterov"):
         parse_and_resolve(lines[3], verydeep_argv(lines[3]), tmp_path)
-    snippet = Block(ROOT / "docs" / "architecture.md", 30, "python", "import verydeep\n\nverydeep.load('missing.safetensors')\n")
+    snippet = Block(ROOT / "docs" / "architecture.md", 30, "python",
+                    "import verydeep\n\nverydeep.load('missing.safetensors')\n")
     with pytest.raises(pytest.fail.Exception, match=r"docs/architecture.md:32: WeightsError: .*missing.safetensors"):
         run_python(snippet, tmp_path)
 

@@ -112,7 +112,8 @@ def test_dense_on_mixed_sizes_equals_one_by_one(net):
     for q in scales:
         x = normalise(rescale(img, q)[None], net.meta.preprocessing)
         with torch.no_grad():
-            by_hand = by_hand + (_softmax(net.dense(x).mean((-2, -1))) + _softmax(net.dense(x.flip(-1)).mean((-2, -1)))) / 2
+            by_hand = by_hand + (_softmax(net.dense(x).mean((-2, -1)))
+                                 + _softmax(net.dense(x.flip(-1)).mean((-2, -1)))) / 2
     assert torch.allclose(together[4], by_hand[0] / 2, atol=1e-5)
 
 

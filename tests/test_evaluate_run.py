@@ -112,7 +112,8 @@ def _cli(capsys, *args):
 def test_cli_end_to_end(tiny_weights, eval_folder, tmp_path, capsys):
     second = _save_net(tmp_path / "second.safetensors", [], seed=1)  # no class names: accepted with a warning
     scores = tmp_path / "scores.safetensors"
-    code, out, err = _cli(capsys, "--weights", tiny_weights, second, "--data", eval_folder, "--protocol", "dense,multicrop",
+    code, out, err = _cli(capsys, "--weights", tiny_weights, second, "--data", eval_folder,
+                          "--protocol", "dense,multicrop",
                           "--protocol", "dense+multicrop", "--scales", "32,40", "--json", "--save-scores", scores,
                           "--precision", "fp32", "--workers", "1", "--report", tmp_path / "report")
     assert code == 0, err

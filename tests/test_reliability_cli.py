@@ -275,7 +275,8 @@ def unwritable_cases(env) -> dict[str, list[list]]:
     the tests run as root, for whom permission bits do not stop a write)."""
     w, d, f = env["w"], env["data"], env["afile"]
     return {
-        "models": [], "configs": [], "predict": [], "transfer": [], "localize evaluate": [], "bench": [],  # write nothing
+        # these write nothing
+        "models": [], "configs": [], "predict": [], "transfer": [], "localize evaluate": [], "bench": [],
         "convert": [["convert", w, f / "c.safetensors"]],
         "evaluate": [["evaluate", "--weights", w, "--data", d / "val", "--save-scores", f / "s.safetensors"],
                      ["evaluate", "--weights", w, "--data", d / "val", "--report", f / "report"]],

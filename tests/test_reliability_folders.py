@@ -43,7 +43,8 @@ def deadline(seconds: int):
 
 def _jpeg(path, seed: int, colour=None) -> None:
     rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) if colour is None else np.full((40, 48, 3), colour, np.uint8)
+    pixels = (rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) if colour is None
+              else np.full((40, 48, 3), colour, np.uint8))
     Image.fromarray(pixels).save(path, format="JPEG")
 
 

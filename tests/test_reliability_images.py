@@ -164,7 +164,9 @@ def test_a_cut_off_tiff_is_one_error_with_no_warning_and_no_open_file(tmp_path, 
 
 def test_memory_stays_bounded_through_all_four_paths(four_paths):
     report = four_paths["report"]
-    assert report["maxrss_mb"] < MAX_RSS_MB, {k: (v["code"], v["err"][-400:]) for k, v in report.items() if isinstance(v, dict)} | {"maxrss_mb": report["maxrss_mb"]}
+    assert report["maxrss_mb"] < MAX_RSS_MB, (
+        {k: (v["code"], v["err"][-400:]) for k, v in report.items() if isinstance(v, dict)}
+        | {"maxrss_mb": report["maxrss_mb"]})
     assert "Traceback" not in "".join(report[k]["err"] for k in ("train", "evaluate", "features", "predict"))
 
 

@@ -63,7 +63,8 @@ def env(tmp_path_factory):
     for c in range(2):
         (tmp / "data" / f"c{c}").mkdir(parents=True)
         for j in range(2):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp / "data" / f"c{c}" / f"i{j}.jpg")
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                tmp / "data" / f"c{c}" / f"i{j}.jpg")
     torch.save({k: v for k, v in model.state_dict().items()}, tmp / "state.pt")
     Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp / "photo.jpg")
     return {"tmp": tmp, "w": w, "d": tmp / "data", "model": model}
@@ -362,7 +363,8 @@ def test_damaged_score_files_are_one_line(env, tmp_path, capsys):
         "nets-strings": lambda h, t: ({**h, "nets": ["x"]}, t),
         "keys-missing-tensor": lambda h, t: ({**h, "keys": [[0, "dense", 999]]}, t),
         "classes-short": lambda h, t: ({**h, "classes": h["classes"][:1]}, t),
-        "scores-nan": lambda h, t: (h, {**t, **{k: np.full_like(v, np.nan) for k, v in t.items() if k.startswith("scores/")}}),
+        "scores-nan": lambda h, t: (h, {**t, **{k: np.full_like(v, np.nan) for k, v in t.items()
+                                                if k.startswith("scores/")}}),
         "labels-out-of-range": lambda h, t: (h, {**t, "labels": t["labels"] + 7}),
         "header-list": lambda h, t: ([1], t),
     }

@@ -187,10 +187,12 @@ def test_twenty_kills_resume_to_the_same_bits(train_config, tmp_path, capfd):
     cb = load_checkpoint(CheckpointFolder(run / "checkpoints").latest())
     for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    assert load_checkpoint(ref / "checkpoints" / "best.pt")["step"] == load_checkpoint(run / "checkpoints" / "best.pt")["step"]
+    assert (load_checkpoint(ref / "checkpoints" / "best.pt")["step"]
+            == load_checkpoint(run / "checkpoints" / "best.pt")["step"])
     assert metrics_without_timing(ref) == metrics_without_timing(run)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == total and summary["best_epoch"] == json.loads((ref / "summary.json").read_text())["best_epoch"]
+    assert (summary["steps"] == total
+            and summary["best_epoch"] == json.loads((ref / "summary.json").read_text())["best_epoch"])
 
 
 def test_resume_auto_starts_fresh_then_resumes(train_config, tmp_path, capsys):
@@ -336,7 +338,8 @@ def test_skip_mode_skips_the_batch_and_counts_it(train_config, tmp_path, capsys,
     assert_same_tensors(before["model"], after["model"])
     for sa, sb in zip(before["optimizer"]["state"].values(), after["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    assert not torch.equal(after["model"]["features.0.weight"], load_checkpoint(folder.step_path(4))["model"]["features.0.weight"])
+    assert not torch.equal(after["model"]["features.0.weight"],
+                           load_checkpoint(folder.step_path(4))["model"]["features.0.weight"])
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "skip" / "final.safetensors").values())
 
 

@@ -190,7 +190,8 @@ def test_resume_from_an_unsafe_or_broken_checkpoint_is_refused(checkpoint, env, 
         if name.startswith("code"):  # says why: loading it would run code
             assert f"refusing checkpoint {env['tmp'] / name}" in line and "would run code" in line, line
         else:
-            assert f"{env['tmp'] / name} is not a" in line and ("readable" in line or "training checkpoint" in line), line
+            assert f"{env['tmp'] / name} is not a" in line and (
+                "readable" in line or "training checkpoint" in line), line
     assert not env["marker"].exists(), "unpickling ran code"
 
 

@@ -45,7 +45,8 @@ def run_cli(argv) -> tuple[int, str]:
 def error_line(err: str) -> str:
     assert "Traceback" not in err, err
     lines = [line.split("\r")[-1].strip() for line in err.split("\n")]
-    lines = [line for line in lines if line and "warning" not in line and not line.startswith(("features", "evaluate", "synth"))]
+    lines = [line for line in lines
+             if line and "warning" not in line and not line.startswith(("features", "evaluate", "synth"))]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -180,7 +181,8 @@ def test_every_file_kind_gets_the_umask_mode(mask, tmp_path, inputs):
             save_tiny_classifier(tmp_path / "w.safetensors")[1],
             io_module.write_json(tmp_path / "x.json", {"a": 1}),
             io_module.write_bytes(tmp_path / "x.bin", b"abc"),
-            io_module.atomic_write_path(tmp_path / "y.bin", lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))),
+            io_module.atomic_write_path(tmp_path / "y.bin",
+                                        lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))),
         ]
         assert main(["export", str(tmp_path / "e.onnx"), "--weights", str(inputs["w"])]) == 0
         assert main(["export", str(tmp_path / "e.pt"), "--weights", str(inputs["w"])]) == 0

@@ -36,15 +36,16 @@ def evaluate_command(
     """The summary to print (None on the non-main processes of a distributed run).
 
     ``options`` go to :func:`~verydeep.evaluate.run.evaluate` (precision, device, engine,
-    engine_cache, batch_size, workers, progress). The ``save_scores`` file is locked for the whole run (a second evaluation
-    on it is refused with one line). A new evaluation resumes from it; ``--combine`` replaces it
-    only with ``overwrite``, and neither ever writes over a file that is not a scores file.
+    engine_cache, batch_size, workers, progress). The ``save_scores`` file is locked for the whole run
+    (a second evaluation on it is refused with one line). A new evaluation resumes from it; ``--combine``
+    replaces it only with ``overwrite``, and neither ever writes over a file that is not a scores file.
     """
     if combine:
         if weights or data:
             raise ConfigError("--combine works on saved score files alone: leave out --weights and --data")
         if scales:
-            raise ConfigError("--scales chooses the scales of a new evaluation; --combine uses those saved in the files")
+            raise ConfigError("--scales chooses the scales of a new evaluation; "
+                              "--combine uses those saved in the files")
         return _combine(combine, protocols, save_scores, overwrite)
     if not weights or data is None:
         raise ConfigError("give --weights W [W ...] and --data DIR (or --combine FILE [FILE ...])")

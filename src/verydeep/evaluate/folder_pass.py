@@ -113,7 +113,8 @@ def run_pass(p: Pass, workers: int, work: Callable[[list[Decoded], set[int]], An
     try:
         with torch.inference_mode(), InFlight(in_flight) as window:
             for b, items in batches:
-                for taken_b, result in window.submit(b, lambda items=items, wanted=p.wanted(b): work(items, wanted)):
+                wanted = p.wanted(b)
+                for taken_b, result in window.submit(b, lambda items=items, wanted=wanted: work(items, wanted)):
                     book(taken_b, result)
                     bar.update(len(p.plan[taken_b]))
             for taken_b, result in window.drain():

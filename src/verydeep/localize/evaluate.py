@@ -183,7 +183,8 @@ def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence
     check_pair(box_net, classifier)
     small = [q for q in scales if q < box_net.spec.crop_size]
     if small or not scales:
-        raise ConfigError(f"test scales {list(scales)} must be given and at least the crop size {box_net.spec.crop_size}")
+        raise ConfigError(f"test scales {list(scales)} must be given and at least the crop size "
+                          f"{box_net.spec.crop_size}")
     to_net = class_mapping(classifier.meta.class_names() if classifier.meta is not None else
                            [f"class_{i}" for i in range(classifier.num_classes)], data.classes, "classification net")
     box_net.eval()

@@ -144,7 +144,8 @@ def _multilabel(item: ImageItem, position: dict[str, int]) -> np.ndarray:
 # -- identity --------------------------------------------------------------------------------------
 def identity(models: Sequence, items: Sequence[ImageItem], scales: Sequence[int], aggregate: str, flip: bool,
              precision: str, layer: str = DEFAULT_LAYER) -> dict:
-    images = hashlib.sha256("\n".join(f"{i.split}/{i.rel}" for i in items).encode("utf-8", "surrogateescape")).hexdigest()
+    listing = "\n".join(f"{i.split}/{i.rel}" for i in items)
+    images = hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
     # the layer is named only when it is not the paper's fc7, so files made before --layer still match
     return {**({"layer": layer} if layer != DEFAULT_LAYER else {}),
         "image_files": image_files_digest(items),
@@ -182,8 +183,9 @@ def _short(value) -> str:
 
 def differences(found: dict, asked: dict) -> list[str]:
     """What differs between the identity a file was made with and the one asked for."""
-    names = {"layer": "layer", "weights": "weights", "configs": "configs", "scales": "scales", "aggregate": "aggregation",
-             "flip": "flip", "precision": "precision", "images": "image list", "image_count": "image count",
+    names = {"layer": "layer", "weights": "weights", "configs": "configs", "scales": "scales",
+             "aggregate": "aggregation", "flip": "flip", "precision": "precision", "images": "image list",
+             "image_count": "image count",
              "image_files": "image files (sizes or modification times changed on disk)"}
     unnamed = {"layer": DEFAULT_LAYER}  # what an identity without the key was made with
     out = []
@@ -244,7 +246,8 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
         features = FeatureSet(arrays["descriptors"], arrays["labels"], arrays["multilabels"], list(meta["paths"]),
                               list(meta["splits"]), list(meta["classes"]), dict(meta.get("info", {})))
     except (KeyError, ValueError, OSError, TypeError) as exc:
-        raise DataError(f"{path} is not a verydeep feature file ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+        raise DataError(f"{path} is not a verydeep feature file "
+                        f"({str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
     except Exception as exc:  # safetensors raises its own error type for a corrupt file
         if type(exc).__name__ == "SafetensorError":
             raise DataError(f"{path} is not a verydeep feature file ({exc})") from None
@@ -294,7 +297,8 @@ def _load_rows(partial: Path, images: int, dim: int) -> dict[str, np.ndarray]:
         why = _rows_problem(rows, images, dim)
         if why is None:
             return rows
-    sys.stderr.write(f"verydeep features: warning: describing every image again: {path} of {partial} is damaged ({why})\n")
+    sys.stderr.write("verydeep features: warning: describing every image again: "
+                     f"{path} of {partial} is damaged ({why})\n")
     path.unlink()
     return fresh
 
@@ -340,7 +344,8 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
     done = rows["done"].astype(bool)
     plan = plan_pass(distributed.DistContext(device=device), [it.path for it in items], scales, batch_size, done)
     _describe_all(plan, rows, done, workers, partial, progress,
-                  lambda decoded, wanted: _describe_batch(decoded, wanted, models, scales, aggregate, flip, precision, layer))
+                  lambda decoded, wanted: _describe_batch(decoded, wanted, models, scales, aggregate, flip,
+                                                          precision, layer))
     try:
         features = _assemble(rows, items, classes, root,
                              info={"identity": asked, "descriptor_size": dim, "sources": list(sources or [])})
@@ -444,7 +449,8 @@ def _open_partial(partial: Path, asked: dict, overwrite: bool) -> None:
     _atomic_write(manifest_path, json.dumps({"format": FORMAT, "identity": asked}, indent=2).encode())
 
 
-def _assemble(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: list[str], root, info: dict) -> FeatureSet:
+def _assemble(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: list[str], root,
+              info: dict) -> FeatureSet:
     """The feature set of the images that could be read."""
     ok = rows["ok"].astype(bool)
     if not ok.any():

@@ -182,7 +182,8 @@ def _blob_tensor(blob, where: str) -> torch.Tensor:
     if not shape:
         return torch.from_numpy(values)
     if int(np.prod(shape)) != values.size:
-        raise WeightsError(f"{where} holds {values.size} values, but its shape {tuple(shape)} needs {int(np.prod(shape))}")
+        raise WeightsError(f"{where} holds {values.size} values, "
+                           f"but its shape {tuple(shape)} needs {int(np.prod(shape))}")
     return torch.from_numpy(values.reshape(shape))
 
 

@@ -180,7 +180,8 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
 def _classes() -> dict[str, type]:
     pool = descriptor_pool.DescriptorPool()
     pool.Add(_file_descriptor())
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}")) for name in _MESSAGES}
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+            for name in _MESSAGES}
 
 
 def message_class(name: str) -> type:

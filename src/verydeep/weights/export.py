@@ -227,7 +227,8 @@ def read_onnx_metadata(path: str | os.PathLike) -> WeightsMeta:
     return WeightsMeta.from_json(props["verydeep"])
 
 
-def check_onnx(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, float]:
+def check_onnx(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None,
+               seed: int = 0) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| of the score map at each ``(height, width)``."""
     try:
         import onnxruntime  # optional: onnxruntime

@@ -44,7 +44,7 @@ def _describe_mismatch(names: Sequence[str]) -> str:
     best = max(reversed(list(CONFIGS)), key=closeness)  # ties go to the deeper net (D over C)
     expected = _paper_names(best)
     matcher = difflib.SequenceMatcher(None, expected, list(names), autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, _i2, j1, _j2 in matcher.get_opcodes():
         if tag == "delete":
             after = f" after {expected[i1 - 1]}" if i1 else ""
             return f"layer {expected[i1]} is missing{after} (closest VGG config: {best})"
@@ -65,12 +65,14 @@ def _choose_config(layers: Sequence[NamedWeights], lrn: bool) -> str:
     for config in same_names:
         found = []
         if (config == "A-LRN") != lrn:
-            found.append("the net has an LRN layer, which only config A-LRN has" if lrn else "config A-LRN needs an LRN layer")
+            found.append("the net has an LRN layer, which only config A-LRN has" if lrn
+                         else "config A-LRN needs an LRN layer")
         for info in weight_layers(ModelSpec(config=config)):
             want = (1, 1) if info.kind == "conv1x1" else (3, 3)
             if info.kind != "fc" and kernels[info.name] != want:
                 have = kernels[info.name]
-                found.append(f"{info.name} has a {have[0]}x{have[1]} kernel, config {config} expects {want[0]}x{want[1]}")
+                found.append(f"{info.name} has a {have[0]}x{have[1]} kernel, "
+                             f"config {config} expects {want[0]}x{want[1]}")
         if not found:
             return config
         problems[config] = found

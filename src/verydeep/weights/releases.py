@@ -38,7 +38,7 @@ def resolve_release(name: str) -> Path:
     """The local path of a known release, downloading it into torch.hub's cache when online."""
     urls = release_urls()
     if name not in urls:
-        if ":" in name and not os.path.sep in name:
+        if ":" in name and os.path.sep not in name:
             raise WeightsError(f"unknown release {quote(name)}; known: {', '.join(urls)}")
         release = f"torchvision:{Path(name).name.lower().removesuffix('.pth')}"
         if release in urls:  # "vgg16": a release name without its prefix, most likely
