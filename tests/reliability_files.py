@@ -4,10 +4,10 @@
 with an EXIF rotation): each comes with a *twin*, a plain 8-bit RGB PNG of the pixels it must
 decode to, so any path (training, evaluation, features, predict) can be checked by comparing its
 output for the odd file with its output for the twin. ``BAD`` files cannot be used (a truncated
-JPEG, a zero-byte file, text with an image extension, a 30000 x 30000 PNG decompression bomb) and
-must be skipped and counted. ``wide.png`` (1 x 30000 pixels, 170 bytes) is an aspect-ratio bomb:
-harmless for training (only a crop window is resampled) but refused wherever the whole image is
-rescaled to Q.
+JPEG, a zero-byte file, text with an image extension, a 30000 x 30000 PNG decompression bomb, a
+12000 x 12000 PNG over the bound on decoded pixels) and must be skipped and counted. ``wide.png``
+(1 x 30000 pixels, 170 bytes) is an aspect-ratio bomb: harmless for training (only a crop window is
+resampled) but refused wherever the whole image is rescaled to Q.
 """
 
 from __future__ import annotations
@@ -26,12 +26,16 @@ BAD = {
     "z2_zero.jpg": "a zero-byte file",
     "z3_text.png": "text with an image extension",
     "z4_bomb.png": "a 30000 x 30000 PNG (decompression bomb)",
+    "z6_huge.png": "a 12000 x 12000 PNG of 18 kB: under Pillow's bomb limit, over ours (MAX_PIXELS)",
 }
 WIDE = "z5_wide.png"
 #: Odd but valid files: name -> the twin's name (same sort position in its own folder).
 ODD = {"o1_cmyk.jpg": "o1_cmyk.png", "o2_deep.png": "o2_deep.png", "o3_palette.png": "o3_palette.png",
        "o4_rotated.jpg": "o4_rotated.png"}
 BOMB_SIDE = 30000
+#: A side whose square is under Pillow's own limit (179 MP) and over verydeep's (67 MP): decoded, it took
+#: 2.8-5.4 GB in evaluate, features and localize (issue 26).
+HUGE_SIDE = 12000
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -64,12 +68,13 @@ def write_normal(path: Path, seed: int, size=(40, 48), colour=None) -> None:
 
 
 def write_bad(folder: Path, source_jpeg: Path) -> list[Path]:
-    """The four ``BAD`` files in ``folder``; returns their paths."""
+    """The ``BAD`` files in ``folder``; returns their paths."""
     data = source_jpeg.read_bytes()
     (folder / "z1_truncated.jpg").write_bytes(data[: len(data) // 3])
     (folder / "z2_zero.jpg").write_bytes(b"")
     (folder / "z3_text.png").write_text("this is a text file, not a PNG\n" * 20)
     (folder / "z4_bomb.png").write_bytes(bomb_png())
+    (folder / "z6_huge.png").write_bytes(bomb_png(HUGE_SIDE))
     return [folder / name for name in BAD]
 
 

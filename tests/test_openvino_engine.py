@@ -135,7 +135,8 @@ def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
     gen = torch.Generator().manual_seed(1)
     # the first batch of 3 is split over OpenVINO's streams; a smaller one at its size is padded to its
     # chunks (no new shape); single images run on one request
-    for batch, height, width in [(3, crop + 64, crop), (1, crop + 64, crop), (1, crop, crop), (2, crop + 32, crop + 64)]:
+    shapes = [(3, crop + 64, crop), (1, crop + 64, crop), (1, crop, crop), (2, crop + 32, crop + 64)]
+    for batch, height, width in shapes:
         x = torch.randn(batch, 3, height, width, generator=gen) * 2
         with torch.no_grad():
             dense, fc7 = model.dense(x), model.descriptor(x)
@@ -452,6 +453,58 @@ def test_calls_from_two_threads_at_once_give_each_its_own_answer(tmp_path):
             torch.testing.assert_close(got, net.dense(x), rtol=1e-4, atol=1e-4)
 
 
+def test_a_cancelled_call_cancels_its_requests_and_waits_with_a_timeout():
+    """``OpenVINONet.cancel`` from another thread: the call's wait (in slices, never one long wait) sees
+    it, cancels every request it started, waits until they are idle and raises CancelledError."""
+    from concurrent.futures import CancelledError
+
+    from verydeep.runtime.openvino_engine import _RequestPool, _wait
+
+    class Request:  # an inference that never ends by itself
+        def __init__(self):
+            self.cancelled, self.waits = False, []
+
+        def wait_for(self, ms):
+            self.waits.append(ms)
+            if self.cancelled:
+                raise RuntimeError("Infer Request was canceled")  # what OpenVINO's wait says then
+            return False
+
+        def cancel(self):
+            self.cancelled = True
+
+    requests = [Request(), Request()]
+    checks = []
+
+    def stopped():
+        checks.append(1)
+        return len(checks) > 3  # cancel() arrives while the call waits
+
+    with pytest.raises(CancelledError):
+        _wait(requests[0], requests, stopped)
+    assert all(r.cancelled for r in requests) and all(r.waits and max(r.waits) <= 1000 for r in requests)
+
+    class Compiled:
+        def create_infer_request(self):
+            return Request()
+
+    pool = _RequestPool(Compiled(), streams=2, calls=1)
+    with pool.take(2):
+        with pytest.raises(CancelledError):  # none idle: waits in slices until cancelled
+            with pool.take(1, stopped=lambda: True):
+                pass
+
+
+@needs_openvino
+def test_cancel_stops_only_the_calls_running_then(tmp_path):
+    net = _net()
+    ov_net = engines.ready(copy.deepcopy(net), "openvino", Precision.FP32, cache_dir=tmp_path / "cache")
+    x = torch.randn(2, 3, 40, 48)
+    before = ov_net.dense(x)
+    ov_net.cancel()  # nothing running: the next calls run as usual
+    torch.testing.assert_close(ov_net.dense(x), before)
+
+
 # -- forking after OpenVINO ------------------------------------------------------------------------------
 #: A user's session in one process: two nets readied for OpenVINO through the Python API, run, and
 #: released in the order they were made; then work that forks: evaluations with DataLoader workers on
@@ -499,3 +552,101 @@ def test_forking_after_two_openvino_nets_were_released_does_not_crash(tmp_path, 
     done = subprocess.run([sys.executable, "-c", AFTER_OPENVINO, str(tiny_weights), str(other), str(eval_folder)],
                           capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-3000:])
+
+
+# -- thirty runs in a row -----------------------------------------------------------------------------
+#: ``verydeep evaluate`` on OpenVINO 30 times, each run a child forked from this fresh interpreter
+#: (torch, the package and openvino imported, OpenVINO never used: every child meets OpenVINO's
+#: numpy bridge for the first time, as a new process does), two batches in flight from the first
+#: batch on. Run 15 is slowed (each call of the net holds its thread 0.1 s more) and gets a SIGTERM
+#: while batches are in flight. Prints a JSON list, one entry per run; stops at the first run that hangs.
+THIRTY_RUNS = '''
+import json, os, signal, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+import openvino  # noqa: F401
+from forked import ForkedChild
+from verydeep.cli import main
+from verydeep.runtime import openvino_engine
+
+weights, data, cache, out = sys.argv[2:6]
+argv = ["evaluate", "--weights", weights, "--data", data, "--engine", "openvino", "--engine-cache", cache,
+        "--batch-size", "2", "--json"]
+assert openvino_engine._CORE is None
+marker = os.path.join(out, "in-flight")
+
+
+def slowed(argv):
+    from verydeep.evaluate import run as evaluate_run
+
+    batch, calls, infer = evaluate_run._score_batch, [], openvino_engine.OpenVINONet._run
+
+    def score_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the first batch is booked, the next two are in flight
+            open(marker, "w").close()
+        return batch(*args, **kwargs)
+
+    def run(self, x, logits):
+        time.sleep(0.1)
+        return infer(self, x, logits)
+
+    evaluate_run._score_batch, openvino_engine.OpenVINONet._run = score_batch, run
+    return main(argv)
+
+
+results = []
+for k in range(30):
+    scores = os.path.join(out, f"run{k}.scores")
+    child = ForkedChild((lambda: slowed(argv + ["--save-scores", scores])) if k == 15 else (lambda: main(argv)))
+    sent = None
+    if k == 15:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(marker) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+    try:
+        code = child.wait(30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        results.append({"run": k, "code": "hang"})
+        break
+    stdout, stderr = child.output()
+    results.append({"run": k, "code": code, "stdout": stdout, "stderr": stderr[-3000:], "scores": scores,
+                    "after_sigterm_s": None if sent is None else time.monotonic() - sent})
+print(json.dumps(results))
+'''
+
+
+@needs_openvino
+def test_evaluate_on_openvino_thirty_runs_in_a_row_with_a_sigterm_in_the_middle(tiny_weights, eval_folder, tmp_path):
+    """The first batch of a run hung in about one run in five: OpenVINO's Python module builds its
+    numpy dtype tables at first use, letting go of the GIL inside, and the second batch thread then
+    waited for the same table holding the GIL (SIGTERM and Ctrl-C unheard). The Core is now made with
+    one inference on the calling thread first (``openvino_engine.warm_numpy_bridge``), every wait
+    has a timeout, and an interrupt cancels the requests in flight."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from verydeep.evaluate.scores import load_scores
+
+    tests = str(Path(__file__).parent)
+    done = subprocess.run([sys.executable, "-c", THIRTY_RUNS, tests, str(tiny_weights), str(eval_folder),
+                           str(tmp_path / "cache"), str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "VERYDEEP_ENGINE_CACHE": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["code"] for r in runs] == [0] * 15 + [143] + [0] * 14, [(r["run"], r["code"]) for r in runs]
+    for r in runs:
+        messages = [m for m in re.split(r"[\r\n]", r["stderr"]) if m.strip() and not m.startswith("evaluate:")]
+        if r["run"] == 15:
+            assert messages == ["verydeep evaluate: terminated (SIGTERM); what was done so far is saved where "
+                                "the command saves it"], r["stderr"]
+            assert r["after_sigterm_s"] < 10, r["after_sigterm_s"]  # about a second on 2 busy cores: no hang
+            saved = load_scores(r["scores"])
+            assert 0 < saved.done.sum() < saved.num_images
+        else:
+            assert messages == [] and json.loads(r["stdout"])["engine"] == "openvino", r

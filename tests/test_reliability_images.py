@@ -1,10 +1,11 @@
 """Issue 8, bad and odd image files through all four readers: training, evaluation, features, predict.
 
-Bad files (truncated JPEG, zero bytes, text named .png, a 30000 x 30000 PNG bomb) must be skipped
-and counted, and memory must stay bounded; odd files (CMYK, 16-bit, palette with transparency,
-EXIF rotation) must decode to the right pixels, which each path proves by treating an odd file
-exactly like its plain RGB twin. The four commands run in one subprocess so that its peak
-memory (``VmHWM``) covers them all: decoding the bomb would take 0.9-2.7 GB.
+Bad files (truncated JPEG, zero bytes, text named .png, a 30000 x 30000 PNG bomb, a 12000 x 12000
+PNG over our bound on decoded pixels) must be skipped and counted, and memory must stay bounded;
+odd files (CMYK, 16-bit, palette with transparency, EXIF rotation) must decode to the right
+pixels, which each path proves by treating an odd file exactly like its plain RGB twin. The four
+commands run in one subprocess so that its peak memory (``VmHWM``) covers them all: decoding the
+bomb would take 0.9-2.7 GB, the 12000 x 12000 PNG up to 5.4 GB.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reliability_files import BAD, ODD, WIDE, bomb_png, twin_name, write_bad, write_normal, write_odd, write_wide
+from reliability_files import (BAD, HUGE_SIDE, ODD, WIDE, bomb_png, twin_name, write_bad, write_normal, write_odd,
+                               write_wide)
 from verydeep.cli import main
 from verydeep.data.images import open_rgb
 from verydeep.errors import ImageError
@@ -39,11 +41,12 @@ COLOURS = {"c0": (200, 50, 50), "c1": (50, 50, 200)}
 
 
 def train_args(data: Path, out: Path) -> list[str]:
-    """``verydeep train`` of a tiny net on ``data`` (also its validation set), one epoch of 3 steps."""
+    """``verydeep train`` of a tiny net on ``data`` (also its validation set), one epoch of 2 steps of 11
+    images: every one of the 22 files is drawn."""
     return ["train", "--json", "--set", f"data.train={data}", f"data.val={data}", "model.config=A",
             "model.width=0.0625", "model.fc_width=32", "model.crop_size=32", "model.dropout=0",
             "init.scheme=glorot", "data.scale_min=32", "data.scale_max=40", "data.workers=0",
-            "optim.batch_size=7", "schedule.epochs=1", f"run.out={out}", "run.threads=1", "run.precision=fp32",
+            "optim.batch_size=11", "schedule.epochs=1", f"run.out={out}", "run.threads=1", "run.precision=fp32",
             "run.progress=false", "run.tensorboard=false", "run.plots=false", "run.deterministic=true"]
 
 
@@ -196,7 +199,7 @@ def test_evaluation_counts_bad_files_as_errors_and_reads_odd_ones_right(four_pat
     assert result["code"] == 0, result["err"]
     summary = json.loads(result["out"])
     unreadable = sorted(Path(u["image"]).name for u in summary["unreadable"])
-    assert unreadable == sorted([*BAD, WIDE]) and summary["images"] == 25
+    assert unreadable == sorted([*BAD, WIDE]) and summary["images"] == 20 + len(BAD) + 1
     warnings = [line for line in result["err"].splitlines() if "unreadable image counted as an error" in line]
     assert len(warnings) == len(BAD) + 1
     scores = load_scores(four_paths["tmp"] / "scores.safetensors")
@@ -236,15 +239,50 @@ def test_predict_reports_each_bad_file_and_reads_odd_ones_right(four_paths):
 
 
 def test_localisation_data_skips_a_bomb(tmp_path):
-    """The box index reads image sizes from headers; a bomb's header must count as unreadable."""
+    """The box index reads image sizes from headers; a bomb's header must count as unreadable, an
+    image over our bound on decoded pixels as that (it failed in every crop, uncounted, before)."""
     from box_data import voc_xml
-    from verydeep.localize.data import load_box_index
+    from verydeep.localize.data import TOO_LARGE, load_box_index, skipped_text
 
     folder = tmp_path / "c0"
     folder.mkdir()
     write_normal(folder / "a.png", seed=0)
     (folder / "a.xml").write_text(voc_xml([("c0", 2, 2, 30, 30)], (48, 40)))
-    (folder / "bomb.png").write_bytes(bomb_png())
-    (folder / "bomb.xml").write_text(voc_xml([("c0", 2, 2, 30, 30)]))
+    for name, data in (("bomb", bomb_png()), ("huge", bomb_png(HUGE_SIDE))):
+        (folder / f"{name}.png").write_bytes(data)
+        (folder / f"{name}.xml").write_text(voc_xml([("c0", 2, 2, 30, 30)]))
     index = load_box_index(tmp_path)
-    assert len(index) == 1 and index.skipped == {"unreadable image": 1}
+    assert len(index) == 1 and index.skipped == {"unreadable image": 1, TOO_LARGE: 1}
+    assert "larger than 67108864 pixels, the VERYDEEP_MAX_IMAGE_PIXELS limit: 1" in skipped_text(index.skipped)
+
+
+def test_an_image_over_the_pixel_bound_is_refused_from_its_header_naming_its_size_and_the_bound(tmp_path):
+    """A 12000 x 12000 PNG of 18 kB: refused before a pixel is allocated (the decoder never runs)."""
+    (tmp_path / "huge.png").write_bytes(bomb_png(HUGE_SIDE))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image.Image, "load", lambda self: pytest.fail("the decoder ran"))
+        with pytest.raises(ImageError) as caught:
+            open_rgb(tmp_path / "huge.png")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'huge.png'}: 12000x12000 pixels (144 MP) is over the limit of 67108864 "
+                              "pixels for one image"), message
+    assert "VERYDEEP_MAX_IMAGE_PIXELS" in message and "\n" not in message
+
+
+def test_the_pixel_bound_is_set_by_the_environment_and_a_bad_value_is_one_line(tmp_path, tiny_weights,
+                                                                                 make_image_folder):
+    """``VERYDEEP_MAX_IMAGE_PIXELS`` is read when the process starts (before any worker forks)."""
+    data = make_image_folder(tmp_path / "val", per_class=1)  # one of the five is 60 x 36 (2160 pixels)
+    argv = [sys.executable, "-m", "verydeep", "evaluate", "--weights", str(tiny_weights), "--data", str(data),
+            "--engine", "torch", "--json"]
+    lowered = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "VERYDEEP_MAX_IMAGE_PIXELS": "2100"})
+    assert lowered.returncode == 0, lowered.stderr[-2000:]
+    unreadable = json.loads(lowered.stdout)["unreadable"]
+    assert len(unreadable) == 1
+    assert "60x36 pixels (0.00216 MP) is over the limit of 2100 pixels" in unreadable[0]["error"]
+    bad = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "VERYDEEP_MAX_IMAGE_PIXELS": "lots"})
+    assert bad.returncode == 2 and bad.stderr == (
+        "verydeep evaluate: error: VERYDEEP_MAX_IMAGE_PIXELS='lots' must be a whole number of pixels above 0 "
+        "(default 67108864, 8192 x 8192)\n"), bad.stderr

@@ -2,8 +2,9 @@
 
 Every reader in the package goes through :func:`open_rgb`: EXIF orientation applied, grayscale,
 CMYK, palette and 16-bit images converted to 8-bit RGB, transparency composited over white, and
-decompression bombs refused *before* their pixels are allocated, so memory stays bounded.
-Anything that cannot be read becomes one :class:`~verydeep.errors.ImageError` line.
+images larger than :data:`MAX_PIXELS` refused from their header, *before* their pixels are
+allocated, so memory stays bounded. Anything that cannot be read becomes one
+:class:`~verydeep.errors.ImageError` line.
 """
 
 from __future__ import annotations
@@ -18,10 +19,40 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from verydeep.errors import ImageError
+from verydeep.errors import ConfigError, ImageError, quote
 
-#: Largest image accepted, in pixels (about 16k x 10k). Larger files are refused unread.
-MAX_PIXELS = 160_000_000
+#: The environment variable that sets :data:`MAX_PIXELS` (a whole number of pixels).
+PIXELS_ENV = "VERYDEEP_MAX_IMAGE_PIXELS"
+#: The default bound on one decoded image: 8192 x 8192 pixels (67 million; a 61-megapixel camera's pass).
+DEFAULT_MAX_PIXELS = 1 << 26
+#: Memory one pixel costs while an image is decoded and rescaled to the test scales (an RGB PIL image,
+#: its uint8 tensor and the float copy ``rescale`` interpolates from): a 12000 x 12000 PNG of 32 KB
+#: peaked at 5.4 GB in ``verydeep evaluate``, 0.75 GB of it the process before the image.
+BYTES_PER_PIXEL = 35
+
+
+def _max_pixels() -> int:
+    """:data:`DEFAULT_MAX_PIXELS`, or ``$VERYDEEP_MAX_IMAGE_PIXELS`` when set (``ConfigError`` if it
+    is not a whole number above 0).
+
+    Read once, when this module is first imported: in the main process, before any worker is
+    forked, so that a bad value is the command's one line, not an error in every worker."""
+    text = os.environ.get(PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{PIXELS_ENV}={quote(text)} must be a whole number of pixels above 0 "
+                          f"(default {DEFAULT_MAX_PIXELS}, 8192 x 8192)")
+    return value
+
+
+#: Largest image decoded, in pixels (width x height from the file's header). Larger files are refused
+#: unread: a 115-byte 12000 x 12000 PNG cost 2.8-3.7 GB in evaluate, features and localize (issue 26).
+MAX_PIXELS = _max_pixels()
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKGROUND = (255, 255, 255)
 
@@ -59,11 +90,13 @@ def quiet_decoder():
         yield
 
 
-def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
+def open_rgb(path: str | os.PathLike, max_pixels: int | None = None,
+             draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image file to an 8-bit RGB PIL image, upright.
 
-    ``draft`` lets the JPEG decoder skip detail below that size (a speed-up for images that are
-    about to be shrunk; the result is at least that large where the file allows).
+    ``max_pixels``: the bound on width x height (default :data:`MAX_PIXELS`), checked from the header
+    (:func:`check_pixels`). ``draft`` lets the JPEG decoder skip detail below that size (a speed-up
+    for images that are about to be shrunk; the result is at least that large where the file allows).
     """
     path = Path(path)
     try:
@@ -76,9 +109,7 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft: tuple
     try:
         with quiet_decoder():
             with Image.open(path) as img:  # closed on every path, an error's included
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ImageError(f"{path}: {width}x{height} pixels is over the limit of {max_pixels} (decompression bomb?)")
+                check_pixels(path, *img.size, max_pixels)
                 if draft is not None and img.format == "JPEG":
                     img.draft("RGB", draft)
                 img.load()
@@ -92,7 +123,19 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, draft: tuple
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (or an unsupported format)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: cannot decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f"{path}: cannot decode ({why})") from None
+
+
+def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: int | None = None) -> None:
+    """Refuse (:class:`ImageError`) an image of ``width`` x ``height`` over ``max_pixels`` (default
+    :data:`MAX_PIXELS`): the message names its size, the bound, the memory it would take and the
+    variable that raises the bound."""
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if width * height > limit:
+        raise ImageError(f"{path}: {width}x{height} pixels ({width * height / 1e6:.3g} MP) is over the limit of "
+                         f"{limit} pixels for one image (decoding it would take about "
+                         f"{width * height * BYTES_PER_PIXEL / 1e9:.1f} GB); set {PIXELS_ENV} to allow larger images")
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -133,8 +133,8 @@ def _load_ready(source, digest: str, engine: str, precision, device, engine_cach
     key = digest if digest.startswith("sha256:") else None  # the file's hash: not hashed again
     if engine == "openvino" and key and cache_folder(engine_cache):
         meta = read_meta(source)
-        cached = meta and OpenVINONet.from_cache(meta, lambda: loader.load(source), precision, cache_folder(engine_cache),
-                                                 key)
+        cached = meta and OpenVINONet.from_cache(meta, lambda: loader.load(source), precision,
+                                                 cache_folder(engine_cache), key)
         if cached:
             return cached
     return ready(loader.load(source), engine, precision, device, engine_cache, key)
@@ -257,8 +257,9 @@ def _evaluate(ctx: distributed.DistContext, run: _Run) -> Evaluation | None:
     ran_on = resolve_engine(run.engine, ctx.device)
     nets = load_nets(run.weights, index.classes, run.scales, run.flip, ctx.device, prec, note, ran_on, run.engine_cache)
     state = Scores(paths=[p for p, _ in index.samples], labels=np.array([label for _, label in index.samples]),
-                   classes=list(index.classes), nets=[n.record for n in nets], protocols=list(base_protocols(run.asked)),
-                   root=str(index.root), stats=file_stats([p for p, _ in index.samples]))
+                   classes=list(index.classes), nets=[n.record for n in nets],
+                   protocols=list(base_protocols(run.asked)), root=str(index.root),
+                   stats=file_stats([p for p, _ in index.samples]))
     state.allocate()
     if run.save_path is not None:
         if not run.save_path.parent.is_dir():
@@ -303,7 +304,8 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
     computed = np.zeros(state.num_images, dtype=bool)
     partial_path = None
     if run.save_path is not None:
-        partial_path = run.save_path if ctx.world_size == 1 else run.save_path.with_name(f"{run.save_path.name}.part{ctx.rank}")
+        partial_path = (run.save_path if ctx.world_size == 1
+                        else run.save_path.with_name(f"{run.save_path.name}.part{ctx.rank}"))
 
     last_save, save_cost = time.monotonic(), 0.0
 
@@ -333,7 +335,8 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
             net.model.prepare()
     batches = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
     try:
-        with torch.inference_mode(), inference_settings(ran_on), InFlight(IN_FLIGHT.get(ran_on, 1)) as window:
+        with torch.inference_mode(), inference_settings(ran_on), \
+                InFlight(IN_FLIGHT.get(ran_on, 1), cancel=lambda: _cancel_engines(nets)) as window:
             for b, items in batches:
                 wanted = {i for i in plan[b] if not state.done[i]}
                 for taken in window.submit(b, lambda items=items, wanted=wanted: _score_batch(
@@ -348,6 +351,14 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
     finally:
         bar.close()
     return visits, computed
+
+
+def _cancel_engines(nets: Sequence[LoadedNet]) -> None:
+    """Stop what the nets' engines run on other threads (OpenVINO's requests): an interrupt ends
+    the run without waiting for the batches in flight (:mod:`verydeep.evaluate.inflight`)."""
+    for net in nets:
+        if getattr(net.model, "engine", None) == "openvino":
+            net.model.cancel()
 
 
 @dataclass

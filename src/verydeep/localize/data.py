@@ -7,9 +7,12 @@ cannot be used is *skipped and counted* under one of these reasons, and only whe
 remains is it an error:
 
 * ``no box file``, ``empty box file``, ``malformed box file`` (not XML, a missing coordinate ...),
-* ``no box of its class`` (the file names only other objects), ``unreadable image``,
+* ``no box of its class`` (the file names only other objects), ``unreadable image``, an image over
+  the bound on decoded pixels (:data:`TOO_LARGE`, from its header),
 * ``box outside the image`` (nothing left after clipping), ``degenerate box`` (under one pixel
-  wide or high after clipping). Boxes partly outside the image are clipped to it.
+  wide or high after clipping): these count boxes (:data:`BOX_REASONS`); an image left with no
+  box is counted once, as an image, under ``no usable box``. Boxes partly outside the image are
+  clipped to it.
 
 Coordinates are taken as written, as pixel-corner coordinates (a box ``xmin=10, xmax=20`` is 10
 pixels wide); the one-pixel difference between VOC's 1-based and ImageNet's 0-based conventions
@@ -21,13 +24,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from verydeep.data.folders import ImageIndex, boxes_for, scan_image_folder
-from verydeep.data.images import quiet_decoder
+from verydeep.data.images import MAX_PIXELS, PIXELS_ENV, quiet_decoder
 from verydeep.errors import ConfigError, DataError
 from verydeep.localize.boxes import clip
 
@@ -59,12 +62,19 @@ class BoxIndex:
         return BoxIndex(self.root, self.classes, [self.samples[i] for i in indices], Counter(self.skipped))
 
 
-def _image_size(path: str) -> tuple[int, int] | None:
+#: The skip reason of an image over the decoding bound (:data:`verydeep.data.images.MAX_PIXELS`).
+TOO_LARGE = f"larger than {MAX_PIXELS} pixels, the {PIXELS_ENV} limit"
+
+
+def _image_size(path: str) -> tuple[int, int] | str:
+    """(width, height) from the image's header, or why it cannot be used: unreadable, or over the
+    bound on decoded pixels (counted here, from the header, rather than failing in every crop later)."""
     try:
         with quiet_decoder(), Image.open(path) as img:
-            return img.size
+            size = img.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+        return "unreadable image"
+    return TOO_LARGE if size[0] * size[1] > MAX_PIXELS else size
 
 
 def index_boxes(index: ImageIndex) -> BoxIndex:
@@ -91,8 +101,8 @@ def index_boxes(index: ImageIndex) -> BoxIndex:
             example_names = example_names or (path, sorted({b.name for b in boxes}))
             continue
         size = _image_size(path)
-        if size is None:
-            out.skipped["unreadable image"] += 1
+        if isinstance(size, str):
+            out.skipped[size] += 1
             continue
         raw = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in mine], dtype=np.float64)
         outside = (raw[:, 0] >= size[0]) | (raw[:, 1] >= size[1]) | (raw[:, 2] <= 0) | (raw[:, 3] <= 0)
@@ -123,12 +133,25 @@ def load_box_index(root: str | Path) -> BoxIndex:
     return index_boxes(scan_image_folder(root))
 
 
-def skipped_text(skipped: Counter) -> str:
-    """``"3 skipped (no box file: 2, degenerate box: 1)"`` or ``""``."""
-    if not skipped:
-        return ""
-    total = sum(skipped.values())
-    return f"{total} skipped ({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))})"
+#: Reasons that count boxes, not images (:func:`index_boxes`): an image keeps its other boxes, and one
+#: left with none is counted once more, as an image, under ``no usable box``.
+BOX_REASONS = ("box outside the image", "degenerate box")
+
+
+def skipped_text(skipped: Mapping[str, int]) -> str:
+    """``"3 images skipped (no box file: 2, no usable box: 1); 2 boxes dropped (degenerate box: 2)"``, or ``""``.
+
+    Images and boxes are counted apart: an image whose one box is degenerate is one image skipped
+    and one box dropped. Summed into one total, as before, that image counted twice."""
+    images = {k: v for k, v in skipped.items() if v and k not in BOX_REASONS}
+    boxes = {k: v for k, v in skipped.items() if v and k in BOX_REASONS}
+    parts = []
+    for counts, noun, verb in ((images, "image", "skipped"), (boxes, "box", "dropped")):
+        if counts:
+            total = sum(counts.values())
+            plural = noun if total == 1 else f"{noun}es" if noun == "box" else f"{noun}s"
+            parts.append(f"{total} {plural} {verb} ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})")
+    return "; ".join(parts)
 
 
 def class_mapping(net_classes: Sequence[str], data_classes: Sequence[str], what: str = "net") -> list[int]:

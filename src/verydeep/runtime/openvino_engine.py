@@ -51,6 +51,7 @@ import tempfile
 import threading
 import time
 import warnings
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,9 @@ SPLIT_HINT, SINGLE_HINT = "THROUGHPUT", "LATENCY"
 #: Calls of one net that may run at once (``evaluate`` keeps two batches in flight,
 #: :mod:`verydeep.evaluate.inflight`): each compiled graph gets this many requests per stream.
 IN_FLIGHT = 2
+#: Milliseconds a call waits for its requests (or for idle ones) at a time before it checks whether
+#: it was cancelled (:meth:`OpenVINONet.cancel`): no wait of the engine is without a timeout.
+WAIT_SLICE_MS = 50
 
 
 class DenseHead(nn.Module):
@@ -161,16 +165,44 @@ def weights_digest(model) -> str:
 
 
 _CORE = None
+_CORE_LOCK = threading.Lock()
 
 
 def shared_core():
-    """The process's one ``ov.Core`` (made at the first call; see the module doc for why one)."""
+    """The process's one ``ov.Core`` (made at the first call; see the module doc for why one), its
+    numpy bridge already set up (:func:`warm_numpy_bridge`)."""
     global _CORE
-    if _CORE is None:
-        import openvino as ov  # optional: openvino
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov  # optional: openvino
 
-        _CORE = ov.Core()
+            core = ov.Core()
+            warm_numpy_bridge(core)
+            _CORE = core
     return _CORE
+
+
+def warm_numpy_bridge(core) -> None:
+    """One tiny inference, run in the calling thread the way :meth:`OpenVINONet._run` runs a chunk
+    (``start_async`` with a numpy input, ``wait``, the output's ``.data``).
+
+    Why: OpenVINO's Python module (2026.4) builds its tables of numpy dtypes in C++ function-local
+    statics at their first use, and building one calls numpy's C API, which lets go of the GIL
+    (pybind11's ``gil_safe_call_once_and_store<npy_api>``). A second thread that takes the GIL
+    meanwhile and reaches the same static waits on its guard *holding* the GIL, and the first thread
+    never gets it back. With two batches in flight (``evaluate``'s ``verydeep-batch_*`` threads)
+    the first batch hung so in 6 of 30 runs (gdb: one thread in ``__cxa_guard_acquire``, the other
+    in ``PyEval_RestoreThread`` under it), deaf to SIGTERM and Ctrl-C: the main thread could not
+    take the GIL to run their handlers. Run here, while one thread makes the Core, the statics
+    exist before any other thread of ours touches OpenVINO."""
+    import openvino as ov  # optional: openvino
+    import openvino.opset13 as ops  # optional: openvino
+
+    x = ops.parameter([-1, 3], np.float32, name="x")
+    request = core.compile_model(ov.Model([ops.relu(x)], [x], "verydeep-warm-up"), "CPU").create_infer_request()
+    request.start_async({0: np.zeros((1, 3), np.float32)}, share_inputs=False)
+    request.wait()
+    np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
 
 def ov_precision(precision) -> str:
@@ -206,6 +238,7 @@ class OpenVINONet:
             except OSError as exc:  # read-only home, a file in the way, a full disk: the cache is optional
                 self._cache_fault("cannot create it", exc)
         self._requests: dict[bool, _RequestPool] = {}
+        self._cancelled = 0  # bumped by cancel(): calls started before it stop
         self._sources: dict[bool, object] = {}  # graphs converted ahead (prepare), not compiled yet
         self._compile_lock = threading.Lock()
         self._shapes: set[tuple] = set()
@@ -290,7 +323,8 @@ class OpenVINONet:
 
     def _cache_fault(self, what: str, exc: BaseException) -> None:
         """The cache is an optimisation: a fault in it is one warning line, and the run goes on without it."""
-        sys.stderr.write(f"warning: OpenVINO cache {self.cache_dir}: {what} ({_first_line(exc)}); going on without it\n")
+        sys.stderr.write(f"warning: OpenVINO cache {self.cache_dir}: {what} ({_first_line(exc)}); "
+                         "going on without it\n")
         self.cache_dir = None
 
     def _compile(self, source, config: dict, logits: bool):
@@ -302,7 +336,8 @@ class OpenVINONet:
             if not isinstance(source, str):
                 raise
             xml = Path(source)
-            sys.stderr.write(f"warning: OpenVINO cache entry {xml.name} is damaged ({_first_line(exc)}); rebuilding it\n")
+            sys.stderr.write(f"warning: OpenVINO cache entry {xml.name} is damaged ({_first_line(exc)}); "
+                             "rebuilding it\n")
             for stale in (xml, xml.with_suffix(".bin")):
                 with contextlib.suppress(OSError):
                     stale.unlink()
@@ -343,18 +378,29 @@ class OpenVINONet:
                 self.timings["compile"] += time.perf_counter() - mid
         return self._requests[logits]
 
+    def cancel(self) -> None:
+        """Stop the calls running now (from another thread): their infer requests are cancelled and
+        they raise ``concurrent.futures.CancelledError`` within :data:`WAIT_SLICE_MS`; later calls
+        run as usual. ``evaluate`` calls it when an interrupt abandons the batches in flight."""
+        self._cancelled += 1
+
     def _run(self, x: torch.Tensor, logits: bool) -> torch.Tensor:
         self._check_size(x)
+        generation = self._cancelled
+
+        def stopped() -> bool:  # cancel() was called since this call began
+            return self._cancelled != generation
+
         pool = self._requests_for(logits, x.shape[0])
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         chunks = self._chunks(array, logits, pool.streams)
         start = time.perf_counter()
-        with pool.take(len(chunks)) as requests:
+        with pool.take(len(chunks), stopped) as requests:
             for request, chunk in zip(requests, chunks):
                 request.start_async({0: chunk}, share_inputs=False)
             outs = []
             for request in requests:
-                request.wait()
+                _wait(request, requests, stopped)
                 outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
         key = (logits, tuple(c.shape for c in chunks))
         if key not in self._shapes:
@@ -395,6 +441,20 @@ class OpenVINONet:
         return self.dense(x)[:, :, 0, 0]
 
 
+def _wait(request, started, stopped) -> None:
+    """Wait for ``request`` in slices of :data:`WAIT_SLICE_MS`; when ``stopped()``, cancel every
+    request of the call (``started``) and raise ``CancelledError``."""
+    while not request.wait_for(WAIT_SLICE_MS):
+        if stopped():
+            for other in started:
+                other.cancel()
+            for other in started:  # idle again (reusable) once its wait ends: OpenVINO raises "canceled" there
+                with contextlib.suppress(RuntimeError):
+                    while not other.wait_for(WAIT_SLICE_MS):
+                        pass
+            raise CancelledError("OpenVINO inference cancelled")
+
+
 class _RequestPool:
     """A compiled graph's idle infer requests: ``streams`` per call, for ``calls`` calls at once.
 
@@ -409,9 +469,12 @@ class _RequestPool:
         self._ready = threading.Condition()
 
     @contextlib.contextmanager
-    def take(self, count: int):
+    def take(self, count: int, stopped=lambda: False):
+        """``count`` idle requests, waited for in slices (``CancelledError`` once ``stopped()``)."""
         with self._ready:
-            self._ready.wait_for(lambda: len(self._idle) >= count)
+            while not self._ready.wait_for(lambda: len(self._idle) >= count, timeout=WAIT_SLICE_MS / 1000):
+                if stopped():
+                    raise CancelledError("OpenVINO inference cancelled")
             taken, self._idle = self._idle[:count], self._idle[count:]
         try:
             yield taken

@@ -19,7 +19,7 @@ import torch
 from verydeep.errors import WeightsError
 from verydeep.models.vgg import VGG
 from verydeep.weights import caffe, canonical, matconvnet
-from verydeep.weights.archive import check_inflation
+from verydeep.weights.archive import check_inflation, check_not_torchscript
 from verydeep.weights.infer import check_state, infer_spec
 from verydeep.weights.metadata import Preprocessing, WeightsMeta
 from verydeep.weights.releases import resolve_release
@@ -46,12 +46,14 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]
 
 def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     check_inflation(path)
+    check_not_torchscript(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
         raise WeightsError(
-            f"refusing {path}: it holds pickled objects other than tensors, which would run code on load ({first[:160]})"
+            f"refusing {path}: it holds pickled objects other than tensors, which would run code on load "
+            f"({first[:160]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise WeightsError(f"{path} is not a readable PyTorch file ({str(exc).splitlines()[0][:160]})") from None
@@ -146,7 +148,8 @@ def build(state: dict[str, torch.Tensor], meta: WeightsMeta, checked: bool = Fal
     missing, unexpected = model.load_state_dict(state, strict=False)
     real_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if real_missing or unexpected:
-        raise WeightsError(f"weights do not fit {meta.spec.name}: missing {real_missing[:3]}, unexpected {unexpected[:3]}")
+        raise WeightsError(f"weights do not fit {meta.spec.name}: missing {real_missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
     for key in missing:  # batch-norm step counters a file may leave out (empty storage until set)
         model.get_buffer(key).zero_()
     model.meta = meta
@@ -171,4 +174,5 @@ def load(source, fmt: str | None = None):
     return build(state, meta, checked=True)
 
 
-__all__ = ["load", "read_weights", "build", "FORMATS", "WeightsFormat", "from_state_dict", "infer_spec", "Preprocessing"]
+__all__ = ["load", "read_weights", "build", "FORMATS", "WeightsFormat", "from_state_dict", "infer_spec",
+           "Preprocessing"]
