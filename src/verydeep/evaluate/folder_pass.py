@@ -100,18 +100,20 @@ def plan_pass(ctx: distributed.DistContext, paths: Sequence[str], scales: Sequen
 
 
 def run_pass(p: Pass, workers: int, work: Callable[[list[Decoded], set[int]], Any], book: Callable[[int, Any], None],
-             in_flight: int = 1, desc: str = "images", progress: bool = True) -> None:
+             in_flight: int = 1, desc: str = "images", progress: bool = True,
+             cancel: Callable[[], None] | None = None) -> None:
     """Decode this process's batches with ``workers`` processes, ``work(items, wanted)`` each into a
     result (``wanted``: the batch's images not done yet, read before the work starts), and
     ``book(b, result)`` the results in batch order, with a progress bar over the images.
 
     ``work`` must read nothing that ``book`` writes (with ``in_flight`` above 1 the two overlap).
-    Runs under ``torch.inference_mode``.
+    ``cancel`` stops an engine's work still in flight when an interrupt abandons it
+    (:class:`~verydeep.evaluate.inflight.InFlight`). Runs under ``torch.inference_mode``.
     """
     bar = tqdm(total=p.images, unit="img", desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     batches = batch_loader(PlannedBatches(p.paths, p.plan, p.scales), p.order, workers)
     try:
-        with torch.inference_mode(), InFlight(in_flight) as window:
+        with torch.inference_mode(), InFlight(in_flight, cancel=cancel) as window:
             for b, items in batches:
                 wanted = p.wanted(b)
                 for taken_b, result in window.submit(b, lambda items=items, wanted=wanted: work(items, wanted)):

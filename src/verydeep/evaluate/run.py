@@ -1,7 +1,8 @@
 """Evaluating nets on an image folder with the paper's protocols: the loop that runs the nets.
 
-One pass over the data serves every net, protocol and scale asked for: a DataLoader worker
-decodes a planned batch (images of equal rescaled size, :mod:`verydeep.evaluate.plan`) and
+One pass over the data serves every net, protocol and scale asked for -- the folder pass that
+``features`` and ``localize evaluate`` use too (:mod:`verydeep.evaluate.folder_pass`): a DataLoader
+worker decodes a planned batch (images of equal rescaled size, :mod:`verydeep.evaluate.plan`) and
 rescales it to every test scale; the main process normalises it per net (each net's own
 preprocessing metadata) and runs each protocol on the whole batch. Posteriors land in a
 :class:`~verydeep.evaluate.scores.Scores`, from which :mod:`verydeep.evaluate.results` computes
@@ -26,15 +27,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from verydeep.data.folders import scan_image_folder
 from verydeep.data.preprocess import normalise
 from verydeep.errors import ConfigError, DataError
 from verydeep.evaluate.classes import check_classes
-from verydeep.evaluate.inflight import InFlight
-from verydeep.evaluate.loading import PlannedBatches, batch_loader, group_by_shape
-from verydeep.evaluate.plan import plan_batches, probe_size
+from verydeep.evaluate.folder_pass import loader_sizes, plan_pass, run_pass
+from verydeep.evaluate.loading import group_by_shape
 from verydeep.evaluate.protocols import FORWARD, base_protocols, parse_protocols
 from verydeep.evaluate.scales import check_scales, default_scales, train_scale_of
 from verydeep.evaluate.scores import NetRecord, Scores, changed_images, file_stats, image_list_difference, load_scores
@@ -46,10 +45,6 @@ from verydeep.runtime.precision import Precision, autocast_for, resolve
 from verydeep.weights.canonical import read_meta
 from verydeep.weights import loader  # the module: tests replace loader.load
 
-#: Images per batch when not given: the GPU takes more.
-DEFAULT_BATCH = {"cuda": 32, "cpu": 8, "openvino": 16}
-#: (OpenVINO splits a batch over its streams: 16 images, 8 per stream on 2 cores, ran 6% faster than
-#: 8 on the AMX Xeon; 32, 11% but with four times the activation memory at large scales.)
 #: Multi-crop runs the crops of ``batch_size // CROPS_PER_IMAGE_SHARE`` images per forward pass
 #: (50 crops of 224 cost about what 16 dense images of 384 x 512 do).
 CROPS_PER_IMAGE_SHARE = 8
@@ -172,16 +167,6 @@ def _resume(state: Scores, path: Path) -> None:
                 state.failed[int(i)] = old.failed[int(i)]
 
 
-def _probe_all(ctx: distributed.DistContext, paths: Sequence[str]) -> list[tuple[int, int] | None]:
-    """Image sizes from the file headers, the work split over the processes."""
-    mine = {i: probe_size(paths[i]) for i in range(ctx.rank, len(paths), ctx.world_size)}
-    sizes: list[tuple[int, int] | None] = [None] * len(paths)
-    for part in distributed.all_gather(ctx, mine):
-        for i, size in part.items():
-            sizes[i] = size
-    return sizes
-
-
 def _stderr(line: str) -> None:
     sys.stderr.write(f"verydeep evaluate: warning: {line}\n")
 
@@ -280,26 +265,16 @@ def _evaluate(ctx: distributed.DistContext, run: _Run) -> Evaluation | None:
     return Evaluation(scores=state, protocols=run.asked, warnings=warnings, visits=visits, engine=ran_on)
 
 
-def _loader_sizes(device: torch.device, batch_size: int | None, workers: int | None,
-                  engine: str = "torch") -> tuple[int, int, int]:
-    """Images per batch, loader workers and images per multi-crop pass (defaults by device and engine)."""
-    kind = "openvino" if engine == "openvino" else device.type
-    batch_size = int(batch_size or DEFAULT_BATCH.get(kind, DEFAULT_BATCH["cpu"]))
-    if workers is None:
-        cores = os.cpu_count() or 1
-        workers = min(8, cores) if device.type == "cuda" else min(4, max(1, cores // 2))
-    return batch_size, workers, max(1, batch_size // CROPS_PER_IMAGE_SHARE)
-
-
 def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Sequence[LoadedNet], prec,
                ran_on: str) -> tuple[np.ndarray, np.ndarray]:
-    """Score this process's share of the batches not yet done, saving partial scores as it goes
-    (and on an interrupt); returns how often each image was scored and which were scored here."""
+    """Score this process's share of the batches not yet done (the folder pass,
+    :mod:`verydeep.evaluate.folder_pass`), saving partial scores as it goes (and on an interrupt);
+    returns how often each image was scored and which were scored here."""
     all_scales = sorted({q for n in nets for q in n.record.scales})
     run_protocols = list(state.protocols)
-    batch_size, workers, images_per_pass = _loader_sizes(ctx.device, run.batch_size, run.workers, ran_on)
-    plan = plan_batches(_probe_all(ctx, state.paths), all_scales, batch_size)
-    order = [b for b in range(len(plan)) if b % ctx.world_size == ctx.rank and not state.done[plan[b]].all()]
+    batch_size, workers = loader_sizes(ctx.device, run.batch_size, run.workers, ran_on)
+    images_per_pass = max(1, batch_size // CROPS_PER_IMAGE_SHARE)
+    plan = plan_pass(ctx, state.paths, all_scales, batch_size, state.done)
     visits = np.zeros(state.num_images, dtype=np.int64)
     computed = np.zeros(state.num_images, dtype=bool)
     partial_path = None
@@ -309,17 +284,16 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
 
     last_save, save_cost = time.monotonic(), 0.0
 
-    def apply(b: int, result: BatchScores) -> None:
+    def book(b: int, result: BatchScores) -> None:
         """Book one batch's result (in batch order), save partial scores when due, tell ``on_batch``."""
         nonlocal last_save, save_cost
-        todo = [i for i in plan[b] if not state.done[i]]
+        todo = [i for i in plan.plan[b] if not state.done[i]]
         state.failed.update(result.failed)
         for key, rows, probs in result.values:
             state.values[key][rows] = probs
         state.done[todo] = True
         computed[todo] = True
         visits[todo] += 1
-        bar.update(len(plan[b]))
         now = time.monotonic()
         if partial_path is not None and now - last_save >= max(run.save_every_s, 5 * save_cost):
             state.save(partial_path)
@@ -328,28 +302,20 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
         if run.on_batch is not None:
             run.on_batch(b)
 
-    bar = tqdm(total=sum(len(plan[b]) for b in order), unit="img", desc="evaluate",
-               disable=not (run.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
+    def work(items, wanted: set[int]) -> BatchScores:
+        return _score_batch(nets, items, wanted, all_scales, run_protocols, run.flip, ctx.device, prec, images_per_pass)
+
     for net in nets:  # an OpenVINO graph is converted here, before batches run on other threads
         if getattr(net.model, "engine", None) == "openvino":
             net.model.prepare()
-    batches = batch_loader(PlannedBatches(state.paths, plan, all_scales), order, workers)
     try:
-        with torch.inference_mode(), inference_settings(ran_on), \
-                InFlight(IN_FLIGHT.get(ran_on, 1), cancel=lambda: _cancel_engines(nets)) as window:
-            for b, items in batches:
-                wanted = {i for i in plan[b] if not state.done[i]}
-                for taken in window.submit(b, lambda items=items, wanted=wanted: _score_batch(
-                        nets, items, wanted, all_scales, run_protocols, run.flip, ctx.device, prec, images_per_pass)):
-                    apply(*taken)
-            for taken in window.drain():
-                apply(*taken)
+        with inference_settings(ran_on):
+            run_pass(plan, workers, work, book, in_flight=IN_FLIGHT.get(ran_on, 1), desc="evaluate",
+                     progress=run.progress and ctx.is_main, cancel=lambda: _cancel_engines(nets))
     except BaseException:
         if partial_path is not None and computed.any():
             state.save(partial_path)  # keep what was scored; a rerun resumes from it
         raise
-    finally:
-        bar.close()
     return visits, computed
 
 
