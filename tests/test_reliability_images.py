@@ -217,6 +217,8 @@ def test_features_skip_bad_files_and_read_odd_ones_right(four_paths):
     assert sorted(Path(p).name for p in summary["skipped"]) == sorted([*BAD, WIDE])
     assert summary["images"] == 20
     assert len([line for line in result["err"].splitlines() if "unreadable image skipped" in line]) == len(BAD) + 1
+    [huge] = [line for line in result["err"].splitlines() if "z6_huge.png" in line]
+    assert "VERYDEEP_MAX_IMAGE_PIXELS" in huge  # the reason is named, not only the file
     features = load_features(four_paths["tmp"] / "features.safetensors")
     for name in ODD:
         i, t = _index(features.paths, name), _index(features.paths, twin_name(name))

@@ -151,6 +151,7 @@ def test_npz_files_and_unreadable_images(tmp_path):
     out = tmp_path / "f.npz"
     fs = extract_features([_net()], data, out, [32], "mean", flip=False, progress=False)
     assert len(fs) == 7 and fs.info["skipped"] == ["val/c0/c0_1.jpg"]
+    assert "c0_1.jpg" in fs.info["skipped_why"]["val/c0/c0_1.jpg"]  # the decoder's own reason, named
     back = load_features(out)
     np.testing.assert_array_equal(back.descriptors, fs.descriptors)
     assert back.paths == fs.paths and back.splits == fs.splits and back.classes == ["c0", "c1"]

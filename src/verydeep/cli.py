@@ -537,7 +537,9 @@ def _run_features(args) -> int:
               f"{summary['layer']} descriptors of {' & '.join(summary['configs'])} at Q {summary['scales']} "
               f"({summary['aggregate']})")
     for path in summary["skipped"]:
-        sys.stderr.write(f"verydeep features: warning: unreadable image skipped: {path}\n")
+        why = summary["skipped_why"].get(path)
+        sys.stderr.write(f"verydeep features: warning: unreadable image skipped: {path}" + (f" ({why})" if why else "")
+                         + "\n")
     return 0
 
 

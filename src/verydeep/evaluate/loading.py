@@ -35,16 +35,17 @@ class PlannedBatches(Dataset):
         return len(self.batches)
 
     def __getitem__(self, b: int) -> tuple[int, list[Decoded]]:
-        out: list[Decoded] = []
-        for i in self.batches[b]:
-            try:
-                image = read_image(self.paths[i])
-                check_rescaled_size(image.shape[-2], image.shape[-1], self.scales, what=str(self.paths[i]))
-            except ImageError as exc:
-                out.append((i, str(exc)))
-                continue
-            out.append((i, {q: rescale(image, q) for q in self.scales}))
-        return b, out
+        return b, [(i, decode(self.paths[i], self.scales)) for i in self.batches[b]]
+
+
+def decode(path: str, scales: Sequence[int]) -> "dict[int, torch.Tensor] | str":
+    """One image rescaled to every scale (uint8), or why it cannot be (unreadable, too large, too small)."""
+    try:
+        image = read_image(path)
+        check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=str(path))
+    except ImageError as exc:
+        return str(exc)
+    return {q: rescale(image, q) for q in scales}
 
 
 def _keep(item):

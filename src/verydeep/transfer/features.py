@@ -49,7 +49,7 @@ from safetensors.numpy import load_file, save
 from verydeep.data.folders import boxes_for, scan_image_folder
 from verydeep.errors import ConfigError, DataError
 from verydeep.evaluate.folder_pass import loader_sizes, plan_pass, run_pass
-from verydeep.evaluate.loading import Decoded, group_by_shape
+from verydeep.evaluate.loading import Decoded, decode, group_by_shape
 from verydeep.runtime import distributed
 from verydeep.runtime.io import make_folder, read_json, write_bytes
 from verydeep.transfer.aggregate import AGGREGATES
@@ -348,7 +348,8 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
                                                           precision, layer))
     try:
         features = _assemble(rows, items, classes, root,
-                             info={"identity": asked, "descriptor_size": dim, "sources": list(sources or [])})
+                             info={"identity": asked, "descriptor_size": dim, "sources": list(sources or [])},
+                             scales=scales)
         save_features(features, out)
     except BaseException:
         _save_rows(partial, rows)  # every image is described: a rerun only assembles and writes
@@ -449,8 +450,16 @@ def _open_partial(partial: Path, asked: dict, overwrite: bool) -> None:
     _atomic_write(manifest_path, json.dumps({"format": FORMAT, "identity": asked}, indent=2).encode())
 
 
-def _assemble(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: list[str], root,
-              info: dict) -> FeatureSet:
+def _why_skipped(skipped: Sequence[ImageItem], scales: Sequence[int]) -> dict[str, str]:
+    """Why each skipped image could not be described, by its path in the folder: the pass's own decode
+    asked again (these images are few, and a refusal comes early: a bad header, a bound), so that the
+    reasons hold for the images of an earlier, interrupted run too."""
+    return {it.rel: why if isinstance(why := decode(it.path, scales), str) else "described on a second try"
+            for it in skipped}
+
+
+def _assemble(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: list[str], root, info: dict,
+              scales: Sequence[int]) -> FeatureSet:
     """The feature set of the images that could be read."""
     ok = rows["ok"].astype(bool)
     if not ok.any():
@@ -458,7 +467,8 @@ def _assemble(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: 
     position = {c: i for i, c in enumerate(classes)}
     kept = [it for it, good in zip(items, ok) if good]
     multi = np.stack([_multilabel(it, position) for it in kept])
-    info = {**info, "skipped": [it.rel for it, good in zip(items, ok) if not good]}
+    skipped = [it for it, good in zip(items, ok) if not good]
+    info = {**info, "skipped": [it.rel for it in skipped], "skipped_why": _why_skipped(skipped, scales)}
     return FeatureSet(rows["descriptors"][ok], np.array([it.label for it in kept], dtype=np.int64), multi,
                       [it.rel for it in kept], [it.split for it in kept], classes, info)
 

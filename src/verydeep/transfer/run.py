@@ -56,6 +56,7 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
     counts = {s: features.splits.count(s) for s in features.split_names}
     return {"out": str(out), "images": len(features), "splits": counts, "classes": len(features.classes),
             "descriptor_size": int(features.descriptors.shape[1]), "skipped": features.info.get("skipped", []),
+            "skipped_why": features.info.get("skipped_why", {}),
             **{k: features.info["identity"][k] for k in ("configs", "scales", "aggregate", "flip", "precision")},
             "layer": features.info["identity"].get("layer", DEFAULT_LAYER), "engine": ran_on,
             "weights_sha256": features.info["identity"]["weights"]}
