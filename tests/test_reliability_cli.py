@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from box_data import write_box_folder
+from cli_run import call
 from conftest import save_tiny_classifier
-from verydeep.cli import build_parser, int_list, main, positive_int
+from verydeep.cli import build_parser, int_list, positive_int
 
 def leaf_parsers() -> dict[str, argparse.ArgumentParser]:
     """``{"predict": parser, "localize train": parser, ...}``: every command that runs something."""
@@ -38,20 +39,6 @@ def leaf_parsers() -> dict[str, argparse.ArgumentParser]:
 
 LEAVES = sorted(leaf_parsers())
 GROUPS = sorted({name.split()[0] for name in LEAVES if " " in name})
-
-
-def call(argv) -> tuple[int, str, str]:
-    """Run the CLI in-process; (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def the_error_line(err: str) -> str:

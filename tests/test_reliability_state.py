@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,36 +24,16 @@ from PIL import Image
 
 from conftest import save_tiny_classifier
 from test_reliability_cli import leaf_parsers
-from verydeep.cli import main
+import cli_run
+from cli_run import run
 from verydeep.runtime.locks import lock_file, lock_folder
 from verydeep.weights import canonical
 from verydeep.weights.loader import read_weights
 
 
-def run(capsys, argv) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def one_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line.split("\r")[-1] for line in err.splitlines()]
-    lines = [line for line in lines if line.strip() and ": warning:" not in line and "%|" not in line]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("verydeep "), lines[0]
-    return lines[0]
-
-
-def refused(capsys, argv, *words) -> str:
-    code, err = run(capsys, argv)
-    line = one_line(err)
-    assert code == 2, (argv, err)
-    for word in words:
-        assert word in line, (word, line)
-    return line
+# This file's commands may print a warning line (a recomputed part, a resumed run) before they refuse.
+one_line = partial(cli_run.one_line, warnings=True)
+refused = partial(cli_run.refused, warnings=True)
 
 
 @pytest.fixture(scope="module")

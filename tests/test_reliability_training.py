@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_run import one_line
 from forked import ForkedChild
 from verydeep.cli import main
 from verydeep.runtime import io as io_module
@@ -43,6 +44,11 @@ KILL_RUN = {"schedule.epochs": 4, "run.checkpoint_every": 2, "run.keep_last": 2,
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+def train_error(err: str) -> str:
+    """The one line of a refused ``verydeep train`` (:func:`cli_run.one_line`)."""
+    return one_line(err, prefix="verydeep train: error: ")
+
+
 def fork_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120.0) -> int:
     """``verydeep ARGV`` in a forked child with extra environment variables; its exit code
     (negative: the signal that ended it)."""
@@ -73,14 +79,6 @@ def fork_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float 
             os.waitpid(pid, 0)
             raise AssertionError(f"verydeep {' '.join(map(str, argv))} did not finish in {timeout} s")
         time.sleep(0.005)
-
-
-def one_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("verydeep train: error: "), lines[0]
-    return lines[0]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -259,7 +257,7 @@ def test_disk_full_while_checkpointing(failure, train_config, tmp_path, capsys, 
         if failure == "at-fsync":
             patch.setattr(checkpoint_module.os, "fsync", failing_fsync)
         code = main(["train", "--config", str(config)])
-    line = one_line(capsys.readouterr().err)
+    line = train_error(capsys.readouterr().err)
     assert code == 2
     reason = os.strerror(errno.EIO if failure == "at-fsync" else errno.ENOSPC)
     assert "cannot write" in line and reason in line and "step-00000000" in line, line
@@ -287,7 +285,7 @@ def test_disk_full_writing_the_log_is_one_line(train_config, tmp_path, capsys, m
 
     monkeypatch.setattr(loop_module.MetricsLog, "write", full_after_two)
     assert main(["train", "--config", str(config)]) == 2
-    line = one_line(capsys.readouterr().err)
+    line = train_error(capsys.readouterr().err)
     assert "metrics.jsonl" in line and "No space left on device" in line, line
     assert [s for s, _ in CheckpointFolder(tmp_path / "fullw" / "checkpoints").steps()] == [2]
 
@@ -313,7 +311,7 @@ def test_a_nonfinite_loss_stops_at_its_step_and_writes_nothing_after(train_confi
     config = train_config("nan", {"schedule.epochs": 2, "run.checkpoint_every": 1})
     poison_batches(monkeypatch, {8})
     assert main(["train", "--config", str(config)]) == 2
-    line = one_line(capsys.readouterr().err)
+    line = train_error(capsys.readouterr().err)
     assert "the loss diverged (not finite) at step 8" in line and "optim.on_nonfinite=skip" in line, line
     run = tmp_path / "nan"
     newest, temporary = check_run_folder(run)  # every checkpoint finite
@@ -361,7 +359,7 @@ def test_nonfinite_weights_are_never_written(train_config, tmp_path, capsys, mon
         assert main(["train", "--config", str(config)]) == 2
     finally:
         handle.remove()
-    line = one_line(capsys.readouterr().err)
+    line = train_error(capsys.readouterr().err)
     assert "the weights are not finite after step 3" in line, line
     newest, _ = check_run_folder(tmp_path / "nanw")
     assert newest == 2
@@ -389,14 +387,14 @@ def test_bad_checkpoints_and_run_folders_are_one_line(train_config, tmp_path, ca
     data = (tmp_path / "base" / "final.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     assert main(["train", "--resume", str(tmp_path / "cut.safetensors")]) == 2
-    assert f"{tmp_path / 'cut.safetensors'} is not a readable checkpoint" in one_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'cut.safetensors'} is not a readable checkpoint" in train_error(capsys.readouterr().err)
     # a checkpoint of another net: the line says what differs (the resume check of issue 16 compares
     # the saved config first, so it names the keys, before any tensor is compared)
     for change, words in (("model.config=B", ["model.config ('A' -> 'B')"]),
                           ("model.width=0.125", ["model.width (0.0625 -> 0.125)"])):
         out = tmp_path / f"other-{change}"
         assert main(["train", "--resume", str(step2), "--set", change, f"run.out={out}"]) == 2
-        line = one_line(capsys.readouterr().err)
+        line = train_error(capsys.readouterr().err)
         assert "differs from the run's own" in line and all(w in line for w in words), line
         assert not out.exists()
     # an unwritable run folder: refused before the colour statistics (or anything else) are computed
@@ -410,7 +408,7 @@ def test_bad_checkpoints_and_run_folders_are_one_line(train_config, tmp_path, ca
     monkeypatch.setattr(loop_module, "compute_colour_stats", no_work)
     for out in (afile, afile / "run"):
         assert main(["train", "--config", str(config), "--set", f"run.out={out}"]) == 2
-        line = one_line(capsys.readouterr().err)
+        line = train_error(capsys.readouterr().err)
         assert str(out) in line and "Not a directory" in line, line
 
 
@@ -441,12 +439,12 @@ def test_a_dead_or_hung_peer_ends_the_survivor_with_one_line(train_config, tmp_p
         t0 = time.monotonic()
         _, err = dead[0].communicate(timeout=120)
         assert dead[0].returncode == 2 and dead[1].wait(timeout=30) == -signal.SIGKILL
-        line = one_line(err)
+        line = train_error(err)
         assert "process 0 of 2 lost the others at step 4" in line, line
         _, err = hung[0].communicate(timeout=120)
         elapsed = time.monotonic() - t0
         assert hung[0].returncode == 2
-        line = one_line(err)
+        line = train_error(err)
         assert "lost the others at step 4" in line and "run.dist_timeout_s=4" in line, line
         assert hung[1].poll() is None  # still stopped: the survivor did not wait for it
         assert elapsed < 90

@@ -19,24 +19,11 @@ import torch
 
 import verydeep
 from box_data import write_box_folder
+from cli_run import one_line, run
 from conftest import TINY, save_tiny_classifier
 from verydeep.cli import main
 from verydeep.weights import canonical
 from verydeep.weights.loader import read_weights
-
-
-def run(capsys, argv) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 class RunsCode:
