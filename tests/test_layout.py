@@ -289,3 +289,13 @@ def test_every_module_is_named_on_the_map():
         if entry is None or not re.search(rf"\b{re.escape(path.stem)}\b", entry):
             missing.append(str(rel))
     assert missing == [], f"not on docs/architecture.md's map: {missing}"
+
+
+def test_the_runtime_layer_knows_no_layer_of_the_net():
+    """Issue 25, item 5: the engines (runtime/) took VGG's insides by duck typing (``features``,
+    ``classifier[0/3/6]``, the fc6 kernel), so the lowest layer depended on the model's layout. They
+    now convert what the net hands them (``model.dense_module``); the layout stays in models/."""
+    leaks = [f"{path.relative_to(PACKAGE)}:{n}" for path in sorted((PACKAGE / "runtime").glob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"\.features\b|\.classifier\b|fc6_kernel", line.split("#")[0])]
+    assert leaks == []

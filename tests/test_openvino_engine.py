@@ -650,3 +650,19 @@ def test_evaluate_on_openvino_thirty_runs_in_a_row_with_a_sigterm_in_the_middle(
             assert 0 < saved.done.sum() < saved.num_images
         else:
             assert messages == [] and json.loads(r["stdout"])["engine"] == "openvino", r
+
+
+def test_converting_a_net_sends_no_telemetry(monkeypatch):
+    """OpenVINO's conversion sends usage events (opt-out) from a forked process; offline that child
+    hung and kept the finished run from exiting. Ours converts with OpenVINO's telemetry stub: no
+    event is sent, and the converter's own module is left as it was."""
+    tm = pytest.importorskip("openvino_telemetry")
+    from openvino.tools.ovc import convert_impl
+
+    from verydeep.runtime.openvino_engine import to_openvino
+
+    sent = []
+    monkeypatch.setattr(tm.Telemetry, "send_event", lambda self, *a, **k: sent.append(a), raising=False)
+    before = convert_impl.tm
+    to_openvino(verydeep.vgg("A", num_classes=3, width=0.0625, fc_width=16, crop_size=32, init="glorot").eval())
+    assert sent == [] and convert_impl.tm is before

@@ -25,6 +25,7 @@ from torch import nn
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import (CROP_SIZE, DROPOUT, FC_WIDTH, LRN_SETTINGS, NUM_CLASSES, Conv1x1, ModelSpec,
                                      conv_width, feature_layout, resolve_name)
+from verydeep.models.dense_head import DenseHead
 from verydeep.models.init import initialise
 from verydeep.models.taps import compute_taps, feature_info, resolve_taps
 
@@ -246,6 +247,12 @@ class VGG(nn.Module):
         """The class score map (N, classes, h, w) of a whole image (no softmax, no pooling)."""
         self._check_dense_size(x)
         return self._fc_maps(self.features(x), logits=True)
+
+    def dense_module(self, logits: bool = True) -> nn.Module:
+        """A copy of the dense view (or, without ``logits``, of the fc7 descriptor) as a plain module
+        for tracing and conversion (:class:`~verydeep.models.dense_head.DenseHead`): what an engine
+        converts, so that no engine needs to know this net's layers."""
+        return DenseHead(self, logits)
 
 
 #: torchvision's release of each Table 1 config (C and A-LRN have none).

@@ -9,8 +9,9 @@ taps) is the wrapped PyTorch net's.
 
 How:
 
-* the net (:class:`DenseHead`: the conv stack, then fc6-fc8 as matrix products over the pool5
-  windows) is traced once and converted with ``ov.convert_model``, with the batch, height and
+* the net's dense view as a plain module (``model.dense_module(logits)``,
+  :class:`verydeep.models.dense_head.DenseHead`: the conv stack, then fc6-fc8 as matrix products over
+  the pool5 windows) is traced once and converted with ``ov.convert_model``, with the batch, height and
   width left dynamic; one graph ends at the scores (fc8), one at fc7 after its ReLU;
 * each graph is compiled once per run. A batch is split over OpenVINO's streams (``THROUGHPUT``
   hint, one infer request per stream, all in flight together): on the 2-core AMX Xeon this was
@@ -43,7 +44,6 @@ SIGSEGV. A single Core that lives as long as the process never gives its stack b
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import os
 import sys
@@ -56,8 +56,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from verydeep.errors import VerydeepError
 
@@ -77,41 +75,39 @@ IN_FLIGHT = 2
 WAIT_SLICE_MS = 50
 
 
-class DenseHead(nn.Module):
-    """The dense view as a plain module for conversion: the conv stack, then fc6, fc7 (and fc8) as
-    matrix products over every ``k x k`` window of the pool5 map, as :meth:`verydeep.VGG.dense`
-    computes them on the CPU.
+@contextlib.contextmanager
+def _without_telemetry():
+    """Run OpenVINO's model conversion with its own telemetry stub (what it uses when
+    ``openvino-telemetry`` is not installed), so that converting a net sends nothing anywhere.
 
-    Why not fc6 as a ``k x k`` convolution (the ONNX export's form): OpenVINO runs the product as a
-    FullyConnected layer, 1.6x faster than that convolution for VGG-16 at 224 on an AMX Xeon.
-    A copy (a compiled graph must not alias the live net), in eval mode; ``logits=False`` stops at
-    fc7 after its ReLU (the transfer descriptor).
-    """
-
-    def __init__(self, model, logits: bool = True) -> None:
-        super().__init__()
-        self.features = copy.deepcopy(model.features)
-        self.k = model.spec.fc6_kernel
-        layers = [model.classifier[0], model.classifier[3]] + ([model.classifier[6]] if logits else [])
-        self.fcs = nn.ModuleList(copy.deepcopy(layer) for layer in layers)
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool5 = self.features(x)
-        n, _, h, w = pool5.shape
-        z = F.unfold(pool5, self.k).transpose(1, 2)  # (n, windows, C*k*k), in nn.Linear's input order
-        for index, fc in enumerate(self.fcs):
-            z = fc(z)
-            if index < 2:
-                z = F.relu(z)
-        return z.transpose(1, 2).reshape(n, z.shape[-1], h - self.k + 1, w - self.k + 1)
+    Why: ``ov.convert_model`` sends usage events unless the user opted out, each from a process forked
+    off this multi-threaded one. Without a network that child blocked in ``getaddrinfo`` on a lock
+    some other thread held at the fork, and it could not be stopped: it inherits our SIGTERM handler,
+    which needs its blocked main thread. At exit, ``multiprocessing`` joined it, and the run that had
+    finished its work never ended (a test run on this machine hung there for 14 minutes)."""
+    try:
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils  # optional: openvino
+    except ImportError:  # another layout of OpenVINO's converter: leave it as it is
+        yield
+        return
+    modules = [m for m in (convert_impl, telemetry_utils) if hasattr(m, "tm")]
+    saved = [m.tm for m in modules]
+    for m in modules:
+        m.tm = telemetry_stub
+    try:
+        yield
+    finally:
+        for m, tm in zip(modules, saved):
+            m.tm = tm
 
 
 def to_openvino(model, logits: bool = True):
-    """The net's :class:`DenseHead` as an ``ov.Model`` with dynamic batch, height and width (float32 weights)."""
+    """The net's dense view as a plain module (``model.dense_module(logits)``, which the net provides:
+    this layer knows nothing of its insides) converted to an ``ov.Model`` with dynamic batch, height
+    and width (float32 weights)."""
     import openvino as ov  # optional: openvino
 
-    module = DenseHead(model, logits).to(device="cpu", dtype=torch.float32)
+    module = model.dense_module(logits).to(device="cpu", dtype=torch.float32)
     crop = model.spec.crop_size
     # traced outside the callers' autocast / inference mode (either would leak into the graph)
     with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False), \
@@ -120,7 +116,8 @@ def to_openvino(model, logits: bool = True):
         # one crop plus one row and column of windows: the trace must not see a single window only.
         # check_trace=False: the check reruns the net twice more (most of the conversion time at full size)
         traced = torch.jit.trace(module, torch.zeros(1, 3, crop + 32, crop + 32), check_trace=False)
-        converted = ov.convert_model(traced, input=[ov.PartialShape([-1, 3, -1, -1])])
+        with _without_telemetry():
+            converted = ov.convert_model(traced, input=[ov.PartialShape([-1, 3, -1, -1])])
     converted.inputs[0].get_tensor().set_names({INPUT_NAME})
     converted.outputs[0].get_tensor().set_names({SCORES_NAME if logits else FC7_NAME})
     converted.set_friendly_name(f"verydeep-vgg-{model.spec.name}-{'dense' if logits else 'fc7'}")
