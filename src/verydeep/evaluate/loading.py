@@ -53,8 +53,9 @@ def _keep(item):
 
 
 class WholeBatches:
-    """A DataLoader whose workers are started and whose batches are taken with SIGTERM deferred
-    (:func:`verydeep.runtime.signals.deferred`): it is raised once the batch is in, between batches.
+    """A DataLoader whose workers are started and whose batches are taken with SIGTERM deferred and
+    Ctrl-C held (:func:`verydeep.runtime.signals.deferred`, :func:`~verydeep.runtime.signals.held_interrupts`):
+    either is raised once the batch is in, between batches.
 
     Why: each tensor of a batch comes back from a worker through shared memory, whose file
     descriptor this process fetches from the worker over a socket (multiprocessing's
@@ -79,10 +80,10 @@ class WholeBatches:
             return
         iterator = None
         try:
-            with signals.deferred():
+            with signals.deferred(), signals.held_interrupts():
                 iterator = iter(self.loader)  # forks the workers
             while True:
-                with signals.deferred():
+                with signals.deferred(), signals.held_interrupts():
                     batch = next(iterator, _END)
                 if batch is _END:
                     return
