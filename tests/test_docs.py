@@ -217,19 +217,9 @@ def caffemodel(config: str):
 def deploy_prototxt(config: str):
     """A deploy prototxt in the release's V1 syntax describing :func:`caffemodel`'s net."""
     def make(path: Path) -> None:
-        from test_weights_caffe import random_blobs
+        from test_weights_caffe import deploy_text, random_blobs
 
-        lines = [f'name: "{path.stem}"', 'input: "data"'] + [f"input_dim: {d}" for d in (10, 3, 32, 32)]
-        bottom = "data"
-        for name, weight, _ in random_blobs(config, num_classes=len(CLASSES), **TINY):
-            kind = "CONVOLUTION" if name.startswith("conv") else "INNER_PRODUCT"
-            param = (f"convolution_param {{ num_output: {weight.shape[0]} pad: 1 kernel_size: 3 }}"
-                     if kind == "CONVOLUTION" else f"inner_product_param {{ num_output: {weight.shape[0]} }}")
-            lines.append(f'layers {{ bottom: "{bottom}" top: "{name}" name: "{name}" type: {kind} {param} }}')
-            lines.append(f'layers {{ bottom: "{name}" top: "{name}" name: "relu_{name}" type: RELU }}')
-            bottom = name
-        lines.append('layers { bottom: "fc8" top: "prob" name: "prob" type: SOFTMAX }')
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(deploy_text(path.stem, random_blobs(config, num_classes=len(CLASSES), **TINY), 32))
     return make
 
 

@@ -57,23 +57,35 @@ def _messages(err: str) -> list[str]:
     return [part for part in re.split(r"[\r\n]", err) if part.strip() and not part.startswith("evaluate:")]
 
 
-def test_sigterm_while_workers_hand_batches_over_is_one_line_every_time(tiny_weights, many_small_images, tmp_path):
-    rng = random.Random(0)
+def _interrupt_runs(weights, data, tmp_path, sig: int, line: str, code: int, seed: int) -> None:
+    """:data:`RUNS` evaluations, each sent ``sig`` at a random moment once batches are being handed
+    over: each must end with exactly ``line`` and ``code``, no traceback, and what it scored saved."""
+    rng = random.Random(seed)
     for run in range(RUNS):
         scores = tmp_path / f"run{run}.safetensors"
-        child = ForkedChild(lambda scores=scores: main(_argv(tiny_weights, many_small_images, scores)))
+        child = ForkedChild(lambda scores=scores: main(_argv(weights, data, scores)))
         deadline = time.monotonic() + 60
         while child.poll() is None and not PROGRESS.search(child.output()[1]) and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.1))
-        child.send_signal(signal.SIGTERM)
-        code = child.wait(60)
+        child.send_signal(sig)
+        got = child.wait(60)
         time.sleep(0.2)  # a worker's traceback would come after the parent's line
         err = child.output()[1]
-        assert "Traceback" not in err and _messages(err) == [LINE], (run, err[-3000:])
-        assert code == 143, (run, err[-3000:])
+        assert "Traceback" not in err and _messages(err) == [line], (run, err[-3000:])
+        assert got == code, (run, err[-3000:])
         saved = load_scores(scores)
         assert 0 < saved.done.sum() < saved.num_images, run  # what was scored is kept
+
+
+def test_sigterm_while_workers_hand_batches_over_is_one_line_every_time(tiny_weights, many_small_images, tmp_path):
+    _interrupt_runs(tiny_weights, many_small_images, tmp_path, signal.SIGTERM, LINE, 143, seed=0)
+
+
+def test_ctrl_c_while_workers_hand_batches_over_is_one_line_every_time(tiny_weights, many_small_images, tmp_path):
+    """The same for Ctrl-C (SIGINT to the command): 13 of 30 printed the worker's traceback after
+    ``interrupted`` before it was held during the hand-over too (runtime.signals.held_interrupts)."""
+    _interrupt_runs(tiny_weights, many_small_images, tmp_path, signal.SIGINT, "interrupted", 130, seed=1)
 
 
 def test_sigterm_while_the_workers_are_forked_is_not_lost(tiny_weights, many_small_images, tmp_path):
@@ -95,23 +107,3 @@ def test_sigterm_while_the_workers_are_forked_is_not_lost(tiny_weights, many_sma
     code = child.wait(60)
     err = child.output()[1]
     assert code == 143 and "Traceback" not in err and _messages(err) == [LINE], err[-3000:]
-
-
-def test_ctrl_c_while_workers_hand_batches_over_is_one_line_every_time(tiny_weights, many_small_images, tmp_path):
-    """The same for Ctrl-C (SIGINT to the command): 13 of 30 printed the worker's traceback after
-    ``interrupted`` before it was held during the hand-over too (runtime.signals.held_interrupts)."""
-    rng = random.Random(1)
-    for run in range(RUNS):
-        scores = tmp_path / f"run{run}.safetensors"
-        child = ForkedChild(lambda scores=scores: main(_argv(tiny_weights, many_small_images, scores)))
-        deadline = time.monotonic() + 60
-        while child.poll() is None and not PROGRESS.search(child.output()[1]) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.1))
-        child.send_signal(signal.SIGINT)
-        code = child.wait(60)
-        time.sleep(0.2)  # a worker's traceback would come after the parent's line
-        err = child.output()[1]
-        assert "Traceback" not in err and _messages(err) == ["interrupted"], (run, err[-3000:])
-        assert code == 130, (run, err[-3000:])
-        assert 0 < load_scores(scores).done.sum(), run  # what was scored is kept

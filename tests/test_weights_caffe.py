@@ -269,30 +269,36 @@ def test_full_size_vgg16_caffemodel_round_trip(tmp_path, capsys):
     torch.testing.assert_close(_ours(model, images), reference, atol=1e-4, rtol=1e-4)
 
 
+def deploy_text(name: str, blobs, size: int) -> str:
+    """The deploy prototxt of ``blobs``' net in the releases' V1 syntax (conv + ReLU per layer, a softmax)."""
+    lines = [f'name: "{name}"', 'input: "data"'] + [f"input_dim: {d}" for d in (10, 3, size, size)]
+    bottom = "data"
+    for layer, weight, _ in blobs:
+        kind = "CONVOLUTION" if layer.startswith("conv") else "INNER_PRODUCT"
+        param = (f"convolution_param {{ num_output: {weight.shape[0]} pad: 1 kernel_size: 3 }}"
+                 if kind == "CONVOLUTION" else f"inner_product_param {{ num_output: {weight.shape[0]} }}")
+        lines.append(f'layers {{ bottom: "{bottom}" top: "{layer}" name: "{layer}" type: {kind} {param} }}')
+        lines.append(f'layers {{ bottom: "{layer}" top: "{layer}" name: "relu_{layer}" type: RELU }}')
+        bottom = layer
+    lines.append('layers { bottom: "fc8" top: "prob" name: "prob" type: SOFTMAX }')
+    return "\n".join(lines) + "\n"
+
+
 def test_deploy_prototxt_beside_the_model_is_checked(tmp_path, capsys):
     blobs = random_blobs("D", seed=0, **SMALL)
     path = tmp_path / "VGG_small.caffemodel"
     write_v1_caffemodel(path, blobs)
-    lines = ['name: "VGG_small"', 'input: "data"'] + [f"input_dim: {d}" for d in (10, 3, 64, 64)]
-    bottom = "data"
-    for name, weight, _ in blobs:
-        kind = "CONVOLUTION" if name.startswith("conv") else "INNER_PRODUCT"
-        param = (f"convolution_param {{ num_output: {weight.shape[0]} pad: 1 kernel_size: 3 }}"
-                 if kind == "CONVOLUTION" else f"inner_product_param {{ num_output: {weight.shape[0]} }}")
-        lines.append(f'layers {{ bottom: "{bottom}" top: "{name}" name: "{name}" type: {kind} {param} }}')
-        lines.append(f'layers {{ bottom: "{name}" top: "{name}" name: "relu_{name}" type: RELU }}')
-        bottom = name
-    lines.append('layers { bottom: "fc8" top: "prob" name: "prob" type: SOFTMAX }')
     deploy = tmp_path / "VGG_small_deploy.prototxt"
-    deploy.write_text("\n".join(lines))
+    text = deploy_text("VGG_small", blobs, 64)
+    deploy.write_text(text)
     assert load(path).meta.extra["caffe"]["prototxt"] == deploy.name
 
-    deploy.write_text("\n".join(lines).replace(f"num_output: {SMALL['num_classes']} ", "num_output: 7 "))
+    deploy.write_text(text.replace(f"num_output: {SMALL['num_classes']} ", "num_output: 7 "))
     with pytest.raises(WeightsError, match="fc8 has num_output 7"):
         load(path)
     deploy.unlink()
     wrong = tmp_path / "other.prototxt"
-    wrong.write_text("\n".join(line for line in lines if '"conv3_3"' not in line))
+    wrong.write_text("\n".join(line for line in text.splitlines() if '"conv3_3"' not in line))
     code = main(["convert", str(path), str(tmp_path / "out.safetensors"), "--prototxt", str(wrong)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
