@@ -8,7 +8,7 @@ one left on disk, never from its memory (each child is forked from the test proc
 previous child). The child leads its own process group, which is SIGKILLed once the child has ended:
 a killed run's DataLoader workers would otherwise outlive it for up to 5 s (they poll for their
 parent). (They no longer hold its run folder's lock meanwhile: ``verydeep.runtime.locks`` closes it
-in forked children; ``tests/test_reliability_state.py`` checks that.)
+in forked children; ``tests/test_runtime_state_files.py`` checks that.)
 """
 
 from __future__ import annotations

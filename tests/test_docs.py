@@ -74,7 +74,7 @@ LONG = {
     "verydeep bench --device cuda": "needs a GPU",
     "python benchmarks/bench_openvino_cpu.py": "a benchmark, minutes",
     "verydeep bench --quick --json": "times every workload and starts `verydeep train` in an interpreter of its "
-                                     "own: about 20 s on 2 cores; tests/test_speed_bench.py runs it",
+                                     "own: about 20 s on 2 cores; tests/test_bench_run.py runs it",
     # installing packages
     "pip install 'verydeep[openvino]'": "installs a package (the extra is checked in pyproject.toml)",
 }

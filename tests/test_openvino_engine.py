@@ -2,7 +2,7 @@
 
 Equivalence is with the real OpenVINO runtime: in f32 the engine and the IR must give PyTorch's
 score maps to float rounding; in bf16 (what OpenVINO picks on AMX CPUs) they must agree with
-fp32 within the tolerances of ``test_speed_precision`` (cosine >= 0.999, top-1 >= 99%).
+fp32 within the tolerances of ``test_runtime_precision`` (cosine >= 0.999, top-1 >= 99%).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
 
 @needs_openvino
 def test_bf16_agrees_with_fp32_within_the_precision_tests_tolerance():
-    from test_speed_precision import gratings, trained_tiny_net
+    from test_runtime_precision import gratings, trained_tiny_net
 
     from verydeep.runtime.openvino_engine import OpenVINONet
 

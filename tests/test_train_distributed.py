@@ -46,7 +46,7 @@ def test_two_gloo_processes_match_one(train_config, tmp_path):
     single = train(load_config(train_config("single", OVERRIDES)))
     config = train_config("ddp", OVERRIDES)
     # the two processes of one gloo group, forked from this one (torchrun's own tests: test_train_multinode,
-    # test_reliability_training), with the environment torchrun would give them
+    # test_train_faults), with the environment torchrun would give them
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])

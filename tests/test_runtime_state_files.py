@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from conftest import save_tiny_classifier
-from test_reliability_cli import leaf_parsers
+from test_cli_errors import leaf_parsers
 import cli_run
 from cli_run import run
 from verydeep.runtime.locks import lock_file, lock_folder
