@@ -31,9 +31,9 @@ from torchvision.transforms import functional as TF
 
 import verydeep
 from verydeep.evaluate.crops import crop_positions
-from verydeep.evaluate.run import evaluate
+from verydeep.evaluate.loop import evaluate
 from verydeep.weights import canonical
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 CLASSES = 2
 SIZES = [(375, 500), (500, 375), (333, 500), (375, 500)]  # ImageNet-like shapes, mostly 4:3 landscape

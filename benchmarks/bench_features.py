@@ -5,7 +5,7 @@ averaged, scales stacked, L2-normalised) of the same JPEG files with the same ne
 from the files to the descriptors, in one process:
 
 * ours: :func:`verydeep.transfer.features.extract_features`, the pass ``evaluate`` uses too
-  (:mod:`verydeep.evaluate.folder_pass`): images of equal rescaled size batched, decoded and
+  (:mod:`verydeep.passes.folder_pass`): images of equal rescaled size batched, decoded and
   rescaled in a DataLoader worker while the nets run, each batch through the net at once;
 * the baseline: what feature extraction did before it ran on that pass, and what a per-image
   script does: open one file, rescale it to each scale, run it, next file

@@ -107,7 +107,7 @@ def make_weights(folder: Path, classes: int) -> tuple[Path, Path]:
 
     import verydeep
     from verydeep.weights import canonical
-    from verydeep.weights.metadata import Preprocessing, WeightsMeta
+    from verydeep.models.metadata import Preprocessing, WeightsMeta
 
     torch.manual_seed(0)
     ours = verydeep.vgg("D", num_classes=classes, init="glorot")

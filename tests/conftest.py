@@ -22,7 +22,7 @@ def save_tiny_classifier(path, classes=("c0", "c1"), config="A"):
     returns ``(model, path)`` with ``model.meta`` set."""
     import verydeep
     from verydeep.weights import canonical
-    from verydeep.weights.metadata import Preprocessing, WeightsMeta
+    from verydeep.models.metadata import Preprocessing, WeightsMeta
 
     torch.manual_seed(0)
     model = verydeep.vgg(config, num_classes=len(classes), init="glorot", **TINY)

@@ -14,7 +14,7 @@ from verydeep.bench.baselines import make_nets
 from verydeep.bench.settings import settings_for
 from verydeep.cli import main
 from verydeep.models.summary import multiply_adds
-from verydeep.runtime.engines import openvino_available
+from verydeep.inference.engines import openvino_available
 
 WORKLOADS = ["inference_dense", "train_step", "train_step_small_batch", "input_pipeline", "train_end_to_end"]
 

@@ -1,7 +1,7 @@
 """Every script in ``benchmarks/`` still imports, and its usage lines name only options it has. They
 live outside the package, so nothing else imports them: when a name moves inside ``verydeep``, a
 script that imports it from its old module breaks silently (``bench_infer_cpu.py`` imported four
-names from ``verydeep.bench.run`` after they had moved out of it)."""
+names from ``verydeep.bench.command`` after they had moved out of it)."""
 
 from __future__ import annotations
 

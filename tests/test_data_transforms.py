@@ -232,7 +232,7 @@ def test_normalise_refuses_0_to_1_floats_instead_of_being_off_by_255():
     """Issue 27, item 3: ``normalise`` takes 0-255 pixels; 0-1 floats were silently wrong (4.4 off)."""
     from verydeep.data.preprocess import normalise
     from verydeep.errors import VerydeepError
-    from verydeep.weights.metadata import Preprocessing
+    from verydeep.models.metadata import Preprocessing
 
     pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     prep = Preprocessing.torchvision()

@@ -172,7 +172,7 @@ TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
 def tiny_net(config: str, seed: int = 0, classes=CLASSES):
     """A tiny random net with named classes and the paper's preprocessing (mean subtraction)."""
     import verydeep
-    from verydeep.weights.metadata import Preprocessing, WeightsMeta
+    from verydeep.models.metadata import Preprocessing, WeightsMeta
 
     torch.manual_seed(seed)
     model = verydeep.vgg(config, num_classes=len(classes), init="glorot", **TINY).eval()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from verydeep.evaluate.run import evaluate
+from verydeep.evaluate.loop import evaluate
 from verydeep.evaluate.scores import load_scores
 
 OPTIONS = dict(protocols=["dense", "crop"], scales=[32, 40], batch_size=1, precision="fp32", device="cpu",

@@ -1,4 +1,4 @@
-"""The window of batches in flight (evaluate/inflight.py): order, depth, errors, interrupts."""
+"""The window of batches in flight (passes/inflight.py): order, depth, errors, interrupts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from verydeep.evaluate.inflight import InFlight
+from verydeep.passes.inflight import InFlight
 
 
 def test_depth_one_runs_each_batch_at_once_in_the_calling_thread():

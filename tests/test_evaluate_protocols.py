@@ -12,7 +12,7 @@ from verydeep.evaluate.dense import dense_posteriors
 from verydeep.evaluate.protocols import (base_protocols, crop_probs, dense_probs, multicrop_probs,
                                          parse_protocols)
 from verydeep.errors import ConfigError
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 from conftest import TINY
 

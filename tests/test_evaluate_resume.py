@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-import verydeep.evaluate.loading as loading_module
+import verydeep.passes.loading as loading_module
 import verydeep.transfer.features as features_module
 from conftest import save_tiny_classifier
 from forked import ForkedChild

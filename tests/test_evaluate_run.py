@@ -15,10 +15,10 @@ from verydeep.errors import DataError, WeightsError
 from verydeep.evaluate.classes import check_classes, class_difference
 from verydeep.evaluate.dense import dense_posteriors
 from verydeep.evaluate.results import summarise
-from verydeep.evaluate.run import evaluate
+from verydeep.evaluate.loop import evaluate
 from verydeep.evaluate.scores import load_scores
 from verydeep.weights import canonical
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 from conftest import TINY, interrupt_after
 

@@ -8,7 +8,7 @@ from verydeep.errors import ConfigError
 from verydeep import paper
 from verydeep.evaluate.scales import check_scales, default_scales, describe_train_scale, train_scale_of
 from verydeep.models.configs import ModelSpec
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 
 @pytest.mark.parametrize("crop, train, single, multi", [

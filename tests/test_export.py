@@ -12,10 +12,10 @@ import torch
 
 import verydeep
 from verydeep.cli import main
-from verydeep.weights.export import TORCHSCRIPT_META, read_onnx_metadata
+from verydeep.inference.export import TORCHSCRIPT_META, read_onnx_metadata
 from verydeep.weights import canonical
 from verydeep.weights.loader import load
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 #: 224-pixel crops (fc6 is a real 7x7 kernel) at 1/16 of the widths.
 SMALL_224 = dict(width=1 / 16, fc_width=32, crop_size=224, num_classes=6)

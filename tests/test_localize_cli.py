@@ -128,7 +128,7 @@ def test_predict_on_openvino_gives_pytorchs_classes_and_boxes(tiny_weights, box_
     import torch
 
     from verydeep.localize.head import from_classifier, save_box_net
-    from verydeep.runtime.engines import openvino_available
+    from verydeep.inference.engines import openvino_available
     from verydeep.weights.loader import load
 
     if not openvino_available():

@@ -13,7 +13,7 @@ from verydeep.localize.data import load_box_index
 from verydeep.localize.evaluate import crop_protocol, dense_guesses, dense_protocol, guesses_right, rescaled_guesses
 from verydeep.localize.head import BoxHead
 from verydeep.models.configs import ModelSpec
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 CROP = 32
 

@@ -9,7 +9,7 @@ import verydeep
 from verydeep.errors import WeightsError
 from verydeep.localize.head import BoxNet, as_box_net, from_classifier, load_box_net, save_box_net, select_boxes
 from verydeep.localize.loss import euclidean_box_loss
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
 

@@ -7,7 +7,7 @@ import torch
 import verydeep
 from box_data import write_box_folder
 from verydeep import localize, transfer
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 
 def _net():

@@ -19,10 +19,10 @@ import verydeep
 from verydeep.cli import main
 from verydeep.errors import ConfigError, VerydeepError
 from verydeep.runtime.precision import Precision
-from verydeep.runtime import engines
+from verydeep.inference import engines
 from verydeep.weights import canonical
 from verydeep.weights.loader import load
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 from conftest import TINY, interrupt_after
 
@@ -121,7 +121,7 @@ def test_without_openvino_the_torch_engine_runs_and_says_so(monkeypatch, tiny_we
 @pytest.mark.parametrize("config, options", [("A", {}), ("A-LRN", {}), ("B", {"batch_norm": True}),
                                              ("D", SMALL_224)])
 def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
-    from verydeep.runtime.openvino_engine import OpenVINONet
+    from verydeep.inference.openvino_engine import OpenVINONet
 
     model = _net(config, **options)
     if options.get("batch_norm"):  # running statistics that are not the identity
@@ -162,7 +162,7 @@ def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
 def test_bf16_agrees_with_fp32_within_the_precision_tests_tolerance():
     from test_runtime_precision import gratings, trained_tiny_net
 
-    from verydeep.runtime.openvino_engine import OpenVINONet
+    from verydeep.inference.openvino_engine import OpenVINONet
 
     model = trained_tiny_net()
     x, y = gratings(200, torch.Generator().manual_seed(1))
@@ -178,8 +178,8 @@ def test_bf16_agrees_with_fp32_within_the_precision_tests_tolerance():
 
 @needs_openvino
 def test_cache_folder_keeps_the_converted_net_for_the_next_run(tmp_path, monkeypatch):
-    from verydeep.runtime import openvino_engine
-    from verydeep.runtime.openvino_engine import OpenVINONet
+    from verydeep.inference import openvino_engine
+    from verydeep.inference.openvino_engine import OpenVINONet
 
     model = _net()
     x = torch.randn(2, 3, 40, 52)
@@ -209,8 +209,8 @@ def test_cache_folder_keeps_the_converted_net_for_the_next_run(tmp_path, monkeyp
 def test_any_fault_in_the_cache_is_one_warning_and_the_answer_stays_right(tmp_path, monkeypatch, capsys, damage):
     """The cache is an optimisation (issue 26, class B): a damaged entry is rebuilt, a cache that cannot be
     made or written is skipped, each with one warning line, and the net gives the same numbers."""
-    from verydeep.runtime import openvino_engine
-    from verydeep.runtime.openvino_engine import OpenVINONet
+    from verydeep.inference import openvino_engine
+    from verydeep.inference.openvino_engine import OpenVINONet
 
     model, x, cache = _net(), torch.randn(2, 3, 40, 52), tmp_path / "ov"
     expected = OpenVINONet(copy.deepcopy(model), Precision.FP32, cache_dir=cache).dense(x)
@@ -300,7 +300,7 @@ def weights_224(tmp_path):
 def test_openvino_ir_matches_pytorch_at_224_and_two_other_sizes(tmp_path, weights_224, capsys):
     import openvino as ov
 
-    from verydeep.weights.export import read_openvino_metadata
+    from verydeep.inference.export import read_openvino_metadata
 
     dst = tmp_path / "d.xml"
     assert main(["export", "--weights", str(weights_224), "--format", "openvino", str(dst)]) == 0
@@ -368,8 +368,8 @@ def test_evaluate_with_a_filled_cache_does_not_load_the_weights_again(tiny_weigh
 @needs_openvino
 def test_two_batches_in_flight_score_as_one_at_a_time_and_resume_after_an_interrupt(tiny_weights, eval_folder,
                                                                                      tmp_path, monkeypatch):
-    from verydeep.evaluate import run as evaluate_run
-    from verydeep.evaluate.run import evaluate
+    from verydeep.evaluate import loop as evaluate_run
+    from verydeep.evaluate.loop import evaluate
     from verydeep.evaluate.scores import load_scores
 
     options = dict(protocols=["dense", "multicrop"], scales=[32, 40], batch_size=2, precision="fp32", device="cpu",
@@ -397,8 +397,8 @@ def test_two_batches_in_flight_score_as_one_at_a_time_and_resume_after_an_interr
 @needs_openvino
 def test_evaluate_hands_openvino_nchw_batches(tiny_weights, eval_folder, tmp_path, monkeypatch):
     """OpenVINO reads NCHW arrays: a channels-last batch (PyTorch's fast layout) would be copied back."""
-    from verydeep.evaluate.run import evaluate
-    from verydeep.runtime.openvino_engine import OpenVINONet
+    from verydeep.evaluate.loop import evaluate
+    from verydeep.inference.openvino_engine import OpenVINONet
 
     layouts = []
     real = OpenVINONet._run
@@ -422,8 +422,8 @@ def test_evaluate_converts_the_graph_in_its_own_thread_before_batches_fly(tiny_w
     thread, before the first batch is handed over."""
     import threading
 
-    from verydeep.evaluate.run import evaluate
-    from verydeep.runtime import openvino_engine
+    from verydeep.evaluate.loop import evaluate
+    from verydeep.inference import openvino_engine
 
     threads = []
     real = openvino_engine.to_openvino
@@ -458,7 +458,7 @@ def test_a_cancelled_call_cancels_its_requests_and_waits_with_a_timeout():
     it, cancels every request it started, waits until they are idle and raises CancelledError."""
     from concurrent.futures import CancelledError
 
-    from verydeep.runtime.openvino_engine import _RequestPool, _wait
+    from verydeep.inference.openvino_engine import _RequestPool, _wait
 
     class Request:  # an inference that never ends by itself
         def __init__(self):
@@ -513,8 +513,8 @@ AFTER_OPENVINO = '''
 import ctypes, subprocess, sys
 import torch
 import verydeep
-from verydeep.evaluate.run import evaluate
-from verydeep.runtime.engines import ready
+from verydeep.evaluate.loop import evaluate
+from verydeep.inference.engines import ready
 first, second, data = sys.argv[1:4]
 nets = [ready(verydeep.load(w), "openvino", None) for w in (first, second)]
 scores = [net.dense(torch.randn(2, 3, 40, 48)) for net in nets]
@@ -539,7 +539,7 @@ print("ok")
 @needs_openvino
 def test_forking_after_two_openvino_nets_were_released_does_not_crash(tmp_path, tiny_weights, eval_folder):
     """Two nets that each had a Core of their own left the main thread's alternate signal stack
-    unmapped once both were released (see verydeep.runtime.openvino_engine): the next SIGCHLD (a
+    unmapped once both were released (see verydeep.inference.openvino_engine): the next SIGCHLD (a
     DataLoader worker's or a subprocess's exit) then killed the process with SIGSEGV."""
     import subprocess
     import sys
@@ -566,7 +566,7 @@ sys.path.insert(0, sys.argv[1])
 import openvino  # noqa: F401
 from forked import ForkedChild
 from verydeep.cli import main
-from verydeep.runtime import openvino_engine
+from verydeep.inference import openvino_engine
 
 weights, data, cache, out = sys.argv[2:6]
 argv = ["evaluate", "--weights", weights, "--data", data, "--engine", "openvino", "--engine-cache", cache,
@@ -576,7 +576,7 @@ marker = os.path.join(out, "in-flight")
 
 
 def slowed(argv):
-    from verydeep.evaluate import run as evaluate_run
+    from verydeep.evaluate import loop as evaluate_run
 
     batch, calls, infer = evaluate_run._score_batch, [], openvino_engine.OpenVINONet._run
 
@@ -659,7 +659,7 @@ def test_converting_a_net_sends_no_telemetry(monkeypatch):
     tm = pytest.importorskip("openvino_telemetry")
     from openvino.tools.ovc import convert_impl
 
-    from verydeep.runtime.openvino_engine import to_openvino
+    from verydeep.inference.openvino_engine import to_openvino
 
     sent = []
     monkeypatch.setattr(tm.Telemetry, "send_event", lambda self, *a, **k: sent.append(a), raising=False)

@@ -22,7 +22,7 @@ from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import ModelSpec
 from verydeep.models.vgg import VGG
 from verydeep.perceptual import FeatureNet, PerceptualLoss, gram_matrix
-from verydeep.weights.metadata import CAFFE_MEAN_BGR, TORCHVISION_MEAN, TORCHVISION_STD, Preprocessing, WeightsMeta
+from verydeep.models.metadata import CAFFE_MEAN_BGR, TORCHVISION_MEAN, TORCHVISION_STD, Preprocessing, WeightsMeta
 
 
 def _rgb01(n: int, size: int | tuple[int, int], seed: int) -> torch.Tensor:

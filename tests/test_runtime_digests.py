@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from verydeep.evaluate.run import fingerprint
-from verydeep.runtime import digests, engines
+from verydeep.evaluate.loop import fingerprint
+from verydeep.inference import engines
+from verydeep.runtime import digests
 
 
 def _no_hashing(*args, **kwargs):

@@ -443,7 +443,7 @@ def test_evaluate_rescores_images_changed_on_disk(env, tmp_path, capsys):
 
 # -- class 8/9: SIGTERM, unknown options ------------------------------------------------------------
 def test_sigterm_during_evaluate_saves_the_scores(env, tmp_path, capsys, monkeypatch):
-    from verydeep.evaluate import run as run_module
+    from verydeep.evaluate import loop as run_module
 
     real = run_module._score_batch
     calls = []

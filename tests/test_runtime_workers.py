@@ -81,7 +81,7 @@ def test_the_folder_pass_bounds_workers_for_the_python_api_too(tmp_path):
     before a process is started, as the command line's --workers does."""
     import torch
 
-    from verydeep.evaluate.folder_pass import loader_sizes
+    from verydeep.passes.folder_pass import loader_sizes
 
     assert loader_sizes(torch.device("cpu"), None, max_workers())[1] == max_workers()
     with pytest.raises(ConfigError, match="more worker processes than this machine can hold"):

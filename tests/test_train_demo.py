@@ -98,7 +98,7 @@ def test_a_previous_demo_folder_is_reused_and_another_report_is_protected(tmp_pa
     ``failed_sections``) is the demo's to rewrite; a folder holding some other report.md is refused."""
     import pytest
 
-    from verydeep.demo.run import _prepare_out
+    from verydeep.demo.command import _prepare_out
     from verydeep.errors import VerydeepError
 
     old = tmp_path / "old-demo"
@@ -120,7 +120,7 @@ def test_a_net_that_did_not_learn_fails_the_demo(tmp_path, capsys, monkeypatch):
     section, and every part built on net A says it ran on a net at chance."""
     import dataclasses
 
-    from verydeep.demo import run as demo_run
+    from verydeep.demo import command as demo_run
 
     monkeypatch.setattr(demo_run, "FAST", dataclasses.replace(demo_run.FAST, judge=True))
     out = tmp_path / "demo"
@@ -136,7 +136,7 @@ def test_a_net_that_did_not_learn_fails_the_demo(tmp_path, capsys, monkeypatch):
 
 
 def test_the_demo_judges_nets_by_their_accuracy_over_chance():
-    from verydeep.demo.run import dead_nets
+    from verydeep.demo.command import dead_nets
 
     nets = {"A": {"dense_top1_err": 0.85, "learned": True},
             "D_from_A": {"dense_top1_err": 0.3, "learned": False,

@@ -16,7 +16,7 @@ from verydeep.transfer.aggregate import aggregate_scales, combine_nets, l2_norma
 from verydeep.transfer.descriptors import image_descriptor, pixel_descriptor, scale_descriptor, weights_identity
 from verydeep.data.images import read_image
 from verydeep.transfer.features import describe_images, extract_features, list_images, load_features
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 TINY = dict(width=1 / 16, fc_width=32, crop_size=32)
 

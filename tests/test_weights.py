@@ -12,7 +12,7 @@ import verydeep
 from verydeep.errors import WeightsError
 from verydeep.weights import canonical
 from verydeep.weights.loader import from_state_dict, load, read_weights
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 from conftest import TINY
 

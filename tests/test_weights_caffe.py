@@ -19,7 +19,7 @@ from verydeep.errors import WeightsError
 from verydeep.models.configs import ModelSpec, weight_layers
 from verydeep.weights.caffe_schema import message_class
 from verydeep.weights.loader import load, read_weights
-from verydeep.weights.metadata import CAFFE_MEAN_BGR
+from verydeep.models.metadata import CAFFE_MEAN_BGR
 
 SMALL = dict(width=1 / 16, fc_width=32, crop_size=64, num_classes=10)  # fc6 is a 2x2 "conv": order matters
 

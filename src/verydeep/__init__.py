@@ -25,13 +25,13 @@ _LAZY = {
     "ModelSpec": "verydeep.models.configs",
     "PerceptualLoss": "verydeep.perceptual",
     "FeatureNet": "verydeep.perceptual",
-    "Preprocessing": "verydeep.weights.metadata",
+    "Preprocessing": "verydeep.models.metadata",
     "load": "verydeep.weights.loader",
     "transforms": "verydeep.perceptual.network",
 }
 #: Subpackages and modules reachable as attributes of the package (``verydeep.transfer.…``).
-_SUBMODULES = ("bench", "cli", "data", "demo", "evaluate", "localize", "models", "paper", "perceptual", "report",
-               "runtime", "train", "transfer", "weights")
+_SUBMODULES = ("bench", "cli", "data", "demo", "evaluate", "inference", "localize", "models", "paper", "passes",
+               "perceptual", "report", "runtime", "train", "transfer", "weights")
 
 __all__ = ["VGG", "FeatureNet", "ModelSpec", "PerceptualLoss", "Preprocessing", "VerydeepError", "load", "transforms",
            "vgg"]

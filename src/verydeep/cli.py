@@ -106,7 +106,7 @@ def _run_convert(args) -> int:
 
 # -- predict ------------------------------------------------------------------------------------
 def _add_engine(p: argparse.ArgumentParser) -> None:
-    """``--engine`` and ``--engine-cache`` (predict, evaluate, features, localize predict): see runtime/engines.py."""
+    """``--engine`` and ``--engine-cache`` (predict, evaluate, features, localize predict): see inference/engines.py."""
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"],
                    help="inference engine (auto: OpenVINO when installed and the device is a CPU, else PyTorch)")
     p.add_argument("--engine-cache", default=None, metavar="DIR",
@@ -286,7 +286,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args) -> int:
-    from verydeep.weights.export import export  # start-up: per command
+    from verydeep.inference.export import export  # start-up: per command
 
     info = export(args.weights, args.dst, fmt=args.fmt, opset=args.opset, check=args.check, overwrite=args.overwrite)
     if args.json:
@@ -453,7 +453,7 @@ def _run_localize(args) -> int:
     from verydeep.localize.report import evaluation_text, training_text  # start-up: per command
 
     if args.localize_command == "train":
-        from verydeep.localize.run import train_command  # start-up: per command
+        from verydeep.localize.command import train_command  # start-up: per command
         from verydeep.localize.train import BoxTrainConfig  # start-up: per command
 
         check_workers(args.workers, "--workers")
@@ -465,7 +465,7 @@ def _run_localize(args) -> int:
         return 0
     if args.localize_command == "predict":
         return _localize_predict(args)
-    from verydeep.localize.run import evaluate_command  # start-up: per command
+    from verydeep.localize.command import evaluate_command  # start-up: per command
 
     results = evaluate_command(args.box_weights, args.data, weights=args.weights, protocol=args.protocol,
                                scale=args.scale, scales=args.scales, top=args.top, merge_iou=args.merge_iou,
@@ -521,7 +521,7 @@ def _add_features(p: argparse.ArgumentParser) -> None:
 
 
 def _run_features(args) -> int:
-    from verydeep.transfer.run import features_command  # start-up: per command
+    from verydeep.transfer.command import features_command  # start-up: per command
 
     if args.workers is not None:
         check_workers(args.workers, "--workers")
@@ -564,7 +564,7 @@ def _add_transfer(p: argparse.ArgumentParser) -> None:
 
 def _run_transfer(args) -> int:
     from verydeep.report.transfer import per_class_table, row_name, table11  # start-up: per command
-    from verydeep.transfer.run import transfer_command  # start-up: per command
+    from verydeep.transfer.command import transfer_command  # start-up: per command
 
     if args.test_per_class < 0:
         raise ConfigError(f"--test-per-class must be 0 (all) or more, got {args.test_per_class}")

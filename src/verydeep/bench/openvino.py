@@ -9,7 +9,7 @@ normalised 224 x 224 batches as the ``inference_dense`` row, timed in the same p
   choice: bf16 on AMX CPUs). The ``THROUGHPUT`` hint would need several requests in flight;
   with a single synchronous request it is slower, so it is not how one stream is served;
 * ours: the net as ``predict``/``evaluate``/``features`` run it with ``--engine openvino``
-  (:func:`verydeep.runtime.engines.ready`), through ``model.dense``.
+  (:func:`verydeep.inference.engines.ready`), through ``model.dense``.
 
 The row also carries the PyTorch engine's rate from the ``inference_dense`` row and its ratio to
 OpenVINO, and what the first conversion and compilation cost each side (kept out of the timing).
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.models.summary import multiply_adds
-from verydeep.runtime.engines import ready, resolve_engine
-from verydeep.runtime.openvino_engine import shared_core  # one Core per process: see there
+from verydeep.inference.engines import ready, resolve_engine
+from verydeep.inference.openvino_engine import shared_core  # one Core per process: see there
 
 
 def _plain_openvino(tv, crop: int) -> tuple[object, float]:

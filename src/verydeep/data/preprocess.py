@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.errors import ImageError, VerydeepError
-from verydeep.weights.metadata import Preprocessing
+from verydeep.models.metadata import Preprocessing
 
 #: Largest image :func:`rescale` makes, in pixels (4096 x 4096). A strip of extreme aspect ratio is a
 #: tiny file (a 1 x 30000 PNG is 170 bytes) but would be gigapixels once its shorter side is Q, so it

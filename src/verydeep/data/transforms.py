@@ -29,7 +29,7 @@ from verydeep.data.folders import ImageIndex
 from verydeep.data.images import open_rgb, to_tensor
 from verydeep.data.preprocess import rescaled_size
 from verydeep.errors import ConfigError, DataError, VerydeepError
-from verydeep.weights.metadata import Preprocessing
+from verydeep.models.metadata import Preprocessing
 
 #: Resampling filter for the rescale (antialiased when shrinking, as torchvision's Resize).
 RESAMPLE = Image.BILINEAR

@@ -1,5 +1,5 @@
-"""``verydeep demo``: the paper's training story on a laptop CPU (:mod:`verydeep.demo.run`)."""
+"""``verydeep demo``: the paper's training story on a laptop CPU (:mod:`verydeep.demo.command`)."""
 
-from verydeep.demo.run import FAST, FULL, DemoSettings, net_config, run_demo
+from verydeep.demo.command import FAST, FULL, DemoSettings, net_config, run_demo
 
 __all__ = ["DemoSettings", "FAST", "FULL", "net_config", "run_demo"]

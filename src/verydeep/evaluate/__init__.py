@@ -3,7 +3,7 @@
 * :mod:`~verydeep.evaluate.protocols` - crop / dense / multi-crop posteriors of a batch (with flips);
 * :mod:`~verydeep.evaluate.crops` - the centre crop and the 5 x 5 grid, cut by tensor indexing;
 * :mod:`~verydeep.evaluate.scales` - the paper's test-scale rule from the training scale;
-* :mod:`~verydeep.evaluate.run` - :func:`evaluate`: nets over an image folder (batched by size,
+* :mod:`~verydeep.evaluate.loop` - :func:`evaluate`: nets over an image folder (batched by size,
   DataLoader decoding, torchrun, resumable saved scores);
 * :mod:`~verydeep.evaluate.scores` / :mod:`~verydeep.evaluate.combine` - saved posteriors and their
   averages over scales, protocols and nets;

@@ -1,6 +1,6 @@
 """``verydeep evaluate`` as one function: run the nets (or combine saved scores), then summarise.
 
-Either ``weights`` and ``data`` are given and the nets are run (:func:`verydeep.evaluate.run.evaluate`),
+Either ``weights`` and ``data`` are given and the nets are run (:func:`verydeep.evaluate.loop.evaluate`),
 or ``combine`` names saved score files whose nets, protocols and scales are merged without
 running anything. Both end in the same :class:`~verydeep.evaluate.results.Summary`.
 """
@@ -15,7 +15,7 @@ from verydeep.errors import ConfigError
 from verydeep.evaluate.combine import merge
 from verydeep.evaluate.protocols import parse_protocols
 from verydeep.evaluate.results import Summary, summarise
-from verydeep.evaluate.run import evaluate
+from verydeep.evaluate.loop import evaluate
 from verydeep.evaluate.scores import load_scores
 from verydeep.runtime.locks import lock_file
 from verydeep.runtime.outputs import SCORES, check_output, check_outside, check_writable_folder, file_kind
@@ -35,7 +35,7 @@ def evaluate_command(
 ) -> Summary | None:
     """The summary to print (None on the non-main processes of a distributed run).
 
-    ``options`` go to :func:`~verydeep.evaluate.run.evaluate` (precision, device, engine,
+    ``options`` go to :func:`~verydeep.evaluate.loop.evaluate` (precision, device, engine,
     engine_cache, batch_size, workers, progress). The ``save_scores`` file is locked for the whole run
     (a second evaluation on it is refused with one line). A new evaluation resumes from it; ``--combine``
     replaces it only with ``overwrite``, and neither ever writes over a file that is not a scores file.

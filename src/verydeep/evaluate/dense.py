@@ -3,7 +3,7 @@
 The class score map is spatially averaged (sum-pooled) into one vector per image, softmaxed, and
 averaged with the horizontally flipped image's posteriors; several scales are averaged too.
 :func:`dense_posteriors` is the in-memory entry point (``verydeep predict`` uses it); the
-evaluation over a data folder (:mod:`verydeep.evaluate.run`) runs the same
+evaluation over a data folder (:mod:`verydeep.evaluate.loop`) runs the same
 :func:`~verydeep.evaluate.protocols.dense_probs` on planned batches.
 """
 

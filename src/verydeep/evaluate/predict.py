@@ -17,7 +17,7 @@ from verydeep.evaluate.dense import dense_posteriors
 from verydeep.runtime.precision import resolve
 from verydeep.evaluate.scales import check_scales
 from verydeep.paper import Q_MULTI
-from verydeep.runtime.engines import inference_settings, ready, resolve_engine, weights_cache_key
+from verydeep.inference.engines import inference_settings, ready, resolve_engine, weights_cache_key
 from verydeep.weights.loader import load
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
@@ -33,7 +33,7 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
                   topk: int = 5, precision: str | None = "auto", device: str = "auto", engine: str | None = "auto",
                   engine_cache: str | None = None) -> list[dict]:
     """One result per path: ``{"image", "engine", "topk": [{"index", "name", "prob"}]}`` or
-    ``{"image", "error"}``. ``engine``: auto, torch or openvino (:mod:`verydeep.runtime.engines`)."""
+    ``{"image", "error"}``. ``engine``: auto, torch or openvino (:mod:`verydeep.inference.engines`)."""
     dev = pick_device(device)
     ran_on = resolve_engine(engine, dev)
     model = load(weights)

@@ -17,7 +17,7 @@ from verydeep.localize.crops import target_for, window
 from verydeep.localize.data import BoxIndex, load_box_index, skipped_text
 from verydeep.localize.evaluate import IOU_RIGHT, crop_protocol, dense_protocol
 from verydeep.localize.report import FINE_TUNE_TEXT, results_table
-from verydeep.localize.run import resolve_split
+from verydeep.localize.command import resolve_split
 from verydeep import paper
 from verydeep.localize.train import BoxTrainConfig, train_box_net
 

@@ -28,14 +28,14 @@ from tqdm import tqdm
 from verydeep.data.images import open_rgb
 from verydeep.data.preprocess import normalise, rescale
 from verydeep.errors import ConfigError, VerydeepError
-from verydeep.evaluate.folder_pass import loader_sizes, plan_pass, run_pass
+from verydeep.passes.folder_pass import loader_sizes, plan_pass, run_pass
 from verydeep.localize.boxes import clip, decode, dense_windows, iou
 from verydeep.localize.crops import crop_with_boxes, window
 from verydeep.localize.data import BoxIndex, class_mapping
 from verydeep.localize.head import BoxNet, select_boxes
 from verydeep.localize.merge import MERGE_IOU, greedy_merge
 from verydeep.runtime import distributed
-from verydeep.weights.metadata import Preprocessing
+from verydeep.models.metadata import Preprocessing
 
 #: A box is right when its IoU with a ground-truth box is above this (ILSVRC's rule).
 IOU_RIGHT = 0.5
@@ -177,7 +177,7 @@ def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence
     """Test 2: top-5 (and top-1) localisation error (%) of dense application with greedy merging.
 
     The images go through the folder pass that ``evaluate`` and ``features`` use
-    (:mod:`verydeep.evaluate.folder_pass`): decoded and rescaled in ``workers`` processes, one image
+    (:mod:`verydeep.passes.folder_pass`): decoded and rescaled in ``workers`` processes, one image
     at a time through the nets (each image's guesses are :func:`dense_guesses`'s, as ``localize
     predict`` gives them)."""
     check_pair(box_net, classifier)

@@ -28,7 +28,7 @@ from verydeep.errors import ConfigError, WeightsError
 from verydeep.models.vgg import VGG
 from verydeep.weights import canonical
 from verydeep.weights.loader import load
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 BOX_PARAMS = 4
 MODES = ("scr", "pcr")

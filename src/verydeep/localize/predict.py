@@ -7,7 +7,7 @@ every position are merged greedily into one. ``localize evaluate`` scores exactl
 against the ground truth; here they are returned (and, with ``draw``, drawn on the photo).
 
 Both nets run on the engine ``predict`` and ``evaluate`` use (``engine``: auto, torch or openvino,
-:mod:`verydeep.runtime.engines`), in float32 on either: the box net is a VGG whose fc8 gives boxes, so
+:mod:`verydeep.inference.engines`), in float32 on either: the box net is a VGG whose fc8 gives boxes, so
 OpenVINO runs its dense view as it runs the classification net's, and the guesses agree with
 PyTorch's to float rounding (``tests/test_localize_cli.py``).
 """
@@ -25,7 +25,7 @@ from verydeep.localize.evaluate import TOP, check_pair, dense_guesses
 from verydeep.localize.head import BoxNet, load_box_net
 from verydeep.localize.merge import MERGE_IOU, check_merge_iou
 from verydeep.runtime.devices import pick_device
-from verydeep.runtime.engines import inference_settings, ready, resolve_engine, weights_cache_key
+from verydeep.inference.engines import inference_settings, ready, resolve_engine, weights_cache_key
 from verydeep.runtime.io import atomic_write, make_folder
 from verydeep.runtime.outputs import IMAGE, check_creatable_folder, check_output
 from verydeep.weights.loader import load
@@ -42,7 +42,7 @@ def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights
     best class first, the box as ``[xmin, ymin, xmax, ymax]`` in the image's pixels; or
     ``{"image", "error"}`` for an image that cannot be read (the others go on). ``draw``: a folder
     that receives ``<stem>.boxes.png`` per image, the guesses drawn on the photo. ``engine``: auto,
-    torch or openvino (``engine_cache``: OpenVINO's cache folder, :func:`verydeep.runtime.engines.cache_folder`)."""
+    torch or openvino (``engine_cache``: OpenVINO's cache folder, :func:`verydeep.inference.engines.cache_folder`)."""
     check_merge_iou(merge_iou)
     if draw is not None:
         check_creatable_folder(draw, "--draw folder")  # before any work, creating nothing yet

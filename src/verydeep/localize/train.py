@@ -43,7 +43,7 @@ from verydeep.train.backoff import BackOffs, Snapshots
 from verydeep.train.schedule import RateSchedule
 from verydeep.train.stability import DivergenceWatch
 from verydeep.train.step import Step, make_sgd
-from verydeep.weights.metadata import Preprocessing
+from verydeep.models.metadata import Preprocessing
 from verydeep.runtime.workers import die_with_parent
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from verydeep.errors import ConfigError, VerydeepError, quote
 from verydeep.perceptual.gram import gram_matrix
 from verydeep.perceptual.network import FeatureNet
-from verydeep.weights.metadata import Preprocessing
+from verydeep.models.metadata import Preprocessing
 
 KINDS = ("feature", "gram")
 

@@ -2,7 +2,7 @@
 
 The classic bug with perceptual losses is feeding a Caffe-converted net what a generator outputs
 (RGB in 0-1) instead of what it was trained on (BGR, 0-255, minus a mean pixel). Here the weights'
-own preprocessing (:class:`~verydeep.weights.metadata.Preprocessing`) is applied inside, as one
+own preprocessing (:class:`~verydeep.models.metadata.Preprocessing`) is applied inside, as one
 per-channel affine map, so every weights file is used the same way.
 
 Only the layers up to the deepest name asked for are kept. A net the caller passes in is copied
@@ -21,7 +21,7 @@ from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.taps import POOLS, resolve_taps
 from verydeep.models.vgg import VGG
 from verydeep.weights.loader import load
-from verydeep.weights.metadata import Preprocessing
+from verydeep.models.metadata import Preprocessing
 
 
 def as_vgg(weights) -> tuple[VGG, bool]:

@@ -7,7 +7,7 @@ module does; it only skips reading the file again when nothing about it changed:
 on the resolved path, device, inode, size, and the modification and status-change times in
 nanoseconds (a rewrite, a replace or a ``touch`` each gives a new key). The memo lives as one small
 JSON file per key in a ``sha256`` folder of the engine cache
-(:func:`verydeep.runtime.engines.cache_folder`); with no cache folder, or one that cannot be
+(:func:`verydeep.inference.engines.cache_folder`); with no cache folder, or one that cannot be
 written, the file is simply hashed.
 """
 

@@ -82,7 +82,7 @@ def held_interrupts() -> Iterator[None]:
     """Ctrl-C (SIGINT) is only recorded inside the block, and acted on at its end as it would have been
     (a ``KeyboardInterrupt`` by default); a second one inside raises at once.
 
-    Why: for the few moments a DataLoader worker hands a batch over (:mod:`verydeep.evaluate.loading`),
+    Why: for the few moments a DataLoader worker hands a batch over (:mod:`verydeep.passes.loading`),
     an interrupt raised mid-exchange made the worker print a ``ConnectionResetError`` traceback after
     the command's ``interrupted`` line (13 of 30 Ctrl-Cs in a test). Does nothing outside the main thread."""
     if threading.current_thread() is not threading.main_thread():

@@ -38,7 +38,7 @@ from verydeep.train.schedule import RateSchedule
 from verydeep.train.stability import DivergenceWatch, StuckWatch
 from verydeep.train.step import Step, load_optimizer
 from verydeep.weights import canonical
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 
 @dataclass

@@ -27,7 +27,7 @@ from verydeep.evaluate.scales import check_scales
 from verydeep.models.taps import resolve_taps
 from verydeep.runtime.precision import autocast_for
 from verydeep.transfer.aggregate import aggregate_scales, combine_nets
-from verydeep.weights.metadata import Preprocessing
+from verydeep.models.metadata import Preprocessing
 
 
 #: The paper's descriptor: fc7 after its ReLU (what ``model.descriptor`` returns).

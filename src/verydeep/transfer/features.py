@@ -17,7 +17,7 @@ ImageFolder whose images are all in split ``all``. The VOC protocol trains on ``
 on ``val`` (or ``test``).
 
 The images are described in one pass over the folder, the same as ``verydeep evaluate``'s
-(:mod:`verydeep.evaluate.folder_pass`): batches of equal rescaled size, decoded by DataLoader
+(:mod:`verydeep.passes.folder_pass`): batches of equal rescaled size, decoded by DataLoader
 workers, each batch through the nets at once.
 
 Resuming: work goes to ``<out>.partial/``: a manifest of the identity, and the rows described so
@@ -48,8 +48,8 @@ from safetensors.numpy import load_file, save
 
 from verydeep.data.folders import boxes_for, scan_image_folder
 from verydeep.errors import ConfigError, DataError
-from verydeep.evaluate.folder_pass import loader_sizes, plan_pass, run_pass
-from verydeep.evaluate.loading import Decoded, decode, group_by_shape
+from verydeep.passes.folder_pass import loader_sizes, plan_pass, run_pass
+from verydeep.passes.loading import Decoded, decode, group_by_shape
 from verydeep.runtime import distributed
 from verydeep.runtime.io import make_folder, read_json, write_bytes
 from verydeep.transfer.aggregate import AGGREGATES

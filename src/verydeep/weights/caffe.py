@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 
 from verydeep.errors import WeightsError
 from verydeep.weights.caffe_schema import NET_FIELD_WIRE_TYPES, V1_LAYER_TYPES, V1_TYPE_NAMES, NetParameter
-from verydeep.weights.metadata import CAFFE_MEAN_BGR, Preprocessing, WeightsMeta
+from verydeep.models.metadata import CAFFE_MEAN_BGR, Preprocessing, WeightsMeta
 from verydeep.weights.named_layers import NamedWeights, to_canonical
 from verydeep.weights.torchvision import imagenet_classes
 

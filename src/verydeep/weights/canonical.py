@@ -16,7 +16,7 @@ from safetensors.torch import save as save_bytes
 
 from verydeep.errors import WeightsError
 from verydeep.runtime.io import write_bytes
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 META_KEY = "verydeep"
 SAFETENSORS_SUFFIX = ".safetensors"

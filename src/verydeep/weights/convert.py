@@ -11,7 +11,7 @@ from verydeep.weights import canonical
 from verydeep.weights.caffe import read_caffe
 from verydeep.weights.infer import check_state
 from verydeep.weights.loader import detect_format, read_weights
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None,

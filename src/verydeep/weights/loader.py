@@ -21,7 +21,7 @@ from verydeep.models.vgg import VGG
 from verydeep.weights import caffe, canonical, matconvnet
 from verydeep.weights.archive import check_inflation, check_not_torchscript
 from verydeep.weights.infer import check_state, infer_spec
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 from verydeep.weights.releases import resolve_release
 from verydeep.weights.timm import from_timm, is_timm_state
 from verydeep.weights.torchvision import from_torchvision

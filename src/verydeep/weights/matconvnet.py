@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from verydeep.errors import WeightsError
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 from verydeep.weights.named_layers import NamedWeights, to_canonical
 
 MAT5_MAGIC = b"MATLAB 5.0 MAT-file"

@@ -11,7 +11,7 @@ import torch
 
 from verydeep.errors import WeightsError
 from verydeep.weights.infer import infer_spec
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 from verydeep.weights.torchvision import imagenet_classes
 
 _HEAD = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from verydeep.weights.infer import infer_spec
-from verydeep.weights.metadata import Preprocessing, WeightsMeta
+from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 
 def imagenet_classes() -> list[str]:

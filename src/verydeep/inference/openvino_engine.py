@@ -68,7 +68,7 @@ INPUT_NAME, SCORES_NAME, FC7_NAME = "image", "scores", "fc7"
 #: stream on every core), since one image cannot be split.
 SPLIT_HINT, SINGLE_HINT = "THROUGHPUT", "LATENCY"
 #: Calls of one net that may run at once (``evaluate`` keeps two batches in flight,
-#: :mod:`verydeep.evaluate.inflight`): each compiled graph gets this many requests per stream.
+#: :mod:`verydeep.passes.inflight`): each compiled graph gets this many requests per stream.
 IN_FLIGHT = 2
 #: Milliseconds a call waits for its requests (or for idle ones) at a time before it checks whether
 #: it was cancelled (:meth:`OpenVINONet.cancel`): no wait of the engine is without a timeout.
@@ -347,7 +347,7 @@ class OpenVINONet:
 
         Why: tracing warns (TorchScript's deprecation notes), and the warnings are silenced with
         ``warnings.catch_warnings``, which is not thread-safe before Python 3.14. Converted on a
-        thread of :mod:`verydeep.evaluate.inflight` while the caller's thread decodes images in a
+        thread of :mod:`verydeep.passes.inflight` while the caller's thread decodes images in a
         ``catch_warnings`` of its own (``--workers 0``), the caller's exit put the filters back
         in the middle of the trace and the tracer's warning got through."""
         with self._compile_lock:

@@ -9,7 +9,7 @@ from verydeep.paper import Q_MULTI
 from verydeep.runtime.devices import pick_device
 from verydeep.errors import ConfigError
 from verydeep.runtime.precision import resolve
-from verydeep.runtime.engines import inference_settings, ready, resolve_engine, weights_cache_key
+from verydeep.inference.engines import inference_settings, ready, resolve_engine, weights_cache_key
 from verydeep.runtime.locks import lock_file
 from verydeep.runtime.outputs import check_outside, check_writable_folder
 from verydeep.transfer.descriptors import DEFAULT_LAYER
@@ -30,9 +30,9 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
     """Load the nets and write (or resume, or confirm) the feature file; returns a summary.
 
     The output is locked for the whole run: a second ``features`` on the same ``out`` is refused.
-    ``engine`` (:mod:`verydeep.runtime.engines`): OpenVINO computes the paper's fc7 descriptor;
+    ``engine`` (:mod:`verydeep.inference.engines`): OpenVINO computes the paper's fc7 descriptor;
     other layers run on PyTorch (``auto`` picks it for them). ``batch_size`` and ``workers``: the
-    pass over the folder's (:mod:`verydeep.evaluate.folder_pass`), as evaluate's."""
+    pass over the folder's (:mod:`verydeep.passes.folder_pass`), as evaluate's."""
     if not weights:
         raise ConfigError("no --weights given")
     dev = pick_device(device)

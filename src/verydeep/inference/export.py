@@ -12,7 +12,7 @@ needs ``onnxscript``), with batch, height and width as dynamic axes; the metadat
 classes, preprocessing, the full :class:`WeightsMeta`) lands in the model's ``metadata_props``.
 TorchScript is ``torch.jit.script`` of the same module, the metadata in the ``_extra_files``
 entry ``verydeep.json``. OpenVINO IR (``.xml`` + ``.bin``) is the graph the OpenVINO engine runs
-(:func:`verydeep.runtime.openvino_engine.to_openvino`: the same numbers, fc6-fc8 as matrix
+(:func:`verydeep.inference.openvino_engine.to_openvino`: the same numbers, fc6-fc8 as matrix
 products over the pool5 windows, which OpenVINO runs faster than the k x k convolution), dynamic
 batch, height and width, float32 weights; the metadata strings are in the IR's ``rt_info`` under
 ``verydeep``. Files are written atomically (a temporary file renamed into place).
@@ -34,11 +34,11 @@ from torch import nn
 from torch.onnx import _constants  # the exporter's own supported opset range
 
 from verydeep.errors import ConfigError, WeightsError, WriteError
-from verydeep.runtime import engines, openvino_engine  # modules: tests replace their functions
+from verydeep.inference import engines, openvino_engine  # modules: tests replace their functions
 from verydeep.runtime.io import write_bytes
 from verydeep.runtime.outputs import ONNX, TORCHSCRIPT, check_output
 from verydeep.weights.loader import load
-from verydeep.weights.metadata import WeightsMeta
+from verydeep.models.metadata import WeightsMeta
 
 EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
 DEFAULT_OPSET = 17

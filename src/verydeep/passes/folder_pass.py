@@ -6,13 +6,13 @@ worker processes or the order results are booked in lands once:
 
 1. **plan** (:func:`plan_pass`): the images' sizes are read from their headers (split between the
    processes of a ``torchrun`` job), the images cut into batches of equal rescaled size at every
-   scale (:func:`~verydeep.evaluate.plan.plan_batches`), and the batches dealt round-robin to the
+   scale (:func:`~verydeep.passes.plan.plan_batches`), and the batches dealt round-robin to the
    processes, leaving out those whose images are all done already (a resumed run);
 2. **decode** (:func:`run_pass`): DataLoader workers read and rescale a batch to every scale
-   (:mod:`verydeep.evaluate.loading`; an unreadable image arrives as its error message);
+   (:mod:`verydeep.passes.loading`; an unreadable image arrives as its error message);
 3. **work**: the caller's function turns one decoded batch into a result; it may run while the
    next batch is decoded or, with ``in_flight`` above 1, while the previous one's engine still works
-   (:mod:`verydeep.evaluate.inflight`);
+   (:mod:`verydeep.passes.inflight`);
 4. **book**: the caller's function takes each result in batch order -- where it keeps its
    resumable store (saving as it goes, and on an interrupt, is the caller's, who knows its store).
 
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from verydeep.evaluate.inflight import InFlight
-from verydeep.evaluate.loading import Decoded, PlannedBatches, batch_loader
-from verydeep.evaluate.plan import plan_batches, probe_size
+from verydeep.passes.inflight import InFlight
+from verydeep.passes.loading import Decoded, PlannedBatches, batch_loader
+from verydeep.passes.plan import plan_batches, probe_size
 from verydeep.runtime import distributed
 from verydeep.runtime.workers import check_workers
 
@@ -108,7 +108,7 @@ def run_pass(p: Pass, workers: int, work: Callable[[list[Decoded], set[int]], An
 
     ``work`` must read nothing that ``book`` writes (with ``in_flight`` above 1 the two overlap).
     ``cancel`` stops an engine's work still in flight when an interrupt abandons it
-    (:class:`~verydeep.evaluate.inflight.InFlight`). Runs under ``torch.inference_mode``.
+    (:class:`~verydeep.passes.inflight.InFlight`). Runs under ``torch.inference_mode``.
     """
     bar = tqdm(total=p.images, unit="img", desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     batches = batch_loader(PlannedBatches(p.paths, p.plan, p.scales), p.order, workers)

@@ -1,8 +1,8 @@
 """Evaluating nets on an image folder with the paper's protocols: the loop that runs the nets.
 
 One pass over the data serves every net, protocol and scale asked for -- the folder pass that
-``features`` and ``localize evaluate`` use too (:mod:`verydeep.evaluate.folder_pass`): a DataLoader
-worker decodes a planned batch (images of equal rescaled size, :mod:`verydeep.evaluate.plan`) and
+``features`` and ``localize evaluate`` use too (:mod:`verydeep.passes.folder_pass`): a DataLoader
+worker decodes a planned batch (images of equal rescaled size, :mod:`verydeep.passes.plan`) and
 rescales it to every test scale; the main process normalises it per net (each net's own
 preprocessing metadata) and runs each protocol on the whole batch. Posteriors land in a
 :class:`~verydeep.evaluate.scores.Scores`, from which :mod:`verydeep.evaluate.results` computes
@@ -32,15 +32,15 @@ from verydeep.data.folders import scan_image_folder
 from verydeep.data.preprocess import normalise
 from verydeep.errors import ConfigError, DataError
 from verydeep.evaluate.classes import check_classes
-from verydeep.evaluate.folder_pass import loader_sizes, plan_pass, run_pass
-from verydeep.evaluate.loading import group_by_shape
+from verydeep.passes.folder_pass import loader_sizes, plan_pass, run_pass
+from verydeep.passes.loading import group_by_shape
 from verydeep.evaluate.protocols import FORWARD, base_protocols, parse_protocols
 from verydeep.evaluate.scales import check_scales, default_scales, train_scale_of
 from verydeep.evaluate.scores import NetRecord, Scores, changed_images, file_stats, image_list_difference, load_scores
 from verydeep.runtime import distributed
 from verydeep.runtime.digests import file_sha256
-from verydeep.runtime.engines import cache_folder, digest_memo_folder, inference_settings, ready, resolve_engine
-from verydeep.runtime.openvino_engine import OpenVINONet
+from verydeep.inference.engines import cache_folder, digest_memo_folder, inference_settings, ready, resolve_engine
+from verydeep.inference.openvino_engine import OpenVINONet
 from verydeep.runtime.precision import Precision, autocast_for, resolve
 from verydeep.weights.canonical import read_meta
 from verydeep.weights import loader  # the module: tests replace loader.load
@@ -48,7 +48,7 @@ from verydeep.weights import loader  # the module: tests replace loader.load
 #: Multi-crop runs the crops of ``batch_size // CROPS_PER_IMAGE_SHARE`` images per forward pass
 #: (50 crops of 224 cost about what 16 dense images of 384 x 512 do).
 CROPS_PER_IMAGE_SHARE = 8
-#: Batches in flight at once, by engine (:mod:`verydeep.evaluate.inflight`): OpenVINO runs a batch on
+#: Batches in flight at once, by engine (:mod:`verydeep.passes.inflight`): OpenVINO runs a batch on
 #: its own threads, so the next one is prepared meanwhile; PyTorch's kernels already take every core.
 IN_FLIGHT = {"openvino": 2}
 #: Seconds between writes of partial scores (at least 5x the time one write takes).
@@ -120,7 +120,7 @@ def load_nets(weights: Sequence[str], classes: Sequence[str], scales: Sequence[i
 
 
 def _load_ready(source, digest: str, engine: str, precision, device, engine_cache):
-    """The net of ``source`` readied for ``engine`` (:func:`verydeep.runtime.engines.ready`).
+    """The net of ``source`` readied for ``engine`` (:func:`verydeep.inference.engines.ready`).
 
     On OpenVINO with a cache folder that already holds the graphs converted from this very file
     (same sha256), only the file's header is read: loading and checking half a gigabyte of
@@ -193,7 +193,7 @@ def evaluate(
 
     ``protocols`` are names from :data:`~verydeep.evaluate.protocols.PROTOCOLS` (default
     dense); ``scales`` overrides the paper's per-net rule (:mod:`verydeep.evaluate.scales`).
-    ``engine`` (auto, torch, openvino) and ``engine_cache``: :mod:`verydeep.runtime.engines`.
+    ``engine`` (auto, torch, openvino) and ``engine_cache``: :mod:`verydeep.inference.engines`.
     Returns the :class:`Evaluation` on rank 0 and None on the other ranks of a distributed run.
     """
     run = _Run(weights=weights, data=data, asked=parse_protocols(protocols), scales=scales, flip=flip,
@@ -268,7 +268,7 @@ def _evaluate(ctx: distributed.DistContext, run: _Run) -> Evaluation | None:
 def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Sequence[LoadedNet], prec,
                ran_on: str) -> tuple[np.ndarray, np.ndarray]:
     """Score this process's share of the batches not yet done (the folder pass,
-    :mod:`verydeep.evaluate.folder_pass`), saving partial scores as it goes (and on an interrupt);
+    :mod:`verydeep.passes.folder_pass`), saving partial scores as it goes (and on an interrupt);
     returns how often each image was scored and which were scored here."""
     all_scales = sorted({q for n in nets for q in n.record.scales})
     run_protocols = list(state.protocols)
@@ -321,7 +321,7 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
 
 def _cancel_engines(nets: Sequence[LoadedNet]) -> None:
     """Stop what the nets' engines run on other threads (OpenVINO's requests): an interrupt ends
-    the run without waiting for the batches in flight (:mod:`verydeep.evaluate.inflight`)."""
+    the run without waiting for the batches in flight (:mod:`verydeep.passes.inflight`)."""
     for net in nets:
         if getattr(net.model, "engine", None) == "openvino":
             net.model.cancel()
@@ -340,7 +340,7 @@ def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Seq
                  flip: bool, device: torch.device, precision, images_per_pass: int) -> BatchScores:
     """Posteriors of the ``wanted`` images of one decoded batch, for every net, scale and protocol.
     Reads nothing it does not own, so that the next batch's call may run while this one's engine
-    works (:mod:`verydeep.evaluate.inflight`)."""
+    works (:mod:`verydeep.passes.inflight`)."""
     result = BatchScores(failed={i: images for i, images in items if isinstance(images, str) and i in wanted},
                          values=[])
     for indices, rescaled in group_by_shape(items, scales):

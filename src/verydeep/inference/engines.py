@@ -2,7 +2,7 @@
 
 ``torch`` runs the net in PyTorch (bf16 weights and channels-last where fast,
 :func:`verydeep.runtime.precision.prepare_model`); ``openvino`` runs its dense and descriptor views on
-OpenVINO's CPU plugin (:class:`verydeep.runtime.openvino_engine.OpenVINONet`), an optional extra
+OpenVINO's CPU plugin (:class:`verydeep.inference.openvino_engine.OpenVINONet`), an optional extra
 (``pip install 'verydeep[openvino]'``). ``auto`` (the default) takes OpenVINO when it is installed
 and the device is a CPU (about twice PyTorch's rate for VGG on AMX CPUs, issue 13), else PyTorch;
 ``VERYDEEP_ENGINE=torch`` makes ``auto`` mean PyTorch (:data:`AUTO_ENV`). Both engines take the
@@ -26,7 +26,7 @@ import torch
 from verydeep.errors import ConfigError
 from verydeep.runtime.digests import file_sha256
 from verydeep.runtime.heap import keep_freed_memory
-from verydeep.runtime.openvino_engine import OpenVINONet  # imports openvino only when a net is made
+from verydeep.inference.openvino_engine import OpenVINONet  # imports openvino only when a net is made
 from verydeep.runtime.precision import prepare_model
 
 ENGINES = ("auto", "torch", "openvino")

@@ -69,7 +69,7 @@ from verydeep.data.pipeline import balance_share, measure_rates
 from verydeep.data.transforms import TrainAugment, TrainDataset
 from verydeep.errors import ConfigError, DataError
 from verydeep.runtime.devices import compile_by_default, pick_device
-from verydeep.runtime.engines import openvino_available
+from verydeep.inference.engines import openvino_available
 from verydeep.runtime.precision import Precision, resolve
 
 __all__ = ["BenchSettings", "format_report", "run_bench"]

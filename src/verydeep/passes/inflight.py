@@ -38,7 +38,7 @@ class InFlight:
     """At most ``depth`` batches' work running at once; :meth:`submit` and :meth:`drain` give back
     ``(key, result)`` pairs in submission order. ``depth`` 1 runs each work item in the caller's
     thread at :meth:`submit`. ``cancel``: called by :meth:`close` when work it abandons is still
-    running, to make the engine stop it (e.g. :meth:`verydeep.runtime.openvino_engine.OpenVINONet.cancel`)."""
+    running, to make the engine stop it (e.g. :meth:`verydeep.inference.openvino_engine.OpenVINONet.cancel`)."""
 
     def __init__(self, depth: int = 1, cancel: Callable[[], None] | None = None) -> None:
         self.depth = max(1, int(depth))
