@@ -69,7 +69,10 @@ def test_optimising_pixels_lowers_the_loss_with_torchvisions_gradients():
         expected = reference(mirror)
         expected.backward()
         torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(pixels.grad, mirror.grad, atol=1e-8, rtol=1e-4)
+        # fp32 convolutions' backward sums in another order on each CPU's kernels (AVX2 against AVX-512):
+        # agree to 1e-5 of the largest gradient (a wrong layer or factor is off by far more)
+        scale = float(mirror.grad.abs().max())
+        torch.testing.assert_close(pixels.grad, mirror.grad, atol=1e-5 * scale, rtol=1e-4)
         values.append(value.item())
         optimiser.step()
     assert values[-1] < 0.8 * values[0]

@@ -114,12 +114,19 @@ def test_the_optimiser_loads_a_plain_sgd_checkpoint():
         torch.testing.assert_close(fused.state[p]["momentum_buffer"], plain.state[p]["momentum_buffer"])
 
 
-def test_the_step_in_bf16_learns():
-    model = tiny(dropout=0.0)
-    step = Step(model, make_sgd(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.0), "cpu", Precision.BF16)
-    x, y = _batch(8)
-    losses = [float(step([(x, y)], scale=1 / 8).mean_loss) for _ in range(30)]
-    assert losses[-1] < losses[0] * 0.9
+@pytest.mark.parametrize("precision", [Precision.BF16, Precision.FP32])
+def test_the_step_learns_on_every_seed_in_either_precision(precision):
+    """Eight images memorised by the He-initialised tiny net A (the demo's init) in 40 steps, on each of
+    five seeds. The worst of the last five losses is the measure, not the last one: a single step's loss
+    is chaotic. Measured on an AVX2-only AMD EPYC (bf16 emulated), seeds 0-4: worst ratio 0.44 (fp32)
+    and 0.35 (bf16); the old form (Glorot, lr 0.05, the 30th loss alone) failed there at 0.98 in bf16."""
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = verydeep.vgg("A", num_classes=5, init="kaiming", **(TINY | dict(dropout=0.0)))
+        step = Step(model, make_sgd(model.parameters(), lr=0.005, momentum=0.9, weight_decay=0.0), "cpu", precision)
+        x, y = _batch(8, seed)
+        losses = [float(step([(x, y)], scale=1 / 8).mean_loss) for _ in range(40)]
+        assert max(losses[-5:]) < 0.7 * losses[0], (seed, losses[0], losses[-5:])
 
 
 def _conv_form(model, x):

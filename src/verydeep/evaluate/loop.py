@@ -340,7 +340,12 @@ def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Seq
                  flip: bool, device: torch.device, precision, images_per_pass: int) -> BatchScores:
     """Posteriors of the ``wanted`` images of one decoded batch, for every net, scale and protocol.
     Reads nothing it does not own, so that the next batch's call may run while this one's engine
-    works (:mod:`verydeep.passes.inflight`)."""
+    works (:mod:`verydeep.passes.inflight`).
+
+    The whole planned batch goes through the nets even when some of its images are done already (a
+    resumed run, a rescored file): the kernels' sums depend on the batch size on some CPUs (fp32 on
+    an AVX2-only EPYC differed in the last bits), and a resumed run must give the numbers of an
+    uninterrupted one, to the bit."""
     result = BatchScores(failed={i: images for i, images in items if isinstance(images, str) and i in wanted},
                          values=[])
     for indices, rescaled in group_by_shape(items, scales):
@@ -350,7 +355,7 @@ def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Seq
         rows = [indices[k] for k in keep]
         for n, net in enumerate(nets):
             for q in net.record.scales:
-                x = normalise(rescaled[q][keep].to(device, non_blocking=True), net.model.meta.preprocessing)
+                x = normalise(rescaled[q].to(device, non_blocking=True), net.model.meta.preprocessing)
                 with autocast_for(device, precision):
                     for p in protocols:
                         extra = {"images_per_pass": images_per_pass} if p == "multicrop" else {}
@@ -358,7 +363,7 @@ def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Seq
                         # that wants another layout says so (OpenVINO takes NCHW arrays)
                         layout = getattr(net.model, "memory_format", torch.channels_last)
                         probs = FORWARD[p](net.model, x, flip=flip, memory_format=layout, **extra)
-                        result.values.append(((n, p, q), rows, probs.float().cpu().numpy()))
+                        result.values.append(((n, p, q), rows, probs.float().cpu().numpy()[keep]))
     return result
 
 
