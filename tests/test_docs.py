@@ -56,6 +56,8 @@ LONG = {
     "torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m verydeep train "
     "--config configs/paper/D_S256.yaml --set data.train=/data/ilsvrc12/train data.val=/data/ilsvrc12/val":
         "two nodes of 8 processes (HOST is a placeholder)",
+    "torchrun --nproc_per_node 4 -m verydeep features --weights D.safetensors --data caltech101/ --out c101.npz":
+        "4 interpreters; 2-process features is tests/test_transfer_distributed.py",
     "torchrun --nproc_per_node 4 -m verydeep evaluate --weights D.safetensors --data val/":
         "4 interpreters (about 10 s of start-up on 2 cores); "
         "2-process evaluation is tests/test_evaluate_distributed.py",

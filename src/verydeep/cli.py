@@ -529,6 +529,8 @@ def _run_features(args) -> int:
                                flip=not args.no_flip, precision=args.precision, device=args.device,
                                overwrite=args.overwrite, layer=args.layer, engine=args.engine,
                                engine_cache=args.engine_cache, batch_size=args.batch_size, workers=args.workers)
+    if summary is None:  # a non-zero rank of a distributed run: rank 0 prints
+        return 0
     if args.json:
         _print_json(summary)
     else:
@@ -701,7 +703,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except VerydeepError as exc:
-        sys.stderr.write(f"{name}: error: {shorten(str(exc))}\n")
+        if not getattr(exc, "shared_from_main", False):  # rank 0 of a torchrun job prints the refusal it shared
+            sys.stderr.write(f"{name}: error: {shorten(str(exc))}\n")
         return EXIT_USAGE
     except signals.Terminated:
         kept = ("what was done so far is saved where the command saves it" if args.command in SAVES_AS_IT_GOES

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from verydeep.runtime.devices import pick_device
-from verydeep.errors import ConfigError
+from verydeep.errors import ConfigError, VerydeepError
 
 
 @dataclass(frozen=True)
@@ -147,3 +147,41 @@ def gather_to_main(ctx: DistContext, obj: Any) -> list[Any] | None:
     out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def broadcast_from_main(ctx: DistContext, obj: Any) -> Any:
+    """Rank 0's ``obj`` (any picklable value) on every process."""
+    if not ctx.distributed:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_main(ctx: DistContext, step: Callable[[], Any], share: Callable[[Any], Any] = lambda value: value) -> Any:
+    """Run ``step()`` on rank 0 alone (what writes a shared file, or decides for all); rank 0 gets its
+    value, every other process ``share(value)``. A refusal it raises (a :class:`VerydeepError`) is
+    raised on every process (marked ``shared_from_main``: the CLI prints it on rank 0 only) instead
+    of leaving the others waiting in their next collective until the group's timeout."""
+    if not ctx.is_main:
+        kind, shared = broadcast_from_main(ctx, None)
+        if kind == "error":
+            raise _shared_error(*shared)
+        return shared
+    try:
+        value = step()
+    except VerydeepError as exc:
+        broadcast_from_main(ctx, ("error", (type(exc), str(exc))))
+        raise
+    broadcast_from_main(ctx, ("value", share(value) if ctx.distributed else None))
+    return value
+
+
+def _shared_error(cls: type, message: str) -> VerydeepError:
+    """Rank 0's refusal, raised again on another process: of its class where that takes the message alone."""
+    try:
+        exc = cls(message) if issubclass(cls, VerydeepError) else VerydeepError(message)
+    except TypeError:
+        exc = VerydeepError(message)
+    exc.shared_from_main = True
+    return exc

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from verydeep.paper import Q_MULTI
-from verydeep.runtime.devices import pick_device
+from verydeep.runtime import distributed
 from verydeep.errors import ConfigError
 from verydeep.runtime.precision import resolve
 from verydeep.inference.engines import inference_settings, ready, resolve_engine, weights_cache_key
@@ -26,8 +26,9 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
                      aggregate: str = "stack", flip: bool = True, precision: str = "auto", device: str = "auto",
                      progress: bool = True, overwrite: bool = False, layer: str = DEFAULT_LAYER,
                      engine: str | None = "auto", engine_cache: str | None = None, batch_size: int | None = None,
-                     workers: int | None = None) -> dict:
-    """Load the nets and write (or resume, or confirm) the feature file; returns a summary.
+                     workers: int | None = None) -> dict | None:
+    """Load the nets and write (or resume, or confirm) the feature file; returns a summary (None on
+    the processes of a ``torchrun`` job other than rank 0, which describe their share of the images).
 
     The output is locked for the whole run: a second ``features`` on the same ``out`` is refused.
     ``engine`` (:mod:`verydeep.inference.engines`): OpenVINO computes the paper's fc7 descriptor;
@@ -35,24 +36,22 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
     pass over the folder's (:mod:`verydeep.passes.folder_pass`), as evaluate's."""
     if not weights:
         raise ConfigError("no --weights given")
-    dev = pick_device(device)
-    ran_on = _engine_for(engine, dev, layer)
-
-    check_outside(out, (data,), "--out")
-    check_writable_folder(out)  # before any image is described
-    held = lock_file(out, f"feature file {out}") if Path(out).parent.is_dir() else None
+    ctx = distributed.setup(device)  # under torchrun: this process's device (cuda:LOCAL_RANK), the group joined
     try:
-        models = [load(w).to(dev) for w in weights]
-        if ran_on == "openvino":  # the torch path keeps the nets as loaded (their weights' identity too)
-            models = [ready(m, ran_on, resolve(precision, dev), dev, engine_cache, weights_cache_key(w, ran_on))
-                      for m, w in zip(models, weights)]
-        with inference_settings(ran_on):
-            features = extract_features(models, data, out, list(scales or DEFAULT_SCALES), aggregate, flip,
-                                        resolve(precision, dev), progress=progress, sources=[str(w) for w in weights],
-                                        overwrite=overwrite, layer=layer, batch_size=batch_size, workers=workers)
+        ran_on = distributed.on_main(ctx, lambda: _checked_engine(engine, ctx.device, layer, out, data))
+        # the lock is rank 0's, the writer of the file (the other processes of a torchrun job write parts)
+        held = distributed.on_main(ctx, lambda: lock_file(out, f"feature file {out}") if Path(out).parent.is_dir()
+                                   else None, share=lambda _: None)
+        try:
+            features = _extract(weights, data, out, ctx.device, ran_on, scales, aggregate, flip, precision, progress,
+                                overwrite, layer, engine_cache, batch_size, workers)
+        finally:
+            if held is not None:
+                held.release()
     finally:
-        if held is not None:
-            held.release()
+        distributed.teardown(ctx)
+    if features is None:  # a process of a torchrun job other than rank 0: rank 0 reports
+        return None
     counts = {s: features.splits.count(s) for s in features.split_names}
     return {"out": str(out), "images": len(features), "splits": counts, "classes": len(features.classes),
             "descriptor_size": int(features.descriptors.shape[1]), "skipped": features.info.get("skipped", []),
@@ -60,6 +59,27 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
             **{k: features.info["identity"][k] for k in ("configs", "scales", "aggregate", "flip", "precision")},
             "layer": features.info["identity"].get("layer", DEFAULT_LAYER), "engine": ran_on,
             "weights_sha256": features.info["identity"]["weights"]}
+
+
+def _extract(weights, data, out, dev, ran_on: str, scales, aggregate, flip, precision, progress, overwrite, layer,
+             engine_cache, batch_size, workers):
+    """Load the nets on ``dev``, ready them for ``ran_on``, and extract (:func:`extract_features`)."""
+    models = [load(w).to(dev) for w in weights]
+    if ran_on == "openvino":  # the torch path keeps the nets as loaded (their weights' identity too)
+        models = [ready(m, ran_on, resolve(precision, dev), dev, engine_cache, weights_cache_key(w, ran_on))
+                  for m, w in zip(models, weights)]
+    with inference_settings(ran_on):
+        return extract_features(models, data, out, list(scales or DEFAULT_SCALES), aggregate, flip,
+                                resolve(precision, dev), progress=progress, sources=[str(w) for w in weights],
+                                overwrite=overwrite, layer=layer, batch_size=batch_size, workers=workers)
+
+
+def _checked_engine(engine: str | None, device, layer: str, out, data) -> str:
+    """The engine (:func:`_engine_for`), once ``--out`` is known to be writable and outside ``--data``."""
+    ran_on = _engine_for(engine, device, layer)
+    check_outside(out, (data,), "--out")
+    check_writable_folder(out)  # before any image is described
+    return ran_on
 
 
 def _engine_for(engine: str | None, device, layer: str) -> str:

@@ -282,30 +282,67 @@ def _save_rows(partial: Path, rows: dict[str, np.ndarray]) -> None:
     _atomic_write(partial / "rows.safetensors", save(rows))
 
 
+def _save_part(partial: Path, rank: int, rows: dict[str, np.ndarray], settled: np.ndarray) -> None:
+    """The rows one process of a ``torchrun`` job settled (``index``, ``descriptors``, ``ok``), written atomically."""
+    index = np.flatnonzero(settled).astype(np.int64)
+    _atomic_write(partial / f"rows.rank{rank}.safetensors",
+                  save({"index": index, "descriptors": rows["descriptors"][index], "ok": rows["ok"][index]}))
+
+
+def _take_part(rows: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
+    """Copy one process's rows (a part file's, or a gathered one) into the rows of all images."""
+    index = part["index"]
+    rows["descriptors"][index] = part["descriptors"]
+    rows["ok"][index] = part["ok"]
+    rows["done"][index] = 1
+
+
+def _fresh_rows(images: int, dim: int) -> dict[str, np.ndarray]:
+    return {"descriptors": np.zeros((images, dim), np.float32), "ok": np.zeros(images, np.uint8),
+            "done": np.zeros(images, np.uint8)}
+
+
 def _load_rows(partial: Path, images: int, dim: int) -> dict[str, np.ndarray]:
-    """The rows of a resumed partial run, or empty rows; a damaged rows file is started again, with a warning."""
-    fresh = {"descriptors": np.zeros((images, dim), np.float32), "ok": np.zeros(images, np.uint8),
-             "done": np.zeros(images, np.uint8)}
-    path = partial / "rows.safetensors"
+    """The rows of a resumed partial run (``rows.safetensors`` and the part files of a ``torchrun``
+    job's processes, merged), or empty rows; a damaged file is described again, with a warning.
+    Merged parts are written back as one ``rows.safetensors`` before they are removed."""
+    rows = _read_rows(partial / "rows.safetensors", images, dim,
+                      lambda rows: _rows_problem(rows, {"descriptors": (images, dim), "ok": (images,),
+                                                        "done": (images,)}))
+    rows = rows if rows is not None else _fresh_rows(images, dim)
+    parts = sorted(partial.glob("rows.rank*.safetensors"))
+    for path in parts:
+        part = _read_rows(path, images, dim, lambda part: _part_problem(part, images, dim))
+        if part is not None:
+            _take_part(rows, part)
+    if parts:
+        _save_rows(partial, rows)  # one file again before the parts go: a kill in between loses nothing
+        for path in parts:
+            path.unlink(missing_ok=True)
+    return rows
+
+
+def _read_rows(path: Path, images: int, dim: int, problem) -> dict[str, np.ndarray] | None:
+    """The arrays of a rows file, or None when there is none or it is damaged (then removed, with a warning)."""
     if not path.is_file():
-        return fresh
+        return None
     try:
         rows = load_file(str(path))
     except Exception as exc:  # SafetensorError, OSError
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     else:
-        why = _rows_problem(rows, images, dim)
+        why = problem(rows)
         if why is None:
             return rows
-    sys.stderr.write("verydeep features: warning: describing every image again: "
-                     f"{path} of {partial} is damaged ({why})\n")
+    which = "every image" if path.name == "rows.safetensors" else "the images of one process"
+    sys.stderr.write(f"verydeep features: warning: describing {which} again: "
+                     f"{path.name} of {path.parent} is damaged ({why})\n")
     path.unlink()
-    return fresh
+    return None
 
 
-def _rows_problem(rows: dict[str, np.ndarray], images: int, dim: int) -> str | None:
-    """Why a partial run's rows cannot be kept (wrong shapes, non-finite), or None."""
-    want = {"descriptors": (images, dim), "ok": (images,), "done": (images,)}
+def _rows_problem(rows: dict[str, np.ndarray], want: dict[str, tuple[int, ...]]) -> str | None:
+    """Why rows cannot be kept (arrays missing or of other shapes than ``want``, non-finite), or None."""
     for key, shape in want.items():
         if key not in rows or tuple(rows[key].shape) != shape:
             return f"{key} has shape {tuple(rows[key].shape) if key in rows else None}, expected {shape}"
@@ -314,42 +351,92 @@ def _rows_problem(rows: dict[str, np.ndarray], images: int, dim: int) -> str | N
     return None
 
 
+def _part_problem(part: dict[str, np.ndarray], images: int, dim: int) -> str | None:
+    """Why one process's part file cannot be kept, or None."""
+    index = part.get("index", np.zeros((0, 0)))
+    if index.ndim != 1 or index.dtype.kind not in "iu" or (len(index) and (index.min() < 0 or index.max() >= images)):
+        return f"its index is not a list of image numbers below {images}"
+    return _rows_problem(part, {"descriptors": (len(index), dim), "ok": (len(index),)})
+
+
 # -- extraction ------------------------------------------------------------------------------------
 def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.PathLike, scales: Sequence[int],
                      aggregate: str = "stack", flip: bool = True, precision=None, progress: bool = True,
                      sources: Sequence[str] | None = None, layer: str = DEFAULT_LAYER, overwrite: bool = False,
-                     batch_size: int | None = None, workers: int | None = None) -> FeatureSet:
+                     batch_size: int | None = None, workers: int | None = None) -> FeatureSet | None:
     """Describe every image of ``root`` with ``models`` and write ``out`` (resuming a partial run).
 
     A finished ``out`` or a partial run made differently (other nets, scales, images, or images
     changed on disk) is refused, or with ``overwrite`` recomputed; a file that is not a feature
     file is never replaced. Damaged rows of a partial run are recomputed, with a warning.
-    ``batch_size`` and ``workers`` (decoding processes): as ``verydeep evaluate``'s defaults."""
-    out = Path(out)
-    scales = _check_request(models, out, scales, aggregate, layer)
-    classes, items = list_images(root)
-    asked = identity(models, items, scales, aggregate, flip, getattr(precision, "value", precision) or "fp32", layer)
-    finished = _finished_run(out, asked, overwrite)
-    if finished is not None:
-        return finished
+    ``batch_size`` and ``workers`` (decoding processes): as ``verydeep evaluate``'s defaults.
 
-    partial = out.with_name(out.name + ".partial")
-    _open_partial(partial, asked, overwrite)
-    for m in models:
-        m.eval()
-    dim = descriptor_size(models, scales, aggregate, layer)
-    rows = _load_rows(partial, len(items), dim)
-    device = next(models[0].parameters()).device
-    batch_size, workers = loader_sizes(device, batch_size, workers, getattr(models[0], "engine", "torch"))
-    done = rows["done"].astype(bool)
-    plan = plan_pass(distributed.DistContext(device=device), [it.path for it in items], scales, batch_size, done)
-    _describe_all(plan, rows, done, workers, partial, progress,
-                  lambda decoded, wanted: _describe_batch(decoded, wanted, models, scales, aggregate, flip,
-                                                          precision, layer))
+    Under ``torchrun`` each process describes its share of the batches and rank 0 gathers the rows
+    and writes the file: rank 0 returns the feature set, the other processes None (as ``evaluate``)."""
+    out = Path(out)
+    device = next(models[0].parameters()).device if models else torch.device("cpu")
+    ctx = distributed.setup(str(device) if device.type == "cuda" else "cpu")  # joins a group already open as it is
     try:
-        features = _assemble(rows, items, classes, root,
-                             info={"identity": asked, "descriptor_size": dim, "sources": list(sources or [])},
-                             scales=scales)
+        # checked on rank 0 and shared: a refusal is one line from rank 0, not one from every process
+        asked_scales = scales
+        scales, classes, items = distributed.on_main(
+            ctx, lambda: (_check_request(models, out, asked_scales, aggregate, layer), *list_images(root)))
+        asked = identity(models, items, scales, aggregate, flip, getattr(precision, "value", precision) or "fp32",
+                         layer)
+        finished = distributed.on_main(ctx, lambda: _finished_run(out, asked, overwrite),
+                                       share=lambda found: found is not None)
+        if (finished is not None) if ctx.is_main else finished:
+            return finished if ctx.is_main else None
+        for m in models:
+            m.eval()
+        dim = descriptor_size(models, scales, aggregate, layer)
+        partial = out.with_name(out.name + ".partial")
+        rows = _resumed_rows(ctx, partial, asked, overwrite, len(items), dim)
+        batch_size, workers = loader_sizes(device, batch_size, workers, getattr(models[0], "engine", "torch"))
+        done = rows["done"].astype(bool)
+        plan = plan_pass(ctx, [it.path for it in items], scales, batch_size, done)
+        save = ((lambda settled: _save_part(partial, ctx.rank, rows, settled)) if ctx.distributed
+                else (lambda settled: _save_rows(partial, rows)))
+        settled = _describe_all(plan, rows, done, workers, progress and ctx.is_main, save, ctx.distributed,
+                                lambda decoded, wanted: _describe_batch(decoded, wanted, models, scales, aggregate,
+                                                                        flip, precision, layer))
+        _gather_rows(ctx, rows, settled)
+        info = {"identity": asked, "descriptor_size": dim, "sources": list(sources or [])}
+        features = distributed.on_main(ctx, lambda: _finish(rows, items, classes, root, info, scales, out, partial),
+                                       share=lambda _: None)
+        return features if ctx.is_main else None
+    finally:
+        distributed.teardown(ctx)
+
+
+def _resumed_rows(ctx: distributed.DistContext, partial: Path, asked: dict, overwrite: bool, images: int,
+                  dim: int) -> dict[str, np.ndarray]:
+    """The rows to start from: rank 0 opens (or resumes) the partial run and reads its rows; the
+    other processes of a ``torchrun`` job start from empty rows with the same images marked done,
+    so that every process plans the same batches."""
+    distributed.on_main(ctx, lambda: _open_partial(partial, asked, overwrite))
+    rows = distributed.on_main(ctx, lambda: _load_rows(partial, images, dim), share=lambda rows: rows["done"])
+    if ctx.is_main:
+        return rows
+    return {**_fresh_rows(images, dim), "done": rows.copy()}
+
+
+def _gather_rows(ctx: distributed.DistContext, rows: dict[str, np.ndarray], settled: np.ndarray) -> None:
+    """The rows every process of a ``torchrun`` job settled, into rank 0's ``rows``."""
+    if not ctx.distributed:
+        return
+    index = np.flatnonzero(settled)
+    parts = distributed.gather_to_main(ctx, {"index": index, "descriptors": rows["descriptors"][index],
+                                             "ok": rows["ok"][index]})
+    for part in parts or []:
+        _take_part(rows, part)
+
+
+def _finish(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: list[str], root, info: dict,
+            scales: Sequence[int], out: Path, partial: Path) -> FeatureSet:
+    """Write the feature file of all the rows (on rank 0) and remove the partial run."""
+    try:
+        features = _assemble(rows, items, classes, root, info=info, scales=scales)
         save_features(features, out)
     except BaseException:
         _save_rows(partial, rows)  # every image is described: a rerun only assembles and writes
@@ -358,10 +445,12 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
     return features
 
 
-def _describe_all(plan, rows: dict[str, np.ndarray], done: np.ndarray, workers: int, partial: Path, progress: bool,
-                  work) -> None:
-    """Run the pass, booking each batch's rows; save them as the pass goes (and on an interrupt)."""
+def _describe_all(plan, rows: dict[str, np.ndarray], done: np.ndarray, workers: int, progress: bool, save,
+                  save_at_end: bool, work) -> np.ndarray:
+    """Run the pass, booking each batch's rows; ``save(settled)`` them as the pass goes (and on an
+    interrupt, and at its end with ``save_at_end``). Returns the images settled here."""
     last_save, save_cost, unsaved = time.monotonic(), 0.0, False
+    settled = np.zeros(len(done), dtype=bool)
 
     def book(b: int, result: tuple[list[int], list[int], np.ndarray]) -> None:
         nonlocal last_save, save_cost, unsaved
@@ -371,10 +460,11 @@ def _describe_all(plan, rows: dict[str, np.ndarray], done: np.ndarray, workers: 
             rows["ok"][described] = 1
         rows["done"][todo] = 1
         done[todo] = True
+        settled[todo] = True
         unsaved = True
         now = time.monotonic()
         if now - last_save >= max(SAVE_EVERY_S, 5 * save_cost):
-            _save_rows(partial, rows)
+            save(settled)
             unsaved, last_save = False, time.monotonic()
             save_cost = last_save - now
 
@@ -382,8 +472,11 @@ def _describe_all(plan, rows: dict[str, np.ndarray], done: np.ndarray, workers: 
         run_pass(plan, workers, work, book, desc="features", progress=progress)
     except BaseException:
         if unsaved:
-            _save_rows(partial, rows)  # keep what was described; a rerun resumes from it
+            save(settled)  # keep what was described; a rerun resumes from it
         raise
+    if save_at_end and unsaved:
+        save(settled)  # a process's rows on disk before the gather: rank 0 may yet fail while writing the file
+    return settled
 
 
 def _describe_batch(decoded: list[Decoded], wanted: set[int], models: Sequence, scales: Sequence[int], aggregate: str,
