@@ -482,13 +482,20 @@ def _describe_all(plan, rows: dict[str, np.ndarray], done: np.ndarray, workers: 
 def _describe_batch(decoded: list[Decoded], wanted: set[int], models: Sequence, scales: Sequence[int], aggregate: str,
                     flip: bool, precision, layer: str) -> tuple[list[int], list[int], np.ndarray | None]:
     """One decoded batch: the images it settles (described or unreadable), the ones described, and
-    their descriptors (an unreadable or too small image is left out, and counted as skipped)."""
+    their descriptors (an unreadable or too small image is left out, and counted as skipped).
+
+    The whole planned batch goes through the nets, done images too, and only the ``wanted`` rows are
+    kept: a resumed run then computes every descriptor in the batch an uninterrupted run did (fp32
+    sums depend on the batch size on some CPUs; see ``evaluate``'s ``_score_batch``)."""
     todo = [i for i, _ in decoded if i in wanted]
     described: list[int] = []
     parts: list[np.ndarray] = []
-    for indices, rescaled in group_by_shape([d for d in decoded if d[0] in wanted], scales):
-        described.extend(indices)
-        parts.append(batch_descriptors(models, rescaled, scales, aggregate, flip, precision, layer).numpy())
+    for indices, rescaled in group_by_shape(decoded, scales):
+        keep = [k for k, i in enumerate(indices) if i in wanted]
+        if keep:
+            described.extend(indices[k] for k in keep)
+            rows = batch_descriptors(models, rescaled, scales, aggregate, flip, precision, layer).numpy()
+            parts.append(rows[keep])
     return todo, described, np.concatenate(parts) if parts else None
 
 
