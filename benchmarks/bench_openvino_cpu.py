@@ -22,6 +22,15 @@ their predictions must be the same image for image, up to bf16 near-ties). Each 
 ``--repeats`` times, interleaved with the others, and the median is compared: on a shared 2-core
 machine one side's single run can be 2x another's.
 Usage: ``python benchmarks/bench_openvino_cpu.py [--images 300] [--repeats 5]``.
+
+One-image ``predict`` (issue 25; ``--only predict`` runs these rows alone): ``verydeep predict
+photo.jpg --weights W --scales 256 --no-flip`` (engine auto, default cache folder warm) against a
+plain OpenVINO one-image script doing the same work on the IR ``verydeep export`` wrote (compiled
+with ``CACHE_DIR``, warm too): PIL decode, rescale of the shorter side to 256 (PIL bilinear), NumPy
+normalisation, one ``LATENCY`` inference, the score map averaged, softmax, top-5. Also listed:
+``verydeep predict`` with its defaults (Q in {256, 384, 512} and flips: six inferences), against the
+plain script doing those six. The photo is a 375 x 500 JPEG; the weights VGG-A at a quarter of the
+conv widths (``--predict-config``), fc 4096.
 """
 
 from __future__ import annotations
@@ -70,6 +79,30 @@ BASELINE = textwrap.dedent('''
             queue.start_async({0: x}, k)
         queue.wait_all()
     np.save(out, np.concatenate([logits[k] for k in sorted(logits)]))
+''')
+
+#: The plain OpenVINO one-image script (its own process, like ``verydeep predict``): dense at each scale, flips.
+PREDICT_BASELINE = textwrap.dedent('''
+    import sys, numpy as np, openvino as ov
+    from PIL import Image
+    xml, photo, cache, scales, flip = sys.argv[1:6]
+    core = ov.Core()
+    compiled = core.compile_model(xml, "CPU", {"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": cache})
+    request = compiled.create_infer_request()
+    image = Image.open(photo).convert("RGB")
+    mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1) * 255
+    std = np.array([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1) * 255
+    probs = 0
+    for q in map(int, scales.split(",")):
+        w, h = image.size
+        size = (round(w * q / h), q) if h <= w else (q, round(h * q / w))
+        x = (np.asarray(image.resize(size, Image.BILINEAR)).transpose(2, 0, 1).astype(np.float32) - mean) / std
+        for view in ([x, x[:, :, ::-1]] if flip == "flip" else [x]):
+            scores = request.infer({0: np.ascontiguousarray(view[None])})[0][0].mean(axis=(1, 2))
+            e = np.exp(scores - scores.max())
+            probs = probs + e / e.sum()
+    top = np.argsort(-probs)[:5]
+    print("\\n".join(f"{probs[i] / probs.sum():7.2%} {i}" for i in top))
 ''')
 
 #: The issue's command: ``verydeep evaluate`` with its defaults (engine auto, default cache folder).
@@ -130,15 +163,91 @@ def timed(argv: list[str], env: dict | None = None) -> float:
     return elapsed
 
 
+def write_photo(path: Path) -> Path:
+    """One smooth random 375 x 500 JPEG (quality 90), a photo's size."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:375, 0:500].astype(np.float32) / 375
+    base = np.stack([np.sin(3 * xx + 2 * yy), np.cos(5 * xx - yy), np.sin(4 * (xx + yy))], -1)
+    pixels = np.clip(127 + 100 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def predict_rows(tmp: Path, config: str, repeats: int, before: str | None = None) -> dict[str, list[float]]:
+    """One-image ``verydeep predict`` against the plain OpenVINO script, caches warm, interleaved;
+    ``before``: another checkout's ``src`` folder, whose ``predict`` rows run too (its own cache folder)."""
+    import verydeep
+    from verydeep.weights import canonical
+    from verydeep.models.metadata import Preprocessing, WeightsMeta
+
+    torch.manual_seed(0)
+    net = verydeep.vgg(config, num_classes=10, width=0.25, init="glorot")
+    meta = WeightsMeta(spec=net.spec, classes=[f"c{i}" for i in range(10)],
+                       preprocessing=Preprocessing.torchvision(), source="benchmark")
+    weights = canonical.save(net.state_dict(), meta, tmp / "predict.safetensors")
+    photo = write_photo(tmp / "photo.jpg")
+    user = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg-predict")}
+    for name in ("VERYDEEP_ENGINE_CACHE", "VERYDEEP_ENGINE"):
+        user.pop(name, None)
+    xml = tmp / "predict_ir.xml"
+    timed([sys.executable, "-m", "verydeep", "export", str(xml), "--weights", str(weights)], user)
+    ours = [sys.executable, "-m", "verydeep", "predict", str(photo), "--weights", str(weights)]
+    plain = [sys.executable, "-c", PREDICT_BASELINE, str(xml), str(photo), str(tmp / "ov-blobs")]
+    runs = {"verydeep predict --scales 256 --no-flip": ours + ["--scales", "256", "--no-flip"],
+            "plain OpenVINO one-image script (Q=256, no flip)": plain + ["256", "noflip"],
+            "verydeep predict (defaults: Q 256,384,512, flips)": ours,
+            "plain OpenVINO one-image script (Q 256,384,512, flips)": plain + ["256,384,512", "flip"]}
+    envs = {name: user for name in runs}
+    if before:
+        old = {**user, "PYTHONPATH": before, "XDG_CACHE_HOME": str(tmp / "xdg-before")}
+        for name in list(runs)[::2]:
+            runs[f"{name} [before: {before}]"], envs[f"{name} [before: {before}]"] = runs[name], old
+    for name, argv in runs.items():  # fills the caches (ours: graphs and blobs; plain: blobs): not timed
+        timed(argv, envs[name])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, argv in runs.items():
+            times[name].append(timed(argv, envs[name]))
+    return times
+
+
+def print_predict(times: dict[str, list[float]], repeats: int) -> None:
+    names = list(times)
+    median = {name: float(np.median(values)) for name, values in times.items()}
+    print(f"one-image predict, wall clock per command (median of {repeats} interleaved runs, min-max)")
+    print("| command | median s | min-max s |")
+    print("|:--|--:|--:|")
+    for name, values in times.items():
+        print(f"| {name} | {median[name]:.3f} | {min(values):.3f}-{max(values):.3f} |")
+    print(f"done-when ratio (ours / plain, Q=256, no flip): {median[names[0]] / median[names[1]]:.2f}x "
+          f"(<= 1.5x wanted); defaults (3 scales, flips): {median[names[2]] / median[names[3]]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5,
                         help="interleaved runs of each side; the median is reported (the machine's load varies)")
+    parser.add_argument("--only", choices=["evaluate", "predict"], default=None, help="run one part only")
+    parser.add_argument("--predict-config", default="A", help="the net of the one-image predict rows")
+    parser.add_argument("--predict-before", default=None, metavar="SRC",
+                        help="also time the predict rows with PYTHONPATH=SRC (an older checkout's src folder)")
     args = parser.parse_args()
-    verydeep_cli = str(Path(sys.executable).with_name("verydeep"))
     print(f"CPU: {cpu_model()}; load average before: {os.getloadavg()}")
+    if args.only != "evaluate":
+        with tempfile.TemporaryDirectory(prefix="verydeep-ov-predict-") as tmp:
+            times = predict_rows(Path(tmp), args.predict_config, args.repeats, args.predict_before)
+        print_predict(times, args.repeats)
+        print(json.dumps({"cpu": cpu_model(), "predict_seconds": times}))
+        if args.only == "predict":
+            print(f"load average after: {os.getloadavg()}")
+            return
+    evaluate_rows(args)
+
+
+def evaluate_rows(args) -> None:
+    verydeep_cli = str(Path(sys.executable).with_name("verydeep"))
     with tempfile.TemporaryDirectory(prefix="verydeep-ov-bench-") as tmp:
         tmp = Path(tmp)
         write_images(tmp / "data", args.images, args.classes)

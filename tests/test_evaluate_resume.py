@@ -58,8 +58,8 @@ def _pausing(args: list, what: str, after: int, marker: Path):
             features_module.SAVE_EVERY_S = 0.0
             features_module._save_rows = lambda *a: (save(*a), event())[0]
         else:
-            read = loading_module.read_image
-            loading_module.read_image = lambda *a: (event(), read(*a))[1]
+            read = loading_module.read_pixels
+            loading_module.read_pixels = lambda *a: (event(), read(*a))[1]
         return main([str(a) for a in args])
 
     return run
@@ -189,16 +189,16 @@ def test_interrupted_evaluation_saves_and_resumes(env, capsys, monkeypatch):
 def counting_reads(monkeypatch, module):
     """Count the images ``module`` decodes inside the block; the count is in the yielded list after it."""
     calls = []
-    read = module.read_image
+    read = module.read_pixels
 
     def counted(path):
         calls.append(path)
         return read(path)
 
-    monkeypatch.setattr(module, "read_image", counted)
+    monkeypatch.setattr(module, "read_pixels", counted)
     result: list[int] = []
     yield result
-    monkeypatch.setattr(module, "read_image", read)
+    monkeypatch.setattr(module, "read_pixels", read)
     result.append(len(calls))
 
 

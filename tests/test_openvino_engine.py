@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -666,3 +668,45 @@ def test_converting_a_net_sends_no_telemetry(monkeypatch):
     before = convert_impl.tm
     to_openvino(verydeep.vgg("A", num_classes=3, width=0.0625, fc_width=16, crop_size=32, init="glorot").eval())
     assert sent == [] and convert_impl.tm is before
+
+
+# -- one-image predict without torch (issue 25) ------------------------------------------------------------
+#: Runs the command line in a fresh interpreter, then prints the torch modules it imported.
+_PREDICT_PROBE = ("import json, sys\nfrom verydeep.cli import main\ncode = main(sys.argv[1:])\n"
+                  "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))))\n"
+                  "sys.exit(code)\n")
+
+
+@needs_openvino
+def test_one_image_predict_on_openvino_with_a_warm_cache_never_imports_torch(tiny_weights, photo, tmp_path, capsys):
+    common = ["predict", str(photo), "--weights", str(tiny_weights), "--scales", "32,40", "--precision", "fp32",
+              "--json"]
+    argv = [*common, "--engine", "openvino", "--engine-cache", str(tmp_path / "cache")]
+    cold = _json(capsys, argv)  # converts the graph and fills the cache
+    on_torch = _json(capsys, [*common, "--engine", "torch"])
+    done = subprocess.run([sys.executable, "-c", _PREDICT_PROBE, *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    output, imported = done.stdout.strip().rsplit("\n", 1)
+    assert json.loads(imported) == [], "the warm-cache predict imported torch"
+    warm = json.loads(output)
+    assert warm[0]["engine"] == "openvino" and [t["index"] for t in warm[0]["topk"]] == [
+        t["index"] for t in cold[0]["topk"]]
+    for a, b in zip(on_torch[0]["topk"], warm[0]["topk"]):  # the engines agree on the same array preprocessing
+        assert a["index"] == b["index"] and a["prob"] == pytest.approx(b["prob"], abs=1e-5)
+
+
+@needs_openvino
+def test_dense_posteriors_of_arrays_and_of_tensors_agree_on_both_engines(tmp_path):
+    from verydeep.evaluate.dense import dense_posteriors
+
+    net = _net()
+    net.meta = WeightsMeta(spec=net.spec, preprocessing=Preprocessing.caffe())  # BGR: the channel swap too
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (3, h, w), dtype=np.uint8) for h, w in ((40, 52), (36, 36), (40, 52))]
+    on_torch = dense_posteriors(net, [torch.from_numpy(i) for i in images], [32, 40])
+    ov = engines.ready(copy.deepcopy(net), "openvino", Precision.FP32, "cpu", tmp_path / "cache")
+    from_arrays = dense_posteriors(ov, images, [32, 40])
+    assert isinstance(on_torch, torch.Tensor) and isinstance(from_arrays, np.ndarray)
+    np.testing.assert_allclose(from_arrays, on_torch.numpy(), atol=1e-5)
+    np.testing.assert_allclose(dense_posteriors(ov, [torch.from_numpy(i) for i in images], [32, 40]).numpy(),
+                               from_arrays, atol=1e-6)

@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from verydeep.errors import ConfigError, ImageError, quote
@@ -26,8 +25,9 @@ PIXELS_ENV = "VERYDEEP_MAX_IMAGE_PIXELS"
 #: The default bound on one decoded image: 8192 x 8192 pixels (67 million; a 61-megapixel camera's pass).
 DEFAULT_MAX_PIXELS = 1 << 26
 #: Memory one pixel costs while an image is decoded and rescaled to the test scales (an RGB PIL image,
-#: its uint8 tensor and the float copy ``rescale`` interpolates from): a 12000 x 12000 PNG of 32 KB
-#: peaked at 5.4 GB in ``verydeep evaluate``, 0.75 GB of it the process before the image.
+#: its uint8 arrays and, in the torch days, the float copy ``rescale`` interpolated from): a
+#: 12000 x 12000 PNG of 32 KB peaked at 5.4 GB in ``verydeep evaluate``, 0.75 GB of it the process
+#: before the image. Kept as the bound's estimate (an upper one now).
 BYTES_PER_PIXEL = 35
 
 
@@ -138,13 +138,26 @@ def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: i
                          f"{width * height * BYTES_PER_PIXEL / 1e9:.1f} GB); set {PIXELS_ENV} to allow larger images")
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor (3, H, W)."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+def to_array(img: Image.Image) -> np.ndarray:
+    """RGB PIL image -> uint8 array (3, H, W), C-contiguous: the pixels every engine takes
+    (:mod:`verydeep.data.preprocess` rescales and normalises them)."""
+    return np.array(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), order="C")  # a writable copy
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Decode a file to a uint8 RGB tensor (3, H, W)."""
+def to_tensor(img: Image.Image):
+    """RGB PIL image -> uint8 tensor (3, H, W): :func:`to_array`, wrapped without a copy."""
+    import torch  # start-up: torch only for callers that want tensors (OpenVINO's path takes arrays)
+
+    return torch.from_numpy(to_array(img))
+
+
+def read_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Decode a file to a uint8 RGB array (3, H, W)."""
+    return to_array(open_rgb(path))
+
+
+def read_image(path: str | os.PathLike):
+    """Decode a file to a uint8 RGB tensor (3, H, W): :func:`read_pixels`, wrapped."""
     return to_tensor(open_rgb(path))
 
 

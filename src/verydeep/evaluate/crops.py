@@ -6,8 +6,6 @@ rows and columns), so 25 crops of N images are one tensor operation, not 25N Pyt
 
 from __future__ import annotations
 
-import torch
-
 #: The paper's multi-crop grid: 5 x 5 positions per scale (x 2 flips = 50 crops).
 GRID = 5
 
@@ -30,8 +28,10 @@ def crop_positions(height: int, width: int, crop: int, n: int = GRID) -> list[tu
     return [(top, left) for top in grid_offsets(height, crop, n) for left in grid_offsets(width, crop, n)]
 
 
-def grid_crops(images: torch.Tensor, crop: int, n: int = GRID) -> torch.Tensor:
-    """(N, C, H, W) -> (N, n*n, C, crop, crop): the grid's windows of every image, one gather."""
+def grid_crops(images, crop: int, n: int = GRID):
+    """(N, C, H, W) tensor -> (N, n*n, C, crop, crop): the grid's windows of every image, one gather."""
+    import torch  # start-up: a tensor was given; this module is on predict's path, which runs without torch
+
     _, _, height, width = images.shape
     arange = torch.arange(crop, device=images.device)
     rows = torch.tensor(grid_offsets(height, crop, n), device=images.device)[:, None] + arange  # (n, crop)
@@ -46,7 +46,7 @@ def centre_offset(length: int, crop: int) -> int:
     return int(round((length - crop) / 2.0))
 
 
-def centre_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
+def centre_crop(images, crop: int):
     """(N, C, H, W) -> (N, C, crop, crop), the centred window."""
     top = centre_offset(images.shape[-2], crop)
     left = centre_offset(images.shape[-1], crop)

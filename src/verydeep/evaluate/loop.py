@@ -39,11 +39,8 @@ from verydeep.evaluate.scales import check_scales, default_scales, train_scale_o
 from verydeep.evaluate.scores import NetRecord, Scores, changed_images, file_stats, image_list_difference, load_scores
 from verydeep.runtime import distributed
 from verydeep.runtime.digests import file_sha256
-from verydeep.inference.engines import cache_folder, digest_memo_folder, inference_settings, ready, resolve_engine
-from verydeep.inference.openvino_engine import OpenVINONet
+from verydeep.inference.engines import digest_memo_folder, inference_settings, load_ready, resolve_engine
 from verydeep.runtime.precision import Precision, autocast_for, resolve
-from verydeep.weights.canonical import read_meta
-from verydeep.weights import loader  # the module: tests replace loader.load
 
 #: Multi-crop runs the crops of ``batch_size // CROPS_PER_IMAGE_SHARE`` images per forward pass
 #: (50 crops of 224 cost about what 16 dense images of 384 x 512 do).
@@ -97,13 +94,14 @@ def load_nets(weights: Sequence[str], classes: Sequence[str], scales: Sequence[i
               device: torch.device, precision: Precision | None, log: Callable[[str], None], engine: str = "torch",
               engine_cache: str | None = None) -> list[LoadedNet]:
     """Load each net, check its classes against the data, fix its test scales, ready it for ``device``
-    on ``engine`` (:func:`_load_ready`)."""
+    on ``engine`` (:func:`verydeep.inference.engines.load_ready`)."""
     if not weights:
         raise ConfigError("no weights given")
     nets, taken = [], set()
     for source in weights:
         digest = fingerprint(source)
-        model = _load_ready(source, digest, engine, precision, device, engine_cache)
+        key = digest if digest.startswith("sha256:") else None  # the file's hash: not hashed again
+        model = load_ready(source, engine, precision, device, engine_cache, key)
         name = _unique(Path(str(source)).stem or str(source), taken)
         warning = check_classes(model.meta, classes, name)
         if warning:
@@ -117,22 +115,6 @@ def load_nets(weights: Sequence[str], classes: Sequence[str], scales: Sequence[i
                            multi=list(used if scales else rule.multi), scales=list(used), flip=bool(flip))
         nets.append(LoadedNet(record, model))
     return nets
-
-
-def _load_ready(source, digest: str, engine: str, precision, device, engine_cache):
-    """The net of ``source`` readied for ``engine`` (:func:`verydeep.inference.engines.ready`).
-
-    On OpenVINO with a cache folder that already holds the graphs converted from this very file
-    (same sha256), only the file's header is read: loading and checking half a gigabyte of
-    weights again would be most of a short run's time."""
-    key = digest if digest.startswith("sha256:") else None  # the file's hash: not hashed again
-    if engine == "openvino" and key and cache_folder(engine_cache):
-        meta = read_meta(source)
-        cached = meta and OpenVINONet.from_cache(meta, lambda: loader.load(source), precision,
-                                                 cache_folder(engine_cache), key)
-        if cached:
-            return cached
-    return ready(loader.load(source), engine, precision, device, engine_cache, key)
 
 
 def _partial_files(path: Path) -> list[Path]:

@@ -1,32 +1,35 @@
 """``verydeep predict``: the paper's dense multi-scale evaluation with flips, per image file.
 
-One bad image is reported in its result and the others are still classified.
+One bad image is reported in its result and the others are still classified. On the OpenVINO
+engine with a warm cache (:func:`verydeep.inference.engines.load_ready`) the images stay NumPy
+arrays from the decoder to the posteriors and torch is never imported (issue 25).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
+import numpy as np
 
-from verydeep.data.images import read_image
+from verydeep.data.images import read_pixels
 from verydeep.data.preprocess import check_rescaled_size
-from verydeep.runtime.devices import pick_device
+from verydeep.runtime.devices import device_name
 from verydeep.errors import ImageError
 from verydeep.evaluate.dense import dense_posteriors
 from verydeep.runtime.precision import resolve
 from verydeep.evaluate.scales import check_scales
 from verydeep.paper import Q_MULTI
-from verydeep.inference.engines import inference_settings, ready, resolve_engine, weights_cache_key
-from verydeep.weights.loader import load
+from verydeep.inference.engines import inference_settings, load_ready, resolve_engine
 
 #: The paper's multi-scale test set for jittered training, Q in {256, 384, 512}.
 DEFAULT_SCALES = Q_MULTI
 
 
-def topk_entries(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
-    values, indices = probs.topk(min(k, probs.numel()))
-    return [{"index": int(i), "name": names[int(i)], "prob": float(v)} for v, i in zip(values, indices)]
+def topk_entries(probs, names: list[str], k: int) -> list[dict]:
+    """The ``k`` most probable classes of one image's posteriors (an array or a tensor), best first."""
+    values = np.asarray(probs, dtype=np.float64).reshape(-1)
+    order = np.argsort(-values, kind="stable")[:min(k, values.size)]
+    return [{"index": int(i), "name": names[int(i)], "prob": float(values[i])} for i in order]
 
 
 def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | None = None, flip: bool = True,
@@ -34,12 +37,11 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
                   engine_cache: str | None = None) -> list[dict]:
     """One result per path: ``{"image", "engine", "topk": [{"index", "name", "prob"}]}`` or
     ``{"image", "error"}``. ``engine``: auto, torch or openvino (:mod:`verydeep.inference.engines`)."""
-    dev = pick_device(device)
+    dev = device_name(device)
     ran_on = resolve_engine(engine, dev)
-    model = load(weights)
-    scales = list(check_scales(scales or DEFAULT_SCALES, model.spec.crop_size))
     prec = resolve(precision, dev)
-    model = ready(model, ran_on, prec, dev, engine_cache, weights_cache_key(weights, ran_on))
+    model = load_ready(weights, ran_on, prec, dev, engine_cache)
+    scales = list(check_scales(scales or DEFAULT_SCALES, model.spec.crop_size))
     names = model.meta.class_names()
     results = []
     with inference_settings(ran_on):
@@ -51,7 +53,7 @@ def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | No
 def _predict_one(model, path, scales, flip, prec, names, topk, ran_on) -> dict:
     """One image's result (or its error), as :func:`predict_files` lists them."""
     try:
-        image = read_image(path)
+        image = read_pixels(path)
         check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=str(path))
     except ImageError as exc:
         return {"image": str(path), "error": str(exc)}

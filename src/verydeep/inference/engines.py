@@ -13,6 +13,9 @@ The OpenVINO engine keeps converted graphs and compiled blobs in a cache folder 
 do not pay the conversion and compilation again (:func:`cache_folder`): ``--engine-cache DIR``,
 else ``$VERYDEEP_ENGINE_CACHE`` (set but empty: no cache), else the user's cache folder
 (``$XDG_CACHE_HOME/verydeep/openvino``, by default ``~/.cache/verydeep/openvino``).
+
+:func:`load_ready` is every command's way from a weights file to a readied net: on OpenVINO with
+a warm cache it reads only the file's header (its metadata) and never imports torch.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-
-import torch
+import sys
 
 from verydeep.errors import ConfigError
+from verydeep.runtime.devices import device_type
 from verydeep.runtime.digests import file_sha256
 from verydeep.runtime.heap import keep_freed_memory
 from verydeep.inference.openvino_engine import OpenVINONet  # imports openvino only when a net is made
 from verydeep.runtime.precision import prepare_model
+from verydeep.weights.canonical import read_meta
 
 ENGINES = ("auto", "torch", "openvino")
 #: Environment variable naming the OpenVINO cache folder when ``--engine-cache`` is not given
@@ -43,26 +47,27 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def resolve_engine(choice: str | None, device: torch.device | str = "cpu") -> str:
+def resolve_engine(choice: str | None, device="cpu") -> str:
     """``auto`` (or None) -> ``openvino`` on a CPU with OpenVINO installed, unless
     ``$VERYDEEP_ENGINE`` is ``torch``; else ``torch``.
 
     An explicit ``openvino`` without the package, or on a GPU, is a :class:`ConfigError`; so is a
-    ``$VERYDEEP_ENGINE`` other than ``torch``, ``openvino`` or ``auto``.
+    ``$VERYDEEP_ENGINE`` other than ``torch``, ``openvino`` or ``auto``. ``device``: a ``torch.device``
+    or its name.
     """
-    device = torch.device(device)
+    kind = device_type(device)
     if choice in (None, "auto"):
         preferred = os.environ.get(AUTO_ENV, "") or "auto"
         if preferred not in ENGINES:
             raise ConfigError(f"{AUTO_ENV}={preferred!r}: choose auto, torch or openvino")
         wanted = preferred != "torch"
-        return "openvino" if wanted and device.type == "cpu" and openvino_available() else "torch"
+        return "openvino" if wanted and kind == "cpu" and openvino_available() else "torch"
     if choice not in ENGINES:
         raise ConfigError(f"unknown engine {choice!r}: choose auto, torch or openvino")
     if choice == "openvino":
         if not openvino_available():
             raise ConfigError("--engine openvino needs the openvino package: pip install 'verydeep[openvino]'")
-        if device.type != "cpu":
+        if kind != "cpu":
             raise ConfigError(f"--engine openvino runs on the CPU, not {device}: "
                               "add --device cpu or use --engine torch")
     return choice
@@ -101,7 +106,7 @@ def weights_cache_key(source, engine: str) -> str | None:
     return f"sha256:{file_sha256(source, digest_memo_folder())}"
 
 
-def ready(model, engine: str, precision, device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None,
+def ready(model, engine: str, precision, device="cpu", cache_dir: str | os.PathLike | None = None,
           cache_key: str | None = None):
     """``model`` readied for inference on ``engine`` (a name :func:`resolve_engine` returned).
 
@@ -110,6 +115,33 @@ def ready(model, engine: str, precision, device: torch.device | str = "cpu", cac
     if engine == "openvino":
         return OpenVINONet(model, precision, cache_folder(cache_dir), cache_key)
     return prepare_model(model, precision, device)
+
+
+def load_ready(source, engine: str, precision, device="cpu", cache_dir: str | os.PathLike | None = None,
+               cache_key: str | None = None):
+    """The net of weights ``source`` (a file or a release name) loaded and readied for ``engine``
+    (:func:`ready`). ``cache_key``: the file's ``sha256:<hex>`` when the caller has it (else
+    :func:`weights_cache_key` finds it, remembered).
+
+    On OpenVINO with a cache folder that already holds the graphs converted from this very file
+    (same sha256), only the file's header is read (:func:`verydeep.weights.canonical.read_meta`) and
+    the PyTorch net is loaded only if something asks for it: loading and checking half a gigabyte
+    of weights again, and importing torch to do it, would be most of a short run's time."""
+    if engine == "openvino":
+        cache_key = cache_key or weights_cache_key(source, engine)
+        folder = cache_folder(cache_dir)
+        meta = read_meta(source) if cache_key and folder else None
+        cached = meta and OpenVINONet.from_cache(meta, lambda: _load(source), precision, folder, cache_key)
+        if cached:
+            return cached
+    return ready(_load(source), engine, precision, device, cache_dir, cache_key)
+
+
+def _load(source):
+    """:func:`verydeep.weights.loader.load` (looked up at each call: tests replace it)."""
+    from verydeep.weights import loader  # start-up: torch and the weights formats only when weights are read
+
+    return loader.load(source)
 
 
 @contextlib.contextmanager
@@ -124,7 +156,8 @@ def inference_settings(engine: str):
       every batch, a quarter to a half of the batch's time on the 2-core Xeon.
     """
     with keep_freed_memory():
-        if engine != "openvino":
+        torch = sys.modules.get("torch")  # not imported: no PyTorch op runs (predict on OpenVINO's arrays)
+        if engine != "openvino" or torch is None:
             yield
             return
         before = torch.get_num_threads()

@@ -22,7 +22,9 @@ How:
   once per size (:attr:`OpenVINONet.timings` records what each step cost);
 * the input is exactly what the PyTorch path feeds ``model.dense``: the batch normalised as the
   weights' preprocessing says (:func:`verydeep.data.preprocess.normalise`), so both engines share
-  one preprocessing step and agree to within bf16 rounding;
+  one preprocessing step and agree to within bf16 rounding. It may be a torch tensor (the result is
+  a tensor) or a NumPy array (the result is an array, and torch is never imported: ``predict``
+  with a warm cache, issue 25);
 * precision: fp32 asks OpenVINO for f32 inference, bf16 for bf16 (its own choice on AMX CPUs);
 * ``cache_dir`` (optional): the converted graph is saved there as IR, named by a digest of the
   weights, and compiled from that file with OpenVINO's ``CACHE_DIR``, so a later run skips the
@@ -30,7 +32,8 @@ How:
   :meth:`OpenVINONet.from_cache` even leaves the PyTorch weights unread until something asks
   for them (``evaluate`` uses it: a short run is then mostly the images).
 
-``openvino`` is imported only when an engine is made: the package works without it.
+``openvino`` is imported only when an engine is made: the package works without it; ``torch`` only
+when a graph is converted from the PyTorch net or tensors are given.
 
 One ``ov.Core`` per process (:func:`shared_core`), never one per net: OpenVINO's CPU plugin
 (2026.4) installs an alternate signal stack on the thread that first compiles with a Core and, when
@@ -55,7 +58,6 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from verydeep.errors import VerydeepError
 
@@ -106,6 +108,7 @@ def to_openvino(model, logits: bool = True):
     this layer knows nothing of its insides) converted to an ``ov.Model`` with dynamic batch, height
     and width (float32 weights)."""
     import openvino as ov  # optional: openvino
+    import torch  # start-up: converting needs the PyTorch net (a warm cache never comes here)
 
     module = model.dense_module(logits).to(device="cpu", dtype=torch.float32)
     crop = model.spec.crop_size
@@ -153,6 +156,8 @@ def save_ir(graph, xml: Path) -> Path:
 
 def weights_digest(model) -> str:
     """sha256 of the net's state (names, shapes, float32 values): the IR cache's key."""
+    import torch  # start-up: the PyTorch net's own values (a warm cache is named by its file instead)
+
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         t = value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).contiguous()
@@ -214,9 +219,6 @@ class OpenVINONet:
     are converted from float32 weights whatever precision they then run in."""
 
     engine = "openvino"
-    #: The layout callers should hand over: OpenVINO reads NCHW arrays, so a channels-last batch
-    #: would be copied back (about 14 ms per 16 images at 224, one thread).
-    memory_format = torch.contiguous_format
 
     def __init__(self, model, precision=None, cache_dir: str | os.PathLike | None = None,
                  cache_key: str | None = None, *, meta=None, loader=None) -> None:
@@ -264,6 +266,14 @@ class OpenVINONet:
         return self._model
 
     @property
+    def memory_format(self):
+        """The layout callers should hand over: OpenVINO reads NCHW arrays, so a channels-last batch
+        would be copied back (about 14 ms per 16 images at 224, one thread)."""
+        import torch  # start-up: asked by PyTorch's side of evaluate only, which has torch already
+
+        return torch.contiguous_format
+
+    @property
     def spec(self):
         return self._model.spec if self._model is not None else self._meta.spec
 
@@ -285,9 +295,9 @@ class OpenVINONet:
             raise AttributeError(name)
         return getattr(self.model, name)
 
-    def _check_size(self, x: torch.Tensor) -> None:
+    def _check_size(self, x) -> None:
         """The checks of :meth:`verydeep.VGG.dense`, without needing the PyTorch net."""
-        if x.dim() != 4:
+        if len(x.shape) != 4:
             raise VerydeepError(f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}")
         crop = self.spec.crop_size
         if x.shape[-2] < crop or x.shape[-1] < crop:
@@ -381,7 +391,8 @@ class OpenVINONet:
         run as usual. ``evaluate`` calls it when an interrupt abandons the batches in flight."""
         self._cancelled += 1
 
-    def _run(self, x: torch.Tensor, logits: bool) -> torch.Tensor:
+    def _run(self, x, logits: bool):
+        """``x`` (N, 3, H, W), a NumPy array or a tensor, through a graph: the output of the same kind."""
         self._check_size(x)
         generation = self._cancelled
 
@@ -389,7 +400,8 @@ class OpenVINONet:
             return self._cancelled != generation
 
         pool = self._requests_for(logits, x.shape[0])
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        given_array = isinstance(x, np.ndarray)
+        array = np.ascontiguousarray(x if given_array else x.detach().cpu().float().numpy(), dtype=np.float32)
         chunks = self._chunks(array, logits, pool.streams)
         start = time.perf_counter()
         with pool.take(len(chunks), stopped) as requests:
@@ -403,7 +415,8 @@ class OpenVINONet:
         if key not in self._shapes:
             self._shapes.add(key)
             self.timings["first_inference"] += time.perf_counter() - start
-        return torch.from_numpy(np.concatenate(outs)[:len(array)])
+        out = np.concatenate(outs)[:len(array)]
+        return out if given_array else _as_tensor(out)
 
     def _chunks(self, array: np.ndarray, logits: bool, requests: int) -> list[np.ndarray]:
         """``array`` cut into at most ``requests`` chunks, one per infer request. A batch no larger
@@ -421,21 +434,27 @@ class OpenVINONet:
         return chunks
 
     # -- the VGG views ------------------------------------------------------------------------------
-    def dense(self, x: torch.Tensor) -> torch.Tensor:
-        """The class score map (N, classes, h, w), as :meth:`verydeep.VGG.dense`."""
+    def dense(self, x):
+        """The class score map (N, classes, h, w), as :meth:`verydeep.VGG.dense` (an array for an array)."""
         return self._run(x, logits=True)
 
-    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+    def descriptor(self, x):
         """The fc7 map after ReLU (N, fc_width, h, w), as :meth:`verydeep.VGG.descriptor`."""
         return self._run(x, logits=False)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x):
         """Logits (N, classes) of crop-size inputs, as ``model(x)``: the dense map at the crop size is 1x1."""
         crop = self.spec.crop_size
-        if x.dim() != 4 or tuple(x.shape[-2:]) != (crop, crop):
+        if len(x.shape) != 4 or tuple(x.shape[-2:]) != (crop, crop):
             raise VerydeepError(f"the crop view needs ({crop}, {crop}) inputs, got shape {tuple(x.shape)}; "
                                 "use .dense(x) for whole images")
         return self.dense(x)[:, :, 0, 0]
+
+
+def _as_tensor(array: np.ndarray):
+    import torch  # start-up: a tensor was given, so torch is imported already
+
+    return torch.from_numpy(array)
 
 
 def _wait(request, started, stopped) -> None:

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from verydeep.data.images import read_image
+from verydeep.data.images import read_pixels
 from verydeep.data.preprocess import check_rescaled_size, rescale
 from verydeep.errors import ImageError
 from verydeep.runtime import signals
@@ -39,13 +39,14 @@ class PlannedBatches(Dataset):
 
 
 def decode(path: str, scales: Sequence[int]) -> "dict[int, torch.Tensor] | str":
-    """One image rescaled to every scale (uint8), or why it cannot be (unreadable, too large, too small)."""
+    """One image rescaled to every scale (uint8 tensors, wrapping the arrays of
+    :func:`verydeep.data.preprocess.rescale`), or why it cannot be (unreadable, too large, too small)."""
     try:
-        image = read_image(path)
+        image = read_pixels(path)
         check_rescaled_size(image.shape[-2], image.shape[-1], scales, what=str(path))
     except ImageError as exc:
         return str(exc)
-    return {q: rescale(image, q) for q in scales}
+    return {q: torch.from_numpy(rescale(image, q)) for q in scales}
 
 
 def _keep(item):

@@ -9,9 +9,8 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 
-import torch
-
 from verydeep.errors import ConfigError
+from verydeep.runtime.devices import device_type
 
 
 class Precision(str, Enum):
@@ -30,11 +29,12 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & words)
 
 
-def resolve(choice: str | None, device: torch.device | str = "cpu") -> Precision:
-    """``auto`` (or None) -> bf16 on CUDA and on bf16-capable CPUs, else fp32."""
-    device = torch.device(device)
+def resolve(choice: str | None, device="cpu") -> Precision:
+    """``auto`` (or None) -> bf16 on CUDA and on bf16-capable CPUs, else fp32 (``device``: a
+    ``torch.device`` or its name)."""
+    kind = device_type(device)
     if choice in (None, "auto"):
-        if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+        if kind == "cuda" or (kind == "cpu" and cpu_has_fast_bf16()):
             return Precision.BF16
         return Precision.FP32
     try:
@@ -43,19 +43,23 @@ def resolve(choice: str | None, device: torch.device | str = "cpu") -> Precision
         raise ConfigError(f"unknown precision {choice!r}: choose fp32, bf16 or auto") from None
 
 
-def autocast_for(device: torch.device | str, precision: Precision | None) -> contextlib.AbstractContextManager:
+def autocast_for(device, precision: Precision | None) -> contextlib.AbstractContextManager:
     """One code path for every precision: an autocast that is simply disabled for fp32."""
+    import torch  # start-up: only where a net runs on PyTorch
+
     device = torch.device(device)
     enabled = precision == Precision.BF16
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def prepare_model(model: torch.nn.Module, precision: Precision | None, device: torch.device | str = "cpu"):
+def prepare_model(model, precision: Precision | None, device="cpu"):
     """Move a net for inference: channels_last everywhere, and bf16 weights for bf16 on the CPU.
 
     Autocast on the CPU re-casts fp32 weights at every call; storing them in bf16 once is what
     makes the AMX kernels pay off. On CUDA the weights stay fp32 under autocast.
     """
+    import torch  # start-up: only where a net runs on PyTorch
+
     device = torch.device(device)
     model = model.to(device=device, memory_format=torch.channels_last)
     if precision == Precision.BF16 and device.type == "cpu":

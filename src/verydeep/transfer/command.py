@@ -9,7 +9,7 @@ from verydeep.paper import Q_MULTI
 from verydeep.runtime import distributed
 from verydeep.errors import ConfigError
 from verydeep.runtime.precision import resolve
-from verydeep.inference.engines import inference_settings, ready, resolve_engine, weights_cache_key
+from verydeep.inference.engines import inference_settings, load_ready, resolve_engine
 from verydeep.runtime.locks import lock_file
 from verydeep.runtime.outputs import check_outside, check_writable_folder
 from verydeep.transfer.descriptors import DEFAULT_LAYER
@@ -64,10 +64,10 @@ def features_command(weights: Sequence[str], data: str, out: str, scales: Sequen
 def _extract(weights, data, out, dev, ran_on: str, scales, aggregate, flip, precision, progress, overwrite, layer,
              engine_cache, batch_size, workers):
     """Load the nets on ``dev``, ready them for ``ran_on``, and extract (:func:`extract_features`)."""
-    models = [load(w).to(dev) for w in weights]
-    if ran_on == "openvino":  # the torch path keeps the nets as loaded (their weights' identity too)
-        models = [ready(m, ran_on, resolve(precision, dev), dev, engine_cache, weights_cache_key(w, ran_on))
-                  for m, w in zip(models, weights)]
+    # the torch path keeps the nets as loaded (their weights' identity too); on OpenVINO a warm cache
+    # serves the graphs without reading the weights
+    models = [load_ready(w, ran_on, resolve(precision, dev), dev, engine_cache) if ran_on == "openvino"
+              else load(w).to(dev) for w in weights]
     with inference_settings(ran_on):
         return extract_features(models, data, out, list(scales or DEFAULT_SCALES), aggregate, flip,
                                 resolve(precision, dev), progress=progress, sources=[str(w) for w in weights],

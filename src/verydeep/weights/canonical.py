@@ -2,17 +2,18 @@
 
 safetensors holds tensors only (nothing can execute on load) and has a string-to-string header
 map, where the metadata lives under the key ``verydeep``.
+
+:func:`read_meta` reads that header itself, without torch (``safe_open`` imports it): the OpenVINO
+engine's warm cache needs nothing more of the file (issue 25).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
-from safetensors.torch import save as save_bytes
 
 from verydeep.errors import WeightsError
 from verydeep.runtime.io import write_bytes
@@ -22,10 +23,12 @@ META_KEY = "verydeep"
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
-def save(state_dict: dict[str, torch.Tensor], meta: WeightsMeta, path: str | os.PathLike) -> Path:
+def save(state_dict: dict, meta: WeightsMeta, path: str | os.PathLike) -> Path:
     """Write weights and metadata atomically (:mod:`verydeep.runtime.io`: a temporary file renamed
     into place, mode ``0666 & ~umask``). The file is serialised in memory first: safetensors'
     own file writer would create it 0600 and report a full disk in its own words."""
+    from safetensors.torch import save as save_bytes  # start-up: torch only where tensors are written
+
     path = Path(path)
     if not path.parent.is_dir():
         raise WeightsError(f"cannot write {path}: folder {path.parent} does not exist")
@@ -35,8 +38,10 @@ def save(state_dict: dict[str, torch.Tensor], meta: WeightsMeta, path: str | os.
     return write_bytes(path, data)
 
 
-def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], WeightsMeta | None]:
+def read(path: str | os.PathLike) -> tuple[dict, WeightsMeta | None]:
     """Read a safetensors file: its tensors and, when present, our metadata."""
+    from safetensors.torch import load_file  # start-up: torch only where tensors are read
+
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -57,11 +62,15 @@ def is_safetensors(head: bytes) -> bool:
 
 
 def read_meta(path: str | os.PathLike) -> WeightsMeta | None:
-    """The metadata of a canonical file from its header alone (no tensor is read); None when
-    ``path`` is not a safetensors file carrying it."""
+    """The metadata of a canonical file from its header alone (no tensor is read, torch is not
+    imported); None when ``path`` is not a safetensors file carrying it."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        return WeightsMeta.from_json(header[META_KEY]) if META_KEY in header else None
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if not is_safetensors(head + b"{"):
+                return None
+            header = json.loads(handle.read(int.from_bytes(head, "little")))
+        text = (header.get("__metadata__") or {}).get(META_KEY)
+        return WeightsMeta.from_json(text) if isinstance(text, str) else None
     except Exception:  # not safetensors, unreadable, bad JSON: the full load reports it in its words
         return None
