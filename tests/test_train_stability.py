@@ -13,8 +13,9 @@ from conftest import save_tiny_classifier
 from verydeep.errors import ConfigError
 from verydeep.localize.data import load_box_index
 from verydeep.localize.demo import BOX_RECIPE
+import verydeep.localize.train as box_train
 from verydeep.localize.train import BoxTrainConfig, train_box_net
-from verydeep.train.schedule import warmup_factor
+from verydeep.train.schedule import RateSchedule, warmup_factor
 from verydeep.train.stability import DivergenceWatch, StuckWatch, output_spread
 from verydeep.weights.loader import load
 
@@ -104,6 +105,38 @@ def test_back_off_restores_and_halves(box_setup):
     result = train_box_net(_scaled_fc7(weights, 10.0), data, config, progress=False)
     assert result.backoffs and len(result.losses) == 30 and all(math.isfinite(v) for v in result.losses)
     assert all(r["lr_after"] == r["lr_before"] / 2 and r["restored_step"] < r["diverged_step"] for r in result.backoffs)
+
+
+def test_box_nets_back_off_on_the_shared_step_loop(box_setup, monkeypatch):
+    """The box nets run on train/steps.py's loop: it writes each step's rate, and after each back-off
+    goes on from the restored step at the halved rate with the next crops."""
+    loops, writes = [], []
+    real_loop, real_write = box_train.run_steps, RateSchedule.write
+
+    def loop(*args, **kwargs):
+        loops.append(kwargs.get("end"))
+        return real_loop(*args, **kwargs)
+
+    def write(self, optimizer, step):
+        writes.append((step, real_write(self, optimizer, step)))
+        return writes[-1][1]
+
+    monkeypatch.setattr(box_train, "run_steps", loop)
+    monkeypatch.setattr(RateSchedule, "write", write)
+    data, weights = box_setup
+    config = BoxTrainConfig(mode="pcr", fine_tune="fc", scale=40, steps=30, batch_size=4, lr=1.0, seed=0,
+                            snapshot_every=5, max_backoffs=20)
+    torch.manual_seed(0)
+    seen = []
+    result = train_box_net(load(weights), data, config, progress=False, on_step=lambda s, v: seen.append(s))
+    assert loops == [30] and len(result.losses) == 30 and len(result.backoffs) >= 2
+    jumps = [(a, b) for a, b in zip(writes, writes[1:]) if b[0] != a[0] + 1]
+    assert len(jumps) == len(result.backoffs)
+    for ((diverged, lr_before), (restored, lr_after)), record in zip(jumps, result.backoffs):
+        assert (diverged + 1, restored) == (record["diverged_step"], record["restored_step"])
+        assert (lr_before, lr_after) == (record["lr_before"], record["lr_after"]) and lr_after == lr_before / 2
+    assert len(writes) == 30 + sum(r["diverged_step"] - r["restored_step"] for r in result.backoffs)
+    assert seen[-1] == 30 and len(seen) == len(writes) - len(result.backoffs)  # on_step: each accepted step
 
 
 def test_box_net_back_off_limit_is_one_line(box_setup):
@@ -203,7 +236,6 @@ def test_a_run_that_cannot_learn_says_so(train_config, tmp_path):
 
 # -- collapses: a net that falls back to chance after it had learned --------------------------------
 from verydeep.train.faults import COLLAPSE_AT_EPOCH  # noqa: E402
-from verydeep.train.schedule import RateSchedule  # noqa: E402
 from verydeep.train.stability import LEFT_CHANCE, chance_loss  # noqa: E402
 
 # 4 epochs of 6 steps; checkpoints every 4 steps too, so that the newest checkpoint when the collapse

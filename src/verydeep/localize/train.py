@@ -6,7 +6,10 @@ momentum 0.9, weight decay 5*10^-4, random crops of the image rescaled to a fixe
 mirroring, and either all layers fine-tuned or only the FC layers (the conv layers frozen, kept
 in eval mode). The data differ from the classification training's (crops whose boxes move with
 them, :mod:`verydeep.localize.crops`), the loss is the Euclidean one, and the run is a fixed number
-of steps; the step itself is the package's one SGD step (:class:`verydeep.train.step.Step`).
+of steps; the step itself is the package's one SGD step (:class:`verydeep.train.step.Step`), and
+the steps run on the package's one step loop (:func:`verydeep.train.steps.run_steps`), as ``verydeep
+train``'s epochs do: this module gives it the crops (:class:`_Batches`), the divergence policy
+(:class:`_BoxPolicy`) and the caller's hooks (:class:`_BoxHooks`).
 
 The Euclidean loss is quadratic in the regressor's weights, so features of a large scale make
 plain SGD diverge in a few steps (0.5 -> 8 -> 141 -> 8e4 ...). The same guards as the
@@ -19,11 +22,12 @@ training, a refused step never reaches the weights (the step's on-device verdict
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -43,6 +47,7 @@ from verydeep.train.backoff import BackOffs, Snapshots
 from verydeep.train.schedule import RateSchedule
 from verydeep.train.stability import DivergenceWatch
 from verydeep.train.step import Step, make_sgd
+from verydeep.train.steps import BackOff, DivergencePolicy, StepHooks, StepInput, Verdict, run_steps
 from verydeep.models.metadata import Preprocessing
 from verydeep.runtime.workers import die_with_parent
 
@@ -131,52 +136,51 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     device = pick_device(config.device)
     box_net, optimiser = _box_net_and_optimiser(classifier, config, scale, device)
     step_fn = Step(box_net, optimiser, device, None, box_loss, clip_grad_norm=config.clip_grad_norm)
-    to_net = torch.tensor(class_mapping(box_net.head.classes, data.classes, "classification net"), dtype=torch.long)
-    prep = box_net.meta.preprocessing if box_net.meta is not None else Preprocessing()
-    dataset = BoxCropDataset(data, scale, crop, train=True, flip=config.flip, seed=config.seed)
+    batches = _Batches(box_net, data, scale, crop, config, device)
     schedule = RateSchedule(config.lr, warmup_steps=config.warmup_steps, max_drops=0)  # no plateau rule: fixed steps
-    guard = _Guard(config, box_net, optimiser, schedule)
     bar = None
     if progress:
         from tqdm import tqdm  # start-up: progress bars only when asked for
 
         bar = tqdm(total=config.steps, desc=f"box net ({config.mode}, {config.fine_tune})", unit="step", leave=False)
     losses: list[float] = []
-    invalid = step = epoch = 0
+    policy = _BoxPolicy(config, box_net, optimiser, schedule, losses, bar)
     with keep_freed_memory():  # the same heap policy as verydeep train's steps (runtime/heap.py)
-        try:
-            while step < config.steps:
-                loader = _epoch_loader(dataset, config, epoch)
-                box_net.train()
-                if config.fine_tune == "fc":
-                    box_net.net.features.eval()
-                for images, targets, labels, valid in loader:
-                    invalid += int((~valid).sum())
-                    target = (targets.to(device), to_net[labels].to(device), valid.to(device))
-                    schedule.write(optimiser, step)
-                    out = step_fn([(normalise(images.to(device), prep), target)], None, guard.limit())
-                    value = float(out.mean_loss)
-                    if bool(out.refused):  # not applied: back off (or stop)
-                        step = guard.back_off(value, step, losses, bar)
-                        continue
-                    guard.accept(value, step)
-                    losses.append(value)
-                    step += 1
-                    guard.keep(step)
-                    if on_step is not None:
-                        on_step(step, value)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{value:.4f}")
-                    if step >= config.steps:
-                        break
-                epoch += 1
+        try:  # the package's one step loop (train/steps.py), as verydeep train's epochs
+            run_steps(step_fn, batches, schedule, policy, _BoxHooks(losses, on_step, bar), end=config.steps)
         finally:
             if bar is not None:
                 bar.close()
     for p in box_net.parameters():
         p.requires_grad_(True)
-    return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), invalid, guard.books.records)
+    return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), batches.invalid, policy.books.records)
+
+
+class _Batches:
+    """The box net's step inputs: the crops of one pass over the data after another (each pass in an
+    order fixed by (seed, epoch), the net in training mode with frozen conv layers in eval mode),
+    with the crops that show none of their image's boxes counted."""
+
+    def __init__(self, box_net: BoxNet, data: BoxIndex, scale: int, crop: int, config: BoxTrainConfig,
+                 device: torch.device) -> None:
+        self.box_net, self.config, self.device = box_net, config, device
+        self.to_net = torch.tensor(class_mapping(box_net.head.classes, data.classes, "classification net"),
+                                   dtype=torch.long)
+        self.prep = box_net.meta.preprocessing if box_net.meta is not None else Preprocessing()
+        self.dataset = BoxCropDataset(data, scale, crop, train=True, flip=config.flip, seed=config.seed)
+        self.invalid = 0
+
+    def __iter__(self) -> Iterator[StepInput]:
+        device = self.device
+        for epoch in itertools.count():
+            loader = _epoch_loader(self.dataset, self.config, epoch)
+            self.box_net.train()
+            if self.config.fine_tune == "fc":
+                self.box_net.net.features.eval()
+            for images, targets, labels, valid in loader:
+                self.invalid += int((~valid).sum())
+                target = (targets.to(device), self.to_net[labels].to(device), valid.to(device))
+                yield StepInput([(normalise(images.to(device), self.prep), target)])
 
 
 def _epoch_loader(dataset: BoxCropDataset, config: BoxTrainConfig, epoch: int) -> DataLoader:
@@ -206,54 +210,67 @@ def box_loss(pred: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor, torch
     return euclidean_box_loss(pred.float(), targets, labels, valid) * count, count, None
 
 
-class _Guard:
+class _BoxPolicy(DivergencePolicy):
     """The box training's divergence policy on the shared parts: the loss judged before its update
     (:class:`~verydeep.train.stability.DivergenceWatch`), the last good state (:class:`Snapshots`),
-    and the back-off's books and halving (:class:`BackOffs`, through the run's :class:`RateSchedule`),
-    or a stop under ``on_divergence: stop``."""
+    and the back-off's books and halving (:class:`BackOffs`, through the run's :class:`RateSchedule`);
+    the loop goes on from the restored step with the next crops. Under ``on_divergence: stop`` (or
+    past ``max_backoffs``) a refused step ends the training with one line."""
 
     def __init__(self, config: BoxTrainConfig, net: torch.nn.Module, optimiser: torch.optim.Optimizer,
-                 schedule: RateSchedule) -> None:
-        self.config, self.schedule = config, schedule
+                 schedule: RateSchedule, losses: list[float], bar=None) -> None:
+        self.schedule, self.losses, self.bar = schedule, losses, bar
         self.backoff = config.on_divergence == "backoff"
         self.watch = DivergenceWatch(config.divergence_factor)
         self.books = BackOffs(config.max_backoffs)
         self.snapshots = Snapshots(config.snapshot_every, net, optimiser, self.watch) if self.backoff else None
 
     def limit(self) -> float:
-        """The loss above which the next step is refused (never, under ``stop``: only a loss that is
-        not finite is)."""
+        """Never, under ``stop``: only a loss that is not finite is refused."""
         return self.watch.limit() if self.backoff else math.inf
 
-    def accept(self, loss: float, step: int) -> None:
-        """Step ``step + 1``'s loss passed: remember it, and trust the snapshot it confirms."""
+    def accept(self, verdict: Verdict) -> None:
+        """Remember the loss, trust the snapshot it confirms, and take a new one on the interval."""
         if self.snapshots is not None:
-            self.watch.record(loss)
-            self.snapshots.confirm(step)
-
-    def keep(self, step: int) -> None:
+            self.watch.record(verdict.mean_loss)
+            self.snapshots.confirm(verdict.step - 1)
+        self.losses.append(verdict.mean_loss)
         if self.snapshots is not None:
-            self.snapshots.keep(step)
+            self.snapshots.keep(verdict.step)
 
-    def back_off(self, loss: float, step: int, losses: list[float], bar=None) -> int:
-        """Restore the good state, halve the rate; returns the step to go on from (``losses`` cut to it,
-        the progress ``bar`` moved back to it). Under ``stop`` (or past the limit) raise instead."""
+    def refuse(self, verdict: Verdict) -> BackOff:
+        """Restore the good state and halve the rate (``losses`` cut to it, the bar moved back to it)."""
+        loss, step = verdict.mean_loss, verdict.step
         reason = "not finite" if not math.isfinite(loss) else "exploding"
         if self.snapshots is None:
-            raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss}); lower the learning rate")
+            raise ConfigError(f"box net training diverged at step {step} (loss {loss}); lower the learning rate")
         if self.books.exhausted():
-            raise ConfigError(f"box net training diverged at step {step + 1} (loss {loss:.4g}, {reason}) after "
+            raise ConfigError(f"box net training diverged at step {step} (loss {loss:.4g}, {reason}) after "
                               f"{self.books.count} back-off(s); lower the learning rate (now {self.schedule.lr:g})")
         median = self.watch.median()
         restored = self.snapshots.restore()
-        self.books.take(self.schedule, diverged_step=step + 1, restored_step=restored, reason=reason, loss=loss,
+        self.books.take(self.schedule, diverged_step=step, restored_step=restored, reason=reason, loss=loss,
                         median=median)
-        del losses[restored:]
-        if bar is not None:
-            bar.n = restored
-            bar.write(f"box net: loss {loss:.4g} at step {step + 1} ({reason}); back to step {restored} "
-                      f"with learning rate {self.schedule.lr:g}")
-        return restored
+        del self.losses[restored:]
+        if self.bar is not None:
+            self.bar.n = restored
+            self.bar.write(f"box net: loss {loss:.4g} at step {step} ({reason}); back to step {restored} "
+                           f"with learning rate {self.schedule.lr:g}")
+        return BackOff(restored)
+
+
+class _BoxHooks(StepHooks):
+    """After each accepted step: the caller's ``on_step(step, loss)`` and the bar."""
+
+    def __init__(self, losses: list[float], on_step: Callable[[int, float], None] | None, bar=None) -> None:
+        self.losses, self.on_step, self.bar = losses, on_step, bar
+
+    def after(self, step: int) -> None:
+        if self.on_step is not None:
+            self.on_step(step, self.losses[-1])
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
 
 
 def write_training_log(result: BoxTrainResult, path: str | os.PathLike, config: BoxTrainConfig) -> Path:

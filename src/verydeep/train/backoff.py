@@ -7,7 +7,8 @@ a state it trusts with the learning rate halved, at most ``max_backoffs`` times.
 :class:`~verydeep.train.schedule.RateSchedule` and one record per back-off -- shared by ``verydeep
 train`` (:func:`verydeep.train.engine.back_off`, whose good states are its checkpoints, kept in
 memory) and the box nets (:mod:`verydeep.localize.train`, whose good states are
-:class:`Snapshots`). What differs between them is only where the good state comes from.
+:class:`Snapshots`), both as divergence policies of the one step loop (:mod:`verydeep.train.steps`).
+What differs between them is only where the good state comes from.
 """
 
 from __future__ import annotations

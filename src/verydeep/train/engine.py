@@ -1,12 +1,15 @@
 """One epoch of training and one validation pass, as functions over a :class:`RunState`.
 
-:func:`train_one_epoch` feeds the run's loader (:class:`~verydeep.data.pipeline.DeviceLoader`)
-to the one step (:class:`~verydeep.train.step.Step`) and keeps the host's books: the steps whose
-verdict it has not read yet wait in :class:`Pending` and are settled in one read -- after every
-step on a CPU (where reading costs nothing, so a diverged step is answered before the next one),
-and on CUDA at log intervals, checkpoints and the epoch's end, so that the GPU never waits for
-the host. Settling applies the run's policy to a refused step: skip it, stop, or back off to the
-last good state (:func:`back_off`). :func:`validate` measures centre-crop errors at scale Q.
+:func:`train_one_epoch` runs the epoch on the package's one step loop
+(:func:`verydeep.train.steps.run_steps`, which the box nets run on too): the run's loader
+(:class:`~verydeep.data.pipeline.DeviceLoader`) becomes the step inputs, :class:`RunPolicy` is the
+run's answer to a step's verdict (into the epoch's sums; or skip, stop, or back off to the last good
+state, :func:`back_off`, after which the epoch starts again from there), and :class:`EpochHooks`
+keep the host's books: the run's counters, reads of the verdicts -- after every step on a CPU
+(where reading costs nothing, so a diverged step is answered before the next one), and on CUDA at
+log intervals, checkpoints and the epoch's end, so that the GPU never waits for the host -- the
+``step`` records, the bar and the step checkpoints. :func:`validate` measures centre-crop errors
+at scale Q.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +33,7 @@ from verydeep.train.checkpoint import restore_rng
 from verydeep.train.inputs import val_loader
 from verydeep.train.metrics import Progress
 from verydeep.train.state import RunState, restore_state, save_checkpoint
-from verydeep.train.step import StepOutput
+from verydeep.train.steps import BackOff, DivergencePolicy, StepHooks, StepInput, Verdict, run_steps
 
 
 class Diverged(Exception):
@@ -42,56 +45,86 @@ class Diverged(Exception):
         self.reason, self.loss, self.median, self.step, self.why = reason, loss, median, step, why
 
 
-@dataclass
-class Pending:
-    """Steps taken whose on-device results the host has not read yet, and the log interval's sums."""
+class _Interval:
+    """The log interval's sums: loss and images of its accepted steps, and when it started."""
 
-    steps: list[int] = field(default_factory=list)
-    outputs: list[StepOutput] = field(default_factory=list)
-    loss: float = 0.0
-    images: int = 0
-    started: float = field(default_factory=time.perf_counter)
+    def __init__(self) -> None:
+        self.restart()
 
-    def add(self, step: int, out: StepOutput) -> None:
-        self.steps.append(step)
-        self.outputs.append(out)
-
-    def restart_interval(self) -> None:
+    def restart(self) -> None:
         self.loss, self.images, self.started = 0.0, 0, time.perf_counter()
 
 
-def _verdict(loss_finite: bool, grads_finite: bool) -> str:
-    return "not finite" if not loss_finite else "gradients not finite" if not grads_finite else "exploding"
+class RunPolicy(DivergencePolicy):
+    """The run's policy on a step's verdict (``optim.on_divergence``, ``optim.on_nonfinite``): an
+    accepted step goes into the watch and the epoch's sums; a refused one backs off to the last good
+    state (:func:`back_off`; the epoch then starts again from there), stops the run, or is skipped."""
 
+    def __init__(self, run: RunState, progress: Progress, interval: _Interval) -> None:
+        self.run, self.progress, self.interval = run, progress, interval
 
-def settle(run: RunState, pending: Pending) -> None:
-    """Read the pending steps' results in one transfer and apply the run's policy to each, in order."""
-    if not pending.outputs:
-        return
-    zero = torch.zeros((), device=run.device)
-    rows = torch.stack([torch.stack([o.loss_sum.float(), (o.correct if o.correct is not None else zero).float(),
-                                     o.mean_loss.float(), o.refused.float(), o.loss_finite.float(),
-                                     o.grads_finite.float()]) for o in pending.outputs]).tolist()
-    steps, outputs = pending.steps, pending.outputs
-    pending.steps, pending.outputs = [], []
-    for step, out, (loss_sum, correct, mean_loss, refused, loss_ok, grads_ok) in zip(steps, outputs, rows):
-        if refused:
-            reason = _verdict(bool(loss_ok), bool(grads_ok))
-            if run.backoff:
-                raise Diverged(reason, mean_loss, run.watch.median(), step)
-            if run.cfg.optim.on_nonfinite == "stop":
-                what = "loss" if not loss_ok else "gradients"
-                raise ConfigError(f"the {what} diverged (not finite) at step {step}: lower optim.lr (now "
-                                  f"{run.schedule.lr:g}), check the data, or set optim.on_nonfinite=skip")
-            run.sums.nonfinite.append(step)
-            continue
+    def limit(self) -> float:
+        return self.run.watch.limit() if self.run.backoff else math.inf
+
+    def accept(self, verdict: Verdict) -> None:
+        run = self.run
         if run.backoff:
-            run.watch.record(mean_loss)
-        run.sums.loss += loss_sum
-        run.sums.correct += correct
-        run.sums.seen += out.images
-        pending.loss += loss_sum
-        pending.images += out.images
+            run.watch.record(verdict.mean_loss)
+        run.sums.loss += verdict.loss_sum
+        run.sums.correct += verdict.correct
+        run.sums.seen += verdict.images
+        self.interval.loss += verdict.loss_sum
+        self.interval.images += verdict.images
+
+    def refuse(self, verdict: Verdict) -> BackOff | None:
+        run = self.run
+        if run.backoff:  # the loader's prefetched batches are dropped with the epoch's iterator
+            back_off(run, Diverged(verdict.reason, verdict.mean_loss, run.watch.median(), verdict.step), self.progress)
+            return BackOff(run.step, new_pass=True)
+        if run.cfg.optim.on_nonfinite == "stop":
+            what = "loss" if not verdict.loss_finite else "gradients"
+            raise ConfigError(f"the {what} diverged (not finite) at step {verdict.step}: lower optim.lr (now "
+                              f"{run.schedule.lr:g}), check the data, or set optim.on_nonfinite=skip")
+        run.sums.nonfinite.append(verdict.step)
+        return None
+
+
+class EpochHooks(StepHooks):
+    """The epoch's books around the steps: the run's counters, reads at log intervals, checkpoints
+    and a stop, the ``step`` records and the bar, step checkpoints, the test-only kill and SIGTERM."""
+
+    def __init__(self, run: RunState, progress: Progress, fault: int, interval: _Interval) -> None:
+        self.run, self.progress, self.fault, self.interval = run, progress, fault, interval
+        self.postfix: dict[str, str] = {}
+
+    def stepped(self, step: int) -> None:
+        self.run.batch_in_epoch, self.run.step = self.run.batch_in_epoch + 1, step
+
+    def _last(self) -> bool:
+        return self.run.batch_in_epoch == self.run.steps_per_epoch
+
+    def _log_now(self, step: int) -> bool:
+        return step % self.run.cfg.run.log_every == 0 or self._last()
+
+    def _checkpoint_now(self, step: int) -> bool:
+        return step % self.run.cfg.run.checkpoint_every == 0 and not self._last()
+
+    def read_now(self, step: int) -> bool:
+        stop_now = (self.fault and step == self.fault) or signals.pending()
+        return bool(self._log_now(step) or self._checkpoint_now(step) or stop_now)
+
+    def after(self, step: int) -> None:
+        run = self.run
+        if self._log_now(step):
+            self.postfix = _log_interval(run, self.interval, run.epoch)
+        self.progress.update(run.epoch, run.cfg.schedule.epochs, **self.postfix)
+        if self._checkpoint_now(step):
+            save_checkpoint(run)
+        if self.fault and step == self.fault:
+            faults.die()
+        if signals.pending() and not self._last():  # SIGTERM: keep this step, then exit 143
+            save_checkpoint(run)
+            signals.raise_if_pending()
 
 
 def _inputs(run: RunState, micro: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -103,58 +136,44 @@ def _inputs(run: RunState, micro: list) -> list[tuple[torch.Tensor, torch.Tensor
     return inputs
 
 
-def _log_interval(run: RunState, pending: Pending, epoch: int) -> dict[str, str]:
+def _step_inputs(run: RunState, batches: Iterator) -> Iterator[StepInput]:
+    """The epoch's remaining steps from the loader: ``optim.accumulation`` micro-batches each, their
+    unreadable images booked (no step where all are empty, in one process)."""
+    scale = run.info.world_size / run.cfg.optim.batch_size
+    for _ in range(run.batch_in_epoch, run.steps_per_epoch):
+        micro = [next(batches) for _ in range(run.cfg.optim.accumulation)]
+        for batch in micro:
+            run.sums.skipped.extend(batch.bad)
+        if run.info.distributed or any(len(batch) for batch in micro):
+            yield StepInput(_inputs(run, micro), scale)
+        else:
+            yield StepInput(None)
+
+
+def _log_interval(run: RunState, interval: _Interval, epoch: int) -> dict[str, str]:
     """Write a ``step`` record for the interval (summed over processes) and return the bar's postfix."""
-    totals = D.all_sum(run.info, torch.tensor([pending.loss, float(pending.images)], dtype=torch.float64))
-    dt = max(time.perf_counter() - pending.started, 1e-9)
+    totals = D.all_sum(run.info, torch.tensor([interval.loss, float(interval.images)], dtype=torch.float64))
+    dt = max(time.perf_counter() - interval.started, 1e-9)
     loss, ips = float(totals[0]) / max(float(totals[1]), 1.0), float(totals[1]) / dt
     lr = run.optimizer.param_groups[0]["lr"]
     run.log.write({"kind": "step", "step": run.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips})
-    pending.restart_interval()
+    interval.restart()
     return {"loss": f"{loss:.3f}", "lr": f"{lr:.1e}", "img/s": f"{ips:.0f}"}
 
 
 def train_one_epoch(run: RunState, progress: Progress, fault: int) -> bool:
-    """The epoch's remaining steps; False when a back-off went back to an earlier state instead."""
-    cfg, epoch = run.cfg, run.epoch
+    """The epoch's remaining steps, on the one step loop (:func:`~verydeep.train.steps.run_steps`);
+    False when a back-off went back to an earlier state instead."""
+    epoch = run.epoch
     run.loader.set_epoch(epoch)
     run.sampler.set_epoch(epoch, run.batch_in_epoch)
     if run.collapse_at == epoch + 1 and run.batch_in_epoch == 0 and run.backoffs == 0:
         faults.kill_first_relus(run.model)  # test-only: keyed on the run's state, so a resume replays it
-    read_every = 1 if run.device.type != "cuda" else cfg.run.log_every
-    scale = run.info.world_size / cfg.optim.batch_size
+    read_every = 1 if run.device.type != "cuda" else run.cfg.run.log_every
     batches = iter(run.loader)
-    pending, postfix = Pending(), {}
-    for b in range(run.batch_in_epoch, run.steps_per_epoch):
-        micro = [next(batches) for _ in range(cfg.optim.accumulation)]
-        for batch in micro:
-            run.sums.skipped.extend(batch.bad)
-        limit = run.watch.limit() if run.backoff else math.inf
-        if run.info.distributed or any(len(batch) for batch in micro):
-            run.schedule.write(run.optimizer, run.step)
-            pending.add(run.step + 1, run.step_fn(_inputs(run, micro), scale, limit))
-        run.batch_in_epoch, run.step = b + 1, run.step + 1
-        last = b + 1 == run.steps_per_epoch
-        log_now = run.step % cfg.run.log_every == 0 or last
-        checkpoint_now = run.step % cfg.run.checkpoint_every == 0 and not last
-        stop_now = (fault and run.step == fault) or signals.pending()
-        if len(pending.steps) >= read_every or log_now or checkpoint_now or stop_now:
-            try:
-                settle(run, pending)
-            except Diverged as diverged:  # the loader's prefetched batches are dropped with the iterator
-                back_off(run, diverged, progress)
-                return False
-        if log_now:
-            postfix = _log_interval(run, pending, epoch)
-        progress.update(epoch, cfg.schedule.epochs, **postfix)
-        if checkpoint_now:
-            save_checkpoint(run)
-        if fault and run.step == fault:
-            faults.die()
-        if signals.pending() and not last:  # SIGTERM: keep this step, then exit 143
-            save_checkpoint(run)
-            signals.raise_if_pending()
-    return True
+    interval = _Interval()
+    return run_steps(run.step_fn, _step_inputs(run, batches), run.schedule, RunPolicy(run, progress, interval),
+                     EpochHooks(run, progress, fault, interval), start=run.step, read_every=read_every)
 
 
 def back_off(run: RunState, diverged: Diverged, progress: Progress) -> bool:

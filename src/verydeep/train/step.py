@@ -8,7 +8,7 @@ gradient that is not finite, or a loss above ``limit`` (the divergence watch's t
 on-device flag that fused SGD reads as ``found_inf`` and answers by leaving weights and momentum
 untouched. The caller reads the flags when it wants to (every step on a CPU, where reading costs
 nothing; at log intervals on CUDA) and applies its policy: skip, stop or back off
-(:mod:`verydeep.train.engine`).
+(:mod:`verydeep.train.steps`, the one step loop).
 
 Two trainings share it: classification (:func:`classification_loss`) and the box nets of the
 localisation (their Euclidean loss); only the loss function differs.
