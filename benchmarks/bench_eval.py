@@ -36,7 +36,12 @@ from verydeep.weights import canonical
 from verydeep.models.metadata import Preprocessing, WeightsMeta
 
 CLASSES = 2
-SIZES = [(375, 500), (500, 375), (333, 500), (375, 500)]  # ImageNet-like shapes, mostly 4:3 landscape
+SIZES = [
+    (375, 500),
+    (500, 375),
+    (333, 500),
+    (375, 500),
+]  # ImageNet-like shapes, mostly 4:3 landscape
 
 
 def make_data(root: Path, n: int) -> Path:
@@ -46,15 +51,20 @@ def make_data(root: Path, n: int) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         h, w = SIZES[i % len(SIZES)]
         smooth = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)  # JPEG-friendly content
-        Image.fromarray(smooth).resize((w, h), Image.BILINEAR).save(folder / f"img{i}.jpg", quality=90)
+        Image.fromarray(smooth).resize((w, h), Image.BILINEAR).save(
+            folder / f"img{i}.jpg", quality=90
+        )
     return root
 
 
 def make_nets(width: float, path: Path):
     torch.manual_seed(0)
     ours = verydeep.vgg("D", num_classes=CLASSES, width=width, fc_width=4096, init="glorot").eval()
-    meta = WeightsMeta(spec=ours.spec, classes=[f"class{i}" for i in range(CLASSES)],
-                       preprocessing=Preprocessing.torchvision())
+    meta = WeightsMeta(
+        spec=ours.spec,
+        classes=[f"class{i}" for i in range(CLASSES)],
+        preprocessing=Preprocessing.torchvision(),
+    )
     canonical.save(ours.state_dict(), meta, path)
     cfg = [v if v == "M" else max(1, int(round(v * width))) for v in cfgs["D"]]
     tv = TorchvisionVGG(make_layers(cfg), num_classes=CLASSES, init_weights=False)
@@ -97,7 +107,7 @@ def baseline_multicrop(tv, paths, q: int, crop: int = 224) -> np.ndarray:
             total = 0
             for view in (x, x.flip(-1)):
                 for top, left in crop_positions(view.shape[-2], view.shape[-1], crop):
-                    total = total + tv(view[..., top:top + crop, left:left + crop]).softmax(-1)
+                    total = total + tv(view[..., top : top + crop, left : left + crop]).softmax(-1)
             out.append((total / 50)[0].numpy())
     return np.stack(out)
 
@@ -111,7 +121,9 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16, help="images for the dense benchmark")
-    parser.add_argument("--crop-images", type=int, default=4, help="images for the 50-crop benchmark")
+    parser.add_argument(
+        "--crop-images", type=int, default=4, help="images for the 50-crop benchmark"
+    )
     parser.add_argument("--width", type=float, default=0.25, help="conv width multiplier of VGG-16")
     parser.add_argument("--workers", type=int, default=1, help="our DataLoader workers")
     args = parser.parse_args()
@@ -120,25 +132,41 @@ def main() -> None:
         tmp = Path(tmp)
         weights = tmp / "vgg16_w.safetensors"
         tv = make_nets(args.width, weights)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; VGG-16 at width {args.width:g}, "
-              f"fc 4096, {CLASSES} classes; JPEGs of {sorted(set(SIZES))}")
-        for name, protocol, q, n in (("dense Q=384 + flip", "dense", 384, args.images),
-                                     ("50-crop Q=256", "multicrop", 256, args.crop_images)):
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; VGG-16 at width {args.width:g}, "
+            f"fc 4096, {CLASSES} classes; JPEGs of {sorted(set(SIZES))}"
+        )
+        for name, protocol, q, n in (
+            ("dense Q=384 + flip", "dense", 384, args.images),
+            ("50-crop Q=256", "multicrop", 256, args.crop_images),
+        ):
             data = make_data(tmp / f"data_{protocol}", n)
             paths = sorted(str(p) for p in data.rglob("*.jpg"))
             baseline = baseline_dense if protocol == "dense" else baseline_multicrop
             ref, t_base = timed(partial(baseline, tv, paths, q))
             line = f"{name:20s} {n:3d} images  per-image torchvision loop (fp32): {n / t_base:6.2f} img/s"
             for precision in ("fp32", "auto"):
-                res, t_ours = timed(partial(evaluate, [str(weights)], data, protocols=[protocol], scales=[q],
-                                            precision=precision, workers=args.workers, progress=False,
-                                            log=lambda s: None))
+                res, t_ours = timed(
+                    partial(
+                        evaluate,
+                        [str(weights)],
+                        data,
+                        protocols=[protocol],
+                        scales=[q],
+                        precision=precision,
+                        workers=args.workers,
+                        progress=False,
+                        log=lambda s: None,
+                    )
+                )
                 ours = res.scores.values[(0, protocol, q)]
                 order = [res.scores.paths.index(p) for p in paths]
                 diff = np.abs(ours[order] - ref).max()
                 agree = (ours[order].argmax(1) == ref.argmax(1)).mean()
-                line += (f" | ours {precision}: {n / t_ours:6.2f} img/s, x{t_base / t_ours:4.2f} "
-                         f"(max |dp| {diff:.1e}, top-1 agreement {agree:.0%})")
+                line += (
+                    f" | ours {precision}: {n / t_ours:6.2f} img/s, x{t_base / t_ours:4.2f} "
+                    f"(max |dp| {diff:.1e}, top-1 agreement {agree:.0%})"
+                )
             print(line, flush=True)
 
 

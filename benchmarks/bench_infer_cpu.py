@@ -62,7 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--batch-sizes", default="", help="also time ours at these batch sizes, e.g. 1,16")
+    parser.add_argument(
+        "--batch-sizes", default="", help="also time ours at these batch sizes, e.g. 1,16"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -76,7 +78,7 @@ def main() -> None:
     tv.classifier[4].register_forward_hook(lambda m, i, o: fc7.append(o.detach().clone()))
 
     base_rate, base_out = run(tv, batches)
-    ref_logits, ref_fc7 = torch.cat(base_out), torch.cat(fc7[-len(batches):])
+    ref_logits, ref_fc7 = torch.cat(base_out), torch.cat(fc7[-len(batches) :])
 
     bf16 = prepare_model(copy.deepcopy(ours), Precision.BF16, "cpu")
     fc8 = bf16.classifier[6]
@@ -94,8 +96,13 @@ def main() -> None:
     fast_rate, fast_out = run(fast, cl)
     model_rate, _ = run(via_model, cl)
     labels = torch.cat([y for _, y in batches])
-    agree = agreement(torch.cat([o[1].float() for o in fast_out]), ref_logits,
-                      torch.cat([o[0].float().flatten(1) for o in fast_out]), ref_fc7, labels)
+    agree = agreement(
+        torch.cat([o[1].float() for o in fast_out]),
+        ref_logits,
+        torch.cat([o[0].float().flatten(1) for o in fast_out]),
+        ref_fc7,
+        labels,
+    )
     extra = {}
     for b in [int(v) for v in args.batch_sizes.split(",") if v]:
         xs = torch.cat([x for x, _ in cl])[:b].contiguous(memory_format=torch.channels_last)
@@ -105,14 +112,18 @@ def main() -> None:
     peak32 = matmul_peak(torch.device("cpu"), torch.float32, 2048)
     flops = 2 * multiply_adds(ours.spec, 224)
     result = {
-        "cpu_flags": cpu_flags(), "fast_bf16": cpu_has_fast_bf16(), "threads": torch.get_num_threads(),
+        "cpu_flags": cpu_flags(),
+        "fast_bf16": cpu_has_fast_bf16(),
+        "threads": torch.get_num_threads(),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "images": len(labels), "batch": args.batch,
+        "images": len(labels),
+        "batch": args.batch,
         "baseline_fp32_images_per_s": base_rate,
         "ours_bf16_fast_head_images_per_s": fast_rate,
         "ours_bf16_model_dense_images_per_s": model_rate,
-        "ratio_fast": fast_rate / base_rate, "ratio_model_dense": model_rate / base_rate,
+        "ratio_fast": fast_rate / base_rate,
+        "ratio_model_dense": model_rate / base_rate,
         "ours_by_batch_images_per_s": extra,
         "matmul_peak_tflops": {"bf16": peak / 1e12, "fp32": peak32 / 1e12},
         "ceiling_images_per_s": {"bf16": peak / flops, "fp32": peak32 / flops},
@@ -121,20 +132,28 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"CPU flags {result['cpu_flags']}, {result['threads']} threads, load average before "
-          f"{result['load_average_before']} after {result['load_average_after']}")
+    print(
+        f"CPU flags {result['cpu_flags']}, {result['threads']} threads, load average before "
+        f"{result['load_average_before']} after {result['load_average_after']}"
+    )
     print(f"VGG-16 dense at 224, batch {args.batch}, {len(labels)} images")
     print(f"  torchvision eager fp32        {base_rate:6.2f} img/s")
-    print(f"  ours bf16 (model.dense)       {model_rate:6.2f} img/s  ({model_rate / base_rate:.2f}x)")
+    print(
+        f"  ours bf16 (model.dense)       {model_rate:6.2f} img/s  ({model_rate / base_rate:.2f}x)"
+    )
     print(f"  ours bf16 (fc as matmul)      {fast_rate:6.2f} img/s  ({fast_rate / base_rate:.2f}x)")
     for b, rate in extra.items():
         print(f"  ours bf16, batch {b:<3}         {rate:6.2f} img/s")
-    print(f"  ceiling from the matmul peak: bf16 {peak / flops:.2f} img/s ({peak / 1e12:.3f} TFLOP/s), "
-          f"fp32 {peak32 / flops:.2f} img/s ({peak32 / 1e12:.3f} TFLOP/s)")
+    print(
+        f"  ceiling from the matmul peak: bf16 {peak / flops:.2f} img/s ({peak / 1e12:.3f} TFLOP/s), "
+        f"fp32 {peak32 / flops:.2f} img/s ({peak32 / 1e12:.3f} TFLOP/s)"
+    )
     a = agree
-    print(f"  vs fp32: logit cosine min {a['logit_cosine_min']:.5f}, probe top-1 agreement "
-          f"{a.get('top1_agreement_probe', float('nan')):.1%} on {a.get('probe_test_images', 0)} images, "
-          f"raw top-1 agreement {a['top1_agreement_raw']:.1%}")
+    print(
+        f"  vs fp32: logit cosine min {a['logit_cosine_min']:.5f}, probe top-1 agreement "
+        f"{a.get('top1_agreement_probe', float('nan')):.1%} on {a.get('probe_test_images', 0)} images, "
+        f"raw top-1 agreement {a['top1_agreement_raw']:.1%}"
+    )
 
 
 if __name__ == "__main__":

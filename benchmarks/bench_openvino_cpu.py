@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 
 #: The plain OpenVINO user's script (run as its own process, like ``verydeep evaluate``).
-BASELINE = textwrap.dedent('''
+BASELINE = textwrap.dedent("""
     import sys, numpy as np, openvino as ov
     from pathlib import Path
     from PIL import Image
@@ -79,10 +79,10 @@ BASELINE = textwrap.dedent('''
             queue.start_async({0: x}, k)
         queue.wait_all()
     np.save(out, np.concatenate([logits[k] for k in sorted(logits)]))
-''')
+""")
 
 #: The plain OpenVINO one-image script (its own process, like ``verydeep predict``): dense at each scale, flips.
-PREDICT_BASELINE = textwrap.dedent('''
+PREDICT_BASELINE = textwrap.dedent("""
     import sys, numpy as np, openvino as ov
     from PIL import Image
     xml, photo, cache, scales, flip = sys.argv[1:6]
@@ -103,7 +103,7 @@ PREDICT_BASELINE = textwrap.dedent('''
             probs = probs + e / e.sum()
     top = np.argsort(-probs)[:5]
     print("\\n".join(f"{probs[i] / probs.sum():7.2%} {i}" for i in top))
-''')
+""")
 
 #: The issue's command: ``verydeep evaluate`` with its defaults (engine auto, default cache folder).
 DONE_WHEN = "verydeep evaluate (defaults: engine auto = OpenVINO, default cache folder filled)"
@@ -112,7 +112,10 @@ DONE_WHEN = "verydeep evaluate (defaults: engine auto = OpenVINO, default cache 
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+            name = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                "",
+            )
     except OSError:
         name = ""
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
@@ -128,9 +131,13 @@ def write_images(root: Path, count: int, classes: int) -> None:
         folder = root / f"c{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
         a, b, c = rng.uniform(1, 8, 3)
-        base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * (xx + yy))], -1)
+        base = np.stack(
+            [np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * (xx + yy))], -1
+        )
         pixels = 127 + 100 * base + rng.normal(0, 12, base.shape)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+            folder / f"{i:05d}.jpg", quality=90
+        )
 
 
 def make_weights(folder: Path, classes: int) -> tuple[Path, Path]:
@@ -144,8 +151,12 @@ def make_weights(folder: Path, classes: int) -> tuple[Path, Path]:
 
     torch.manual_seed(0)
     ours = verydeep.vgg("D", num_classes=classes, init="glorot")
-    meta = WeightsMeta(spec=ours.spec, classes=[f"c{i}" for i in range(classes)],
-                       preprocessing=Preprocessing.torchvision(), source="benchmark")
+    meta = WeightsMeta(
+        spec=ours.spec,
+        classes=[f"c{i}" for i in range(classes)],
+        preprocessing=Preprocessing.torchvision(),
+        source="benchmark",
+    )
     weights = canonical.save(ours.state_dict(), meta, folder / "vgg16.safetensors")
     tv = torchvision.models.vgg16(num_classes=classes).eval()
     tv.load_state_dict(ours.state_dict())
@@ -173,7 +184,9 @@ def write_photo(path: Path) -> Path:
     return path
 
 
-def predict_rows(tmp: Path, config: str, repeats: int, before: str | None = None) -> dict[str, list[float]]:
+def predict_rows(
+    tmp: Path, config: str, repeats: int, before: str | None = None
+) -> dict[str, list[float]]:
     """One-image ``verydeep predict`` against the plain OpenVINO script, caches warm, interleaved;
     ``before``: another checkout's ``src`` folder, whose ``predict`` rows run too (its own cache folder)."""
     import verydeep
@@ -182,8 +195,12 @@ def predict_rows(tmp: Path, config: str, repeats: int, before: str | None = None
 
     torch.manual_seed(0)
     net = verydeep.vgg(config, num_classes=10, width=0.25, init="glorot")
-    meta = WeightsMeta(spec=net.spec, classes=[f"c{i}" for i in range(10)],
-                       preprocessing=Preprocessing.torchvision(), source="benchmark")
+    meta = WeightsMeta(
+        spec=net.spec,
+        classes=[f"c{i}" for i in range(10)],
+        preprocessing=Preprocessing.torchvision(),
+        source="benchmark",
+    )
     weights = canonical.save(net.state_dict(), meta, tmp / "predict.safetensors")
     photo = write_photo(tmp / "photo.jpg")
     user = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg-predict")}
@@ -193,16 +210,21 @@ def predict_rows(tmp: Path, config: str, repeats: int, before: str | None = None
     timed([sys.executable, "-m", "verydeep", "export", str(xml), "--weights", str(weights)], user)
     ours = [sys.executable, "-m", "verydeep", "predict", str(photo), "--weights", str(weights)]
     plain = [sys.executable, "-c", PREDICT_BASELINE, str(xml), str(photo), str(tmp / "ov-blobs")]
-    runs = {"verydeep predict --scales 256 --no-flip": ours + ["--scales", "256", "--no-flip"],
-            "plain OpenVINO one-image script (Q=256, no flip)": plain + ["256", "noflip"],
-            "verydeep predict (defaults: Q 256,384,512, flips)": ours,
-            "plain OpenVINO one-image script (Q 256,384,512, flips)": plain + ["256,384,512", "flip"]}
+    runs = {
+        "verydeep predict --scales 256 --no-flip": ours + ["--scales", "256", "--no-flip"],
+        "plain OpenVINO one-image script (Q=256, no flip)": plain + ["256", "noflip"],
+        "verydeep predict (defaults: Q 256,384,512, flips)": ours,
+        "plain OpenVINO one-image script (Q 256,384,512, flips)": plain + ["256,384,512", "flip"],
+    }
     envs = {name: user for name in runs}
     if before:
         old = {**user, "PYTHONPATH": before, "XDG_CACHE_HOME": str(tmp / "xdg-before")}
         for name in list(runs)[::2]:
             runs[f"{name} [before: {before}]"], envs[f"{name} [before: {before}]"] = runs[name], old
-    for name, argv in runs.items():  # fills the caches (ours: graphs and blobs; plain: blobs): not timed
+    for (
+        name,
+        argv,
+    ) in runs.items():  # fills the caches (ours: graphs and blobs; plain: blobs): not timed
         timed(argv, envs[name])
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
@@ -214,25 +236,41 @@ def predict_rows(tmp: Path, config: str, repeats: int, before: str | None = None
 def print_predict(times: dict[str, list[float]], repeats: int) -> None:
     names = list(times)
     median = {name: float(np.median(values)) for name, values in times.items()}
-    print(f"one-image predict, wall clock per command (median of {repeats} interleaved runs, min-max)")
+    print(
+        f"one-image predict, wall clock per command (median of {repeats} interleaved runs, min-max)"
+    )
     print("| command | median s | min-max s |")
     print("|:--|--:|--:|")
     for name, values in times.items():
         print(f"| {name} | {median[name]:.3f} | {min(values):.3f}-{max(values):.3f} |")
-    print(f"done-when ratio (ours / plain, Q=256, no flip): {median[names[0]] / median[names[1]]:.2f}x "
-          f"(<= 1.5x wanted); defaults (3 scales, flips): {median[names[2]] / median[names[3]]:.2f}x")
+    print(
+        f"done-when ratio (ours / plain, Q=256, no flip): {median[names[0]] / median[names[1]]:.2f}x "
+        f"(<= 1.5x wanted); defaults (3 scales, flips): {median[names[2]] / median[names[3]]:.2f}x"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="interleaved runs of each side; the median is reported (the machine's load varies)")
-    parser.add_argument("--only", choices=["evaluate", "predict"], default=None, help="run one part only")
-    parser.add_argument("--predict-config", default="A", help="the net of the one-image predict rows")
-    parser.add_argument("--predict-before", default=None, metavar="SRC",
-                        help="also time the predict rows with PYTHONPATH=SRC (an older checkout's src folder)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="interleaved runs of each side; the median is reported (the machine's load varies)",
+    )
+    parser.add_argument(
+        "--only", choices=["evaluate", "predict"], default=None, help="run one part only"
+    )
+    parser.add_argument(
+        "--predict-config", default="A", help="the net of the one-image predict rows"
+    )
+    parser.add_argument(
+        "--predict-before",
+        default=None,
+        metavar="SRC",
+        help="also time the predict rows with PYTHONPATH=SRC (an older checkout's src folder)",
+    )
     args = parser.parse_args()
     print(f"CPU: {cpu_model()}; load average before: {os.getloadavg()}")
     if args.only != "evaluate":
@@ -252,19 +290,49 @@ def evaluate_rows(args) -> None:
         tmp = Path(tmp)
         write_images(tmp / "data", args.images, args.classes)
         weights, xml = make_weights(tmp, args.classes)
-        evaluate = [verydeep_cli, "evaluate", "--weights", str(weights), "--data", str(tmp / "data"), "--protocol",
-                    "dense", "--scales", "224", "--no-flip", "--device", "cpu", "--json"]
-        user = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg")}  # the default cache folder, not the user's own
+        evaluate = [
+            verydeep_cli,
+            "evaluate",
+            "--weights",
+            str(weights),
+            "--data",
+            str(tmp / "data"),
+            "--protocol",
+            "dense",
+            "--scales",
+            "224",
+            "--no-flip",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+        user = {
+            **os.environ,
+            "XDG_CACHE_HOME": str(tmp / "xdg"),
+        }  # the default cache folder, not the user's own
         user.pop("VERYDEEP_ENGINE_CACHE", None)
         user.pop("VERYDEEP_ENGINE", None)
         nocache = {**user, "VERYDEEP_ENGINE_CACHE": ""}
         timed(evaluate, user)  # fills the default cache folder: not timed
         runs = {
-            "plain OpenVINO (IR ready, PIL decode, LATENCY, batch 8)":
-                [sys.executable, "-c", BASELINE, str(xml), str(tmp / "data"), str(tmp / "baseline.npy"), "LATENCY"],
-            "plain OpenVINO (same, THROUGHPUT + AsyncInferQueue)":
-                [sys.executable, "-c", BASELINE, str(xml), str(tmp / "data"), str(tmp / "throughput.npy"),
-                 "THROUGHPUT"],
+            "plain OpenVINO (IR ready, PIL decode, LATENCY, batch 8)": [
+                sys.executable,
+                "-c",
+                BASELINE,
+                str(xml),
+                str(tmp / "data"),
+                str(tmp / "baseline.npy"),
+                "LATENCY",
+            ],
+            "plain OpenVINO (same, THROUGHPUT + AsyncInferQueue)": [
+                sys.executable,
+                "-c",
+                BASELINE,
+                str(xml),
+                str(tmp / "data"),
+                str(tmp / "throughput.npy"),
+                "THROUGHPUT",
+            ],
             DONE_WHEN: evaluate + ["--save-scores", str(tmp / "ours.scores")],
             "verydeep evaluate, no cache folder (convert + compile inside)": evaluate,
             "verydeep evaluate --engine torch": evaluate + ["--engine", "torch"],
@@ -272,8 +340,13 @@ def evaluate_rows(args) -> None:
         envs = {"verydeep evaluate, no cache folder (convert + compile inside)": nocache}
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
-            for name, argv in runs.items():  # interleaved: load on the shared machine hits every side
-                if "--save-scores" in argv:  # a scores file left there would be resumed from, not recomputed
+            for (
+                name,
+                argv,
+            ) in runs.items():  # interleaved: load on the shared machine hits every side
+                if (
+                    "--save-scores" in argv
+                ):  # a scores file left there would be resumed from, not recomputed
                     (tmp / "ours.scores").unlink(missing_ok=True)
                 times[name].append(timed(argv, envs.get(name, user)))
         from verydeep.evaluate.scores import load_scores
@@ -281,24 +354,41 @@ def evaluate_rows(args) -> None:
         ours = load_scores(tmp / "ours.scores")
         ours_top1 = ours.values[(0, "dense", 224)].argmax(1)
         base_top1 = np.load(tmp / "baseline.npy").reshape(args.images, -1).argmax(1)
-        assert (np.load(tmp / "throughput.npy").reshape(args.images, -1).argmax(1) == base_top1).mean() > 0.95
+        assert (
+            np.load(tmp / "throughput.npy").reshape(args.images, -1).argmax(1) == base_top1
+        ).mean() > 0.95
         order = np.argsort([str(Path(p).relative_to(tmp / "data")) for p in ours.paths])
         agreement = float((ours_top1[order] == base_top1).mean())
     best = {name: float(np.median(values)) for name, values in times.items()}
     base = best[next(iter(runs))]
-    print(f"{args.images} JPEGs of 224x224, VGG-16 ({args.classes} classes), dense at Q=224, no flip, wall clock "
-          f"per command (median of {args.repeats} interleaved runs; all runs listed); torch {torch.__version__}")
+    print(
+        f"{args.images} JPEGs of 224x224, VGG-16 ({args.classes} classes), dense at Q=224, no flip, wall clock "
+        f"per command (median of {args.repeats} interleaved runs; all runs listed); torch {torch.__version__}"
+    )
     print("| command | median s | img/s | vs plain OpenVINO LATENCY | all runs (s) |")
     print("|:--|--:|--:|--:|:--|")
     for name, seconds in best.items():
         runs_s = ", ".join(f"{t:.1f}" for t in times[name])
-        print(f"| {name} | {seconds:.1f} | {args.images / seconds:.1f} | {base / seconds:.2f}x | {runs_s} |")
+        print(
+            f"| {name} | {seconds:.1f} | {args.images / seconds:.1f} | {base / seconds:.2f}x | {runs_s} |"
+        )
     print(f"top-1 agreement, verydeep (OpenVINO engine) vs plain OpenVINO: {agreement:.1%}")
-    print(f"done-when ratio ({DONE_WHEN} vs plain OpenVINO LATENCY): {base / best[DONE_WHEN]:.2f}x; "
-          f"vs plain OpenVINO THROUGHPUT + AsyncInferQueue: {best[list(runs)[1]] / best[DONE_WHEN]:.2f}x")
+    print(
+        f"done-when ratio ({DONE_WHEN} vs plain OpenVINO LATENCY): {base / best[DONE_WHEN]:.2f}x; "
+        f"vs plain OpenVINO THROUGHPUT + AsyncInferQueue: {best[list(runs)[1]] / best[DONE_WHEN]:.2f}x"
+    )
     print(f"load average after: {os.getloadavg()}")
-    print(json.dumps({"cpu": cpu_model(), "images": args.images, "median_seconds": best, "seconds": times,
-                      "top1_agreement": agreement}))
+    print(
+        json.dumps(
+            {
+                "cpu": cpu_model(),
+                "images": args.images,
+                "median_seconds": best,
+                "seconds": times,
+                "top1_agreement": agreement,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--quick", action="store_true", help="tiny net and images")
-    parser.add_argument("--data", default=None, help="ImageFolder of JPEGs (default: temporary synthetic set)")
-    parser.add_argument("--share", type=float, default=None, help="device share of decoding (default: balanced)")
+    parser.add_argument(
+        "--data", default=None, help="ImageFolder of JPEGs (default: temporary synthetic set)"
+    )
+    parser.add_argument(
+        "--share", type=float, default=None, help="device share of decoding (default: balanced)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args()
-    result = run_bench(args.device, quick=args.quick, data=args.data, share=args.share, progress=not args.json)
+    result = run_bench(
+        args.device, quick=args.quick, data=args.data, share=args.share, progress=not args.json
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2) if args.json else format_report(result))

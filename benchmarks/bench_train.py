@@ -64,8 +64,12 @@ def torchvision_scaled_vgg(spec) -> nn.Module:
     k = spec.fc6_kernel
     model.avgpool = nn.AdaptiveAvgPool2d((k, k))
     model.classifier = nn.Sequential(
-        nn.Linear(spec.fc6_inputs, spec.fc_width), nn.ReLU(True), nn.Dropout(spec.dropout),
-        nn.Linear(spec.fc_width, spec.fc_width), nn.ReLU(True), nn.Dropout(spec.dropout),
+        nn.Linear(spec.fc6_inputs, spec.fc_width),
+        nn.ReLU(True),
+        nn.Dropout(spec.dropout),
+        nn.Linear(spec.fc_width, spec.fc_width),
+        nn.ReLU(True),
+        nn.Dropout(spec.dropout),
         nn.Linear(spec.fc_width, spec.num_classes),
     )
     return model
@@ -82,8 +86,14 @@ def bench_steps(quick: bool) -> list[dict]:
     results = []
     torch.manual_seed(0)
     s = FULL
-    ours = verydeep.vgg("D", num_classes=s.classes, width=s.width, fc_width=s.fc_width, crop_size=s.crop,
-                        init=s.init)
+    ours = verydeep.vgg(
+        "D",
+        num_classes=s.classes,
+        width=s.width,
+        fc_width=s.fc_width,
+        crop_size=s.crop,
+        init=s.init,
+    )
     spec = ours.spec
     theirs = torchvision_scaled_vgg(spec)
     x = torch.randn(s.batch, 3, s.crop, s.crop) * 60
@@ -93,12 +103,28 @@ def bench_steps(quick: bool) -> list[dict]:
     tv = _time_steps(theirs, x, y, steps, warm, bf16=False)
     plain = _time_steps(ours, x, y, steps, warm, bf16=False)
     ours_cl = ours.to(memory_format=torch.channels_last)
-    fast = _time_steps(ours_cl, x.contiguous(memory_format=torch.channels_last), y, steps, warm, bf16=bf16)
-    label = f"demo net D (x{spec.width:g}, FC {spec.fc_width}, crop {spec.crop_size}, batch {s.batch})"
-    results.append({"what": f"step, {label}: ours as trained ({'bf16' if bf16 else 'fp32'}, channels_last)",
-                    "ours": fast, "baseline": tv, "baseline_name": "torchvision VGG class, fp32"})
-    results.append({"what": f"step, {label}: ours fp32 contiguous", "ours": plain, "baseline": tv,
-                    "baseline_name": "torchvision VGG class, fp32"})
+    fast = _time_steps(
+        ours_cl, x.contiguous(memory_format=torch.channels_last), y, steps, warm, bf16=bf16
+    )
+    label = (
+        f"demo net D (x{spec.width:g}, FC {spec.fc_width}, crop {spec.crop_size}, batch {s.batch})"
+    )
+    results.append(
+        {
+            "what": f"step, {label}: ours as trained ({'bf16' if bf16 else 'fp32'}, channels_last)",
+            "ours": fast,
+            "baseline": tv,
+            "baseline_name": "torchvision VGG class, fp32",
+        }
+    )
+    results.append(
+        {
+            "what": f"step, {label}: ours fp32 contiguous",
+            "ours": plain,
+            "baseline": tv,
+            "baseline_name": "torchvision VGG class, fp32",
+        }
+    )
 
     big_ours = verydeep.vgg("D")
     big_tv = torchvision.models.vgg16()
@@ -108,12 +134,26 @@ def bench_steps(quick: bool) -> list[dict]:
     tv = _time_steps(big_tv, xb, yb, steps, warm, bf16=False)
     plain = _time_steps(big_ours, xb, yb, steps, warm, bf16=False)
     big_ours = big_ours.to(memory_format=torch.channels_last)
-    fast = _time_steps(big_ours, xb.contiguous(memory_format=torch.channels_last), yb, steps, warm, bf16=bf16)
+    fast = _time_steps(
+        big_ours, xb.contiguous(memory_format=torch.channels_last), yb, steps, warm, bf16=bf16
+    )
     as_trained = f"ours as trained ({'bf16' if bf16 else 'fp32'}, channels_last)"
-    results.append({"what": f"step, VGG-16 224x224 batch 4: {as_trained}",
-                    "ours": fast, "baseline": tv, "baseline_name": "torchvision vgg16, fp32"})
-    results.append({"what": "step, VGG-16 224x224 batch 4: ours fp32 contiguous", "ours": plain, "baseline": tv,
-                    "baseline_name": "torchvision vgg16, fp32"})
+    results.append(
+        {
+            "what": f"step, VGG-16 224x224 batch 4: {as_trained}",
+            "ours": fast,
+            "baseline": tv,
+            "baseline_name": "torchvision vgg16, fp32",
+        }
+    )
+    results.append(
+        {
+            "what": "step, VGG-16 224x224 batch 4: ours fp32 contiguous",
+            "ours": plain,
+            "baseline": tv,
+            "baseline_name": "torchvision vgg16, fp32",
+        }
+    )
     torch.set_flush_denormal(False)
     return results
 
@@ -140,14 +180,21 @@ def bench_pipeline(data: Path, workers: int, quick: bool) -> list[dict]:
     from verydeep.data.folders import scan_image_folder
     from verydeep.data.cached import CachedTrainDataset
     from verydeep.data.pipeline import ColourShift, DeviceLoader
-    from verydeep.data.transforms import TrainAugment, TrainDataset, compute_colour_stats, prepare_batch
+    from verydeep.data.transforms import (
+        TrainAugment,
+        TrainDataset,
+        compute_colour_stats,
+        prepare_batch,
+    )
     from verydeep.demo import FULL
     from verydeep.train.distributed import GlobalBatchSampler
 
     s = FULL
     index = scan_image_folder(data / "train")
     stats = compute_colour_stats(index, 200)
-    aug = TrainAugment(scale_min=s.scale_d[0], scale_max=s.scale_d[1], crop=s.crop, colour_shift_std=0.1)
+    aug = TrainAugment(
+        scale_min=s.scale_d[0], scale_max=s.scale_d[1], crop=s.crop, colour_shift_std=0.1
+    )
     batches = 10 if quick else 40
     cpu = torch.device("cpu")
 
@@ -157,33 +204,65 @@ def bench_pipeline(data: Path, workers: int, quick: bool) -> list[dict]:
 
     def loader(dataset):  # the training's own input path (train/inputs.py builds the same)
         sampler = GlobalBatchSampler(len(index), s.batch, 1, 0, 1, seed=0)
-        return DeviceLoader(dataset, sampler, cpu, workers=workers, colour=ColourShift(stats, 0.1, seed=0))
+        return DeviceLoader(
+            dataset, sampler, cpu, workers=workers, colour=ColourShift(stats, 0.1, seed=0)
+        )
 
     out = []
     ours = _drain(loader(TrainDataset(index, aug, seed=0)), batches, ours_prepare)
     cached = _drain(loader(CachedTrainDataset(index, aug, seed=0)), batches, ours_prepare)
 
     mean = [v / 255 for v in stats.mean_rgb]
-    tv_set = datasets.ImageFolder(str(data / "train"), transform=transforms.Compose([
-        transforms.Resize(s.scale_d[0]), transforms.RandomCrop(s.crop), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(mean, [1 / 255] * 3)]))
-    tv_loader = DataLoader(tv_set, batch_size=s.batch, shuffle=True, num_workers=workers,
-                           generator=torch.Generator().manual_seed(0))
+    tv_set = datasets.ImageFolder(
+        str(data / "train"),
+        transform=transforms.Compose(
+            [
+                transforms.Resize(s.scale_d[0]),
+                transforms.RandomCrop(s.crop),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, [1 / 255] * 3),
+            ]
+        ),
+    )
+    tv_loader = DataLoader(
+        tv_set,
+        batch_size=s.batch,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(0),
+    )
     tv = _drain(tv_loader, batches, lambda b: len(b[1]))
     what = f"input pipeline, synthetic set, crop {s.crop}, batch {s.batch}, {workers} worker(s)"
-    out.append({"what": f"{what}: ours (decode every time)", "ours": ours, "baseline": tv,
-                "baseline_name": "torchvision ImageFolder + transforms"})
-    out.append({"what": f"{what}: ours (decoded images cached)", "ours": cached, "baseline": tv,
-                "baseline_name": "torchvision ImageFolder + transforms"})
+    out.append(
+        {
+            "what": f"{what}: ours (decode every time)",
+            "ours": ours,
+            "baseline": tv,
+            "baseline_name": "torchvision ImageFolder + transforms",
+        }
+    )
+    out.append(
+        {
+            "what": f"{what}: ours (decoded images cached)",
+            "ours": cached,
+            "baseline": tv,
+            "baseline_name": "torchvision ImageFolder + transforms",
+        }
+    )
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and batches")
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers for the pipeline (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="DataLoader workers for the pipeline (default 1)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--data", default=None, help="synthetic data folder (default: made in a temporary folder)")
+    parser.add_argument(
+        "--data", default=None, help="synthetic data folder (default: made in a temporary folder)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -201,8 +280,10 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {args.threads} threads")
     for r in rows:
-        print(f"{r['what']}\n    ours {r['ours']:9.1f} img/s | {r['baseline_name']} {r['baseline']:9.1f} img/s | "
-              f"ratio {r['ratio']:.2f}x")
+        print(
+            f"{r['what']}\n    ours {r['ours']:9.1f} img/s | {r['baseline_name']} {r['baseline']:9.1f} img/s | "
+            f"ratio {r['ratio']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

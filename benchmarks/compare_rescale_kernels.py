@@ -30,7 +30,9 @@ def old_rescale(image: torch.Tensor, shorter: int) -> torch.Tensor:
     size = rescaled_size(image.shape[-2], image.shape[-1], shorter)
     if tuple(image.shape[-2:]) == size:
         return image
-    y = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    y = F.interpolate(
+        image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True
+    )
     return y.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
@@ -41,7 +43,9 @@ def photos(count: int) -> list[np.ndarray]:
         h, w = (375, 500) if i % 2 == 0 else (500, 375)
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / 375
         a, b, c = rng.uniform(1, 8, 3)
-        base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * (xx + yy))], -1)
+        base = np.stack(
+            [np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * (xx + yy))], -1
+        )
         pixels = np.clip(127 + 100 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
@@ -56,28 +60,44 @@ def main() -> None:
     images = photos(args.images)
     scales = [224, 256, 384, 512]
     for q in scales:
-        diffs = [np.abs(rescale(img, q).astype(int) - old_rescale(torch.from_numpy(img), q).numpy().astype(int))
-                 for img in images]
-        print(f"Q={q}: max |new - old| {max(int(d.max()) for d in diffs)} levels, "
-              f"{np.mean([(d > 0).mean() for d in diffs]):.1%} of values differ, "
-              f"mean {np.mean([d.mean() for d in diffs]):.3f} levels")
+        diffs = [
+            np.abs(
+                rescale(img, q).astype(int)
+                - old_rescale(torch.from_numpy(img), q).numpy().astype(int)
+            )
+            for img in images
+        ]
+        print(
+            f"Q={q}: max |new - old| {max(int(d.max()) for d in diffs)} levels, "
+            f"{np.mean([(d > 0).mean() for d in diffs]):.1%} of values differ, "
+            f"mean {np.mean([d.mean() for d in diffs]):.3f} levels"
+        )
     torch.manual_seed(0)
     net = verydeep.vgg("A", num_classes=10, width=0.25, fc_width=512, init="glorot").eval()
     with torch.no_grad():
         net.classifier[6].weight.mul_(20.0)
-    net.meta = WeightsMeta(spec=net.spec, classes=[f"c{i}" for i in range(10)],
-                           preprocessing=Preprocessing.torchvision(), source="compare")
+    net.meta = WeightsMeta(
+        spec=net.spec,
+        classes=[f"c{i}" for i in range(10)],
+        preprocessing=Preprocessing.torchvision(),
+        source="compare",
+    )
     new = dense_posteriors(net, images, [256, 384, 512])
     import verydeep.evaluate.dense as dense
 
-    saved, dense.rescale = dense.rescale, lambda img, q: old_rescale(torch.from_numpy(img), q).numpy()
+    saved, dense.rescale = (
+        dense.rescale,
+        lambda img, q: old_rescale(torch.from_numpy(img), q).numpy(),
+    )
     try:
         old = dense_posteriors(net, images, [256, 384, 512])
     finally:
         dense.rescale = saved
     agree = float((new.argmax(1) == old.argmax(1)).mean())
-    print(f"dense posteriors, VGG-A, Q in 256/384/512 + flips, {len(images)} images: top-1 agreement {agree:.1%}, "
-          f"max |new - old| {float(np.abs(new - old).max()):.2e}, largest posterior {float(new.max()):.2f}")
+    print(
+        f"dense posteriors, VGG-A, Q in 256/384/512 + flips, {len(images)} images: top-1 agreement {agree:.1%}, "
+        f"max |new - old| {float(np.abs(new - old).max()):.2e}, largest posterior {float(new.max()):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,18 +43,44 @@ KINDS = ("after-step", "random-time", "during-checkpoint-write")
 
 def config_args(data: Path, out: Path, epochs: int, every: int, workers: int) -> list[str]:
     """A tiny net A (1/16 width, fc 32, crop 32) on the synthetic set, checkpointing every ``every`` steps."""
-    return ["--set", f"data.train={data / 'train'}", f"data.val={data / 'val'}", "model.config=A",
-            "model.width=0.0625", "model.fc_width=32", "model.crop_size=32", "model.dropout=0.5",
-            "init.scheme=glorot", "data.scale_min=32", "data.scale_max=48", f"data.workers={workers}",
-            f"optim.batch_size={BATCH}", "optim.lr=0.01", f"schedule.epochs={epochs}", f"run.out={out}",
-            f"run.checkpoint_every={every}", "run.keep_last=2", "run.deterministic=true", "run.threads=1",
-            "run.precision=fp32", "run.progress=false", "run.tensorboard=false", "run.plots=false", "run.log_every=5"]
+    return [
+        "--set",
+        f"data.train={data / 'train'}",
+        f"data.val={data / 'val'}",
+        "model.config=A",
+        "model.width=0.0625",
+        "model.fc_width=32",
+        "model.crop_size=32",
+        "model.dropout=0.5",
+        "init.scheme=glorot",
+        "data.scale_min=32",
+        "data.scale_max=48",
+        f"data.workers={workers}",
+        f"optim.batch_size={BATCH}",
+        "optim.lr=0.01",
+        f"schedule.epochs={epochs}",
+        f"run.out={out}",
+        f"run.checkpoint_every={every}",
+        "run.keep_last=2",
+        "run.deterministic=true",
+        "run.threads=1",
+        "run.precision=fp32",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "run.plots=false",
+        "run.log_every=5",
+    ]
 
 
 def verydeep(*args: str, env: dict | None = None) -> subprocess.Popen:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "verydeep", *args], env=environment,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "verydeep", *args],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def check_checkpoints(run: Path) -> tuple[int, int]:
@@ -80,7 +106,11 @@ def wait_for_kill(proc: subprocess.Popen, kind: str, run: Path, rng: random.Rand
     while proc.poll() is None:
         if kind == "random-time" and time.monotonic() >= deadline:
             break
-        if kind == "during-checkpoint-write" and folder.is_dir() and any(folder.glob(".step-*.tmp*")):
+        if (
+            kind == "during-checkpoint-write"
+            and folder.is_dir()
+            and any(folder.glob(".step-*.tmp*"))
+        ):
             break
         time.sleep(0.0005 if kind == "during-checkpoint-write" else 0.01)
     if proc.poll() is not None:
@@ -92,9 +122,24 @@ def wait_for_kill(proc: subprocess.Popen, kind: str, run: Path, rng: random.Rand
 
 def soak(steps: int, kills: int, seed: int, root: Path, workers: int) -> dict:
     data = root / "data"
-    made = subprocess.run([sys.executable, "-m", "verydeep", "synth", str(data), "--classes", str(CLASSES),
-                           "--train", str(TRAIN_PER_CLASS), "--val", str(VAL_PER_CLASS), "--json"],
-                          capture_output=True, text=True)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "verydeep",
+            "synth",
+            str(data),
+            "--classes",
+            str(CLASSES),
+            "--train",
+            str(TRAIN_PER_CLASS),
+            "--val",
+            str(VAL_PER_CLASS),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if made.returncode != 0:
         raise SystemExit(f"soak: cannot write the synthetic set: {made.stderr.strip()}")
     per_epoch = CLASSES * TRAIN_PER_CLASS // BATCH
@@ -130,7 +175,9 @@ def soak(steps: int, kills: int, seed: int, root: Path, workers: int) -> dict:
                 failures.append(f"kill {k} ({kind}): the run failed: {proc.stderr.read()[-1000:]}")
             break
         counts[kind] += 1
-        mid_write += any((run / "checkpoints").glob(".*.tmp*"))  # a half-written file was left behind
+        mid_write += any(
+            (run / "checkpoints").glob(".*.tmp*")
+        )  # a half-written file was left behind
         try:
             n, _ = check_checkpoints(run)
             checked += n
@@ -149,24 +196,49 @@ def soak(steps: int, kills: int, seed: int, root: Path, workers: int) -> dict:
         b, _ = canonical.read(run / "final.safetensors")
         differing = [key for key in a if not torch.equal(a[key], b[key])]
         if differing:
-            failures.append(f"final weights differ from the uninterrupted run's in {len(differing)} tensors "
-                            f"(first {differing[0]})")
-    stale = [p.name for p in (run / "checkpoints").glob(".*tmp*")] if (run / "checkpoints").is_dir() else []
-    return {"ok": not failures, "failures": failures, "steps": total, "epochs": epochs, "checkpoint_every": every,
-            "kills": counts, "total_kills": sum(counts.values()), "kills_leaving_a_half_written_file": mid_write,
-            "resumes": resumes,
-            "checkpoints_checked": checked, "finished_before_a_kill": finished_early,
-            "stale_temporary_files": stale, "bitwise_equal": not failures,
-            "reference_s": round(reference_s, 1), "soaked_s": round(soaked_s, 1)}
+            failures.append(
+                f"final weights differ from the uninterrupted run's in {len(differing)} tensors "
+                f"(first {differing[0]})"
+            )
+    stale = (
+        [p.name for p in (run / "checkpoints").glob(".*tmp*")]
+        if (run / "checkpoints").is_dir()
+        else []
+    )
+    return {
+        "ok": not failures,
+        "failures": failures,
+        "steps": total,
+        "epochs": epochs,
+        "checkpoint_every": every,
+        "kills": counts,
+        "total_kills": sum(counts.values()),
+        "kills_leaving_a_half_written_file": mid_write,
+        "resumes": resumes,
+        "checkpoints_checked": checked,
+        "finished_before_a_kill": finished_early,
+        "stale_temporary_files": stale,
+        "bitwise_equal": not failures,
+        "reference_s": round(reference_s, 1),
+        "soaked_s": round(soaked_s, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps of each run (default 300)")
-    parser.add_argument("--kills", type=int, default=12, help="SIGKILLs of the soaked run (default 12)")
+    parser.add_argument(
+        "--steps", type=int, default=300, help="training steps of each run (default 300)"
+    )
+    parser.add_argument(
+        "--kills", type=int, default=12, help="SIGKILLs of the soaked run (default 12)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the runs (default 0)")
-    parser.add_argument("--out", default=None, help="work folder (default: a temporary one, removed after)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader workers of the runs (default 0)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="work folder (default: a temporary one, removed after)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="verydeep-soak-"))

@@ -37,8 +37,11 @@ def one_line(err: str, prefix: str = "verydeep ", warnings: bool = False) -> str
     too), which starts with ``prefix``; no traceback."""
     assert "Traceback" not in err, err
     lines = [line.split("\r")[-1] for line in err.splitlines()]
-    lines = [line for line in lines if line.strip() and "%|" not in line
-             and not (warnings and ": warning:" in line)]
+    lines = [
+        line
+        for line in lines
+        if line.strip() and "%|" not in line and not (warnings and ": warning:" in line)
+    ]
     assert len(lines) == 1, err
     assert lines[0].startswith(prefix), lines[0]
     return lines[0]

@@ -26,8 +26,12 @@ def save_tiny_classifier(path, classes=("c0", "c1"), config="A"):
 
     torch.manual_seed(0)
     model = verydeep.vgg(config, num_classes=len(classes), init="glorot", **TINY)
-    model.meta = WeightsMeta(spec=model.spec, classes=list(classes),
-                             preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)), source="test")
+    model.meta = WeightsMeta(
+        spec=model.spec,
+        classes=list(classes),
+        preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)),
+        source="test",
+    )
     return model, canonical.save(model.state_dict(), model.meta, path)
 
 
@@ -117,7 +121,9 @@ def train_folders(tmp_path):
             for j in range(count):
                 shape = (40, 48, 3) if j % 2 else (48, 40, 3)
                 pixels = rng.normal(0, 40, shape) + np.array(colour)
-                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{j:02d}.png")
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                    folder / f"{j:02d}.png"
+                )
     return root
 
 
@@ -129,14 +135,32 @@ def train_config(train_folders, tmp_path):
 
     def make(name: str = "run", overrides: dict | None = None):
         cfg = {
-            "model": {"config": "A", "width": 1 / 16, "fc_width": 32, "crop_size": 32, "dropout": 0.0},
+            "model": {
+                "config": "A",
+                "width": 1 / 16,
+                "fc_width": 32,
+                "crop_size": 32,
+                "dropout": 0.0,
+            },
             "init": {"scheme": "glorot"},
-            "data": {"train": str(train_folders / "train"), "val": str(train_folders / "val"),
-                     "scale_min": 32, "scale_max": 40, "workers": 0},
+            "data": {
+                "train": str(train_folders / "train"),
+                "val": str(train_folders / "val"),
+                "scale_min": 32,
+                "scale_max": 40,
+                "workers": 0,
+            },
             "optim": {"batch_size": 8, "lr": 0.01},
             "schedule": {"epochs": 2},
-            "run": {"out": str(tmp_path / name), "threads": 1, "precision": "fp32", "progress": False,
-                    "tensorboard": False, "plots": False, "log_every": 1},
+            "run": {
+                "out": str(tmp_path / name),
+                "threads": 1,
+                "precision": "fp32",
+                "progress": False,
+                "tensorboard": False,
+                "plots": False,
+                "log_every": 1,
+            },
         }
         for key, value in (overrides or {}).items():
             section, field = key.split(".")

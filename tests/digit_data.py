@@ -28,13 +28,17 @@ def digit_images(size: int = 80, glyph: int = 56, seed: int = 0) -> tuple[np.nda
         small = Image.fromarray((img * (255.0 / 16.0)).astype(np.uint8))
         big = np.asarray(small.resize((glyph, glyph), Image.BILINEAR))
         y, x = rng.integers(0, size - glyph + 1, size=2)
-        out[i, y:y + glyph, x:x + glyph] = big
+        out[i, y : y + glyph, x : x + glyph] = big
     labels = digits.target.astype(np.int64)
-    out.flags.writeable = labels.flags.writeable = False  # shared by the cache: nobody may change them
+    out.flags.writeable = labels.flags.writeable = (
+        False  # shared by the cache: nobody may change them
+    )
     return out, labels
 
 
-def write_digit_folders(root: Path, size: int = 80, val_fraction: float = 0.2, seed: int = 0) -> tuple[Path, Path]:
+def write_digit_folders(
+    root: Path, size: int = 80, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[Path, Path]:
     """``root/train/<digit>/*.png`` and ``root/val/<digit>/*.png`` (a seeded split); returns both folders."""
     from PIL import Image
 

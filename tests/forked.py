@@ -99,12 +99,16 @@ class ForkedChild:
 
     def _kill_group(self) -> None:
         try:
-            os.killpg(self.pid, signal.SIGKILL)  # whatever the child left running (its DataLoader workers)
+            os.killpg(
+                self.pid, signal.SIGKILL
+            )  # whatever the child left running (its DataLoader workers)
         except (ProcessLookupError, PermissionError):
             pass
 
 
-def run_forked(argv: list, env: dict[str, str] | None = None, timeout: float = 300.0) -> subprocess.CompletedProcess:
+def run_forked(
+    argv: list, env: dict[str, str] | None = None, timeout: float = 300.0
+) -> subprocess.CompletedProcess:
     """Like ``subprocess.run([python, -m, verydeep, *argv], capture_output=True, text=True)`` with
     ``env`` added to the environment: returncode (negative: the signal that ended it), stdout, stderr."""
     import torch._inductor  # noqa: F401 - deterministic mode imports it (1.5 s): once here, not in every child

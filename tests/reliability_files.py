@@ -30,8 +30,12 @@ BAD = {
 }
 WIDE = "z5_wide.png"
 #: Odd but valid files: name -> the twin's name (same sort position in its own folder).
-ODD = {"o1_cmyk.jpg": "o1_cmyk.png", "o2_deep.png": "o2_deep.png", "o3_palette.png": "o3_palette.png",
-       "o4_rotated.jpg": "o4_rotated.png"}
+ODD = {
+    "o1_cmyk.jpg": "o1_cmyk.png",
+    "o2_deep.png": "o2_deep.png",
+    "o3_palette.png": "o3_palette.png",
+    "o4_rotated.jpg": "o4_rotated.png",
+}
 BOMB_SIDE = 30000
 #: A side whose square is under Pillow's own limit (179 MP) and over verydeep's (67 MP): decoded, it took
 #: 2.8-5.4 GB in evaluate, features and localize (issue 26).
@@ -39,7 +43,12 @@ HUGE_SIDE = 12000
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,8 +60,12 @@ def bomb_png(side: int = BOMB_SIDE) -> bytes:
     parts.append(packer.compress((b"\x00" + bytes((side + 7) // 8)) * (side % 100)))
     parts.append(packer.flush())
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"".join(parts))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _blocky(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -63,7 +76,9 @@ def _blocky(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def write_normal(path: Path, seed: int, size=(40, 48), colour=None) -> None:
     rng = np.random.default_rng(seed)
-    pixels = rng.normal(0, 30, (*size, 3)) + np.array(colour if colour is not None else (128, 128, 128))
+    pixels = rng.normal(0, 30, (*size, 3)) + np.array(
+        colour if colour is not None else (128, 128, 128)
+    )
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
 
 
@@ -83,7 +98,9 @@ def write_wide(folder: Path) -> Path:
     return folder / WIDE
 
 
-def write_odd(folder: Path, seed: int = 0, twin_folder: Path | None = None) -> dict[str, np.ndarray]:
+def write_odd(
+    folder: Path, seed: int = 0, twin_folder: Path | None = None
+) -> dict[str, np.ndarray]:
     """The four ``ODD`` files in ``folder`` and their twins in ``twin_folder`` (default: beside them,
     under the twin's name with a ``t`` prefix). Returns name -> the pixels each must decode to,
     computed independently of the package (up to JPEG error for the JPEGs)."""
@@ -106,9 +123,12 @@ def write_odd(folder: Path, seed: int = 0, twin_folder: Path | None = None) -> d
 
     upright = _blocky(rng, 60, 40)
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 clockwise to view": the stored image is the upright one turned back
-    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(folder / "o4_rotated.jpg", exif=exif,
-                                                                     quality=98, subsampling=0)
+    exif[0x0112] = (
+        6  # "rotate 90 clockwise to view": the stored image is the upright one turned back
+    )
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+        folder / "o4_rotated.jpg", exif=exif, quality=98, subsampling=0
+    )
     expected["o4_rotated.jpg"] = upright
 
     twins = twin_folder or folder

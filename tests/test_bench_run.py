@@ -16,7 +16,13 @@ from verydeep.cli import main
 from verydeep.models.summary import multiply_adds
 from verydeep.inference.engines import openvino_available
 
-WORKLOADS = ["inference_dense", "train_step", "train_step_small_batch", "input_pipeline", "train_end_to_end"]
+WORKLOADS = [
+    "inference_dense",
+    "train_step",
+    "train_step_small_batch",
+    "input_pipeline",
+    "train_end_to_end",
+]
 
 
 def test_bench_quick_json_on_the_cpu(capsys):
@@ -27,7 +33,9 @@ def test_bench_quick_json_on_the_cpu(capsys):
     assert [r["workload"] for r in result["rows"]] == WORKLOADS + openvino_rows
     rows = {r["workload"]: r for r in result["rows"]}
     for row in rows.values():
-        assert math.isfinite(row["ours_images_per_s"]) and math.isfinite(row["baseline_images_per_s"]), row["workload"]
+        assert math.isfinite(row["ours_images_per_s"]) and math.isfinite(
+            row["baseline_images_per_s"]
+        ), row["workload"]
         assert ("mfu_ours" in row) == (row["workload"] != "input_pipeline")
     # The training-step rows: the quick settings' two batch sizes, each rate the median of its windows.
     windows = result["settings"]["timing"]["windows"]
@@ -38,30 +46,43 @@ def test_bench_quick_json_on_the_cpu(capsys):
             assert len(timing[side]["windows"]) == windows
             assert rows[name][f"{side}_images_per_s"] == statistics.median(timing[side]["windows"])
         assert rows[name]["optimizer_seconds"] == pytest.approx(1 / timing["optimizer"]["median"])
-        share = rows[name]["optimizer_seconds"] * rows[name]["ours_images_per_s"] / rows[name]["batch"]
+        share = (
+            rows[name]["optimizer_seconds"] * rows[name]["ours_images_per_s"] / rows[name]["batch"]
+        )
         assert rows[name]["optimizer_share"] == pytest.approx(share)
     # Every MFU is over the best of the matmul probes: one at the start, one after each window of the
     # training-step rows, one at the end.
     probes = result["peak_probes"]
-    assert probes["count"] == 2 + sum(rows[name]["timing"][side]["warmup_windows"]
-                                      + len(rows[name]["timing"][side]["windows"])
-                                      for name in ("train_step", "train_step_small_batch")
-                                      for side in ("ours", "baseline"))
+    assert probes["count"] == 2 + sum(
+        rows[name]["timing"][side]["warmup_windows"] + len(rows[name]["timing"][side]["windows"])
+        for name in ("train_step", "train_step_small_batch")
+        for side in ("ours", "baseline")
+    )
     spec = make_nets(settings_for(torch.device("cpu"), quick=True))[0].spec
     flops = 6.0 * multiply_adds(spec, result["settings"]["crop"])
     for name in ("train_step", "train_end_to_end"):
         peak = result["peak_tflops"][result["precision"]] * 1e12
-        assert rows[name]["mfu_ours"] == pytest.approx(rows[name]["ours_images_per_s"] * flops / peak)
-        assert probes["lowest_tflops"][result["precision"]] <= result["peak_tflops"][result["precision"]]
+        assert rows[name]["mfu_ours"] == pytest.approx(
+            rows[name]["ours_images_per_s"] * flops / peak
+        )
+        assert (
+            probes["lowest_tflops"][result["precision"]]
+            <= result["peak_tflops"][result["precision"]]
+        )
     agreement = result["rows"][0]["agreement"]
     assert 0.99 <= agreement["logit_cosine_min"] <= 1.0 + 1e-9
     assert 0.0 <= agreement["top1_agreement_raw"] <= 1.0
     served = result["settings"]["pipeline_batches"] * rows["input_pipeline"]["batch"]
     totals = rows["input_pipeline"]["totals"]
-    assert (totals["cpu"], totals.get("device", 0)) == (served, 0)  # no device share asked for: all on the CPU path
+    assert (totals["cpu"], totals.get("device", 0)) == (
+        served,
+        0,
+    )  # no device share asked for: all on the CPU path
     # End to end, ours is `verydeep train` itself: the median of the rates its run logged per step.
     e2e = rows["train_end_to_end"]
-    assert e2e["ours"].startswith("verydeep train") and e2e["steps"] >= 2 and e2e["timed_steps"] >= 1
+    assert (
+        e2e["ours"].startswith("verydeep train") and e2e["steps"] >= 2 and e2e["timed_steps"] >= 1
+    )
 
 
 def test_bench_table_for_people_with_half_of_decoding_on_the_device(capsys):
@@ -104,4 +125,6 @@ def test_the_end_to_end_run_is_the_command_and_its_error_is_the_bench_s_one_line
 
     (tmp_path / "data").mkdir()
     with pytest.raises(DataError, match=r"exit code 2: .*data has no class sub-folders"):
-        run_train_command([f"data.train={tmp_path / 'data'}", f"run.out={tmp_path / 'run'}"], torch.device("cpu"))
+        run_train_command(
+            [f"data.train={tmp_path / 'data'}", f"run.out={tmp_path / 'run'}"], torch.device("cpu")
+        )

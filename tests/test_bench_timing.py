@@ -32,7 +32,9 @@ def test_warm_up_runs_until_two_windows_agree_then_the_median_of_the_timed_ones(
     # seconds per call; two calls a window: warm-up windows of 10, 4, 2.0, 1.96 s, then five timed ones
     per_call = iter([5, 5, 2, 2, 1, 1, 0.98, 0.98] + [1, 1, 2, 2, 0.5, 0.5, 1.25, 1.25, 1, 1])
     method = TimingMethod(calls_per_window=2, windows=5, min_warmup=2, max_warmup=8, tolerance=0.05)
-    rate = measure(lambda: clock.spend(next(per_call)), items_per_call=5, method=method, clock=clock)
+    rate = measure(
+        lambda: clock.spend(next(per_call)), items_per_call=5, method=method, clock=clock
+    )
     # a window handles 2 x 5 = 10 items: the timed windows ran at 10, 5, 20, 8 and 10 items/s
     assert rate.windows == pytest.approx((5.0, 2.5, 10.0, 4.0, 5.0))
     assert rate.median == pytest.approx(5.0)
@@ -63,7 +65,13 @@ def test_what_runs_between_windows_runs_after_each_one_and_is_not_timed():
         calls.append(clock())
         clock.spend(100.0)  # a slow probe: none of it may land in a window
 
-    rate = measure(lambda: clock.spend(0.5), 4, TimingMethod(windows=3, min_warmup=2), clock=clock, between=between)
+    rate = measure(
+        lambda: clock.spend(0.5),
+        4,
+        TimingMethod(windows=3, min_warmup=2),
+        clock=clock,
+        between=between,
+    )
     assert rate.windows == pytest.approx((8.0, 8.0, 8.0)) and rate.warmup_windows == 2
     assert len(calls) == 5  # after both warm-up windows and the three timed ones
 
@@ -71,7 +79,9 @@ def test_what_runs_between_windows_runs_after_each_one_and_is_not_timed():
 def test_the_peak_probe_keeps_the_best_and_the_lowest_of_every_probe(monkeypatch):
     from verydeep.bench import timing
 
-    rates = iter([1.0e12, 0.5e12, 2.0e12, 0.4e12, 1.5e12, 0.6e12])  # fp32, bf16 for each of three probes
+    rates = iter(
+        [1.0e12, 0.5e12, 2.0e12, 0.4e12, 1.5e12, 0.6e12]
+    )  # fp32, bf16 for each of three probes
     monkeypatch.setattr(timing, "_product_rate", lambda a, b, device, repeats: next(rates))
     probe = timing.PeakProbe(torch.device("cpu"), 8)
     assert probe(repeats=5) == {"fp32": 1.0e12, "bf16": 0.5e12}
@@ -83,10 +93,17 @@ def test_the_peak_probe_keeps_the_best_and_the_lowest_of_every_probe(monkeypatch
 def test_the_report_says_when_a_probe_found_the_machine_shared():
     from verydeep.bench.report import peak_line
 
-    result = {"peak_tflops": {"fp32": 0.6, "bf16": 2.0},
-              "peak_probes": {"count": 20, "lowest_tflops": {"fp32": 0.55, "bf16": 0.8}}}
+    result = {
+        "peak_tflops": {"fp32": 0.6, "bf16": 2.0},
+        "peak_probes": {"count": 20, "lowest_tflops": {"fp32": 0.55, "bf16": 0.8}},
+    }
     line = peak_line(result)
-    assert "best of 20 probes" in line and "bf16 0.80" in line and "fp32 0.55" not in line and "slower" in line
+    assert (
+        "best of 20 probes" in line
+        and "bf16 0.80" in line
+        and "fp32 0.55" not in line
+        and "slower" in line
+    )
     result["peak_probes"]["lowest_tflops"]["bf16"] = 1.9
     assert "slower" not in peak_line(result) and "best of 20 probes" in peak_line(result)
 
@@ -111,25 +128,50 @@ def test_train_step_rows_report_the_median_rate_and_the_optimiser_share(monkeypa
     s = settings_for(torch.device("cpu"), quick=True)
     ours, tv = make_nets(s)
     step, base = bench.make_steps(ours, tv, torch.device("cpu"), Precision.FP32, compile_ours=False)
-    real_step, real_base, real_opt = bench.OurStep.__call__, bench.BaselineStep.__call__, step.optimizer.step
+    real_step, real_base, real_opt = (
+        bench.OurStep.__call__,
+        bench.BaselineStep.__call__,
+        step.optimizer.step,
+    )
 
     def opt_step(*args, **kwargs):
         clock.spend(0.5)
         return real_opt(*args, **kwargs)
 
     monkeypatch.setattr(step.optimizer, "step", opt_step)
-    monkeypatch.setattr(bench.OurStep, "__call__",
-                        lambda self, x, y: (real_step(self, x, y), clock.spend(0.1 * len(y))))
-    monkeypatch.setattr(bench.BaselineStep, "__call__",
-                        lambda self, x, y: (real_base(self, x, y), clock.spend(0.3 * len(y))))
-    monkeypatch.setattr(bench, "measure", lambda fn, items, method, sync, between=None:
-                        measure(fn, items, method, sync, clock=clock, between=between))
+    monkeypatch.setattr(
+        bench.OurStep,
+        "__call__",
+        lambda self, x, y: (real_step(self, x, y), clock.spend(0.1 * len(y))),
+    )
+    monkeypatch.setattr(
+        bench.BaselineStep,
+        "__call__",
+        lambda self, x, y: (real_base(self, x, y), clock.spend(0.3 * len(y))),
+    )
+    monkeypatch.setattr(
+        bench,
+        "measure",
+        lambda fn, items, method, sync, between=None: measure(
+            fn, items, method, sync, clock=clock, between=between
+        ),
+    )
     peaks = {"fp32": 1e12, "bf16": 2e12}
     probes = []
-    rows = bench.bench_train_step(step, base, s, torch.device("cpu"), Precision.FP32, peaks,
-                                  between=lambda: probes.append(clock()))
+    rows = bench.bench_train_step(
+        step,
+        base,
+        s,
+        torch.device("cpu"),
+        Precision.FP32,
+        peaks,
+        between=lambda: probes.append(clock()),
+    )
 
-    assert [(r["workload"], r["batch"]) for r in rows] == [("train_step", 4), ("train_step_small_batch", 2)]
+    assert [(r["workload"], r["batch"]) for r in rows] == [
+        ("train_step", 4),
+        ("train_step_small_batch", 2),
+    ]
     flops = 6.0 * multiply_adds(step.model.spec, s.crop)
     for row in rows:
         b = row["batch"]
@@ -142,10 +184,15 @@ def test_train_step_rows_report_the_median_rate_and_the_optimiser_share(monkeypa
         for side in ("ours", "baseline"):
             timing = row["timing"][side]
             assert len(timing["windows"]) == s.timing.windows and timing["steady"]
-            assert timing["warmup_windows"] == 2  # the first window cannot be compared with anything
+            assert (
+                timing["warmup_windows"] == 2
+            )  # the first window cannot be compared with anything
     # the peak is probed after every window of both steps (not the optimiser's: its windows are short)
-    assert len(probes) == sum(r["timing"][side]["warmup_windows"] + len(r["timing"][side]["windows"])
-                              for r in rows for side in ("ours", "baseline"))
+    assert len(probes) == sum(
+        r["timing"][side]["warmup_windows"] + len(r["timing"][side]["windows"])
+        for r in rows
+        for side in ("ours", "baseline")
+    )
 
 
 def test_timing_the_optimiser_leaves_the_net_and_its_momentum_as_they_were():
@@ -164,7 +211,9 @@ def test_timing_the_optimiser_leaves_the_net_and_its_momentum_as_they_were():
         assert torch.equal(step.optimizer.state[p]["momentum_buffer"], m)
 
 
-def test_the_end_to_end_rate_is_images_over_seconds_of_the_steps_that_do_not_start_an_epoch(tmp_path):
+def test_the_end_to_end_rate_is_images_over_seconds_of_the_steps_that_do_not_start_an_epoch(
+    tmp_path,
+):
     """Two epochs of three steps of one batch each: the first step of each epoch (waiting for the
     workers) is left out, and the rest give images over seconds, not the median of their rates
     (which would be 12 here, the fast mode of a machine a neighbour slows down half the time)."""
@@ -174,7 +223,8 @@ def test_the_end_to_end_rate_is_images_over_seconds_of_the_steps_that_do_not_sta
 
     rates = [1.0, 12.0, 6.0, 2.0, 12.0, 6.0]
     lines = [json.dumps({"kind": "epoch", "epoch": 1})] + [
-        json.dumps({"kind": "step", "step": k + 1, "images_per_s": r}) for k, r in enumerate(rates)]
+        json.dumps({"kind": "step", "step": k + 1, "images_per_s": r}) for k, r in enumerate(rates)
+    ]
     (tmp_path / METRICS_NAME).write_text("\n".join(lines) + "\n")
     rate, logged, timed = bench.logged_rate(tmp_path, steps_per_epoch=3)
     # four timed steps of 32 images: 32/12 + 32/6 + 32/12 + 32/6 = 16 s for 128 images

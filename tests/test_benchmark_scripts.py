@@ -16,11 +16,15 @@ SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py
 
 
 def test_the_benchmarks_folder_has_its_scripts():
-    assert {"bench_speed.py", "train_vs_bench.py", "bench_infer_cpu.py"} <= {p.name for p in SCRIPTS}
+    assert {"bench_speed.py", "train_vs_bench.py", "bench_infer_cpu.py"} <= {
+        p.name for p in SCRIPTS
+    }
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
-def test_a_benchmark_script_answers_help_with_the_options_its_usage_shows(path: Path, monkeypatch, capsys):
+def test_a_benchmark_script_answers_help_with_the_options_its_usage_shows(
+    path: Path, monkeypatch, capsys
+):
     spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # runs its imports; main() only runs under __main__
@@ -31,7 +35,11 @@ def test_a_benchmark_script_answers_help_with_the_options_its_usage_shows(path: 
     assert exit_.value.code in (0, None)
     text = capsys.readouterr().out
     assert text.startswith("usage:"), text[:200]
-    usage = [line for line in (module.__doc__ or "").splitlines() if f"benchmarks/{path.name}" in line]
-    shown = {flag for line in usage for flag in re.findall(r"(--[a-z][a-z0-9-]*)", line.split("#")[0])}
+    usage = [
+        line for line in (module.__doc__ or "").splitlines() if f"benchmarks/{path.name}" in line
+    ]
+    shown = {
+        flag for line in usage for flag in re.findall(r"(--[a-z][a-z0-9-]*)", line.split("#")[0])
+    }
     missing = sorted(flag for flag in shown if flag not in text)
     assert not missing, f"{path.name}'s usage lines show {missing}, which its parser does not have"

@@ -21,6 +21,7 @@ from cli_run import call
 from conftest import save_tiny_classifier
 from verydeep.cli import build_parser, int_list, positive_int
 
+
 def leaf_parsers() -> dict[str, argparse.ArgumentParser]:
     """``{"predict": parser, "localize train": parser, ...}``: every command that runs something."""
     found: dict[str, argparse.ArgumentParser] = {}
@@ -72,8 +73,15 @@ def env(tmp_path_factory):
     Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(image)
     afile = tmp / "a-file"
     afile.write_text("a file where a folder should be\n")
-    return {"tmp": tmp, "w": weights, "box": box, "data": data, "image": image, "afile": afile,
-            "missing": tmp / "no-such-thing"}
+    return {
+        "tmp": tmp,
+        "w": weights,
+        "box": box,
+        "data": data,
+        "image": image,
+        "afile": afile,
+        "missing": tmp / "no-such-thing",
+    }
 
 
 def minimal(env) -> dict[str, list]:
@@ -109,7 +117,7 @@ def test_help_works_everywhere(path):
     assert code == 0 and out.startswith("usage: verydeep") and err == ""
     if path:  # every command's help ends with one example of it (issue 27, item 7)
         text = " ".join(out.split())  # argparse wraps the epilog
-        assert text[text.rfind("example: "):].startswith(f"example: verydeep {path}"), out[-300:]
+        assert text[text.rfind("example: ") :].startswith(f"example: verydeep {path}"), out[-300:]
 
 
 @pytest.mark.parametrize("path", LEAVES)
@@ -117,7 +125,9 @@ def test_an_unknown_option_is_one_line(path, env):
     refused([*path.split(), *minimal(env)[path], "--frobnicate"], "--frobnicate")
 
 
-@pytest.mark.parametrize("argv", [[], ["frobnicate"], *[[g] for g in GROUPS], *[[g, "frobnicate"] for g in GROUPS]])
+@pytest.mark.parametrize(
+    "argv", [[], ["frobnicate"], *[[g] for g in GROUPS], *[[g, "frobnicate"] for g in GROUPS]]
+)
 def test_a_missing_or_unknown_command_is_one_line(argv):
     refused(argv)
 
@@ -164,11 +174,17 @@ def test_a_bad_value_is_one_line(path, option, value, env):
 
 
 def _option_users(option: str) -> list[str]:
-    return [p for p, parser in leaf_parsers().items() if any(option in a.option_strings for a in parser._actions)]
+    return [
+        p
+        for p, parser in leaf_parsers().items()
+        if any(option in a.option_strings for a in parser._actions)
+    ]
 
 
 @pytest.mark.parametrize("path", _option_users("--device"))
-@pytest.mark.parametrize("device", ["bogus", "cuda:7" if not torch.cuda.is_available() else "cuda:999"])
+@pytest.mark.parametrize(
+    "device", ["bogus", "cuda:7" if not torch.cuda.is_available() else "cuda:999"]
+)
 def test_a_bad_device_is_one_line(path, device, env):
     refused([*path.split(), *minimal(env)[path], "--device", device], device)
 
@@ -183,23 +199,92 @@ def semantic_cases(env) -> list[tuple[list, str]]:
     w, d, t, box = env["w"], env["data"], env["tmp"], env["box"]
     run = ["--set", f"data.train={d / 'train'}", "optim.batch_size=2", f"run.out={t / 'run'}"]
     return [
-        (["predict", env["image"], "--weights", w, "--scales", "16"], "smaller than the net's crop size 32"),
-        (["evaluate", "--weights", w, "--data", d / "val", "--protocol", "bogus"], "unknown protocol 'bogus'"),
+        (
+            ["predict", env["image"], "--weights", w, "--scales", "16"],
+            "smaller than the net's crop size 32",
+        ),
+        (
+            ["evaluate", "--weights", w, "--data", d / "val", "--protocol", "bogus"],
+            "unknown protocol 'bogus'",
+        ),
         (["evaluate", "--weights", w, "--data", d / "val", "--scales", "16"], "16"),
         (["evaluate", "--weights", w, "--combine", t / "s.safetensors"], "leave out --weights"),
         (["evaluate", "--data", d / "val"], "--weights"),
         (["export", t / "e.bogus", "--weights", w], "use --format onnx, torchscript or openvino"),
         (["export", t / "e.onnx", "--weights", w, "--opset", "3"], "--opset 3 is not supported"),
         (["export", t / "e.pt", "--weights", w, "--check"], "--check"),
-        (["features", "--weights", w, "--data", d, "--out", t / "f.txt"], "must end in .safetensors or .npz"),
-        (["features", "--weights", w, "--data", d, "--out", t / "f.safetensors", "--scales", "16"], "smaller"),
-        (["transfer", "--features", t / "f.safetensors", "--protocol", "caltech", "--test-per-class", "-1"],
-         "--test-per-class"),
-        (["localize", "train", "--weights", w, "--data", d, "--out", t / "b.txt"], "must end in .safetensors"),
-        (["localize", "train", "--weights", w, "--data", d, "--out", t / "b.safetensors", "--lr", "-1"], "-1"),
-        (["localize", "train", "--weights", w, "--data", d, "--out", t / "b.safetensors", "--lr", "nan"], "nan"),
-        (["localize", "evaluate", "--box-weights", box, "--data", d, "--merge-iou", "2"], "--merge-iou"),
-        (["localize", "evaluate", "--box-weights", box, "--data", d, "--protocol", "dense"], "--weights"),
+        (
+            ["features", "--weights", w, "--data", d, "--out", t / "f.txt"],
+            "must end in .safetensors or .npz",
+        ),
+        (
+            [
+                "features",
+                "--weights",
+                w,
+                "--data",
+                d,
+                "--out",
+                t / "f.safetensors",
+                "--scales",
+                "16",
+            ],
+            "smaller",
+        ),
+        (
+            [
+                "transfer",
+                "--features",
+                t / "f.safetensors",
+                "--protocol",
+                "caltech",
+                "--test-per-class",
+                "-1",
+            ],
+            "--test-per-class",
+        ),
+        (
+            ["localize", "train", "--weights", w, "--data", d, "--out", t / "b.txt"],
+            "must end in .safetensors",
+        ),
+        (
+            [
+                "localize",
+                "train",
+                "--weights",
+                w,
+                "--data",
+                d,
+                "--out",
+                t / "b.safetensors",
+                "--lr",
+                "-1",
+            ],
+            "-1",
+        ),
+        (
+            [
+                "localize",
+                "train",
+                "--weights",
+                w,
+                "--data",
+                d,
+                "--out",
+                t / "b.safetensors",
+                "--lr",
+                "nan",
+            ],
+            "nan",
+        ),
+        (
+            ["localize", "evaluate", "--box-weights", box, "--data", d, "--merge-iou", "2"],
+            "--merge-iou",
+        ),
+        (
+            ["localize", "evaluate", "--box-weights", box, "--data", d, "--protocol", "dense"],
+            "--weights",
+        ),
         (["localize", "evaluate", "--box-weights", box, "--data", d, "--scale", "16"], "16"),
         (["synth", t / "s", "--classes", "1"], "2 to"),
         (["synth", t / "s", "--classes", "99"], "99"),
@@ -232,26 +317,44 @@ def missing_cases(env) -> dict[str, list[list]]:
         "models": [],  # reads nothing
         "configs": [],  # reads only the presets shipped with the package
         "convert": [["convert", m / "w.pth", t / "c.safetensors"]],
-        "predict": [["predict", m / "x.jpg", "--weights", w], ["predict", env["image"], "--weights", m]],
-        "evaluate": [["evaluate", "--weights", m, "--data", d / "val"], ["evaluate", "--weights", w, "--data", m],
-                     ["evaluate", "--combine", m / "scores.safetensors"]],
+        "predict": [
+            ["predict", m / "x.jpg", "--weights", w],
+            ["predict", env["image"], "--weights", m],
+        ],
+        "evaluate": [
+            ["evaluate", "--weights", m, "--data", d / "val"],
+            ["evaluate", "--weights", w, "--data", m],
+            ["evaluate", "--combine", m / "scores.safetensors"],
+        ],
         "export": [["export", t / "e.onnx", "--weights", m]],
-        "train": [["train", "--config", m / "c.yaml"], ["train", "--set", f"data.train={m}"],
-                  ["train", "--resume", m / "step.pt"],
-                  ["train", "--resume", *train[1:], f"run.out={m}"], [*train, f"data.val={m}"],
-                  [*train, f"init.source={m}", f"run.out={t / 'run2'}"]],
+        "train": [
+            ["train", "--config", m / "c.yaml"],
+            ["train", "--set", f"data.train={m}"],
+            ["train", "--resume", m / "step.pt"],
+            ["train", "--resume", *train[1:], f"run.out={m}"],
+            [*train, f"data.val={m}"],
+            [*train, f"init.source={m}", f"run.out={t / 'run2'}"],
+        ],
         "demo": [],  # reads nothing
         "synth": [],  # reads nothing
-        "localize train": [["localize", "train", "--weights", m, "--data", d, "--out", t / "b.safetensors"],
-                           ["localize", "train", "--weights", w, "--data", m, "--out", t / "b.safetensors"]],
-        "localize evaluate": [["localize", "evaluate", "--box-weights", m, "--data", d],
-                              ["localize", "evaluate", "--box-weights", box, "--data", m],
-                              ["localize", "evaluate", "--box-weights", box, "--weights", m, "--data", d]],
-        "localize predict": [["localize", "predict", m / "x.jpg", "--box-weights", box, "--weights", w],
-                             ["localize", "predict", env["image"], "--box-weights", m, "--weights", w],
-                             ["localize", "predict", env["image"], "--box-weights", box, "--weights", m]],
-        "features": [["features", "--weights", m, "--data", d, "--out", t / "f.safetensors"],
-                     ["features", "--weights", w, "--data", m, "--out", t / "f.safetensors"]],
+        "localize train": [
+            ["localize", "train", "--weights", m, "--data", d, "--out", t / "b.safetensors"],
+            ["localize", "train", "--weights", w, "--data", m, "--out", t / "b.safetensors"],
+        ],
+        "localize evaluate": [
+            ["localize", "evaluate", "--box-weights", m, "--data", d],
+            ["localize", "evaluate", "--box-weights", box, "--data", m],
+            ["localize", "evaluate", "--box-weights", box, "--weights", m, "--data", d],
+        ],
+        "localize predict": [
+            ["localize", "predict", m / "x.jpg", "--box-weights", box, "--weights", w],
+            ["localize", "predict", env["image"], "--box-weights", m, "--weights", w],
+            ["localize", "predict", env["image"], "--box-weights", box, "--weights", m],
+        ],
+        "features": [
+            ["features", "--weights", m, "--data", d, "--out", t / "f.safetensors"],
+            ["features", "--weights", w, "--data", m, "--out", t / "f.safetensors"],
+        ],
         "transfer": [["transfer", "--features", m / "f.safetensors", "--protocol", "voc"]],
         "bench": [["bench", "--data", m, "--json"]],
     }
@@ -263,19 +366,57 @@ def unwritable_cases(env) -> dict[str, list[list]]:
     w, d, f = env["w"], env["data"], env["afile"]
     return {
         # these write nothing
-        "models": [], "configs": [], "predict": [], "transfer": [], "localize evaluate": [], "bench": [],
+        "models": [],
+        "configs": [],
+        "predict": [],
+        "transfer": [],
+        "localize evaluate": [],
+        "bench": [],
         "convert": [["convert", w, f / "c.safetensors"]],
-        "evaluate": [["evaluate", "--weights", w, "--data", d / "val", "--save-scores", f / "s.safetensors"],
-                     ["evaluate", "--weights", w, "--data", d / "val", "--report", f / "report"]],
-        "export": [["export", f / "e.onnx", "--weights", w], ["export", f / "e.pt", "--weights", w]],
+        "evaluate": [
+            ["evaluate", "--weights", w, "--data", d / "val", "--save-scores", f / "s.safetensors"],
+            ["evaluate", "--weights", w, "--data", d / "val", "--report", f / "report"],
+        ],
+        "export": [
+            ["export", f / "e.onnx", "--weights", w],
+            ["export", f / "e.pt", "--weights", w],
+        ],
         "synth": [["synth", f / "synth", "--classes", "2", "--train", "1", "--val", "1"]],
-        "localize train": [["localize", "train", "--weights", w, "--data", d, "--out", f / "b.safetensors"]],
-        "localize predict": [["localize", "predict", env["image"], "--box-weights", env["box"], "--weights", w,
-                              "--draw", f / "drawn"]],
+        "localize train": [
+            ["localize", "train", "--weights", w, "--data", d, "--out", f / "b.safetensors"]
+        ],
+        "localize predict": [
+            [
+                "localize",
+                "predict",
+                env["image"],
+                "--box-weights",
+                env["box"],
+                "--weights",
+                w,
+                "--draw",
+                f / "drawn",
+            ]
+        ],
         "features": [["features", "--weights", w, "--data", d, "--out", f / "f.safetensors"]],
-        "train": [["train", "--set", f"data.train={d / 'train'}", "optim.batch_size=2", f"run.out={f / 'run'}"],
-                  ["train", "--resume", "auto", "--set", f"data.train={d / 'train'}", "optim.batch_size=2",
-                   f"run.out={f / 'run'}"]],
+        "train": [
+            [
+                "train",
+                "--set",
+                f"data.train={d / 'train'}",
+                "optim.batch_size=2",
+                f"run.out={f / 'run'}",
+            ],
+            [
+                "train",
+                "--resume",
+                "auto",
+                "--set",
+                f"data.train={d / 'train'}",
+                "optim.batch_size=2",
+                f"run.out={f / 'run'}",
+            ],
+        ],
         "demo": [["demo", "--fast", "--out", f / "demo"]],
     }
 
@@ -290,7 +431,9 @@ def test_missing_inputs_are_one_line(env):
         for argv in cases:
             line = refused(argv)
             assert str(env["missing"]) in line, line
-            assert any(w in line for w in ("does not exist", "no such file", "no checkpoint in")), line
+            assert any(w in line for w in ("does not exist", "no such file", "no checkpoint in")), (
+                line
+            )
 
 
 def test_unwritable_outputs_are_one_line_and_nothing_is_computed(env):
@@ -299,6 +442,8 @@ def test_unwritable_outputs_are_one_line_and_nothing_is_computed(env):
             code, out, err = call(argv)
             assert code == 2, (argv, err)
             line = the_error_line(err)
-            assert str(env["afile"]) in line and ("does not exist" in line or "Not a directory" in line), line
+            assert str(env["afile"]) in line and (
+                "does not exist" in line or "Not a directory" in line
+            ), line
             assert out == ""
     assert env["afile"].read_text() == "a file where a folder should be\n"

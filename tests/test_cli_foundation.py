@@ -49,28 +49,52 @@ def test_torchvision_round_trip_predict_matches_torchvision(tmp_path, capsys):
     assert code == 0 and "config A" in out
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(tmp_path / "x.png")
-    code, out, _ = run(capsys, "predict", tmp_path / "x.png", "--weights", tmp_path / "vgg11.safetensors",
-                       "--scales", "224", "--no-flip", "--precision", "fp32", "--topk", "3", "--json")
+    code, out, _ = run(
+        capsys,
+        "predict",
+        tmp_path / "x.png",
+        "--weights",
+        tmp_path / "vgg11.safetensors",
+        "--scales",
+        "224",
+        "--no-flip",
+        "--precision",
+        "fp32",
+        "--topk",
+        "3",
+        "--json",
+    )
     assert code == 0
     got = json.loads(out)[0]["topk"]
-    transform = torchvision.models.VGG11_Weights.IMAGENET1K_V1.transforms(resize_size=224, crop_size=224)
+    transform = torchvision.models.VGG11_Weights.IMAGENET1K_V1.transforms(
+        resize_size=224, crop_size=224
+    )
     with torch.no_grad():
         probs = reference(transform(Image.open(tmp_path / "x.png")).unsqueeze(0)).softmax(-1)[0]
     top = probs.topk(3)
     assert [t["index"] for t in got] == top.indices.tolist()
     assert np.allclose([t["prob"] for t in got], top.values.numpy(), atol=1e-5)
-    assert got[0]["name"] == torchvision.models.VGG11_Weights.IMAGENET1K_V1.meta["categories"][got[0]["index"]]
+    assert (
+        got[0]["name"]
+        == torchvision.models.VGG11_Weights.IMAGENET1K_V1.meta["categories"][got[0]["index"]]
+    )
     assert top.values[0] > 0.01
 
 
 def test_predict_text_output_and_flips(tiny_weights, photo, capsys):
-    code, out, _ = run(capsys, "predict", photo, "--weights", tiny_weights, "--scales", "32,48", "--topk", "2")
+    code, out, _ = run(
+        capsys, "predict", photo, "--weights", tiny_weights, "--scales", "32,48", "--topk", "2"
+    )
     assert code == 0 and out.splitlines()[0] == str(photo) and "c" in out
     flipped = photo.parent / "flipped.png"
     Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(flipped)
-    a = predict_files([photo, flipped], str(tiny_weights), scales=[32, 48], topk=5, precision="fp32")
+    a = predict_files(
+        [photo, flipped], str(tiny_weights), scales=[32, 48], topk=5, precision="fp32"
+    )
     assert [t["index"] for t in a[0]["topk"]] == [t["index"] for t in a[1]["topk"]]
-    assert np.allclose([t["prob"] for t in a[0]["topk"]], [t["prob"] for t in a[1]["topk"]], atol=2e-3)
+    assert np.allclose(
+        [t["prob"] for t in a[0]["topk"]], [t["prob"] for t in a[1]["topk"]], atol=2e-3
+    )
 
 
 def _probs(result):
@@ -130,26 +154,50 @@ def test_exif_rotation_is_applied(tmp_path, tiny_weights):
 
 def test_a_tiny_image_is_rescaled_up(tmp_path, tiny_weights, capsys):
     Image.fromarray(np.full((5, 9, 3), 100, np.uint8)).save(tmp_path / "small.png")
-    code, out, _ = run(capsys, "predict", tmp_path / "small.png", "--weights", tiny_weights, "--scales", "40", "--json")
+    code, out, _ = run(
+        capsys,
+        "predict",
+        tmp_path / "small.png",
+        "--weights",
+        tiny_weights,
+        "--scales",
+        "40",
+        "--json",
+    )
     assert code == 0 and len(json.loads(out)[0]["topk"]) == 5
 
 
-def test_bad_images_are_one_line_each_and_the_others_still_classified(tmp_path, tiny_weights, photo, capsys, recwarn):
+def test_bad_images_are_one_line_each_and_the_others_still_classified(
+    tmp_path, tiny_weights, photo, capsys, recwarn
+):
     (tmp_path / "text.jpg").write_text("this is not a JPEG")
     data = photo.read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (tmp_path / "zero.jpg").write_bytes(b"")
     tiff = io.BytesIO()
-    Image.open(photo).save(tiff, "TIFF")  # its tag directory comes first: cut inside it, Pillow warns
+    Image.open(photo).save(
+        tiff, "TIFF"
+    )  # its tag directory comes first: cut inside it, Pillow warns
     (tmp_path / "cut.tif").write_bytes(tiff.getvalue()[:40])
     bad = ["missing.jpg", "text.jpg", "truncated.jpg", "zero.jpg", "cut.tif"]
-    code, out, err = run(capsys, "predict", photo, *[tmp_path / b for b in bad], "--weights", tiny_weights,
-                         "--scales", "32", "--json")
+    code, out, err = run(
+        capsys,
+        "predict",
+        photo,
+        *[tmp_path / b for b in bad],
+        "--weights",
+        tiny_weights,
+        "--scales",
+        "32",
+        "--json",
+    )
     assert code == 2
     results = json.loads(out)
     assert "topk" in results[0] and all("error" in r for r in results[1:])
     lines = err.strip().splitlines()
-    assert len(lines) == len(bad) and all(line.startswith("verydeep predict: error:") for line in lines)
+    assert len(lines) == len(bad) and all(
+        line.startswith("verydeep predict: error:") for line in lines
+    )
     assert "Traceback" not in err
     # pytest records warnings rather than printing them: a user would have seen these as extra lines
     assert not [str(w.message) for w in recwarn if "PIL" in w.filename]
@@ -172,11 +220,25 @@ def test_a_tiff_pillow_logs_about_is_still_one_line(tmp_path, tiny_weights):
         if struct.unpack_from("<H", data, entry)[0] == 277:  # SamplesPerPixel
             struct.pack_into("<H", data, entry + 8, 62467)
     (tmp_path / "samples.tif").write_bytes(bytes(data))
-    done = subprocess.run([sys.executable, "-m", "verydeep", "predict", str(tmp_path / "samples.tif"), "--weights",
-                           str(tiny_weights)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "verydeep",
+            "predict",
+            str(tmp_path / "samples.tif"),
+            "--weights",
+            str(tiny_weights),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
-    assert done.stderr.splitlines() == [f"verydeep predict: error: {tmp_path / 'samples.tif'}: not an image "
-                                        "(or an unsupported format)"]
+    assert done.stderr.splitlines() == [
+        f"verydeep predict: error: {tmp_path / 'samples.tif'}: not an image "
+        "(or an unsupported format)"
+    ]
 
 
 def test_decompression_bomb_is_refused_unread(tmp_path):
@@ -188,8 +250,19 @@ def test_decompression_bomb_is_refused_unread(tmp_path):
         images.open_rgb(tmp_path / "bomb.png", max_pixels=1_000_000)
 
 
-@pytest.mark.parametrize("case", ["missing", "wrong_shape", "unknown_config", "not_weights", "scale_too_small",
-                                  "bad_scales", "unknown_option", "no_images"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "wrong_shape",
+        "unknown_config",
+        "not_weights",
+        "scale_too_small",
+        "bad_scales",
+        "unknown_option",
+        "no_images",
+    ],
+)
 def test_bad_weights_and_options_through_the_cli(case, tmp_path, tiny_weights, photo, capsys):
     weights = tiny_weights
     extra: list = []
@@ -241,7 +314,9 @@ def test_every_command_has_help(capsys):
 
 
 def test_convert_refuses_an_unwritable_destination(tmp_path, tiny_weights, capsys):
-    code, _, err = run(capsys, "convert", tiny_weights, tmp_path / "no" / "such" / "dir" / "x.safetensors")
+    code, _, err = run(
+        capsys, "convert", tiny_weights, tmp_path / "no" / "such" / "dir" / "x.safetensors"
+    )
     assert code == 2 and one_line_error(err) and "does not exist" in err
 
 
@@ -249,8 +324,12 @@ def test_console_script_runs_as_a_module():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "verydeep", "models", "--json"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "verydeep", "models", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["config"] == "A"
 
 
@@ -264,8 +343,13 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     read, write = os.pipe()
     os.close(read)
     try:
-        done = subprocess.run([sys.executable, "-m", "verydeep", "models", "--json"], stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "verydeep", "models", "--json"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
@@ -279,9 +363,18 @@ def test_sigterm_says_what_was_kept_by_the_command_that_was_running(monkeypatch,
     def terminated(args):
         raise signals.Terminated()
 
-    monkeypatch.setattr(cli, "COMMANDS", [c._replace(run=terminated) if c.name in ("localize", "train") else c
-                                          for c in cli.COMMANDS])
-    assert main(["localize", "train", "--weights", "w", "--data", "d", "--out", "b.safetensors"]) == 143
+    monkeypatch.setattr(
+        cli,
+        "COMMANDS",
+        [
+            c._replace(run=terminated) if c.name in ("localize", "train") else c
+            for c in cli.COMMANDS
+        ],
+    )
+    assert (
+        main(["localize", "train", "--weights", "w", "--data", "d", "--out", "b.safetensors"])
+        == 143
+    )
     assert "nothing was written" in capsys.readouterr().err
     assert main(["train"]) == 143
     assert "saved where the command saves it" in capsys.readouterr().err

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from verydeep.data.folders import Box, boxes_for, read_voc_boxes, scan_flat_folder, scan_image_folder
+from verydeep.data.folders import (
+    Box,
+    boxes_for,
+    read_voc_boxes,
+    scan_flat_folder,
+    scan_image_folder,
+)
 from verydeep.errors import DataError
 
 
@@ -37,7 +43,12 @@ def test_scan_image_folder_classes_and_samples_sorted(tmp_path):
     index = scan_image_folder(root)
     assert index.classes == ["ant", "zebra"]
     names = [(Path(p).relative_to(root).as_posix(), y) for p, y in index.samples]
-    assert names == [("ant/d.jpg", 0), ("ant/sub/c.png", 0), ("zebra/a.JPEG", 1), ("zebra/b.jpg", 1)]
+    assert names == [
+        ("ant/d.jpg", 0),
+        ("ant/sub/c.png", 0),
+        ("zebra/a.JPEG", 1),
+        ("zebra/b.jpg", 1),
+    ]
     assert index.class_counts() == [2, 2] and len(index) == 4 and index.targets == [0, 0, 1, 1]
 
 
@@ -51,7 +62,9 @@ def test_scan_image_folder_matches_torchvision(tmp_path):
     ours = scan_image_folder(root)
     theirs = ImageFolder(str(root))
     assert ours.classes == theirs.classes
-    assert [(str(Path(p)), y) for p, y in ours.samples] == [(str(Path(p)), y) for p, y in theirs.samples]
+    assert [(str(Path(p)), y) for p, y in ours.samples] == [
+        (str(Path(p)), y) for p, y in theirs.samples
+    ]
 
 
 def test_missing_folder(tmp_path):
@@ -111,7 +124,9 @@ def test_flat_folder_with_1_based_indices(flat, tmp_path):
     gt = tmp_path / "gt.txt"
     gt.write_text("2\n3\n1\n\n")
     index = scan_flat_folder(flat, gt, ["n01", "n02", "n03"])
-    assert [Path(p).name for p, _ in index.samples] == [f"ILSVRC2012_val_{k:08d}.JPEG" for k in (1, 2, 3)]
+    assert [Path(p).name for p, _ in index.samples] == [
+        f"ILSVRC2012_val_{k:08d}.JPEG" for k in (1, 2, 3)
+    ]
     assert index.targets == [1, 2, 0]
     assert index.classes == ["n01", "n02", "n03"]  # the given order (the devkit's), not re-sorted
 
@@ -125,12 +140,15 @@ def test_flat_folder_with_names_and_class_file(flat, tmp_path):
     assert index.classes == ["n03", "n01"] and index.targets == [0, 1, 0]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("1\n2\n", "has 2 labels but"),
-    ("1\n2\n4\n", "line 3: label 4 is outside 1..3"),
-    ("1\n0\n2\n", "line 2: label 0 is outside"),
-    ("1\nn09\n2\n", "line 2: 'n09' is neither"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("1\n2\n", "has 2 labels but"),
+        ("1\n2\n4\n", "line 3: label 4 is outside 1..3"),
+        ("1\n0\n2\n", "line 2: label 0 is outside"),
+        ("1\nn09\n2\n", "line 2: 'n09' is neither"),
+    ],
+)
 def test_flat_folder_bad_ground_truth(flat, tmp_path, text, message):
     gt = tmp_path / "gt.txt"
     gt.write_text(text)
@@ -176,7 +194,10 @@ IMAGENET_XML = """<annotation>
 def test_read_voc_boxes(tmp_path):
     path = tmp_path / "a.xml"
     path.write_text(IMAGENET_XML)
-    assert read_voc_boxes(path) == [Box("n01440764", 0, 24, 499, 374), Box("n01440764", 10.5, 20, 30, 40)]
+    assert read_voc_boxes(path) == [
+        Box("n01440764", 0, 24, 499, 374),
+        Box("n01440764", 10.5, 20, 30, 40),
+    ]
 
 
 def test_voc_file_without_objects(tmp_path):
@@ -185,27 +206,44 @@ def test_voc_file_without_objects(tmp_path):
     assert read_voc_boxes(path) == []
 
 
-@pytest.mark.parametrize("text, message", [
-    ("<annotation><object><name>a</name>", "not well-formed XML"),
-    ("", "not well-formed XML"),
-    ("<html></html>", "expected an <annotation> root"),
-    ("<annotation><object><name>a</name></object></annotation>", "object 1: missing <bndbox>"),
-    ("<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
-     "missing <name>"),
-    ("<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax></bndbox></object></annotation>",
-     "missing <ymax>"),
-    ("<annotation><object><name>a</name><bndbox><xmin>x</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
-     "not a number"),
-    ("<annotation><object><name>a</name><bndbox><xmin>5</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
-     "max below min"),
-    # nan passes every comparison test (nan < x is false) and inf is clipped silently: both refused
-    ("<annotation><object><name>a</name><bndbox><xmin>nan</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
-     "not finite"),
-    ("<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>inf</xmax><ymax>2</ymax></bndbox></object></annotation>",
-     "not finite"),
-    ("<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>-Infinity</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
-     "not finite"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("<annotation><object><name>a</name>", "not well-formed XML"),
+        ("", "not well-formed XML"),
+        ("<html></html>", "expected an <annotation> root"),
+        ("<annotation><object><name>a</name></object></annotation>", "object 1: missing <bndbox>"),
+        (
+            "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+            "missing <name>",
+        ),
+        (
+            "<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax></bndbox></object></annotation>",
+            "missing <ymax>",
+        ),
+        (
+            "<annotation><object><name>a</name><bndbox><xmin>x</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+            "not a number",
+        ),
+        (
+            "<annotation><object><name>a</name><bndbox><xmin>5</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+            "max below min",
+        ),
+        # nan passes every comparison test (nan < x is false) and inf is clipped silently: both refused
+        (
+            "<annotation><object><name>a</name><bndbox><xmin>nan</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+            "not finite",
+        ),
+        (
+            "<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>inf</xmax><ymax>2</ymax></bndbox></object></annotation>",
+            "not finite",
+        ),
+        (
+            "<annotation><object><name>a</name><bndbox><xmin>1</xmin><ymin>-Infinity</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>",
+            "not finite",
+        ),
+    ],
+)
 def test_malformed_voc(tmp_path, text, message):
     path = tmp_path / "bad.xml"
     path.write_text(text)
@@ -226,5 +264,7 @@ def test_boxes_for_beside_image_or_in_box_folder(tmp_path):
     (tmp_path / "boxes").mkdir()
     (tmp_path / "boxes" / "n01440764_10040.xml").write_text(IMAGENET_XML)
     assert len(boxes_for(image, box_dir=tmp_path / "boxes")) == 2
-    (tmp_path / "imgs" / "n01440764_10040.xml").write_text(IMAGENET_XML.replace("<xmin>0</xmin>", "<xmin>7</xmin>"))
+    (tmp_path / "imgs" / "n01440764_10040.xml").write_text(
+        IMAGENET_XML.replace("<xmin>0</xmin>", "<xmin>7</xmin>")
+    )
     assert boxes_for(image)[0].xmin == 7

@@ -43,8 +43,11 @@ def deadline(seconds: int):
 
 def _jpeg(path, seed: int, colour=None) -> None:
     rng = np.random.default_rng(seed)
-    pixels = (rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) if colour is None
-              else np.full((40, 48, 3), colour, np.uint8))
+    pixels = (
+        rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        if colour is None
+        else np.full((40, 48, 3), colour, np.uint8)
+    )
     Image.fromarray(pixels).save(path, format="JPEG")
 
 
@@ -79,8 +82,17 @@ def test_scan_keeps_regular_files_once_and_counts_the_rest(odd_folder, capsys):
     names = [Path(p).relative_to(odd_folder).as_posix() for p, _ in index.samples]
     labels = dict(zip(names, (label for _, label in index.samples)))
     odd = os.fsdecode(ODD_NAME)
-    assert sorted(names) == sorted(["c0/i0.jpg", "c0/i1.jpg", "c0/i2.jpg", f"c0/{odd}", "c0/sub/deep.jpg",
-                                    "c1/i0.jpg", "c1/i1.jpg"]), names
+    assert sorted(names) == sorted(
+        [
+            "c0/i0.jpg",
+            "c0/i1.jpg",
+            "c0/i2.jpg",
+            f"c0/{odd}",
+            "c0/sub/deep.jpg",
+            "c1/i0.jpg",
+            "c1/i1.jpg",
+        ]
+    ), names
     assert all(labels[n] == (1 if n.startswith("c1/") else 0) for n in names)
     assert index.special == 3 and index.loops >= 3, (index.special, index.loops)
     err = capsys.readouterr().err
@@ -99,23 +111,66 @@ def _run(argv) -> tuple[int, str]:
 def test_evaluate_features_and_train_on_the_odd_folder(odd_folder, tmp_path):
     weights = save_tiny_classifier(tmp_path / "w.safetensors", ["c0", "c1"])[1]
     with deadline(240):
-        code, err = _run(["evaluate", "--weights", weights, "--data", odd_folder, "--scales", "32", "--workers", "0",
-                          "--json", "--save-scores", tmp_path / "s.safetensors"])
+        code, err = _run(
+            [
+                "evaluate",
+                "--weights",
+                weights,
+                "--data",
+                odd_folder,
+                "--scales",
+                "32",
+                "--workers",
+                "0",
+                "--json",
+                "--save-scores",
+                tmp_path / "s.safetensors",
+            ]
+        )
         assert code == 0 and "Traceback" not in err, err
         from verydeep.evaluate.scores import load_scores
 
         assert load_scores(tmp_path / "s.safetensors").num_images == 7
-        code, err = _run(["features", "--weights", weights, "--data", odd_folder, "--out", tmp_path / "f.safetensors",
-                          "--scales", "32", "--json"])
+        code, err = _run(
+            [
+                "features",
+                "--weights",
+                weights,
+                "--data",
+                odd_folder,
+                "--out",
+                tmp_path / "f.safetensors",
+                "--scales",
+                "32",
+                "--json",
+            ]
+        )
         assert code == 0 and "Traceback" not in err, err
         from verydeep.transfer.features import load_features
 
         features = load_features(tmp_path / "f.safetensors")
         assert len(features) == 7 and any("\udcff" in p for p in features.paths)
-        code, err = _run(["train", "--set", f"data.train={odd_folder}", "model.width=0.0625", "model.fc_width=16",
-                          "model.crop_size=32", "data.scale_min=32", "data.scale_max=32", "optim.batch_size=7",
-                          "data.workers=0", "schedule.epochs=1", "init.scheme=glorot", "run.progress=false",
-                          "run.tensorboard=false", "run.plots=false", "run.threads=1", f"run.out={tmp_path / 'run'}"])
+        code, err = _run(
+            [
+                "train",
+                "--set",
+                f"data.train={odd_folder}",
+                "model.width=0.0625",
+                "model.fc_width=16",
+                "model.crop_size=32",
+                "data.scale_min=32",
+                "data.scale_max=32",
+                "optim.batch_size=7",
+                "data.workers=0",
+                "schedule.epochs=1",
+                "init.scheme=glorot",
+                "run.progress=false",
+                "run.tensorboard=false",
+                "run.plots=false",
+                "run.threads=1",
+                f"run.out={tmp_path / 'run'}",
+            ]
+        )
         assert code == 0 and "Traceback" not in err, err
         assert (tmp_path / "run" / "final.safetensors").is_file()
 
@@ -123,7 +178,16 @@ def test_evaluate_features_and_train_on_the_odd_folder(odd_folder, tmp_path):
 def test_a_fifo_named_on_the_command_line_is_refused_not_read(odd_folder, tmp_path):
     weights = save_tiny_classifier(tmp_path / "w.safetensors", ["c0", "c1"])[1]
     with deadline(120):
-        code, err = _run(["predict", odd_folder / "c0" / "fifo.jpg", odd_folder / "c0" / "i0.jpg", "--weights", weights,
-                          "--scales", "32"])
+        code, err = _run(
+            [
+                "predict",
+                odd_folder / "c0" / "fifo.jpg",
+                odd_folder / "c0" / "i0.jpg",
+                "--weights",
+                weights,
+                "--scales",
+                "32",
+            ]
+        )
     assert code == 2 and "Traceback" not in err, err
     assert "fifo.jpg: not a regular file" in err, err

@@ -25,8 +25,18 @@ import pytest
 import torch
 from PIL import Image
 
-from reliability_files import (BAD, HUGE_SIDE, ODD, WIDE, bomb_png, twin_name, write_bad, write_normal, write_odd,
-                               write_wide)
+from reliability_files import (
+    BAD,
+    HUGE_SIDE,
+    ODD,
+    WIDE,
+    bomb_png,
+    twin_name,
+    write_bad,
+    write_normal,
+    write_odd,
+    write_wide,
+)
 from verydeep.cli import main
 from verydeep.data.images import open_rgb
 from verydeep.errors import ImageError
@@ -43,11 +53,31 @@ COLOURS = {"c0": (200, 50, 50), "c1": (50, 50, 200)}
 def train_args(data: Path, out: Path) -> list[str]:
     """``verydeep train`` of a tiny net on ``data`` (also its validation set), one epoch of 2 steps of 11
     images: every one of the 22 files is drawn."""
-    return ["train", "--json", "--set", f"data.train={data}", f"data.val={data}", "model.config=A",
-            "model.width=0.0625", "model.fc_width=32", "model.crop_size=32", "model.dropout=0",
-            "init.scheme=glorot", "data.scale_min=32", "data.scale_max=40", "data.workers=0",
-            "optim.batch_size=11", "schedule.epochs=1", f"run.out={out}", "run.threads=1", "run.precision=fp32",
-            "run.progress=false", "run.tensorboard=false", "run.plots=false", "run.deterministic=true"]
+    return [
+        "train",
+        "--json",
+        "--set",
+        f"data.train={data}",
+        f"data.val={data}",
+        "model.config=A",
+        "model.width=0.0625",
+        "model.fc_width=32",
+        "model.crop_size=32",
+        "model.dropout=0",
+        "init.scheme=glorot",
+        "data.scale_min=32",
+        "data.scale_max=40",
+        "data.workers=0",
+        "optim.batch_size=11",
+        "schedule.epochs=1",
+        f"run.out={out}",
+        "run.threads=1",
+        "run.precision=fp32",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "run.plots=false",
+        "run.deterministic=true",
+    ]
 
 
 def _folder(root: Path, odd_as_twins: bool, twins_beside: bool = False) -> Path:
@@ -55,8 +85,12 @@ def _folder(root: Path, odd_as_twins: bool, twins_beside: bool = False) -> Path:
     for name, colour in COLOURS.items():
         (root / name).mkdir(parents=True)
         for k in range(6):
-            write_normal(root / name / f"n{k:02d}.png", seed=10 * len(name) + k + (100 if name == "c1" else 0),
-                         size=(40, 48) if k % 2 else (48, 40), colour=colour)
+            write_normal(
+                root / name / f"n{k:02d}.png",
+                seed=10 * len(name) + k + (100 if name == "c1" else 0),
+                size=(40, 48) if k % 2 else (48, 40),
+                colour=colour,
+            )
     odd = root / "c0"
     if odd_as_twins:
         scratch = root.parent / f".{root.name}-odd"
@@ -70,7 +104,9 @@ def _folder(root: Path, odd_as_twins: bool, twins_beside: bool = False) -> Path:
         write_odd(odd, twin_folder=scratch)
     source = root.parent / "source.jpg"
     if not source.exists():
-        Image.fromarray(np.random.default_rng(7).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(source, quality=90)
+        Image.fromarray(
+            np.random.default_rng(7).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+        ).save(source, quality=90)
     write_bad(root / "c1", source)
     write_wide(root / "c1")
     return root
@@ -114,17 +150,51 @@ def four_paths(tmp_path_factory):
     common = ["--weights", str(final), "--scales", "32,40", "--precision", "fp32"]
     job = [
         ("train", train_args(train_data, run)),
-        ("evaluate", ["evaluate", *common, "--data", str(eval_data), "--workers", "0", "--json",
-                      "--save-scores", str(tmp / "scores.safetensors")]),
-        ("features", ["features", *common, "--data", str(eval_data), "--out", str(tmp / "features.safetensors"),
-                      "--json"]),
+        (
+            "evaluate",
+            [
+                "evaluate",
+                *common,
+                "--data",
+                str(eval_data),
+                "--workers",
+                "0",
+                "--json",
+                "--save-scores",
+                str(tmp / "scores.safetensors"),
+            ],
+        ),
+        (
+            "features",
+            [
+                "features",
+                *common,
+                "--data",
+                str(eval_data),
+                "--out",
+                str(tmp / "features.safetensors"),
+                "--json",
+            ],
+        ),
         ("predict", ["predict", *files, *common, "--json"]),
     ]
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(job)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(job)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"tmp": tmp, "train": train_data, "eval": eval_data, "run": run, "files": files, "report": report}
+    return {
+        "tmp": tmp,
+        "train": train_data,
+        "eval": eval_data,
+        "run": run,
+        "files": files,
+        "report": report,
+    }
 
 
 def test_odd_files_decode_to_the_right_pixels(tmp_path):
@@ -139,7 +209,11 @@ def test_odd_files_decode_to_the_right_pixels(tmp_path):
 
 def test_the_bomb_is_refused_from_its_header(tmp_path):
     data = bomb_png()
-    assert len(data) < 2_000_000 and data[12:16] == b"IHDR" and data[16:24] == (30000).to_bytes(4, "big") * 2
+    assert (
+        len(data) < 2_000_000
+        and data[12:16] == b"IHDR"
+        and data[16:24] == (30000).to_bytes(4, "big") * 2
+    )
     (tmp_path / "bomb.png").write_bytes(data)
     with pytest.raises(ImageError, match="bomb"):
         open_rgb(tmp_path / "bomb.png")
@@ -148,13 +222,17 @@ def test_the_bomb_is_refused_from_its_header(tmp_path):
         open_rgb(tmp_path / "big.png", max_pixels=10_000)
 
 
-@pytest.mark.parametrize("keep", [50, 970])  # bytes kept: cut inside the tags; cut inside the pixels
+@pytest.mark.parametrize(
+    "keep", [50, 970]
+)  # bytes kept: cut inside the tags; cut inside the pixels
 def test_a_cut_off_tiff_is_one_error_with_no_warning_and_no_open_file(tmp_path, keep):
     # Cut inside its tags, PIL warns "Truncated File Read" before it fails (found by the property
     # test of truncated files); cut inside its pixels, it opens and then fails to load. Either way
     # the user must see one line (the ImageError), nothing else, and the file must be closed.
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(buffer, "TIFF")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(
+        buffer, "TIFF"
+    )
     path = tmp_path / "cut.tif"
     path.write_bytes(buffer.getvalue()[:keep])
     with warnings.catch_warnings(record=True) as caught:
@@ -167,10 +245,12 @@ def test_a_cut_off_tiff_is_one_error_with_no_warning_and_no_open_file(tmp_path, 
 
 def test_memory_stays_bounded_through_all_four_paths(four_paths):
     report = four_paths["report"]
-    assert report["maxrss_mb"] < MAX_RSS_MB, (
-        {k: (v["code"], v["err"][-400:]) for k, v in report.items() if isinstance(v, dict)}
-        | {"maxrss_mb": report["maxrss_mb"]})
-    assert "Traceback" not in "".join(report[k]["err"] for k in ("train", "evaluate", "features", "predict"))
+    assert report["maxrss_mb"] < MAX_RSS_MB, {
+        k: (v["code"], v["err"][-400:]) for k, v in report.items() if isinstance(v, dict)
+    } | {"maxrss_mb": report["maxrss_mb"]}
+    assert "Traceback" not in "".join(
+        report[k]["err"] for k in ("train", "evaluate", "features", "predict")
+    )
 
 
 def test_training_skips_and_counts_bad_files_and_reads_odd_ones_right(four_paths, tmp_path):
@@ -179,7 +259,9 @@ def test_training_skips_and_counts_bad_files_and_reads_odd_ones_right(four_paths
     (epoch,) = [r for r in read_metrics(run) if r["kind"] == "epoch"]
     bad = sorted(str(four_paths["train"] / "c1" / name) for name in BAD)
     assert epoch["skipped_count"] == len(BAD) and sorted(epoch["skipped"]) == bad
-    assert epoch["val_skipped"] == len(BAD) and epoch["val_images"] == 17  # 12 plain + 4 odd + wide.png
+    assert (
+        epoch["val_skipped"] == len(BAD) and epoch["val_images"] == 17
+    )  # 12 plain + 4 odd + wide.png
     assert f"skipped {len(BAD)} unreadable image(s)" in report["train"]["err"]
     # The same run with each odd file replaced by its plain twin ends in the very same weights.
     twins = _folder(tmp_path / "twins", odd_as_twins=True)
@@ -200,14 +282,21 @@ def test_evaluation_counts_bad_files_as_errors_and_reads_odd_ones_right(four_pat
     summary = json.loads(result["out"])
     unreadable = sorted(Path(u["image"]).name for u in summary["unreadable"])
     assert unreadable == sorted([*BAD, WIDE]) and summary["images"] == 20 + len(BAD) + 1
-    warnings = [line for line in result["err"].splitlines() if "unreadable image counted as an error" in line]
+    warnings = [
+        line
+        for line in result["err"].splitlines()
+        if "unreadable image counted as an error" in line
+    ]
     assert len(warnings) == len(BAD) + 1
     scores = load_scores(four_paths["tmp"] / "scores.safetensors")
     assert scores.complete
     for name in ODD:
         i, t = _index(scores.paths, name), _index(scores.paths, twin_name(name))
         for key, values in scores.values.items():
-            assert values[i].sum() > 0.99 and np.allclose(values[i], values[t], atol=1e-6), (name, key)
+            assert values[i].sum() > 0.99 and np.allclose(values[i], values[t], atol=1e-6), (
+                name,
+                key,
+            )
 
 
 def test_features_skip_bad_files_and_read_odd_ones_right(four_paths):
@@ -216,7 +305,10 @@ def test_features_skip_bad_files_and_read_odd_ones_right(four_paths):
     summary = json.loads(result["out"])
     assert sorted(Path(p).name for p in summary["skipped"]) == sorted([*BAD, WIDE])
     assert summary["images"] == 20
-    assert len([line for line in result["err"].splitlines() if "unreadable image skipped" in line]) == len(BAD) + 1
+    assert (
+        len([line for line in result["err"].splitlines() if "unreadable image skipped" in line])
+        == len(BAD) + 1
+    )
     [huge] = [line for line in result["err"].splitlines() if "z6_huge.png" in line]
     assert "VERYDEEP_MAX_IMAGE_PIXELS" in huge  # the reason is named, not only the file
     features = load_features(four_paths["tmp"] / "features.safetensors")
@@ -230,13 +322,20 @@ def test_predict_reports_each_bad_file_and_reads_odd_ones_right(four_paths):
     result = four_paths["report"]["predict"]
     assert result["code"] == 2  # some files could not be classified
     lines = result["err"].strip().splitlines()
-    assert len(lines) == len(BAD) + 1 and all(line.startswith("verydeep predict: error: ") for line in lines)
-    assert sorted(Path(line.split("error: ", 1)[1].split(":")[0]).name for line in lines) == sorted([*BAD, WIDE])
+    assert len(lines) == len(BAD) + 1 and all(
+        line.startswith("verydeep predict: error: ") for line in lines
+    )
+    assert sorted(Path(line.split("error: ", 1)[1].split(":")[0]).name for line in lines) == sorted(
+        [*BAD, WIDE]
+    )
     results = {r["image"]: r for r in json.loads(result["out"])}
     assert sorted(results) == four_paths["files"]
     for name in ODD:
         a = {t["index"]: t["prob"] for t in results[str(four_paths["eval"] / "c0" / name)]["topk"]}
-        b = {t["index"]: t["prob"] for t in results[str(four_paths["eval"] / "c0" / twin_name(name))]["topk"]}
+        b = {
+            t["index"]: t["prob"]
+            for t in results[str(four_paths["eval"] / "c0" / twin_name(name))]["topk"]
+        }
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a), name
 
 
@@ -255,10 +354,14 @@ def test_localisation_data_skips_a_bomb(tmp_path):
         (folder / f"{name}.xml").write_text(voc_xml([("c0", 2, 2, 30, 30)]))
     index = load_box_index(tmp_path)
     assert len(index) == 1 and index.skipped == {"unreadable image": 1, TOO_LARGE: 1}
-    assert "larger than 67108864 pixels, the VERYDEEP_MAX_IMAGE_PIXELS limit: 1" in skipped_text(index.skipped)
+    assert "larger than 67108864 pixels, the VERYDEEP_MAX_IMAGE_PIXELS limit: 1" in skipped_text(
+        index.skipped
+    )
 
 
-def test_an_image_over_the_pixel_bound_is_refused_from_its_header_naming_its_size_and_the_bound(tmp_path):
+def test_an_image_over_the_pixel_bound_is_refused_from_its_header_naming_its_size_and_the_bound(
+    tmp_path,
+):
     """A 12000 x 12000 PNG of 18 kB: refused before a pixel is allocated (the decoder never runs)."""
     (tmp_path / "huge.png").write_bytes(bomb_png(HUGE_SIDE))
     with pytest.MonkeyPatch.context() as patch:
@@ -266,25 +369,52 @@ def test_an_image_over_the_pixel_bound_is_refused_from_its_header_naming_its_siz
         with pytest.raises(ImageError) as caught:
             open_rgb(tmp_path / "huge.png")
     message = str(caught.value)
-    assert message.startswith(f"{tmp_path / 'huge.png'}: 12000x12000 pixels (144 MP) is over the limit of 67108864 "
-                              "pixels for one image"), message
+    assert message.startswith(
+        f"{tmp_path / 'huge.png'}: 12000x12000 pixels (144 MP) is over the limit of 67108864 "
+        "pixels for one image"
+    ), message
     assert "VERYDEEP_MAX_IMAGE_PIXELS" in message and "\n" not in message
 
 
-def test_the_pixel_bound_is_set_by_the_environment_and_a_bad_value_is_one_line(tmp_path, tiny_weights,
-                                                                                 make_image_folder):
+def test_the_pixel_bound_is_set_by_the_environment_and_a_bad_value_is_one_line(
+    tmp_path, tiny_weights, make_image_folder
+):
     """``VERYDEEP_MAX_IMAGE_PIXELS`` is read when the process starts (before any worker forks)."""
-    data = make_image_folder(tmp_path / "val", per_class=1)  # one of the five is 60 x 36 (2160 pixels)
-    argv = [sys.executable, "-m", "verydeep", "evaluate", "--weights", str(tiny_weights), "--data", str(data),
-            "--engine", "torch", "--json"]
-    lowered = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "VERYDEEP_MAX_IMAGE_PIXELS": "2100"})
+    data = make_image_folder(
+        tmp_path / "val", per_class=1
+    )  # one of the five is 60 x 36 (2160 pixels)
+    argv = [
+        sys.executable,
+        "-m",
+        "verydeep",
+        "evaluate",
+        "--weights",
+        str(tiny_weights),
+        "--data",
+        str(data),
+        "--engine",
+        "torch",
+        "--json",
+    ]
+    lowered = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VERYDEEP_MAX_IMAGE_PIXELS": "2100"},
+    )
     assert lowered.returncode == 0, lowered.stderr[-2000:]
     unreadable = json.loads(lowered.stdout)["unreadable"]
     assert len(unreadable) == 1
     assert "60x36 pixels (0.00216 MP) is over the limit of 2100 pixels" in unreadable[0]["error"]
-    bad = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "VERYDEEP_MAX_IMAGE_PIXELS": "lots"})
+    bad = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VERYDEEP_MAX_IMAGE_PIXELS": "lots"},
+    )
     assert bad.returncode == 2 and bad.stderr == (
         "verydeep evaluate: error: VERYDEEP_MAX_IMAGE_PIXELS='lots' must be a whole number of pixels above 0 "
-        "(default 67108864, 8192 x 8192)\n"), bad.stderr
+        "(default 67108864, 8192 x 8192)\n"
+    ), bad.stderr

@@ -27,7 +27,13 @@ from verydeep.data.pipeline import (
 from verydeep.data.pipeline.device import to_uint8
 from verydeep.data.pipeline.hybrid import device_positions
 from verydeep.data.pipeline.plan import draft_factor
-from verydeep.data.transforms import ColourStats, TrainAugment, TrainDataset, collate_skipping, colour_offsets
+from verydeep.data.transforms import (
+    ColourStats,
+    TrainAugment,
+    TrainDataset,
+    collate_skipping,
+    colour_offsets,
+)
 from verydeep.errors import ConfigError
 
 AUG = TrainAugment(scale_min=40, scale_max=96, crop=32)
@@ -40,7 +46,9 @@ def smooth_image(h: int, w: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     f = rng.uniform(5, 12, 3)
-    arr = np.stack([128 + 90 * np.sin(xx / f[0] + seed), 128 + 90 * np.cos(yy / f[1]), 255 * xx / w], -1)
+    arr = np.stack(
+        [128 + 90 * np.sin(xx / f[0] + seed), 128 + 90 * np.cos(yy / f[1]), 255 * xx / w], -1
+    )
     arr += rng.normal(0, 4, arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
@@ -152,8 +160,9 @@ def test_augmentation_statistics_are_the_same_on_both_paths(index, monkeypatch):
     n = len(flips)
     assert abs(np.mean(flips) - 0.5) < 4 * math.sqrt(0.25 / n)
     assert min(dev_s) < AUG.scale_min + 10 and max(dev_s) > AUG.scale_max - 10
-    assert (abs(np.mean(dev_s) - (AUG.scale_min + AUG.scale_max) / 2)
-            < 4 * (AUG.scale_max - AUG.scale_min) / math.sqrt(12 * n))
+    assert abs(np.mean(dev_s) - (AUG.scale_min + AUG.scale_max) / 2) < 4 * (
+        AUG.scale_max - AUG.scale_min
+    ) / math.sqrt(12 * n)
 
 
 def test_pixel_statistics_match_between_paths(index):
@@ -170,13 +179,16 @@ def test_pixel_statistics_match_between_paths(index):
 
 
 # -- roi_align against Pillow's crop-resize of the same window ----------------------------------------
-@pytest.mark.parametrize("box,crop", [
-    ((50.0, 60.0, 75.0, 85.0), 48),  # enlarging 0.52x: plain bilinear on both sides
-    ((5.5, 7.25, 45.5, 47.25), 48),
-    ((10.3, 20.7, 130.3, 140.7), 48),  # shrinking 2.5x: antialiased on both sides
-    ((59.5, 9.5, 200.0, 150.0), 48),  # touching the right and bottom edges
-    ((0.0, 0.0, 200.0, 150.0), 48),  # the whole image, anisotropic
-])
+@pytest.mark.parametrize(
+    "box,crop",
+    [
+        ((50.0, 60.0, 75.0, 85.0), 48),  # enlarging 0.52x: plain bilinear on both sides
+        ((5.5, 7.25, 45.5, 47.25), 48),
+        ((10.3, 20.7, 130.3, 140.7), 48),  # shrinking 2.5x: antialiased on both sides
+        ((59.5, 9.5, 200.0, 150.0), 48),  # touching the right and bottom edges
+        ((0.0, 0.0, 200.0, 150.0), 48),  # the whole image, anisotropic
+    ],
+)
 def test_roi_align_crop_equals_pil_crop_resize(box, crop):
     img = smooth_image(150, 200, 0)
     want = to_tensor(img.resize((crop, crop), Image.BILINEAR, box=box)).float()
@@ -190,9 +202,18 @@ def test_roi_align_crop_equals_pil_crop_resize(box, crop):
 
 
 def test_canvas_chunks_do_not_change_the_crops():
-    imgs = [to_tensor(smooth_image(h, w, k)) for k, (h, w) in enumerate([(60, 80), (90, 70), (64, 64), (50, 120)])]
-    boxes = torch.tensor([[1.5, 2.0, 41.5, 42.0], [0.0, 10.0, 70.0, 80.0], [3.0, 3.0, 60.0, 60.0],
-                          [60.0, 0.0, 110.0, 50.0]])
+    imgs = [
+        to_tensor(smooth_image(h, w, k))
+        for k, (h, w) in enumerate([(60, 80), (90, 70), (64, 64), (50, 120)])
+    ]
+    boxes = torch.tensor(
+        [
+            [1.5, 2.0, 41.5, 42.0],
+            [0.0, 10.0, 70.0, 80.0],
+            [3.0, 3.0, 60.0, 60.0],
+            [60.0, 0.0, 110.0, 50.0],
+        ]
+    )
     one = crop_windows(imgs, boxes, 24)
     tiny = crop_windows(imgs, boxes, 24, canvas_elements=1)  # one image per canvas
     assert torch.equal(one, tiny)
@@ -248,7 +269,9 @@ def test_files_the_device_cannot_take_go_the_cpu_way_and_are_counted(tmp_path):
     exif[0x0112] = 6
     (root / "a" / "3_rotated.jpg").write_bytes(_jpeg_bytes(base, exif=exif))
     good = _jpeg_bytes(base)
-    (root / "a" / "4_lenient.jpg").write_bytes(good[:700] + bytes(range(256)) * 20)  # Pillow reads it, libjpeg refuses
+    (root / "a" / "4_lenient.jpg").write_bytes(
+        good[:700] + bytes(range(256)) * 20
+    )  # Pillow reads it, libjpeg refuses
     (root / "a" / "5_truncated.jpg").write_bytes(good[: len(good) // 2])  # nobody reads it
     index = scan_image_folder(root)
     dataset = TrainDataset(index, AUG, seed=0)
@@ -291,8 +314,12 @@ def test_the_loader_draws_each_samples_colour_shift_whatever_its_path(index):
     stats = ColourStats.from_covariance((120.0, 110.0, 100.0), np.diag([900.0, 200.0, 50.0]))
     colour = ColourShift(stats, 0.1, seed=0)
     for share in (0.0, 0.5):
-        (batch, *_) = list(DeviceLoader(dataset, batches(len(dataset), 4), "cpu", share=share, colour=colour))
-        assert torch.equal(batch.offsets, colour_offsets(batch.index_list, stats, 0.1, 0, dataset.epoch))
+        (batch, *_) = list(
+            DeviceLoader(dataset, batches(len(dataset), 4), "cpu", share=share, colour=colour)
+        )
+        assert torch.equal(
+            batch.offsets, colour_offsets(batch.index_list, stats, 0.1, 0, dataset.epoch)
+        )
         assert batch.index_list == batch.indices.tolist()
 
 
@@ -302,7 +329,9 @@ def test_balance_share_equalises_cpu_and_device_time():
     cpu_time = (1 - p) / 4000 + p / 40000
     device_time = 1 / 5000 + p / 20000
     assert 0 < p < 1 and math.isclose(cpu_time, device_time, rel_tol=1e-9)
-    assert balance_share(cpu_rate=10, device_rate=1e6) > 0.99  # a slow CPU: almost all on the device
+    assert (
+        balance_share(cpu_rate=10, device_rate=1e6) > 0.99
+    )  # a slow CPU: almost all on the device
     with pytest.raises(ValueError):
         balance_share(cpu_rate=0, device_rate=1)
 
@@ -319,7 +348,9 @@ def test_prefetcher_stages_every_item_in_order_on_the_cpu():
     assert staged == [0, 10, 20, 30, 40]
 
 
-def test_prefetcher_on_cuda_stages_the_next_batch_on_a_side_stream_after_handing_out_this_one(monkeypatch):
+def test_prefetcher_on_cuda_stages_the_next_batch_on_a_side_stream_after_handing_out_this_one(
+    monkeypatch,
+):
     """The CUDA control flow with stand-in streams (no GPU here): order of staging, waiting, use."""
     log: list[tuple] = []
 
@@ -369,8 +400,18 @@ def test_prefetcher_on_cuda_stages_the_next_batch_on_a_side_stream_after_handing
     for staged in Prefetcher(range(3), stage, "cuda"):
         log.append(("use", "main", staged.k))
     for k in range(3):
-        assert log.index(("stage", "side", k)) < log.index(("record", "side", k)) < log.index(("wait", "main", k))
-        assert log.index(("wait", "main", k)) < log.index(("record_stream", "main", k)) < log.index(("use", "main", k))
-        if k:  # batch k is staged only once batch k-1 has been handed out (its step is queued by then)
+        assert (
+            log.index(("stage", "side", k))
+            < log.index(("record", "side", k))
+            < log.index(("wait", "main", k))
+        )
+        assert (
+            log.index(("wait", "main", k))
+            < log.index(("record_stream", "main", k))
+            < log.index(("use", "main", k))
+        )
+        if (
+            k
+        ):  # batch k is staged only once batch k-1 has been handed out (its step is queued by then)
             assert log.index(("use", "main", k - 1)) < log.index(("stage", "side", k))
     assert [e for e in log if e[0] == "use"] == [("use", "main", k) for k in range(3)]

@@ -21,7 +21,12 @@ from PIL import Image
 
 from box_data import voc_xml
 from verydeep.data.images import open_rgb, read_image
-from verydeep.data.preprocess import MAX_RESCALED_PIXELS, check_rescaled_size, rescale, rescaled_size
+from verydeep.data.preprocess import (
+    MAX_RESCALED_PIXELS,
+    check_rescaled_size,
+    rescale,
+    rescaled_size,
+)
 from verydeep.data.transforms import centre_crop, crop_box, rescale_crop_at, sample_generator
 from verydeep.errors import DataError, ImageError
 from verydeep.evaluate.crops import crop_positions
@@ -34,17 +39,41 @@ WHITE = 255
 
 # -- decoding ----------------------------------------------------------------------------------------------
 #: mode -> file format it is stored in (a lossless one that keeps the mode).
-MODES = {"1": "PNG", "L": "PNG", "LA": "PNG", "P": "PNG", "PT": "PNG", "RGB": "PNG", "RGBA": "PNG",
-         "I;16": "PNG", "I": "TIFF", "F": "TIFF", "CMYK": "TIFF", "YCbCr": "TIFF", "LAB": "TIFF",
-         "RGB-BMP": "BMP", "RGB-PPM": "PPM", "RGB-JPEG": "JPEG", "L-JPEG": "JPEG"}
+MODES = {
+    "1": "PNG",
+    "L": "PNG",
+    "LA": "PNG",
+    "P": "PNG",
+    "PT": "PNG",
+    "RGB": "PNG",
+    "RGBA": "PNG",
+    "I;16": "PNG",
+    "I": "TIFF",
+    "F": "TIFF",
+    "CMYK": "TIFF",
+    "YCbCr": "TIFF",
+    "LAB": "TIFF",
+    "RGB-BMP": "BMP",
+    "RGB-PPM": "PPM",
+    "RGB-JPEG": "JPEG",
+    "L-JPEG": "JPEG",
+}
 #: EXIF orientation -> what the upright image is, as numpy operations on the stored (H, W, C) array.
-ORIENT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-          5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
-          8: lambda a: np.rot90(a, 1)}
+ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def _make(mode: str, h: int, w: int, rng: np.random.Generator):
     """(PIL image, expected uint8 RGB or None when only the shape is checked, tolerance)."""
+
     def u8(*shape):
         return rng.integers(0, 256, shape, dtype=np.uint8)
 
@@ -62,7 +91,9 @@ def _make(mode: str, h: int, w: int, rng: np.random.Generator):
         colour = u8(h, w, 3) if base == "RGBA" else np.repeat(u8(h, w)[..., None], 3, -1)
         alpha = rng.choice(np.array([0, 255, *rng.integers(0, 256, 3)], dtype=np.uint8), (h, w))
         blend = colour * (alpha[..., None] / 255.0) + WHITE * (1 - alpha[..., None] / 255.0)
-        pixels = np.dstack([colour, alpha]) if base == "RGBA" else np.dstack([colour[..., 0], alpha])
+        pixels = (
+            np.dstack([colour, alpha]) if base == "RGBA" else np.dstack([colour[..., 0], alpha])
+        )
         return Image.fromarray(pixels), np.round(blend).astype(np.uint8), 1
     if base in ("P", "PT"):
         n = int(rng.integers(1, 257))
@@ -78,7 +109,11 @@ def _make(mode: str, h: int, w: int, rng: np.random.Generator):
         return img, expected, 0
     if base == "I;16":
         v = rng.integers(0, 65536, (h, w)).astype(np.uint16)
-        return Image.fromarray(v), np.repeat(np.round(v / 257.0).astype(np.uint8)[..., None], 3, -1), 1
+        return (
+            Image.fromarray(v),
+            np.repeat(np.round(v / 257.0).astype(np.uint8)[..., None], 3, -1),
+            1,
+        )
     if base == "I":
         return Image.fromarray(rng.integers(0, 70000, (h, w)).astype(np.int32)), None, 0
     if base == "F":
@@ -88,15 +123,24 @@ def _make(mode: str, h: int, w: int, rng: np.random.Generator):
     if base == "CMYK":
         c = u8(h, w, 4).astype(np.float64)
         rgb = (255 - c[..., :3]) * (255 - c[..., 3:]) / 255.0
-        return Image.frombytes("CMYK", (w, h), c.astype(np.uint8).tobytes()), np.round(rgb).astype(np.uint8), 1
+        return (
+            Image.frombytes("CMYK", (w, h), c.astype(np.uint8).tobytes()),
+            np.round(rgb).astype(np.uint8),
+            1,
+        )
     if base in ("YCbCr", "LAB"):
         return Image.frombytes(base, (w, h), u8(h, w, 3).tobytes()), None, 0
     raise AssertionError(mode)
 
 
 @SETTINGS
-@given(h=st.integers(1, 48), w=st.integers(1, 48), mode=st.sampled_from(sorted(MODES)),
-       orientation=st.integers(1, 8), seed=st.integers(0, 2**32 - 1))
+@given(
+    h=st.integers(1, 48),
+    w=st.integers(1, 48),
+    mode=st.sampled_from(sorted(MODES)),
+    orientation=st.integers(1, 8),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_any_image_decodes_to_upright_8bit_rgb(h, w, mode, orientation, seed):
     img, expected, tolerance = _make(mode, h, w, np.random.default_rng(seed))
     fmt = MODES[mode]
@@ -128,7 +172,10 @@ def test_any_image_decodes_to_upright_8bit_rgb(h, w, mode, orientation, seed):
 
 
 @SETTINGS
-@given(data=st.binary(min_size=0, max_size=300), suffix=st.sampled_from([".jpg", ".png", ".gif", ".tif", ".bmp"]))
+@given(
+    data=st.binary(min_size=0, max_size=300),
+    suffix=st.sampled_from([".jpg", ".png", ".gif", ".tif", ".bmp"]),
+)
 def test_any_bytes_decode_or_raise_one_image_error(data, suffix):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"x{suffix}"
@@ -145,12 +192,17 @@ def test_any_bytes_decode_or_raise_one_image_error(data, suffix):
 
 
 @SETTINGS
-@given(header=st.sampled_from(["jpg", "png", "gif", "bmp", "tif"]), cut=st.floats(0.0, 0.99), seed=st.integers(0, 99))
+@given(
+    header=st.sampled_from(["jpg", "png", "gif", "bmp", "tif"]),
+    cut=st.floats(0.0, 0.99),
+    seed=st.integers(0, 99),
+)
 def test_truncated_files_decode_or_raise_one_image_error(header, cut, seed):
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(
-        buffer, {"jpg": "JPEG", "tif": "TIFF"}.get(header, header.upper()))
+        buffer, {"jpg": "JPEG", "tif": "TIFF"}.get(header, header.upper())
+    )
     data = buffer.getvalue()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"x.{header}"
@@ -163,7 +215,9 @@ def test_truncated_files_decode_or_raise_one_image_error(header, cut, seed):
                 assert "\n" not in str(exc)
             else:
                 assert img.mode == "RGB"
-        assert not [str(w.message) for w in seen]  # a warning would be a second line on the terminal
+        assert not [
+            str(w.message) for w in seen
+        ]  # a warning would be a second line on the terminal
 
 
 # -- transforms ----------------------------------------------------------------------------------------------
@@ -174,12 +228,17 @@ def test_rescaled_size_keeps_the_aspect_ratio(h, w, q):
     short, long_ = sorted((h, w))
     assert min(rh, rw) == q
     assert max(rh, rw) == max(q, int(round(long_ * q / short)))
-    assert (rh <= rw if h <= w else rh >= rw)  # the orientation is kept (a side may round to equal)
+    assert rh <= rw if h <= w else rh >= rw  # the orientation is kept (a side may round to equal)
 
 
 @SETTINGS
-@given(h=st.integers(1, 40), w=st.integers(1, 40), q=st.integers(1, 64), seed=st.integers(0, 2**32 - 1),
-       constant=st.booleans())
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    q=st.integers(1, 64),
+    seed=st.integers(0, 2**32 - 1),
+    constant=st.booleans(),
+)
 def test_rescale_any_image(h, w, q, seed, constant):
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (3, h, w), dtype=np.uint8)
@@ -200,15 +259,22 @@ def test_extreme_aspect_ratios_are_refused_before_any_allocation(h, w, q):
     if rh * rw > MAX_RESCALED_PIXELS:
         with pytest.raises(ImageError, match="over the limit"):
             check_rescaled_size(h, w, [q])
-        with pytest.raises(ImageError, match="over the limit"):  # a stride-0 view: no pixel memory at all
+        with pytest.raises(
+            ImageError, match="over the limit"
+        ):  # a stride-0 view: no pixel memory at all
             rescale(torch.zeros((1, 1, 1), dtype=torch.uint8).expand(3, h, w), q)
     else:
         check_rescaled_size(h, w, [q])
 
 
 @SETTINGS
-@given(h=st.integers(1, 80), w=st.integers(1, 80), crop=st.sampled_from([8, 32]), extra=st.integers(0, 24),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    h=st.integers(1, 80),
+    w=st.integers(1, 80),
+    crop=st.sampled_from([8, 32]),
+    extra=st.integers(0, 24),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_training_and_centre_crops_for_any_image(h, w, crop, extra, seed):
     rng = np.random.default_rng(seed)
     img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
@@ -265,8 +331,12 @@ def test_iou_equals_the_pixel_count_ratio(a, b):
 
 
 @SETTINGS
-@given(boxes=st.lists(int_box(), min_size=1, max_size=6), others=st.lists(int_box(), min_size=1, max_size=6),
-       dx=st.floats(-100, 100), scale=st.floats(0.1, 10))
+@given(
+    boxes=st.lists(int_box(), min_size=1, max_size=6),
+    others=st.lists(int_box(), min_size=1, max_size=6),
+    dx=st.floats(-100, 100),
+    scale=st.floats(0.1, 10),
+)
 def test_iou_matrix_is_invariant_to_shifts_scales_and_flips(boxes, others, dx, scale):
     a, b = np.array(boxes, float), np.array(others, float)
     m = iou(a, b)
@@ -288,16 +358,21 @@ def test_box_encoding_round_trips(box, x0, y0, size):
 
 
 @SETTINGS
-@given(box=st.tuples(*[st.floats(-100, 100)] * 4), width=st.integers(1, 60), height=st.integers(1, 60))
+@given(
+    box=st.tuples(*[st.floats(-100, 100)] * 4), width=st.integers(1, 60), height=st.integers(1, 60)
+)
 def test_clipping_keeps_boxes_inside_and_is_idempotent(box, width, height):
     c = clip(box, width, height)
     assert 0 <= c[0] <= width and 0 <= c[2] <= width and 0 <= c[1] <= height and 0 <= c[3] <= height
     assert np.array_equal(clip(c, width, height), c)
 
 
-names = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_characters="<>&"), min_size=1,
-                max_size=12).filter(lambda s: s.strip() == s)
-number = st.one_of(st.integers(-10**6, 10**6), st.floats(-1e6, 1e6, allow_nan=False))
+names = st.text(
+    st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_characters="<>&"),
+    min_size=1,
+    max_size=12,
+).filter(lambda s: s.strip() == s)
+number = st.one_of(st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6, allow_nan=False))
 
 
 @SETTINGS
@@ -317,10 +392,23 @@ def test_voc_boxes_round_trip_or_are_refused(objects):
 
 
 @SETTINGS
-@given(text=st.one_of(st.text(max_size=200), st.builds(lambda a, b: a + b, st.sampled_from([
-    "<annotation><object>", "<annotation><object><name>c</name><bndbox>", "<annotation>",
-    "<annotation><object><name>c</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>x</xmax><ymax>2</ymax>"]),
-    st.text(max_size=60))))
+@given(
+    text=st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            lambda a, b: a + b,
+            st.sampled_from(
+                [
+                    "<annotation><object>",
+                    "<annotation><object><name>c</name><bndbox>",
+                    "<annotation>",
+                    "<annotation><object><name>c</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>x</xmax><ymax>2</ymax>",
+                ]
+            ),
+            st.text(max_size=60),
+        ),
+    )
+)
 def test_any_box_file_parses_or_raises_one_data_error(text):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.xml"

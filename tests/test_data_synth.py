@@ -17,7 +17,11 @@ SMALL = dict(classes=3, train=3, val=2)
 
 
 def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,9 @@ def test_layout_and_boxes(small_set):
         assert box.name == train.classes[label]
         assert 0 <= box.xmin < box.xmax < img.width and 0 <= box.ymin < box.ymax < img.height
         extent = max(box.xmax - box.xmin, box.ymax - box.ymin) + 1
-        assert 0.2 * min(img.size) <= extent <= 0.9 * min(img.size)  # objects of widely varying size
+        assert (
+            0.2 * min(img.size) <= extent <= 0.9 * min(img.size)
+        )  # objects of widely varying size
     assert len(sizes) > 10  # images of many sizes and aspect ratios
     manifest = read_manifest(small_set)
     assert manifest["complete"] and manifest["counts"] == {"train": 9, "val": 6}
@@ -49,9 +55,13 @@ def test_box_is_the_object(small_set):
     img, box = render(3, "train", 0, 5)  # a filled circle
     arr = np.asarray(img, dtype=np.float32)
     x0, y0, x1, y1 = box
-    inner = arr[y0 + (y1 - y0) // 3:y1 - (y1 - y0) // 3, x0 + (x1 - x0) // 3:x1 - (x1 - x0) // 3].reshape(-1, 3)
+    inner = arr[
+        y0 + (y1 - y0) // 3 : y1 - (y1 - y0) // 3, x0 + (x1 - x0) // 3 : x1 - (x1 - x0) // 3
+    ].reshape(-1, 3)
     assert inner.std(axis=0).max() < 25  # the middle of a disc is one (shaded) colour
-    outside = np.concatenate([arr[:, :max(x0 - 2, 1)].reshape(-1, 3), arr[:, x1 + 2:].reshape(-1, 3)])
+    outside = np.concatenate(
+        [arr[:, : max(x0 - 2, 1)].reshape(-1, 3), arr[:, x1 + 2 :].reshape(-1, 3)]
+    )
     assert np.linalg.norm(np.median(inner, 0) - np.median(outside, 0)) > 20
 
 
@@ -76,7 +86,9 @@ def test_complete_set_is_kept_and_other_arguments_replace_it(tmp_path):
     stamp = jpg.stat().st_mtime_ns
     make_synthetic(out, classes=2, train=2, val=1, progress=False)
     assert jpg.stat().st_mtime_ns == stamp  # nothing rewritten
-    with pytest.raises(DataError, match="--overwrite"):  # issue 16: a complete set is replaced only when asked
+    with pytest.raises(
+        DataError, match="--overwrite"
+    ):  # issue 16: a complete set is replaced only when asked
         make_synthetic(out, classes=2, train=1, val=1, progress=False)
     make_synthetic(out, classes=2, train=1, val=1, progress=False, overwrite=True)
     assert scan_image_folder(out / "train").class_counts() == [1, 1]
@@ -86,7 +98,10 @@ def test_complete_set_is_kept_and_other_arguments_replace_it(tmp_path):
     (out / MANIFEST).write_text(json.dumps(manifest))
     next((out / "val").rglob("*.jpg")).unlink()
     make_synthetic(out, classes=2, train=1, val=1, progress=False)
-    assert read_manifest(out)["complete"] and scan_image_folder(out / "val").class_counts() == [1, 1]
+    assert read_manifest(out)["complete"] and scan_image_folder(out / "val").class_counts() == [
+        1,
+        1,
+    ]
 
 
 def test_refuses_foreign_folder_and_bad_arguments(tmp_path):
@@ -119,10 +134,14 @@ def test_learnable_but_not_linearly_from_pixels(tmp_path):
         pixels, shapes = [], []
         for path, _ in index.samples:
             img = Image.open(path).convert("RGB")
-            pixels.append(np.asarray(img.resize((12, 12), Image.BILINEAR), np.float32).ravel() / 255)
+            pixels.append(
+                np.asarray(img.resize((12, 12), Image.BILINEAR), np.float32).ravel() / 255
+            )
             b = boxes_for(path)[0]
-            crop = np.asarray(img.crop((b.xmin, b.ymin, b.xmax + 1, b.ymax + 1)).resize((14, 14), Image.BILINEAR),
-                              np.float32)
+            crop = np.asarray(
+                img.crop((b.xmin, b.ymin, b.xmax + 1, b.ymax + 1)).resize((14, 14), Image.BILINEAR),
+                np.float32,
+            )
             border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
             fg = np.linalg.norm(crop - np.median(border, axis=0), axis=-1)
             shapes.append((fg / (fg.max() + 1e-6)).ravel())
@@ -141,18 +160,41 @@ def test_learnable_but_not_linearly_from_pixels(tmp_path):
 # -- the command ---------------------------------------------------------------------------------
 def test_cli_synth(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["synth", str(out), "--classes", "2", "--train", "2", "--val", "1", "--seed", "3"]) == 0
+    assert (
+        main(["synth", str(out), "--classes", "2", "--train", "2", "--val", "1", "--seed", "3"])
+        == 0
+    )
     line = capsys.readouterr().out.strip()
     assert line.startswith("wrote ") and "2 classes, 4 train + 2 val" in line and "\n" not in line
-    assert main(["synth", str(out), "--classes", "2", "--train", "2", "--val", "1", "--seed", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--classes",
+                "2",
+                "--train",
+                "2",
+                "--val",
+                "1",
+                "--seed",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["arguments"]["seed"] == 3 and manifest["complete"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--classes", "99"], "2 to"),
-    (["--seed", "-1"], "seed must be"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--classes", "99"], "2 to"),
+        (["--seed", "-1"], "seed must be"),
+    ],
+)
 def test_cli_synth_errors(tmp_path, capsys, argv, message):
     assert main(["synth", str(tmp_path / "e"), *argv]) == 2
     err = capsys.readouterr().err.strip()

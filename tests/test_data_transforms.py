@@ -53,8 +53,15 @@ def folder(tmp_path) -> ImageIndex:
 
 
 # -- options -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs", [dict(scale_min=256, scale_max=255), dict(crop=300), dict(colour_shift_std=-1),
-                                    dict(scale_min=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(scale_min=256, scale_max=255),
+        dict(crop=300),
+        dict(colour_shift_std=-1),
+        dict(scale_min=0),
+    ],
+)
 def test_bad_augment_options(kwargs):
     with pytest.raises(ConfigError):
         TrainAugment(**kwargs)
@@ -82,7 +89,9 @@ def test_scale_range_and_crop_bounds():
         tops.append(top / (rh - 32))
         lefts.append(left / (rw - 32))
     assert scales == set(range(40, 57))  # every integer S in [Smin, Smax] is drawn
-    assert min(tops) == 0 and max(tops) == 1 and min(lefts) == 0 and max(lefts) == 1  # crops reach every edge
+    assert (
+        min(tops) == 0 and max(tops) == 1 and min(lefts) == 0 and max(lefts) == 1
+    )  # crops reach every edge
 
 
 @pytest.mark.parametrize("smin, smax", [(32, 32), (36, 80), (120, 150)])
@@ -95,7 +104,7 @@ def test_crop_equals_rescale_then_crop(smin, smax):
         s, top, left = _draws(aug, img.size, sample_generator(1, 0, i))
         rh, rw = rescaled_size(75, 110, s)
         full = np.asarray(img.resize((rw, rh), Image.BILINEAR), dtype=np.int16)
-        ref = full[top:top + 32, left:left + 32]
+        ref = full[top : top + 32, left : left + 32]
         assert out.size == (32, 32)
         assert np.abs(np.asarray(out, dtype=np.int16) - ref).max() <= 3
 
@@ -107,7 +116,9 @@ def test_crop_box_covers_the_rescaled_window():
 
 def test_train_samples_deterministic_and_flipped_half_the_time(folder):
     aug = TrainAugment(scale_min=40, scale_max=64, crop=32, flip=True)
-    plain = TrainDataset(folder, TrainAugment(scale_min=40, scale_max=64, crop=32, flip=False), seed=3)
+    plain = TrainDataset(
+        folder, TrainAugment(scale_min=40, scale_max=64, crop=32, flip=False), seed=3
+    )
     flipping = TrainDataset(folder, aug, seed=3)
     again = TrainDataset(folder, aug, seed=3)
     flips = 0
@@ -116,7 +127,9 @@ def test_train_samples_deterministic_and_flipped_half_the_time(folder):
             ds.set_epoch(epoch)
         for i in range(6):
             x, y, idx, ok = flipping[i]
-            assert ok and idx == i and y == i % 2 and x.shape == (3, 32, 32) and x.dtype == torch.uint8
+            assert (
+                ok and idx == i and y == i % 2 and x.shape == (3, 32, 32) and x.dtype == torch.uint8
+            )
             assert torch.equal(x, again[i][0])  # same (seed, epoch, i) -> same sample
             base = plain[i][0]
             if torch.equal(x, base.flip(-1)) and not torch.equal(x, base):
@@ -147,7 +160,12 @@ def test_corrupt_images_are_skipped_and_counted(folder):
 def test_collate_all_bad():
     zeros = torch.zeros((3, 8, 8), dtype=torch.uint8)
     images, labels, indices, bad = collate_skipping([(zeros, 1, 4, False), (zeros, 0, 5, False)])
-    assert images.shape == (0, 3, 8, 8) and labels.numel() == 0 and indices.numel() == 0 and bad == [4, 5]
+    assert (
+        images.shape == (0, 3, 8, 8)
+        and labels.numel() == 0
+        and indices.numel() == 0
+        and bad == [4, 5]
+    )
 
 
 def test_eval_dataset_centre_crop(folder):
@@ -158,7 +176,12 @@ def test_eval_dataset_centre_crop(folder):
     full = np.asarray(img.resize((rw, rh), Image.BILINEAR), dtype=np.int16)
     top, left = round((rh - 32) / 2), round((rw - 32) / 2)
     assert ok and y == 1 and x.shape == (3, 32, 32)
-    assert np.abs(x.permute(1, 2, 0).numpy().astype(np.int16) - full[top:top + 32, left:left + 32]).max() <= 3
+    assert (
+        np.abs(
+            x.permute(1, 2, 0).numpy().astype(np.int16) - full[top : top + 32, left : left + 32]
+        ).max()
+        <= 3
+    )
     assert not ds[6][3]
     with pytest.raises(ConfigError):
         EvalDataset(folder, scale=30, crop=32)
@@ -194,7 +217,9 @@ def test_colour_stats_errors(tmp_path):
     with pytest.raises(DataError):
         compute_colour_stats(ImageIndex(tmp_path, ["a"], [(str(tmp_path / "none.jpg"), 0)]))
     with pytest.raises(DataError):
-        ColourStats.from_dict({"mean_rgb": [1, 2], "eigvals": [1, 2, 3], "eigvecs": np.eye(3).tolist()})
+        ColourStats.from_dict(
+            {"mean_rgb": [1, 2], "eigvals": [1, 2, 3], "eigvecs": np.eye(3).tolist()}
+        )
 
 
 def test_colour_shift_has_the_pca_covariance():
@@ -222,7 +247,9 @@ def test_prepare_batch():
     assert evaluated.dtype == torch.float32 and torch.allclose(evaluated, images.float() - mean)
     offsets = colour_offsets(range(4), stats, 0.1, seed=5, epoch=0)
     a = prepare_batch(images, stats, offsets)
-    assert torch.equal(a, prepare_batch(images, stats, offsets.clone())) and not torch.allclose(a, evaluated)
+    assert torch.equal(a, prepare_batch(images, stats, offsets.clone())) and not torch.allclose(
+        a, evaluated
+    )
     delta = a - evaluated  # the colour shift: constant over each image's pixels
     assert torch.allclose(delta, delta[:, :, :1, :1].expand_as(delta), atol=1e-4)
     assert torch.allclose(delta[:, :, :1, :1], offsets, atol=1e-4)
@@ -236,7 +263,14 @@ def test_normalise_refuses_0_to_1_floats_instead_of_being_off_by_255():
 
     pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     prep = Preprocessing.torchvision()
-    torch.testing.assert_close(normalise(pixels.float(), prep), normalise(pixels, prep))  # 0-255 floats are fine
+    torch.testing.assert_close(
+        normalise(pixels.float(), prep), normalise(pixels, prep)
+    )  # 0-255 floats are fine
     with pytest.raises(VerydeepError, match="0-255 pixels.*FeatureNet"):
         normalise(pixels.float() / 255, prep)
-    assert normalise(torch.zeros(1, 3, 4, 4), prep).shape == (1, 3, 4, 4)  # black is black on either scale
+    assert normalise(torch.zeros(1, 3, 4, 4), prep).shape == (
+        1,
+        3,
+        4,
+        4,
+    )  # black is black on either scale

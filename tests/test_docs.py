@@ -51,22 +51,25 @@ LONG = {
     "data.val=/data/ilsvrc12/val": "ImageNet training, days",
     "verydeep train --config configs/paper/D_S256.yaml --set data.train=/data/ilsvrc12/train "
     "data.val=/data/ilsvrc12/val": "ImageNet training, days (and it starts from net A's run)",
-    "torchrun --nproc_per_node=4 -m verydeep train --config configs/paper/D_S256.yaml":
-        "ImageNet training on 4 processes",
+    "torchrun --nproc_per_node=4 -m verydeep train --config configs/paper/D_S256.yaml": (
+        "ImageNet training on 4 processes"
+    ),
     "torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m verydeep train "
-    "--config configs/paper/D_S256.yaml --set data.train=/data/ilsvrc12/train data.val=/data/ilsvrc12/val":
-        "two nodes of 8 processes (HOST is a placeholder)",
-    "torchrun --nproc_per_node 4 -m verydeep features --weights D.safetensors --data caltech101/ --out c101.npz":
-        "4 interpreters; 2-process features is tests/test_transfer_distributed.py",
-    "torchrun --nproc_per_node 4 -m verydeep evaluate --weights D.safetensors --data val/":
+    "--config configs/paper/D_S256.yaml --set data.train=/data/ilsvrc12/train "
+    "data.val=/data/ilsvrc12/val": "two nodes of 8 processes (HOST is a placeholder)",
+    "torchrun --nproc_per_node 4 -m verydeep features --weights D.safetensors --data caltech101/ "
+    "--out c101.npz": "4 interpreters; 2-process features is tests/test_transfer_distributed.py",
+    "torchrun --nproc_per_node 4 -m verydeep evaluate --weights D.safetensors --data val/": (
         "4 interpreters (about 10 s of start-up on 2 cores); "
-        "2-process evaluation is tests/test_evaluate_distributed.py",
+        "2-process evaluation is tests/test_evaluate_distributed.py"
+    ),
     # the demo's data and training by hand: thousands of JPEGs, 20 epochs
     "verydeep synth demo-out/data": "3,500 JPEGs (the synthetic set is tests/test_data_synth.py)",
     "verydeep synth synth/": "3,500 JPEGs (the synthetic set is tests/test_data_synth.py)",
     "verydeep synth synth15/ --classes 15 --train 500 --val 100 --seed 1 --workers 2 --json": "9,000 JPEGs",
-    "verydeep train --config configs/cpu/synth_A.yaml":
-        "the demo's net A, 20 epochs on 3,000 images (a minute or more)",
+    "verydeep train --config configs/cpu/synth_A.yaml": (
+        "the demo's net A, 20 epochs on 3,000 images (a minute or more)"
+    ),
     "verydeep train --config configs/cpu/synth_A.yaml --resume": "as above, resumed",
     # localisation: 2,000 SGD steps (the lines after it read a stand-in box net instead)
     "verydeep localize train --weights A.safetensors --data synth/ --out box-pcr.safetensors --mode pcr "
@@ -76,7 +79,7 @@ LONG = {
     "verydeep bench --device cuda": "needs a GPU",
     "python benchmarks/bench_openvino_cpu.py": "a benchmark, minutes",
     "verydeep bench --quick --json": "times every workload and starts `verydeep train` in an interpreter of its "
-                                     "own: about 20 s on 2 cores; tests/test_bench_run.py runs it",
+    "own: about 20 s on 2 cores; tests/test_bench_run.py runs it",
     # installing packages
     "pip install 'verydeep[openvino]'": "installs a package (the extra is checked in pyproject.toml)",
 }
@@ -92,11 +95,18 @@ LONG = {
 CHEAPER = {
     "verydeep features --weights D.safetensors E.safetensors --data voc/ --scales 256,384,512,640,768 "
     "--aggregate mean --out voc-DE.safetensors": ["--scales", "32,40,48,56,64"],
-    "verydeep features --weights D.safetensors --data caltech101/ --scales 256,384,512 --out c101.npz":
-        ["--scales", "32,40,48"],
-    "verydeep train --config cpu/small --set data.train=my/train data.val=my/val": ["--set", "run.threads=1"],
-    "verydeep train --config configs/cpu/small.yaml --set data.train=my/train data.val=my/val":
-        ["--set", "run.threads=1"],
+    "verydeep features --weights D.safetensors --data caltech101/ --scales 256,384,512 --out c101.npz": [
+        "--scales",
+        "32,40,48",
+    ],
+    "verydeep train --config cpu/small --set data.train=my/train data.val=my/val": [
+        "--set",
+        "run.threads=1",
+    ],
+    "verydeep train --config configs/cpu/small.yaml --set data.train=my/train data.val=my/val": [
+        "--set",
+        "run.threads=1",
+    ],
 }
 
 
@@ -139,10 +149,19 @@ def doc_blocks() -> list[Block]:
             if not fence:
                 i += 1
                 continue
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), len(lines))
+            end = next(
+                (j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), len(lines)
+            )
             lang = fence.group(1).lower()
             if lang in SHELLS or lang == "python":
-                found.append(Block(path, i + 2, "sh" if lang in SHELLS else "python", "\n".join(lines[i + 1:end])))
+                found.append(
+                    Block(
+                        path,
+                        i + 2,
+                        "sh" if lang in SHELLS else "python",
+                        "\n".join(lines[i + 1 : end]),
+                    )
+                )
             i = end + 1
     return found
 
@@ -178,8 +197,12 @@ def tiny_net(config: str, seed: int = 0, classes=CLASSES):
 
     torch.manual_seed(seed)
     model = verydeep.vgg(config, num_classes=len(classes), init="glorot", **TINY).eval()
-    model.meta = WeightsMeta(spec=model.spec, classes=list(classes), source="docs stand-in",
-                             preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)))
+    model.meta = WeightsMeta(
+        spec=model.spec,
+        classes=list(classes),
+        source="docs stand-in",
+        preprocessing=Preprocessing.mean_subtraction((120.0, 115.0, 100.0)),
+    )
     return model
 
 
@@ -189,13 +212,16 @@ def canonical_net(config: str, seed: int = 0):
 
         model = tiny_net(config, seed)
         canonical.save(model.state_dict(), model.meta, path)
+
     return make
 
 
 def torchvision_pth(config: str):
     """torchvision's layout as ``torch.save`` writes it (the ``vgg16-397923af.pth`` kind)."""
+
     def make(path: Path) -> None:
         torch.save(tiny_net(config).state_dict(), path)
+
     return make
 
 
@@ -205,7 +231,10 @@ def timm_file(path: Path) -> None:
     from verydeep.weights.timm import to_timm
 
     model = tiny_net("D")
-    save_file({k: v.contiguous() for k, v in to_timm(model.state_dict(), model.spec.fc6_kernel).items()}, str(path))
+    save_file(
+        {k: v.contiguous() for k, v in to_timm(model.state_dict(), model.spec.fc6_kernel).items()},
+        str(path),
+    )
 
 
 def caffemodel(config: str):
@@ -213,41 +242,53 @@ def caffemodel(config: str):
         from test_weights_caffe import random_blobs, write_v1_caffemodel
 
         write_v1_caffemodel(path, random_blobs(config, num_classes=len(CLASSES), **TINY))
+
     return make
 
 
 def deploy_prototxt(config: str):
     """A deploy prototxt in the release's V1 syntax describing :func:`caffemodel`'s net."""
+
     def make(path: Path) -> None:
         from test_weights_caffe import deploy_text, random_blobs
 
-        path.write_text(deploy_text(path.stem, random_blobs(config, num_classes=len(CLASSES), **TINY), 32))
+        path.write_text(
+            deploy_text(path.stem, random_blobs(config, num_classes=len(CLASSES), **TINY), 32)
+        )
+
     return make
 
 
 def matconvnet_file(path: Path) -> None:
     from test_weights_matconvnet import random_kernels, write_matconvnet
 
-    write_matconvnet(path, random_kernels("D", num_classes=5, **TINY), np.array([123.7, 116.8, 103.9]))
+    write_matconvnet(
+        path, random_kernels("D", num_classes=5, **TINY), np.array([123.7, 116.8, 103.9])
+    )
 
 
 def jpeg(seed: int, size=(96, 128)):
     """A photo-like JPEG: smooth shapes and gradients with noise."""
+
     def make(path: Path) -> None:
         from PIL import Image
 
         rng = np.random.default_rng(seed)
         h, w = size
         yy, xx = np.mgrid[0:h, 0:w]
-        arr = np.stack([xx * 255 / w, yy * 255 / h, ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) ** 0.5], -1)
+        arr = np.stack(
+            [xx * 255 / w, yy * 255 / h, ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) ** 0.5], -1
+        )
         arr += rng.normal(0, 12, arr.shape)
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
+
     return make
 
 
 def image_folder(per_class: int | dict[str, int], classes=CLASSES):
     """``path/<class>/*.jpg``, small random JPEGs; ``per_class`` a dict: ``path/<split>/<class>/*.jpg``
     with that many per class in each split."""
+
     def make(path: Path) -> None:
         from PIL import Image
 
@@ -258,7 +299,10 @@ def image_folder(per_class: int | dict[str, int], classes=CLASSES):
                 folder.mkdir(parents=True)
                 for k in range(count):
                     h, w = int(rng.integers(36, 56)), int(rng.integers(36, 56))
-                    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{k}.jpg")
+                    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                        folder / f"{k}.jpg"
+                    )
+
     return make
 
 
@@ -267,17 +311,22 @@ def box_folder(extra_label: str | None = None):
         from box_data import write_box_folder
 
         write_box_folder(path, classes=CLASSES, per_class=2, extra_label=extra_label)
+
     return make
 
 
 def saved_scores(weights: str):
     """A ``--save-scores`` file of ``weights`` on ``val/``, made by ``verydeep evaluate`` itself."""
+
     def make(path: Path) -> None:
         for name in (weights, "val"):
             stand_in(name, path.parent)
-        code, _, err = run_verydeep(["evaluate", "--weights", weights, "--data", "val/", "--save-scores", path.name],
-                                    path.parent)
+        code, _, err = run_verydeep(
+            ["evaluate", "--weights", weights, "--data", "val/", "--save-scores", path.name],
+            path.parent,
+        )
         assert code == 0, f"the stand-in {path.name} could not be made: {err[-2000:]}"
+
     return make
 
 
@@ -352,7 +401,10 @@ def release_stand_in(name: str) -> bool:
     if not target.exists():
         release = name.split(":", 1)[1]
         target.parent.mkdir(parents=True, exist_ok=True)
-        model = tiny_net(RELEASE_CONFIGS[release.removesuffix("_bn")] + ("_bn" if release.endswith("_bn") else ""))
+        model = tiny_net(
+            RELEASE_CONFIGS[release.removesuffix("_bn")]
+            + ("_bn" if release.endswith("_bn") else "")
+        )
         torch.save(model.state_dict(), target)
     return True
 
@@ -393,8 +445,10 @@ def verydeep_argv(line: Line) -> list[str] | None:
         return argv[1:]
     if argv[0] == "torchrun" and "-m" in argv:
         at = argv.index("-m")
-        assert argv[at + 1: at + 2] == ["verydeep"], f"{line.where}: torchrun runs {argv[at + 1:]}, not verydeep"
-        return argv[at + 2:]
+        assert argv[at + 1 : at + 2] == ["verydeep"], (
+            f"{line.where}: torchrun runs {argv[at + 1 :]}, not verydeep"
+        )
+        return argv[at + 2 :]
     return None
 
 
@@ -412,7 +466,10 @@ def parse_and_resolve(line: Line, argv: list[str], cwd: Path):
         try:
             args = build_parser().parse_args(argv)
         except SystemExit:
-            pytest.fail(f"{line.where}: `{line.key}` does not parse: {err.getvalue().strip()}", pytrace=False)
+            pytest.fail(
+                f"{line.where}: `{line.key}` does not parse: {err.getvalue().strip()}",
+                pytrace=False,
+            )
     if args.command == "train":
         from verydeep.errors import VerydeepError
         from verydeep.train import resolve_config
@@ -422,7 +479,9 @@ def parse_and_resolve(line: Line, argv: list[str], cwd: Path):
         try:
             resolve_config(args.config, args.overrides, None)
         except VerydeepError as exc:
-            pytest.fail(f"{line.where}: `{line.key}`: the config does not resolve: {exc}", pytrace=False)
+            pytest.fail(
+                f"{line.where}: `{line.key}`: the config does not resolve: {exc}", pytrace=False
+            )
         finally:
             os.chdir(before)
     releases = [t for t in argv if t.startswith("torchvision:")]
@@ -434,17 +493,23 @@ def parse_and_resolve(line: Line, argv: list[str], cwd: Path):
 def check_other(line: Line) -> None:
     """What can be checked of a line that is not ``verydeep``'s: the make target, script or extra exists."""
     argv = line.argv
-    assert line.key in LONG, f"{line.where}: `{line.key}` is not a verydeep command: add it to LONG with why"
+    assert line.key in LONG, (
+        f"{line.where}: `{line.key}` is not a verydeep command: add it to LONG with why"
+    )
     if argv[0] == "make":
         targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M)
-        assert set(argv[1:]) <= set(targets), f"{line.where}: no make target {argv[1:]} in the Makefile"
+        assert set(argv[1:]) <= set(targets), (
+            f"{line.where}: no make target {argv[1:]} in the Makefile"
+        )
     elif argv[0] == "python":
         assert (ROOT / argv[1]).is_file(), f"{line.where}: no script {argv[1]}"
     elif argv[0] == "pip":
         extras = re.findall(r"verydeep\[([\w,-]+)\]", line.key)
         text = (ROOT / "pyproject.toml").read_text()
         for extra in ",".join(extras).split(","):
-            assert re.search(rf"^{extra} = \[", text, flags=re.M), f"{line.where}: no extra [{extra}] in pyproject.toml"
+            assert re.search(rf"^{extra} = \[", text, flags=re.M), (
+                f"{line.where}: no extra [{extra}] in pyproject.toml"
+            )
     else:
         pytest.fail(f"{line.where}: cannot check `{line.key}`", pytrace=False)
 
@@ -473,14 +538,18 @@ def run_python(block: Block, cwd: Path) -> None:
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             stand_in(node.value, cwd)
-    code = compile("\n" * (block.line - 1) + block.text, str(block.path), "exec")  # the doc's line numbers
+    code = compile(
+        "\n" * (block.line - 1) + block.text, str(block.path), "exec"
+    )  # the doc's line numbers
     before, failure = Path.cwd(), None
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             exec(code, {"__name__": "__main__"})
     except Exception as exc:  # noqa: BLE001 - any failure of a snippet is the doc's
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(block.path)]
+        frames = [
+            f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(block.path)
+        ]
         where = f"{block.path.relative_to(ROOT)}:{frames[-1].lineno if frames else block.line}"
         failure = f"{where}: {type(exc).__name__}: {exc}"
     finally:
@@ -516,7 +585,9 @@ def test_the_docs_have_blocks_and_long_lists_only_lines_they_hold():
     assert len([b for b in BLOCKS if b.path.name == "README.md"]) >= 15
     keys = {line.key for block in BLOCKS if block.lang == "sh" for line in shell_lines(block)}
     assert not set(LONG) - keys, f"LONG lists lines no doc holds: {sorted(set(LONG) - keys)}"
-    assert not set(CHEAPER) - keys, f"CHEAPER lists lines no doc holds: {sorted(set(CHEAPER) - keys)}"
+    assert not set(CHEAPER) - keys, (
+        f"CHEAPER lists lines no doc holds: {sorted(set(CHEAPER) - keys)}"
+    )
 
 
 def help_examples(parser) -> list[str]:
@@ -550,22 +621,40 @@ def test_every_help_example_parses_and_resolves(tmp_path):
 def test_a_bad_doc_fails_naming_its_file_and_line(tmp_path):
     """A line that does not parse, a line that exits 2, a preset key that does not exist, a snippet that
     raises: each failure names the doc's file and the line."""
-    block = Block(ROOT / "README.md", 7, "sh", "verydeep configs\nverydeep predict photo.jpg [--json]\n"
-                  "verydeep convert missing.pth \\\n    out.safetensors  # a comment\n"
-                  "verydeep train --config cpu/small --set optim.nesterov=true\n")
+    block = Block(
+        ROOT / "README.md",
+        7,
+        "sh",
+        "verydeep configs\nverydeep predict photo.jpg [--json]\n"
+        "verydeep convert missing.pth \\\n    out.safetensors  # a comment\n"
+        "verydeep train --config cpu/small --set optim.nesterov=true\n",
+    )
     lines = shell_lines(block)
     assert [line.line for line in lines] == [7, 8, 9, 11]
     assert lines[2].argv == ["verydeep", "convert", "missing.pth", "out.safetensors"]
-    with pytest.raises(pytest.fail.Exception,
-                       match=r"README.md:8: `verydeep predict photo.jpg '\[--json\]'` does not parse"):
+    with pytest.raises(
+        pytest.fail.Exception,
+        match=r"README.md:8: `verydeep predict photo.jpg '\[--json\]'` does not parse",
+    ):
         parse_and_resolve(lines[1], verydeep_argv(lines[1]), tmp_path)
-    with pytest.raises(AssertionError, match=r"README.md:9: `verydeep convert missing.pth out.safetensors` exited 2"):
+    with pytest.raises(
+        AssertionError,
+        match=r"README.md:9: `verydeep convert missing.pth out.safetensors` exited 2",
+    ):
         run_line(lines[2], tmp_path)
-    with pytest.raises(pytest.fail.Exception, match=r"README.md:11: .* does not resolve: .*optim.nesterov"):
+    with pytest.raises(
+        pytest.fail.Exception, match=r"README.md:11: .* does not resolve: .*optim.nesterov"
+    ):
         parse_and_resolve(lines[3], verydeep_argv(lines[3]), tmp_path)
-    snippet = Block(ROOT / "docs" / "architecture.md", 30, "python",
-                    "import verydeep\n\nverydeep.load('missing.safetensors')\n")
-    with pytest.raises(pytest.fail.Exception, match=r"docs/architecture.md:32: WeightsError: .*missing.safetensors"):
+    snippet = Block(
+        ROOT / "docs" / "architecture.md",
+        30,
+        "python",
+        "import verydeep\n\nverydeep.load('missing.safetensors')\n",
+    )
+    with pytest.raises(
+        pytest.fail.Exception, match=r"docs/architecture.md:32: WeightsError: .*missing.safetensors"
+    ):
         run_python(snippet, tmp_path)
 
 

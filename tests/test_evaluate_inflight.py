@@ -35,7 +35,9 @@ def test_depth_two_runs_two_batches_at_once_and_gives_them_back_in_order():
 
     with InFlight(2) as window:
         assert window.submit(0, first) == []  # one in flight: nothing to take yet
-        assert window.submit(1, second) == [(0, ("first", True))]  # the window is full: the oldest comes back
+        assert window.submit(1, second) == [
+            (0, ("first", True))
+        ]  # the window is full: the oldest comes back
         assert window.drain() == [(1, ("second", True))]
 
 
@@ -103,7 +105,9 @@ def test_a_signal_another_thread_received_is_handled_while_the_caller_waits_for_
 
     def batch():
         assert blocked.wait(timeout=30)
-        os.kill(os.getpid(), signal.SIGUSR1)  # the main thread blocks it: a thread of the pool takes it
+        os.kill(
+            os.getpid(), signal.SIGUSR1
+        )  # the main thread blocks it: a thread of the pool takes it
         release.wait(timeout=30)
         return 1
 

@@ -32,6 +32,7 @@ from verydeep.evaluate.scores import load_scores
 
 IMAGES_PER_CLASS = 70  # 140 images (and a broken one): 18 batches of 8 (or fewer) in three sizes
 
+
 def _pause_at(after: int, marker: Path):
     """An event counter for a forked child: at the ``after``-th event it writes ``marker`` and waits
     there for a signal, so the test's kill lands exactly there."""
@@ -75,9 +76,18 @@ def _evaluate_saving_often(job: dict):
             signal.pause()
 
     def run():
-        evaluate_command(weights=[job["weights"]], data=job["data"], scales=[32, 40], save_scores=job["scores"],
-                         precision="fp32", workers=0, batch_size=8, progress=False, save_every_s=0.0,
-                         on_batch=pause_once_saved)
+        evaluate_command(
+            weights=[job["weights"]],
+            data=job["data"],
+            scales=[32, 40],
+            save_scores=job["scores"],
+            precision="fp32",
+            workers=0,
+            batch_size=8,
+            progress=False,
+            save_every_s=0.0,
+            on_batch=pause_once_saved,
+        )
         return 0
 
     return run
@@ -93,7 +103,9 @@ def env(tmp_path_factory):
         (data / c).mkdir(parents=True)
         for k in range(IMAGES_PER_CLASS):
             size = [(36, 44), (44, 36), (36, 36)][k % 3]
-            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(data / c / f"{k:03d}.png")
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+                data / c / f"{k:03d}.png"
+            )
     (data / "c1" / "999_broken.png").write_bytes(b"not a png")  # skipped both times, the same way
     return {"tmp": tmp, "weights": weights, "data": data}
 
@@ -118,8 +130,20 @@ def _kill_when(proc: ForkedChild, ready, sig=signal.SIGKILL, timeout: float = 12
 
 def test_killed_feature_extraction_resumes_to_the_same_bytes(env, capsys, monkeypatch):
     tmp = env["tmp"]
-    args = ["--weights", env["weights"], "--data", env["data"], "--scales", "32,40", "--precision", "fp32",
-            "--workers", "0", "--batch-size", "8"]
+    args = [
+        "--weights",
+        env["weights"],
+        "--data",
+        env["data"],
+        "--scales",
+        "32,40",
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+    ]
     assert main([str(a) for a in ["features", *args, "--out", tmp / "reference.safetensors"]]) == 0
     out = tmp / "features.safetensors"
     partial = tmp / "features.safetensors.partial"
@@ -147,12 +171,31 @@ def _summary(capsys, argv) -> dict:
 
 def test_killed_evaluation_resumes_to_the_same_scores(env, capsys, monkeypatch):
     tmp = env["tmp"]
-    args = ["evaluate", "--weights", env["weights"], "--data", env["data"], "--scales", "32,40", "--precision",
-            "fp32", "--workers", "0", "--batch-size", "8", "--json"]
+    args = [
+        "evaluate",
+        "--weights",
+        env["weights"],
+        "--data",
+        env["data"],
+        "--scales",
+        "32,40",
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--json",
+    ]
     reference = _summary(capsys, [*args, "--save-scores", tmp / "reference-scores.safetensors"])
     scores = tmp / "scores.safetensors"
     marker = tmp / "saved-eval"
-    job = {"weights": str(env["weights"]), "data": str(env["data"]), "scores": str(scores), "marker": str(marker)}
+    job = {
+        "weights": str(env["weights"]),
+        "data": str(env["data"]),
+        "scores": str(scores),
+        "marker": str(marker),
+    }
     proc = ForkedChild(_evaluate_saving_often(job))
     _kill_when(proc, marker.exists)
     assert proc.returncode == -signal.SIGKILL
@@ -168,13 +211,29 @@ def test_killed_evaluation_resumes_to_the_same_scores(env, capsys, monkeypatch):
 def test_interrupted_evaluation_saves_and_resumes(env, capsys, monkeypatch):
     """Ctrl-C (SIGINT) through the CLI: the scores so far are saved, exit 130, a rerun finishes them."""
     tmp = env["tmp"]
-    args = ["evaluate", "--weights", env["weights"], "--data", env["data"], "--scales", "32,40", "--precision",
-            "fp32", "--workers", "0", "--batch-size", "8", "--json"]
+    args = [
+        "evaluate",
+        "--weights",
+        env["weights"],
+        "--data",
+        env["data"],
+        "--scales",
+        "32,40",
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--json",
+    ]
     reference = tmp / "reference-int.safetensors"
     expected = _summary(capsys, [*args, "--save-scores", reference])
     scores = tmp / "scores-int.safetensors"
     marker = tmp / "read-int"
-    proc = _start([*args, "--save-scores", scores], "reads", 40, marker)  # about a third of the images
+    proc = _start(
+        [*args, "--save-scores", scores], "reads", 40, marker
+    )  # about a third of the images
     _kill_when(proc, marker.exists, sig=signal.SIGINT)
     assert proc.returncode == 130, proc.output()[1][-2000:]
     partial = load_scores(scores)

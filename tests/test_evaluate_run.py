@@ -28,13 +28,20 @@ FAST = dict(precision="fp32", device="cpu", workers=0, progress=False)
 def _save_net(path, classes, num_classes=5, seed=0, **extra):
     torch.manual_seed(seed)
     model = verydeep.vgg("A", num_classes=num_classes, init="glorot", **TINY)
-    meta = WeightsMeta(spec=model.spec, classes=list(classes), preprocessing=Preprocessing.torchvision(), extra=extra)
+    meta = WeightsMeta(
+        spec=model.spec,
+        classes=list(classes),
+        preprocessing=Preprocessing.torchvision(),
+        extra=extra,
+    )
     canonical.save(model.state_dict(), meta, path)
     return path
 
 
 def test_folder_dense_equals_per_image_dense(tiny_weights, eval_folder):
-    result = evaluate([str(tiny_weights)], eval_folder, protocols=["dense"], scales=[32, 40], batch_size=3, **FAST)
+    result = evaluate(
+        [str(tiny_weights)], eval_folder, protocols=["dense"], scales=[32, 40], batch_size=3, **FAST
+    )
     scores = result.scores
     assert scores.num_images == 10 and scores.complete and not scores.failed
     assert result.visits.tolist() == [1] * 10
@@ -46,7 +53,9 @@ def test_folder_dense_equals_per_image_dense(tiny_weights, eval_folder):
 
 
 def test_default_scales_follow_the_training_scale(tmp_path, eval_folder):
-    fixed = _save_net(tmp_path / "fixed.safetensors", [f"c{i}" for i in range(5)], train_scale=[40, 40])
+    fixed = _save_net(
+        tmp_path / "fixed.safetensors", [f"c{i}" for i in range(5)], train_scale=[40, 40]
+    )
     result = evaluate([str(fixed)], eval_folder, protocols=["crop"], **FAST)
     net = result.scores.nets[0]
     assert (net.single, net.multi, net.scales) == (40, [35, 40, 45], [35, 40, 45])
@@ -55,7 +64,9 @@ def test_default_scales_follow_the_training_scale(tmp_path, eval_folder):
 
 def test_class_mismatch_refused(tmp_path, eval_folder):
     other = _save_net(tmp_path / "other.safetensors", ["c0", "c1", "c2", "c3", "zebra"])
-    with pytest.raises(WeightsError, match=r"1 only in the data folder \('c4'\); 1 only in the weights \('zebra'\)"):
+    with pytest.raises(
+        WeightsError, match=r"1 only in the data folder \('c4'\); 1 only in the weights \('zebra'\)"
+    ):
         evaluate([str(other)], eval_folder, **FAST)
 
 
@@ -83,15 +94,25 @@ def test_unreadable_image_counts_as_an_error(tiny_weights, eval_folder):
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_weights, eval_folder, tmp_path):
     options = dict(protocols=["dense", "multicrop"], scales=[32, 36], batch_size=2, **FAST)
-    whole = evaluate([str(tiny_weights)], eval_folder, save_scores=tmp_path / "whole.safetensors", **options)
+    whole = evaluate(
+        [str(tiny_weights)], eval_folder, save_scores=tmp_path / "whole.safetensors", **options
+    )
 
     partial = tmp_path / "partial.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        evaluate([str(tiny_weights)], eval_folder, save_scores=partial, on_batch=interrupt_after(2), **options)
+        evaluate(
+            [str(tiny_weights)],
+            eval_folder,
+            save_scores=partial,
+            on_batch=interrupt_after(2),
+            **options,
+        )
     saved = load_scores(partial)
     assert 0 < saved.done.sum() < saved.num_images
     resumed = evaluate([str(tiny_weights)], eval_folder, save_scores=partial, **options)
-    assert resumed.visits.sum() == saved.num_images - saved.done.sum()  # only the missing images ran
+    assert (
+        resumed.visits.sum() == saved.num_images - saved.done.sum()
+    )  # only the missing images ran
     for key, array in whole.scores.values.items():
         np.testing.assert_array_equal(resumed.scores.values[key], array)
     assert summarise(resumed.scores) == summarise(whole.scores)
@@ -99,7 +120,12 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_weights, eval_folder, t
 
     # a file of another evaluation is refused, not overwritten
     with pytest.raises(DataError, match="holds scores of a different evaluation"):
-        evaluate([str(tiny_weights)], eval_folder, save_scores=partial, **(options | {"protocols": ["crop"]}))
+        evaluate(
+            [str(tiny_weights)],
+            eval_folder,
+            save_scores=partial,
+            **(options | {"protocols": ["crop"]}),
+        )
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -110,24 +136,61 @@ def _cli(capsys, *args):
 
 
 def test_cli_end_to_end(tiny_weights, eval_folder, tmp_path, capsys):
-    second = _save_net(tmp_path / "second.safetensors", [], seed=1)  # no class names: accepted with a warning
+    second = _save_net(
+        tmp_path / "second.safetensors", [], seed=1
+    )  # no class names: accepted with a warning
     scores = tmp_path / "scores.safetensors"
-    code, out, err = _cli(capsys, "--weights", tiny_weights, second, "--data", eval_folder,
-                          "--protocol", "dense,multicrop",
-                          "--protocol", "dense+multicrop", "--scales", "32,40", "--json", "--save-scores", scores,
-                          "--precision", "fp32", "--workers", "1", "--report", tmp_path / "report")
+    code, out, err = _cli(
+        capsys,
+        "--weights",
+        tiny_weights,
+        second,
+        "--data",
+        eval_folder,
+        "--protocol",
+        "dense,multicrop",
+        "--protocol",
+        "dense+multicrop",
+        "--scales",
+        "32,40",
+        "--json",
+        "--save-scores",
+        scores,
+        "--precision",
+        "fp32",
+        "--workers",
+        "1",
+        "--report",
+        tmp_path / "report",
+    )
     assert code == 0, err
     assert "second carries no class names" in err
     result = json.loads(out)
-    assert result["images"] == 10 and result["protocols"] == ["dense", "multicrop", "dense+multicrop"]
+    assert result["images"] == 10 and result["protocols"] == [
+        "dense",
+        "multicrop",
+        "dense+multicrop",
+    ]
     rows = [(r["name"], r["test"]) for r in result["rows"]]
-    assert rows == [("tiny", "32"), ("tiny", "40"), ("tiny", "32,40"), ("second", "32"), ("second", "40"),
-                    ("second", "32,40"), ("tiny + second", "32"), ("tiny + second", "40"), ("tiny + second", "32,40")]
+    assert rows == [
+        ("tiny", "32"),
+        ("tiny", "40"),
+        ("tiny", "32,40"),
+        ("second", "32"),
+        ("second", "40"),
+        ("second", "32,40"),
+        ("tiny + second", "32"),
+        ("tiny + second", "40"),
+        ("tiny + second", "32,40"),
+    ]
     for row in result["rows"]:
         for errors in row["errors"].values():
             assert 0 <= errors["top5"] <= errors["top1"] <= 100
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "| tiny + second" in report and (tmp_path / "report" / "error_vs_scale.png").stat().st_size > 1000
+    assert (
+        "| tiny + second" in report
+        and (tmp_path / "report" / "error_vs_scale.png").stat().st_size > 1000
+    )
 
     # the saved scores give the same numbers without the nets, alone or combined with another file
     code, out, err = _cli(capsys, "--combine", scores, "--json")
@@ -140,8 +203,20 @@ def test_cli_end_to_end(tiny_weights, eval_folder, tmp_path, capsys):
 
 
 def test_cli_table(tiny_weights, eval_folder, capsys):
-    code, out, err = _cli(capsys, "--weights", tiny_weights, "--data", eval_folder, "--protocol", "crop",
-                          "--scales", "32", "--no-flip", "--workers", "0")
+    code, out, err = _cli(
+        capsys,
+        "--weights",
+        tiny_weights,
+        "--data",
+        eval_folder,
+        "--protocol",
+        "crop",
+        "--scales",
+        "32",
+        "--no-flip",
+        "--workers",
+        "0",
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "top-1 / top-5 error (%), 10 images"
@@ -149,24 +224,47 @@ def test_cli_table(tiny_weights, eval_folder, capsys):
     assert lines[3].startswith("| tiny | -       | 32     |")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "{empty}"], "has no class sub-folders"),
-    (["--data", "{missing}"], "does not exist"),
-    (["--data", "{val}", "--scales", "16"], "smaller than tiny's crop size 32"),
-    (["--data", "{val}", "--protocol", "sparse"], "unknown protocol 'sparse'"),
-    (["--data", "{val}", "--combine", "{weights}"], "--combine works on saved score files alone"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "{empty}"], "has no class sub-folders"),
+        (["--data", "{missing}"], "does not exist"),
+        (["--data", "{val}", "--scales", "16"], "smaller than tiny's crop size 32"),
+        (["--data", "{val}", "--protocol", "sparse"], "unknown protocol 'sparse'"),
+        (
+            ["--data", "{val}", "--combine", "{weights}"],
+            "--combine works on saved score files alone",
+        ),
+    ],
+)
 def test_cli_bad_input(tiny_weights, eval_folder, tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
-    names = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "val": eval_folder, "weights": tiny_weights}
+    names = {
+        "empty": tmp_path / "empty",
+        "missing": tmp_path / "missing",
+        "val": eval_folder,
+        "weights": tiny_weights,
+    }
     code, out, err = _cli(capsys, "--weights", tiny_weights, *[a.format(**names) for a in args])
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("verydeep evaluate: error: ") and message in err
 
 
-def test_cli_combine_refuses_different_images(tiny_weights, eval_folder, make_image_folder, tmp_path, capsys):
+def test_cli_combine_refuses_different_images(
+    tiny_weights, eval_folder, make_image_folder, tmp_path, capsys
+):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    common = ["--weights", tiny_weights, "--protocol", "crop", "--scales", "32", "--workers", "0", "--json"]
+    common = [
+        "--weights",
+        tiny_weights,
+        "--protocol",
+        "crop",
+        "--scales",
+        "32",
+        "--workers",
+        "0",
+        "--json",
+    ]
     assert _cli(capsys, *common, "--data", eval_folder, "--save-scores", a)[0] == 0
     other = make_image_folder(tmp_path / "other", per_class=1)
     assert _cli(capsys, *common, "--data", other, "--save-scores", b)[0] == 0

@@ -42,19 +42,42 @@ def many_small_images(tmp_path):
         folder = tmp_path / "val" / f"c{c}"
         folder.mkdir(parents=True)
         for j in range(60):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"img{j}.png")
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                folder / f"img{j}.png"
+            )
     return tmp_path / "val"
 
 
 def _argv(weights, data, scores) -> list[str]:
     # one scale, no flips: the net costs little, so the loop spends much of its time taking batches over
-    return ["evaluate", "--weights", str(weights), "--data", str(data), "--engine", "torch", "--workers", "2",
-            "--batch-size", "4", "--scales", "32", "--no-flip", "--save-scores", str(scores), "--json"]
+    return [
+        "evaluate",
+        "--weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--engine",
+        "torch",
+        "--workers",
+        "2",
+        "--batch-size",
+        "4",
+        "--scales",
+        "32",
+        "--no-flip",
+        "--save-scores",
+        str(scores),
+        "--json",
+    ]
 
 
 def _messages(err: str) -> list[str]:
     """stderr without the progress bar's redraws."""
-    return [part for part in re.split(r"[\r\n]", err) if part.strip() and not part.startswith("evaluate:")]
+    return [
+        part
+        for part in re.split(r"[\r\n]", err)
+        if part.strip() and not part.startswith("evaluate:")
+    ]
 
 
 def _interrupt_runs(weights, data, tmp_path, sig: int, line: str, code: int, seed: int) -> None:
@@ -65,7 +88,11 @@ def _interrupt_runs(weights, data, tmp_path, sig: int, line: str, code: int, see
         scores = tmp_path / f"run{run}.safetensors"
         child = ForkedChild(lambda scores=scores: main(_argv(weights, data, scores)))
         deadline = time.monotonic() + 60
-        while child.poll() is None and not PROGRESS.search(child.output()[1]) and time.monotonic() < deadline:
+        while (
+            child.poll() is None
+            and not PROGRESS.search(child.output()[1])
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.1))
         child.send_signal(sig)
@@ -78,17 +105,25 @@ def _interrupt_runs(weights, data, tmp_path, sig: int, line: str, code: int, see
         assert 0 < saved.done.sum() < saved.num_images, run  # what was scored is kept
 
 
-def test_sigterm_while_workers_hand_batches_over_is_one_line_every_time(tiny_weights, many_small_images, tmp_path):
+def test_sigterm_while_workers_hand_batches_over_is_one_line_every_time(
+    tiny_weights, many_small_images, tmp_path
+):
     _interrupt_runs(tiny_weights, many_small_images, tmp_path, signal.SIGTERM, LINE, 143, seed=0)
 
 
-def test_ctrl_c_while_workers_hand_batches_over_is_one_line_every_time(tiny_weights, many_small_images, tmp_path):
+def test_ctrl_c_while_workers_hand_batches_over_is_one_line_every_time(
+    tiny_weights, many_small_images, tmp_path
+):
     """The same for Ctrl-C (SIGINT to the command): 13 of 30 printed the worker's traceback after
     ``interrupted`` before it was held during the hand-over too (runtime.signals.held_interrupts)."""
-    _interrupt_runs(tiny_weights, many_small_images, tmp_path, signal.SIGINT, "interrupted", 130, seed=1)
+    _interrupt_runs(
+        tiny_weights, many_small_images, tmp_path, signal.SIGINT, "interrupted", 130, seed=1
+    )
 
 
-def test_sigterm_while_the_workers_are_forked_is_not_lost(tiny_weights, many_small_images, tmp_path):
+def test_sigterm_while_the_workers_are_forked_is_not_lost(
+    tiny_weights, many_small_images, tmp_path
+):
     """A SIGTERM whose handler runs in an at-fork hook (the DataLoader forking its workers) was
     swallowed there, and the run went on to exit 0."""
     scores = tmp_path / "s.safetensors"
@@ -100,7 +135,9 @@ def test_sigterm_while_the_workers_are_forked_is_not_lost(tiny_weights, many_sma
             os.kill(os.getpid(), signal.SIGTERM)
 
     def target():
-        os.register_at_fork(after_in_parent=terminate_once)  # in the forked child only: it ends with it
+        os.register_at_fork(
+            after_in_parent=terminate_once
+        )  # in the forked child only: it ends with it
         return main(_argv(tiny_weights, many_small_images, scores))
 
     child = ForkedChild(target)

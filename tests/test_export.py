@@ -26,7 +26,9 @@ CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox"]
 def weights_224(tmp_path):
     torch.manual_seed(0)
     model = verydeep.vgg("D", init="glorot", **SMALL_224)
-    meta = WeightsMeta(spec=model.spec, classes=CLASSES, preprocessing=Preprocessing.caffe(), source="test")
+    meta = WeightsMeta(
+        spec=model.spec, classes=CLASSES, preprocessing=Preprocessing.caffe(), source="test"
+    )
     path = tmp_path / "d224.safetensors"
     canonical.save(model.state_dict(), meta, path)
     return path
@@ -66,7 +68,9 @@ def test_onnx_graph_has_dynamic_axes_and_the_metadata(tmp_path, weights_224):
     assert props["config"] == "D" and props["crop_size"] == "224"
     assert json.loads(props["classes"]) == CLASSES
     prep = json.loads(props["preprocessing"])
-    assert prep["channel_order"] == "BGR" and prep["mean"] == pytest.approx([103.939, 116.779, 123.68])
+    assert prep["channel_order"] == "BGR" and prep["mean"] == pytest.approx(
+        [103.939, 116.779, 123.68]
+    )
     meta = read_onnx_metadata(dst)
     assert meta.spec == load(weights_224).spec and meta.preprocessing == Preprocessing.caffe()
 
@@ -98,7 +102,10 @@ def test_check_flag_reports_onnxruntime_agreement(tmp_path, tiny_weights, capsys
     [
         (["{dir}/out.bin"], "cannot tell the export format from 'out.bin'"),
         (["{dir}/missing/out.onnx"], "folder"),
-        (["{dir}/out.pt", "--format", "torchscript", "--check"], "--check runs the file with onnxruntime"),
+        (
+            ["{dir}/out.pt", "--format", "torchscript", "--check"],
+            "--check runs the file with onnxruntime",
+        ),
     ],
 )
 def test_bad_export_requests_are_one_line_exit_2(tmp_path, tiny_weights, capsys, args, expected):
@@ -118,19 +125,28 @@ def test_existing_file_survives_a_failed_export(tmp_path, tiny_weights, capsys):
     assert dst.read_bytes() == b"precious"
 
 
-def test_a_torchscript_export_fed_back_as_weights_is_one_line_saying_what_it_is(tmp_path, tiny_weights, eval_folder,
-                                                                                 capsys, recwarn):
+def test_a_torchscript_export_fed_back_as_weights_is_one_line_saying_what_it_is(
+    tmp_path, tiny_weights, eval_folder, capsys, recwarn
+):
     """Issue 26, class M: torch.load's UserWarning and its "In PyTorch 2.6 ..." paragraph came through."""
     program = tmp_path / "tiny.pt"
-    assert main(["export", "--weights", str(tiny_weights), "--format", "torchscript", str(program)]) == 0
+    assert (
+        main(["export", "--weights", str(tiny_weights), "--format", "torchscript", str(program)])
+        == 0
+    )
     capsys.readouterr()
     image = next(eval_folder.rglob("*.jpg"))
-    for argv in (["predict", str(image), "--weights", str(program)],
-                 ["evaluate", "--weights", str(program), "--data", str(eval_folder)],
-                 ["convert", str(program), str(tmp_path / "back.safetensors")]):
+    for argv in (
+        ["predict", str(image), "--weights", str(program)],
+        ["evaluate", "--weights", str(program), "--data", str(eval_folder)],
+        ["convert", str(program), str(tmp_path / "back.safetensors")],
+    ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "2.6" not in err and "weights_only" not in err, err
-        assert f"{program} is a TorchScript program" in err and "pass the weights file it was exported from" in err
+        assert (
+            f"{program} is a TorchScript program" in err
+            and "pass the weights file it was exported from" in err
+        )
     assert not [w for w in recwarn if "TorchScript" in str(w.message)]
     assert not (tmp_path / "back.safetensors").exists()

@@ -64,7 +64,9 @@ def long_functions() -> list[str]:
             start = min([fn.lineno, *(d.lineno for d in fn.decorator_list)])
             length = fn.end_lineno - start + 1
             if length > MAX_LINES and "# long:" not in lines[fn.lineno - 1]:
-                found.append(f"{path.relative_to(PACKAGE.parent)}:{fn.lineno} {fn.name} ({length} lines)")
+                found.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{fn.lineno} {fn.name} ({length} lines)"
+                )
     return found
 
 
@@ -76,8 +78,14 @@ def function_imports() -> list[tuple[str, int, str, bool]]:
             for node in ast.walk(fn):
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
                     text = lines[node.lineno - 1 : node.end_lineno]
-                    found.append((str(path.relative_to(PACKAGE.parent)), node.lineno, " ".join(t.strip() for t in text),
-                                  any(IMPORT_REASON.search(t) for t in text)))
+                    found.append(
+                        (
+                            str(path.relative_to(PACKAGE.parent)),
+                            node.lineno,
+                            " ".join(t.strip() for t in text),
+                            any(IMPORT_REASON.search(t) for t in text),
+                        )
+                    )
     # ast.walk visits nested functions again through their parents: one row per import.
     return sorted(set(found))
 
@@ -118,7 +126,12 @@ def import_graph() -> dict[str, frozenset[str]]:
                 if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
                     todo.extend(node.body + node.orelse)
             elif isinstance(node, ast.Try):
-                todo.extend(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
+                todo.extend(
+                    node.body
+                    + node.orelse
+                    + node.finalbody
+                    + [s for h in node.handlers for s in h.body]
+                )
         edges.discard(name)
         graph[name] = frozenset(edges)
     return graph
@@ -137,7 +150,9 @@ def upward_imports() -> list[str]:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for target in _resolve(name, node, path.name == "__init__.py"):
                     if layer_of(target) > layer_of(name):
-                        found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name} -> {target}")
+                        found.append(
+                            f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name} -> {target}"
+                        )
     return found
 
 
@@ -196,10 +211,15 @@ def test_no_import_cycle():
 
 def test_the_graph_sees_the_package():
     graph = import_graph()
-    assert "verydeep.models.vgg" in graph["verydeep.train.loop"] and graph["verydeep"] == {"verydeep.errors"}
+    assert "verydeep.models.vgg" in graph["verydeep.train.loop"] and graph["verydeep"] == {
+        "verydeep.errors"
+    }
     assert "verydeep.errors" in graph["verydeep.runtime.io"] or any(
-        "verydeep.errors" in graph[m] for m in graph if m.startswith("verydeep.runtime"))
-    assert layer_of("verydeep.runtime.io") < layer_of("verydeep.train.loop") < layer_of("verydeep.cli")
+        "verydeep.errors" in graph[m] for m in graph if m.startswith("verydeep.runtime")
+    )
+    assert (
+        layer_of("verydeep.runtime.io") < layer_of("verydeep.train.loop") < layer_of("verydeep.cli")
+    )
 
 
 def test_the_checks_catch_what_they_look_for(monkeypatch, tmp_path):
@@ -214,7 +234,8 @@ def test_the_checks_catch_what_they_look_for(monkeypatch, tmp_path):
         "from verydeep.train import b\n\n"
         f"def long():\n{body}\n\n"
         f"def long_with_reason():  # long: a table of constants\n{body}\n\n"
-        "def lazy():\n    import json\n    import onnx  # optional: onnx\n")
+        "def lazy():\n    import json\n    import onnx  # optional: onnx\n"
+    )
     (tmp_path / "train" / "b.py").write_text("from verydeep.runtime import a\n")
     monkeypatch.setitem(globals(), "PACKAGE", tmp_path)
     for cached in (sources, import_graph):
@@ -222,8 +243,12 @@ def test_the_checks_catch_what_they_look_for(monkeypatch, tmp_path):
     try:
         assert [s.split()[1] for s in long_functions()] == ["long"]
         assert [(t, ok) for _p, _line, t, ok in function_imports()] == [
-            ("import json", False), ("import onnx  # optional: onnx", True)]
-        assert [s.split(" ", 1)[1] for s in upward_imports()] == ["verydeep.runtime.a -> verydeep.train.b"]
+            ("import json", False),
+            ("import onnx  # optional: onnx", True),
+        ]
+        assert [s.split(" ", 1)[1] for s in upward_imports()] == [
+            "verydeep.runtime.a -> verydeep.train.b"
+        ]
         assert import_cycles() == [["verydeep.runtime.a", "verydeep.train.b"]]
     finally:
         for cached in (sources, import_graph):
@@ -232,20 +257,28 @@ def test_the_checks_catch_what_they_look_for(monkeypatch, tmp_path):
 
 def test_every_module_imports_in_a_fresh_interpreter():
     """Function-level imports hid circles before: a fresh interpreter imports every module."""
-    script = ("import importlib, pkgutil, verydeep\n"
-              "for m in pkgutil.walk_packages(verydeep.__path__, 'verydeep.'):\n"
-              "    if m.name != 'verydeep.__main__':  # it runs the command line\n"
-              "        importlib.import_module(m.name)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    script = (
+        "import importlib, pkgutil, verydeep\n"
+        "for m in pkgutil.walk_packages(verydeep.__path__, 'verydeep.'):\n"
+        "    if m.name != 'verydeep.__main__':  # it runs the command line\n"
+        "        importlib.import_module(m.name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 if __name__ == "__main__":
-    for title, rows in (("long functions", long_functions()),
-                        ("function-level imports without a reason",
-                         [f"{p}:{line} {t}" for p, line, t, ok in function_imports() if not ok]),
-                        ("upward imports", upward_imports()),
-                        ("import cycles", [" <-> ".join(c) for c in import_cycles()])):
+    for title, rows in (
+        ("long functions", long_functions()),
+        (
+            "function-level imports without a reason",
+            [f"{p}:{line} {t}" for p, line, t, ok in function_imports() if not ok],
+        ),
+        ("upward imports", upward_imports()),
+        ("import cycles", [" <-> ".join(c) for c in import_cycles()]),
+    ):
         print(f"== {title}: {len(rows)}")
         print("\n".join(rows))
 
@@ -253,16 +286,22 @@ if __name__ == "__main__":
 def test_the_package_root_and_the_command_line_leave_torch_unimported():
     """``import verydeep``, ``import verydeep.cli`` and ``verydeep --help`` load no torch (the root is
     lazy); the public names still resolve on first use, and an unknown one is an AttributeError."""
-    probe = ("import sys, verydeep, verydeep.cli, verydeep.errors\n"
-             "try:\n    verydeep.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-             "print('torch' in sys.modules)\n"
-             "print(verydeep.vgg.__module__, verydeep.load.__module__, verydeep.PerceptualLoss.__name__)\n"
-             "print(verydeep.transfer.__name__, 'torch' in sys.modules)\n"
-             "try:\n    verydeep.no_such_name\nexcept AttributeError as exc:\n    print(exc)\n")
+    probe = (
+        "import sys, verydeep, verydeep.cli, verydeep.errors\n"
+        "try:\n    verydeep.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)\n"
+        "print(verydeep.vgg.__module__, verydeep.load.__module__, verydeep.PerceptualLoss.__name__)\n"
+        "print(verydeep.transfer.__name__, 'torch' in sys.modules)\n"
+        "try:\n    verydeep.no_such_name\nexcept AttributeError as exc:\n    print(exc)\n"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     lines = done.stdout.strip().splitlines()[-4:]
-    assert lines == ["False", "verydeep.models.vgg verydeep.weights.loader PerceptualLoss", "verydeep.transfer True",
-                     "module 'verydeep' has no attribute 'no_such_name'"], done.stdout
+    assert lines == [
+        "False",
+        "verydeep.models.vgg verydeep.weights.loader PerceptualLoss",
+        "verydeep.transfer True",
+        "module 'verydeep' has no attribute 'no_such_name'",
+    ], done.stdout
 
 
 def test_every_module_is_named_on_the_map():
@@ -284,7 +323,9 @@ def test_every_module_is_named_on_the_map():
         rel = path.relative_to(PACKAGE)
         if rel.name == "__init__.py" and len(rel.parts) > 1:
             continue
-        entry = entries.get(rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.name.removesuffix(".py"))
+        entry = entries.get(
+            rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.name.removesuffix(".py")
+        )
         if entry is None and len(rel.parts) == 1:
             entry = entries.get(rel.name)
         if entry is None or not re.search(rf"\b{re.escape(path.stem)}\b", entry):
@@ -297,7 +338,10 @@ def test_the_engines_know_no_layer_of_the_net():
     ``classifier[0/3/6]``, the fc6 kernel), so the lowest layer depended on the model's layout. They
     now convert what the net hands them (``model.dense_module``); the layout stays in models/."""
     engines = [PACKAGE / "inference" / "engines.py", PACKAGE / "inference" / "openvino_engine.py"]
-    leaks = [f"{path.relative_to(PACKAGE)}:{n}" for path in sorted((PACKAGE / "runtime").glob("*.py")) + engines
-             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             if re.search(r"\.features\b|\.classifier\b|fc6_kernel", line.split("#")[0])]
+    leaks = [
+        f"{path.relative_to(PACKAGE)}:{n}"
+        for path in sorted((PACKAGE / "runtime").glob("*.py")) + engines
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"\.features\b|\.classifier\b|fc6_kernel", line.split("#")[0])
+    ]
     assert leaks == []

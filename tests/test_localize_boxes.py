@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verydeep.localize.boxes import clip, decode, dense_windows, encode, flip_boxes, iou, scale_boxes
+from verydeep.localize.boxes import (
+    clip,
+    decode,
+    dense_windows,
+    encode,
+    flip_boxes,
+    iou,
+    scale_boxes,
+)
 from verydeep.localize.merge import greedy_merge
 
 
@@ -21,7 +29,10 @@ def test_iou_hand_values():
 
 
 def test_iou_pairwise_shape():
-    m = iou(np.array([[0, 0, 10, 10], [0, 0, 5, 5]]), np.array([[0, 0, 10, 10], [5, 5, 10, 10], [20, 20, 30, 30]]))
+    m = iou(
+        np.array([[0, 0, 10, 10], [0, 0, 5, 5]]),
+        np.array([[0, 0, 10, 10], [5, 5, 10, 10], [20, 20, 30, 30]]),
+    )
     assert m.shape == (2, 3)
     np.testing.assert_allclose(m, [[1, 0.25, 0], [0.25, 0, 0]])
 
@@ -35,8 +46,12 @@ def test_encode_hand_values():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(0, 500), min_size=4, max_size=4), st.floats(-100, 100), st.floats(-100, 100),
-       st.floats(8, 400))
+@given(
+    st.lists(st.floats(0, 500), min_size=4, max_size=4),
+    st.floats(-100, 100),
+    st.floats(-100, 100),
+    st.floats(8, 400),
+)
 def test_parameterisation_round_trip(coords, x0, y0, size):
     xs, ys = sorted(coords[:2]), sorted(coords[2:])
     box = np.array([xs[0], ys[0], xs[1], ys[1]])
@@ -62,13 +77,16 @@ def test_clip_scale_flip():
 
 
 def test_greedy_merge_constructed_case():
-    boxes = np.array([
-        [0, 0, 10, 10],      # cluster A
-        [1, 0, 11, 10],      # IoU with the first: 90/110 = 0.818
-        [0, 1, 10, 11],      # cluster A too
-        [50, 50, 60, 60],    # cluster B, alone
-        [100, 100, 104, 104],  # a far box
-    ], dtype=float)
+    boxes = np.array(
+        [
+            [0, 0, 10, 10],  # cluster A
+            [1, 0, 11, 10],  # IoU with the first: 90/110 = 0.818
+            [0, 1, 10, 11],  # cluster A too
+            [50, 50, 60, 60],  # cluster B, alone
+            [100, 100, 104, 104],  # a far box
+        ],
+        dtype=float,
+    )
     scores = np.array([0.5, 0.25, 0.25, 0.9, 0.1])
     merged = greedy_merge(boxes, scores, threshold=0.5)
     # Step 1: the closest pair is (0, 1) [IoU .818 = (0, 2)'s; ties go to the lowest index]:

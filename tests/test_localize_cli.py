@@ -19,8 +19,29 @@ def box_data(tmp_path):
 @pytest.mark.parametrize("mode", ["scr", "pcr"])
 def test_train_then_evaluate(tiny_weights, box_data, tmp_path, capsys, mode):
     out = tmp_path / f"{mode}.safetensors"
-    rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(box_data), "--out", str(out),
-               "--mode", mode, "--fine-tune", "fc", "--scale", "40", "--steps", "3", "--batch-size", "4", "--json"])
+    rc = main(
+        [
+            "localize",
+            "train",
+            "--weights",
+            str(tiny_weights),
+            "--data",
+            str(box_data),
+            "--out",
+            str(out),
+            "--mode",
+            mode,
+            "--fine-tune",
+            "fc",
+            "--scale",
+            "40",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     summary = json.loads(captured.out)
@@ -32,8 +53,21 @@ def test_train_then_evaluate(tiny_weights, box_data, tmp_path, capsys, mode):
     log = json.loads((tmp_path / f"{mode}.training.json").read_text())
     assert len(log["losses"]) == 3
 
-    rc = main(["localize", "evaluate", "--box-weights", str(out), "--weights", str(tiny_weights),
-               "--data", str(box_data), "--scales", "32,48", "--json"])
+    rc = main(
+        [
+            "localize",
+            "evaluate",
+            "--box-weights",
+            str(out),
+            "--weights",
+            str(tiny_weights),
+            "--data",
+            str(box_data),
+            "--scales",
+            "32,48",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     result = json.loads(captured.out)
@@ -50,8 +84,20 @@ def test_train_then_evaluate(tiny_weights, box_data, tmp_path, capsys, mode):
 def test_errors_are_one_line(tiny_weights, box_data, tmp_path, capsys):
     out = tmp_path / "box.safetensors"
     out.write_bytes(b"keep me")
-    rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(box_data), "--out", str(out),
-               "--steps", "1"])
+    rc = main(
+        [
+            "localize",
+            "train",
+            "--weights",
+            str(tiny_weights),
+            "--data",
+            str(box_data),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "exists" in err and err.count("\n") == 1
     assert out.read_bytes() == b"keep me"
@@ -60,20 +106,52 @@ def test_errors_are_one_line(tiny_weights, box_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "not a box net" in err and err.count("\n") == 1
 
-    rc = main(["localize", "evaluate", "--box-weights", str(tiny_weights), "--data", str(box_data),
-               "--protocol", "dense"])
+    rc = main(
+        [
+            "localize",
+            "evaluate",
+            "--box-weights",
+            str(tiny_weights),
+            "--data",
+            str(box_data),
+            "--protocol",
+            "dense",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "pass --weights" in err
 
     for xml in (box_data / "train").rglob("*.xml"):
         xml.write_text("<annotation><object>")
-    rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(box_data),
-               "--out", str(tmp_path / "new.safetensors"), "--steps", "1"])
+    rc = main(
+        [
+            "localize",
+            "train",
+            "--weights",
+            str(tiny_weights),
+            "--data",
+            str(box_data),
+            "--out",
+            str(tmp_path / "new.safetensors"),
+            "--steps",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "malformed box file: 6" in err and err.count("\n") == 1
 
-    rc = main(["localize", "train", "--weights", str(tiny_weights), "--data", str(tmp_path / "nowhere"),
-               "--out", str(tmp_path / "new.safetensors")])
+    rc = main(
+        [
+            "localize",
+            "train",
+            "--weights",
+            str(tiny_weights),
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "new.safetensors"),
+        ]
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
@@ -89,18 +167,75 @@ def test_predict_gives_the_boxes_that_evaluate_scores(tiny_weights, box_data, tm
     from verydeep.weights.loader import load
 
     out = tmp_path / "pcr.safetensors"
-    assert main(["localize", "train", "--weights", str(tiny_weights), "--data", str(box_data), "--out", str(out),
-                 "--fine-tune", "fc", "--scale", "40", "--steps", "3", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "localize",
+                "train",
+                "--weights",
+                str(tiny_weights),
+                "--data",
+                str(box_data),
+                "--out",
+                str(out),
+                "--fine-tune",
+                "fc",
+                "--scale",
+                "40",
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["localize", "evaluate", "--box-weights", str(out), "--weights", str(tiny_weights), "--data",
-                 str(box_data), "--protocol", "dense", "--scales", "32,48", "--json"]) == 0
+    assert (
+        main(
+            [
+                "localize",
+                "evaluate",
+                "--box-weights",
+                str(out),
+                "--weights",
+                str(tiny_weights),
+                "--data",
+                str(box_data),
+                "--protocol",
+                "dense",
+                "--scales",
+                "32,48",
+                "--json",
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads(capsys.readouterr().out)["dense"]
     val = load_box_index(box_data / "val")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a JPEG")
     photos = [str(s.path) for s in val.samples]
-    assert main(["localize", "predict", *photos, str(broken), "--box-weights", str(out), "--weights",
-                 str(tiny_weights), "--scales", "32,48", "--draw", str(tmp_path / "drawn"), "--json"]) == 2
+    assert (
+        main(
+            [
+                "localize",
+                "predict",
+                *photos,
+                str(broken),
+                "--box-weights",
+                str(out),
+                "--weights",
+                str(tiny_weights),
+                "--scales",
+                "32,48",
+                "--draw",
+                str(tmp_path / "drawn"),
+                "--json",
+            ]
+        )
+        == 2
+    )
     captured = capsys.readouterr()
     results = json.loads(captured.out)
     assert captured.err.count("\n") == 1 and "broken.jpg" in captured.err
@@ -120,7 +255,9 @@ def test_predict_gives_the_boxes_that_evaluate_scores(tiny_weights, box_data, tm
 
 
 @pytest.mark.openvino
-def test_predict_on_openvino_gives_pytorchs_classes_and_boxes(tiny_weights, box_data, tmp_path, capsys):
+def test_predict_on_openvino_gives_pytorchs_classes_and_boxes(
+    tiny_weights, box_data, tmp_path, capsys
+):
     """``localize predict --engine openvino`` runs both nets on OpenVINO (f32) and gives the classes,
     in the same order, and the boxes that ``--engine torch`` gives for the same photos: corners within
     0.1 pixel (the JSON rounds them to 0.01) and merged scores within 1e-4 relative, float rounding
@@ -133,18 +270,39 @@ def test_predict_on_openvino_gives_pytorchs_classes_and_boxes(tiny_weights, box_
 
     if not openvino_available():
         pytest.skip("openvino is not installed")
-    box_net = from_classifier(load(tiny_weights), "pcr", train_scale=40, generator=torch.Generator().manual_seed(1))
+    box_net = from_classifier(
+        load(tiny_weights), "pcr", train_scale=40, generator=torch.Generator().manual_seed(1)
+    )
     box = save_box_net(box_net, tmp_path / "pcr.safetensors")
     photos = sorted(str(p) for p in (box_data / "val").rglob("*.jpg"))
     found = {}
     for engine in ("torch", "openvino"):
-        assert main(["localize", "predict", *photos, "--box-weights", str(box), "--weights", str(tiny_weights),
-                     "--scales", "32,48", "--engine", engine, "--json"]) == 0
+        assert (
+            main(
+                [
+                    "localize",
+                    "predict",
+                    *photos,
+                    "--box-weights",
+                    str(box),
+                    "--weights",
+                    str(tiny_weights),
+                    "--scales",
+                    "32,48",
+                    "--engine",
+                    engine,
+                    "--json",
+                ]
+            )
+            == 0
+        )
         found[engine] = json.loads(capsys.readouterr().out)
     assert {r["engine"] for r in found["openvino"]} == {"openvino"}
     assert {r["engine"] for r in found["torch"]} == {"torch"}
     for ours, theirs in zip(found["torch"], found["openvino"]):
-        assert ours["image"] == theirs["image"] and len(ours["guesses"]) == len(theirs["guesses"]) == 5
+        assert (
+            ours["image"] == theirs["image"] and len(ours["guesses"]) == len(theirs["guesses"]) == 5
+        )
         for a, b in zip(ours["guesses"], theirs["guesses"]):
             assert (a["index"], a["class"]) == (b["index"], b["class"]), (ours["image"], a, b)
             assert a["score"] == pytest.approx(b["score"], rel=1e-4), (ours["image"], a, b)

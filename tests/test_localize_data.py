@@ -21,14 +21,18 @@ def test_bad_xml_is_skipped_with_a_count(tmp_path):
     folder = tmp_path / "cat"
     folder.mkdir()
     cases = {
-        "good": voc_xml([("cat", 5, 5, 30, 30), ("cat", -10, -10, 20, 20)]),  # the second is clipped, kept
+        "good": voc_xml(
+            [("cat", 5, 5, 30, 30), ("cat", -10, -10, 20, 20)]
+        ),  # the second is clipped, kept
         "malformed": "<annotation><object><name>cat</name",
         "no_coordinate": "<annotation><object><name>cat</name><bndbox><xmin>1</xmin></bndbox></object></annotation>",
         "empty": "<annotation></annotation>",
         "other_class": voc_xml([("dog", 1, 1, 20, 20)]),
         "outside": voc_xml([("cat", 100, 100, 120, 120)]),
         "degenerate": voc_xml([("cat", 10, 10, 10.5, 30)]),
-        "mixed": voc_xml([("cat", 10, 10, 10, 30), ("cat", 2, 2, 40, 40)]),  # one degenerate, one good
+        "mixed": voc_xml(
+            [("cat", 10, 10, 10, 30), ("cat", 2, 2, 40, 40)]
+        ),  # one degenerate, one good
     }
     for name, text in cases.items():
         _image(folder / f"{name}.jpg")
@@ -44,16 +48,24 @@ def test_bad_xml_is_skipped_with_a_count(tmp_path):
     assert kept["good.jpg"].size == (64, 48)
     assert len(kept["mixed.jpg"].boxes) == 1
     assert data.skipped == {
-        "malformed box file": 2, "empty box file": 1, "no box of its class": 1, "no box file": 1,
-        "unreadable image": 1, "box outside the image": 1, "degenerate box": 2, "no usable box": 2,
+        "malformed box file": 2,
+        "empty box file": 1,
+        "no box of its class": 1,
+        "no box file": 1,
+        "unreadable image": 1,
+        "box outside the image": 1,
+        "degenerate box": 2,
+        "no usable box": 2,
     }
     # 10 images: 2 kept, 8 skipped; 3 boxes dropped, two of them from images skipped for it ("no usable
     # box"), one from "mixed" (kept). One total of 11 counted those two images twice (issue 26, class M).
     assert skipped_text(data.skipped) == (
         "8 images skipped (empty box file: 1, malformed box file: 2, no box file: 1, no box of its class: 1, "
-        "no usable box: 2, unreadable image: 1); 3 boxes dropped (box outside the image: 1, degenerate box: 2)")
+        "no usable box: 2, unreadable image: 1); 3 boxes dropped (box outside the image: 1, degenerate box: 2)"
+    )
     assert skipped_text({"degenerate box": 1, "no usable box": 1}) == (
-        "1 image skipped (no usable box: 1); 1 box dropped (degenerate box: 1)")
+        "1 image skipped (no usable box: 1); 1 box dropped (degenerate box: 1)"
+    )
     assert skipped_text({}) == ""
 
 
@@ -63,7 +75,9 @@ def test_nothing_usable_is_a_clear_error(tmp_path):
     _image(folder / "a.jpg")
     (folder / "a.xml").write_text(voc_xml([("n0123", 1, 1, 20, 20)]))
     _image(folder / "b.jpg")
-    with pytest.raises(DataError, match=r"no image .* has a usable box .*no box file: 1.*named \['n0123'\]"):
+    with pytest.raises(
+        DataError, match=r"no image .* has a usable box .*no box file: 1.*named \['n0123'\]"
+    ):
         load_box_index(tmp_path)
 
 

@@ -10,7 +10,13 @@ from torch import nn
 from box_data import write_box_folder
 from verydeep.localize.boxes import dense_windows, encode, iou
 from verydeep.localize.data import load_box_index
-from verydeep.localize.evaluate import crop_protocol, dense_guesses, dense_protocol, guesses_right, rescaled_guesses
+from verydeep.localize.evaluate import (
+    crop_protocol,
+    dense_guesses,
+    dense_protocol,
+    guesses_right,
+    rescaled_guesses,
+)
 from verydeep.localize.head import BoxHead
 from verydeep.models.configs import ModelSpec
 from verydeep.models.metadata import Preprocessing, WeightsMeta
@@ -26,7 +32,9 @@ class OracleBoxNet(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(1))
         self.spec = ModelSpec(num_classes=4, crop_size=CROP, width=1 / 16, fc_width=8)
         self.head = BoxHead(mode=mode, classes=classes, train_scale=40)
-        self.meta = WeightsMeta(spec=self.spec, preprocessing=Preprocessing("RGB", 255.0, (0, 0, 0)))
+        self.meta = WeightsMeta(
+            spec=self.spec, preprocessing=Preprocessing("RGB", 255.0, (0, 0, 0))
+        )
         self.box = None  # corner box in original pixels
         self.size = None  # original (width, height)
         self.shift = shift  # moves every predicted box right by this fraction of the crop
@@ -41,9 +49,15 @@ class OracleBoxNet(nn.Module):
         windows = dense_windows(rows, cols, CROP)
         sx, sy = w / self.size[0], h / self.size[1]
         b = np.array(self.box, dtype=float) * [sx, sy, sx, sy]  # the box in the rescaled image
-        p = np.moveaxis(encode(np.broadcast_to(b, (rows, cols, 4)), (windows[..., 0], windows[..., 1], CROP)), -1, 0)
+        p = np.moveaxis(
+            encode(np.broadcast_to(b, (rows, cols, 4)), (windows[..., 0], windows[..., 1], CROP)),
+            -1,
+            0,
+        )
         p[0] += self.shift
-        out = torch.as_tensor(p, dtype=torch.float32)[None, None].expand(1, self.boxes_per_image, 4, rows, cols)
+        out = torch.as_tensor(p, dtype=torch.float32)[None, None].expand(
+            1, self.boxes_per_image, 4, rows, cols
+        )
         return out.clone()
 
 
@@ -54,7 +68,9 @@ class FixedClassifier(nn.Module):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(1))
         self.spec = ModelSpec(num_classes=len(classes), crop_size=CROP, width=1 / 16, fc_width=8)
-        self.meta = WeightsMeta(spec=self.spec, classes=classes, preprocessing=Preprocessing("RGB", 255.0, (0, 0, 0)))
+        self.meta = WeightsMeta(
+            spec=self.spec, classes=classes, preprocessing=Preprocessing("RGB", 255.0, (0, 0, 0))
+        )
         self.favourite = favourite
 
     @property
@@ -76,7 +92,9 @@ def test_dense_guesses_map_positions_to_image_boxes(mode, shift, right):
     box_net = OracleBoxNet(mode, classes, shift)
     box_net.box, box_net.size = (20, 10, 70, 45), (90, 60)
     image = torch.zeros(3, 60, 90, dtype=torch.uint8)
-    guesses = dense_guesses(box_net, FixedClassifier(classes, favourite=1), image, scales=[40, 72], top=2)
+    guesses = dense_guesses(
+        box_net, FixedClassifier(classes, favourite=1), image, scales=[40, 72], top=2
+    )
     assert [g.label for g in guesses] == [1, 2]
     if right:
         np.testing.assert_allclose(guesses[0].box, [20, 10, 70, 45], atol=1e-4)
@@ -97,7 +115,9 @@ def test_dense_protocol_counts_right_and_wrong(tmp_path, monkeypatch):
 
     monkeypatch.setattr("verydeep.localize.evaluate.rescaled_guesses", with_truth)
     # the classifier always says c0: with top-1 only the c0 images are right, with top-2 all are
-    result = dense_protocol(box_net, FixedClassifier(data.classes, favourite=0), data, [40], top=2, progress=False)
+    result = dense_protocol(
+        box_net, FixedClassifier(data.classes, favourite=0), data, [40], top=2, progress=False
+    )
     assert result["top2_error"] == 0.0 and result["top1_error"] == 50.0 and result["images"] == 4
 
 
@@ -118,7 +138,9 @@ def test_crop_protocol_with_perfect_and_wrong_boxes(tmp_path):
         f = 32 / min(w, h)
         rw, rh = round(w * f), round(h * f)
         left, top = round((rw - 32) / 2), round((rh - 32) / 2)
-        crop_box = np.array([left / (rw / w), top / (rh / h), (left + 32) / (rw / w), (top + 32) / (rh / h)])
+        crop_box = np.array(
+            [left / (rw / w), top / (rh / h), (left + 32) / (rw / w), (top + 32) / (rh / h)]
+        )
         expected += iou(np.clip(crop_box, 0, [w, h, w, h]), s.boxes).max() <= 0.5
     assert result["error"] == pytest.approx(100.0 * expected / len(data))
     net.value = torch.tensor([0.5, 0.5, 0.0, 0.0])  # empty boxes are always wrong

@@ -7,7 +7,14 @@ import torch
 
 import verydeep
 from verydeep.errors import WeightsError
-from verydeep.localize.head import BoxNet, as_box_net, from_classifier, load_box_net, save_box_net, select_boxes
+from verydeep.localize.head import (
+    BoxNet,
+    as_box_net,
+    from_classifier,
+    load_box_net,
+    save_box_net,
+    select_boxes,
+)
 from verydeep.localize.loss import euclidean_box_loss
 from verydeep.models.metadata import WeightsMeta
 
@@ -52,17 +59,21 @@ def test_initialised_from_the_classifier_with_a_random_last_layer(classifier):
 
 def test_select_boxes():
     pred = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
-    torch.testing.assert_close(select_boxes(pred, torch.tensor([2, 0])), torch.stack([pred[0, 2], pred[1, 0]]))
+    torch.testing.assert_close(
+        select_boxes(pred, torch.tensor([2, 0])), torch.stack([pred[0, 2], pred[1, 0]])
+    )
     single = pred[:, :1]
     torch.testing.assert_close(select_boxes(single, torch.tensor([2, 0])), pred[:, 0])
 
 
 def test_loss_against_a_hand_computation():
-    pred = torch.tensor([
-        [[0.5, 0.5, 1.0, 1.0], [0.1, 0.2, 0.3, 0.4]],
-        [[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]],
-        [[9.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0]],
-    ])
+    pred = torch.tensor(
+        [
+            [[0.5, 0.5, 1.0, 1.0], [0.1, 0.2, 0.3, 0.4]],
+            [[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]],
+            [[9.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0]],
+        ]
+    )
     target = torch.tensor([[0.1, 0.2, 0.3, 0.6], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]])
     labels = torch.tensor([1, 0, 1])
     valid = torch.tensor([True, True, False])

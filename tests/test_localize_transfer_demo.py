@@ -21,7 +21,9 @@ def test_demo_sections(tmp_path):
     data = write_box_folder(tmp_path / "synth", per_class=4)
     net = _net()
     loc = localize.demo_section(net, data, steps=2, batch_size=4)
-    assert loc["title"] == "Localisation" and "| SCR" in loc["markdown"] and "| PCR" in loc["markdown"]
+    assert (
+        loc["title"] == "Localisation" and "| SCR" in loc["markdown"] and "| PCR" in loc["markdown"]
+    )
     for mode in ("scr", "pcr"):
         assert 0 <= loc["figures"][mode]["test1_error"] <= 100
         assert 0 <= loc["figures"][mode]["test2_top5_error"] <= 100

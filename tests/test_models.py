@@ -38,11 +38,11 @@ TABLE_1 = {
     "A": "1_1:3:64 2_1:3:128 3_1:3:256 3_2:3:256 4_1:3:512 4_2:3:512 5_1:3:512 5_2:3:512",
     "B": "1_1:3:64 1_2:3:64 2_1:3:128 2_2:3:128 3_1:3:256 3_2:3:256 4_1:3:512 4_2:3:512 5_1:3:512 5_2:3:512",
     "C": "1_1:3:64 1_2:3:64 2_1:3:128 2_2:3:128 3_1:3:256 3_2:3:256 3_3:1:256 4_1:3:512 4_2:3:512 4_3:1:512 "
-         "5_1:3:512 5_2:3:512 5_3:1:512",
+    "5_1:3:512 5_2:3:512 5_3:1:512",
     "D": "1_1:3:64 1_2:3:64 2_1:3:128 2_2:3:128 3_1:3:256 3_2:3:256 3_3:3:256 4_1:3:512 4_2:3:512 4_3:3:512 "
-         "5_1:3:512 5_2:3:512 5_3:3:512",
+    "5_1:3:512 5_2:3:512 5_3:3:512",
     "E": "1_1:3:64 1_2:3:64 2_1:3:128 2_2:3:128 3_1:3:256 3_2:3:256 3_3:3:256 3_4:3:256 4_1:3:512 4_2:3:512 "
-         "4_3:3:512 4_4:3:512 5_1:3:512 5_2:3:512 5_3:3:512 5_4:3:512",
+    "4_3:3:512 4_4:3:512 5_1:3:512 5_2:3:512 5_3:3:512 5_4:3:512",
 }
 TABLE_1["A-LRN"] = TABLE_1["A"]
 
@@ -70,7 +70,11 @@ def test_layer_sequence_follows_table_1(config):
     else:
         assert not lrns
     fcs = [model.classifier[i] for i in (0, 3, 6)]
-    assert [(f.in_features, f.out_features) for f in fcs] == [(25088, 4096), (4096, 4096), (4096, 1000)]
+    assert [(f.in_features, f.out_features) for f in fcs] == [
+        (25088, 4096),
+        (4096, 4096),
+        (4096, 1000),
+    ]
     drops = [m.p for m in model.classifier if isinstance(m, torch.nn.Dropout)]
     assert drops == [0.5, 0.5]
 
@@ -162,7 +166,9 @@ def test_dense_kernels_are_views_of_the_fc_weights():
     model = verydeep.vgg("B", **TINY)
     (w6, _), (w7, _), (w8, _) = model.fc_as_conv()
     assert w6.shape == (32, 32, 1, 1) and w8.shape == (1000, 32, 1, 1)
-    for kernel, fc in zip((w6, w7, w8), (model.classifier[0], model.classifier[3], model.classifier[6])):
+    for kernel, fc in zip(
+        (w6, w7, w8), (model.classifier[0], model.classifier[3], model.classifier[6])
+    ):
         assert kernel.data_ptr() == fc.weight.data_ptr()
     with torch.no_grad():
         model.classifier[0].weight.add_(1.0)
@@ -217,7 +223,11 @@ def test_paper_and_glorot_initialisation():
     model = verydeep.vgg("A", width=0.5, fc_width=512)
     conv = model.features[3].weight
     assert abs(conv.std().item() - 0.01) < 5e-4 and abs(conv.mean().item()) < 5e-4
-    assert all((m.bias == 0).all() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert all(
+        (m.bias == 0).all()
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )
     glorot = verydeep.vgg("A", width=0.5, fc_width=512, init="glorot")
     fc7 = glorot.classifier[3].weight
     bound = (6 / (512 + 512)) ** 0.5

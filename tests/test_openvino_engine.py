@@ -31,7 +31,9 @@ from conftest import TINY, interrupt_after
 #: `make test` runs these (marker `openvino`) in a pytest process of their own; conftest pins the
 #: other tests to the PyTorch engine, these see the real default (OpenVINO on a CPU when installed).
 pytestmark = pytest.mark.openvino
-needs_openvino = pytest.mark.skipif(not engines.openvino_available(), reason="openvino is not installed")
+needs_openvino = pytest.mark.skipif(
+    not engines.openvino_available(), reason="openvino is not installed"
+)
 
 #: 224-pixel crops (fc6 is a real 7x7 kernel) at 1/16 of the widths, as in test_export.
 SMALL_224 = dict(width=1 / 16, fc_width=32, crop_size=224, num_classes=6)
@@ -50,7 +52,9 @@ def _json(capsys, argv):
 
 
 # -- choosing the engine ------------------------------------------------------------------------------
-def test_auto_takes_openvino_on_a_cpu_when_installed_unless_the_environment_says_torch(monkeypatch, tmp_path):
+def test_auto_takes_openvino_on_a_cpu_when_installed_unless_the_environment_says_torch(
+    monkeypatch, tmp_path
+):
     monkeypatch.setattr(engines, "openvino_available", lambda: True)
     assert engines.resolve_engine("auto", "cpu") == "openvino"
     assert engines.resolve_engine(None, "cpu") == "openvino"
@@ -76,7 +80,9 @@ def test_auto_takes_openvino_on_a_cpu_when_installed_unless_the_environment_says
         engines.resolve_engine("openvino", "cpu")
 
 
-def test_cache_folder_defaults_to_the_user_cache_and_the_environment_can_turn_it_off(monkeypatch, tmp_path):
+def test_cache_folder_defaults_to_the_user_cache_and_the_environment_can_turn_it_off(
+    monkeypatch, tmp_path
+):
     monkeypatch.delenv(engines.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert engines.cache_folder(None) == str(tmp_path / "xdg" / "verydeep" / "openvino")
@@ -89,28 +95,68 @@ def test_cache_folder_defaults_to_the_user_cache_and_the_environment_can_turn_it
 
 
 @needs_openvino
-def test_the_default_engine_is_openvino_on_a_cpu_and_json_says_so(tiny_weights, eval_folder, photo, tmp_path,
-                                                                  capsys, monkeypatch):
+def test_the_default_engine_is_openvino_on_a_cpu_and_json_says_so(
+    tiny_weights, eval_folder, photo, tmp_path, capsys, monkeypatch
+):
     common = ["--weights", str(tiny_weights), "--scales", "32", "--json"]
     for preferred, expected in ((None, "openvino"), ("torch", "torch")):
         if preferred:
             monkeypatch.setenv(engines.AUTO_ENV, preferred)
-        assert _json(capsys, ["evaluate", "--data", str(eval_folder), "--device", "cpu", *common])["engine"] == expected
+        assert (
+            _json(capsys, ["evaluate", "--data", str(eval_folder), "--device", "cpu", *common])[
+                "engine"
+            ]
+            == expected
+        )
         assert _json(capsys, ["predict", str(photo), *common])[0]["engine"] == expected
         out = tmp_path / f"{expected}.npz"
-        assert _json(capsys, ["features", "--data", str(eval_folder), "--out", str(out), *common])["engine"] == expected
+        assert (
+            _json(capsys, ["features", "--data", str(eval_folder), "--out", str(out), *common])[
+                "engine"
+            ]
+            == expected
+        )
 
 
-def test_without_openvino_the_torch_engine_runs_and_says_so(monkeypatch, tiny_weights, eval_folder, photo,
-                                                            tmp_path, capsys):
+def test_without_openvino_the_torch_engine_runs_and_says_so(
+    monkeypatch, tiny_weights, eval_folder, photo, tmp_path, capsys
+):
     monkeypatch.setattr(engines, "openvino_available", lambda: False)
-    summary = _json(capsys, ["evaluate", "--weights", str(tiny_weights), "--data", str(eval_folder),
-                             "--scales", "32", "--device", "cpu", "--json"])
+    summary = _json(
+        capsys,
+        [
+            "evaluate",
+            "--weights",
+            str(tiny_weights),
+            "--data",
+            str(eval_folder),
+            "--scales",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert summary["engine"] == "torch" and summary["images"] == 10
-    results = _json(capsys, ["predict", str(photo), "--weights", str(tiny_weights), "--scales", "32", "--json"])
+    results = _json(
+        capsys, ["predict", str(photo), "--weights", str(tiny_weights), "--scales", "32", "--json"]
+    )
     assert results[0]["engine"] == "torch" and len(results[0]["topk"]) == 5
-    info = _json(capsys, ["features", "--weights", str(tiny_weights), "--data", str(eval_folder), "--scales", "32",
-                          "--out", str(tmp_path / "f.npz"), "--json"])
+    info = _json(
+        capsys,
+        [
+            "features",
+            "--weights",
+            str(tiny_weights),
+            "--data",
+            str(eval_folder),
+            "--scales",
+            "32",
+            "--out",
+            str(tmp_path / "f.npz"),
+            "--json",
+        ],
+    )
     assert info["engine"] == "torch" and info["images"] == 10
     for command in (["evaluate", "--data", str(eval_folder)], ["predict", str(photo)]):
         assert main([*command, "--weights", str(tiny_weights), "--engine", "openvino"]) == 2
@@ -120,8 +166,9 @@ def test_without_openvino_the_torch_engine_runs_and_says_so(monkeypatch, tiny_we
 
 # -- the engine against PyTorch --------------------------------------------------------------------------
 @needs_openvino
-@pytest.mark.parametrize("config, options", [("A", {}), ("A-LRN", {}), ("B", {"batch_norm": True}),
-                                             ("D", SMALL_224)])
+@pytest.mark.parametrize(
+    "config, options", [("A", {}), ("A-LRN", {}), ("B", {"batch_norm": True}), ("D", SMALL_224)]
+)
 def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
     from verydeep.inference.openvino_engine import OpenVINONet
 
@@ -137,7 +184,12 @@ def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
     gen = torch.Generator().manual_seed(1)
     # the first batch of 3 is split over OpenVINO's streams; a smaller one at its size is padded to its
     # chunks (no new shape); single images run on one request
-    shapes = [(3, crop + 64, crop), (1, crop + 64, crop), (1, crop, crop), (2, crop + 32, crop + 64)]
+    shapes = [
+        (3, crop + 64, crop),
+        (1, crop + 64, crop),
+        (1, crop, crop),
+        (2, crop + 32, crop + 64),
+    ]
     for batch, height, width in shapes:
         x = torch.randn(batch, 3, height, width, generator=gen) * 2
         with torch.no_grad():
@@ -156,8 +208,12 @@ def test_dense_descriptor_and_crop_views_match_pytorch_in_f32(config, options):
     with pytest.raises(VerydeepError, match="at least one crop large"):
         net.dense(torch.zeros(1, 3, crop - 8, crop))
     assert net.timings["convert"] > 0 and net.timings["compile"] > 0
-    streams = net._requests[True].streams  # the single image at the first batch's size was padded to its chunk
-    assert net._chunks(np.zeros((1, 3, crop + 64, crop), np.float32), True, streams)[0].shape[0] == -(-3 // streams)
+    streams = net._requests[
+        True
+    ].streams  # the single image at the first batch's size was padded to its chunk
+    assert net._chunks(np.zeros((1, 3, crop + 64, crop), np.float32), True, streams)[0].shape[
+        0
+    ] == -(-3 // streams)
 
 
 @needs_openvino
@@ -194,7 +250,9 @@ def test_cache_folder_keeps_the_converted_net_for_the_next_run(tmp_path, monkeyp
         raise AssertionError("the cached IR should have been used")
 
     monkeypatch.setattr(openvino_engine, "to_openvino", no_conversion)
-    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "ov"))  # the environment names the same folder
+    monkeypatch.setenv(
+        engines.CACHE_ENV, str(tmp_path / "ov")
+    )  # the environment names the same folder
     second = engines.ready(copy.deepcopy(model), "openvino", Precision.FP32)
     torch.testing.assert_close(second.dense(x), expected, atol=0, rtol=0)
     with torch.no_grad():  # other weights: another cache entry, not the stale one
@@ -207,8 +265,12 @@ def test_cache_folder_keeps_the_converted_net_for_the_next_run(tmp_path, monkeyp
 
 
 @needs_openvino
-@pytest.mark.parametrize("damage", ["truncated bin", "garbage xml", "empty xml", "cache is a file", "disk full"])
-def test_any_fault_in_the_cache_is_one_warning_and_the_answer_stays_right(tmp_path, monkeypatch, capsys, damage):
+@pytest.mark.parametrize(
+    "damage", ["truncated bin", "garbage xml", "empty xml", "cache is a file", "disk full"]
+)
+def test_any_fault_in_the_cache_is_one_warning_and_the_answer_stays_right(
+    tmp_path, monkeypatch, capsys, damage
+):
     """The cache is an optimisation (issue 26, class B): a damaged entry is rebuilt, a cache that cannot be
     made or written is skipped, each with one warning line, and the net gives the same numbers."""
     from verydeep.inference import openvino_engine
@@ -249,20 +311,72 @@ def test_any_fault_in_the_cache_is_one_warning_and_the_answer_stays_right(tmp_pa
 
 # -- the commands on both engines -------------------------------------------------------------------------
 @needs_openvino
-def test_evaluate_predict_features_give_the_torch_engines_numbers(tiny_weights, eval_folder, photo, tmp_path, capsys):
+def test_evaluate_predict_features_give_the_torch_engines_numbers(
+    tiny_weights, eval_folder, photo, tmp_path, capsys
+):
     runs = {}
     for engine in ("torch", "openvino"):
         scores = tmp_path / f"{engine}.scores"
-        summary = _json(capsys, ["evaluate", "--weights", str(tiny_weights), "--data", str(eval_folder),
-                                 "--scales", "32,48", "--protocol", "dense,multicrop,crop", "--precision", "fp32",
-                                 "--engine", engine, "--workers", "0", "--save-scores", str(scores), "--json"])
+        summary = _json(
+            capsys,
+            [
+                "evaluate",
+                "--weights",
+                str(tiny_weights),
+                "--data",
+                str(eval_folder),
+                "--scales",
+                "32,48",
+                "--protocol",
+                "dense,multicrop,crop",
+                "--precision",
+                "fp32",
+                "--engine",
+                engine,
+                "--workers",
+                "0",
+                "--save-scores",
+                str(scores),
+                "--json",
+            ],
+        )
         assert summary["engine"] == engine
-        predicted = _json(capsys, ["predict", str(photo), "--weights", str(tiny_weights), "--scales", "32,40",
-                                   "--precision", "fp32", "--engine", engine, "--json"])
+        predicted = _json(
+            capsys,
+            [
+                "predict",
+                str(photo),
+                "--weights",
+                str(tiny_weights),
+                "--scales",
+                "32,40",
+                "--precision",
+                "fp32",
+                "--engine",
+                engine,
+                "--json",
+            ],
+        )
         assert predicted[0]["engine"] == engine
-        info = _json(capsys, ["features", "--weights", str(tiny_weights), "--data", str(eval_folder),
-                              "--scales", "32,40", "--precision", "fp32", "--engine", engine,
-                              "--out", str(tmp_path / f"{engine}.npz"), "--json"])
+        info = _json(
+            capsys,
+            [
+                "features",
+                "--weights",
+                str(tiny_weights),
+                "--data",
+                str(eval_folder),
+                "--scales",
+                "32,40",
+                "--precision",
+                "fp32",
+                "--engine",
+                engine,
+                "--out",
+                str(tmp_path / f"{engine}.npz"),
+                "--json",
+            ],
+        )
         assert info["engine"] == engine
         runs[engine] = (scores, predicted[0]["topk"], tmp_path / f"{engine}.npz")
     from verydeep.evaluate.scores import load_scores
@@ -274,7 +388,10 @@ def test_evaluate_predict_features_give_the_torch_engines_numbers(tiny_weights, 
         np.testing.assert_allclose(ov_scores.values[key], value, atol=1e-5)
     for a, b in zip(runs["torch"][1], runs["openvino"][1]):
         assert a["index"] == b["index"] and a["prob"] == pytest.approx(b["prob"], abs=1e-5)
-    torch_features, ov_features = load_features(runs["torch"][2]), load_features(runs["openvino"][2])
+    torch_features, ov_features = (
+        load_features(runs["torch"][2]),
+        load_features(runs["openvino"][2]),
+    )
     np.testing.assert_allclose(ov_features.descriptors, torch_features.descriptors, atol=1e-5)
     # the same weights identity: a file made on one engine is the file the other one confirms
     assert ov_features.info["identity"] == torch_features.info["identity"]
@@ -282,19 +399,36 @@ def test_evaluate_predict_features_give_the_torch_engines_numbers(tiny_weights, 
 
 @needs_openvino
 def test_openvino_engine_computes_fc7_only(tiny_weights, eval_folder, tmp_path, capsys):
-    argv = ["features", "--weights", str(tiny_weights), "--data", str(eval_folder), "--scales", "32",
-            "--layer", "pool5", "--out", str(tmp_path / "f.npz")]
+    argv = [
+        "features",
+        "--weights",
+        str(tiny_weights),
+        "--data",
+        str(eval_folder),
+        "--scales",
+        "32",
+        "--layer",
+        "pool5",
+        "--out",
+        str(tmp_path / "f.npz"),
+    ]
     assert main([*argv, "--engine", "openvino"]) == 2
     assert "--engine torch" in capsys.readouterr().err
-    assert _json(capsys, [*argv, "--json"])["engine"] == "torch"  # auto runs other layers on PyTorch
+    assert (
+        _json(capsys, [*argv, "--json"])["engine"] == "torch"
+    )  # auto runs other layers on PyTorch
 
 
 # -- IR export ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def weights_224(tmp_path):
     model = _net("D", **SMALL_224)
-    meta = WeightsMeta(spec=model.spec, classes=["ant", "bee", "cat", "dog", "eel", "fox"],
-                       preprocessing=Preprocessing.caffe(), source="test")
+    meta = WeightsMeta(
+        spec=model.spec,
+        classes=["ant", "bee", "cat", "dog", "eel", "fox"],
+        preprocessing=Preprocessing.caffe(),
+        source="test",
+    )
     return canonical.save(model.state_dict(), meta, tmp_path / "d224.safetensors")
 
 
@@ -331,9 +465,15 @@ def test_openvino_export_check_and_refusals(tmp_path, tiny_weights, capsys):
     dst = tmp_path / "tiny.xml"
     info = _json(capsys, ["export", "--weights", str(tiny_weights), str(dst), "--check", "--json"])
     assert info["format"] == "openvino" and info["checked_with"] == "openvino"
-    assert set(info["max_abs_diff"]) == {"32x32", "64x96"} and max(info["max_abs_diff"].values()) < 1e-4
+    assert (
+        set(info["max_abs_diff"]) == {"32x32", "64x96"}
+        and max(info["max_abs_diff"].values()) < 1e-4
+    )
     before = dst.read_bytes()
-    for argv, message in ([str(dst)], "already exists"), ([str(tmp_path / "x.onnx"), "--format", "openvino"], ".xml"):
+    for argv, message in (
+        ([str(dst)], "already exists"),
+        ([str(tmp_path / "x.onnx"), "--format", "openvino"], ".xml"),
+    ):
         assert main(["export", "--weights", str(tiny_weights), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
@@ -341,12 +481,27 @@ def test_openvino_export_check_and_refusals(tmp_path, tiny_weights, capsys):
 
 
 @needs_openvino
-def test_evaluate_with_a_filled_cache_does_not_load_the_weights_again(tiny_weights, eval_folder, tmp_path, capsys,
-                                                                        monkeypatch):
+def test_evaluate_with_a_filled_cache_does_not_load_the_weights_again(
+    tiny_weights, eval_folder, tmp_path, capsys, monkeypatch
+):
     from verydeep.weights import loader
 
-    argv = ["evaluate", "--weights", str(tiny_weights), "--data", str(eval_folder), "--scales", "32,40",
-            "--precision", "fp32", "--engine", "openvino", "--engine-cache", str(tmp_path / "cache"), "--json"]
+    argv = [
+        "evaluate",
+        "--weights",
+        str(tiny_weights),
+        "--data",
+        str(eval_folder),
+        "--scales",
+        "32,40",
+        "--precision",
+        "fp32",
+        "--engine",
+        "openvino",
+        "--engine-cache",
+        str(tmp_path / "cache"),
+        "--json",
+    ]
     first = _json(capsys, argv)
 
     def no_load(*args, **kwargs):
@@ -368,18 +523,32 @@ def test_evaluate_with_a_filled_cache_does_not_load_the_weights_again(tiny_weigh
 
 
 @needs_openvino
-def test_two_batches_in_flight_score_as_one_at_a_time_and_resume_after_an_interrupt(tiny_weights, eval_folder,
-                                                                                     tmp_path, monkeypatch):
+def test_two_batches_in_flight_score_as_one_at_a_time_and_resume_after_an_interrupt(
+    tiny_weights, eval_folder, tmp_path, monkeypatch
+):
     from verydeep.evaluate import loop as evaluate_run
     from verydeep.evaluate.loop import evaluate
     from verydeep.evaluate.scores import load_scores
 
-    options = dict(protocols=["dense", "multicrop"], scales=[32, 40], batch_size=2, precision="fp32", device="cpu",
-                   workers=0, progress=False, engine="openvino", engine_cache=tmp_path / "cache")
+    options = dict(
+        protocols=["dense", "multicrop"],
+        scales=[32, 40],
+        batch_size=2,
+        precision="fp32",
+        device="cpu",
+        workers=0,
+        progress=False,
+        engine="openvino",
+        engine_cache=tmp_path / "cache",
+    )
     assert evaluate_run.IN_FLIGHT["openvino"] == 2
-    whole = evaluate([str(tiny_weights)], eval_folder, save_scores=tmp_path / "whole.scores", **options)
+    whole = evaluate(
+        [str(tiny_weights)], eval_folder, save_scores=tmp_path / "whole.scores", **options
+    )
     with monkeypatch.context() as patch:
-        patch.setattr(evaluate_run, "IN_FLIGHT", {})  # one batch at a time, as the PyTorch engine runs
+        patch.setattr(
+            evaluate_run, "IN_FLIGHT", {}
+        )  # one batch at a time, as the PyTorch engine runs
         serial = evaluate([str(tiny_weights)], eval_folder, **options)
     for key, array in whole.scores.values.items():
         np.testing.assert_allclose(serial.scores.values[key], array, rtol=0, atol=1e-6)
@@ -387,9 +556,17 @@ def test_two_batches_in_flight_score_as_one_at_a_time_and_resume_after_an_interr
     taken = []
     partial = tmp_path / "partial.scores"
     with pytest.raises(KeyboardInterrupt):
-        evaluate([str(tiny_weights)], eval_folder, save_scores=partial, on_batch=interrupt_after(2, taken), **options)
+        evaluate(
+            [str(tiny_weights)],
+            eval_folder,
+            save_scores=partial,
+            on_batch=interrupt_after(2, taken),
+            **options,
+        )
     saved = load_scores(partial)
-    assert taken == sorted(taken) and saved.done.sum() == 4  # two whole batches of 2, the one in flight dropped
+    assert (
+        taken == sorted(taken) and saved.done.sum() == 4
+    )  # two whole batches of 2, the one in flight dropped
     resumed = evaluate([str(tiny_weights)], eval_folder, save_scores=partial, **options)
     assert resumed.visits.sum() == saved.num_images - 4
     for key, array in whole.scores.values.items():
@@ -410,14 +587,25 @@ def test_evaluate_hands_openvino_nchw_batches(tiny_weights, eval_folder, tmp_pat
         return real(self, x, logits)
 
     monkeypatch.setattr(OpenVINONet, "_run", spy)
-    evaluate([str(tiny_weights)], eval_folder, protocols=["dense", "multicrop"], scales=[32], precision="fp32",
-             device="cpu", workers=0, progress=False, engine="openvino", engine_cache=tmp_path / "cache")
+    evaluate(
+        [str(tiny_weights)],
+        eval_folder,
+        protocols=["dense", "multicrop"],
+        scales=[32],
+        precision="fp32",
+        device="cpu",
+        workers=0,
+        progress=False,
+        engine="openvino",
+        engine_cache=tmp_path / "cache",
+    )
     assert layouts and all(layouts)
 
 
 @needs_openvino
-def test_evaluate_converts_the_graph_in_its_own_thread_before_batches_fly(tiny_weights, eval_folder, tmp_path,
-                                                                          monkeypatch):
+def test_evaluate_converts_the_graph_in_its_own_thread_before_batches_fly(
+    tiny_weights, eval_folder, tmp_path, monkeypatch
+):
     """The trace is silenced by ``warnings.catch_warnings``, which is not thread-safe: converted on
     an in-flight thread while the main thread decodes (``--workers 0``) in a ``catch_warnings`` of
     its own, the tracer's FutureWarning leaked to stderr. The conversion must run in the caller's
@@ -435,8 +623,18 @@ def test_evaluate_converts_the_graph_in_its_own_thread_before_batches_fly(tiny_w
         return real(model, logits)
 
     monkeypatch.setattr(openvino_engine, "to_openvino", spy)
-    evaluate([str(tiny_weights)], eval_folder, protocols=["dense"], scales=[32], precision="fp32",
-             device="cpu", workers=0, progress=False, engine="openvino", engine_cache=tmp_path / "cache")
+    evaluate(
+        [str(tiny_weights)],
+        eval_folder,
+        protocols=["dense"],
+        scales=[32],
+        precision="fp32",
+        device="cpu",
+        workers=0,
+        progress=False,
+        engine="openvino",
+        engine_cache=tmp_path / "cache",
+    )
     assert threads == [True]
 
 
@@ -445,7 +643,9 @@ def test_calls_from_two_threads_at_once_give_each_its_own_answer(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     net = _net()
-    ov_net = engines.ready(copy.deepcopy(net), "openvino", Precision.FP32, cache_dir=tmp_path / "cache")
+    ov_net = engines.ready(
+        copy.deepcopy(net), "openvino", Precision.FP32, cache_dir=tmp_path / "cache"
+    )
     torch.manual_seed(1)
     inputs = [torch.randn(4, 3, 32 + 8 * (k % 2), 40) for k in range(8)]
     with ThreadPoolExecutor(2) as pool:
@@ -484,7 +684,9 @@ def test_a_cancelled_call_cancels_its_requests_and_waits_with_a_timeout():
 
     with pytest.raises(CancelledError):
         _wait(requests[0], requests, stopped)
-    assert all(r.cancelled for r in requests) and all(r.waits and max(r.waits) <= 1000 for r in requests)
+    assert all(r.cancelled for r in requests) and all(
+        r.waits and max(r.waits) <= 1000 for r in requests
+    )
 
     class Compiled:
         def create_infer_request(self):
@@ -500,7 +702,9 @@ def test_a_cancelled_call_cancels_its_requests_and_waits_with_a_timeout():
 @needs_openvino
 def test_cancel_stops_only_the_calls_running_then(tmp_path):
     net = _net()
-    ov_net = engines.ready(copy.deepcopy(net), "openvino", Precision.FP32, cache_dir=tmp_path / "cache")
+    ov_net = engines.ready(
+        copy.deepcopy(net), "openvino", Precision.FP32, cache_dir=tmp_path / "cache"
+    )
     x = torch.randn(2, 3, 40, 48)
     before = ov_net.dense(x)
     ov_net.cancel()  # nothing running: the next calls run as usual
@@ -511,7 +715,7 @@ def test_cancel_stops_only_the_calls_running_then(tmp_path):
 #: A user's session in one process: two nets readied for OpenVINO through the Python API, run, and
 #: released in the order they were made; then work that forks: evaluations with DataLoader workers on
 #: both engines (an ensemble too) and subprocesses. Exits 0 and prints "ok" when it survives.
-AFTER_OPENVINO = '''
+AFTER_OPENVINO = """
 import ctypes, subprocess, sys
 import torch
 import verydeep
@@ -535,11 +739,13 @@ if not stack.flags & 2:  # SS_DISABLE: none
     spans = [[int(a, 16) for a in line.split()[0].split("-")] for line in open("/proc/self/maps")]
     assert any(lo <= stack.sp < hi for lo, hi in spans), f"alternate signal stack {stack.sp:#x} is not mapped"
 print("ok")
-'''
+"""
 
 
 @needs_openvino
-def test_forking_after_two_openvino_nets_were_released_does_not_crash(tmp_path, tiny_weights, eval_folder):
+def test_forking_after_two_openvino_nets_were_released_does_not_crash(
+    tmp_path, tiny_weights, eval_folder
+):
     """Two nets that each had a Core of their own left the main thread's alternate signal stack
     unmapped once both were released (see verydeep.inference.openvino_engine): the next SIGCHLD (a
     DataLoader worker's or a subprocess's exit) then killed the process with SIGSEGV."""
@@ -550,10 +756,21 @@ def test_forking_after_two_openvino_nets_were_released_does_not_crash(tmp_path, 
     with torch.no_grad():
         model.classifier[6].bias.add_(1.0)
     other = canonical.save(model.state_dict(), model.meta, tmp_path / "other.safetensors")
-    env = {**__import__("os").environ, "VERYDEEP_ENGINE_CACHE": ""}  # no cache: conversion in the child too
-    done = subprocess.run([sys.executable, "-c", AFTER_OPENVINO, str(tiny_weights), str(other), str(eval_folder)],
-                          capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-3000:])
+    env = {
+        **__import__("os").environ,
+        "VERYDEEP_ENGINE_CACHE": "",
+    }  # no cache: conversion in the child too
+    done = subprocess.run(
+        [sys.executable, "-c", AFTER_OPENVINO, str(tiny_weights), str(other), str(eval_folder)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (
+        done.returncode,
+        done.stderr[-3000:],
+    )
 
 
 # -- thirty runs in a row -----------------------------------------------------------------------------
@@ -562,7 +779,7 @@ def test_forking_after_two_openvino_nets_were_released_does_not_crash(tmp_path, 
 #: numpy bridge for the first time, as a new process does), two batches in flight from the first
 #: batch on. Run 15 is slowed (each call of the net holds its thread 0.1 s more) and gets a SIGTERM
 #: while batches are in flight. Prints a JSON list, one entry per run; stops at the first run that hangs.
-THIRTY_RUNS = '''
+THIRTY_RUNS = """
 import json, os, signal, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
 import openvino  # noqa: F401
@@ -617,11 +834,13 @@ for k in range(30):
     results.append({"run": k, "code": code, "stdout": stdout, "stderr": stderr[-3000:], "scores": scores,
                     "after_sigterm_s": None if sent is None else time.monotonic() - sent})
 print(json.dumps(results))
-'''
+"""
 
 
 @needs_openvino
-def test_evaluate_on_openvino_thirty_runs_in_a_row_with_a_sigterm_in_the_middle(tiny_weights, eval_folder, tmp_path):
+def test_evaluate_on_openvino_thirty_runs_in_a_row_with_a_sigterm_in_the_middle(
+    tiny_weights, eval_folder, tmp_path
+):
     """The first batch of a run hung in about one run in five: OpenVINO's Python module builds its
     numpy dtype tables at first use, letting go of the GIL inside, and the second batch thread then
     waited for the same table holding the GIL (SIGTERM and Ctrl-C unheard). The Core is now made with
@@ -636,18 +855,41 @@ def test_evaluate_on_openvino_thirty_runs_in_a_row_with_a_sigterm_in_the_middle(
     from verydeep.evaluate.scores import load_scores
 
     tests = str(Path(__file__).parent)
-    done = subprocess.run([sys.executable, "-c", THIRTY_RUNS, tests, str(tiny_weights), str(eval_folder),
-                           str(tmp_path / "cache"), str(tmp_path)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "VERYDEEP_ENGINE_CACHE": ""})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            THIRTY_RUNS,
+            tests,
+            str(tiny_weights),
+            str(eval_folder),
+            str(tmp_path / "cache"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "VERYDEEP_ENGINE_CACHE": ""},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [r["code"] for r in runs] == [0] * 15 + [143] + [0] * 14, [(r["run"], r["code"]) for r in runs]
+    assert [r["code"] for r in runs] == [0] * 15 + [143] + [0] * 14, [
+        (r["run"], r["code"]) for r in runs
+    ]
     for r in runs:
-        messages = [m for m in re.split(r"[\r\n]", r["stderr"]) if m.strip() and not m.startswith("evaluate:")]
+        messages = [
+            m
+            for m in re.split(r"[\r\n]", r["stderr"])
+            if m.strip() and not m.startswith("evaluate:")
+        ]
         if r["run"] == 15:
-            assert messages == ["verydeep evaluate: terminated (SIGTERM); what was done so far is saved where "
-                                "the command saves it"], r["stderr"]
-            assert r["after_sigterm_s"] < 10, r["after_sigterm_s"]  # about a second on 2 busy cores: no hang
+            assert messages == [
+                "verydeep evaluate: terminated (SIGTERM); what was done so far is saved where "
+                "the command saves it"
+            ], r["stderr"]
+            assert r["after_sigterm_s"] < 10, r[
+                "after_sigterm_s"
+            ]  # about a second on 2 busy cores: no hang
             saved = load_scores(r["scores"])
             assert 0 < saved.done.sum() < saved.num_images
         else:
@@ -664,34 +906,58 @@ def test_converting_a_net_sends_no_telemetry(monkeypatch):
     from verydeep.inference.openvino_engine import to_openvino
 
     sent = []
-    monkeypatch.setattr(tm.Telemetry, "send_event", lambda self, *a, **k: sent.append(a), raising=False)
+    monkeypatch.setattr(
+        tm.Telemetry, "send_event", lambda self, *a, **k: sent.append(a), raising=False
+    )
     before = convert_impl.tm
-    to_openvino(verydeep.vgg("A", num_classes=3, width=0.0625, fc_width=16, crop_size=32, init="glorot").eval())
+    to_openvino(
+        verydeep.vgg(
+            "A", num_classes=3, width=0.0625, fc_width=16, crop_size=32, init="glorot"
+        ).eval()
+    )
     assert sent == [] and convert_impl.tm is before
 
 
 # -- one-image predict without torch (issue 25) ------------------------------------------------------------
 #: Runs the command line in a fresh interpreter, then prints the torch modules it imported.
-_PREDICT_PROBE = ("import json, sys\nfrom verydeep.cli import main\ncode = main(sys.argv[1:])\n"
-                  "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))))\n"
-                  "sys.exit(code)\n")
+_PREDICT_PROBE = (
+    "import json, sys\nfrom verydeep.cli import main\ncode = main(sys.argv[1:])\n"
+    "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))))\n"
+    "sys.exit(code)\n"
+)
 
 
 @needs_openvino
-def test_one_image_predict_on_openvino_with_a_warm_cache_never_imports_torch(tiny_weights, photo, tmp_path, capsys):
-    common = ["predict", str(photo), "--weights", str(tiny_weights), "--scales", "32,40", "--precision", "fp32",
-              "--json"]
+def test_one_image_predict_on_openvino_with_a_warm_cache_never_imports_torch(
+    tiny_weights, photo, tmp_path, capsys
+):
+    common = [
+        "predict",
+        str(photo),
+        "--weights",
+        str(tiny_weights),
+        "--scales",
+        "32,40",
+        "--precision",
+        "fp32",
+        "--json",
+    ]
     argv = [*common, "--engine", "openvino", "--engine-cache", str(tmp_path / "cache")]
     cold = _json(capsys, argv)  # converts the graph and fills the cache
     on_torch = _json(capsys, [*common, "--engine", "torch"])
-    done = subprocess.run([sys.executable, "-c", _PREDICT_PROBE, *argv], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _PREDICT_PROBE, *argv], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     output, imported = done.stdout.strip().rsplit("\n", 1)
     assert json.loads(imported) == [], "the warm-cache predict imported torch"
     warm = json.loads(output)
     assert warm[0]["engine"] == "openvino" and [t["index"] for t in warm[0]["topk"]] == [
-        t["index"] for t in cold[0]["topk"]]
-    for a, b in zip(on_torch[0]["topk"], warm[0]["topk"]):  # the engines agree on the same array preprocessing
+        t["index"] for t in cold[0]["topk"]
+    ]
+    for a, b in zip(
+        on_torch[0]["topk"], warm[0]["topk"]
+    ):  # the engines agree on the same array preprocessing
         assert a["index"] == b["index"] and a["prob"] == pytest.approx(b["prob"], abs=1e-5)
 
 
@@ -700,13 +966,20 @@ def test_dense_posteriors_of_arrays_and_of_tensors_agree_on_both_engines(tmp_pat
     from verydeep.evaluate.dense import dense_posteriors
 
     net = _net()
-    net.meta = WeightsMeta(spec=net.spec, preprocessing=Preprocessing.caffe())  # BGR: the channel swap too
+    net.meta = WeightsMeta(
+        spec=net.spec, preprocessing=Preprocessing.caffe()
+    )  # BGR: the channel swap too
     rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, (3, h, w), dtype=np.uint8) for h, w in ((40, 52), (36, 36), (40, 52))]
+    images = [
+        rng.integers(0, 256, (3, h, w), dtype=np.uint8) for h, w in ((40, 52), (36, 36), (40, 52))
+    ]
     on_torch = dense_posteriors(net, [torch.from_numpy(i) for i in images], [32, 40])
     ov = engines.ready(copy.deepcopy(net), "openvino", Precision.FP32, "cpu", tmp_path / "cache")
     from_arrays = dense_posteriors(ov, images, [32, 40])
     assert isinstance(on_torch, torch.Tensor) and isinstance(from_arrays, np.ndarray)
     np.testing.assert_allclose(from_arrays, on_torch.numpy(), atol=1e-5)
-    np.testing.assert_allclose(dense_posteriors(ov, [torch.from_numpy(i) for i in images], [32, 40]).numpy(),
-                               from_arrays, atol=1e-6)
+    np.testing.assert_allclose(
+        dense_posteriors(ov, [torch.from_numpy(i) for i in images], [32, 40]).numpy(),
+        from_arrays,
+        atol=1e-6,
+    )

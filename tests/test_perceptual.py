@@ -22,7 +22,13 @@ from verydeep.errors import ConfigError, VerydeepError
 from verydeep.models.configs import ModelSpec
 from verydeep.models.vgg import VGG
 from verydeep.perceptual import FeatureNet, PerceptualLoss, gram_matrix
-from verydeep.models.metadata import CAFFE_MEAN_BGR, TORCHVISION_MEAN, TORCHVISION_STD, Preprocessing, WeightsMeta
+from verydeep.models.metadata import (
+    CAFFE_MEAN_BGR,
+    TORCHVISION_MEAN,
+    TORCHVISION_STD,
+    Preprocessing,
+    WeightsMeta,
+)
 
 
 def _rgb01(n: int, size: int | tuple[int, int], seed: int) -> torch.Tensor:
@@ -38,12 +44,16 @@ def torchvision_twins(config: str, arch: str, seed: int = 0):
     state = random_state(ours, seed, features_only=True)
     ours.load_state_dict(state, strict=False, assign=True)
     theirs.load_state_dict(state, strict=False, assign=True)
-    ours.meta = WeightsMeta(spec=ours.spec, preprocessing=Preprocessing.torchvision(), source="test")
+    ours.meta = WeightsMeta(
+        spec=ours.spec, preprocessing=Preprocessing.torchvision(), source="test"
+    )
     return ours, theirs.features.eval()
 
 
 def _imagenet(images: torch.Tensor) -> torch.Tensor:
-    return (images - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(TORCHVISION_STD).view(1, 3, 1, 1)
+    return (images - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        TORCHVISION_STD
+    ).view(1, 3, 1, 1)
 
 
 def test_optimising_pixels_lowers_the_loss_with_torchvisions_gradients():
@@ -92,13 +102,16 @@ def test_style_loss_with_average_pooling_equals_gatys_by_hand():
     def grams(images):
         x, out, start = _imagenet(images), [], 0
         for name in layers:
-            x = avg[start:ends[name]](x)
+            x = avg[start : ends[name]](x)
             start = ends[name]
             f = x.flatten(2)
             out.append(f @ f.transpose(1, 2) / f.shape[1:].numel())
         return out
 
-    images, style_image = _rgb01(2, 32, seed=3), _rgb01(1, (48, 40), seed=4)  # another size, a batch of one
+    images, style_image = (
+        _rgb01(2, 32, seed=3),
+        _rgb01(1, (48, 40), seed=4),
+    )  # another size, a batch of one
     expected = sum(((a - b) ** 2).mean() for a, b in zip(grams(images), grams(style_image)))
     torch.testing.assert_close(style(images, style_image), expected, atol=1e-7, rtol=1e-5)
     fixed = style.targets(style_image)
@@ -132,18 +145,29 @@ def test_caffe_weights_see_bgr_mean_subtracted_pixels(tmp_path, kind):
     path = tmp_path / "VGG_small.caffemodel"
     write_v1_caffemodel(path, blobs)
     layers = ["relu1_2", "relu3_3", "pool5", "relu7"]
-    loss = PerceptualLoss(str(path), layers,
-                          weights_per_layer={"relu1_2": 2.0, "relu3_3": 1.0, "pool5": 1.0, "relu7": 0.5}, kind=kind)
+    loss = PerceptualLoss(
+        str(path),
+        layers,
+        weights_per_layer={"relu1_2": 2.0, "relu3_3": 1.0, "pool5": 1.0, "relu7": 0.5},
+        kind=kind,
+    )
     images, target = _rgb01(2, 64, seed=6), _rgb01(2, 64, seed=7)
 
     def caffe_input(rgb01: torch.Tensor) -> torch.Tensor:
         return (rgb01 * 255).flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
 
-    a, b = _caffe_activations(blobs, caffe_input(images)), _caffe_activations(blobs, caffe_input(target))
+    a, b = (
+        _caffe_activations(blobs, caffe_input(images)),
+        _caffe_activations(blobs, caffe_input(target)),
+    )
     weights = {"relu1_2": 2.0, "relu3_3": 1.0, "pool5": 1.0, "relu7": 0.5}
     terms = {}
     for name in layers:
-        x, y = (a[name], b[name]) if a[name].dim() == 4 else (a[name][..., None, None], b[name][..., None, None])
+        x, y = (
+            (a[name], b[name])
+            if a[name].dim() == 4
+            else (a[name][..., None, None], b[name][..., None, None])
+        )
         if kind == "gram":
             x, y = gram_matrix(x), gram_matrix(y)
         terms[name] = ((x - y) ** 2).mean()
@@ -165,7 +189,9 @@ def test_frozen_copy_leaves_the_callers_net_alone():
     model.features[1].running_mean.normal_()
     loss = PerceptualLoss(model, "relu4_1", preprocessing=Preprocessing())
     assert model.training and all(p.requires_grad for p in model.parameters())
-    assert len(loss.net.net.features) == 24  # three blocks of 7 modules, then conv4_1, bn4_1, relu4_1
+    assert (
+        len(loss.net.net.features) == 24
+    )  # three blocks of 7 modules, then conv4_1, bn4_1, relu4_1
     assert len(loss.net.net.classifier) == 0
     images, target = _rgb01(3, 32, seed=0).requires_grad_(), _rgb01(3, 32, seed=1)
     loss.train()  # a parent module in training mode: batch norm still uses running statistics
@@ -176,7 +202,9 @@ def test_frozen_copy_leaves_the_callers_net_alone():
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in loss.parameters())
     assert all(p.grad is None for p in model.parameters())
-    model.features[0].weight.data.zero_()  # a copy: the caller's later training does not move the loss
+    model.features[
+        0
+    ].weight.data.zero_()  # a copy: the caller's later training does not move the loss
     torch.testing.assert_close(loss(images, target), first)
 
 
@@ -184,7 +212,9 @@ def test_bf16_autocast_keeps_the_loss_in_float32():
     torch.manual_seed(0)
     model = verydeep.vgg("A", init="glorot", **TINY)
     content = PerceptualLoss(model, ["relu2_1", "relu3_2"], preprocessing=Preprocessing())
-    style = PerceptualLoss(model, ["relu1_1", "relu3_2"], kind="gram", preprocessing=Preprocessing())
+    style = PerceptualLoss(
+        model, ["relu1_1", "relu3_2"], kind="gram", preprocessing=Preprocessing()
+    )
     images, target = _rgb01(2, 32, seed=2).requires_grad_(), _rgb01(2, 32, seed=3)
     exact = {"content": content(images, target), "style": style(images, target)}
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -217,8 +247,12 @@ def test_weights_from_a_file_or_a_state_dict_bring_their_preprocessing(tmp_path)
     mean = torch.tensor(model.meta.preprocessing.mean).view(1, 3, 1, 1)
     torch.testing.assert_close(from_file.normalise(images), images * 255 - mean)
     with torch.no_grad():
-        torch.testing.assert_close(from_file(images)["relu1_1"], F.relu(model.features[0](images * 255 - mean)))
-    from_state = FeatureNet(model.state_dict(), "relu1_1")  # a torchvision-layout state dict: torchvision's recipe
+        torch.testing.assert_close(
+            from_file(images)["relu1_1"], F.relu(model.features[0](images * 255 - mean))
+        )
+    from_state = FeatureNet(
+        model.state_dict(), "relu1_1"
+    )  # a torchvision-layout state dict: torchvision's recipe
     torch.testing.assert_close(from_state.normalise(images), _imagenet(images))
     model.meta = WeightsMeta(spec=model.spec, preprocessing=Preprocessing.caffe())
     caffe = FeatureNet(model, "relu1_1")
@@ -260,7 +294,10 @@ def test_a_net_without_metadata_is_never_given_a_guessed_preprocessing():
     tv = torchvision.models.vgg11(weights=None)
     bare = verydeep.vgg("A")
     bare.load_state_dict(tv.state_dict())
-    with pytest.raises(ConfigError, match=r"carries no preprocessing .* preprocessing=Preprocessing.torchvision\(\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"carries no preprocessing .* preprocessing=Preprocessing.torchvision\(\)",
+    ):
         PerceptualLoss(bare, "relu3_1")
     images = _rgb01(1, 32, seed=0)
     from_module = FeatureNet(tv, "relu1_1")
@@ -269,15 +306,18 @@ def test_a_net_without_metadata_is_never_given_a_guessed_preprocessing():
     torch.testing.assert_close(said(images)["relu1_1"], from_module(images)["relu1_1"])
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda x: (x * 255).round(), "look like 0-255 pixels: divide by 255"),
-    (lambda x: (x * 255).to(torch.uint8), "got torch.uint8: use images.float\\(\\) / 255"),
-    (lambda x: x * 2 - 1 - 0.6, "look normalised"),
-    (lambda x: (x - 0.45) / 0.226, "look normalised"),
-    (lambda x: x[0], "add the batch dimension"),
-    (lambda x: x[:0], "empty batch"),
-    (lambda x: x.bool(), "got torch.bool"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda x: (x * 255).round(), "look like 0-255 pixels: divide by 255"),
+        (lambda x: (x * 255).to(torch.uint8), "got torch.uint8: use images.float\\(\\) / 255"),
+        (lambda x: x * 2 - 1 - 0.6, "look normalised"),
+        (lambda x: (x - 0.45) / 0.226, "look normalised"),
+        (lambda x: x[0], "add the batch dimension"),
+        (lambda x: x[:0], "empty batch"),
+        (lambda x: x.bool(), "got torch.bool"),
+    ],
+)
 def test_inputs_in_another_convention_are_refused_in_one_line(make, message):
     """RGB 0-1 is the one convention; 0-255 floats, uint8, ImageNet-normalised and [-1, 1] inputs gave
     plausible numbers (2939, 0.69, 0.149 against 0.0357) before (issue 27, items 2-3)."""
@@ -292,21 +332,33 @@ def test_other_float_dtypes_are_converted_and_small_images_and_bad_names_refused
     model = verydeep.vgg("A", **TINY)
     loss = PerceptualLoss(model, ["relu2_1", "pool5"], preprocessing=Preprocessing.torchvision())
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(loss(images.double(), images), loss(images, images))  # float64: unambiguous
-    with pytest.raises(VerydeepError, match=r"pool5 comes after 5 2x2 pools: it needs images of at least 32x32"):
+    torch.testing.assert_close(
+        loss(images.double(), images), loss(images, images)
+    )  # float64: unambiguous
+    with pytest.raises(
+        VerydeepError, match=r"pool5 comes after 5 2x2 pools: it needs images of at least 32x32"
+    ):
         loss(images[..., :16, :16], images[..., :16, :16])
     with pytest.raises(ConfigError, match=r"layer names must be a name or a list of names"):
         model.taps(images, None)
     with pytest.raises(ConfigError, match="finite numbers"):
-        PerceptualLoss(model, "relu1_1", weights_per_layer=[float("nan")], preprocessing=Preprocessing())
+        PerceptualLoss(
+            model, "relu1_1", weights_per_layer=[float("nan")], preprocessing=Preprocessing()
+        )
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda x: x[0], "add the batch dimension with x\\[None\\]"),
-    (lambda x: (x * 255).to(torch.uint8), "x.float\\(\\) / 255"),
-    (lambda x: x.double(), "weights are torch.float32 and the input is torch.float64"),
-    (lambda x: __import__("PIL.Image").Image.new("RGB", (32, 32)), "got Image: turn images into tensors"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda x: x[0], "add the batch dimension with x\\[None\\]"),
+        (lambda x: (x * 255).to(torch.uint8), "x.float\\(\\) / 255"),
+        (lambda x: x.double(), "weights are torch.float32 and the input is torch.float64"),
+        (
+            lambda x: __import__("PIL.Image").Image.new("RGB", (32, 32)),
+            "got Image: turn images into tensors",
+        ),
+    ],
+)
 def test_the_net_answers_common_mistakes_with_the_fix(make, message):
     """The raw torch errors for ``net(torch.rand(3, 32, 32))``, uint8, a PIL image, float64 (issue 27, item 4)."""
     model = verydeep.vgg("A", **TINY).eval()
@@ -319,11 +371,15 @@ def test_transforms_turn_a_photo_into_the_apis_input():
     one input convention; the same numbers as torchvision's ToImage + ToDtype(scale=True)."""
     from PIL import Image
 
-    pixels = torch.randint(0, 256, (3, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels = torch.randint(
+        0, 256, (3, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     to_input = verydeep.transforms()
     torch.testing.assert_close(to_input(pixels), pixels.float() / 255)
     grey = to_input(Image.fromarray(pixels[0].numpy(), mode="L"))
     assert grey.shape == (3, 6, 5) and torch.equal(grey[0], grey[2])
-    loss = PerceptualLoss(verydeep.vgg("A", **TINY), "relu1_1", preprocessing=Preprocessing.torchvision())
+    loss = PerceptualLoss(
+        verydeep.vgg("A", **TINY), "relu1_1", preprocessing=Preprocessing.torchvision()
+    )
     photo = to_input(Image.fromarray(pixels.permute(1, 2, 0).numpy()))[None]
     assert torch.isfinite(loss(photo, photo)) and loss(photo, photo) == 0

@@ -16,7 +16,9 @@ def _no_hashing(*args, **kwargs):
     raise AssertionError("the file was hashed again although it did not change")
 
 
-def test_the_digest_is_the_files_sha256_and_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+def test_the_digest_is_the_files_sha256_and_is_remembered_until_the_file_changes(
+    tmp_path, monkeypatch
+):
     path, memo = tmp_path / "w.bin", tmp_path / "memo"
     path.write_bytes(b"weights" * 1000)
     expected = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -28,7 +30,9 @@ def test_the_digest_is_the_files_sha256_and_is_remembered_until_the_file_changes
     stat = path.stat()
     path.write_bytes(b"WEIGHTS" * 1000)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert digests.file_sha256(path, memo) == hashlib.sha256(path.read_bytes()).hexdigest() != expected
+    assert (
+        digests.file_sha256(path, memo) == hashlib.sha256(path.read_bytes()).hexdigest() != expected
+    )
     # a file replaced by another (new inode) is hashed again
     other = tmp_path / "other.bin"
     other.write_bytes(b"weights" * 1000)

@@ -58,7 +58,9 @@ CHILD = textwrap.dedent(f"""
 
 @pytest.fixture(scope="module")
 def report():
-    proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if not result["glibc"]:
@@ -89,7 +91,9 @@ def test_what_the_policy_kept_is_given_back_when_it_ends(report):
 
 
 def test_nested_blocks_keep_the_policy_until_the_outer_one_ends(report):
-    assert _steady(report["nested"]), report["nested"]  # the inner block's end did not restore the defaults
+    assert _steady(report["nested"]), report[
+        "nested"
+    ]  # the inner block's end did not restore the defaults
     assert report["nested_given_back"] > BLOCK // 2, report["nested_given_back"]
 
 

@@ -61,7 +61,9 @@ def test_bf16_weights_channels_last_agree_with_fp32():
         with autocast_for("cpu", Precision.BF16):
             low = low_net.dense(xl).float().flatten(1)
             fast = low_net.forward_head(low_net.forward_features(xl)).float()
-    assert (ref.argmax(1) == y).float().mean() > 0.8  # the net did learn: clear top-1 on most images
+    assert (
+        ref.argmax(1) == y
+    ).float().mean() > 0.8  # the net did learn: clear top-1 on most images
     for out in (low, fast):  # the dense view and the crop view, both in bf16
         assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.99
         assert F.cosine_similarity(out.double(), ref.double(), dim=1).min() >= 0.999

@@ -45,14 +45,26 @@ def env(tmp_path_factory):
         (tmp / "data" / f"c{c}").mkdir(parents=True)
         for j in range(2):
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
-                tmp / "data" / f"c{c}" / f"i{j}.jpg")
+                tmp / "data" / f"c{c}" / f"i{j}.jpg"
+            )
     torch.save({k: v for k, v in model.state_dict().items()}, tmp / "state.pt")
     Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp / "photo.jpg")
     return {"tmp": tmp, "w": w, "d": tmp / "data", "model": model}
 
 
 def evaluate_argv(env, *extra):
-    return ["evaluate", "--weights", env["w"], "--data", env["d"], "--scales", "32", "--workers", "0", *extra]
+    return [
+        "evaluate",
+        "--weights",
+        env["w"],
+        "--data",
+        env["d"],
+        "--scales",
+        "32",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
 # -- class 2: outputs that exist ---------------------------------------------------------------------
@@ -62,7 +74,10 @@ def test_existing_outputs_need_overwrite(env, tmp_path, capsys):
         "convert": (["convert", w, tmp_path / "c.safetensors"], tmp_path / "c.safetensors"),
         "export": (["export", tmp_path / "e.onnx", "--weights", w], tmp_path / "e.onnx"),
         "export-ts": (["export", tmp_path / "e.pt", "--weights", w], tmp_path / "e.pt"),
-        "report": (evaluate_argv(env, "--report", tmp_path / "rep"), tmp_path / "rep" / "report.md"),
+        "report": (
+            evaluate_argv(env, "--report", tmp_path / "rep"),
+            tmp_path / "rep" / "report.md",
+        ),
     }
     for name, (argv, out) in cases.items():
         assert run(capsys, argv)[0] == 0, name
@@ -76,10 +91,36 @@ def test_existing_outputs_need_overwrite(env, tmp_path, capsys):
     refused(capsys, ["demo", "--fast", "--out", tmp_path / "demo"], "report.md", "--overwrite")
     assert (tmp_path / "demo" / "report.md").read_text() == "mine"
     # synth: a complete set of other settings
-    assert run(capsys, ["synth", tmp_path / "s", "--classes", "2", "--train", "1", "--val", "1", "--json"])[0] == 0
-    refused(capsys, ["synth", tmp_path / "s", "--classes", "2", "--train", "2", "--val", "1"], "--overwrite")
-    assert run(capsys, ["synth", tmp_path / "s", "--classes", "2", "--train", "2", "--val", "1", "--overwrite",
-                        "--json"])[0] == 0
+    assert (
+        run(
+            capsys,
+            ["synth", tmp_path / "s", "--classes", "2", "--train", "1", "--val", "1", "--json"],
+        )[0]
+        == 0
+    )
+    refused(
+        capsys,
+        ["synth", tmp_path / "s", "--classes", "2", "--train", "2", "--val", "1"],
+        "--overwrite",
+    )
+    assert (
+        run(
+            capsys,
+            [
+                "synth",
+                tmp_path / "s",
+                "--classes",
+                "2",
+                "--train",
+                "2",
+                "--val",
+                "1",
+                "--overwrite",
+                "--json",
+            ],
+        )[0]
+        == 0
+    )
 
 
 def test_a_checkpoint_weights_or_image_is_never_replaced_by_another_kind(env, tmp_path, capsys):
@@ -120,26 +161,55 @@ def test_a_new_run_does_not_overwrite_a_finished_one(train_config, tmp_path, cap
 
 
 # -- class 3: resume with another config -------------------------------------------------------------
-def test_resume_refuses_a_changed_config_and_allows_the_listed_keys(train_config, train_folders, tmp_path, capsys):
+def test_resume_refuses_a_changed_config_and_allows_the_listed_keys(
+    train_config, train_folders, tmp_path, capsys
+):
     config = train_config("r", {"schedule.epochs": 1, "run.checkpoint_every": 2})
     assert run(capsys, ["train", "--config", config])[0] == 0
     import shutil
 
-    shutil.copytree(train_folders / "train", tmp_path / "train2")  # the same images elsewhere: still refused
-    for change, key in (("optim.lr=0.5", "optim.lr"), ("optim.batch_size=4", "optim.batch_size"),
-                        ("run.seed=3", "run.seed"), ("optim.momentum=0.5", "optim.momentum"),
-                        ("model.dropout=0.2", "model.dropout"), ("data.scale_max=48", "data.scale_max"),
-                        (f"data.train={tmp_path / 'train2'}", "data.train")):
-        line = refused(capsys, ["train", "--config", config, "--resume", "--set", change], key, "schedule.epochs")
+    shutil.copytree(
+        train_folders / "train", tmp_path / "train2"
+    )  # the same images elsewhere: still refused
+    for change, key in (
+        ("optim.lr=0.5", "optim.lr"),
+        ("optim.batch_size=4", "optim.batch_size"),
+        ("run.seed=3", "run.seed"),
+        ("optim.momentum=0.5", "optim.momentum"),
+        ("model.dropout=0.2", "model.dropout"),
+        ("data.scale_max=48", "data.scale_max"),
+        (f"data.train={tmp_path / 'train2'}", "data.train"),
+    ):
+        line = refused(
+            capsys,
+            ["train", "--config", config, "--resume", "--set", change],
+            key,
+            "schedule.epochs",
+        )
         assert "->" in line
     # several differences are all listed
-    line = refused(capsys, ["train", "--config", config, "--resume", "--set", "optim.lr=0.5", "run.seed=2"])
+    line = refused(
+        capsys, ["train", "--config", config, "--resume", "--set", "optim.lr=0.5", "run.seed=2"]
+    )
     assert "optim.lr" in line and "run.seed" in line
     # the allow-list: more epochs, other checkpointing and logging
-    code, err = run(capsys, ["train", "--config", config, "--resume", "--set", "schedule.epochs=2",
-                             "run.checkpoint_every=3", "run.log_every=2"])
+    code, err = run(
+        capsys,
+        [
+            "train",
+            "--config",
+            config,
+            "--resume",
+            "--set",
+            "schedule.epochs=2",
+            "run.checkpoint_every=3",
+            "run.log_every=2",
+        ],
+    )
     assert code == 0, err
-    saved = torch.load(sorted((tmp_path / "r" / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
+    saved = torch.load(
+        sorted((tmp_path / "r" / "checkpoints").glob("step-*.pt"))[-1], weights_only=True
+    )
     assert saved["config"]["schedule"]["epochs"] == 2 and saved["step"] == 12
 
 
@@ -152,12 +222,30 @@ def test_a_second_writer_is_refused(env, train_config, tmp_path, capsys):
     assert not (tmp_path / "busy" / "metrics.jsonl").exists()
     scores = tmp_path / "s.safetensors"
     with lock_file(scores):
-        refused(capsys, evaluate_argv(env, "--save-scores", scores), "in use by another verydeep process", str(scores))
+        refused(
+            capsys,
+            evaluate_argv(env, "--save-scores", scores),
+            "in use by another verydeep process",
+            str(scores),
+        )
     assert not scores.exists()
     features = tmp_path / "f.safetensors"
     with lock_file(features):
-        refused(capsys, ["features", "--weights", env["w"], "--data", env["d"], "--out", features, "--scales", "32"],
-                "in use by another verydeep process")
+        refused(
+            capsys,
+            [
+                "features",
+                "--weights",
+                env["w"],
+                "--data",
+                env["d"],
+                "--out",
+                features,
+                "--scales",
+                "32",
+            ],
+            "in use by another verydeep process",
+        )
     assert not features.exists()
     # the lock is gone with its holder: the same commands now run
     assert run(capsys, evaluate_argv(env, "--save-scores", scores))[0] == 0
@@ -166,13 +254,23 @@ def test_a_second_writer_is_refused(env, train_config, tmp_path, capsys):
 def test_a_lock_held_by_another_process_refuses_and_dies_with_it(tmp_path, capsys, env):
     """A real second process holds the lock; once it is killed (no clean-up at all) the lock is free."""
     scores = tmp_path / "s.safetensors"
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from verydeep.runtime.locks import lock_file; "
-                               f"l = lock_file({str(scores)!r}); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from verydeep.runtime.locks import lock_file; "
+            f"l = lock_file({str(scores)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        refused(capsys, evaluate_argv(env, "--save-scores", scores), "in use by another verydeep process")
+        refused(
+            capsys,
+            evaluate_argv(env, "--save-scores", scores),
+            "in use by another verydeep process",
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -185,12 +283,19 @@ def test_a_killed_holders_forked_children_do_not_keep_its_lock(tmp_path):
     from verydeep.runtime.locks import lock_file
 
     scores = tmp_path / "s.safetensors"
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import os, sys, time; from verydeep.runtime.locks import lock_file; "
-                               f"l = lock_file({str(scores)!r}); pid = os.fork()\n"
-                               "if pid == 0: print('child', file=sys.stderr, flush=True); time.sleep(60); os._exit(0)\n"
-                               "print(pid, flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time; from verydeep.runtime.locks import lock_file; "
+            f"l = lock_file({str(scores)!r}); pid = os.fork()\n"
+            "if pid == 0: print('child', file=sys.stderr, flush=True); time.sleep(60); os._exit(0)\n"
+            "print(pid, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # the child says so (on stderr, apart from the parent's stdout) once os.fork() has returned in it,
     # after its at-fork hook: only then is the race over
     worker = int(holder.stdout.readline())
@@ -211,19 +316,34 @@ def test_a_killed_holders_forked_children_do_not_keep_its_lock(tmp_path):
 # -- class 5: values that pass validation and then crash or lie ---------------------------------------
 @pytest.mark.parametrize("device", ["meta", "mps", "xpu", "hpu"])
 def test_unusable_devices_are_refused(device, env, capsys):
-    for argv in (["predict", env["tmp"] / "photo.jpg", "--weights", env["w"], "--device", device],
-                 evaluate_argv(env, "--device", device),
-                 ["train", "--set", f"run.device={device}", f"data.train={env['d']}", "optim.batch_size=2",
-                  f"run.out={env['tmp'] / 'dev'}"]):
+    for argv in (
+        ["predict", env["tmp"] / "photo.jpg", "--weights", env["w"], "--device", device],
+        evaluate_argv(env, "--device", device),
+        [
+            "train",
+            "--set",
+            f"run.device={device}",
+            f"data.train={env['d']}",
+            "optim.batch_size=2",
+            f"run.out={env['tmp'] / 'dev'}",
+        ],
+    ):
         refused(capsys, argv, device)
     assert not (env["tmp"] / "dev").exists()
 
 
-@pytest.mark.parametrize("setting, words", [
-    ("optim.lr=1e39", ["optim.lr"]), ("optim.lr=.inf", ["optim.lr"]), ("run.seed=-1", ["run.seed"]),
-    ("run.seed=4294967296", ["run.seed"]), ("model.width=1000", ["model.width=1000", "GiB"]),
-    ("optim.weight_decay=.nan", ["optim.weight_decay"]), ("data.colour_shift=.inf", ["data.colour_shift"]),
-])
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("optim.lr=1e39", ["optim.lr"]),
+        ("optim.lr=.inf", ["optim.lr"]),
+        ("run.seed=-1", ["run.seed"]),
+        ("run.seed=4294967296", ["run.seed"]),
+        ("model.width=1000", ["model.width=1000", "GiB"]),
+        ("optim.weight_decay=.nan", ["optim.weight_decay"]),
+        ("data.colour_shift=.inf", ["data.colour_shift"]),
+    ],
+)
 def test_training_values_out_of_range_are_refused_before_work(setting, words, env, capsys):
     out = env["tmp"] / "vals"
     refused(capsys, ["train", "--set", setting, f"data.train={env['d']}", f"run.out={out}"], *words)
@@ -232,8 +352,21 @@ def test_training_values_out_of_range_are_refused_before_work(setting, words, en
 
 def test_localize_train_learning_rate_and_seed_ranges(env, capsys):
     for extra, word in ((["--lr", "1e39"], "learning rate"), (["--seed", "-1"], "seed")):
-        refused(capsys, ["localize", "train", "--weights", env["w"], "--data", env["d"], "--out",
-                         env["tmp"] / "b.safetensors", *extra], word)
+        refused(
+            capsys,
+            [
+                "localize",
+                "train",
+                "--weights",
+                env["w"],
+                "--data",
+                env["d"],
+                "--out",
+                env["tmp"] / "b.safetensors",
+                *extra,
+            ],
+            word,
+        )
 
 
 def _with_meta(src: Path, dst: Path, edit) -> Path:
@@ -244,7 +377,9 @@ def _with_meta(src: Path, dst: Path, edit) -> Path:
         meta = json.loads(handle.metadata()["verydeep"])
     state = read_weights(src)[0]
     text = edit(meta)
-    save_file(state, str(dst), metadata={"verydeep": text if isinstance(text, str) else json.dumps(text)})
+    save_file(
+        state, str(dst), metadata={"verydeep": text if isinstance(text, str) else json.dumps(text)}
+    )
     return dst
 
 
@@ -260,9 +395,18 @@ def _nan_weights(src: Path, dst: Path) -> Path:
 BAD_META = {
     "null": (lambda m: "null", "malformed"),
     "list": (lambda m: "[1, 2]", "malformed"),
-    "nan-mean": (lambda m: {**m, "preprocessing": {**m["preprocessing"], "mean": [float("nan"), 1.0, 1.0]}}, "finite"),
-    "range-0": (lambda m: {**m, "preprocessing": {**m["preprocessing"], "value_range": 0}}, "value_range"),
-    "std-inf": (lambda m: {**m, "preprocessing": {**m["preprocessing"], "std": [1, float("inf"), 1]}}, "finite"),
+    "nan-mean": (
+        lambda m: {**m, "preprocessing": {**m["preprocessing"], "mean": [float("nan"), 1.0, 1.0]}},
+        "finite",
+    ),
+    "range-0": (
+        lambda m: {**m, "preprocessing": {**m["preprocessing"], "value_range": 0}},
+        "value_range",
+    ),
+    "std-inf": (
+        lambda m: {**m, "preprocessing": {**m["preprocessing"], "std": [1, float("inf"), 1]}},
+        "finite",
+    ),
     "spec-list": (lambda m: {**m, "spec": [1]}, "malformed"),
     "classes-dict": (lambda m: {**m, "classes": {"a": 1}}, "malformed"),
 }
@@ -277,27 +421,40 @@ def test_bad_metadata_and_nan_weights_are_refused_on_load(case, env, tmp_path, c
     else:
         edit, word = BAD_META[case]
         _with_meta(env["w"], path, edit)
-    for argv in (["predict", env["tmp"] / "photo.jpg", "--weights", path],
-                 ["evaluate", "--weights", path, "--data", env["d"], "--scales", "32", "--workers", "0"],
-                 ["convert", path, tmp_path / f"{case}-out.safetensors"]):
+    for argv in (
+        ["predict", env["tmp"] / "photo.jpg", "--weights", path],
+        ["evaluate", "--weights", path, "--data", env["d"], "--scales", "32", "--workers", "0"],
+        ["convert", path, tmp_path / f"{case}-out.safetensors"],
+    ):
         refused(capsys, argv, word)
     assert not (tmp_path / f"{case}-out.safetensors").exists()
 
 
 def _peak_of(code: str) -> tuple[str, int]:
     """Run ``code`` in a fresh interpreter; (its stdout, its peak resident memory in bytes)."""
-    script = code + "\nprint([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    script = (
+        code
+        + "\nprint([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     lines = done.stdout.strip().splitlines()
     return "\n".join(lines[:-1]), int(lines[-1]) * 1024
 
 
 def test_metadata_claiming_a_huge_net_is_refused_without_building_it(env, tmp_path):
     """A tiny file whose metadata says width 8 (a ~2.4 GB net) is refused from shapes on the meta device."""
-    path = _with_meta(env["w"], tmp_path / "huge.safetensors", lambda m: {**m, "spec": {**m["spec"], "width": 8.0}})
+    path = _with_meta(
+        env["w"],
+        tmp_path / "huge.safetensors",
+        lambda m: {**m, "spec": {**m["spec"], "width": 8.0}},
+    )
     assert path.stat().st_size < 200_000
-    out, peak = _peak_of(f"from verydeep import load\nfrom verydeep.errors import VerydeepError\n"
-                         f"try:\n    load({str(path)!r})\nexcept VerydeepError as e:\n    print(e)")
+    out, peak = _peak_of(
+        f"from verydeep import load\nfrom verydeep.errors import VerydeepError\n"
+        f"try:\n    load({str(path)!r})\nexcept VerydeepError as e:\n    print(e)"
+    )
     assert "expects" in out, out
     baseline_out, baseline = _peak_of("import verydeep, torch")
     assert peak - baseline < 300 * 2**20, (peak, baseline)
@@ -312,7 +469,10 @@ def test_a_deflated_pth_that_inflates_hugely_is_refused_before_loading(tmp_path,
             for _ in range(96):
                 member.write(block)
     assert bomb.stat().st_size < 2_000_000
-    for argv in (["predict", env["tmp"] / "photo.jpg", "--weights", bomb], ["train", "--resume", bomb]):
+    for argv in (
+        ["predict", env["tmp"] / "photo.jpg", "--weights", bomb],
+        ["train", "--resume", bomb],
+    ):
         refused(capsys, argv, "inflate")
 
 
@@ -322,8 +482,16 @@ def test_checkpoint_fields_of_the_wrong_type_are_one_line(train_config, tmp_path
     assert run(capsys, ["train", "--config", config])[0] == 0
     good = sorted((tmp_path / "ck" / "checkpoints").glob("step-*.pt"))[0]
     ckpt = torch.load(good, weights_only=True)
-    for key, value in (("step", "three"), ("step", -1), ("epoch", 1.5), ("config", [1]), ("model", {"a": 1}),
-                       ("rng", {"ranks": []}), ("optimizer", None), ("batch_in_epoch", True)):
+    for key, value in (
+        ("step", "three"),
+        ("step", -1),
+        ("epoch", 1.5),
+        ("config", [1]),
+        ("model", {"a": 1}),
+        ("rng", {"ranks": []}),
+        ("optimizer", None),
+        ("batch_in_epoch", True),
+    ):
         bad = tmp_path / f"bad-{key}.pt"
         torch.save({**ckpt, key: value}, bad)
         refused(capsys, ["train", "--config", config, "--resume", bad], "damaged", key)
@@ -344,8 +512,10 @@ def test_damaged_score_files_are_one_line(env, tmp_path, capsys):
         "nets-strings": lambda h, t: ({**h, "nets": ["x"]}, t),
         "keys-missing-tensor": lambda h, t: ({**h, "keys": [[0, "dense", 999]]}, t),
         "classes-short": lambda h, t: ({**h, "classes": h["classes"][:1]}, t),
-        "scores-nan": lambda h, t: (h, {**t, **{k: np.full_like(v, np.nan) for k, v in t.items()
-                                                if k.startswith("scores/")}}),
+        "scores-nan": lambda h, t: (
+            h,
+            {**t, **{k: np.full_like(v, np.nan) for k, v in t.items() if k.startswith("scores/")}},
+        ),
         "labels-out-of-range": lambda h, t: (h, {**t, "labels": t["labels"] + 7}),
         "header-list": lambda h, t: ([1], t),
     }
@@ -367,7 +537,9 @@ def test_damaged_feature_runs_and_files(env, tmp_path, capsys):
     partial = tmp_path / "f.safetensors.partial"
     for identity in (None, "x", [1]):
         partial.mkdir(exist_ok=True)
-        (partial / "manifest.json").write_text(json.dumps({"format": "verydeep-features/1", "identity": identity}))
+        (partial / "manifest.json").write_text(
+            json.dumps({"format": "verydeep-features/1", "identity": identity})
+        )
         out.unlink(missing_ok=True)
         refused(capsys, argv, "manifest.json", "identity")
     import shutil
@@ -400,7 +572,9 @@ def test_damaged_feature_runs_and_files(env, tmp_path, capsys):
     }.items():
         bad = tmp_path / f"{name}.safetensors"
         save_file(a, str(bad), metadata={"verydeep_features": json.dumps(m)})
-        refused(capsys, ["transfer", "--features", bad, "--protocol", "caltech"], "damaged feature file")
+        refused(
+            capsys, ["transfer", "--features", bad, "--protocol", "caltech"], "damaged feature file"
+        )
 
 
 def test_features_notice_images_changed_on_disk(env, tmp_path, capsys):
@@ -429,10 +603,23 @@ def test_evaluate_rescores_images_changed_on_disk(env, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(env["d"], data)
     scores = tmp_path / "s.safetensors"
-    argv = ["evaluate", "--weights", env["w"], "--data", data, "--scales", "32", "--workers", "0",
-            "--save-scores", scores]
+    argv = [
+        "evaluate",
+        "--weights",
+        env["w"],
+        "--data",
+        data,
+        "--scales",
+        "32",
+        "--workers",
+        "0",
+        "--save-scores",
+        scores,
+    ]
     assert run(capsys, argv)[0] == 0
-    Image.fromarray(np.full((44, 52, 3), 200, np.uint8)).save(data / "c1" / "i1.jpg")  # same name, new pixels
+    Image.fromarray(np.full((44, 52, 3), 200, np.uint8)).save(
+        data / "c1" / "i1.jpg"
+    )  # same name, new pixels
     code, err = run(capsys, argv)
     assert code == 0 and "1 of the images scored" in err and "scoring them again" in err, err
     fresh = tmp_path / "fresh.safetensors"
@@ -469,10 +656,14 @@ def test_sigterm_during_evaluate_saves_the_scores(env, tmp_path, capsys, monkeyp
     assert load_scores(scores).complete
 
 
-def test_sigterm_during_training_checkpoints_the_step_and_resumes(train_config, tmp_path, capsys, monkeypatch):
+def test_sigterm_during_training_checkpoints_the_step_and_resumes(
+    train_config, tmp_path, capsys, monkeypatch
+):
     from verydeep.train.step import Step
 
-    config = train_config("term", {"schedule.epochs": 1, "run.checkpoint_every": 100, "run.deterministic": True})
+    config = train_config(
+        "term", {"schedule.epochs": 1, "run.checkpoint_every": 100, "run.deterministic": True}
+    )
     real = Step.__call__
     steps = []
 
@@ -487,16 +678,18 @@ def test_sigterm_during_training_checkpoints_the_step_and_resumes(train_config, 
     code, err = run(capsys, ["train", "--config", config])
     assert code == 143, err
     assert "terminated" in one_line(err)
-    assert [p.name for p in sorted((tmp_path / "term" / "checkpoints").glob("step-*.pt"))] == ["step-000000003.pt"]
+    assert [p.name for p in sorted((tmp_path / "term" / "checkpoints").glob("step-*.pt"))] == [
+        "step-000000003.pt"
+    ]
     monkeypatch.setattr(Step, "__call__", real)
     assert run(capsys, ["train", "--config", config, "--resume"])[0] == 0
-    reference = train_config("term-ref", {"schedule.epochs": 1, "run.checkpoint_every": 100, "run.deterministic": True})
+    reference = train_config(
+        "term-ref", {"schedule.epochs": 1, "run.checkpoint_every": 100, "run.deterministic": True}
+    )
     assert run(capsys, ["train", "--config", reference])[0] == 0
     a = canonical.read(tmp_path / "term" / "final.safetensors")[0]
     b = canonical.read(tmp_path / "term-ref" / "final.safetensors")[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 
 
 def test_unknown_options_name_the_sub_command(capsys):

@@ -19,7 +19,10 @@ from verydeep.train.config import TrainConfig, apply, validate
 
 def test_the_bound_is_checked_before_any_worker_starts():
     assert check_workers(0, "w") == 0 and check_workers(max_workers(), "w") == max_workers()
-    for bad, message in ((-1, "must be 0 or more"), (max_workers() + 1, "more worker processes than this machine")):
+    for bad, message in (
+        (-1, "must be 0 or more"),
+        (max_workers() + 1, "more worker processes than this machine"),
+    ):
         with pytest.raises(ConfigError, match=message):
             check_workers(bad, "data.workers")
     cfg = TrainConfig()
@@ -28,10 +31,25 @@ def test_the_bound_is_checked_before_any_worker_starts():
         validate(cfg)
 
 
-@pytest.mark.parametrize("argv", [["synth", "{tmp}/s", "--workers", "100000"],
-                                  ["evaluate", "--weights", "x", "--data", "{tmp}", "--workers", "100000"],
-                                  ["localize", "train", "--weights", "x", "--data", "{tmp}",
-                                   "--out", "{tmp}/b.safetensors", "--workers", "100000"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth", "{tmp}/s", "--workers", "100000"],
+        ["evaluate", "--weights", "x", "--data", "{tmp}", "--workers", "100000"],
+        [
+            "localize",
+            "train",
+            "--weights",
+            "x",
+            "--data",
+            "{tmp}",
+            "--out",
+            "{tmp}/b.safetensors",
+            "--workers",
+            "100000",
+        ],
+    ],
+)
 def test_commands_refuse_a_huge_worker_count_in_one_line(argv, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
@@ -71,7 +89,9 @@ def test_a_loader_worker_dies_with_its_parent(tmp_path):
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead, waiting to be reaped
+            return (
+                handle.read().split(")")[-1].split()[0] != "Z"
+            )  # a zombie is dead, waiting to be reaped
     except FileNotFoundError:
         return False
 

@@ -45,17 +45,24 @@ def run_cli(argv) -> tuple[int, str]:
 def error_line(err: str) -> str:
     assert "Traceback" not in err, err
     lines = [line.split("\r")[-1].strip() for line in err.split("\n")]
-    lines = [line for line in lines
-             if line and "warning" not in line and not line.startswith(("features", "evaluate", "synth"))]
+    lines = [
+        line
+        for line in lines
+        if line and "warning" not in line and not line.startswith(("features", "evaluate", "synth"))
+    ]
     assert len(lines) == 1, err
     return lines[0]
 
 
 def _mount(folder: Path, options: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("VERYDEEP_TEST_SIMULATE_DISK"):  # to run the simulated matrix where mounting works too
+    if os.environ.get(
+        "VERYDEEP_TEST_SIMULATE_DISK"
+    ):  # to run the simulated matrix where mounting works too
         return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
     return done.returncode == 0
 
 
@@ -86,7 +93,9 @@ def inputs(tmp_path_factory):
         folder = root / "data" / f"c{c}"
         folder.mkdir(parents=True)
         for j in range(2):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"i{j}.jpg")
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                folder / f"i{j}.jpg"
+            )
             (folder / f"i{j}.xml").write_text(voc_xml([(f"c{c}", 4, 4, 30, 30)], size=(48, 40)))
     return {"w": weights, "d": root / "data"}
 
@@ -129,15 +138,75 @@ def writing_commands(w: Path, d: Path, out: Path) -> dict[str, tuple[list, Path]
         "export-onnx": (["export", out / "e.onnx", "--weights", w], out / "e.onnx"),
         "export-torchscript": (["export", out / "e.pt", "--weights", w], out / "e.pt"),
         "export-openvino": (["export", out / "e.xml", "--weights", w], out / "e.xml"),
-        "evaluate-scores": (["evaluate", "--weights", w, "--data", d, "--save-scores", out / "s.safetensors",
-                             "--scales", "32", "--workers", "0"], out / "s.safetensors"),
-        "evaluate-report": (["evaluate", "--weights", w, "--data", d, "--report", out / "rep", "--scales", "32",
-                             "--workers", "0"], out / "rep" / "report.md"),
-        "features": (["features", "--weights", w, "--data", d, "--out", out / "f.safetensors", "--scales", "32"],
-                     out / "f.safetensors"),
-        "synth": (["synth", out / "s", "--classes", "2", "--train", "1", "--val", "1"], out / "s" / "synth.json"),
-        "localize-train": (["localize", "train", "--weights", w, "--data", d, "--out", out / "b.safetensors",
-                            "--steps", "1", "--batch-size", "2", "--scale", "40"], out / "b.safetensors"),
+        "evaluate-scores": (
+            [
+                "evaluate",
+                "--weights",
+                w,
+                "--data",
+                d,
+                "--save-scores",
+                out / "s.safetensors",
+                "--scales",
+                "32",
+                "--workers",
+                "0",
+            ],
+            out / "s.safetensors",
+        ),
+        "evaluate-report": (
+            [
+                "evaluate",
+                "--weights",
+                w,
+                "--data",
+                d,
+                "--report",
+                out / "rep",
+                "--scales",
+                "32",
+                "--workers",
+                "0",
+            ],
+            out / "rep" / "report.md",
+        ),
+        "features": (
+            [
+                "features",
+                "--weights",
+                w,
+                "--data",
+                d,
+                "--out",
+                out / "f.safetensors",
+                "--scales",
+                "32",
+            ],
+            out / "f.safetensors",
+        ),
+        "synth": (
+            ["synth", out / "s", "--classes", "2", "--train", "1", "--val", "1"],
+            out / "s" / "synth.json",
+        ),
+        "localize-train": (
+            [
+                "localize",
+                "train",
+                "--weights",
+                w,
+                "--data",
+                d,
+                "--out",
+                out / "b.safetensors",
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--scale",
+                "40",
+            ],
+            out / "b.safetensors",
+        ),
     }
 
 
@@ -150,7 +219,9 @@ def test_every_write_fails_with_one_line_and_leaves_nothing(name, broken, inputs
     if name in ("synth", "evaluate-report") and not real:
         pytest.skip("creates folders, which only a real read-only or full file system refuses")
     if name == "export-openvino" and not real:
-        pytest.skip("OpenVINO's C++ writer opens its files itself: only a real file system can refuse them")
+        pytest.skip(
+            "OpenVINO's C++ writer opens its files itself: only a real file system can refuse them"
+        )
     argv, final = writing_commands(inputs["w"], inputs["d"], folder)[name]
     code, err = run_cli(argv)
     line = error_line(err)
@@ -158,8 +229,11 @@ def test_every_write_fails_with_one_line_and_leaves_nothing(name, broken, inputs
     assert REASONS[kind] in line, line
     assert str(folder) in line, line
     assert not final.exists(), final
-    leftovers = [p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial")
-                 and any(p.iterdir())]
+    leftovers = [
+        p.name
+        for p in folder.rglob("*")
+        if ".tmp" in p.name or p.name.endswith(".partial") and any(p.iterdir())
+    ]
     assert not leftovers, leftovers
 
 
@@ -181,16 +255,39 @@ def test_every_file_kind_gets_the_umask_mode(mask, tmp_path, inputs):
             save_tiny_classifier(tmp_path / "w.safetensors")[1],
             io_module.write_json(tmp_path / "x.json", {"a": 1}),
             io_module.write_bytes(tmp_path / "x.bin", b"abc"),
-            io_module.atomic_write_path(tmp_path / "y.bin",
-                                        lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))),
+            io_module.atomic_write_path(
+                tmp_path / "y.bin", lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+            ),
         ]
         assert main(["export", str(tmp_path / "e.onnx"), "--weights", str(inputs["w"])]) == 0
         assert main(["export", str(tmp_path / "e.pt"), "--weights", str(inputs["w"])]) == 0
-        assert main(["evaluate", "--weights", str(inputs["w"]), "--data", str(inputs["d"]), "--scales", "32",
-                     "--workers", "0", "--save-scores", str(tmp_path / "s.safetensors"),
-                     "--report", str(tmp_path / "rep")]) == 0
-        written += [tmp_path / "e.onnx", tmp_path / "e.pt", tmp_path / "s.safetensors", tmp_path / "rep" / "report.md",
-                    tmp_path / "rep" / "error_vs_scale.png"]
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--weights",
+                    str(inputs["w"]),
+                    "--data",
+                    str(inputs["d"]),
+                    "--scales",
+                    "32",
+                    "--workers",
+                    "0",
+                    "--save-scores",
+                    str(tmp_path / "s.safetensors"),
+                    "--report",
+                    str(tmp_path / "rep"),
+                ]
+            )
+            == 0
+        )
+        written += [
+            tmp_path / "e.onnx",
+            tmp_path / "e.pt",
+            tmp_path / "s.safetensors",
+            tmp_path / "rep" / "report.md",
+            tmp_path / "rep" / "error_vs_scale.png",
+        ]
     for path in written:
         assert (path.stat().st_mode & 0o777) == 0o666 & ~mask, (path, oct(path.stat().st_mode))
 

@@ -30,7 +30,9 @@ from verydeep.transfer.features import describe_images
 TORCHVISION = {"D": "vgg16", "E": "vgg19", "D_bn": "vgg16_bn"}
 
 
-def random_state(model: torch.nn.Module, seed: int = 0, features_only: bool = False) -> dict[str, torch.Tensor]:
+def random_state(
+    model: torch.nn.Module, seed: int = 0, features_only: bool = False
+) -> dict[str, torch.Tensor]:
     """He-scaled random weights (O(1) activations at every depth) for a module's state keys; batch
     norm gets non-trivial statistics so that eval-mode BN is not the identity."""
     g = torch.Generator().manual_seed(seed)
@@ -42,7 +44,9 @@ def random_state(model: torch.nn.Module, seed: int = 0, features_only: bool = Fa
         if key.endswith("num_batches_tracked"):
             state[key] = torch.tensor(0)
         elif key.endswith("weight") and len(shape) >= 2:
-            state[key] = torch.empty(shape).normal_(0, math.sqrt(2.0 / math.prod(shape[1:])), generator=g)
+            state[key] = torch.empty(shape).normal_(
+                0, math.sqrt(2.0 / math.prod(shape[1:])), generator=g
+            )
         elif key.endswith(("running_var", "weight")):  # BN scale and variance
             state[key] = torch.empty(shape).uniform_(0.5, 1.5, generator=g)
         else:  # biases, BN shift and mean
@@ -74,10 +78,14 @@ def test_every_conv_stack_name_equals_a_torchvision_slice(config):
         found = ours.taps(x, names)
         for tap in tap_table(ours.spec)[: len(names)]:
             expected = theirs.features[: tap.index + 1](x.clone())
-            torch.testing.assert_close(found[tap.name], expected, atol=1e-5, rtol=1e-5, msg=tap.name)
+            torch.testing.assert_close(
+                found[tap.name], expected, atol=1e-5, rtol=1e-5, msg=tap.name
+            )
     assert list(found) == names
     assert found["relu3_3"].shape == (2, 256, 8, 8) and found["pool5"].shape == (2, 512, 1, 1)
-    assert found["conv1_1"].min() < 0  # the conv output is not clobbered by the in-place ReLU after it
+    assert (
+        found["conv1_1"].min() < 0
+    )  # the conv output is not clobbered by the in-place ReLU after it
 
 
 @pytest.mark.parametrize("config", ["D", "E"])
@@ -90,7 +98,13 @@ def test_dense_maps_equal_torchvisions_classifier_on_a_crop(config):
         c = theirs.classifier
         fc6 = c[0](torch.flatten(theirs.avgpool(pool5), 1))
         fc7 = c[3](F.relu(fc6))
-        expected = {"fc6": fc6, "relu6": F.relu(fc6), "fc7": fc7, "relu7": F.relu(fc7), "fc8": c[6](F.relu(fc7))}
+        expected = {
+            "fc6": fc6,
+            "relu6": F.relu(fc6),
+            "fc7": fc7,
+            "relu7": F.relu(fc7),
+            "fc8": c[6](F.relu(fc7)),
+        }
     torch.testing.assert_close(found["pool5"], pool5, atol=1e-5, rtol=1e-5)
     for name, value in expected.items():
         assert found[name].shape == value.shape + (1, 1)
@@ -111,8 +125,9 @@ def test_stage_outputs_equal_timm_forward_intermediates():
     names = ["relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4", "pool5"]
     with torch.no_grad():
         found = ours.eval().taps(x, names)
-        stages = theirs.eval().forward_intermediates(x, indices=list(range(6)), intermediates_only=True,
-                                                     stop_early=True)
+        stages = theirs.eval().forward_intermediates(
+            x, indices=list(range(6)), intermediates_only=True, stop_early=True
+        )
     assert len(stages) == 6
     for name, stage in zip(names, stages):
         torch.testing.assert_close(found[name], stage, atol=1e-5, rtol=1e-5, msg=name)
@@ -124,13 +139,21 @@ def test_names_follow_the_caffe_release_for_every_config():
         names = tap_names(spec)
         convs = [info.name for info in weight_layers(spec) if info.kind != "fc"]
         assert [n for n in names if n.startswith("conv")] == convs  # the importers' table
-        assert [n for n in names if n.startswith("relu") and "_" in n] == ["relu" + c[4:] for c in convs]
+        assert [n for n in names if n.startswith("relu") and "_" in n] == [
+            "relu" + c[4:] for c in convs
+        ]
         assert [n for n in names if n.startswith("pool")] == [f"pool{b}" for b in range(1, 6)]
         assert names[-5:] == list(FC_TAPS) and len(set(names)) == len(names)
-        assert ([n for n in names if n.startswith("bn")] == ["bn" + c[4:] for c in convs]) == spec.batch_norm
+        assert (
+            [n for n in names if n.startswith("bn")] == ["bn" + c[4:] for c in convs]
+        ) == spec.batch_norm
     c = {t.name: t for t in tap_table(ModelSpec("C"))}
     model = VGG(ModelSpec("C", **TINY))
-    for name in ("conv3_3", "conv4_3", "conv5_3"):  # config C's 1x1 convs, named as a Caffe file of C would
+    for name in (
+        "conv3_3",
+        "conv4_3",
+        "conv5_3",
+    ):  # config C's 1x1 convs, named as a Caffe file of C would
         assert model.features[c[name].index].kernel_size == (1, 1)
     assert c["conv3_3"].channels == 256 and c["pool4"].channels == 512 and c["fc8"].channels == 1000
     assert tap_names(ModelSpec("A-LRN"))[:4] == ["conv1_1", "relu1_1", "norm1", "pool1"]
@@ -145,8 +168,13 @@ def test_lrn_avg_pool_and_only_what_is_asked_is_computed():
         module.register_forward_hook(lambda m, args, out, i=i: calls.append(i))
     with torch.no_grad():
         found = model.taps(x, ["norm1", "relu1_1"])
-        assert calls == [0, 2]  # conv1_1, norm1; the ReLU runs functionally, nothing after norm1 runs
-        torch.testing.assert_close(found["norm1"], F.local_response_norm(found["relu1_1"], 5, 1e-4, 0.75, 2.0))
+        assert calls == [
+            0,
+            2,
+        ]  # conv1_1, norm1; the ReLU runs functionally, nothing after norm1 runs
+        torch.testing.assert_close(
+            found["norm1"], F.local_response_norm(found["relu1_1"], 5, 1e-4, 0.75, 2.0)
+        )
         avg = model.taps(x, ["norm1", "pool1"], pool="avg")
         torch.testing.assert_close(avg["pool1"], F.avg_pool2d(avg["norm1"], 2))
 
@@ -168,7 +196,11 @@ def test_bad_names_and_inputs_are_one_line_errors():
     with pytest.raises(ConfigError) as err:
         model.taps(_images(32), ["relu3_3", "relu3_4"])
     message = str(err.value)
-    assert "'relu3_4'" in message and "conv1_1, relu1_1" in message and "relu5_3, pool5, fc6" in message
+    assert (
+        "'relu3_4'" in message
+        and "conv1_1, relu1_1" in message
+        and "relu5_3, pool5, fc6" in message
+    )
     with pytest.raises(ConfigError, match="no layer names"):
         model.taps(_images(32), [])
     with pytest.raises(ConfigError, match="max or avg"):
@@ -177,35 +209,60 @@ def test_bad_names_and_inputs_are_one_line_errors():
         model.taps(_images(16), "fc7")
     with pytest.raises(VerydeepError, match=r"\(N, 3, H, W\)"):
         model.taps(torch.zeros(1, 4, 32, 32), "conv1_1")
-    assert model.taps(_images(16), "pool4")["pool4"].shape == (2, 32, 1, 1)  # the conv stack takes any size
+    assert model.taps(_images(16), "pool4")["pool4"].shape == (
+        2,
+        32,
+        1,
+        1,
+    )  # the conv stack takes any size
 
 
 # -- verydeep features --layer ---------------------------------------------------------------------
 def test_descriptor_of_another_layer_is_its_pooled_flip_averaged_map(tiny_weights):
     model = verydeep.load(tiny_weights)
-    image = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    image = torch.randint(
+        0, 256, (3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     found = describe_images([model], [image], [32, 40], aggregate="mean", layer="relu4_2")
     assert found.shape == (1, 32)
     per_scale = []
     for q in (32, 40):
         x = normalise(rescale(image, q)[None], model.meta.preprocessing)
         with torch.no_grad():
-            maps = [model.taps(v, "relu4_2")["relu4_2"].mean(dim=(-2, -1))[0] for v in (x, x.flip(-1))]
+            maps = [
+                model.taps(v, "relu4_2")["relu4_2"].mean(dim=(-2, -1))[0] for v in (x, x.flip(-1))
+            ]
         per_scale.append((maps[0] + maps[1]) / 2)
     mean = torch.stack(per_scale).mean(0)
     torch.testing.assert_close(torch.from_numpy(found[0]), mean / mean.norm(), atol=1e-6, rtol=1e-5)
     default = image_descriptor([model], image, [32], aggregate="mean")
-    assert torch.equal(default, image_descriptor([model], image, [32], aggregate="mean", layer="relu7"))
+    assert torch.equal(
+        default, image_descriptor([model], image, [32], aggregate="mean", layer="relu7")
+    )
 
 
 def test_features_cli_layer(tiny_weights, tmp_path, capsys):
     data = write_box_folder(tmp_path / "data", classes=("c0", "c1"), per_class=2)
     out = tmp_path / "f.safetensors"
-    base = ["features", "--weights", str(tiny_weights), "--data", str(data), "--scales", "32,40",
-            "--out", str(out), "--precision", "fp32", "--json"]
+    base = [
+        "features",
+        "--weights",
+        str(tiny_weights),
+        "--data",
+        str(data),
+        "--scales",
+        "32,40",
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        "--json",
+    ]
     assert main(base + ["--layer", "pool5"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["layer"] == "pool5" and summary["descriptor_size"] == 2 * 32  # conv5 width 512/16, two scales
+    assert (
+        summary["layer"] == "pool5" and summary["descriptor_size"] == 2 * 32
+    )  # conv5 width 512/16, two scales
 
     rc = main(base)  # the same file asked for the default layer: refused, named
     err = capsys.readouterr().err
@@ -214,11 +271,18 @@ def test_features_cli_layer(tiny_weights, tmp_path, capsys):
     out2 = tmp_path / "g.npz"
     assert main(base[:8] + [str(out2)] + base[9:]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["layer"] == "relu7" and summary["descriptor_size"] == 2 * 32  # fc_width 32, two scales
+    assert (
+        summary["layer"] == "relu7" and summary["descriptor_size"] == 2 * 32
+    )  # fc_width 32, two scales
 
     rc = main(base[:8] + [str(tmp_path / "h.npz")] + base[9:] + ["--layer", "relu6_1"])
     err = capsys.readouterr().err
-    assert rc == 2 and "unknown layer name(s) 'relu6_1'" in err and "relu7" in err and err.count("\n") == 1
+    assert (
+        rc == 2
+        and "unknown layer name(s) 'relu6_1'" in err
+        and "relu7" in err
+        and err.count("\n") == 1
+    )
     assert not (tmp_path / "h.npz.partial").exists()
 
 

@@ -23,20 +23,35 @@ def test_demo_fast_mode_end_to_end(tmp_path, capsys, monkeypatch):
     nets = summary["nets"]
     assert set(nets) == {"A", "D_from_A", "D_random"}
     for name, net in nets.items():
-        for key in ("val_top1_err", "val_top5_err", "dense_top1_err", "dense_top5_err", "train_time_s", "steps"):
+        for key in (
+            "val_top1_err",
+            "val_top5_err",
+            "dense_top1_err",
+            "dense_top5_err",
+            "train_time_s",
+            "steps",
+        ):
             assert isinstance(net[key], (int, float)), (name, key)
         model = verydeep.load(out / net["weights"])
-        assert model.spec.config == net["config"] and model.meta.classes == ["circle", "square", "triangle"]
+        assert model.spec.config == net["config"] and model.meta.classes == [
+            "circle",
+            "square",
+            "triangle",
+        ]
     assert tuple(nets["D_from_A"]["copied_layers"]) == PAPER_COPIED_LAYERS
     assert nets["D_random"]["copied_layers"] == [] and summary["comparison"]["same_steps"]
     report = (out / "report.md").read_text()
     for figure in ("d_init_val_error.png", "d_init_train_loss.png", "val_error.png"):
         assert figure in report and (out / figure).stat().st_size > 1000
     d = nets["D_from_A"]
-    assert f"{100 * d['dense_top1_err']:.1f}" in report and f"{summary['total_time_s']:.0f} s" in report
+    assert (
+        f"{100 * d['dense_top1_err']:.1f}" in report
+        and f"{summary['total_time_s']:.0f} s" in report
+    )
     for run in ("A", "D_from_A", "D_random"):
         assert {"config.yaml", "metrics.jsonl", "loss.png", "error.png", "summary.json"} <= {
-            p.name for p in (out / "runs" / run).iterdir()}
+            p.name for p in (out / "runs" / run).iterdir()
+        }
         assert list((out / "runs" / run / "tb").iterdir())  # TensorBoard events
     # the appendices' sections on net D: localisation (SCR against PCR) and transfer (SVMs)
     sections = summary["sections"]
@@ -49,11 +64,21 @@ def test_demo_fast_mode_end_to_end(tmp_path, capsys, monkeypatch):
 
 def test_cpu_presets_hold_the_demo_recipe(tmp_path):
     """configs/cpu/synth_*.yaml are the demo's nets, for users who want to train them by hand."""
-    for name, config, scale, lr, epochs in (("A", "A", FULL.scale_a, FULL.lr_a, FULL.epochs_a),
-                                           ("D", "D", FULL.scale_d, FULL.lr_d, FULL.epochs_d)):
+    for name, config, scale, lr, epochs in (
+        ("A", "A", FULL.scale_a, FULL.lr_a, FULL.epochs_a),
+        ("D", "D", FULL.scale_d, FULL.lr_d, FULL.epochs_d),
+    ):
         preset = load_config(REPO / "configs" / "cpu" / f"synth_{name}.yaml")
-        demo = net_config(FULL, Path("demo-out/data"), Path("x"), config, scale, lr, epochs,
-                          source=Path("runs/cpu/synth_A") if name == "D" else None)
+        demo = net_config(
+            FULL,
+            Path("demo-out/data"),
+            Path("x"),
+            config,
+            scale,
+            lr,
+            epochs,
+            source=Path("runs/cpu/synth_A") if name == "D" else None,
+        )
         for section in ("model", "optim", "schedule"):
             assert getattr(preset, section) == getattr(demo, section), section
         assert (preset.data.scale_min, preset.data.scale_max, preset.data.cache) == (*scale, True)
@@ -66,8 +91,10 @@ def _rerun_reuses_and_isolates_sections(out, capsys, monkeypatch):
     from verydeep import localize, train as train_package
     from verydeep.errors import DataError
 
-    before = {name: (out / "runs" / name / "final.safetensors").stat().st_mtime_ns
-              for name in ("A", "D_from_A", "D_random")}
+    before = {
+        name: (out / "runs" / name / "final.safetensors").stat().st_mtime_ns
+        for name in ("A", "D_from_A", "D_random")
+    }
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run with the same config was trained again")
@@ -77,20 +104,35 @@ def _rerun_reuses_and_isolates_sections(out, capsys, monkeypatch):
 
     monkeypatch.setattr(train_package, "train", no_training)
     monkeypatch.setattr(localize, "demo_section", broken_section)
-    assert main(["demo", "--fast", "--out", str(out)]) == 3  # the report is written, a section failed
+    assert (
+        main(["demo", "--fast", "--out", str(out)]) == 3
+    )  # the report is written, a section failed
     captured = capsys.readouterr()
-    assert captured.out.count("reusing the finished run") >= 2  # A and D_from_A (D_random beside them)
+    assert (
+        captured.out.count("reusing the finished run") >= 2
+    )  # A and D_from_A (D_random beside them)
     assert "section localisation failed: the box files are unreadable (test)" in captured.err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed_sections"] == {"localisation": "the box files are unreadable (test)"}
-    assert set(summary["sections"]) == {"transfer"} and set(summary["nets"]) == {"A", "D_from_A", "D_random"}
+    assert set(summary["sections"]) == {"transfer"} and set(summary["nets"]) == {
+        "A",
+        "D_from_A",
+        "D_random",
+    }
     report = (out / "report.md").read_text()
     assert "Sections that failed" in report and "the box files are unreadable (test)" in report
-    assert before == {name: (out / "runs" / name / "final.safetensors").stat().st_mtime_ns for name in before}
+    assert before == {
+        name: (out / "runs" / name / "final.safetensors").stat().st_mtime_ns for name in before
+    }
     # --fresh trains again
-    monkeypatch.setattr(train_package, "train", lambda *a, **k: (_ for _ in ()).throw(DataError("retrained")))
+    monkeypatch.setattr(
+        train_package, "train", lambda *a, **k: (_ for _ in ()).throw(DataError("retrained"))
+    )
     assert main(["demo", "--fast", "--out", str(out), "--fresh"]) == 3
-    assert "retrained" in json.loads((out / "summary.json").read_text())["failed_sections"]["classification"]
+    assert (
+        "retrained"
+        in json.loads((out / "summary.json").read_text())["failed_sections"]["classification"]
+    )
 
 
 def test_a_previous_demo_folder_is_reused_and_another_report_is_protected(tmp_path):
@@ -128,7 +170,10 @@ def test_a_net_that_did_not_learn_fails_the_demo(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "section classification failed: net A did not learn" in err
     summary = json.loads((out / "summary.json").read_text())
-    assert "A" in summary["dead_nets"] and "net A did not learn" in summary["failed_sections"]["classification"]
+    assert (
+        "A" in summary["dead_nets"]
+        and "net A did not learn" in summary["failed_sections"]["classification"]
+    )
     assert set(summary["built_on_dead_nets"]) == {"D_from_A", "localisation", "transfer"}
     report = (out / "report.md").read_text()
     assert report.splitlines()[2].startswith("**FAILED: net A did not learn")
@@ -138,10 +183,19 @@ def test_a_net_that_did_not_learn_fails_the_demo(tmp_path, capsys, monkeypatch):
 def test_the_demo_judges_nets_by_their_accuracy_over_chance():
     from verydeep.demo.command import dead_nets
 
-    nets = {"A": {"dense_top1_err": 0.85, "learned": True},
-            "D_from_A": {"dense_top1_err": 0.3, "learned": False,
-                         "stuck_reason": "the outputs no longer depend on the input"},
-            "D_random": {"dense_top1_err": 0.9, "learned": False, "stuck_reason": "the training loss stays at ln(10)"}}
+    nets = {
+        "A": {"dense_top1_err": 0.85, "learned": True},
+        "D_from_A": {
+            "dense_top1_err": 0.3,
+            "learned": False,
+            "stuck_reason": "the outputs no longer depend on the input",
+        },
+        "D_random": {
+            "dense_top1_err": 0.9,
+            "learned": False,
+            "stuck_reason": "the training loss stays at ln(10)",
+        },
+    }
     dead = dead_nets(FULL, nets)
     assert set(dead) == {"A", "D_from_A"} and "15.0% dense top-1 accuracy" in dead["A"]
     assert "the outputs no longer depend" in dead["D_from_A"]
@@ -162,7 +216,9 @@ def test_the_demo_never_deletes_what_it_did_not_write(tmp_path, capsys):
     assert "runs/A holds mine.txt, which the demo did not write" in err and "Traceback" not in err
     assert mine.read_text() == "a user's notes"
     mine.unlink()
-    assert main(["demo", "--fast", "--out", str(out), "--fresh"]) == 0  # --fresh removes the demo's runs only
+    assert (
+        main(["demo", "--fast", "--out", str(out), "--fresh"]) == 0
+    )  # --fresh removes the demo's runs only
     assert notes.read_text() == "kept"
     # a link where a run folder goes: refused before anything is written, the target untouched
     target = tmp_path / "elsewhere"

@@ -21,8 +21,13 @@ from verydeep.train.distributed import GlobalBatchSampler
 from verydeep.train.metrics import read_metrics
 from verydeep.weights import canonical
 
-OVERRIDES = {"schedule.epochs": 2, "model.dropout": 0.0, "data.colour_shift": 0.1, "optim.lr": 0.02,
-             "run.checkpoint_every": 5}
+OVERRIDES = {
+    "schedule.epochs": 2,
+    "model.dropout": 0.0,
+    "data.colour_shift": 0.1,
+    "optim.lr": 0.02,
+    "run.checkpoint_every": 5,
+}
 
 
 def _close(a: dict, b: dict, atol=1e-4, rtol=1e-3) -> None:
@@ -33,7 +38,10 @@ def _close(a: dict, b: dict, atol=1e-4, rtol=1e-3) -> None:
 
 def test_sampler_shards_cover_the_global_batch():
     one = list(GlobalBatchSampler(50, 8, world_size=1, rank=0, accumulation=1, seed=3, epoch=2))
-    two = [list(GlobalBatchSampler(50, 8, world_size=2, rank=r, accumulation=2, seed=3, epoch=2)) for r in range(2)]
+    two = [
+        list(GlobalBatchSampler(50, 8, world_size=2, rank=r, accumulation=2, seed=3, epoch=2))
+        for r in range(2)
+    ]
     assert len(one) == 6 and all(len(b) == 8 for b in one)
     for step, batch in enumerate(one):
         parts = two[0][2 * step] + two[0][2 * step + 1] + two[1][2 * step] + two[1][2 * step + 1]
@@ -50,9 +58,20 @@ def test_two_gloo_processes_match_one(train_config, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    ranks = [ForkedChild(lambda: main(["train", "--config", str(config), "--json"]),
-                         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
-                          "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}) for rank in (0, 1)]
+    ranks = [
+        ForkedChild(
+            lambda: main(["train", "--config", str(config), "--json"]),
+            {
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "WORLD_SIZE": "2",
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "LOCAL_WORLD_SIZE": "2",
+            },
+        )
+        for rank in (0, 1)
+    ]
     try:
         outputs = [rank.communicate(timeout=300) for rank in ranks]
     finally:
@@ -66,8 +85,10 @@ def test_two_gloo_processes_match_one(train_config, tmp_path):
     _close(a, b)
     # The same global batch: the same number of steps, and the same losses step by step.
     assert '"steps": 12' in stdout
-    losses = [[r["loss"] for r in read_metrics(folder) if r["kind"] == "step"]
-              for folder in (single.run_dir, tmp_path / "ddp")]
+    losses = [
+        [r["loss"] for r in read_metrics(folder) if r["kind"] == "step"]
+        for folder in (single.run_dir, tmp_path / "ddp")
+    ]
     assert len(losses[0]) == 12
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=0, rtol=1e-4)
 
@@ -91,9 +112,20 @@ def test_ranks_started_with_different_configs_all_stop_in_one_line(train_config,
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     extra = {0: [], 1: ["--set", "optim.lr=0.05"]}
-    ranks = [ForkedChild(lambda rank=rank: main(["train", "--config", str(config), *extra[rank]]),
-                         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "RANK": str(rank),
-                          "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}) for rank in (0, 1)]
+    ranks = [
+        ForkedChild(
+            lambda rank=rank: main(["train", "--config", str(config), *extra[rank]]),
+            {
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "WORLD_SIZE": "2",
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "LOCAL_WORLD_SIZE": "2",
+            },
+        )
+        for rank in (0, 1)
+    ]
     started = time.monotonic()
     try:
         outputs = [rank.communicate(timeout=120) for rank in ranks]
@@ -104,5 +136,8 @@ def test_ranks_started_with_different_configs_all_stop_in_one_line(train_config,
     for rank, (_, err) in zip(ranks, outputs):
         assert rank.returncode == 2, err[-3000:]
         lines = [line for line in err.strip().splitlines() if line]
-        assert len(lines) == 1 and "rank(s) 1 differ from rank 0 in optim.lr (0.02 on rank 0)" in lines[0], err
+        assert (
+            len(lines) == 1
+            and "rank(s) 1 differ from rank 0 in optim.lr (0.02 on rank 0)" in lines[0]
+        ), err
     assert not list((tmp_path / "ddp").glob("checkpoints/step-*.pt"))

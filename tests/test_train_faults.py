@@ -39,8 +39,14 @@ from verydeep.weights import canonical
 
 STEPS_PER_EPOCH = 6  # conftest's train_folders: 48 training images, batch 8
 #: A deterministic run that checkpoints every other step (and at every epoch's end).
-KILL_RUN = {"schedule.epochs": 4, "run.checkpoint_every": 2, "run.keep_last": 2, "run.deterministic": True,
-            "model.dropout": 0.5, "data.colour_shift": 0.1}
+KILL_RUN = {
+    "schedule.epochs": 4,
+    "run.checkpoint_every": 2,
+    "run.keep_last": 2,
+    "run.deterministic": True,
+    "model.dropout": 0.5,
+    "data.colour_shift": 0.1,
+}
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -77,7 +83,9 @@ def fork_cli(argv: list[str], env: dict[str, str] | None = None, timeout: float 
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            raise AssertionError(f"verydeep {' '.join(map(str, argv))} did not finish in {timeout} s")
+            raise AssertionError(
+                f"verydeep {' '.join(map(str, argv))} did not finish in {timeout} s"
+            )
         time.sleep(0.005)
 
 
@@ -92,7 +100,10 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 
 def metrics_without_timing(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in read_metrics(run)]
+    return [
+        {k: v for k, v in r.items() if k not in ("images_per_s", "time_s")}
+        for r in read_metrics(run)
+    ]
 
 
 def checkpoint_steps(total: int, every: int) -> list[int]:
@@ -141,7 +152,9 @@ def check_run_folder(run: Path) -> tuple[int, list[Path]]:
     if folder.best.exists():
         load_checkpoint(folder.best)
     steps = folder.steps()
-    return (steps[-1][0] if steps else 0), sorted(folder.folder.glob(".*.tmp*")) if folder.folder.is_dir() else []
+    return (steps[-1][0] if steps else 0), sorted(
+        folder.folder.glob(".*.tmp*")
+    ) if folder.folder.is_dir() else []
 
 
 # -- SIGKILL at twenty moments -------------------------------------------------------------------------
@@ -150,9 +163,13 @@ def test_twenty_kills_resume_to_the_same_bits(train_config, tmp_path, capfd):
     plan = kill_plan(seed=13, total=total, every=every, kills=20)
     kinds = [kind if kind == "step" else phase for kind, _, phase in plan]
     assert len(plan) == 20 and all(kinds.count(k) >= 2 for k in ("step", *faults.PHASES)), plan
-    assert resumes_from(plan[0], checkpoint_steps(total, every)) == 0  # the first kill comes before any checkpoint
+    assert (
+        resumes_from(plan[0], checkpoint_steps(total, every)) == 0
+    )  # the first kill comes before any checkpoint
     end_of_epoch = [(kind, phase) for kind, k, phase in plan if k % STEPS_PER_EPOCH == 0]
-    assert {("step", None), ("checkpoint", "renamed"), ("checkpoint", "partial")} <= set(end_of_epoch), plan
+    assert {("step", None), ("checkpoint", "renamed"), ("checkpoint", "partial")} <= set(
+        end_of_epoch
+    ), plan
 
     reference = train_config("reference", KILL_RUN)
     assert fork_cli(["train", "--config", reference]) == 0
@@ -162,14 +179,21 @@ def test_twenty_kills_resume_to_the_same_bits(train_config, tmp_path, capfd):
     leftovers = 0
     for moment in plan:
         kind, k, phase = moment
-        env = {faults.KILL_AT_STEP: str(k)} if kind == "step" else {faults.KILL_IN_CHECKPOINT: f"{k}:{phase}"}
+        env = (
+            {faults.KILL_AT_STEP: str(k)}
+            if kind == "step"
+            else {faults.KILL_IN_CHECKPOINT: f"{k}:{phase}"}
+        )
         code = fork_cli(["train", "--config", config, "--resume", "auto"], env)
         assert code == -signal.SIGKILL, (moment, capfd.readouterr().err[-2000:])
         newest, temporary = check_run_folder(run)
         assert newest == resumes_from(moment, saved), moment  # lost nothing it had written
         assert bool(temporary) == (kind == "checkpoint" and phase != "renamed"), (moment, temporary)
         if phase == "partial" and newest:
-            assert temporary[0].stat().st_size < 0.75 * CheckpointFolder(run / "checkpoints").latest().stat().st_size
+            assert (
+                temporary[0].stat().st_size
+                < 0.75 * CheckpointFolder(run / "checkpoints").latest().stat().st_size
+            )
         leftovers += len(temporary)
         assert not (run / "final.safetensors").exists()
     capfd.readouterr()
@@ -185,22 +209,35 @@ def test_twenty_kills_resume_to_the_same_bits(train_config, tmp_path, capfd):
     cb = load_checkpoint(CheckpointFolder(run / "checkpoints").latest())
     for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    assert (load_checkpoint(ref / "checkpoints" / "best.pt")["step"]
-            == load_checkpoint(run / "checkpoints" / "best.pt")["step"])
+    assert (
+        load_checkpoint(ref / "checkpoints" / "best.pt")["step"]
+        == load_checkpoint(run / "checkpoints" / "best.pt")["step"]
+    )
     assert metrics_without_timing(ref) == metrics_without_timing(run)
     summary = json.loads((run / "summary.json").read_text())
-    assert (summary["steps"] == total
-            and summary["best_epoch"] == json.loads((ref / "summary.json").read_text())["best_epoch"])
+    assert (
+        summary["steps"] == total
+        and summary["best_epoch"] == json.loads((ref / "summary.json").read_text())["best_epoch"]
+    )
 
 
 def test_resume_auto_starts_fresh_then_resumes(train_config, tmp_path, capsys):
     config = train_config("auto", {"schedule.epochs": 1, "run.checkpoint_every": 2})
     assert main(["train", "--config", str(config), "--resume", "auto"]) == 0
     assert "resuming" not in capsys.readouterr().err
-    assert main(["train", "--config", str(config), "--resume", "auto"]) == 0  # a finished run: nothing to redo
+    assert (
+        main(["train", "--config", str(config), "--resume", "auto"]) == 0
+    )  # a finished run: nothing to redo
     err = capsys.readouterr().err
     assert f"resuming {tmp_path / 'auto'} at step 6" in err
-    assert [r["step"] for r in read_metrics(tmp_path / "auto") if r["kind"] == "step"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(tmp_path / "auto") if r["kind"] == "step"] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
 
 
 # -- disk full while checkpointing ------------------------------------------------------------------------
@@ -248,12 +285,16 @@ def test_disk_full_while_checkpointing(failure, train_config, tmp_path, capsys, 
     real_fsync = os.fsync
 
     def failing_fsync(fd):
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".step-000000004.pt.tmp"):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(
+            ".step-000000004.pt.tmp"
+        ):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_fsync(fd)
 
     with monkeypatch.context() as patch:
-        patch.setattr(io_module, "open", failing_open, raising=False)  # the one atomic writer opens it
+        patch.setattr(
+            io_module, "open", failing_open, raising=False
+        )  # the one atomic writer opens it
         if failure == "at-fsync":
             patch.setattr(checkpoint_module.os, "fsync", failing_fsync)
         code = main(["train", "--config", str(config)])
@@ -270,8 +311,10 @@ def test_disk_full_while_checkpointing(failure, train_config, tmp_path, capsys, 
     assert main(["train", "--config", str(config), "--resume"]) == 0
     reference = train_config("full-reference", overrides)
     assert main(["train", "--config", str(reference)]) == 0
-    assert_same_tensors(weights(tmp_path / "full-reference" / "final.safetensors"),
-                        weights(tmp_path / "full" / "final.safetensors"))
+    assert_same_tensors(
+        weights(tmp_path / "full-reference" / "final.safetensors"),
+        weights(tmp_path / "full" / "final.safetensors"),
+    )
 
 
 def test_disk_full_writing_the_log_is_one_line(train_config, tmp_path, capsys, monkeypatch):
@@ -307,12 +350,16 @@ def poison_batches(monkeypatch, steps: set[int]) -> None:
     monkeypatch.setattr(engine_module, "prepare_batch", prepare_batch)
 
 
-def test_a_nonfinite_loss_stops_at_its_step_and_writes_nothing_after(train_config, tmp_path, capsys, monkeypatch):
+def test_a_nonfinite_loss_stops_at_its_step_and_writes_nothing_after(
+    train_config, tmp_path, capsys, monkeypatch
+):
     config = train_config("nan", {"schedule.epochs": 2, "run.checkpoint_every": 1})
     poison_batches(monkeypatch, {8})
     assert main(["train", "--config", str(config)]) == 2
     line = train_error(capsys.readouterr().err)
-    assert "the loss diverged (not finite) at step 8" in line and "optim.on_nonfinite=skip" in line, line
+    assert (
+        "the loss diverged (not finite) at step 8" in line and "optim.on_nonfinite=skip" in line
+    ), line
     run = tmp_path / "nan"
     newest, temporary = check_run_folder(run)  # every checkpoint finite
     assert newest == 7 and not temporary
@@ -321,8 +368,15 @@ def test_a_nonfinite_loss_stops_at_its_step_and_writes_nothing_after(train_confi
 
 
 def test_skip_mode_skips_the_batch_and_counts_it(train_config, tmp_path, capsys, monkeypatch):
-    config = train_config("skip", {"schedule.epochs": 2, "run.checkpoint_every": 1, "run.keep_last": 20,
-                                   "optim.on_nonfinite": "skip"})
+    config = train_config(
+        "skip",
+        {
+            "schedule.epochs": 2,
+            "run.checkpoint_every": 1,
+            "run.keep_last": 20,
+            "optim.on_nonfinite": "skip",
+        },
+    )
     poison_batches(monkeypatch, {3, 9})
     assert main(["train", "--config", str(config), "--json"]) == 0
     out, err = capsys.readouterr()
@@ -336,9 +390,13 @@ def test_skip_mode_skips_the_batch_and_counts_it(train_config, tmp_path, capsys,
     assert_same_tensors(before["model"], after["model"])
     for sa, sb in zip(before["optimizer"]["state"].values(), after["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    assert not torch.equal(after["model"]["features.0.weight"],
-                           load_checkpoint(folder.step_path(4))["model"]["features.0.weight"])
-    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "skip" / "final.safetensors").values())
+    assert not torch.equal(
+        after["model"]["features.0.weight"],
+        load_checkpoint(folder.step_path(4))["model"]["features.0.weight"],
+    )
+    assert all(
+        torch.isfinite(t).all() for t in weights(tmp_path / "skip" / "final.safetensors").values()
+    )
 
 
 def test_nonfinite_weights_are_never_written(train_config, tmp_path, capsys, monkeypatch):
@@ -387,11 +445,15 @@ def test_bad_checkpoints_and_run_folders_are_one_line(train_config, tmp_path, ca
     data = (tmp_path / "base" / "final.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     assert main(["train", "--resume", str(tmp_path / "cut.safetensors")]) == 2
-    assert f"{tmp_path / 'cut.safetensors'} is not a readable checkpoint" in train_error(capsys.readouterr().err)
+    assert f"{tmp_path / 'cut.safetensors'} is not a readable checkpoint" in train_error(
+        capsys.readouterr().err
+    )
     # a checkpoint of another net: the line says what differs (the resume check of issue 16 compares
     # the saved config first, so it names the keys, before any tensor is compared)
-    for change, words in (("model.config=B", ["model.config ('A' -> 'B')"]),
-                          ("model.width=0.125", ["model.width (0.0625 -> 0.125)"])):
+    for change, words in (
+        ("model.config=B", ["model.config ('A' -> 'B')"]),
+        ("model.width=0.125", ["model.width (0.0625 -> 0.125)"]),
+    ):
         out = tmp_path / f"other-{change}"
         assert main(["train", "--resume", str(step2), "--set", change, f"run.out={out}"]) == 2
         line = train_error(capsys.readouterr().err)
@@ -425,8 +487,15 @@ def launch_pair(config: Path, env: dict[str, str], *extra: str) -> list[ForkedCh
     port = str(free_port())
     procs = []
     for rank in (0, 1):
-        e = {"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-             "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), **env}
+        e = {
+            "OMP_NUM_THREADS": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            **env,
+        }
         procs.append(ForkedChild(lambda: main(["train", "--config", str(config), *extra]), e))
     return procs
 
@@ -434,7 +503,9 @@ def launch_pair(config: Path, env: dict[str, str], *extra: str) -> list[ForkedCh
 def test_a_dead_or_hung_peer_ends_the_survivor_with_one_line(train_config, tmp_path):
     fault = {faults.KILL_AT_STEP: "3", faults.ONLY_RANK: "1"}
     dead = launch_pair(train_config("dead", {"run.dist_timeout_s": 60}), fault)
-    hung = launch_pair(train_config("hung", {"run.dist_timeout_s": 4}), {**fault, faults.SIGNAL: "STOP"})
+    hung = launch_pair(
+        train_config("hung", {"run.dist_timeout_s": 4}), {**fault, faults.SIGNAL: "STOP"}
+    )
     try:
         t0 = time.monotonic()
         _, err = dead[0].communicate(timeout=120)
@@ -456,15 +527,43 @@ def test_a_dead_or_hung_peer_ends_the_survivor_with_one_line(train_config, tmp_p
 
 
 def test_torchrun_restarts_the_group_from_the_checkpoint(train_config, tmp_path):
-    overrides = {"schedule.epochs": 2, "run.checkpoint_every": 2, "run.deterministic": True, "model.dropout": 0.5,
-                 "data.colour_shift": 0.1}
+    overrides = {
+        "schedule.epochs": 2,
+        "run.checkpoint_every": 2,
+        "run.deterministic": True,
+        "model.dropout": 0.5,
+        "data.colour_shift": 0.1,
+    }
 
     def torchrun(name: str, env: dict[str, str]) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "verydeep", "train",
-               "--config", str(train_config(name, overrides)), "--resume", "auto", "--json"]
-        return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--max-restarts",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{free_port()}",
+            "-m",
+            "verydeep",
+            "train",
+            "--config",
+            str(train_config(name, overrides)),
+            "--resume",
+            "auto",
+            "--json",
+        ]
+        return subprocess.Popen(
+            cmd,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     # rank 1 dies after step 5 of the first attempt; torchrun restarts both, which resume from step 4.
     # The reference, the same two-process group never killed, is a pair forked from this process.
@@ -483,9 +582,15 @@ def test_torchrun_restarts_the_group_from_the_checkpoint(train_config, tmp_path)
     err = outputs[1][1]
     # the first attempt lost rank 1: torchrun reports whichever failure it sees first, rank 1's SIGKILL
     # or rank 0 giving up on its dead peer ...
-    assert ("exitcode: -9" in err and "local_rank: 1" in err) or "process 0 of 2 lost the others at step 6" in err
+    assert (
+        "exitcode: -9" in err and "local_rank: 1" in err
+    ) or "process 0 of 2 lost the others at step 6" in err
     assert f"resuming {tmp_path / 'restarted'} at step 4" in err  # ... and the second resumed
     assert "resuming" not in outputs[0][1]
-    assert_same_tensors(weights(tmp_path / "once" / "final.safetensors"),
-                        weights(tmp_path / "restarted" / "final.safetensors"))
-    assert metrics_without_timing(tmp_path / "once") == metrics_without_timing(tmp_path / "restarted")
+    assert_same_tensors(
+        weights(tmp_path / "once" / "final.safetensors"),
+        weights(tmp_path / "restarted" / "final.safetensors"),
+    )
+    assert metrics_without_timing(tmp_path / "once") == metrics_without_timing(
+        tmp_path / "restarted"
+    )

@@ -16,7 +16,10 @@ from verydeep.train.model_init import build_model
 
 def _layers(model):
     state = model.state_dict()
-    return {info.name: (state[f"{info.key}.weight"], state[f"{info.key}.bias"]) for info in weight_layers(model.spec)}
+    return {
+        info.name: (state[f"{info.key}.weight"], state[f"{info.key}.bias"])
+        for info in weight_layers(model.spec)
+    }
 
 
 def test_paper_init_is_normal_001_with_zero_biases():
@@ -36,28 +39,47 @@ def trained_a(train_config):
 
 def test_deeper_net_copies_exactly_the_papers_layers(trained_a, train_config):
     a = verydeep.load(trained_a.final_weights)
-    overrides = {"model.config": "D", "init.scheme": "paper", "init.source": trained_a.run_dir, "init.copy": "shallow"}
+    overrides = {
+        "model.config": "D",
+        "init.scheme": "paper",
+        "init.source": trained_a.run_dir,
+        "init.copy": "shallow",
+    }
     cfg = load_config(train_config("d", overrides))
     spec = cfg.model_spec(3)
     d, copied = build_model(spec, cfg.init, seed=cfg.run.seed)
     assert tuple(copied) == PAPER_COPIED_LAYERS
-    fresh, _ = build_model(spec, InitConfig(scheme="paper"), seed=cfg.run.seed)  # the same random draws
+    fresh, _ = build_model(
+        spec, InitConfig(scheme="paper"), seed=cfg.run.seed
+    )  # the same random draws
     ours, theirs, random = _layers(d), _layers(a), _layers(fresh)
     for name, (w, b) in ours.items():
         if name in PAPER_COPIED_LAYERS:
             assert torch.equal(w, theirs[name][0]) and torch.equal(b, theirs[name][1]), name
         else:
             assert torch.equal(w, random[name][0]) and torch.equal(b, random[name][1]), name
-    assert set(ours) - set(PAPER_COPIED_LAYERS) == {"conv1_2", "conv2_2", "conv3_3", "conv4_1", "conv4_2",
-                                                    "conv4_3", "conv5_1", "conv5_2", "conv5_3"}
+    assert set(ours) - set(PAPER_COPIED_LAYERS) == {
+        "conv1_2",
+        "conv2_2",
+        "conv3_3",
+        "conv4_1",
+        "conv4_2",
+        "conv4_3",
+        "conv5_1",
+        "conv5_2",
+        "conv5_3",
+    }
     # ... and a run started that way records it.
     result = train(load_config(train_config("d2", {**overrides, "schedule.epochs": 1})))
     assert tuple(result.copied_layers) == PAPER_COPIED_LAYERS
 
 
 def test_copy_all_starts_from_the_whole_net(trained_a, train_config):
-    cfg = load_config(train_config("a384", {"init.source": trained_a.final_weights, "init.copy": "all",
-                                            "optim.lr": 1e-3}))
+    cfg = load_config(
+        train_config(
+            "a384", {"init.source": trained_a.final_weights, "init.copy": "all", "optim.lr": 1e-3}
+        )
+    )
     model, _ = build_model(cfg.model_spec(3), cfg.init, seed=5)
     source = verydeep.load(trained_a.final_weights)
     for key, value in source.state_dict().items():
@@ -65,7 +87,10 @@ def test_copy_all_starts_from_the_whole_net(trained_a, train_config):
 
 
 def test_copy_all_refuses_another_shape(trained_a, train_config):
-    cfg = load_config(train_config("bad", {"model.config": "B", "init.source": trained_a.final_weights,
-                                           "init.copy": "all"}))
+    cfg = load_config(
+        train_config(
+            "bad", {"model.config": "B", "init.source": trained_a.final_weights, "init.copy": "all"}
+        )
+    )
     with pytest.raises(ConfigError, match="same shape"):
         build_model(cfg.model_spec(3), cfg.init, seed=0)

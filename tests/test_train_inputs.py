@@ -7,13 +7,22 @@ from torch.utils.data import DataLoader
 
 from verydeep.data.cached import CachedTrainDataset
 from verydeep.data.folders import scan_image_folder
-from verydeep.data.transforms import (ColourStats, TrainAugment, TrainDataset, collate_skipping, colour_generator,
-                                      colour_offsets, prepare_batch)
+from verydeep.data.transforms import (
+    ColourStats,
+    TrainAugment,
+    TrainDataset,
+    collate_skipping,
+    colour_generator,
+    colour_offsets,
+    prepare_batch,
+)
 from verydeep.train import load_config
 from verydeep.train.distributed import GlobalBatchSampler
 from verydeep.train.inputs import train_loader
 
-STATS = ColourStats.from_covariance((120.0, 110.0, 100.0), [[900, 300, 100], [300, 800, 200], [100, 200, 700]])
+STATS = ColourStats.from_covariance(
+    (120.0, 110.0, 100.0), [[900, 300, 100], [300, 800, 200], [100, 200, 700]]
+)
 
 
 def test_colour_offsets_are_krizhevskys_shift_drawn_per_sample():
@@ -38,8 +47,10 @@ def test_prepare_batch_shifts_subtracts_the_mean_and_divides_by_the_std():
     shifted = prepare_batch(images, STATS, offsets)
     torch.testing.assert_close(shifted[1, :, 2, 3], torch.tensor([-1.0, 10.0, 21.0]))
     std = torch.tensor(STATS.channel_std())
-    torch.testing.assert_close(prepare_batch(images, STATS, offsets, divide_std=True)[0, :, 0, 0],
-                               torch.tensor([1.0, 12.0, 23.0]) / std)
+    torch.testing.assert_close(
+        prepare_batch(images, STATS, offsets, divide_std=True)[0, :, 0, 0],
+        torch.tensor([1.0, 12.0, 23.0]) / std,
+    )
 
 
 def test_cached_dataset_gives_the_same_samples(train_folders):
@@ -55,12 +66,23 @@ def test_cached_dataset_gives_the_same_samples(train_folders):
 
 
 def test_the_training_loader_serves_a_plain_loaders_batches_with_their_colour_shifts(train_folders):
-    cfg = load_config(None, [f"data.train={train_folders / 'train'}", "data.scale_min=32", "data.scale_max=40",
-                             "model.crop_size=32", "optim.batch_size=8", "data.workers=0"])
+    cfg = load_config(
+        None,
+        [
+            f"data.train={train_folders / 'train'}",
+            "data.scale_min=32",
+            "data.scale_max=40",
+            "model.crop_size=32",
+            "optim.batch_size=8",
+            "data.workers=0",
+        ],
+    )
     index = scan_image_folder(train_folders / "train")
     aug = TrainAugment(scale_min=32, scale_max=40, crop=32)
     sampler = GlobalBatchSampler(len(index), 8, 1, 0, 1, seed=cfg.run.seed)
-    loader = train_loader(cfg, TrainDataset(index, aug, seed=cfg.run.seed), sampler, torch.device("cpu"), STATS)
+    loader = train_loader(
+        cfg, TrainDataset(index, aug, seed=cfg.run.seed), sampler, torch.device("cpu"), STATS
+    )
     plain_set = TrainDataset(index, aug, seed=cfg.run.seed)
     for epoch, start in ((0, 0), (2, 3)):  # a later epoch, resumed at its fourth step
         loader.set_epoch(epoch)
@@ -70,7 +92,13 @@ def test_the_training_loader_serves_a_plain_loaders_batches_with_their_colour_sh
         got = list(loader)
         assert len(got) == sampler.steps - start
         for ours, (images, labels, indices, bad) in zip(got, plain):
-            assert torch.equal(ours.images, images) and torch.equal(ours.labels, labels) and ours.bad == bad
+            assert (
+                torch.equal(ours.images, images)
+                and torch.equal(ours.labels, labels)
+                and ours.bad == bad
+            )
             assert ours.index_list == indices.tolist()
-            torch.testing.assert_close(ours.offsets, colour_offsets(indices, STATS, cfg.data.colour_shift,
-                                                                    cfg.run.seed, epoch))
+            torch.testing.assert_close(
+                ours.offsets,
+                colour_offsets(indices, STATS, cfg.data.colour_shift, cfg.run.seed, epoch),
+            )

@@ -27,8 +27,13 @@ from verydeep.train.checkpoint import CheckpointFolder, load_checkpoint
 from verydeep.train.metrics import read_metrics
 from verydeep.weights import canonical
 
-OVERRIDES = {"schedule.epochs": 1, "model.dropout": 0.0, "data.colour_shift": 0.1, "optim.lr": 0.02,
-             "run.checkpoint_every": 5}
+OVERRIDES = {
+    "schedule.epochs": 1,
+    "model.dropout": 0.0,
+    "data.colour_shift": 0.1,
+    "optim.lr": 0.02,
+    "run.checkpoint_every": 5,
+}
 
 
 def _free_port() -> int:
@@ -38,11 +43,26 @@ def _free_port() -> int:
 
 
 def _agent(node: int, port: int, config) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=verydeep-multinode",
-            f"--rdzv_conf=is_host={1 if node == 0 else 0},join_timeout=60", f"--node_rank={node}",
-            "--local_addr=127.0.0.1", "--max_restarts=0",
-            "-m", "verydeep", "train", "--config", str(config), "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+        "--rdzv_id=verydeep-multinode",
+        f"--rdzv_conf=is_host={1 if node == 0 else 0},join_timeout=60",
+        f"--node_rank={node}",
+        "--local_addr=127.0.0.1",
+        "--max_restarts=0",
+        "-m",
+        "verydeep",
+        "train",
+        "--config",
+        str(config),
+        "--json",
+    ]
 
 
 @pytest.mark.slow
@@ -50,8 +70,16 @@ def test_two_torchrun_nodes_match_one_process(train_config, tmp_path):
     config = train_config("nodes", OVERRIDES)
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    agents = [subprocess.Popen(_agent(node, port, config), env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    agents = [
+        subprocess.Popen(
+            _agent(node, port, config),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
     try:
         outs = [agent.communicate(timeout=240) for agent in agents]
     finally:
@@ -73,7 +101,9 @@ def test_two_torchrun_nodes_match_one_process(train_config, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3, msg=key)
-    losses = [[r["loss"] for r in read_metrics(folder) if r["kind"] == "step"]
-              for folder in (single.run_dir, tmp_path / "nodes")]
+    losses = [
+        [r["loss"] for r in read_metrics(folder) if r["kind"] == "step"]
+        for folder in (single.run_dir, tmp_path / "nodes")
+    ]
     assert len(losses[0]) == single.steps == 6
     torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=0, rtol=1e-4)

@@ -23,9 +23,21 @@ def test_small_preset_learns_real_digits(tmp_path, capsys):
     """The preset as shipped, in this process (no second interpreter to start): >= 95% on held-out
     digits, the bar the robust-training issue set for the CPU presets."""
     train, val = write_digit_folders(tmp_path / "digits")
-    code = main(["train", "--config", str(REPO / "configs" / "cpu" / "small.yaml"), "--json", "--set",
-                 f"data.train={train}", f"data.val={val}", f"run.out={tmp_path / 'run'}",
-                 "run.progress=false", "run.tensorboard=false", "run.plots=false"])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(REPO / "configs" / "cpu" / "small.yaml"),
+            "--json",
+            "--set",
+            f"data.train={train}",
+            f"data.val={val}",
+            f"run.out={tmp_path / 'run'}",
+            "run.progress=false",
+            "run.tensorboard=false",
+            "run.plots=false",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     result = json.loads(out)
@@ -38,8 +50,21 @@ def test_demo_preset_beats_a_linear_model_on_real_digits(tmp_path, capsys):
     """The demo's plain net A (``cpu/synth_A``: no batch norm, as in the paper), as shipped, on data
     it was not tuned for: it must learn and beat a linear SVM on the same pixels and split."""
     train, val = write_digit_folders(tmp_path / "digits")
-    code = main(["train", "--config", "cpu/synth_A", "--json", "--set", f"data.train={train}", f"data.val={val}",
-                 f"run.out={tmp_path / 'run'}", "run.progress=false", "run.tensorboard=false", "run.plots=false"])
+    code = main(
+        [
+            "train",
+            "--config",
+            "cpu/synth_A",
+            "--json",
+            "--set",
+            f"data.train={train}",
+            f"data.val={val}",
+            f"run.out={tmp_path / 'run'}",
+            "run.progress=false",
+            "run.tensorboard=false",
+            "run.plots=false",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     result = json.loads(out)

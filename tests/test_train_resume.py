@@ -23,20 +23,30 @@ def _run(config, *extra, env=None):
 
 
 def test_kill_and_resume_is_bitwise_exact(train_config, tmp_path):
-    overrides = {"schedule.epochs": EPOCHS, "run.checkpoint_every": 4, "run.deterministic": True,
-                 "data.workers": 1, "data.colour_shift": 0.1, "model.dropout": 0.5}
+    overrides = {
+        "schedule.epochs": EPOCHS,
+        "run.checkpoint_every": 4,
+        "run.deterministic": True,
+        "data.workers": 1,
+        "data.colour_shift": 0.1,
+        "model.dropout": 0.5,
+    }
     reference = train_config("reference", overrides)
     interrupted = train_config("interrupted", overrides)
     done = _run(reference)
     assert done.returncode == 0, done.stderr
 
     # Killed at a seeded step in the middle of epoch 2, some steps after its last checkpoint.
-    kill_at = random.Random(3).choice([s for s in range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH) if s % 4])
+    kill_at = random.Random(3).choice(
+        [s for s in range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH) if s % 4]
+    )
     killed = _run(interrupted, env={FAULT_ENV: str(kill_at)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     folder = CheckpointFolder(tmp_path / "interrupted" / "checkpoints")
     last = load_checkpoint(folder.latest())
-    assert last["step"] < kill_at and 0 < last["batch_in_epoch"] < STEPS_PER_EPOCH  # resumes mid-epoch
+    assert (
+        last["step"] < kill_at and 0 < last["batch_in_epoch"] < STEPS_PER_EPOCH
+    )  # resumes mid-epoch
     assert not (tmp_path / "interrupted" / "final.safetensors").exists()
 
     resumed = _run(interrupted, "--resume")
@@ -56,7 +66,10 @@ def test_kill_and_resume_is_bitwise_exact(train_config, tmp_path):
     rb = [line for line in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()]
 
     def strip(lines):
-        return [{k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "time_s")} for x in lines]
+        return [
+            {k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "time_s")}
+            for x in lines
+        ]
 
     assert strip(ra) == strip(rb)
 
@@ -64,8 +77,13 @@ def test_kill_and_resume_is_bitwise_exact(train_config, tmp_path):
 def test_checkpoints_keep_the_last_k_and_the_best(train_config, tmp_path):
     from verydeep.train import load_config, train
 
-    result = train(load_config(train_config("keep", {"schedule.epochs": 3, "run.checkpoint_every": 2,
-                                                     "run.keep_last": 2})))
+    result = train(
+        load_config(
+            train_config(
+                "keep", {"schedule.epochs": 3, "run.checkpoint_every": 2, "run.keep_last": 2}
+            )
+        )
+    )
     folder = CheckpointFolder(tmp_path / "keep" / "checkpoints")
     assert [step for step, _ in folder.steps()] == [16, 18]
     best = load_checkpoint(folder.best)

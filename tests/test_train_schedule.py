@@ -57,8 +57,19 @@ def test_trainer_applies_the_rule(train_config):
     from verydeep.train.metrics import read_metrics
     from verydeep.train.stability import LEFT_CHANCE, chance_loss
 
-    cfg = load_config(train_config("plateau", {"optim.lr": 0.02, "init.scheme": "kaiming", "data.normalise": "mean_std",
-                                               "schedule.epochs": 8, "schedule.patience": 1, "schedule.max_drops": 2}))
+    cfg = load_config(
+        train_config(
+            "plateau",
+            {
+                "optim.lr": 0.02,
+                "init.scheme": "kaiming",
+                "data.normalise": "mean_std",
+                "schedule.epochs": 8,
+                "schedule.patience": 1,
+                "schedule.max_drops": 2,
+            },
+        )
+    )
     result = train(cfg)
     epochs = [r for r in read_metrics(result.run_dir) if r["kind"] == "epoch"]
     assert min(r["train_loss"] for r in epochs) < LEFT_CHANCE * chance_loss(3)
@@ -66,24 +77,38 @@ def test_trainer_applies_the_rule(train_config):
     assert lrs[0] == pytest.approx(0.02) and lrs[-1] == pytest.approx(2e-4)
     assert result.lr_drops == 2 and sum(r["lr_dropped"] for r in epochs) == 2
     first = next(r for r in epochs if r["lr_dropped"])
-    assert first["val_top1_err"] >= min(r["val_top1_err"] for r in epochs if r["epoch"] < first["epoch"])
+    assert first["val_top1_err"] >= min(
+        r["val_top1_err"] for r in epochs if r["epoch"] < first["epoch"]
+    )
 
 
 def test_warm_up_drops_and_back_offs_compose_in_the_one_owner():
     s = RateSchedule(lr=0.04, warmup_steps=4, patience=1)
     assert [s.at(k) for k in range(5)] == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.04])
-    assert s.halve() == pytest.approx(0.04) and s.at(1) == pytest.approx(0.01)  # the halving scales the warm-up too
+    assert s.halve() == pytest.approx(0.04) and s.at(1) == pytest.approx(
+        0.01
+    )  # the halving scales the warm-up too
     s.on_plateau(0.5)
     assert s.on_plateau(0.5) and s.at(10) == pytest.approx(0.002)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=123.0)
-    assert s.write(optimizer, 0) == pytest.approx(0.0005) and optimizer.param_groups[0]["lr"] == pytest.approx(0.0005)
-    assert "warmup_steps" not in s.state_dict()  # configuration, not state: a resume takes it from the config
+    assert s.write(optimizer, 0) == pytest.approx(0.0005) and optimizer.param_groups[0][
+        "lr"
+    ] == pytest.approx(0.0005)
+    assert (
+        "warmup_steps" not in s.state_dict()
+    )  # configuration, not state: a resume takes it from the config
 
 
 def test_back_offs_count_halve_and_record():
     schedule, books = RateSchedule(lr=0.1), BackOffs(limit=2)
     first = books.take(schedule, diverged_step=7, reason="exploding")
-    assert first == {"backoff": 1, "diverged_step": 7, "reason": "exploding", "lr_before": 0.1, "lr_after": 0.05}
+    assert first == {
+        "backoff": 1,
+        "diverged_step": 7,
+        "reason": "exploding",
+        "lr_before": 0.1,
+        "lr_after": 0.05,
+    }
     assert not books.exhausted()
     books.take(schedule, diverged_step=9, reason="not finite")
     assert books.exhausted() and schedule.lr == pytest.approx(0.025) and len(books.records) == 2
@@ -93,6 +118,9 @@ def test_only_the_schedule_writes_a_rate_into_an_optimiser():
     """One owner: no other module of the package sets a parameter group's ``lr`` (warm-up, plateau drops
     and back-offs all go through RateSchedule.write), so a change to the rule lands once."""
     root = Path(verydeep.__file__).parent
-    writers = [str(p.relative_to(root)) for p in root.rglob("*.py")
-               if re.search(r"""\[["']lr["']\]\s*(\*|/|\+|-)?=(?!=)""", p.read_text(encoding="utf-8"))]
+    writers = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if re.search(r"""\[["']lr["']\]\s*(\*|/|\+|-)?=(?!=)""", p.read_text(encoding="utf-8"))
+    ]
     assert writers == ["train/schedule.py"]

@@ -77,11 +77,16 @@ def _scaled_fc7(weights, factor):
 @pytest.mark.parametrize("seed", range(5))
 def test_demo_box_recipe_never_diverges_on_large_features(box_setup, seed):
     data, weights = box_setup
-    common = dict(mode="pcr", fine_tune="fc", scale=40, steps=60, batch_size=4, lr=BOX_RECIPE["lr"], seed=seed)
+    common = dict(
+        mode="pcr", fine_tune="fc", scale=40, steps=60, batch_size=4, lr=BOX_RECIPE["lr"], seed=seed
+    )
     # The demo's recipe (warm-up, gradient-norm cap, back-off) ends finite on features ten times the usual size.
     torch.manual_seed(seed)  # the FC layers' dropout
-    guarded = BoxTrainConfig(**common, warmup_steps=BOX_RECIPE["warmup_steps"],
-                             clip_grad_norm=BOX_RECIPE["clip_grad_norm"])
+    guarded = BoxTrainConfig(
+        **common,
+        warmup_steps=BOX_RECIPE["warmup_steps"],
+        clip_grad_norm=BOX_RECIPE["clip_grad_norm"],
+    )
     result = train_box_net(_scaled_fc7(weights, 10.0), data, guarded, progress=False)
     assert len(result.losses) == 60 and all(math.isfinite(v) for v in result.losses)
     assert all(torch.isfinite(p).all() for p in result.box_net.parameters())
@@ -91,20 +96,44 @@ def test_unguarded_box_training_diverges_on_large_features(box_setup):
     """What the recipe above guards against: plain SGD at the demo's rate on the same features."""
     data, weights = box_setup
     torch.manual_seed(0)
-    config = BoxTrainConfig(mode="pcr", fine_tune="fc", scale=40, steps=60, batch_size=4, lr=BOX_RECIPE["lr"], seed=0,
-                            on_divergence="stop")
+    config = BoxTrainConfig(
+        mode="pcr",
+        fine_tune="fc",
+        scale=40,
+        steps=60,
+        batch_size=4,
+        lr=BOX_RECIPE["lr"],
+        seed=0,
+        on_divergence="stop",
+    )
     with pytest.raises(ConfigError, match="diverged"):
         train_box_net(_scaled_fc7(weights, 10.0), data, config, progress=False)
 
 
 def test_back_off_restores_and_halves(box_setup):
     data, weights = box_setup
-    config = BoxTrainConfig(mode="pcr", fine_tune="fc", scale=40, steps=30, batch_size=4, lr=1e-1, seed=0,
-                            snapshot_every=1, max_backoffs=20)
+    config = BoxTrainConfig(
+        mode="pcr",
+        fine_tune="fc",
+        scale=40,
+        steps=30,
+        batch_size=4,
+        lr=1e-1,
+        seed=0,
+        snapshot_every=1,
+        max_backoffs=20,
+    )
     torch.manual_seed(0)
     result = train_box_net(_scaled_fc7(weights, 10.0), data, config, progress=False)
-    assert result.backoffs and len(result.losses) == 30 and all(math.isfinite(v) for v in result.losses)
-    assert all(r["lr_after"] == r["lr_before"] / 2 and r["restored_step"] < r["diverged_step"] for r in result.backoffs)
+    assert (
+        result.backoffs
+        and len(result.losses) == 30
+        and all(math.isfinite(v) for v in result.losses)
+    )
+    assert all(
+        r["lr_after"] == r["lr_before"] / 2 and r["restored_step"] < r["diverged_step"]
+        for r in result.backoffs
+    )
 
 
 def test_box_nets_back_off_on_the_shared_step_loop(box_setup, monkeypatch):
@@ -124,26 +153,43 @@ def test_box_nets_back_off_on_the_shared_step_loop(box_setup, monkeypatch):
     monkeypatch.setattr(box_train, "run_steps", loop)
     monkeypatch.setattr(RateSchedule, "write", write)
     data, weights = box_setup
-    config = BoxTrainConfig(mode="pcr", fine_tune="fc", scale=40, steps=30, batch_size=4, lr=1.0, seed=0,
-                            snapshot_every=5, max_backoffs=20)
+    config = BoxTrainConfig(
+        mode="pcr",
+        fine_tune="fc",
+        scale=40,
+        steps=30,
+        batch_size=4,
+        lr=1.0,
+        seed=0,
+        snapshot_every=5,
+        max_backoffs=20,
+    )
     torch.manual_seed(0)
     seen = []
-    result = train_box_net(load(weights), data, config, progress=False, on_step=lambda s, v: seen.append(s))
+    result = train_box_net(
+        load(weights), data, config, progress=False, on_step=lambda s, v: seen.append(s)
+    )
     assert loops == [30] and len(result.losses) == 30 and len(result.backoffs) >= 2
     jumps = [(a, b) for a, b in zip(writes, writes[1:]) if b[0] != a[0] + 1]
     assert len(jumps) == len(result.backoffs)
     for ((diverged, lr_before), (restored, lr_after)), record in zip(jumps, result.backoffs):
         assert (diverged + 1, restored) == (record["diverged_step"], record["restored_step"])
-        assert (lr_before, lr_after) == (record["lr_before"], record["lr_after"]) and lr_after == lr_before / 2
+        assert (lr_before, lr_after) == (
+            record["lr_before"],
+            record["lr_after"],
+        ) and lr_after == lr_before / 2
     assert len(writes) == 30 + sum(r["diverged_step"] - r["restored_step"] for r in result.backoffs)
-    assert seen[-1] == 30 and len(seen) == len(writes) - len(result.backoffs)  # on_step: each accepted step
+    assert seen[-1] == 30 and len(seen) == len(writes) - len(
+        result.backoffs
+    )  # on_step: each accepted step
 
 
 def test_box_net_back_off_limit_is_one_line(box_setup):
     data, weights = box_setup
     model = _scaled_fc7(weights, 10.0)
-    config = BoxTrainConfig(mode="scr", fine_tune="fc", scale=40, steps=30, batch_size=4, lr=1e3, seed=0,
-                            max_backoffs=1)
+    config = BoxTrainConfig(
+        mode="scr", fine_tune="fc", scale=40, steps=30, batch_size=4, lr=1e3, seed=0, max_backoffs=1
+    )
     with pytest.raises(ConfigError, match=r"after 1 back-off\(s\)"):
         train_box_net(model, data, config, progress=False)
 
@@ -157,8 +203,15 @@ from verydeep.train.metrics import read_metrics  # noqa: E402
 from verydeep.weights import canonical  # noqa: E402
 
 # 48 training images in batches of 8: 6 steps an epoch, a checkpoint at the end of each
-GUARDED = {"optim.on_divergence": "backoff", "optim.warmup_steps": 2, "schedule.epochs": 3,
-           "run.checkpoint_every": 100, "run.deterministic": True, "data.workers": 0, "model.dropout": 0.0}
+GUARDED = {
+    "optim.on_divergence": "backoff",
+    "optim.warmup_steps": 2,
+    "schedule.epochs": 3,
+    "run.checkpoint_every": 100,
+    "run.deterministic": True,
+    "data.workers": 0,
+    "model.dropout": 0.0,
+}
 
 
 def _train(config, *extra, env=None):
@@ -188,13 +241,20 @@ def test_an_exploding_step_backs_off_and_the_run_goes_on(train_config, tmp_path)
     assert "step 7: loss exploding" in done.stderr and "back to step 6" in done.stderr, done.stderr
     records = read_metrics(tmp_path / "run")
     backoff = [r for r in records if r["kind"] == "backoff"]
-    assert len(backoff) == summary["backoffs"] and backoff[0]["diverged_step"] == 7 and backoff[0]["step"] == 6
+    assert (
+        len(backoff) == summary["backoffs"]
+        and backoff[0]["diverged_step"] == 7
+        and backoff[0]["step"] == 6
+    )
     assert backoff[0]["lr_after"] == backoff[0]["lr_before"] / 2
     # the log reads as one history: each step once, the redone steps after the back-off record
     steps = [r["step"] for r in records if r["kind"] == "step"]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
     epochs = [r for r in records if r["kind"] == "epoch"]
-    assert epochs[-1]["backoffs"] == summary["backoffs"] and epochs[-1]["next_lr"] <= epochs[0]["lr"] / 2
+    assert (
+        epochs[-1]["backoffs"] == summary["backoffs"]
+        and epochs[-1]["next_lr"] <= epochs[0]["lr"] / 2
+    )
 
 
 def test_stop_keeps_the_old_behaviour(train_config):
@@ -224,8 +284,16 @@ def test_resume_after_a_kill_with_a_back_off_in_history_is_bitwise_exact(train_c
 
 def test_a_run_that_cannot_learn_says_so(train_config, tmp_path):
     # a learning rate this high kills the ReLUs at once: the net's outputs stop depending on its input
-    config = train_config("run", {"optim.lr": 50.0, "schedule.epochs": 3, "run.stuck_epochs": 2,
-                                  "data.workers": 0, "optim.on_nonfinite": "skip"})
+    config = train_config(
+        "run",
+        {
+            "optim.lr": 50.0,
+            "schedule.epochs": 3,
+            "run.stuck_epochs": 2,
+            "data.workers": 0,
+            "optim.on_nonfinite": "skip",
+        },
+    )
     done = _train(config)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -240,15 +308,24 @@ from verydeep.train.stability import LEFT_CHANCE, chance_loss  # noqa: E402
 
 # 4 epochs of 6 steps; checkpoints every 4 steps too, so that the newest checkpoint when the collapse
 # is seen (step 16) is already dead: the run must go back to its best epoch, not to that checkpoint.
-COLLAPSING = {**GUARDED, "schedule.epochs": 4, "run.checkpoint_every": 4, "run.keep_last": 10,
-              "init.scheme": "kaiming", "data.normalise": "mean_std", "optim.lr": 0.02}
+COLLAPSING = {
+    **GUARDED,
+    "schedule.epochs": 4,
+    "run.checkpoint_every": 4,
+    "run.keep_last": 10,
+    "init.scheme": "kaiming",
+    "data.normalise": "mean_std",
+    "optim.lr": 0.02,
+}
 
 
 def test_stuck_watch_tells_a_collapse_from_a_slow_start():
     watch, chance = StuckWatch(epochs=3), chance_loss(10)
     reason = watch.update(chance, 10, 0.5)  # at chance from the start: a slow start, not a collapse
     assert reason is not None and not watch.collapsed(reason, 10) and not watch.left_chance(10)
-    assert watch.update(0.95 * chance, 10, 0.5) is None and not watch.left_chance(10)  # not clearly below
+    assert watch.update(0.95 * chance, 10, 0.5) is None and not watch.left_chance(
+        10
+    )  # not clearly below
     assert watch.update(0.5 * LEFT_CHANCE * chance, 10, 0.5) is None and watch.left_chance(10)
     assert watch.collapsed(watch.update(chance, 10, 0.5), 10)  # back at chance: collapsed
     assert watch.collapsed(watch.update(1.0, 10, 0.0), 10)  # outputs constant: collapsed
@@ -266,12 +343,21 @@ def test_a_collapse_goes_back_to_the_best_epoch_with_a_lower_rate(train_config, 
     assert min(r["train_loss"] for r in epochs[:2]) < LEFT_CHANCE * chance_loss(3)  # it had learned
     [backoff] = [r for r in records if r["kind"] == "backoff"]
     assert backoff["reason"] == "collapsed" and backoff["diverged_step"] == 18
-    best_epoch = max(range(1, 3), key=lambda e: -next(r["val_top1_err"] for r in epochs if r["epoch"] == e))
-    assert backoff["step"] == 6 * best_epoch  # the best epoch's state, not the newest checkpoint (step 16)
+    best_epoch = max(
+        range(1, 3), key=lambda e: -next(r["val_top1_err"] for r in epochs if r["epoch"] == e)
+    )
+    assert (
+        backoff["step"] == 6 * best_epoch
+    )  # the best epoch's state, not the newest checkpoint (step 16)
     assert backoff["lr_after"] == backoff["lr_before"] / 2
     assert "collapsed back to chance" in done.stderr and "Traceback" not in done.stderr
     assert summary["backoffs"] == 1 and summary["steps"] == 24 and summary["learned"]
-    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]  # the collapsed epoch is redone, not recorded
+    assert [r["epoch"] for r in epochs] == [
+        1,
+        2,
+        3,
+        4,
+    ]  # the collapsed epoch is redone, not recorded
     assert all(r["val_output_spread"] > 1e-3 for r in epochs)
 
 
@@ -290,8 +376,16 @@ def test_a_collapse_is_replayed_bit_for_bit_after_a_kill(train_config, tmp_path)
 
 def test_the_plateau_rule_leaves_a_run_at_chance_alone(train_config, tmp_path):
     # a rate this small leaves the net at chance; patience 1 would otherwise drop the rate every epoch
-    config = train_config("run", {"optim.lr": 1e-7, "schedule.epochs": 4, "schedule.patience": 1,
-                                  "run.stuck_epochs": 0, "data.workers": 0})
+    config = train_config(
+        "run",
+        {
+            "optim.lr": 1e-7,
+            "schedule.epochs": 4,
+            "schedule.patience": 1,
+            "run.stuck_epochs": 0,
+            "data.workers": 0,
+        },
+    )
     done = _train(config)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)

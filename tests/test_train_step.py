@@ -37,7 +37,12 @@ def test_the_step_is_torchs_plain_sgd_step():
     model = tiny(dropout=0.0)
     reference = copy.deepcopy(model)
     x, y = _batch(4)
-    step = Step(model, make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), "cpu", Precision.FP32)
+    step = Step(
+        model,
+        make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
+        "cpu",
+        Precision.FP32,
+    )
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     for _ in range(2):
         out = step([(x[:2], y[:2]), (x[2:], y[2:])], scale=1 / 4)
@@ -65,7 +70,10 @@ def test_a_refused_step_leaves_weights_and_momentum_untouched():
         assert bool(out.loss_finite) == (why == "limit")
         assert float(out.loss_sum) == 0.0  # nothing of a refused step is added to the epoch's sums
         assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items()), why
-        assert all(torch.equal(optimizer.state[p]["momentum_buffer"], m) for p, m in zip(model.parameters(), momentum))
+        assert all(
+            torch.equal(optimizer.state[p]["momentum_buffer"], m)
+            for p, m in zip(model.parameters(), momentum)
+        )
 
 
 def test_a_refused_first_step_does_not_leave_garbage_momentum():
@@ -87,8 +95,13 @@ def test_a_refused_first_step_does_not_leave_garbage_momentum():
 def test_the_step_reads_nothing_back_from_the_device(monkeypatch):
     """No .item(), .tolist(), float(), bool() or copy to the host inside a step: on CUDA each would wait for the GPU."""
     model = tiny(dropout=0.0)
-    step = Step(model, make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), "cpu", Precision.BF16,
-                clip_grad_norm=1.0)
+    step = Step(
+        model,
+        make_sgd(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
+        "cpu",
+        Precision.BF16,
+        clip_grad_norm=1.0,
+    )
     x, y = _batch(4)
 
     def forbidden(*args, **kwargs):
@@ -111,7 +124,9 @@ def test_the_optimiser_loads_a_plain_sgd_checkpoint():
     load_optimizer(fused, plain.state_dict())
     assert fused.param_groups[0]["fused"]
     for p in model.parameters():
-        torch.testing.assert_close(fused.state[p]["momentum_buffer"], plain.state[p]["momentum_buffer"])
+        torch.testing.assert_close(
+            fused.state[p]["momentum_buffer"], plain.state[p]["momentum_buffer"]
+        )
 
 
 @pytest.mark.parametrize("precision", [Precision.BF16, Precision.FP32])
@@ -123,7 +138,12 @@ def test_the_step_learns_on_every_seed_in_either_precision(precision):
     for seed in range(5):
         torch.manual_seed(seed)
         model = verydeep.vgg("A", num_classes=5, init="kaiming", **(TINY | dict(dropout=0.0)))
-        step = Step(model, make_sgd(model.parameters(), lr=0.005, momentum=0.9, weight_decay=0.0), "cpu", precision)
+        step = Step(
+            model,
+            make_sgd(model.parameters(), lr=0.005, momentum=0.9, weight_decay=0.0),
+            "cpu",
+            precision,
+        )
         x, y = _batch(8, seed)
         losses = [float(step([(x, y)], scale=1 / 8).mean_loss) for _ in range(40)]
         assert max(losses[-5:]) < 0.7 * losses[0], (seed, losses[0], losses[-5:])
@@ -149,7 +169,9 @@ def test_cpu_matrix_form_of_dense_equals_the_convolution_form(size):
         assert got.shape == want.shape
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
         assert torch.allclose(model.descriptor(x), want_fc7, atol=1e-5, rtol=1e-4)
-        cl = model.to(memory_format=torch.channels_last).dense(x.contiguous(memory_format=torch.channels_last))
+        cl = model.to(memory_format=torch.channels_last).dense(
+            x.contiguous(memory_format=torch.channels_last)
+        )
         assert torch.allclose(cl, want, atol=1e-5, rtol=1e-4)
 
 

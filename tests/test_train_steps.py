@@ -29,8 +29,15 @@ class FakeStep:
         self.taken.append((self.optimizer.param_groups[0]["lr"], limit, loss))
         t = torch.tensor(loss)
         refused = torch.tensor(not math.isfinite(loss) or loss > limit)
-        return StepOutput(loss_sum=torch.where(refused, 0.0, t), correct=None, images=1, mean_loss=t, refused=refused,
-                          loss_finite=torch.isfinite(t), grads_finite=torch.tensor(True))
+        return StepOutput(
+            loss_sum=torch.where(refused, 0.0, t),
+            correct=None,
+            images=1,
+            mean_loss=t,
+            refused=refused,
+            loss_finite=torch.isfinite(t),
+            grads_finite=torch.tensor(True),
+        )
 
 
 class Policy(DivergencePolicy):
@@ -65,7 +72,9 @@ class Hooks(StepHooks):
 
 
 def inputs(*losses):
-    return [StepInput([(torch.tensor(v), None)]) if v is not None else StepInput(None) for v in losses]
+    return [
+        StepInput([(torch.tensor(v), None)]) if v is not None else StepInput(None) for v in losses
+    ]
 
 
 def test_each_step_gets_its_rate_from_the_schedule_and_the_count_goes_on_from_start():
@@ -73,17 +82,29 @@ def test_each_step_gets_its_rate_from_the_schedule_and_the_count_goes_on_from_st
     schedule = RateSchedule(0.4, warmup_steps=4)
     assert run_steps(step, inputs(1.0, 2.0, None, 3.0), schedule, policy, hooks, start=1)
     assert [rate for rate, _, _ in step.taken] == [schedule.at(1), schedule.at(2), schedule.at(4)]
-    assert hooks.stepped_at == hooks.after_at == [2, 3, 4, 5]  # the empty input is counted, not stepped on
-    assert policy.accepted == [(2, 1.0), (3, 2.0), (5, 3.0)] and all(limit == 10.0 for _, limit, _ in step.taken)
+    assert (
+        hooks.stepped_at == hooks.after_at == [2, 3, 4, 5]
+    )  # the empty input is counted, not stepped on
+    assert policy.accepted == [(2, 1.0), (3, 2.0), (5, 3.0)] and all(
+        limit == 10.0 for _, limit, _ in step.taken
+    )
 
 
 def test_a_back_off_goes_on_from_the_restored_step_with_the_next_batch():
     step, hooks = FakeStep(), Hooks()
     policy = Policy([BackOff(1)])
     schedule = RateSchedule(1.0)
-    assert run_steps(step, iter(inputs(1.0, 2.0, 99.0, 4.0, 5.0, 6.0, 7.0)), schedule, policy, hooks, end=4)
+    assert run_steps(
+        step, iter(inputs(1.0, 2.0, 99.0, 4.0, 5.0, 6.0, 7.0)), schedule, policy, hooks, end=4
+    )
     assert policy.refused == [(3, "exploding")]
-    assert policy.accepted == [(1, 1.0), (2, 2.0), (2, 4.0), (3, 5.0), (4, 6.0)]  # 7.0 is never taken: end=4
+    assert policy.accepted == [
+        (1, 1.0),
+        (2, 2.0),
+        (2, 4.0),
+        (3, 5.0),
+        (4, 6.0),
+    ]  # 7.0 is never taken: end=4
     assert hooks.after_at == [1, 2, 2, 3, 4]  # not after the refused step
 
 
@@ -98,10 +119,22 @@ def test_a_back_off_to_a_new_pass_ends_the_loop():
 def test_deferred_reads_come_in_order_and_a_back_off_drops_the_steps_after_it():
     step, hooks = FakeStep(), Hooks(read_at={5})
     policy = Policy([None, BackOff(1, new_pass=True)])
-    assert run_steps(step, inputs(1.0, 50.0, 3.0, 4.0, 60.0, 6.0, 7.0), RateSchedule(1.0), policy, hooks,
-                     read_every=3) is False
+    assert (
+        run_steps(
+            step,
+            inputs(1.0, 50.0, 3.0, 4.0, 60.0, 6.0, 7.0),
+            RateSchedule(1.0),
+            policy,
+            hooks,
+            read_every=3,
+        )
+        is False
+    )
     # read after steps 3 (1, skipped 2, 3) and 5 (a hook asked): 4, then 5 backs off; nothing after is read
-    assert policy.accepted == [(1, 1.0), (3, 3.0), (4, 4.0)] and policy.refused == [(2, "exploding"), (5, "exploding")]
+    assert policy.accepted == [(1, 1.0), (3, 3.0), (4, 4.0)] and policy.refused == [
+        (2, "exploding"),
+        (5, "exploding"),
+    ]
     assert hooks.after_at == [1, 2, 3, 4] and len(step.taken) == 5
 
 
@@ -136,14 +169,27 @@ def test_both_trainers_run_on_the_one_loop():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         rel = str(path.relative_to(PACKAGE))
         for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
-            for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)):
+            for call in (
+                n
+                for n in ast.walk(fn)
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            ):
                 if call.func.attr == "write" and "schedule" in ast.unparse(call.func.value).lower():
                     writers.append(f"{rel}:{fn.name}")
         for node in ast.walk(tree):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-                node, ast.AugAssign) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AugAssign)
+                else []
+            )
             for t in targets:
-                if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == "lr":
+                if (
+                    isinstance(t, ast.Subscript)
+                    and isinstance(t.slice, ast.Constant)
+                    and t.slice.value == "lr"
+                ):
                     assigned.append(rel)
     assert writers == ["train/steps.py:run_steps"]
     assert assigned == ["train/schedule.py"]

@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from verydeep.transfer.ap import average_precision, mean_average_precision, mean_class_recall, precision_recall
+from verydeep.transfer.ap import (
+    average_precision,
+    mean_average_precision,
+    mean_class_recall,
+    precision_recall,
+)
 
 
 def test_envelope_matters():
@@ -62,7 +67,9 @@ def test_perfect_worst_and_empty():
 def test_eleven_point():
     # + - + : points (1/2, 1), (1/2, 1/2), (1, 2/3). Envelope: recall <= .5 -> 1, above -> 2/3.
     # 11-point: t = 0 .. 0.5 (6 points) at 1, t = 0.6 .. 1 (5 points) at 2/3 -> (6 + 10/3) / 11
-    assert average_precision([3, 2, 1], [1, 0, 1], method="11point") == pytest.approx((6 + 10 / 3) / 11)
+    assert average_precision([3, 2, 1], [1, 0, 1], method="11point") == pytest.approx(
+        (6 + 10 / 3) / 11
+    )
     with pytest.raises(ValueError):
         average_precision([1], [1], method="bogus")
 

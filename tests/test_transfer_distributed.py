@@ -19,8 +19,25 @@ from verydeep.transfer.features import load_features
 
 
 def _argv(weights, data, out, scales="32,40") -> list[str]:
-    return ["features", "--weights", str(weights), "--data", str(data), "--scales", scales, "--out", str(out),
-            "--batch-size", "2", "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+    return [
+        "features",
+        "--weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--scales",
+        scales,
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+    ]
 
 
 def _two_processes(argv: list[str]) -> list[tuple[int, str, str]]:
@@ -28,9 +45,20 @@ def _two_processes(argv: list[str]) -> list[tuple[int, str, str]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    ranks = [ForkedChild(lambda: main(argv), {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2",
-                                              "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"})
-             for rank in (0, 1)]
+    ranks = [
+        ForkedChild(
+            lambda: main(argv),
+            {
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "WORLD_SIZE": "2",
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "LOCAL_WORLD_SIZE": "2",
+            },
+        )
+        for rank in (0, 1)
+    ]
     try:
         outputs = [rank.communicate(timeout=120) for rank in ranks]
     finally:
@@ -41,7 +69,7 @@ def _two_processes(argv: list[str]) -> list[tuple[int, str, str]]:
 
 def _data(make_image_folder, tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=2)  # 10 images of 4 sizes
-    (data / "c3" / "broken.jpg").write_bytes(b"broken")       # and one that is not an image
+    (data / "c3" / "broken.jpg").write_bytes(b"broken")  # and one that is not an image
     return data
 
 
@@ -49,23 +77,30 @@ def test_two_processes_write_the_file_of_one(tiny_weights, make_image_folder, tm
     data = _data(make_image_folder, tmp_path)
     alone = run_forked(_argv(tiny_weights, data, tmp_path / "one.safetensors"))
     assert alone.returncode == 0, alone.stderr
-    (rc0, out0, err0), (rc1, out1, err1) = _two_processes(_argv(tiny_weights, data, tmp_path / "two.safetensors"))
+    (rc0, out0, err0), (rc1, out1, err1) = _two_processes(
+        _argv(tiny_weights, data, tmp_path / "two.safetensors")
+    )
     assert (rc0, rc1) == (0, 0), err0 + err1
-    assert (tmp_path / "two.safetensors").read_bytes() == (tmp_path / "one.safetensors").read_bytes()
+    assert (tmp_path / "two.safetensors").read_bytes() == (
+        tmp_path / "one.safetensors"
+    ).read_bytes()
     assert not (tmp_path / "two.safetensors.partial").exists()
     assert out0.count("wrote ") == 1 and out1 == ""
     assert err0.count("unreadable image skipped: c3/broken.jpg") == 1  # reported once, by rank 0
-    assert err1 == ""                                                   # no bar, no warning from rank 1
+    assert err1 == ""  # no bar, no warning from rank 1
     assert load_features(tmp_path / "two.safetensors").info["skipped"] == ["c3/broken.jpg"]
 
     # a refusal decided on rank 0 (the file was made with other scales) is one line, and no process waits
-    (rc0, _, err0), (rc1, _, err1) = _two_processes(_argv(tiny_weights, data, tmp_path / "two.safetensors", "32"))
+    (rc0, _, err0), (rc1, _, err1) = _two_processes(
+        _argv(tiny_weights, data, tmp_path / "two.safetensors", "32")
+    )
     assert (rc0, rc1) == (2, 2)
     assert err0.count("\n") == 1 and "made differently (scales" in err0 and err1 == ""
 
 
-def test_an_interrupted_two_process_run_resumes_to_the_same_file(tiny_weights, make_image_folder, tmp_path,
-                                                                 monkeypatch):
+def test_an_interrupted_two_process_run_resumes_to_the_same_file(
+    tiny_weights, make_image_folder, tmp_path, monkeypatch
+):
     data = _data(make_image_folder, tmp_path)
     assert run_forked(_argv(tiny_weights, data, tmp_path / "one.safetensors")).returncode == 0
     real, log = features_module.batch_descriptors, tmp_path / "described.txt"
@@ -93,6 +128,6 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_file(tiny_weights, m
     results = _two_processes(_argv(tiny_weights, data, out))
     assert [rc for rc, _, _ in results] == [0, 0], results
     described = sum(int(line.split()[1]) for line in log.read_text().splitlines())
-    assert described == 10 - kept                 # only the images the interrupted run had not described
+    assert described == 10 - kept  # only the images the interrupted run had not described
     assert out.read_bytes() == (tmp_path / "one.safetensors").read_bytes()
     assert not partial.exists()

@@ -13,7 +13,12 @@ from verydeep.data.preprocess import normalise, rescale
 from verydeep.errors import DataError
 from verydeep.transfer import features as features_module
 from verydeep.transfer.aggregate import aggregate_scales, combine_nets, l2_normalise
-from verydeep.transfer.descriptors import image_descriptor, pixel_descriptor, scale_descriptor, weights_identity
+from verydeep.transfer.descriptors import (
+    image_descriptor,
+    pixel_descriptor,
+    scale_descriptor,
+    weights_identity,
+)
 from verydeep.data.images import read_image
 from verydeep.transfer.features import describe_images, extract_features, list_images, load_features
 from verydeep.models.metadata import WeightsMeta
@@ -55,7 +60,9 @@ def test_descriptor_is_pooled_fc7_averaged_with_the_flip():
     image = torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)
     x = normalise(rescale(image, 48)[None], net.meta.preprocessing)
     with torch.no_grad():
-        expected = (net.descriptor(x).mean((-2, -1)) + net.descriptor(x.flip(-1)).mean((-2, -1)))[0] / 2
+        expected = (net.descriptor(x).mean((-2, -1)) + net.descriptor(x.flip(-1)).mean((-2, -1)))[
+            0
+        ] / 2
     got = scale_descriptor(net, image, 48)
     torch.testing.assert_close(got, expected)
     assert float(got.abs().sum()) > 0
@@ -103,14 +110,18 @@ def test_resumed_extraction_gives_the_same_file(tmp_path, monkeypatch):
     resumed, limit = tmp_path / "resumed.safetensors", 5
     monkeypatch.setattr(features_module, "batch_descriptors", counting)
     with pytest.raises(KeyboardInterrupt):
-        extract_features([net], data, resumed, [32, 40], "stack", progress=False, batch_size=2, workers=0)
+        extract_features(
+            [net], data, resumed, [32, 40], "stack", progress=False, batch_size=2, workers=0
+        )
     assert not resumed.exists()
     partial = tmp_path / "resumed.safetensors.partial"
     kept = int(load_file(str(partial / "rows.safetensors"))["done"].sum())
     assert 0 < kept <= 5  # whole batches only
 
     described["n"], limit = 0, 99
-    extract_features([net], data, resumed, [32, 40], "stack", progress=False, batch_size=2, workers=0)
+    extract_features(
+        [net], data, resumed, [32, 40], "stack", progress=False, batch_size=2, workers=0
+    )
     assert described["n"] == 12 - kept  # only the images not yet written
     assert not partial.exists()
     assert resumed.read_bytes() == whole.read_bytes()
@@ -132,7 +143,9 @@ def test_a_file_made_differently_is_refused_with_what_differs(tmp_path):
     before = out.read_bytes()
     with pytest.raises(DataError, match=r"scales: file has \[32\], asked for \[32, 40\]"):
         extract_features([net], data, out, [32, 40], "stack", progress=False)
-    with pytest.raises(DataError, match=r"weights: file has \[sha256 \w{12}\], asked for \[sha256 \w{12}\]"):
+    with pytest.raises(
+        DataError, match=r"weights: file has \[sha256 \w{12}\], asked for \[sha256 \w{12}\]"
+    ):
         extract_features([_net(5)], data, out, [32], "stack", progress=False)
     assert out.read_bytes() == before
     # the same request: nothing to do, the file is returned as it is
@@ -140,7 +153,9 @@ def test_a_file_made_differently_is_refused_with_what_differs(tmp_path):
     assert len(again) == 8 and out.read_bytes() == before
     # a partial run made differently is refused too
     (tmp_path / "g.npz.partial").mkdir()
-    (tmp_path / "g.npz.partial" / "manifest.json").write_text('{"identity": {"scales": [64]}, "chunk_size": 2}')
+    (tmp_path / "g.npz.partial" / "manifest.json").write_text(
+        '{"identity": {"scales": [64]}, "chunk_size": 2}'
+    )
     with pytest.raises(DataError, match="partial run made differently"):
         extract_features([net], data, tmp_path / "g.npz", [32], "stack", progress=False)
 
@@ -151,7 +166,9 @@ def test_npz_files_and_unreadable_images(tmp_path):
     out = tmp_path / "f.npz"
     fs = extract_features([_net()], data, out, [32], "mean", flip=False, progress=False)
     assert len(fs) == 7 and fs.info["skipped"] == ["val/c0/c0_1.jpg"]
-    assert "c0_1.jpg" in fs.info["skipped_why"]["val/c0/c0_1.jpg"]  # the decoder's own reason, named
+    assert (
+        "c0_1.jpg" in fs.info["skipped_why"]["val/c0/c0_1.jpg"]
+    )  # the decoder's own reason, named
     back = load_features(out)
     np.testing.assert_array_equal(back.descriptors, fs.descriptors)
     assert back.paths == fs.paths and back.splits == fs.splits and back.classes == ["c0", "c1"]
@@ -169,12 +186,30 @@ def test_a_batch_of_equal_images_is_described_as_each_image_alone(tmp_path):
     for c in ("a", "b"):
         (tmp_path / "data" / c).mkdir(parents=True)
         for k in range(4):
-            Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "data" / c / f"{k}.png")
+            Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / c / f"{k}.png"
+            )
     net = _net()
-    together = extract_features([net], tmp_path / "data", tmp_path / "f.npz", [32, 40], "mean", progress=False,
-                                batch_size=8, workers=0)
-    with_workers = extract_features([net], tmp_path / "data", tmp_path / "g.npz", [32, 40], "mean", progress=False,
-                                    batch_size=3, workers=2)
+    together = extract_features(
+        [net],
+        tmp_path / "data",
+        tmp_path / "f.npz",
+        [32, 40],
+        "mean",
+        progress=False,
+        batch_size=8,
+        workers=0,
+    )
+    with_workers = extract_features(
+        [net],
+        tmp_path / "data",
+        tmp_path / "g.npz",
+        [32, 40],
+        "mean",
+        progress=False,
+        batch_size=3,
+        workers=2,
+    )
     images = [read_image(tmp_path / "data" / p) for p in together.paths]
     alone = describe_images([net], images, [32, 40], aggregate="mean")
     np.testing.assert_allclose(together.descriptors, alone, atol=1e-5)

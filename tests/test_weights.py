@@ -20,8 +20,13 @@ from conftest import TINY
 def test_canonical_round_trip_keeps_weights_and_metadata(tmp_path):
     torch.manual_seed(0)
     model = verydeep.vgg("C", num_classes=3, **TINY)
-    meta = WeightsMeta(spec=model.spec, classes=["cat", "dog", "eel"],
-                       preprocessing=Preprocessing.caffe(), source="unit", extra={"train_scale": [64, 96]})
+    meta = WeightsMeta(
+        spec=model.spec,
+        classes=["cat", "dog", "eel"],
+        preprocessing=Preprocessing.caffe(),
+        source="unit",
+        extra={"train_scale": [64, 96]},
+    )
     path = canonical.save(model.state_dict(), meta, tmp_path / "w.safetensors")
     loaded = load(path)
     assert loaded.spec == model.spec
@@ -49,7 +54,16 @@ def test_torchvision_pth_files_load_with_torchvision_preprocessing(tmp_path, nam
 
 
 def test_all_eight_torchvision_layouts_are_recognised():
-    for name in ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]:
+    for name in [
+        "vgg11",
+        "vgg11_bn",
+        "vgg13",
+        "vgg13_bn",
+        "vgg16",
+        "vgg16_bn",
+        "vgg19",
+        "vgg19_bn",
+    ]:
         with torch.device("meta"):
             state = getattr(torchvision.models, name)(weights=None).state_dict()
         _, meta = from_state_dict(state, "test")
@@ -150,7 +164,9 @@ def test_metadata_nested_too_deeply_is_one_line(tmp_path, tiny_weights, capsys):
     from verydeep.cli import main
 
     bomb = tmp_path / "bomb.safetensors"
-    save_file(load_file(tiny_weights), bomb, metadata={canonical.META_KEY: "[" * 50000 + "]" * 50000})
+    save_file(
+        load_file(tiny_weights), bomb, metadata={canonical.META_KEY: "[" * 50000 + "]" * 50000}
+    )
     with pytest.raises(WeightsError):
         load(bomb)
     image = tmp_path / "x.png"

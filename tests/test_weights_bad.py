@@ -56,7 +56,9 @@ def env(tmp_path_factory):
     from verydeep.localize.head import from_classifier, save_box_net
 
     save_box_net(from_classifier(model, "pcr", train_scale=40), tmp / "box.safetensors")
-    torch.save({"model": {"features.0.weight": RunsCode(marker)}, "meta": meta.to_json()}, tmp / "code.pt")
+    torch.save(
+        {"model": {"features.0.weight": RunsCode(marker)}, "meta": meta.to_json()}, tmp / "code.pt"
+    )
     (tmp / "code.pkl").write_bytes(pickle.dumps({"state_dict": RunsCode(marker)}, protocol=2))
     (tmp / "code0.pth").write_bytes(pickle.dumps(RunsCode(marker), protocol=0))
     data = good.read_bytes()
@@ -67,7 +69,12 @@ def env(tmp_path_factory):
     other = verydeep.vgg("B", num_classes=2, init="glorot", **TINY)  # tensors of B, metadata of A
     torch.save({"model": other.state_dict(), "meta": meta.to_json()}, tmp / "other-config.pt")
     write_box_folder(tmp / "boxes", classes=("c0", "c1"), per_class=2)
-    return {"tmp": tmp, "marker": marker, "boxes": tmp / "boxes", "image": next((tmp / "boxes/val/c0").glob("*.jpg"))}
+    return {
+        "tmp": tmp,
+        "marker": marker,
+        "boxes": tmp / "boxes",
+        "image": next((tmp / "boxes/val/c0").glob("*.jpg")),
+    }
 
 
 def _commands(env, weights):
@@ -77,33 +84,141 @@ def _commands(env, weights):
     out = tmp / "out"
     return {
         "predict": (["predict", env["image"], "--weights", weights, "--scales", "32"], []),
-        "evaluate": (["evaluate", "--weights", weights, "--data", val, "--scales", "32", "--workers", "0",
-                      "--save-scores", out / "scores.safetensors"], [out / "scores.safetensors"]),
+        "evaluate": (
+            [
+                "evaluate",
+                "--weights",
+                weights,
+                "--data",
+                val,
+                "--scales",
+                "32",
+                "--workers",
+                "0",
+                "--save-scores",
+                out / "scores.safetensors",
+            ],
+            [out / "scores.safetensors"],
+        ),
         "export": (["export", out / "net.onnx", "--weights", weights], [out / "net.onnx"]),
-        "features": (["features", "--weights", weights, "--data", boxes, "--out", out / "f.safetensors",
-                      "--scales", "32"], [out / "f.safetensors", out / "f.safetensors.partial"]),
+        "features": (
+            [
+                "features",
+                "--weights",
+                weights,
+                "--data",
+                boxes,
+                "--out",
+                out / "f.safetensors",
+                "--scales",
+                "32",
+            ],
+            [out / "f.safetensors", out / "f.safetensors.partial"],
+        ),
         "convert": (["convert", weights, out / "c.safetensors"], [out / "c.safetensors"]),
-        "localize train": (["localize", "train", "--weights", weights, "--data", boxes, "--out", out / "b.safetensors",
-                            "--steps", "1", "--batch-size", "2", "--scale", "40"], [out / "b.safetensors"]),
-        "localize evaluate --box-weights": (["localize", "evaluate", "--box-weights", weights, "--data", boxes], []),
-        "localize evaluate --weights": (["localize", "evaluate", "--box-weights", tmp / "box.safetensors",
-                                         "--weights", weights, "--data", boxes, "--scales", "40"], []),
-        "localize predict --box-weights": (["localize", "predict", env["image"], "--box-weights", weights,
-                                            "--weights", tmp / "w.safetensors", "--draw", out / "drawn"],
-                                           [out / "drawn"]),
-        "localize predict --weights": (["localize", "predict", env["image"], "--box-weights", tmp / "box.safetensors",
-                                        "--weights", weights, "--scales", "40", "--draw", out / "drawn"],
-                                       [out / "drawn"]),
-        "train init.source": (["train", "--set", f"data.train={boxes / 'train'}", f"init.source={weights}",
-                               "init.copy=all", "model.width=0.0625", "model.fc_width=32", "model.crop_size=32",
-                               "data.scale_min=32", "data.scale_max=40", "optim.batch_size=2", "data.workers=0",
-                               f"run.out={out / 'run'}", "run.progress=false"], [out / "run" / "checkpoints"]),
+        "localize train": (
+            [
+                "localize",
+                "train",
+                "--weights",
+                weights,
+                "--data",
+                boxes,
+                "--out",
+                out / "b.safetensors",
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--scale",
+                "40",
+            ],
+            [out / "b.safetensors"],
+        ),
+        "localize evaluate --box-weights": (
+            ["localize", "evaluate", "--box-weights", weights, "--data", boxes],
+            [],
+        ),
+        "localize evaluate --weights": (
+            [
+                "localize",
+                "evaluate",
+                "--box-weights",
+                tmp / "box.safetensors",
+                "--weights",
+                weights,
+                "--data",
+                boxes,
+                "--scales",
+                "40",
+            ],
+            [],
+        ),
+        "localize predict --box-weights": (
+            [
+                "localize",
+                "predict",
+                env["image"],
+                "--box-weights",
+                weights,
+                "--weights",
+                tmp / "w.safetensors",
+                "--draw",
+                out / "drawn",
+            ],
+            [out / "drawn"],
+        ),
+        "localize predict --weights": (
+            [
+                "localize",
+                "predict",
+                env["image"],
+                "--box-weights",
+                tmp / "box.safetensors",
+                "--weights",
+                weights,
+                "--scales",
+                "40",
+                "--draw",
+                out / "drawn",
+            ],
+            [out / "drawn"],
+        ),
+        "train init.source": (
+            [
+                "train",
+                "--set",
+                f"data.train={boxes / 'train'}",
+                f"init.source={weights}",
+                "init.copy=all",
+                "model.width=0.0625",
+                "model.fc_width=32",
+                "model.crop_size=32",
+                "data.scale_min=32",
+                "data.scale_max=40",
+                "optim.batch_size=2",
+                "data.workers=0",
+                f"run.out={out / 'run'}",
+                "run.progress=false",
+            ],
+            [out / "run" / "checkpoints"],
+        ),
     }
 
 
-COMMAND_NAMES = ["predict", "evaluate", "export", "features", "convert", "localize train",
-                 "localize evaluate --box-weights", "localize evaluate --weights", "localize predict --box-weights",
-                 "localize predict --weights", "train init.source"]
+COMMAND_NAMES = [
+    "predict",
+    "evaluate",
+    "export",
+    "features",
+    "convert",
+    "localize train",
+    "localize evaluate --box-weights",
+    "localize evaluate --weights",
+    "localize predict --box-weights",
+    "localize predict --weights",
+    "train init.source",
+]
 
 
 def test_every_weights_option_is_covered():
@@ -116,9 +231,17 @@ def test_every_weights_option_is_covered():
         for action in sub._actions:
             if any(o in ("--weights", "--box-weights") for o in action.option_strings):
                 found.add(f"{name} {action.option_strings[0]}")
-    assert found == {"predict --weights", "evaluate --weights", "export --weights", "features --weights",
-                     "localize train --weights", "localize evaluate --box-weights", "localize evaluate --weights",
-                     "localize predict --box-weights", "localize predict --weights"}
+    assert found == {
+        "predict --weights",
+        "evaluate --weights",
+        "export --weights",
+        "features --weights",
+        "localize train --weights",
+        "localize evaluate --box-weights",
+        "localize evaluate --weights",
+        "localize predict --box-weights",
+        "localize predict --weights",
+    }
 
 
 def _subparsers(parser, prefix=""):
@@ -140,7 +263,9 @@ def test_bad_weights_are_refused_in_one_line(command, fault, env, capsys):
     code, err = run(capsys, argv)
     assert code == 2
     line = one_line(err)
-    assert line.startswith(f"verydeep {command.split()[0]}: error: ") and FAULTS[fault] in line, line
+    assert line.startswith(f"verydeep {command.split()[0]}: error: ") and FAULTS[fault] in line, (
+        line
+    )
     assert not env["marker"].exists(), "unpickling ran code"
     assert not any(p.exists() for p in outputs), "an output was written"
 
@@ -150,10 +275,26 @@ def test_bad_weights_are_refused_in_one_line(command, fault, env, capsys):
 def checkpoint(env):
     """A real step checkpoint of a tiny net A (two steps of one epoch)."""
     out = env["tmp"] / "run-a"
-    argv = ["train", "--set", f"data.train={env['boxes'] / 'train'}", "model.width=0.0625", "model.fc_width=32",
-            "model.crop_size=32", "data.scale_min=32", "data.scale_max=40", "optim.batch_size=4", "data.workers=0",
-            "schedule.epochs=1", "init.scheme=glorot", "run.checkpoint_every=1", "run.progress=false",
-            "run.tensorboard=false", "run.plots=false", "run.threads=1", f"run.out={out}"]
+    argv = [
+        "train",
+        "--set",
+        f"data.train={env['boxes'] / 'train'}",
+        "model.width=0.0625",
+        "model.fc_width=32",
+        "model.crop_size=32",
+        "data.scale_min=32",
+        "data.scale_max=40",
+        "optim.batch_size=4",
+        "data.workers=0",
+        "schedule.epochs=1",
+        "init.scheme=glorot",
+        "run.checkpoint_every=1",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "run.plots=false",
+        "run.threads=1",
+        f"run.out={out}",
+    ]
     assert main(argv) == 0
     return sorted((out / "checkpoints").glob("step-*.pt"))[0]
 
@@ -161,7 +302,9 @@ def checkpoint(env):
 def test_resume_from_a_checkpoint_of_another_config_is_refused(checkpoint, env, capsys):
     for change in ("model.config=B", "model.width=0.125", "model.fc_width=16"):
         out = env["tmp"] / f"resume-{change}"
-        code, err = run(capsys, ["train", "--resume", checkpoint, "--set", change, f"run.out={out}"])
+        code, err = run(
+            capsys, ["train", "--resume", checkpoint, "--set", change, f"run.out={out}"]
+        )
         assert code == 2, change
         assert "the checkpoint does not fit the configured model" in one_line(err), change
         assert not (out / "checkpoints").exists()
@@ -175,10 +318,13 @@ def test_resume_from_an_unsafe_or_broken_checkpoint_is_refused(checkpoint, env, 
         assert code == 2, name
         line = one_line(err)
         if name.startswith("code"):  # says why: loading it would run code
-            assert f"refusing checkpoint {env['tmp'] / name}" in line and "would run code" in line, line
+            assert (
+                f"refusing checkpoint {env['tmp'] / name}" in line and "would run code" in line
+            ), line
         else:
             assert f"{env['tmp'] / name} is not a" in line and (
-                "readable" in line or "training checkpoint" in line), line
+                "readable" in line or "training checkpoint" in line
+            ), line
     assert not env["marker"].exists(), "unpickling ran code"
 
 

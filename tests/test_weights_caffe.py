@@ -21,11 +21,21 @@ from verydeep.weights.caffe_schema import message_class
 from verydeep.weights.loader import load, read_weights
 from verydeep.models.metadata import CAFFE_MEAN_BGR
 
-SMALL = dict(width=1 / 16, fc_width=32, crop_size=64, num_classes=10)  # fc6 is a 2x2 "conv": order matters
+SMALL = dict(
+    width=1 / 16, fc_width=32, crop_size=64, num_classes=10
+)  # fc6 is a 2x2 "conv": order matters
 
 # -- an independent protobuf encoder (wire format by hand, test-side only) --------------------------
-V1 = {"CONVOLUTION": 4, "DATA": 5, "DROPOUT": 6, "INNER_PRODUCT": 14, "LRN": 15, "POOLING": 17, "RELU": 18,
-      "SOFTMAX": 20}
+V1 = {
+    "CONVOLUTION": 4,
+    "DATA": 5,
+    "DROPOUT": 6,
+    "INNER_PRODUCT": 14,
+    "LRN": 15,
+    "POOLING": 17,
+    "RELU": 18,
+    "SOFTMAX": 20,
+}
 
 
 def _varint(n: int) -> bytes:
@@ -62,7 +72,10 @@ def _legacy_blob_parts(array: np.ndarray) -> list:
 
 
 def _len_parts(field: int, parts: list) -> list:
-    return [_varint(field << 3 | 2) + _varint(sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts))] + parts
+    return [
+        _varint(field << 3 | 2)
+        + _varint(sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts))
+    ] + parts
 
 
 def random_blobs(config: str, seed: int = 0, **options) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -84,9 +97,15 @@ def random_blobs(config: str, seed: int = 0, **options) -> list[tuple[str, np.nd
     return blobs
 
 
-def v1_layer(name: str, kind: str, bottom: str, top: str, params: bytes = b"", blobs: list | None = None) -> list:
+def v1_layer(
+    name: str, kind: str, bottom: str, top: str, params: bytes = b"", blobs: list | None = None
+) -> list:
     """A V1LayerParameter as parts (the blobs' floats stay views, so full-size files write fast)."""
-    return [_str(2, bottom) + _str(3, top) + _str(4, name) + _int(5, V1[kind])] + (blobs or []) + [params]
+    return (
+        [_str(2, bottom) + _str(3, top) + _str(4, name) + _int(5, V1[kind])]
+        + (blobs or [])
+        + [params]
+    )
 
 
 def _write_layer(out, parts: list) -> None:
@@ -98,17 +117,28 @@ def write_v1_caffemodel(path, blobs, lrn: bool = False, with_data_layer: bool = 
     with open(path, "wb") as out:
         out.write(_str(1, "VGG_test"))
         if with_data_layer:
-            transform = _len(36, b"".join(_len(5, np.float32(v).tobytes()) for v in (100.0, 110.0, 120.0)))
+            transform = _len(
+                36, b"".join(_len(5, np.float32(v).tobytes()) for v in (100.0, 110.0, 120.0))
+            )
             out.write(_len(2, _str(3, "data") + _str(4, "data") + _int(5, V1["DATA"]) + transform))
         bottom, block = "data", 1
         for name, weight, bias in blobs:
-            blob_parts = _len_parts(6, _legacy_blob_parts(weight)) + _len_parts(6, _legacy_blob_parts(bias))
+            blob_parts = _len_parts(6, _legacy_blob_parts(weight)) + _len_parts(
+                6, _legacy_blob_parts(bias)
+            )
             if name.startswith("conv"):
                 if int(name[4]) != block:
                     pool = _len(19, _int(1, 0) + _int(2, 2) + _int(3, 2))
-                    _write_layer(out, v1_layer(f"pool{block}", "POOLING", bottom, f"pool{block}", pool))
+                    _write_layer(
+                        out, v1_layer(f"pool{block}", "POOLING", bottom, f"pool{block}", pool)
+                    )
                     bottom, block = f"pool{block}", int(name[4])
-                conv = _len(10, _int(1, weight.shape[0]) + _int(3, weight.shape[-1] // 2) + _int(4, weight.shape[-1]))
+                conv = _len(
+                    10,
+                    _int(1, weight.shape[0])
+                    + _int(3, weight.shape[-1] // 2)
+                    + _int(4, weight.shape[-1]),
+                )
                 _write_layer(out, v1_layer(name, "CONVOLUTION", bottom, name, conv, blob_parts))
                 _write_layer(out, v1_layer(f"relu{name[4:]}", "RELU", name, name))
                 if lrn and name == "conv1_1":
@@ -180,7 +210,9 @@ def caffe_reference(blobs, bgr: torch.Tensor, lrn: bool = False) -> torch.Tensor
 
 
 def _images(size: int, n: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
 
 
 def _bgr_input(rgb_uint8: torch.Tensor, mean_bgr=CAFFE_MEAN_BGR) -> torch.Tensor:
@@ -202,15 +234,25 @@ def test_schema_uses_caffes_field_numbers():
     net = message_class("NetParameter")()
     layer = b"".join(bytes(p) for p in v1_layer("conv1_1", "CONVOLUTION", "data", "conv1_1"))
     net.ParseFromString(_str(1, "n") + _len(2, layer))
-    assert net.name == "n" and net.layers[0].name == "conv1_1" and net.layers[0].type == V1["CONVOLUTION"]
+    assert (
+        net.name == "n"
+        and net.layers[0].name == "conv1_1"
+        and net.layers[0].type == V1["CONVOLUTION"]
+    )
     assert list(net.layers[0].bottom) == ["data"] and list(net.layers[0].top) == ["conv1_1"]
     shaped = message_class("BlobProto")(double_data=[1.0])
     shaped.shape.dim.extend([1])
-    assert shaped.SerializeToString() == _len(7, _len(1, _varint(1))) + _len(8, np.float64(1.0).tobytes())
+    assert shaped.SerializeToString() == _len(7, _len(1, _varint(1))) + _len(
+        8, np.float64(1.0).tobytes()
+    )
     layer = message_class("LayerParameter")(name="a", type="Convolution")
     layer.blobs.add()
     assert layer.SerializeToString() == _str(1, "a") + _str(2, "Convolution") + _len(7, b"")
-    assert message_class("NetParameter")(layer=[layer]).SerializeToString().startswith(_varint(100 << 3 | 2))
+    assert (
+        message_class("NetParameter")(layer=[layer])
+        .SerializeToString()
+        .startswith(_varint(100 << 3 | 2))
+    )
 
 
 def test_v1_caffemodel_matches_caffes_forward(tmp_path):
@@ -238,7 +280,9 @@ def test_new_style_caffemodel_matches_caffes_forward(tmp_path, config):
     assert model.spec == ModelSpec(config, **SMALL)
     assert model.meta.extra["caffe"]["renamed_layers"] == {"fc8_flickr": "fc8"}
     images = _images(64, seed=2)
-    torch.testing.assert_close(_ours(model, images), caffe_reference(blobs, _bgr_input(images)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        _ours(model, images), caffe_reference(blobs, _bgr_input(images)), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_a_lrn_and_the_files_own_mean(tmp_path):
@@ -275,10 +319,17 @@ def deploy_text(name: str, blobs, size: int) -> str:
     bottom = "data"
     for layer, weight, _ in blobs:
         kind = "CONVOLUTION" if layer.startswith("conv") else "INNER_PRODUCT"
-        param = (f"convolution_param {{ num_output: {weight.shape[0]} pad: 1 kernel_size: 3 }}"
-                 if kind == "CONVOLUTION" else f"inner_product_param {{ num_output: {weight.shape[0]} }}")
-        lines.append(f'layers {{ bottom: "{bottom}" top: "{layer}" name: "{layer}" type: {kind} {param} }}')
-        lines.append(f'layers {{ bottom: "{layer}" top: "{layer}" name: "relu_{layer}" type: RELU }}')
+        param = (
+            f"convolution_param {{ num_output: {weight.shape[0]} pad: 1 kernel_size: 3 }}"
+            if kind == "CONVOLUTION"
+            else f"inner_product_param {{ num_output: {weight.shape[0]} }}"
+        )
+        lines.append(
+            f'layers {{ bottom: "{bottom}" top: "{layer}" name: "{layer}" type: {kind} {param} }}'
+        )
+        lines.append(
+            f'layers {{ bottom: "{layer}" top: "{layer}" name: "relu_{layer}" type: RELU }}'
+        )
         bottom = layer
     lines.append('layers { bottom: "fc8" top: "prob" name: "prob" type: SOFTMAX }')
     return "\n".join(lines) + "\n"
@@ -328,13 +379,28 @@ def test_bad_caffemodels_are_one_line_exit_2(tmp_path, capsys, case, expected):
     if case == "missing":
         blobs = _drop(blobs, "conv3_3")
     elif case == "extra":
-        blobs.insert(13, ("conv5_4", rng.standard_normal((32, 32, 3, 3), dtype=np.float32), np.zeros(32, np.float32)))
+        blobs.insert(
+            13,
+            (
+                "conv5_4",
+                rng.standard_normal((32, 32, 3, 3), dtype=np.float32),
+                np.zeros(32, np.float32),
+            ),
+        )
     elif case == "alexnet":
         blobs = [(f"conv{i}", w, b) for i, (_, w, b) in enumerate(blobs[:5], 1)] + blobs[-3:]
     elif case == "wrong_shape":
-        blobs[2] = ("conv2_1", rng.standard_normal((8, 3, 3, 3), dtype=np.float32), np.zeros(8, np.float32))
+        blobs[2] = (
+            "conv2_1",
+            rng.standard_normal((8, 3, 3, 3), dtype=np.float32),
+            np.zeros(8, np.float32),
+        )
     elif case == "wrong_fc6":
-        blobs[13] = ("fc6", rng.standard_normal((32, 100), dtype=np.float32), np.zeros(32, np.float32))
+        blobs[13] = (
+            "fc6",
+            rng.standard_normal((32, 100), dtype=np.float32),
+            np.zeros(32, np.float32),
+        )
     path = tmp_path / "bad.caffemodel"
     write_v1_caffemodel(path, blobs)
     if case == "truncated":
@@ -348,8 +414,13 @@ def test_bad_caffemodels_are_one_line_exit_2(tmp_path, capsys, case, expected):
 def test_other_bytes_are_not_taken_for_a_caffemodel(tmp_path):
     from verydeep.weights.caffe import looks_like_caffemodel
 
-    for content in (b"name: \"VGG\"\nlayers {", b"\xff\xd8\xff\xe0JFIF", b"\x89PNG\r\n", b"\x1f\x8b\x08",
-                    b"random junk!" * 5):
+    for content in (
+        b'name: "VGG"\nlayers {',
+        b"\xff\xd8\xff\xe0JFIF",
+        b"\x89PNG\r\n",
+        b"\x1f\x8b\x08",
+        b"random junk!" * 5,
+    ):
         assert not looks_like_caffemodel(content), content
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x93NUMPY" + bytes(range(200)))

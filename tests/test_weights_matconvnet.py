@@ -20,10 +20,18 @@ from verydeep.weights.loader import load, read_weights
 
 SMALL = dict(width=1 / 16, fc_width=32, crop_size=64, num_classes=5)
 SYNSETS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475"]
-DESCRIPTIONS = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark", "tiger shark", "hammerhead"]
+DESCRIPTIONS = [
+    "tench, Tinca tinca",
+    "goldfish, Carassius auratus",
+    "great white shark",
+    "tiger shark",
+    "hammerhead",
+]
 
 
-def random_kernels(config: str, seed: int = 0, **options) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def random_kernels(
+    config: str, seed: int = 0, **options
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, W as H x W x Cin x Cout, b) per weight layer; fc6 is a k x k kernel over conv5's maps."""
     spec = ModelSpec(config=config, **options)
     with torch.device("meta"):
@@ -42,8 +50,13 @@ def random_kernels(config: str, seed: int = 0, **options) -> list[tuple[str, np.
             shape = (k, k, in_features, out_channels)
         fan_in = shape[0] * shape[1] * shape[2]
         scale = np.sqrt(2.0 / fan_in) / (60.0 if info.name == "conv1_1" else 1.0)
-        kernels.append((info.name, torch.randn(shape, generator=generator).mul_(scale).numpy(),
-                        torch.randn(shape[3], generator=generator).mul_(0.1).numpy()))
+        kernels.append(
+            (
+                info.name,
+                torch.randn(shape, generator=generator).mul_(scale).numpy(),
+                torch.randn(shape[3], generator=generator).mul_(0.1).numpy(),
+            )
+        )
     return kernels
 
 
@@ -58,27 +71,48 @@ def _layers(kernels, beta16: bool) -> list[dict]:
     layers, block = [], 1
     for name, w, b in kernels:
         if name.startswith("fc6") or (name.startswith("conv") and int(name[4]) != block):
-            layers.append({"name": f"pool{block}", "type": "pool", "method": "max", "pool": np.array([[2.0, 2.0]]),
-                           "stride": np.array([[2.0, 2.0]]), "pad": np.zeros((1, 4))})
+            layers.append(
+                {
+                    "name": f"pool{block}",
+                    "type": "pool",
+                    "method": "max",
+                    "pool": np.array([[2.0, 2.0]]),
+                    "stride": np.array([[2.0, 2.0]]),
+                    "pad": np.zeros((1, 4)),
+                }
+            )
             block += 1
         pad = 0.0 if name.startswith("fc") else 1.0
-        layer = {"name": name, "type": "conv", "stride": np.array([[1.0, 1.0]]), "pad": np.full((1, 4), pad)}
+        layer = {
+            "name": name,
+            "type": "conv",
+            "stride": np.array([[1.0, 1.0]]),
+            "pad": np.full((1, 4), pad),
+        }
         if beta16:
             layer.update(filters=w, biases=b.reshape(1, -1))
         else:
             layer.update(weights=_cell([w, b.reshape(1, -1)]), precious=False)
         layers.append(layer)
         if name != "fc8":
-            layers.append({"name": f"relu{name[4:] if name.startswith('conv') else name[2:]}", "type": "relu"})
+            layers.append(
+                {"name": f"relu{name[4:] if name.startswith('conv') else name[2:]}", "type": "relu"}
+            )
     layers.append({"name": "prob", "type": "softmax"})
     return layers
 
 
-def write_matconvnet(path, kernels, average_image: np.ndarray, beta16: bool = False, classes: bool = True,
-                     edit=None) -> None:
+def write_matconvnet(
+    path, kernels, average_image: np.ndarray, beta16: bool = False, classes: bool = True, edit=None
+) -> None:
     """Write a SimpleNN file; ``edit`` may change the list of layer structs (dicts) first."""
-    normalization = {"averageImage": average_image.astype(np.float32), "imageSize": np.array([[64.0, 64.0, 3.0]]),
-                     "keepAspect": True, "border": np.array([[32.0, 32.0]]), "interpolation": "bilinear"}
+    normalization = {
+        "averageImage": average_image.astype(np.float32),
+        "imageSize": np.array([[64.0, 64.0, 3.0]]),
+        "keepAspect": True,
+        "border": np.array([[32.0, 32.0]]),
+        "interpolation": "bilinear",
+    }
     class_struct = {"name": _cell(SYNSETS), "description": _cell(DESCRIPTIONS)}
     layers = _layers(kernels, beta16)
     content = {"layers": _cell(edit(layers) if edit else layers)}
@@ -87,7 +121,10 @@ def write_matconvnet(path, kernels, average_image: np.ndarray, beta16: bool = Fa
         if classes:
             content["classes"] = class_struct
     else:
-        meta = {"inputs": {"name": "data", "size": np.array([[64.0, 64.0, 3.0, 10.0]])}, "normalization": normalization}
+        meta = {
+            "inputs": {"name": "data", "size": np.array([[64.0, 64.0, 3.0, 10.0]])},
+            "normalization": normalization,
+        }
         if classes:
             meta["classes"] = class_struct
         content["meta"] = meta
@@ -103,7 +140,7 @@ def _conv_hwc(x: torch.Tensor, w: np.ndarray, b: np.ndarray, pad: int) -> torch.
     y = torch.from_numpy(b).expand(rows, cols, -1).clone()
     for u in range(kh):
         for v in range(kw):
-            y += x[u:u + rows, v:v + cols, :] @ kernel[u, v]
+            y += x[u : u + rows, v : v + cols, :] @ kernel[u, v]
     return y
 
 
@@ -125,7 +162,9 @@ def matconvnet_reference(kernels, rgb_minus_average: torch.Tensor) -> torch.Tens
 
 
 def _image(size: int = 64, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 256, (3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
 
 
 def _ours(model, image: torch.Tensor) -> torch.Tensor:
@@ -169,7 +208,9 @@ def test_beta16_layout_with_a_full_average_image(tmp_path):
     assert model.meta.classes[0] == "tench, Tinca tinca"
     image = _image(seed=4)
     hwc = image.permute(1, 2, 0).float() - torch.tensor(per_channel, dtype=torch.float32)
-    torch.testing.assert_close(_ours(model, image), matconvnet_reference(kernels, hwc), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        _ours(model, image), matconvnet_reference(kernels, hwc), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_convert_and_predict_through_the_cli(tmp_path, photo, capsys):
@@ -181,13 +222,30 @@ def test_convert_and_predict_through_the_cli(tmp_path, photo, capsys):
     state, meta = read_weights(out)
     assert meta.source == "matconvnet:net.mat" and meta.classes == DESCRIPTIONS
     capsys.readouterr()
-    assert main(["predict", str(photo), "--weights", str(path), "--scales", "64", "--topk", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(photo),
+                "--weights",
+                str(path),
+                "--scales",
+                "64",
+                "--topk",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert any(name in capsys.readouterr().out for name in DESCRIPTIONS)
 
 
 def test_without_class_names_the_classes_are_numbered(tmp_path):
     path = tmp_path / "anon.mat"
-    write_matconvnet(path, random_kernels("A", seed=6, **SMALL), np.array([1.0, 2.0, 3.0]), classes=False)
+    write_matconvnet(
+        path, random_kernels("A", seed=6, **SMALL), np.array([1.0, 2.0, 3.0]), classes=False
+    )
     model = load(path)
     assert model.spec.config == "A" and model.meta.classes == []
     assert model.meta.class_names() == [f"class_{i}" for i in range(5)]
@@ -214,9 +272,12 @@ def test_bad_mat_files_are_one_line_exit_2(tmp_path, capsys, case, expected):
         kernels[8] = ("conv4_2", np.zeros((5, 3, 32, 32), np.float32), np.zeros(32, np.float32))
     if case == "no_average":
         average = np.zeros(0)
+
     def edit(layers):
         if case == "bnorm":
-            layers.insert(1, {"name": "bn1", "type": "bnorm", "weights": _cell([np.ones(4), np.zeros(4)])})
+            layers.insert(
+                1, {"name": "bn1", "type": "bnorm", "weights": _cell([np.ones(4), np.zeros(4)])}
+            )
         if case == "avg_pool":
             next(layer for layer in layers if layer["name"] == "pool2")["method"] = "avg"
         return layers
@@ -226,7 +287,9 @@ def test_bad_mat_files_are_one_line_exit_2(tmp_path, capsys, case, expected):
     if case == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     if case == "v73":
-        path.write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: x HDF5 schema 1.00 ." + bytes(400))
+        path.write_bytes(
+            b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: x HDF5 schema 1.00 ." + bytes(400)
+        )
     code = main(["convert", str(path), str(tmp_path / "out.safetensors")])
     err = capsys.readouterr().err.strip()
     assert code == 2, err

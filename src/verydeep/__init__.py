@@ -30,11 +30,36 @@ _LAZY = {
     "transforms": "verydeep.perceptual.network",
 }
 #: Subpackages and modules reachable as attributes of the package (``verydeep.transfer.…``).
-_SUBMODULES = ("bench", "cli", "data", "demo", "evaluate", "inference", "localize", "models", "paper", "passes",
-               "perceptual", "report", "runtime", "train", "transfer", "weights")
+_SUBMODULES = (
+    "bench",
+    "cli",
+    "data",
+    "demo",
+    "evaluate",
+    "inference",
+    "localize",
+    "models",
+    "paper",
+    "passes",
+    "perceptual",
+    "report",
+    "runtime",
+    "train",
+    "transfer",
+    "weights",
+)
 
-__all__ = ["VGG", "FeatureNet", "ModelSpec", "PerceptualLoss", "Preprocessing", "VerydeepError", "load", "transforms",
-           "vgg"]
+__all__ = [
+    "VGG",
+    "FeatureNet",
+    "ModelSpec",
+    "PerceptualLoss",
+    "Preprocessing",
+    "VerydeepError",
+    "load",
+    "transforms",
+    "vgg",
+]
 __version__ = "0.1.0"
 
 

@@ -29,7 +29,11 @@ def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
 
 def shorten(message: str, limit: int = MESSAGE_LIMIT) -> str:
     """``message`` cut to ``limit`` characters, saying how much was left out."""
-    return message if len(message) <= limit else f"{message[:limit]}... ({len(message) - limit} more characters)"
+    return (
+        message
+        if len(message) <= limit
+        else f"{message[:limit]}... ({len(message) - limit} more characters)"
+    )
 
 
 class VerydeepError(Exception):

@@ -39,7 +39,11 @@ CROP = 224
 S_FIXED = 256  # the first fixed training scale, and what released weights were trained at
 S_JITTER = (256, 512)  # multi-scale training: S sampled per image from this range
 Q_STEP = 32  # the multi-scale test step for a fixed S: Q in {S - 32, S, S + 32}
-Q_MULTI = (256, 384, 512)  # the multi-scale test set of a jittered net, and the default of predict/features
+Q_MULTI = (
+    256,
+    384,
+    512,
+)  # the multi-scale test set of a jittered net, and the default of predict/features
 
 
 def proportional(value: int, crop: int) -> int:
@@ -84,13 +88,35 @@ def test_scales(crop: int, trained: tuple[int, int] | None) -> TestScales:
     else:
         single = (smin + smax) // 2
         multi = (smin, single, smax)
-    return TestScales(single=max(single, crop), multi=tuple(sorted({max(q, crop) for q in multi})),
-                      train_scale=trained)
+    return TestScales(
+        single=max(single, crop),
+        multi=tuple(sorted({max(q, crop) for q in multi})),
+        train_scale=trained,
+    )
 
 
 test_scales.__test__ = False  # a rule, not a pytest test
 
 
-__all__ = ["LR", "MOMENTUM", "WEIGHT_DECAY", "BATCH_SIZE", "DROPOUT", "LR_FACTOR", "LR_DROPS", "EPOCHS", "INIT_STD",
-           "CROP", "S_FIXED", "S_JITTER", "Q_STEP", "Q_MULTI", "proportional", "train_scale", "q_step",
-           "multi_scale_set", "TestScales", "test_scales"]
+__all__ = [
+    "LR",
+    "MOMENTUM",
+    "WEIGHT_DECAY",
+    "BATCH_SIZE",
+    "DROPOUT",
+    "LR_FACTOR",
+    "LR_DROPS",
+    "EPOCHS",
+    "INIT_STD",
+    "CROP",
+    "S_FIXED",
+    "S_JITTER",
+    "Q_STEP",
+    "Q_MULTI",
+    "proportional",
+    "train_scale",
+    "q_step",
+    "multi_scale_set",
+    "TestScales",
+    "test_scales",
+]

@@ -17,19 +17,22 @@ from verydeep.bench.settings import IMAGENET_MEAN, IMAGENET_STD, SGD, BenchSetti
 from verydeep.data.folders import ImageIndex
 from verydeep.runtime.precision import Precision, autocast_for
 
+
 class TorchvisionFolder(Dataset):
     """The typical user's training data: PIL decode, then torchvision transforms, in the workers."""
 
     def __init__(self, index: ImageIndex, s: BenchSettings) -> None:
         self.samples = index.samples
-        self.transform = v2.Compose([
-            v2.RandomResize(s.scale_min, s.scale_max + 1),
-            v2.RandomCrop(s.crop),
-            v2.RandomHorizontalFlip(),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        self.transform = v2.Compose(
+            [
+                v2.RandomResize(s.scale_min, s.scale_max + 1),
+                v2.RandomCrop(s.crop),
+                v2.RandomHorizontalFlip(),
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.samples)

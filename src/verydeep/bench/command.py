@@ -63,7 +63,13 @@ from verydeep.bench.inference import bench_inference
 from verydeep.bench.report import device_name, format_report, row
 from verydeep.bench.settings import BenchSettings, settings_for
 from verydeep.bench.timing import PeakProbe
-from verydeep.bench.training import Pipelines, bench_pipeline, bench_train_step, make_steps, trainer_end_to_end
+from verydeep.bench.training import (
+    Pipelines,
+    bench_pipeline,
+    bench_train_step,
+    make_steps,
+    trainer_end_to_end,
+)
 from verydeep.data.folders import ImageIndex, scan_image_folder
 from verydeep.data.pipeline import balance_share, measure_rates
 from verydeep.data.transforms import TrainAugment, TrainDataset
@@ -75,8 +81,14 @@ from verydeep.runtime.precision import Precision, resolve
 __all__ = ["BenchSettings", "format_report", "run_bench"]
 
 
-def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None, progress: bool = True,
-              settings: BenchSettings | None = None, share: float | None = None) -> dict:
+def run_bench(
+    device: str = "cpu",
+    quick: bool = False,
+    data: str | None = None,
+    progress: bool = True,
+    settings: BenchSettings | None = None,
+    share: float | None = None,
+) -> dict:
     """Time every workload for ours and the baseline; returns a JSON-ready dict (see module doc).
 
     ``share`` fixes the device's share of decoding (default: measured and balanced on CUDA, 0 on the CPU).
@@ -88,17 +100,25 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
     precision = resolve("auto", dev)
     with_openvino = dev.type == "cpu" and openvino_available()  # the CPU user's fast alternative
     with ExitStack() as stack:
-        bar = tqdm(total=6 + with_openvino, desc="bench", unit="stage", disable=not progress, leave=False)
+        bar = tqdm(
+            total=6 + with_openvino, desc="bench", unit="stage", disable=not progress, leave=False
+        )
         stack.callback(bar.close)  # also on an error, so its line is gone before the error line
         if dev.type == "cuda":  # both sides get cuDNN's autotuned algorithms (restored on exit)
             stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=True))
         folder, index = _bench_data(stack, data, s, bar)
         rows, probe = _workloads(folder, index, s, dev, precision, share, with_openvino, bar)
     return {
-        "device": str(dev), "device_name": device_name(dev), "quick": quick,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "precision": precision.value, "compiled": compile_by_default(dev),
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "quick": quick,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": [round(v, 2) for v in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
+        "precision": precision.value,
+        "compiled": compile_by_default(dev),
         "peak_tflops": {k: v / 1e12 for k, v in probe.best.items()},
         "peak_probes": probe.summary(),
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()},
@@ -107,7 +127,9 @@ def run_bench(device: str = "cpu", quick: bool = False, data: str | None = None,
     }
 
 
-def _bench_data(stack: ExitStack, data: str | None, s: BenchSettings, bar) -> tuple[Path, ImageIndex]:
+def _bench_data(
+    stack: ExitStack, data: str | None, s: BenchSettings, bar
+) -> tuple[Path, ImageIndex]:
     """The folder of JPEGs the workloads read: written to a temporary folder, or the user's."""
     if data is None:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="verydeep-bench-")))
@@ -116,13 +138,23 @@ def _bench_data(stack: ExitStack, data: str | None, s: BenchSettings, bar) -> tu
     else:
         folder, index = Path(data), scan_image_folder(data)
         if len(index.samples) < s.train_batch:
-            raise DataError(f"{data} has {len(index.samples)} images, fewer than one batch of {s.train_batch}")
+            raise DataError(
+                f"{data} has {len(index.samples)} images, fewer than one batch of {s.train_batch}"
+            )
     bar.update()
     return folder, index
 
 
-def _workloads(folder: Path, index: ImageIndex, s: BenchSettings, dev: torch.device, precision: Precision,
-               share: float | None, with_openvino: bool, bar) -> tuple[list[dict], PeakProbe]:
+def _workloads(
+    folder: Path,
+    index: ImageIndex,
+    s: BenchSettings,
+    dev: torch.device,
+    precision: Precision,
+    share: float | None,
+    with_openvino: bool,
+    bar,
+) -> tuple[list[dict], PeakProbe]:
     """Every row in order, and the probe of the matmul peaks they were scored against."""
     compile_ours = compile_by_default(dev)
     bar.set_postfix_str("matmul peak")
@@ -131,7 +163,11 @@ def _workloads(folder: Path, index: ImageIndex, s: BenchSettings, dev: torch.dev
     bar.update()
     ours_net, tv = make_nets(s)
     bar.set_postfix_str("inference")
-    rows = [bench_inference(ours_net, tv, eval_batches(index, s), s, dev, precision, peaks, compile_ours)]
+    rows = [
+        bench_inference(
+            ours_net, tv, eval_batches(index, s), s, dev, precision, peaks, compile_ours
+        )
+    ]
     bar.update()
     bar.set_postfix_str("training step")
     step, base = make_steps(ours_net, tv, dev, precision, compile_ours)
@@ -148,14 +184,19 @@ def _workloads(folder: Path, index: ImageIndex, s: BenchSettings, dev: torch.dev
         rows[-1]["measured_rates"] = rates.to_dict()
     bar.update()
     bar.set_postfix_str("end to end (verydeep train)")
-    rows.append(trainer_end_to_end(folder, ours_net.spec, s, dev, precision, compile_ours, share or 0.0, pipes, base,
-                                   peaks))
+    rows.append(
+        trainer_end_to_end(
+            folder, ours_net.spec, s, dev, precision, compile_ours, share or 0.0, pipes, base, peaks
+        )
+    )
     bar.update()
     if with_openvino:  # same weights and batches as the inference row
         from verydeep.bench.openvino import openvino_row  # optional: openvino
 
         bar.set_postfix_str("openvino")
-        rows.append(openvino_row(ours_net, tv, eval_batches(index, s), s, precision, peaks, rows[0], row))
+        rows.append(
+            openvino_row(ours_net, tv, eval_batches(index, s), s, precision, peaks, rows[0], row)
+        )
         bar.update()
     _rescore(rows, dev, peaks, probe(repeats=5), precision)
     return rows, probe
@@ -164,15 +205,23 @@ def _workloads(folder: Path, index: ImageIndex, s: BenchSettings, dev: torch.dev
 def _balanced_share(index: ImageIndex, s: BenchSettings, dev: torch.device, step_rate: float):
     """The device's share of decoding that balances CPU workers and device (CUDA), and the rates measured."""
     per, n = s.train_batch, len(index.samples)
-    probe = [list(range(k * per % n, k * per % n + per)) for k in range(4) if k * per % n + per <= n]
+    probe = [
+        list(range(k * per % n, k * per % n + per)) for k in range(4) if k * per % n + per <= n
+    ]
     if len(probe) < 2:
         return None, None
-    rates = measure_rates(TrainDataset(index, TrainAugment(s.scale_min, s.scale_max, s.crop)), dev, probe,
-                          workers=s.workers)
+    rates = measure_rates(
+        TrainDataset(index, TrainAugment(s.scale_min, s.scale_max, s.crop)),
+        dev,
+        probe,
+        workers=s.workers,
+    )
     return balance_share(rates.cpu, rates.device, rates.read, step_rate), rates
 
 
-def _rescore(rows: list[dict], dev: torch.device, peaks: dict, final: dict, precision: Precision) -> None:
+def _rescore(
+    rows: list[dict], dev: torch.device, peaks: dict, final: dict, precision: Precision
+) -> None:
     """Rescale every row's MFU from the peaks it was scored against at the start to ``final``, the
     best of every probe of the run (the last one at the end): a busy moment at the start, or all
     through the rows, must not inflate MFU (:class:`~verydeep.bench.timing.PeakProbe`)."""
@@ -182,4 +231,3 @@ def _rescore(rows: list[dict], dev: torch.device, peaks: dict, final: dict, prec
             if key in r:
                 prec = precision.value if side == "ours" else baseline_precision(dev).value
                 r[key] *= peaks[prec] / final[prec]
-

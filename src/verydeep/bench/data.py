@@ -20,7 +20,9 @@ from verydeep.data.transforms import EvalDataset, collate_skipping
 UNIQUE_IMAGES = 128
 
 
-def write_jpegs(root: Path, count: int, shorter: tuple[int, int], classes: int = 4, seed: int = 0) -> ImageIndex:
+def write_jpegs(
+    root: Path, count: int, shorter: tuple[int, int], classes: int = 4, seed: int = 0
+) -> ImageIndex:
     """``count`` synthetic-set images at ImageNet-like sizes in ``root/<class>/``, as an index."""
     geometry = replace(GEOMETRY, shorter=shorter, aspect=(4 / 3, 3 / 2))
     names = class_names(classes)
@@ -40,12 +42,13 @@ def write_jpegs(root: Path, count: int, shorter: tuple[int, int], classes: int =
     return scan_image_folder(root)
 
 
-
 def eval_batches(index: ImageIndex, s: BenchSettings) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Centre crops of ``infer_images`` images spread evenly over the folder (whose order is by
     class, so every class is in), normalised as torchvision does, in batches of ``infer_batch``."""
     dataset = EvalDataset(index, scale=s.test_scale, crop=s.crop)
-    dataset = Subset(dataset, range(0, len(dataset), max(1, len(dataset) // s.infer_images))[:s.infer_images])
+    dataset = Subset(
+        dataset, range(0, len(dataset), max(1, len(dataset) // s.infer_images))[: s.infer_images]
+    )
     loader = DataLoader(dataset, batch_size=s.infer_batch, collate_fn=collate_skipping)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255

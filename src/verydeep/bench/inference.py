@@ -18,8 +18,14 @@ from verydeep.bench.timing import sync
 from verydeep.models.summary import multiply_adds
 from verydeep.runtime.precision import Precision, autocast_for, prepare_model
 
-def agreement(ours_logits: torch.Tensor, ref_logits: torch.Tensor, ours_fc7: torch.Tensor, ref_fc7: torch.Tensor,
-              labels: torch.Tensor) -> dict:
+
+def agreement(
+    ours_logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    ours_fc7: torch.Tensor,
+    ref_fc7: torch.Tensor,
+    labels: torch.Tensor,
+) -> dict:
     """How closely ours reproduces fp32: logit cosine, and top-1 agreement of two classifiers.
 
     A randomly initialised net's top-1 is nearly a tie between classes on every image, so raw
@@ -29,10 +35,18 @@ def agreement(ours_logits: torch.Tensor, ref_logits: torch.Tensor, ours_fc7: tor
     fed with fp32 and with our fc7 features.
     """
     cos = F.cosine_similarity(ours_logits.double(), ref_logits.double(), dim=1)
-    out = {"logit_cosine_min": float(cos.min()), "logit_cosine_mean": float(cos.mean()),
-           "top1_agreement_raw": float((ours_logits.argmax(1) == ref_logits.argmax(1)).double().mean()),
-           "images": int(len(labels))}
-    fit, test = torch.arange(0, len(labels), 2), torch.arange(1, len(labels), 2)  # interleaved: every class in both
+    out = {
+        "logit_cosine_min": float(cos.min()),
+        "logit_cosine_mean": float(cos.mean()),
+        "top1_agreement_raw": float(
+            (ours_logits.argmax(1) == ref_logits.argmax(1)).double().mean()
+        ),
+        "images": int(len(labels)),
+    }
+    fit, test = (
+        torch.arange(0, len(labels), 2),
+        torch.arange(1, len(labels), 2),
+    )  # interleaved: every class in both
     if len(test) >= 2 and len(torch.unique(labels[fit])) >= 2:
         x_ref, x_ours = ref_fc7.double(), ours_fc7.double()
         mu = x_ref[fit].mean(0)
@@ -40,7 +54,9 @@ def agreement(ours_logits: torch.Tensor, ref_logits: torch.Tensor, ours_fc7: tor
         y = F.one_hot(labels[fit], int(labels.max()) + 1).double()
         gram = xt @ xt.T
         ridge = 1e-3 * gram.trace() / len(fit) + 1e-12
-        weights = xt.T @ torch.linalg.solve(gram + ridge * torch.eye(len(fit), dtype=gram.dtype), y - y.mean(0))
+        weights = xt.T @ torch.linalg.solve(
+            gram + ridge * torch.eye(len(fit), dtype=gram.dtype), y - y.mean(0)
+        )
         top_ref = ((x_ref[test] - mu) @ weights).argmax(1)
         top_ours = ((x_ours[test] - mu) @ weights).argmax(1)
         out["top1_agreement_probe"] = float((top_ref == top_ours).double().mean())
@@ -49,8 +65,16 @@ def agreement(ours_logits: torch.Tensor, ref_logits: torch.Tensor, ours_fc7: tor
     return out
 
 
-def bench_inference(ours: VGG, tv: nn.Module, batches, s: BenchSettings, device: torch.device,
-                    precision: Precision, peaks: dict, compile_ours: bool) -> dict:
+def bench_inference(
+    ours: VGG,
+    tv: nn.Module,
+    batches,
+    s: BenchSettings,
+    device: torch.device,
+    precision: Precision,
+    peaks: dict,
+    compile_ours: bool,
+) -> dict:
     base_prec = baseline_precision(device)
     net = prepare_model(copy.deepcopy(ours), precision, device)
     fc8 = net.classifier[6]
@@ -65,7 +89,9 @@ def bench_inference(ours: VGG, tv: nn.Module, batches, s: BenchSettings, device:
         base = base.to(memory_format=torch.channels_last)
     captured: list[torch.Tensor] = []
     # fc7 after ReLU; kept on the device until the timing is over (no sync inside the timed loop)
-    base.classifier[4].register_forward_hook(lambda m, i, o: captured.append(o.detach().float().clone()))
+    base.classifier[4].register_forward_hook(
+        lambda m, i, o: captured.append(o.detach().float().clone())
+    )
 
     def run_all(fn, x_format, prec) -> tuple[float, list]:
         # The images are staged on the device first: this row times the net, not the copies.
@@ -86,7 +112,7 @@ def bench_inference(ours: VGG, tv: nn.Module, batches, s: BenchSettings, device:
     count = sum(len(y) for _, y in batches) * s.infer_passes
     base_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     base_time, base_outs = run_all(base, base_format, base_prec)
-    base_fc7 = torch.cat([c.cpu() for c in captured[-len(batches):]]) if captured else None
+    base_fc7 = torch.cat([c.cpu() for c in captured[-len(batches) :]]) if captured else None
     ours_time, ours_outs = run_all(ours_run, torch.channels_last, precision)
     ours_fc7 = torch.cat([o[0].float().flatten(1).cpu() for o in ours_outs])
     ours_logits = torch.cat([o[1].float().flatten(1).cpu() for o in ours_outs])
@@ -95,13 +121,28 @@ def bench_inference(ours: VGG, tv: nn.Module, batches, s: BenchSettings, device:
     else:  # the baseline is not fp32 here: an untimed fp32 pass of our net is the reference
         ref = prepare_model(copy.deepcopy(ours), Precision.FP32, device)
         with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            pairs = [ref.descriptor(x.to(device).contiguous(memory_format=torch.channels_last)) for x, _ in batches]
+            pairs = [
+                ref.descriptor(x.to(device).contiguous(memory_format=torch.channels_last))
+                for x, _ in batches
+            ]
         ref_fc7 = torch.cat([p.float().flatten(1).cpu() for p in pairs])
-        ref_logits = F.linear(ref_fc7, ref.classifier[6].weight.float().cpu(), ref.classifier[6].bias.float().cpu())
+        ref_logits = F.linear(
+            ref_fc7, ref.classifier[6].weight.float().cpu(), ref.classifier[6].bias.float().cpu()
+        )
     labels = torch.cat([y for _, y in batches])
     flops = 2.0 * multiply_adds(ours.spec, s.crop)
-    return row("inference_dense", count / ours_time, count / base_time, flops, peaks, precision, base_prec,
-                f"{precision.value} weights, channels-last, dense view with fc6-fc8 as matrix products"
-                + (", torch.compile" if compile_ours else ""),
-                f"torchvision VGG eager {base_prec.value}" + (", channels-last" if device.type == "cuda" else ""),
-                batch=s.infer_batch, agreement=agreement(ours_logits, ref_logits, ours_fc7, ref_fc7, labels))
+    return row(
+        "inference_dense",
+        count / ours_time,
+        count / base_time,
+        flops,
+        peaks,
+        precision,
+        base_prec,
+        f"{precision.value} weights, channels-last, dense view with fc6-fc8 as matrix products"
+        + (", torch.compile" if compile_ours else ""),
+        f"torchvision VGG eager {base_prec.value}"
+        + (", channels-last" if device.type == "cuda" else ""),
+        batch=s.infer_batch,
+        agreement=agreement(ours_logits, ref_logits, ours_fc7, ref_fc7, labels),
+    )

@@ -37,8 +37,14 @@ def _plain_openvino(tv, crop: int) -> tuple[object, float]:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = ov.convert_model(copy.deepcopy(tv).eval(), example_input=torch.zeros(1, 3, crop, crop))
-    request = shared_core().compile_model(graph, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        graph = ov.convert_model(
+            copy.deepcopy(tv).eval(), example_input=torch.zeros(1, 3, crop, crop)
+        )
+    request = (
+        shared_core()
+        .compile_model(graph, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        .create_infer_request()
+    )
     return request, time.perf_counter() - start
 
 
@@ -72,15 +78,26 @@ def openvino_row(ours, tv, batches, s, precision, peaks, torch_row: dict, make_r
             outs[side] = fn()
             times[side] += time.perf_counter() - start
     count = sum(len(y) for _, y in batches) * s.infer_passes
-    cos = F.cosine_similarity(torch.cat(outs["ours"]).double(), torch.cat(outs["base"]).double(), dim=1)
+    cos = F.cosine_similarity(
+        torch.cat(outs["ours"]).double(), torch.cat(outs["base"]).double(), dim=1
+    )
     base_rate = count / times["base"]
     flops = 2.0 * multiply_adds(ours.spec, s.crop)
-    return make_row("inference_dense_openvino", count / times["ours"], base_rate, flops, peaks, precision,
-                    precision, f"verydeep engine '{engine}' (the default here), model.dense",
-                    "plain OpenVINO: ov.convert_model(torchvision VGG) + compile_model CPU, LATENCY hint, "
-                    "one synchronous request",
-                    batch=s.infer_batch, engine=engine,
-                    torch_engine_images_per_s=torch_row["ours_images_per_s"],
-                    torch_engine_ratio=torch_row["ours_images_per_s"] / base_rate,
-                    first_run_s={"ours": ours_setup, "baseline": base_setup},
-                    logit_cosine_to_baseline_min=float(cos.min()))
+    return make_row(
+        "inference_dense_openvino",
+        count / times["ours"],
+        base_rate,
+        flops,
+        peaks,
+        precision,
+        precision,
+        f"verydeep engine '{engine}' (the default here), model.dense",
+        "plain OpenVINO: ov.convert_model(torchvision VGG) + compile_model CPU, LATENCY hint, "
+        "one synchronous request",
+        batch=s.infer_batch,
+        engine=engine,
+        torch_engine_images_per_s=torch_row["ours_images_per_s"],
+        torch_engine_ratio=torch_row["ours_images_per_s"] / base_rate,
+        first_run_s={"ours": ours_setup, "baseline": base_setup},
+        logit_cosine_to_baseline_min=float(cos.min()),
+    )

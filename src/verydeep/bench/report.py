@@ -10,10 +10,27 @@ import torch
 from verydeep.report.tables import markdown_table
 from verydeep.runtime.precision import Precision
 
-def row(name: str, ours: float, base: float, flops_per_image: float | None, peaks: dict, ours_prec: Precision,
-         base_prec: Precision, ours_what: str, base_what: str, **extra) -> dict:
-    row = {"workload": name, "ours_images_per_s": ours, "baseline_images_per_s": base,
-           "ratio": ours / base if base > 0 else math.inf, "ours": ours_what, "baseline": base_what}
+
+def row(
+    name: str,
+    ours: float,
+    base: float,
+    flops_per_image: float | None,
+    peaks: dict,
+    ours_prec: Precision,
+    base_prec: Precision,
+    ours_what: str,
+    base_what: str,
+    **extra,
+) -> dict:
+    row = {
+        "workload": name,
+        "ours_images_per_s": ours,
+        "baseline_images_per_s": base,
+        "ratio": ours / base if base > 0 else math.inf,
+        "ours": ours_what,
+        "baseline": base_what,
+    }
     if flops_per_image is not None:
         row["mfu_ours"] = ours * flops_per_image / peaks[ours_prec.value]
         row["mfu_baseline"] = base * flops_per_image / peaks[base_prec.value]
@@ -26,7 +43,10 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+            name = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                "",
+            )
     except OSError:
         name = ""
     return name or platform.processor() or "cpu"
@@ -34,37 +54,68 @@ def device_name(device: torch.device) -> str:
 
 def format_report(result: dict) -> str:
     """The bench result as a markdown table plus the agreement line."""
+
     def num(v: float) -> str:
         return f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
 
-    rows = [[r["workload"], num(r["ours_images_per_s"]), num(r["baseline_images_per_s"]), f"{r['ratio']:.2f}x",
-             f"{r['mfu_ours']:.1%}" if "mfu_ours" in r else "-",
-             f"{r['mfu_baseline']:.1%}" if "mfu_baseline" in r else "-"]
-            for r in result["rows"]]
-    lines = [f"verydeep bench on {result['device']} ({result['device_name']}), {result['precision']}, "
-             f"torch {result['torch']}, {result['threads']} threads, load average {result['load_average']}",
-             markdown_table(["workload", "ours img/s", "baseline img/s", "ours/baseline", "MFU ours", "MFU baseline"],
-                            rows)]
+    rows = [
+        [
+            r["workload"],
+            num(r["ours_images_per_s"]),
+            num(r["baseline_images_per_s"]),
+            f"{r['ratio']:.2f}x",
+            f"{r['mfu_ours']:.1%}" if "mfu_ours" in r else "-",
+            f"{r['mfu_baseline']:.1%}" if "mfu_baseline" in r else "-",
+        ]
+        for r in result["rows"]
+    ]
+    lines = [
+        f"verydeep bench on {result['device']} ({result['device_name']}), {result['precision']}, "
+        f"torch {result['torch']}, {result['threads']} threads, load average {result['load_average']}",
+        markdown_table(
+            [
+                "workload",
+                "ours img/s",
+                "baseline img/s",
+                "ours/baseline",
+                "MFU ours",
+                "MFU baseline",
+            ],
+            rows,
+        ),
+    ]
     inference = next((r for r in result["rows"] if r["workload"] == "inference_dense"), None)
     if inference:
         a = inference["agreement"]
-        probe = (f", top-1 agreement {a['top1_agreement_probe']:.1%} (linear probe, {a['probe_test_images']} images)"
-                 if "top1_agreement_probe" in a else "")
-        lines.append(f"inference vs fp32: logit cosine min {a['logit_cosine_min']:.5f}{probe}, "
-                     f"raw top-1 agreement {a['top1_agreement_raw']:.1%} (random weights)")
+        probe = (
+            f", top-1 agreement {a['top1_agreement_probe']:.1%} (linear probe, {a['probe_test_images']} images)"
+            if "top1_agreement_probe" in a
+            else ""
+        )
+        lines.append(
+            f"inference vs fp32: logit cosine min {a['logit_cosine_min']:.5f}{probe}, "
+            f"raw top-1 agreement {a['top1_agreement_raw']:.1%} (random weights)"
+        )
     for r in result["rows"]:
         if "optimizer_share" in r:
             t = r["timing"]
-            steady = ", ".join(f"{side} {'steady' if t[side]['steady'] else 'NOT steady'} "
-                               f"after {t[side]['warmup_windows']}" for side in ("ours", "baseline"))
-            lines.append(f"{r['workload']} at batch {r['batch']}: optimiser {r['optimizer_share']:.0%} of our step "
-                         f"({r['optimizer_seconds']:.3g} s); median of {len(t['ours']['windows'])} timed windows "
-                         f"({steady} warm-up windows)")
+            steady = ", ".join(
+                f"{side} {'steady' if t[side]['steady'] else 'NOT steady'} "
+                f"after {t[side]['warmup_windows']}"
+                for side in ("ours", "baseline")
+            )
+            lines.append(
+                f"{r['workload']} at batch {r['batch']}: optimiser {r['optimizer_share']:.0%} of our step "
+                f"({r['optimizer_seconds']:.3g} s); median of {len(t['ours']['windows'])} timed windows "
+                f"({steady} warm-up windows)"
+            )
     ov_row = next((r for r in result["rows"] if r["workload"] == "inference_dense_openvino"), None)
     if ov_row:
-        lines.append(f"against plain OpenVINO: ours on engine {ov_row['engine']} {ov_row['ratio']:.2f}x, "
-                     f"on the PyTorch engine {ov_row['torch_engine_ratio']:.2f}x "
-                     f"({num(ov_row['torch_engine_images_per_s'])} img/s)")
+        lines.append(
+            f"against plain OpenVINO: ours on engine {ov_row['engine']} {ov_row['ratio']:.2f}x, "
+            f"on the PyTorch engine {ov_row['torch_engine_ratio']:.2f}x "
+            f"({num(ov_row['torch_engine_images_per_s'])} img/s)"
+        )
     lines.append(peak_line(result))
     return "\n".join(lines)
 
@@ -81,9 +132,15 @@ def peak_line(result: dict) -> str:
     if not probes:
         return f"matmul peak: {peak}"
     line = f"matmul peak: {peak} (the best of {probes['count']} probes"
-    low = {k: v for k, v in probes["lowest_tflops"].items() if v < SHARED_BELOW * result["peak_tflops"][k]}
+    low = {
+        k: v
+        for k, v in probes["lowest_tflops"].items()
+        if v < SHARED_BELOW * result["peak_tflops"][k]
+    }
     if low:
         worst = ", ".join(f"{k} {v:.2f}" for k, v in low.items())
-        line += (f"; the lowest {worst} TFLOP/s: something else used this machine's cores while the bench ran, "
-                 f"so the rows may be slower than the machine is")
+        line += (
+            f"; the lowest {worst} TFLOP/s: something else used this machine's cores while the bench ran, "
+            f"so the rows may be slower than the machine is"
+        )
     return line + ")"

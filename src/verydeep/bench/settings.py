@@ -45,7 +45,9 @@ class BenchSettings:
     end_to_end_batches: int = 30
     baseline_end_to_end_batches: int = 3
     infer_passes: int = 1  # timed passes over the inference images
-    infer_images: int = 96  # the inference rows' input: this many of the images, spread over every class
+    infer_images: int = (
+        96  # the inference rows' input: this many of the images, spread over every class
+    )
     images: int = 192  # JPEG files written when no data folder is given (6 training batches of 32)
     image_shorter: tuple[int, int] = (333, 375)
     workers: int = 2
@@ -53,7 +55,12 @@ class BenchSettings:
 
     @property
     def model_options(self) -> dict:
-        return dict(num_classes=self.num_classes, width=self.width, fc_width=self.fc_width, crop_size=self.crop)
+        return dict(
+            num_classes=self.num_classes,
+            width=self.width,
+            fc_width=self.fc_width,
+            crop_size=self.crop,
+        )
 
     @property
     def test_scale(self) -> int:
@@ -64,17 +71,42 @@ class BenchSettings:
 def settings_for(device: torch.device, quick: bool) -> BenchSettings:
     cores = os.cpu_count() or 1
     if quick:
-        return BenchSettings(width=1 / 16, fc_width=64, num_classes=10, crop=64, scale_min=73, scale_max=146,
-                             train_batch=4, small_batch=2, infer_batch=4, warmup=1, pipeline_batches=2,
-                             timing=TimingMethod(windows=3, min_warmup=1, max_warmup=2), baseline_timing=None,
-                             end_to_end_batches=2, baseline_end_to_end_batches=2, images=8, image_shorter=(96, 128),
-                             workers=0, matmul=256)
+        return BenchSettings(
+            width=1 / 16,
+            fc_width=64,
+            num_classes=10,
+            crop=64,
+            scale_min=73,
+            scale_max=146,
+            train_batch=4,
+            small_batch=2,
+            infer_batch=4,
+            warmup=1,
+            pipeline_batches=2,
+            timing=TimingMethod(windows=3, min_warmup=1, max_warmup=2),
+            baseline_timing=None,
+            end_to_end_batches=2,
+            baseline_end_to_end_batches=2,
+            images=8,
+            image_shorter=(96, 128),
+            workers=0,
+            matmul=256,
+        )
     if device.type == "cuda":
-        return BenchSettings(train_batch=256, small_batch=None, infer_batch=256, warmup=10, infer_passes=5,
-                             timing=TimingMethod(calls_per_window=6, windows=5, max_warmup=6), baseline_timing=None,
-                             images=1024, infer_images=1024,
-                             pipeline_batches=24, end_to_end_batches=24, baseline_end_to_end_batches=24,
-                             workers=min(16, cores), matmul=8192)
+        return BenchSettings(
+            train_batch=256,
+            small_batch=None,
+            infer_batch=256,
+            warmup=10,
+            infer_passes=5,
+            timing=TimingMethod(calls_per_window=6, windows=5, max_warmup=6),
+            baseline_timing=None,
+            images=1024,
+            infer_images=1024,
+            pipeline_batches=24,
+            end_to_end_batches=24,
+            baseline_end_to_end_batches=24,
+            workers=min(16, cores),
+            matmul=8192,
+        )
     return BenchSettings(workers=min(2, cores))
-
-

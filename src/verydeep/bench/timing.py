@@ -34,7 +34,11 @@ class TimingMethod:
     tolerance: float = 0.05  # two consecutive warm-up windows within 5% of each other: steady
 
     def __post_init__(self) -> None:
-        if self.calls_per_window < 1 or self.windows < 1 or not 1 <= self.min_warmup <= self.max_warmup:
+        if (
+            self.calls_per_window < 1
+            or self.windows < 1
+            or not 1 <= self.min_warmup <= self.max_warmup
+        ):
             raise ValueError(f"impossible timing method {self}")
 
 
@@ -52,8 +56,12 @@ class Rate:
         return 1.0 / self.median
 
     def to_dict(self) -> dict:
-        return {"median": self.median, "windows": list(self.windows), "warmup_windows": self.warmup_windows,
-                "steady": self.steady}
+        return {
+            "median": self.median,
+            "windows": list(self.windows),
+            "warmup_windows": self.warmup_windows,
+            "steady": self.steady,
+        }
 
 
 def agree(a: float, b: float, tolerance: float) -> bool:
@@ -61,9 +69,14 @@ def agree(a: float, b: float, tolerance: float) -> bool:
     return abs(a - b) <= tolerance * max(abs(a), abs(b))
 
 
-def measure(fn: Callable[[], object], items_per_call: float, method: TimingMethod,
-            sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
-            between: Callable[[], object] | None = None) -> Rate:
+def measure(
+    fn: Callable[[], object],
+    items_per_call: float,
+    method: TimingMethod,
+    sync: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.perf_counter,
+    between: Callable[[], object] | None = None,
+) -> Rate:
     """Items per second of ``fn`` (each call handles ``items_per_call`` items), timed as the module says.
 
     ``sync`` waits for queued device work (``torch.cuda.synchronize``), called at both ends of
@@ -144,8 +157,13 @@ class PeakProbe:
 
     def __init__(self, device: torch.device, n: int) -> None:
         self.device = device
-        self.operands = {name: (torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype))
-                         for name, dtype in PEAK_DTYPES.items()}
+        self.operands = {
+            name: (
+                torch.randn(n, n, device=device).to(dtype),
+                torch.randn(n, n, device=device).to(dtype),
+            )
+            for name, dtype in PEAK_DTYPES.items()
+        }
         self.best: dict[str, float] = {}
         self.lowest: dict[str, float] = {}
         self.count = 0

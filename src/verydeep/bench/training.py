@@ -53,7 +53,9 @@ class OurStep:
     """The training's own step (:class:`verydeep.train.step.Step`) on a fixed batch: channels-last
     net and input, bf16 autocast where fast, fused SGD, compiled on CUDA; nothing read back."""
 
-    def __init__(self, model: VGG, device: torch.device, precision: Precision, compile_ours: bool) -> None:
+    def __init__(
+        self, model: VGG, device: torch.device, precision: Precision, compile_ours: bool
+    ) -> None:
         self.model = model.to(device).train().to(memory_format=torch.channels_last)
         self.optimizer = make_sgd(self.model.parameters(), **SGD)
         self.net = torch.compile(self.model) if compile_ours else self.model
@@ -63,9 +65,12 @@ class OurStep:
         self.step([(x.contiguous(memory_format=torch.channels_last), y)], 1.0 / len(y))
 
 
-def make_steps(ours: VGG, tv: nn.Module, device: torch.device, precision: Precision,
-               compile_ours: bool) -> tuple[OurStep, BaselineStep]:
-    return OurStep(copy.deepcopy(ours), device, precision, compile_ours), BaselineStep(copy.deepcopy(tv), device)
+def make_steps(
+    ours: VGG, tv: nn.Module, device: torch.device, precision: Precision, compile_ours: bool
+) -> tuple[OurStep, BaselineStep]:
+    return OurStep(copy.deepcopy(ours), device, precision, compile_ours), BaselineStep(
+        copy.deepcopy(tv), device
+    )
 
 
 def optimizer_rate(step: OurStep, s: BenchSettings, device: torch.device) -> Rate:
@@ -83,13 +88,23 @@ def optimizer_rate(step: OurStep, s: BenchSettings, device: torch.device) -> Rat
         load_optimizer(step.optimizer, state)
 
 
-def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device: torch.device,
-                     precision: Precision, peaks: dict, between: Callable[[], object] | None = None) -> list[dict]:
+def bench_train_step(
+    step: OurStep,
+    base: BaselineStep,
+    s: BenchSettings,
+    device: torch.device,
+    precision: Precision,
+    peaks: dict,
+    between: Callable[[], object] | None = None,
+) -> list[dict]:
     """The training-step rows: at ``train_batch``, and at ``small_batch`` when set. ``between`` runs
     after every window of both steps, outside their time (the bench's :class:`~.timing.PeakProbe`)."""
     flops = 6.0 * multiply_adds(step.model.spec, s.crop)
-    what = (f"train.step.Step: {precision.value} autocast, channels-last, fused SGD, no host sync"
-            + (", torch.compile" if step.net is not step.model else "") + f"; heap: {heap_policy()}")
+    what = (
+        f"train.step.Step: {precision.value} autocast, channels-last, fused SGD, no host sync"
+        + (", torch.compile" if step.net is not step.model else "")
+        + f"; heap: {heap_policy()}"
+    )
     rows, optimizer = [], None
     for name, batch in (("train_step", s.train_batch), ("train_step_small_batch", s.small_batch)):
         if batch is None:
@@ -97,17 +112,43 @@ def bench_train_step(step: OurStep, base: BaselineStep, s: BenchSettings, device
         gen = torch.Generator().manual_seed(0)
         x = torch.randn((batch, 3, s.crop, s.crop), generator=gen).to(device)
         y = torch.randint(0, s.num_classes, (batch,), generator=gen).to(device)
-        with torch_settings():  # the process settings verydeep train steps under (threads as they are)
-            ours = measure(lambda x=x, y=y: step(x, y), batch, s.timing, lambda: sync(device), between=between)
-            optimizer = optimizer or optimizer_rate(step, s, device)  # the same work at every batch size
-        theirs = measure(lambda x=x, y=y: base(x, y), batch, s.baseline_timing or s.timing, lambda: sync(device),
-                         between=between)
-        rows.append(row(name, ours.median, theirs.median, flops, peaks, precision, base.precision, what,
-                         f"torchvision VGG eager {base.precision.value}, loss.item() every step", batch=batch,
-                         optimizer_seconds=optimizer.seconds_per_item,
-                         optimizer_share=optimizer.seconds_per_item / (batch * ours.seconds_per_item),
-                         timing={"ours": ours.to_dict(), "baseline": theirs.to_dict(),
-                                 "optimizer": optimizer.to_dict()}))
+        with (
+            torch_settings()
+        ):  # the process settings verydeep train steps under (threads as they are)
+            ours = measure(
+                lambda x=x, y=y: step(x, y), batch, s.timing, lambda: sync(device), between=between
+            )
+            optimizer = optimizer or optimizer_rate(
+                step, s, device
+            )  # the same work at every batch size
+        theirs = measure(
+            lambda x=x, y=y: base(x, y),
+            batch,
+            s.baseline_timing or s.timing,
+            lambda: sync(device),
+            between=between,
+        )
+        rows.append(
+            row(
+                name,
+                ours.median,
+                theirs.median,
+                flops,
+                peaks,
+                precision,
+                base.precision,
+                what,
+                f"torchvision VGG eager {base.precision.value}, loss.item() every step",
+                batch=batch,
+                optimizer_seconds=optimizer.seconds_per_item,
+                optimizer_share=optimizer.seconds_per_item / (batch * ours.seconds_per_item),
+                timing={
+                    "ours": ours.to_dict(),
+                    "baseline": theirs.to_dict(),
+                    "optimizer": optimizer.to_dict(),
+                },
+            )
+        )
     return rows
 
 
@@ -145,20 +186,37 @@ def _time_stream(batches, consume: Callable[[object], int], device: torch.device
 class Pipelines:
     """Our loader and the baseline loader over the same JPEG files, batch size and worker count."""
 
-    def __init__(self, index: ImageIndex, s: BenchSettings, device: torch.device, share: float) -> None:
+    def __init__(
+        self, index: ImageIndex, s: BenchSettings, device: torch.device, share: float
+    ) -> None:
         self.s, self.device = s, device
         self.aug = TrainAugment(scale_min=s.scale_min, scale_max=s.scale_max, crop=s.crop)
-        self.stats = ColourStats.from_covariance((124.0, 116.0, 104.0), np.diag([4000.0, 800.0, 300.0]))
+        self.stats = ColourStats.from_covariance(
+            (124.0, 116.0, 104.0), np.diag([4000.0, 800.0, 300.0])
+        )
         self.dataset = TrainDataset(index, self.aug, seed=0)
         order = RandomSampler(range(len(index.samples)), generator=torch.Generator().manual_seed(0))
         self.sampler = BatchSampler(order, s.train_batch, drop_last=True)
-        self.ours = DeviceLoader(self.dataset, self.sampler, device, share=share, workers=s.workers,
-                                 colour=ColourShift(self.stats, self.aug.colour_shift_std, seed=0))
+        self.ours = DeviceLoader(
+            self.dataset,
+            self.sampler,
+            device,
+            share=share,
+            workers=s.workers,
+            colour=ColourShift(self.stats, self.aug.colour_shift_std, seed=0),
+        )
         # Persistent workers on both sides, so neither pays for starting its workers every epoch.
-        self.base = DataLoader(TorchvisionFolder(index, s), batch_size=s.train_batch, shuffle=True, drop_last=True,
-                               num_workers=s.workers, pin_memory=device.type == "cuda",
-                               persistent_workers=s.workers > 0, generator=torch.Generator().manual_seed(0),
-                               worker_init_fn=die_with_parent)
+        self.base = DataLoader(
+            TorchvisionFolder(index, s),
+            batch_size=s.train_batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=s.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=s.workers > 0,
+            generator=torch.Generator().manual_seed(0),
+            worker_init_fn=die_with_parent,
+        )
         self.per_epoch = len(self.sampler)
 
     def ours_epoch(self, epoch: int):
@@ -195,23 +253,55 @@ def bench_pipeline(p: Pipelines, batches: int) -> dict:
         base_rate = _time_stream(_epochs(p.base_epoch, batches, p.per_epoch), base, p.device)
     finally:
         torch.set_num_threads(threads)
-    return row("input_pipeline", ours_rate, base_rate, None, {}, Precision.FP32, Precision.FP32,
-                f"DeviceLoader ({p.s.workers} workers, device share {p.ours.share:.2f}) "
-                "+ colour shift and mean on the device",
-                f"PIL + torchvision RandomResize/RandomCrop/Flip/ToTensor/Normalize ({p.s.workers} workers)",
-                batch=p.s.train_batch, totals=dict(p.ours.totals))
+    return row(
+        "input_pipeline",
+        ours_rate,
+        base_rate,
+        None,
+        {},
+        Precision.FP32,
+        Precision.FP32,
+        f"DeviceLoader ({p.s.workers} workers, device share {p.ours.share:.2f}) "
+        "+ colour shift and mean on the device",
+        f"PIL + torchvision RandomResize/RandomCrop/Flip/ToTensor/Normalize ({p.s.workers} workers)",
+        batch=p.s.train_batch,
+        totals=dict(p.ours.totals),
+    )
 
 
-def train_overrides(s: BenchSettings, data: Path, out: Path, epochs: int, device: torch.device | str,
-                    share: float = 0.0) -> list[str]:
+def train_overrides(
+    s: BenchSettings,
+    data: Path,
+    out: Path,
+    epochs: int,
+    device: torch.device | str,
+    share: float = 0.0,
+) -> list[str]:
     """The ``--set`` overrides of a ``verydeep train`` run with the bench's net, batch and augmentation
     on ``data`` (also what ``benchmarks/train_vs_bench.py`` passes on the command line)."""
-    return [f"data.train={data}", f"run.out={out}", f"run.device={device}", f"model.config={s.config}",
-            f"model.width={s.width}", f"model.fc_width={s.fc_width}", f"model.crop_size={s.crop}",
-            f"data.scale_min={s.scale_min}", f"data.scale_max={s.scale_max}", f"data.workers={s.workers}",
-            f"data.device_share={share}", "data.colour_stats_images=16", f"optim.batch_size={s.train_batch}",
-            f"optim.lr={SGD['lr']}", f"schedule.epochs={epochs}", "run.log_every=1", "run.keep_last=1",
-            "run.progress=false", "run.tensorboard=false", "run.plots=false", "run.stuck_epochs=0"]
+    return [
+        f"data.train={data}",
+        f"run.out={out}",
+        f"run.device={device}",
+        f"model.config={s.config}",
+        f"model.width={s.width}",
+        f"model.fc_width={s.fc_width}",
+        f"model.crop_size={s.crop}",
+        f"data.scale_min={s.scale_min}",
+        f"data.scale_max={s.scale_max}",
+        f"data.workers={s.workers}",
+        f"data.device_share={share}",
+        "data.colour_stats_images=16",
+        f"optim.batch_size={s.train_batch}",
+        f"optim.lr={SGD['lr']}",
+        f"schedule.epochs={epochs}",
+        "run.log_every=1",
+        "run.keep_last=1",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "run.plots=false",
+        "run.stuck_epochs=0",
+    ]
 
 
 def logged_rate(run_dir: Path, steps_per_epoch: int) -> tuple[float, int, int]:
@@ -227,7 +317,9 @@ def logged_rate(run_dir: Path, steps_per_epoch: int) -> tuple[float, int, int]:
     """
     records = [r for r in read_metrics(run_dir) if r.get("kind") == "step"]
     timed = [r for r in records if (r["step"] - 1) % steps_per_epoch != 0] or records
-    batch_seconds = sum(1.0 / r["images_per_s"] for r in timed)  # seconds per image of each step, summed
+    batch_seconds = sum(
+        1.0 / r["images_per_s"] for r in timed
+    )  # seconds per image of each step, summed
     return len(timed) / batch_seconds, len(records), len(timed)
 
 
@@ -241,16 +333,32 @@ def run_train_command(overrides: list[str], device: torch.device) -> None:
     """
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the child needs the memory the rows before it cached
-    done = subprocess.run([sys.executable, "-m", "verydeep", "train", "--set", *overrides],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "verydeep", "train", "--set", *overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
-        raise DataError(f"the end-to-end run (verydeep train) failed with exit code {done.returncode}: "
-                        f"{lines[-1] if lines else 'no message'}")
+        raise DataError(
+            f"the end-to-end run (verydeep train) failed with exit code {done.returncode}: "
+            f"{lines[-1] if lines else 'no message'}"
+        )
 
 
-def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: torch.device, precision: Precision,
-                       compile_ours: bool, share: float, pipes: Pipelines, base: BaselineStep, peaks: dict) -> dict:
+def trainer_end_to_end(
+    data: Path,
+    spec: ModelSpec,
+    s: BenchSettings,
+    device: torch.device,
+    precision: Precision,
+    compile_ours: bool,
+    share: float,
+    pipes: Pipelines,
+    base: BaselineStep,
+    peaks: dict,
+) -> dict:
     """``verydeep train`` itself on the bench's JPEG folder against the baseline's loader and step.
 
     Ours is the images/s of the run's steps as its log gives them (what ``verydeep train``'s bar
@@ -262,8 +370,11 @@ def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: to
     steps_per_epoch = len(pipes.sampler)
     epochs = max(1, math.ceil(s.end_to_end_batches / max(steps_per_epoch, 1)))
     with tempfile.TemporaryDirectory(prefix="verydeep-bench-train-") as out:
-        run_train_command(train_overrides(s, data, Path(out), epochs, device, share) + [
-            f"run.compile={str(compile_ours).lower()}", f"run.precision={precision.value}"], device)
+        run_train_command(
+            train_overrides(s, data, Path(out), epochs, device, share)
+            + [f"run.compile={str(compile_ours).lower()}", f"run.precision={precision.value}"],
+            device,
+        )
         ours, records, timed = logged_rate(Path(out), steps_per_epoch)
         rates = [r["images_per_s"] for r in read_metrics(Path(out)) if r.get("kind") == "step"]
 
@@ -271,10 +382,24 @@ def trainer_end_to_end(data: Path, spec: ModelSpec, s: BenchSettings, device: to
         base(*pipes.base_input(batch))
         return len(batch[1])
 
-    base_rate = _time_stream(_epochs(pipes.base_epoch, s.baseline_end_to_end_batches, pipes.per_epoch), base_fn,
-                             pipes.device)
+    base_rate = _time_stream(
+        _epochs(pipes.base_epoch, s.baseline_end_to_end_batches, pipes.per_epoch),
+        base_fn,
+        pipes.device,
+    )
     flops = 6.0 * multiply_adds(spec, s.crop)
-    return row("train_end_to_end", ours, base_rate, flops, peaks, precision, base.precision,
-               "verydeep train, its own process (the images/s it logs, over its steps)",
-               "torchvision DataLoader -> eager step",
-               batch=s.train_batch, steps=records, timed_steps=timed, step_rates=rates)
+    return row(
+        "train_end_to_end",
+        ours,
+        base_rate,
+        flops,
+        peaks,
+        precision,
+        base.precision,
+        "verydeep train, its own process (the images/s it logs, over its steps)",
+        "torchvision DataLoader -> eager step",
+        batch=s.train_batch,
+        steps=records,
+        timed_steps=timed,
+        step_rates=rates,
+    )

@@ -7,7 +7,13 @@ from PIL import Image
 
 from verydeep.data.folders import ImageIndex
 from verydeep.data.images import open_rgb, to_tensor
-from verydeep.data.transforms import TrainAugment, TrainDataset, rescale_crop_at, sample_generator, sample_scale
+from verydeep.data.transforms import (
+    TrainAugment,
+    TrainDataset,
+    rescale_crop_at,
+    sample_generator,
+    sample_scale,
+)
 from verydeep.errors import VerydeepError
 
 
@@ -21,7 +27,9 @@ class CachedTrainDataset(TrainDataset):
     Unreadable files are remembered as such and come back ``ok=False``.
     """
 
-    def __init__(self, index: ImageIndex, aug: TrainAugment, seed: int = 0, progress: bool = False) -> None:
+    def __init__(
+        self, index: ImageIndex, aug: TrainAugment, seed: int = 0, progress: bool = False
+    ) -> None:
         super().__init__(index, aug, seed)
         paths = [path for path, _ in index.samples]
         if progress:
@@ -34,7 +42,12 @@ class CachedTrainDataset(TrainDataset):
         label = self.index.samples[i][1]
         img = self.images[i]
         if img is None:
-            return torch.zeros((3, self.aug.crop, self.aug.crop), dtype=torch.uint8), label, i, False
+            return (
+                torch.zeros((3, self.aug.crop, self.aug.crop), dtype=torch.uint8),
+                label,
+                i,
+                False,
+            )
         gen = sample_generator(self.seed, self.epoch, i)
         x = to_tensor(rescale_crop_at(img, sample_scale(self.aug, gen), self.aug.crop, gen))
         if self.aug.flip and bool(torch.rand((), generator=gen) < 0.5):

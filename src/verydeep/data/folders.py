@@ -98,7 +98,11 @@ class FolderWalk:
                         real = os.path.realpath(entry.path)
                         inside_root = real == self.root or real.startswith(self.root + os.sep)
                         inside_own = real == own or real.startswith(own + os.sep)
-                        if (inside_root and not inside_own) or own.startswith(real + os.sep) or real == own:
+                        if (
+                            (inside_root and not inside_own)
+                            or own.startswith(real + os.sep)
+                            or real == own
+                        ):
                             self.loops.append(entry.path)
                             continue
                     subdirs.append(entry.path)
@@ -118,11 +122,15 @@ class FolderWalk:
         """One warning line about what was skipped, if anything was."""
         parts = []
         if self.special:
-            parts.append(f"{len(self.special)} image-named entries that are not regular files (FIFOs, sockets, "
-                         f"devices; first {self.special[0]!r})")
+            parts.append(
+                f"{len(self.special)} image-named entries that are not regular files (FIFOs, sockets, "
+                f"devices; first {self.special[0]!r})"
+            )
         if self.loops:
-            parts.append(f"{len(self.loops)} linked folders that loop back or lead into another class "
-                         f"(first {self.loops[0]!r})")
+            parts.append(
+                f"{len(self.loops)} linked folders that loop back or lead into another class "
+                f"(first {self.loops[0]!r})"
+            )
         if parts:
             sys.stderr.write(f"verydeep: warning: {self.root}: skipped {' and '.join(parts)}\n")
 
@@ -142,13 +150,20 @@ def scan_image_folder(root: str | os.PathLike) -> ImageIndex:
     """
     root = Path(root)
     _require_folder(root, "data folder")
-    classes = sorted(entry.name for entry in os.scandir(root)
-                     if entry.is_dir(follow_symlinks=True) and not entry.name.startswith("."))
+    classes = sorted(
+        entry.name
+        for entry in os.scandir(root)
+        if entry.is_dir(follow_symlinks=True) and not entry.name.startswith(".")
+    )
     if not classes:
         if any(is_image_file(p) for p in os.listdir(root)):
-            raise DataError(f"data folder {root} holds images but no class sub-folders "
-                            "(expected root/<class>/<image>)")
-        raise DataError(f"data folder {root} has no class sub-folders (expected root/<class>/<image>)")
+            raise DataError(
+                f"data folder {root} holds images but no class sub-folders "
+                "(expected root/<class>/<image>)"
+            )
+        raise DataError(
+            f"data folder {root} has no class sub-folders (expected root/<class>/<image>)"
+        )
     samples: list[tuple[str, int]] = []
     empty: list[str] = []
     walk = FolderWalk(root)
@@ -161,9 +176,17 @@ def scan_image_folder(root: str | os.PathLike) -> ImageIndex:
     if not samples:
         raise DataError(f"data folder {root} holds no images in its {len(classes)} class folders")
     if empty:
-        shown = ", ".join(repr(n) for n in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        shown = ", ".join(repr(n) for n in empty[:5]) + (
+            f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        )
         raise DataError(f"data folder {root}: class folder {shown} holds no images")
-    return ImageIndex(root=root, classes=classes, samples=samples, special=len(walk.special), loops=len(walk.loops))
+    return ImageIndex(
+        root=root,
+        classes=classes,
+        samples=samples,
+        special=len(walk.special),
+        loops=len(walk.loops),
+    )
 
 
 def read_class_list(path: str | os.PathLike) -> list[str]:
@@ -179,8 +202,11 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def scan_flat_folder(folder: str | os.PathLike, ground_truth: str | os.PathLike,
-                     classes: Sequence[str] | str | os.PathLike) -> ImageIndex:
+def scan_flat_folder(
+    folder: str | os.PathLike,
+    ground_truth: str | os.PathLike,
+    classes: Sequence[str] | str | os.PathLike,
+) -> ImageIndex:
     """Index a flat folder of images labelled by a ground-truth list (ImageNet's validation set).
 
     ``ground_truth`` is a text file with one label per line, in sorted file-name order of the
@@ -191,20 +217,29 @@ def scan_flat_folder(folder: str | os.PathLike, ground_truth: str | os.PathLike,
     """
     folder = Path(folder)
     _require_folder(folder, "image folder")
-    names = read_class_list(classes) if isinstance(classes, (str, os.PathLike)) else [str(c) for c in classes]
+    names = (
+        read_class_list(classes)
+        if isinstance(classes, (str, os.PathLike))
+        else [str(c) for c in classes]
+    )
     if not names:
         raise DataError("no classes given for the ground-truth list")
     if len(set(names)) != len(names):
         raise DataError("the class list names a class twice")
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if not f.startswith(".") and is_image_file(f) and (folder / f).is_file())
+    files = sorted(
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if not f.startswith(".") and is_image_file(f) and (folder / f).is_file()
+    )
     if not files:
         raise DataError(f"image folder {folder} holds no images")
     gt = Path(ground_truth)
     try:
         lines = gt.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read ground-truth list {gt}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise DataError(
+            f"cannot read ground-truth list {gt}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     by_name = {name: i for i, name in enumerate(names)}
     labels: list[int] = []
     for number, line in enumerate(lines, start=1):
@@ -219,9 +254,13 @@ def scan_flat_folder(folder: str | os.PathLike, ground_truth: str | os.PathLike,
         elif text in by_name:
             labels.append(by_name[text])
         else:
-            raise DataError(f"{gt}, line {number}: {text!r} is neither a 1-based class index nor a known class name")
+            raise DataError(
+                f"{gt}, line {number}: {text!r} is neither a 1-based class index nor a known class name"
+            )
     if len(labels) != len(files):
-        raise DataError(f"ground-truth list {gt} has {len(labels)} labels but {folder} holds {len(files)} images")
+        raise DataError(
+            f"ground-truth list {gt} has {len(labels)} labels but {folder} holds {len(files)} images"
+        )
     return ImageIndex(root=folder, classes=names, samples=list(zip(files, labels)))
 
 
@@ -269,14 +308,22 @@ def read_voc_boxes(xml_path: str | os.PathLike) -> list[Box]:
         if bndbox is None:
             raise DataError(f"{where}: missing <bndbox>")
         try:
-            xmin, ymin, xmax, ymax = (float(_child_text(bndbox, t, where)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            xmin, ymin, xmax, ymax = (
+                float(_child_text(bndbox, t, where)) for t in ("xmin", "ymin", "xmax", "ymax")
+            )
         except ValueError:
             raise DataError(f"{where}: a box coordinate is not a number") from None
-        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):  # nan compares false with everything
-            raise DataError(f"{where}: box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) "
-                            "has a coordinate that is not finite")
+        if not all(
+            math.isfinite(v) for v in (xmin, ymin, xmax, ymax)
+        ):  # nan compares false with everything
+            raise DataError(
+                f"{where}: box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) "
+                "has a coordinate that is not finite"
+            )
         if xmax < xmin or ymax < ymin:
-            raise DataError(f"{where}: box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has max below min")
+            raise DataError(
+                f"{where}: box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) has max below min"
+            )
         boxes.append(Box(name, xmin, ymin, xmax, ymax))
     return boxes
 

@@ -45,8 +45,10 @@ def _max_pixels() -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise ConfigError(f"{PIXELS_ENV}={quote(text)} must be a whole number of pixels above 0 "
-                          f"(default {DEFAULT_MAX_PIXELS}, 8192 x 8192)")
+        raise ConfigError(
+            f"{PIXELS_ENV}={quote(text)} must be a whole number of pixels above 0 "
+            f"(default {DEFAULT_MAX_PIXELS}, 8192 x 8192)"
+        )
     return value
 
 
@@ -90,8 +92,9 @@ def quiet_decoder():
         yield
 
 
-def open_rgb(path: str | os.PathLike, max_pixels: int | None = None,
-             draft: tuple[int, int] | None = None) -> Image.Image:
+def open_rgb(
+    path: str | os.PathLike, max_pixels: int | None = None, draft: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode an image file to an 8-bit RGB PIL image, upright.
 
     ``max_pixels``: the bound on width x height (default :data:`MAX_PIXELS`), checked from the header
@@ -127,21 +130,27 @@ def open_rgb(path: str | os.PathLike, max_pixels: int | None = None,
         raise ImageError(f"{path}: cannot decode ({why})") from None
 
 
-def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: int | None = None) -> None:
+def check_pixels(
+    path: str | os.PathLike, width: int, height: int, max_pixels: int | None = None
+) -> None:
     """Refuse (:class:`ImageError`) an image of ``width`` x ``height`` over ``max_pixels`` (default
     :data:`MAX_PIXELS`): the message names its size, the bound, the memory it would take and the
     variable that raises the bound."""
     limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     if width * height > limit:
-        raise ImageError(f"{path}: {width}x{height} pixels ({width * height / 1e6:.3g} MP) is over the limit of "
-                         f"{limit} pixels for one image (decoding it would take about "
-                         f"{width * height * BYTES_PER_PIXEL / 1e9:.1f} GB); set {PIXELS_ENV} to allow larger images")
+        raise ImageError(
+            f"{path}: {width}x{height} pixels ({width * height / 1e6:.3g} MP) is over the limit of "
+            f"{limit} pixels for one image (decoding it would take about "
+            f"{width * height * BYTES_PER_PIXEL / 1e9:.1f} GB); set {PIXELS_ENV} to allow larger images"
+        )
 
 
 def to_array(img: Image.Image) -> np.ndarray:
     """RGB PIL image -> uint8 array (3, H, W), C-contiguous: the pixels every engine takes
     (:mod:`verydeep.data.preprocess` rescales and normalises them)."""
-    return np.array(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), order="C")  # a writable copy
+    return np.array(
+        np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), order="C"
+    )  # a writable copy
 
 
 def to_tensor(img: Image.Image):

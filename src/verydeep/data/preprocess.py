@@ -38,8 +38,10 @@ def check_rescaled_size(height: int, width: int, scales, what: str = "image") ->
     q = max(int(s) for s in scales)
     rh, rw = rescaled_size(int(height), int(width), q)
     if rh * rw > MAX_RESCALED_PIXELS:
-        raise ImageError(f"{what}: {width}x{height} pixels would be {rw}x{rh} at scale {q}, over the limit of "
-                         f"{MAX_RESCALED_PIXELS} pixels (aspect ratio {max(rw, rh) / min(rw, rh):.0f}:1)")
+        raise ImageError(
+            f"{what}: {width}x{height} pixels would be {rw}x{rh} at scale {q}, over the limit of "
+            f"{MAX_RESCALED_PIXELS} pixels (aspect ratio {max(rw, rh) / min(rw, rh):.0f}:1)"
+        )
 
 
 def rescale(image, shorter: int):
@@ -67,7 +69,9 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if image.dtype == np.uint8:
         rgb = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), mode="RGB")
-        return np.array(np.asarray(rgb.resize((w, h), Image.BILINEAR)).transpose(2, 0, 1), order="C")
+        return np.array(
+            np.asarray(rgb.resize((w, h), Image.BILINEAR)).transpose(2, 0, 1), order="C"
+        )
     planes = [Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F") for c in image]
     return np.stack([np.asarray(c.resize((w, h), Image.BILINEAR)) for c in planes])
 
@@ -99,8 +103,10 @@ def normalise(image, prep: Preprocessing, dtype=None):
     array = isinstance(image, np.ndarray)
     floating = np.issubdtype(image.dtype, np.floating) if array else image.is_floating_point()
     if floating and _numel(image) and 0.0 < float(image.max()) <= 1.0:
-        raise VerydeepError("normalise() takes 0-255 pixels (uint8, or floats on that scale), got floats in 0-1: "
-                            "multiply by 255, or use verydeep.FeatureNet / PerceptualLoss, which take RGB in 0-1")
+        raise VerydeepError(
+            "normalise() takes 0-255 pixels (uint8, or floats on that scale), got floats in 0-1: "
+            "multiply by 255, or use verydeep.FeatureNet / PerceptualLoss, which take RGB in 0-1"
+        )
     x = image.astype(dtype or np.float32) if array else _float_copy(image, dtype)
     if prep.channel_order == "BGR":
         x = x[..., [2, 1, 0], :, :]

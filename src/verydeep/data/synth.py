@@ -69,8 +69,9 @@ GEOMETRY = Geometry()
 Draw = ImageDraw.ImageDraw
 
 
-def _rotated(points: list[tuple[float, float]], cx: float, cy: float, r: float,
-             angle: float) -> list[tuple[float, float]]:
+def _rotated(
+    points: list[tuple[float, float]], cx: float, cy: float, r: float, angle: float
+) -> list[tuple[float, float]]:
     """Unit-frame points (y down) scaled by r, rotated by ``angle`` radians, moved to (cx, cy)."""
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in points]
@@ -79,11 +80,15 @@ def _rotated(points: list[tuple[float, float]], cx: float, cy: float, r: float,
 def _polygon(points):
     def draw(d: Draw, cx, cy, r, angle, rng):
         d.polygon(_rotated(points, cx, cy, r, angle), fill=255)
+
     return draw
 
 
 def _regular(n: int, start: float = -math.pi / 2) -> list[tuple[float, float]]:
-    return [(math.cos(start + 2 * math.pi * k / n), math.sin(start + 2 * math.pi * k / n)) for k in range(n)]
+    return [
+        (math.cos(start + 2 * math.pi * k / n), math.sin(start + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
 
 
 def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
@@ -131,7 +136,7 @@ def _dots(d: Draw, cx, cy, r, angle, rng):
     q = 0.22 * r
     for gx in (-0.7, 0.0, 0.7):
         for gy in (-0.7, 0.0, 0.7):
-            (x, y), = _rotated([(gx, gy)], cx, cy, r, angle)
+            ((x, y),) = _rotated([(gx, gy)], cx, cy, r, angle)
             d.ellipse((x - q, y - q, x + q, y + q), fill=255)
 
 
@@ -142,9 +147,11 @@ def _halfdisc(d: Draw, cx, cy, r, angle, rng):
 
 def _arrow_like(points):
     """A polygon that points one way: drawn in one of four directions (plus the small rotation)."""
+
     def draw(d: Draw, cx, cy, r, angle, rng):
         turn = angle + math.pi / 2 * int(rng.integers(4))
         d.polygon(_rotated(points, cx, cy, r, turn), fill=255)
+
     return draw
 
 
@@ -152,10 +159,31 @@ _SQUARE = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
 _SQ = 1 / math.sqrt(2)  # squares and crosses fit the same circle as the round shapes
 _SQUARE = [(x * _SQ, y * _SQ) for x, y in _SQUARE]
 _TRIANGLE = [(x, y + 0.2) for x, y in _regular(3)]
-_PLUS = [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1),
-         (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)]
+_PLUS = [
+    (-0.3, -1),
+    (0.3, -1),
+    (0.3, -0.3),
+    (1, -0.3),
+    (1, 0.3),
+    (0.3, 0.3),
+    (0.3, 1),
+    (-0.3, 1),
+    (-0.3, 0.3),
+    (-1, 0.3),
+    (-1, -0.3),
+    (-0.3, -0.3),
+]
 _ARROW = [(-1, -0.25), (0.1, -0.25), (0.1, -0.7), (1, 0), (0.1, 0.7), (0.1, 0.25), (-1, 0.25)]
-_TEE = [(-1, -0.9), (1, -0.9), (1, -0.35), (0.28, -0.35), (0.28, 1), (-0.28, 1), (-0.28, -0.35), (-1, -0.35)]
+_TEE = [
+    (-1, -0.9),
+    (1, -0.9),
+    (1, -0.35),
+    (0.28, -0.35),
+    (0.28, 1),
+    (-0.28, 1),
+    (-0.28, -0.35),
+    (-1, -0.35),
+]
 _ELL = [(-0.8, -1), (-0.25, -1), (-0.25, 0.45), (0.8, 0.45), (0.8, 1), (-0.8, 1)]
 _HOURGLASS = [(-0.8, -1), (0.8, -1), (0.1, 0), (0.8, 1), (-0.8, 1), (-0.1, 0)]
 
@@ -187,7 +215,9 @@ def class_names(classes: int) -> list[str]:
 
 # -- one image -----------------------------------------------------------------------------------
 def _rng(seed: int, split: str, label: int, number: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), label, number, SYNTH_VERSION]))
+    return np.random.default_rng(
+        np.random.SeedSequence([seed, SPLITS.index(split), label, number, SYNTH_VERSION])
+    )
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
@@ -203,10 +233,15 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     d = ImageDraw.Draw(img)
     short = min(w, h)
     for _ in range(int(rng.integers(2, 9))):
-        pts = [(float(rng.uniform(-0.1, 1.1) * w), float(rng.uniform(-0.1, 1.1) * h))
-               for _ in range(int(rng.integers(2, 4)))]
-        d.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
-               width=int(rng.integers(1, max(2, short // 40))))
+        pts = [
+            (float(rng.uniform(-0.1, 1.1) * w), float(rng.uniform(-0.1, 1.1) * h))
+            for _ in range(int(rng.integers(2, 4)))
+        ]
+        d.line(
+            pts,
+            fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+            width=int(rng.integers(1, max(2, short // 40))),
+        )
     for _ in range(int(rng.integers(3, 16))):
         x, y, q = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(1, 0.03 * short)
         d.ellipse((x - q, y - q, x + q, y + q), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
@@ -226,14 +261,17 @@ def _object_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
     return best  # type: ignore[return-value]
 
 
-def render(seed: int, split: str, label: int, number: int,
-           geometry: Geometry = GEOMETRY) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def render(
+    seed: int, split: str, label: int, number: int, geometry: Geometry = GEOMETRY
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Image ``number`` of class ``label`` in ``split``, and its object's box (0-based, inclusive)."""
     rng = _rng(seed, split, label, number)
     g = geometry
     short = int(rng.integers(g.shorter[0], g.shorter[1] + 1))
     aspect = math.exp(rng.uniform(math.log(g.aspect[0]), math.log(g.aspect[1])))
-    w, h = (int(round(short * aspect)), short) if aspect >= 1 else (short, int(round(short / aspect)))
+    w, h = (
+        (int(round(short * aspect)), short) if aspect >= 1 else (short, int(round(short / aspect)))
+    )
     img = _background(rng, w, h)
 
     # The object: radius, centre (fully inside the image), rotation.
@@ -263,7 +301,9 @@ def render(seed: int, split: str, label: int, number: int,
     for _ in range(int(rng.integers(0, 3))):
         pts = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(2)]
         d.line(pts, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=1)
-    noisy = np.asarray(out, dtype=np.float32) + rng.normal(0, rng.uniform(2, 8), (h, w, 3)).astype(np.float32)
+    noisy = np.asarray(out, dtype=np.float32) + rng.normal(0, rng.uniform(2, 8), (h, w, 3)).astype(
+        np.float32
+    )
     out = Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
 
     ys, xs = np.nonzero(inside)
@@ -271,7 +311,9 @@ def render(seed: int, split: str, label: int, number: int,
     return out, box
 
 
-def voc_xml(filename: str, folder: str, size: tuple[int, int], name: str, box: tuple[int, int, int, int]) -> bytes:
+def voc_xml(
+    filename: str, folder: str, size: tuple[int, int], name: str, box: tuple[int, int, int, int]
+) -> bytes:
     """A VOC/ImageNet annotation with one object."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
@@ -319,18 +361,29 @@ def read_manifest(out: str | os.PathLike) -> dict | None:
         return None
 
 
-def existing_set(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train: int = DEFAULT_TRAIN,
-                 val: int = DEFAULT_VAL, seed: int = 0) -> dict | None:
+def existing_set(
+    out: str | os.PathLike,
+    classes: int = DEFAULT_CLASSES,
+    train: int = DEFAULT_TRAIN,
+    val: int = DEFAULT_VAL,
+    seed: int = 0,
+) -> dict | None:
     """The manifest if ``out`` holds a complete set made with these arguments, else None."""
     manifest = read_manifest(out)
-    if (not manifest or not manifest.get("complete")
-            or manifest.get("arguments") != _arguments(classes, train, val, seed)):
+    if (
+        not manifest
+        or not manifest.get("complete")
+        or manifest.get("arguments") != _arguments(classes, train, val, seed)
+    ):
         return None
     out = Path(out)
     for split, per_class in (("train", train), ("val", val)):
         for name in manifest.get("classes", []):
             folder = out / split / name
-            if not folder.is_dir() or sum(1 for f in os.scandir(folder) if f.name.endswith(".jpg")) != per_class:
+            if (
+                not folder.is_dir()
+                or sum(1 for f in os.scandir(folder) if f.name.endswith(".jpg")) != per_class
+            ):
                 return None
     return manifest
 
@@ -339,9 +392,16 @@ def _write_manifest(out: Path, manifest: dict) -> None:
     write_json(out / MANIFEST, manifest)
 
 
-def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train: int = DEFAULT_TRAIN,
-                   val: int = DEFAULT_VAL, seed: int = 0, progress: bool = True, workers: int = 1,
-                   overwrite: bool = False) -> Path:
+def make_synthetic(
+    out: str | os.PathLike,
+    classes: int = DEFAULT_CLASSES,
+    train: int = DEFAULT_TRAIN,
+    val: int = DEFAULT_VAL,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> Path:
     """Write the synthetic set (``train``/``val`` images *per class*) to ``out``; returns ``out``.
 
     Does nothing if ``out`` already holds a complete set made with the same arguments. A set
@@ -353,33 +413,48 @@ def make_synthetic(out: str | os.PathLike, classes: int = DEFAULT_CLASSES, train
     out = Path(out)
     names = class_names(classes)
     if train < 1 or val < 1:
-        raise DataError(f"the synthetic set needs at least one train and one val image per class (got {train}, {val})")
+        raise DataError(
+            f"the synthetic set needs at least one train and one val image per class (got {train}, {val})"
+        )
     if seed < 0:
         raise DataError(f"the seed must be >= 0, got {seed}")
     if existing_set(out, classes, train, val, seed) is not None:
         return out
     _clear_for_new_set(out, overwrite)
     make_folder(out, "folder")
-    manifest = {"generator": "verydeep synthetic shapes", "arguments": _arguments(classes, train, val, seed),
-                "complete": False, "classes": names}
+    manifest = {
+        "generator": "verydeep synthetic shapes",
+        "arguments": _arguments(classes, train, val, seed),
+        "complete": False,
+        "classes": names,
+    }
     _write_manifest(out, manifest)
 
-    jobs = [(seed, split, label, number, name)
-            for split, per_class in (("train", train), ("val", val))
-            for label, name in enumerate(names) for number in range(per_class)]
+    jobs = [
+        (seed, split, label, number, name)
+        for split, per_class in (("train", train), ("val", val))
+        for label, name in enumerate(names)
+        for number in range(per_class)
+    ]
     for split in SPLITS:
         for name in names:
             make_folder(out / split / name, "folder")
     digest = _write_images(out, jobs, progress, workers)
-    manifest.update({
-        "complete": True,
-        "counts": {"train": train * classes, "val": val * classes},
-        "geometry": {"shorter_side": list(GEOMETRY.shorter), "aspect": [round(v, 4) for v in GEOMETRY.aspect],
-                     "object_size": list(GEOMETRY.object_size), "rotation_deg": GEOMETRY.rotation_deg,
-                     "jpeg_quality": GEOMETRY.jpeg_quality},
-        "boxes": "VOC XML beside each image, 0-based pixel indices, max inclusive",
-        "sha256": digest,
-    })
+    manifest.update(
+        {
+            "complete": True,
+            "counts": {"train": train * classes, "val": val * classes},
+            "geometry": {
+                "shorter_side": list(GEOMETRY.shorter),
+                "aspect": [round(v, 4) for v in GEOMETRY.aspect],
+                "object_size": list(GEOMETRY.object_size),
+                "rotation_deg": GEOMETRY.rotation_deg,
+                "jpeg_quality": GEOMETRY.jpeg_quality,
+            },
+            "boxes": "VOC XML beside each image, 0-based pixel indices, max inclusive",
+            "sha256": digest,
+        }
+    )
     os.sync()  # the images reach the disk before the manifest says the set is complete
     _write_manifest(out, manifest)
     return out
@@ -393,15 +468,21 @@ def _clear_for_new_set(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         found = read_manifest(out)
         if found is None:
-            raise DataError(f"{out} is not empty and holds no synthetic set; choose a new or empty folder")
+            raise DataError(
+                f"{out} is not empty and holds no synthetic set; choose a new or empty folder"
+            )
         if found.get("complete") and not overwrite:
-            raise DataError(f"{out} holds a synthetic set made with other arguments ({found.get('arguments')}); "
-                            "pass --overwrite to replace it, or choose another folder")
+            raise DataError(
+                f"{out} holds a synthetic set made with other arguments ({found.get('arguments')}); "
+                "pass --overwrite to replace it, or choose another folder"
+            )
         for split in SPLITS:  # our own earlier set: replace it
             shutil.rmtree(out / split, ignore_errors=True)
 
 
-def _write_images(out: Path, jobs: list[tuple[int, str, int, int, str]], progress: bool, workers: int) -> str:
+def _write_images(
+    out: Path, jobs: list[tuple[int, str, int, int, str]], progress: bool, workers: int
+) -> str:
     """Render and write every job's image and box file (in ``workers`` processes when more than
     one); returns the sha256 over names and bytes, in job order."""
     digest = hashlib.sha256()

@@ -47,11 +47,15 @@ class TrainAugment:
 
     def __post_init__(self) -> None:
         if self.crop < 1 or self.scale_min < 1:
-            raise ConfigError(f"crop and scales must be positive (crop {self.crop}, scale_min {self.scale_min})")
+            raise ConfigError(
+                f"crop and scales must be positive (crop {self.crop}, scale_min {self.scale_min})"
+            )
         if self.scale_max < self.scale_min:
             raise ConfigError(f"scale_max {self.scale_max} is below scale_min {self.scale_min}")
         if self.crop > self.scale_min:
-            raise ConfigError(f"crop {self.crop} is larger than the smallest training scale {self.scale_min}")
+            raise ConfigError(
+                f"crop {self.crop} is larger than the smallest training scale {self.scale_min}"
+            )
         if self.colour_shift_std < 0:
             raise ConfigError(f"colour_shift_std must be >= 0, got {self.colour_shift_std}")
 
@@ -74,7 +78,9 @@ def sample_scale(aug: TrainAugment, gen: torch.Generator) -> int:
     return _randint(aug.scale_min, aug.scale_max, gen)
 
 
-def crop_box(width: int, height: int, scale: int, top: int, left: int, crop: int) -> tuple[float, float, float, float]:
+def crop_box(
+    width: int, height: int, scale: int, top: int, left: int, crop: int
+) -> tuple[float, float, float, float]:
     """The window of the original image that is ``crop`` pixels at (top, left) once rescaled to ``scale``."""
     rh, rw = rescaled_size(height, width, scale)
     sx, sy = width / rw, height / rh
@@ -143,7 +149,12 @@ class TrainDataset(Dataset):
             # The JPEG decoder may skip detail the rescale to S would throw away anyway.
             img = rescale_crop_at(open_rgb(path, draft=(scale, scale)), scale, self.aug.crop, gen)
         except _READ_ERRORS:
-            return torch.zeros((3, self.aug.crop, self.aug.crop), dtype=torch.uint8), label, i, False
+            return (
+                torch.zeros((3, self.aug.crop, self.aug.crop), dtype=torch.uint8),
+                label,
+                i,
+                False,
+            )
         x = to_tensor(img)
         if self.aug.flip and bool(torch.rand((), generator=gen) < 0.5):
             x = x.flip(-1)
@@ -176,7 +187,9 @@ class EvalDataset(Dataset):
         return to_tensor(img), label, i, True
 
 
-def collate_skipping(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+def collate_skipping(
+    batch: Sequence[tuple],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """Stack the readable samples; return the dataset indices of the unreadable ones in ``bad``."""
     good = [s for s in batch if s[3]]
     bad = [int(s[2]) for s in batch if not s[3]]
@@ -199,11 +212,16 @@ class ColourStats:
 
     mean_rgb: tuple[float, float, float]
     eigvals: tuple[float, float, float]
-    eigvecs: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
+    eigvecs: tuple[
+        tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]
+    ]
 
     def to_dict(self) -> dict:
-        return {"mean_rgb": list(self.mean_rgb), "eigvals": list(self.eigvals),
-                "eigvecs": [list(r) for r in self.eigvecs]}
+        return {
+            "mean_rgb": list(self.mean_rgb),
+            "eigvals": list(self.eigvals),
+            "eigvecs": [list(r) for r in self.eigvecs],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ColourStats":
@@ -214,7 +232,9 @@ class ColourStats:
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"colour statistics are malformed ({exc})") from None
         if len(mean) != 3 or len(vals) != 3 or len(vecs) != 3 or any(len(r) != 3 for r in vecs):
-            raise DataError("colour statistics need 3 means, 3 eigenvalues and a 3x3 eigenvector matrix")
+            raise DataError(
+                "colour statistics need 3 means, 3 eigenvalues and a 3x3 eigenvector matrix"
+            )
         return cls(mean, vals, vecs)  # type: ignore[arg-type]
 
     @classmethod
@@ -227,9 +247,11 @@ class ColourStats:
         # Each eigenvector's sign is arbitrary; fix it so the stats are reproducible.
         signs = np.sign(vecs[np.argmax(np.abs(vecs), axis=0), range(3)])
         vecs = vecs * np.where(signs == 0, 1.0, signs)
-        return cls(tuple(float(v) for v in mean_rgb),  # type: ignore[arg-type]
-                   tuple(float(v) for v in vals),  # type: ignore[arg-type]
-                   tuple(tuple(float(v) for v in row) for row in vecs))  # type: ignore[arg-type]
+        return cls(
+            tuple(float(v) for v in mean_rgb),  # type: ignore[arg-type]
+            tuple(float(v) for v in vals),  # type: ignore[arg-type]
+            tuple(tuple(float(v) for v in row) for row in vecs),
+        )  # type: ignore[arg-type]
 
     def covariance(self) -> np.ndarray:
         vecs = np.asarray(self.eigvecs)
@@ -251,8 +273,9 @@ class ColourStats:
 _STATS_DRAFT = (256, 256)
 
 
-def compute_colour_stats(index: ImageIndex, max_images: int = 500, seed: int = 0,
-                         progress: bool = False) -> ColourStats:
+def compute_colour_stats(
+    index: ImageIndex, max_images: int = 500, seed: int = 0, progress: bool = False
+) -> ColourStats:
     """Mean RGB and RGB covariance eigen-decomposition over the pixels of a sample of images.
 
     A seeded sample of ``max_images`` images stands in for the whole training set (the paper
@@ -292,12 +315,15 @@ _COLOUR_SALT = 0xC0105
 def colour_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """The generator of sample ``index``'s colour shift in ``epoch`` (its own stream, apart from
     the crop/flip stream of :func:`sample_generator`)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index), _COLOUR_SALT])
+    state = np.random.SeedSequence(
+        [int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index), _COLOUR_SALT]
+    )
     return torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0]))
 
 
-def colour_offsets(indices: Sequence[int] | torch.Tensor, stats: ColourStats, std: float, seed: int,
-                   epoch: int) -> torch.Tensor:
+def colour_offsets(
+    indices: Sequence[int] | torch.Tensor, stats: ColourStats, std: float, seed: int, epoch: int
+) -> torch.Tensor:
     """Krizhevsky's PCA colour shift of each sample, as (N, 3, 1, 1) RGB offsets in 0-255 units.
 
     Each image gets the same offset at every pixel: ``eigvecs @ (alpha * lambda)`` with ``alpha ~
@@ -310,14 +336,21 @@ def colour_offsets(indices: Sequence[int] | torch.Tensor, stats: ColourStats, st
     indices = [int(i) for i in indices]
     if std <= 0 or not indices:
         return torch.zeros((len(indices), 3, 1, 1))
-    alpha = torch.stack([torch.randn(3, generator=colour_generator(seed, epoch, i)) for i in indices]) * float(std)
+    alpha = torch.stack(
+        [torch.randn(3, generator=colour_generator(seed, epoch, i)) for i in indices]
+    ) * float(std)
     lam = torch.tensor(stats.eigvals, dtype=torch.float32) / 255.0
     vecs = torch.tensor(stats.eigvecs, dtype=torch.float32)
     return ((alpha * lam) @ vecs.T)[:, :, None, None]  # row n is eigvecs @ (alpha_n * lam)
 
 
-def prepare_batch(images: torch.Tensor, stats: ColourStats, offsets: torch.Tensor | None = None,
-                  divide_std: bool = False, channels_last: bool = False) -> torch.Tensor:
+def prepare_batch(
+    images: torch.Tensor,
+    stats: ColourStats,
+    offsets: torch.Tensor | None = None,
+    divide_std: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 net input where the images are: plus the colour ``offsets``
     (training), minus the mean RGB, and with ``divide_std`` divided by the per-channel std.
 
@@ -330,8 +363,12 @@ def prepare_batch(images: torch.Tensor, stats: ColourStats, offsets: torch.Tenso
     x = images.to(torch.float32)
     shift = -torch.tensor(stats.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1)
     if offsets is not None:
-        shift = shift.to(offsets.device) + offsets  # (N, 3, 1, 1): computed where the offsets were drawn
+        shift = (
+            shift.to(offsets.device) + offsets
+        )  # (N, 3, 1, 1): computed where the offsets were drawn
     x = x + shift.to(device, non_blocking=True)
     if divide_std:
-        x = x / torch.tensor(stats.channel_std(), dtype=torch.float32).view(1, 3, 1, 1).to(device, non_blocking=True)
+        x = x / torch.tensor(stats.channel_std(), dtype=torch.float32).view(1, 3, 1, 1).to(
+            device, non_blocking=True
+        )
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -106,8 +106,21 @@ class DemoSettings:
 #: The settings ``verydeep demo`` runs (``configs/cpu/synth_*.yaml`` hold the same training recipe).
 FULL = DemoSettings()
 #: Seconds-long settings for tests and smoke runs.
-FAST = DemoSettings(classes=3, train_per_class=12, val_per_class=4, width=1 / 16, fc_width=32, crop=32,
-                    scale_a=(32, 32), scale_d=(32, 40), batch=12, epochs_a=2, epochs_d=2, precision="fp32", judge=False)
+FAST = DemoSettings(
+    classes=3,
+    train_per_class=12,
+    val_per_class=4,
+    width=1 / 16,
+    fc_width=32,
+    crop=32,
+    scale_a=(32, 32),
+    scale_d=(32, 40),
+    batch=12,
+    epochs_a=2,
+    epochs_d=2,
+    precision="fp32",
+    judge=False,
+)
 #: A net "learned" when its run did not end stuck at chance and its dense top-1 accuracy is at least
 #: this many times chance (1 / classes): 20% for the demo's 10 classes.
 LEARNED_OVER_CHANCE = 2.0
@@ -130,8 +143,10 @@ def dead_nets(s: DemoSettings, nets: dict[str, dict[str, Any]]) -> dict[str, str
         if not n.get("learned", True):
             dead[name] = f"its training ended at chance ({n.get('stuck_reason') or 'stuck'})"
         elif accuracy < LEARNED_OVER_CHANCE * chance:
-            dead[name] = (f"{100 * accuracy:.1f}% dense top-1 accuracy, under {LEARNED_OVER_CHANCE:g}x chance "
-                          f"({100 * chance:.0f}%)")
+            dead[name] = (
+                f"{100 * accuracy:.1f}% dense top-1 accuracy, under {LEARNED_OVER_CHANCE:g}x chance "
+                f"({100 * chance:.0f}%)"
+            )
     return dead
 
 
@@ -150,26 +165,57 @@ def at_chance_note(part: str, dead: dict[str, str]) -> str:
     under = built_on_dead(part, dead)
     if not under:
         return ""
-    return (f"> **Built on a net at chance** (net {', '.join(under)} did not learn): "
-            f"these numbers say nothing about the paper's method.\n\n")
+    return (
+        f"> **Built on a net at chance** (net {', '.join(under)} did not learn): "
+        f"these numbers say nothing about the paper's method.\n\n"
+    )
 
 
-def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple[int, int], lr: float,
-               epochs: int, source: Path | None = None, progress: bool = True):
+def net_config(
+    s: DemoSettings,
+    data: Path,
+    out: Path,
+    config: str,
+    scale: tuple[int, int],
+    lr: float,
+    epochs: int,
+    source: Path | None = None,
+    progress: bool = True,
+):
     """The :class:`~verydeep.train.config.TrainConfig` of one demo net."""
     overrides = {
-        "model.config": config, "model.width": s.width, "model.fc_width": s.fc_width, "model.crop_size": s.crop,
-        "model.batch_norm": s.batch_norm, "model.dropout": s.dropout,
-        "init.scheme": s.init if config == "A" else s.init_d, "init.source": str(source) if source else None,
+        "model.config": config,
+        "model.width": s.width,
+        "model.fc_width": s.fc_width,
+        "model.crop_size": s.crop,
+        "model.batch_norm": s.batch_norm,
+        "model.dropout": s.dropout,
+        "init.scheme": s.init if config == "A" else s.init_d,
+        "init.source": str(source) if source else None,
         "init.copy": "shallow",
-        "data.train": str(data / "train"), "data.val": str(data / "val"), "data.scale_min": scale[0],
-        "data.scale_max": scale[1], "data.val_scale": s.crop, "data.workers": 0, "data.cache": True,
-        "data.normalise": s.normalise, "optim.lr": lr, "optim.batch_size": s.batch,
-        "optim.warmup_epochs": s.warmup_epochs, "optim.on_divergence": s.on_divergence,
+        "data.train": str(data / "train"),
+        "data.val": str(data / "val"),
+        "data.scale_min": scale[0],
+        "data.scale_max": scale[1],
+        "data.val_scale": s.crop,
+        "data.workers": 0,
+        "data.cache": True,
+        "data.normalise": s.normalise,
+        "optim.lr": lr,
+        "optim.batch_size": s.batch,
+        "optim.warmup_epochs": s.warmup_epochs,
+        "optim.on_divergence": s.on_divergence,
         "optim.clip_grad_norm": s.clip_grad_norm,
-        "schedule.epochs": epochs, "schedule.patience": s.patience,
-        "run.out": str(out), "run.seed": s.seed, "run.threads": s.threads, "run.precision": s.precision,
-        "run.checkpoint_every": 10**9, "run.keep_last": 1, "run.log_every": 10, "run.progress": progress,
+        "schedule.epochs": epochs,
+        "schedule.patience": s.patience,
+        "run.out": str(out),
+        "run.seed": s.seed,
+        "run.threads": s.threads,
+        "run.precision": s.precision,
+        "run.checkpoint_every": 10**9,
+        "run.keep_last": 1,
+        "run.log_every": 10,
+        "run.progress": progress,
     }
     cfg = TrainConfig()
     for key, value in overrides.items():
@@ -178,7 +224,9 @@ def net_config(s: DemoSettings, data: Path, out: Path, config: str, scale: tuple
     return cfg
 
 
-def dense_errors(weights: str, val_root: Path, scales: list[int], precision: str) -> dict[str, float]:
+def dense_errors(
+    weights: str, val_root: Path, scales: list[int], precision: str
+) -> dict[str, float]:
     """Top-1/top-5 error of dense evaluation (whole image, flips, averaged over ``scales``)."""
     model = load(weights)
     index = scan_image_folder(val_root)
@@ -190,8 +238,14 @@ def dense_errors(weights: str, val_root: Path, scales: list[int], precision: str
     return {"dense_top1_err": 1 - top1 / n, "dense_top5_err": 1 - top5 / n, "dense_scales": scales}
 
 
-def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: DemoSettings | None = None,
-             progress: bool = True, overwrite: bool = False, fresh: bool = False) -> dict[str, Any]:
+def run_demo(
+    out: str | os.PathLike = "demo-out",
+    fast: bool = False,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    fresh: bool = False,
+) -> dict[str, Any]:
     """Run the whole demo into ``out``; returns the summary (also ``out/summary.json``).
 
     A rerun into the same ``out`` reuses the training runs that finished with the same resolved
@@ -204,9 +258,16 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
     out = _prepare_out(Path(out), overwrite)
     runs = _prepare_runs(out / "runs", fresh)
     t0 = time.perf_counter()
-    data = make_synthetic(out / "data", classes=s.classes, train=s.train_per_class, val=s.val_per_class,
-                          seed=s.seed, progress=progress, workers=max(1, s.threads),
-                          overwrite=True)  # the demo's own set
+    data = make_synthetic(
+        out / "data",
+        classes=s.classes,
+        train=s.train_per_class,
+        val=s.val_per_class,
+        seed=s.seed,
+        progress=progress,
+        workers=max(1, s.threads),
+        overwrite=True,
+    )  # the demo's own set
     synth_s = time.perf_counter() - t0
 
     failures: dict[str, str] = {}
@@ -220,32 +281,60 @@ def run_demo(out: str | os.PathLike = "demo-out", fast: bool = False, settings: 
         failures["classification"] = dead_story(dead)
     sections: dict[str, dict] = {}
     if "D_from_A" in nets:
-        sections, more = beyond_classification(out / nets["D_from_A"]["weights"], data, fast, progress,
-                                               threads=s.threads * (2 if s.parallel else 1))
+        sections, more = beyond_classification(
+            out / nets["D_from_A"]["weights"],
+            data,
+            fast,
+            progress,
+            threads=s.threads * (2 if s.parallel else 1),
+        )
         failures.update(more)
     else:
-        failures.update({name: "skipped: it needs the classification section's net D"
-                         for name in ("localisation", "transfer")})
+        failures.update(
+            {
+                name: "skipped: it needs the classification section's net D"
+                for name in ("localisation", "transfer")
+            }
+        )
     total_s = time.perf_counter() - t0
-    summary = _summary(s, out, data, nets, synth_s, total_s) if nets else _bare_summary(s, synth_s, total_s)
-    summary["sections"] = {name: {"title": sec["title"], "seconds": sec["seconds"], "figures": sec["figures"]}
-                           for name, sec in sections.items()}
+    summary = (
+        _summary(s, out, data, nets, synth_s, total_s)
+        if nets
+        else _bare_summary(s, synth_s, total_s)
+    )
+    summary["sections"] = {
+        name: {"title": sec["title"], "seconds": sec["seconds"], "figures": sec["figures"]}
+        for name, sec in sections.items()
+    }
     summary["failed_sections"] = failures
     summary["dead_nets"] = dead
-    summary["built_on_dead_nets"] = {part: built_on_dead(part, dead) for part in BUILT_ON if built_on_dead(part, dead)}
+    summary["built_on_dead_nets"] = {
+        part: built_on_dead(part, dead) for part in BUILT_ON if built_on_dead(part, dead)
+    }
     if nets:
         _plots(out, runs, nets)
 
     write_json(out / "summary.json", summary)
-    report = (_report(summary) if nets else "# verydeep demo\n") + "".join(
-        f"\n{_with_note(sec['markdown'], at_chance_note(name, dead))}\n" for name, sec in sections.items()) \
+    report = (
+        (_report(summary) if nets else "# verydeep demo\n")
+        + "".join(
+            f"\n{_with_note(sec['markdown'], at_chance_note(name, dead))}\n"
+            for name, sec in sections.items()
+        )
         + _failures_markdown(failures)
+    )
     write_text(out / "report.md", report)
     if progress:
-        verdict = (f"net D (from A): {100 * (1 - nets['D_from_A']['dense_top1_err']):.1f}% top-1 accuracy; "
-                   if nets else "")
+        verdict = (
+            f"net D (from A): {100 * (1 - nets['D_from_A']['dense_top1_err']):.1f}% top-1 accuracy; "
+            if nets
+            else ""
+        )
         failed = f"; FAILED sections: {', '.join(failures)}" if failures else ""
-        print(f"[demo] {verdict}total {total_s:.0f} s; report in {out / 'report.md'}{failed}", flush=True)
+        print(
+            f"[demo] {verdict}total {total_s:.0f} s; report in {out / 'report.md'}{failed}",
+            flush=True,
+        )
     return summary
 
 
@@ -254,8 +343,10 @@ def _prepare_runs(runs: Path, fresh: bool) -> Path:
     (only what the demo wrote, see :func:`_discard`)."""
     links = [name for name in NET_NAMES if (runs / name).is_symlink()]
     if links:
-        raise ConfigError(f"{runs / links[0]} is a symbolic link: the demo does not write or delete through links; "
-                          f"remove it or choose another --out")
+        raise ConfigError(
+            f"{runs / links[0]} is a symbolic link: the demo does not write or delete through links; "
+            f"remove it or choose another --out"
+        )
     if fresh:
         for name in NET_NAMES:
             _discard(runs / name)
@@ -291,21 +382,52 @@ def _is_demo_output(out: Path) -> bool:
 def _plan(s: DemoSettings, runs: Path) -> dict[str, dict[str, Any]]:
     """The three nets: config, scale, learning rate, epochs, the net they start from, and a description."""
     return {
-        "A": dict(config="A", scale=s.scale_a, lr=s.lr_a, epochs=s.epochs_a, source=None,
-                  what=f"random ({s.init}), fixed S={s.scale_a[0]}"),
-        "D_from_A": dict(config="D", scale=s.scale_d, lr=s.lr_d, epochs=s.epochs_d, source=runs / "A",
-                         what=f"paper's rule: 7 layers from A, 9 random ({s.init_d}); S jittered"),
-        "D_random": dict(config="D", scale=s.scale_d, lr=s.lr_d, epochs=s.epochs_d, source=None,
-                         what=f"random ({s.init_d}); S jittered (control)"),
+        "A": dict(
+            config="A",
+            scale=s.scale_a,
+            lr=s.lr_a,
+            epochs=s.epochs_a,
+            source=None,
+            what=f"random ({s.init}), fixed S={s.scale_a[0]}",
+        ),
+        "D_from_A": dict(
+            config="D",
+            scale=s.scale_d,
+            lr=s.lr_d,
+            epochs=s.epochs_d,
+            source=runs / "A",
+            what=f"paper's rule: 7 layers from A, 9 random ({s.init_d}); S jittered",
+        ),
+        "D_random": dict(
+            config="D",
+            scale=s.scale_d,
+            lr=s.lr_d,
+            epochs=s.epochs_d,
+            source=None,
+            what=f"random ({s.init_d}); S jittered (control)",
+        ),
     }
 
 
-def classification(s: DemoSettings, data: Path, runs: Path, out: Path, progress: bool) -> dict[str, dict[str, Any]]:
+def classification(
+    s: DemoSettings, data: Path, runs: Path, out: Path, progress: bool
+) -> dict[str, dict[str, Any]]:
     """Train (or reuse) nets A, D from A and D from random weights; evaluate each densely."""
     plan = _plan(s, runs)
-    configs = {name: net_config(s, data, runs / name, p["config"], p["scale"], p["lr"], p["epochs"], p["source"],
-                                progress)
-               for name, p in plan.items()}
+    configs = {
+        name: net_config(
+            s,
+            data,
+            runs / name,
+            p["config"],
+            p["scale"],
+            p["lr"],
+            p["epochs"],
+            p["source"],
+            progress,
+        )
+        for name, p in plan.items()
+    }
     results: dict[str, Any] = {}
     background = None
     names = list(NET_NAMES)
@@ -317,7 +439,10 @@ def classification(s: DemoSettings, data: Path, runs: Path, out: Path, progress:
             quiet.run.progress = False
             background = _Background(quiet, runs / "D_random.log")
             if progress:
-                print(f"[demo] training D_random in a second process (log {runs / 'D_random.log'})", flush=True)
+                print(
+                    f"[demo] training D_random in a second process (log {runs / 'D_random.log'})",
+                    flush=True,
+                )
     retrained_a = False
     try:
         for name in names:
@@ -336,13 +461,25 @@ def classification(s: DemoSettings, data: Path, runs: Path, out: Path, progress:
         weights = result["best_weights"] or result["final_weights"]
         t = time.perf_counter()
         errors = dense_errors(weights, data / "val", s.eval_scales, s.precision)
-        nets[name] = {"config": p["config"], "init": p["what"], "train_scale": list(p["scale"]),
-                      "epochs": result["epochs"], "steps": result["steps"], "train_time_s": result["train_time_s"],
-                      "eval_time_s": time.perf_counter() - t, "val_top1_err": result["best_val_top1_err"],
-                      "val_top5_err": result["best_val_top5_err"], "best_epoch": result["best_epoch"], **errors,
-                      "copied_layers": result["copied_layers"], "weights": os.path.relpath(weights, out),
-                      "run_dir": os.path.relpath(result["run_dir"], out), "backoffs": result.get("backoffs", 0),
-                      "learned": result.get("learned", True), "stuck_reason": result.get("stuck_reason")}
+        nets[name] = {
+            "config": p["config"],
+            "init": p["what"],
+            "train_scale": list(p["scale"]),
+            "epochs": result["epochs"],
+            "steps": result["steps"],
+            "train_time_s": result["train_time_s"],
+            "eval_time_s": time.perf_counter() - t,
+            "val_top1_err": result["best_val_top1_err"],
+            "val_top5_err": result["best_val_top5_err"],
+            "best_epoch": result["best_epoch"],
+            **errors,
+            "copied_layers": result["copied_layers"],
+            "weights": os.path.relpath(weights, out),
+            "run_dir": os.path.relpath(result["run_dir"], out),
+            "backoffs": result.get("backoffs", 0),
+            "learned": result.get("learned", True),
+            "stuck_reason": result.get("stuck_reason"),
+        }
     return nets
 
 
@@ -384,9 +521,23 @@ def reuse_run(cfg) -> dict[str, Any] | None:
 NET_NAMES = ("A", "D_from_A", "D_random")
 #: What ``verydeep train`` writes into a run folder, and the prefixes of the files in its two subfolders;
 #: the demo removes a stale run folder only when it holds nothing else (a user's file is never deleted).
-RUN_ENTRIES = {".lock", "best.safetensors", "final.safetensors", "colour_stats.json", "config.yaml", "error.png",
-               "loss.png", "metrics.jsonl", "summary.json", "checkpoints", "tb"}
-RUN_SUBFOLDER_FILES = {"checkpoints": ("step-", "best.pt", "."), "tb": ("events.out.tfevents.", ".")}
+RUN_ENTRIES = {
+    ".lock",
+    "best.safetensors",
+    "final.safetensors",
+    "colour_stats.json",
+    "config.yaml",
+    "error.png",
+    "loss.png",
+    "metrics.jsonl",
+    "summary.json",
+    "checkpoints",
+    "tb",
+}
+RUN_SUBFOLDER_FILES = {
+    "checkpoints": ("step-", "best.pt", "."),
+    "tb": ("events.out.tfevents.", "."),
+}
 
 
 def foreign_entries(run_dir: Path) -> list[str]:
@@ -400,27 +551,39 @@ def foreign_entries(run_dir: Path) -> list[str]:
                 foreign.append(entry.name)
                 continue
             prefixes = RUN_SUBFOLDER_FILES[entry.name]
-            foreign += [f"{entry.name}/{f.name}" for f in sorted(entry.iterdir())
-                        if f.is_symlink() or not f.is_file() or not f.name.startswith(prefixes)]
+            foreign += [
+                f"{entry.name}/{f.name}"
+                for f in sorted(entry.iterdir())
+                if f.is_symlink() or not f.is_file() or not f.name.startswith(prefixes)
+            ]
     return foreign
 
 
 def _discard(run_dir: Path) -> None:
     """Remove a stale run folder of the demo's, refusing (one line) anything the demo did not write."""
     if run_dir.is_symlink():
-        raise ConfigError(f"{run_dir} is a symbolic link: the demo does not write or delete through links; "
-                          f"remove it or choose another --out")
+        raise ConfigError(
+            f"{run_dir} is a symbolic link: the demo does not write or delete through links; "
+            f"remove it or choose another --out"
+        )
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is a file, where the demo keeps a training run; move it or choose another --out")
+        raise ConfigError(
+            f"{run_dir} is a file, where the demo keeps a training run; move it or choose another --out"
+        )
     foreign = foreign_entries(run_dir)
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise ConfigError(f"{run_dir} holds {foreign[0]}{more}, which the demo did not write, and the demo would "
-                          f"replace this run: move them away or choose another --out")
+        raise ConfigError(
+            f"{run_dir} holds {foreign[0]}{more}, which the demo did not write, and the demo would "
+            f"replace this run: move them away or choose another --out"
+        )
     shutil.rmtree(run_dir)
-    for leftover in (run_dir.with_suffix(".log"), run_dir.with_suffix(".yaml")):  # the control's log and config
+    for leftover in (
+        run_dir.with_suffix(".log"),
+        run_dir.with_suffix(".yaml"),
+    ):  # the control's log and config
         if leftover.is_file() and not leftover.is_symlink():
             leftover.unlink()
 
@@ -429,8 +592,10 @@ def _train_or_reuse(name: str, cfg, what: str, progress: bool) -> dict[str, Any]
     reused = reuse_run(cfg)
     if reused is not None:
         if progress:
-            print(f"[demo] {name}: reusing the finished run in {cfg.run.out} (same config; --fresh retrains)",
-                  flush=True)
+            print(
+                f"[demo] {name}: reusing the finished run in {cfg.run.out} (same config; --fresh retrains)",
+                flush=True,
+            )
         return reused
     if progress:
         print(f"[demo] training {name}: {what}", flush=True)
@@ -438,10 +603,20 @@ def _train_or_reuse(name: str, cfg, what: str, progress: bool) -> dict[str, Any]
 
 
 def _bare_summary(s: DemoSettings, synth_s: float, total_s: float) -> dict[str, Any]:
-    return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
-            "nets": {}, "synthesis_time_s": synth_s, "total_time_s": total_s,
-            "machine": {"cpu": _cpu_name(), "threads": s.threads, "torch": torch.__version__,
-                        "python": platform.python_version()}}
+    return {
+        "settings": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()
+        },
+        "nets": {},
+        "synthesis_time_s": synth_s,
+        "total_time_s": total_s,
+        "machine": {
+            "cpu": _cpu_name(),
+            "threads": s.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
 
 
 def _with_note(markdown: str, note: str) -> str:
@@ -460,15 +635,20 @@ def _failures_markdown(failures: dict[str, str]) -> str:
 
 #: Sizes of the localisation and transfer sections (issue 5): small subsets, a few hundred steps.
 SECTION_SIZES = {
-    "full": {"localize": dict(steps=150, train_per_class=40, val_per_class=10),
-             "transfer": dict(train_per_class=20, val_per_class=10)},
-    "fast": {"localize": dict(steps=4, batch_size=4, train_per_class=4, val_per_class=2),
-             "transfer": dict(train_per_class=8, val_per_class=4)},
+    "full": {
+        "localize": dict(steps=150, train_per_class=40, val_per_class=10),
+        "transfer": dict(train_per_class=20, val_per_class=10),
+    },
+    "fast": {
+        "localize": dict(steps=4, batch_size=4, train_per_class=4, val_per_class=2),
+        "transfer": dict(train_per_class=8, val_per_class=4),
+    },
 }
 
 
-def beyond_classification(weights: Path, data: Path, fast: bool, progress: bool,
-                          threads: int = 2) -> tuple[dict[str, dict], dict[str, str]]:
+def beyond_classification(
+    weights: Path, data: Path, fast: bool, progress: bool, threads: int = 2
+) -> tuple[dict[str, dict], dict[str, str]]:
     """The appendices on the demo's net D: box localisation (SCR against PCR, both test protocols)
     and transfer (linear SVMs on very deep features against raw pixels, one scale against several).
 
@@ -478,8 +658,10 @@ def beyond_classification(weights: Path, data: Path, fast: bool, progress: bool,
     torch.set_num_threads(max(1, threads))
     sections, failures = {}, {}
     try:
-        for name, key, section in (("localisation", "localize", localize.demo_section),
-                                   ("transfer", "transfer", transfer.demo_section)):
+        for name, key, section in (
+            ("localisation", "localize", localize.demo_section),
+            ("transfer", "transfer", transfer.demo_section),
+        ):
             if progress:
                 print(f"[demo] {name} on net D", flush=True)
             try:
@@ -505,16 +687,30 @@ class _Background:
         self.log = log
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.run.threads or 1)}
         with open(log, "wb") as handle:
-            self.proc = subprocess.Popen([sys.executable, "-m", "verydeep", "train", "--config", str(self.config_path),
-                                          "--resume", "auto"],
-                                         stdout=handle, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "verydeep",
+                    "train",
+                    "--config",
+                    str(self.config_path),
+                    "--resume",
+                    "auto",
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     def wait(self) -> dict[str, Any]:
         code = self.proc.wait()
         if code != 0:
             lines = self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-            raise ConfigError(f"the control run failed (exit {code}): {lines[-1] if lines else 'no output'} "
-                              f"(log {self.log})")
+            raise ConfigError(
+                f"the control run failed (exit {code}): {lines[-1] if lines else 'no output'} "
+                f"(log {self.log})"
+            )
         return read_json((self.run_dir / "summary.json").read_text(encoding="utf-8"))
 
     def stop(self) -> None:
@@ -537,31 +733,55 @@ HEAD_START_ACCURACY = 0.8
 def first_epoch_reaching(run_dir: Path, accuracy: float) -> int | None:
     """The first epoch whose validation top-1 accuracy is at least ``accuracy`` (None if none is)."""
     for r in read_metrics(run_dir):
-        if r.get("kind") == "epoch" and r.get("val_top1_err") is not None and 1 - r["val_top1_err"] >= accuracy:
+        if (
+            r.get("kind") == "epoch"
+            and r.get("val_top1_err") is not None
+            and 1 - r["val_top1_err"] >= accuracy
+        ):
             return int(r["epoch"])
     return None
 
 
-def _summary(s: DemoSettings, out: Path, data: Path, nets: dict, synth_s: float, total_s: float) -> dict[str, Any]:
+def _summary(
+    s: DemoSettings, out: Path, data: Path, nets: dict, synth_s: float, total_s: float
+) -> dict[str, Any]:
     d, r = nets["D_from_A"], nets["D_random"]
     margin = r["dense_top1_err"] - d["dense_top1_err"]
     return {
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
-        "data": {"root": os.path.relpath(data, out), "classes": s.classes,
-                 "train_images": s.classes * s.train_per_class, "val_images": s.classes * s.val_per_class},
+        "settings": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()
+        },
+        "data": {
+            "root": os.path.relpath(data, out),
+            "classes": s.classes,
+            "train_images": s.classes * s.train_per_class,
+            "val_images": s.classes * s.val_per_class,
+        },
         "nets": nets,
-        "comparison": {"from_A_dense_top1_err": d["dense_top1_err"], "random_dense_top1_err": r["dense_top1_err"],
-                       "from_A_beats_random": margin > 0, "match_tolerance": MATCH_TOLERANCE,
-                       "from_A_beats_or_matches_random": margin >= -MATCH_TOLERANCE,
-                       "head_start_accuracy": HEAD_START_ACCURACY,
-                       "from_A_first_epoch_reaching": first_epoch_reaching(out / d["run_dir"], HEAD_START_ACCURACY),
-                       "random_first_epoch_reaching": first_epoch_reaching(out / r["run_dir"], HEAD_START_ACCURACY),
-                       "same_steps": d["steps"] == r["steps"]},
+        "comparison": {
+            "from_A_dense_top1_err": d["dense_top1_err"],
+            "random_dense_top1_err": r["dense_top1_err"],
+            "from_A_beats_random": margin > 0,
+            "match_tolerance": MATCH_TOLERANCE,
+            "from_A_beats_or_matches_random": margin >= -MATCH_TOLERANCE,
+            "head_start_accuracy": HEAD_START_ACCURACY,
+            "from_A_first_epoch_reaching": first_epoch_reaching(
+                out / d["run_dir"], HEAD_START_ACCURACY
+            ),
+            "random_first_epoch_reaching": first_epoch_reaching(
+                out / r["run_dir"], HEAD_START_ACCURACY
+            ),
+            "same_steps": d["steps"] == r["steps"],
+        },
         "d_top1_accuracy": 1 - d["dense_top1_err"],
         "synthesis_time_s": synth_s,
         "total_time_s": total_s,
-        "machine": {"cpu": _cpu_name(), "threads": s.threads, "torch": torch.__version__,
-                    "python": platform.python_version()},
+        "machine": {
+            "cpu": _cpu_name(),
+            "threads": s.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 
@@ -578,13 +798,29 @@ def _cpu_name() -> str:
 
 def _plots(out: Path, runs: Path, nets: dict) -> None:
     records = {name: read_metrics(runs / name) for name in nets}
-    plot_runs({"D from A": records["D_from_A"], "D random": records["D_random"]}, "val_top1_err",
-              out / "d_init_val_error.png", "validation top-1 error (%, centre crop)",
-              "net D: initialised from A vs random", percent=True)
-    plot_runs({"D from A": records["D_from_A"], "D random": records["D_random"]}, "train_loss",
-              out / "d_init_train_loss.png", "training loss", "net D: initialised from A vs random")
-    plot_runs(records, "val_top1_err", out / "val_error.png", "validation top-1 error (%, centre crop)",
-              "all nets", percent=True)
+    plot_runs(
+        {"D from A": records["D_from_A"], "D random": records["D_random"]},
+        "val_top1_err",
+        out / "d_init_val_error.png",
+        "validation top-1 error (%, centre crop)",
+        "net D: initialised from A vs random",
+        percent=True,
+    )
+    plot_runs(
+        {"D from A": records["D_from_A"], "D random": records["D_random"]},
+        "train_loss",
+        out / "d_init_train_loss.png",
+        "training loss",
+        "net D: initialised from A vs random",
+    )
+    plot_runs(
+        records,
+        "val_top1_err",
+        out / "val_error.png",
+        "validation top-1 error (%, centre crop)",
+        "all nets",
+        percent=True,
+    )
 
 
 def _processes(s: dict[str, Any]) -> str:
@@ -605,8 +841,11 @@ def _pct(x: float | None) -> str:
 def _backoff_text(nets: dict[str, dict[str, Any]]) -> str:
     used = {name: n.get("backoffs", 0) for name, n in nets.items() if n.get("backoffs", 0)}
     stuck = [name for name, n in nets.items() if not n.get("learned", True)]
-    text = ("no net needed a back-off" if not used else
-            "back-offs: " + ", ".join(f"{name} {count}" for name, count in used.items()))
+    text = (
+        "no net needed a back-off"
+        if not used
+        else "back-offs: " + ", ".join(f"{name} {count}" for name, count in used.items())
+    )
     return text + (f"; did NOT learn (stayed at chance): {', '.join(stuck)}" if stuck else "")
 
 
@@ -616,8 +855,11 @@ def _failed_banner(summary: dict[str, Any]) -> list[str]:
     if not dead:
         return []
     parts = ", ".join(part.replace("_", " ") for part in summary.get("built_on_dead_nets", {}))
-    return [f"**FAILED: {dead_story(dead)}.** The parts built on {'it' if len(dead) == 1 else 'them'} ({parts}) "
-            f"ran on a net at chance; their numbers say nothing about the paper's method.", ""]
+    return [
+        f"**FAILED: {dead_story(dead)}.** The parts built on {'it' if len(dead) == 1 else 'them'} ({parts}) "
+        f"ran on a net at chance; their numbers say nothing about the paper's method.",
+        "",
+    ]
 
 
 def _recipe_text(s: dict[str, Any], nets: dict[str, dict[str, Any]]) -> str:
@@ -633,15 +875,35 @@ def _recipe_text(s: dict[str, Any], nets: dict[str, dict[str, Any]]) -> str:
         f"Not in the paper, so that plain nets this narrow learn on every seed and in either precision: "
         f"inputs divided by the training set's per-channel standard deviation ({s['normalise']}), a "
         f"{s['warmup_epochs']:g}-epoch linear learning-rate warm-up, "
-        + (f"the gradient norm capped at {s['clip_grad_norm']:g}, " if s.get("clip_grad_norm") else "")
-        + f"and back-off on a divergence or a collapse ({s['on_divergence']}): " + _backoff_text(nets) + ".")
+        + (
+            f"the gradient norm capped at {s['clip_grad_norm']:g}, "
+            if s.get("clip_grad_norm")
+            else ""
+        )
+        + f"and back-off on a divergence or a collapse ({s['on_divergence']}): "
+        + _backoff_text(nets)
+        + "."
+    )
 
 
 def _report(summary: dict[str, Any]) -> str:
     s, nets, cmp_ = summary["settings"], summary["nets"], summary["comparison"]
-    rows = [[name, n["config"], n["init"], _scale(n["train_scale"]), n["epochs"], n["steps"],
-             f"{n['train_time_s']:.0f}", _pct(n["val_top1_err"]), _pct(n["val_top5_err"]),
-             _pct(n["dense_top1_err"]), _pct(n["dense_top5_err"])] for name, n in nets.items()]
+    rows = [
+        [
+            name,
+            n["config"],
+            n["init"],
+            _scale(n["train_scale"]),
+            n["epochs"],
+            n["steps"],
+            f"{n['train_time_s']:.0f}",
+            _pct(n["val_top1_err"]),
+            _pct(n["val_top5_err"]),
+            _pct(n["dense_top1_err"]),
+            _pct(n["dense_top5_err"]),
+        ]
+        for name, n in nets.items()
+    ]
     scales = ", ".join(str(q) for q in nets["D_from_A"]["dense_scales"])
     if cmp_["from_A_beats_random"]:
         verdict = "beats"
@@ -654,9 +916,11 @@ def _report(summary: dict[str, Any]) -> str:
     def epoch(n: int | None) -> str:
         return f"in epoch {n}" if n is not None else "not in these epochs"
 
-    head = (f"The head start: net D from A first reached {100 * cmp_['head_start_accuracy']:.0f}% validation accuracy "
-            f"(centre crop) {epoch(cmp_['from_A_first_epoch_reaching'])}, net D from random weights "
-            f"{epoch(cmp_['random_first_epoch_reaching'])}.")
+    head = (
+        f"The head start: net D from A first reached {100 * cmp_['head_start_accuracy']:.0f}% validation accuracy "
+        f"(centre crop) {epoch(cmp_['from_A_first_epoch_reaching'])}, net D from random weights "
+        f"{epoch(cmp_['random_first_epoch_reaching'])}."
+    )
     dead = summary.get("dead_nets") or {}
     lines = [
         "# verydeep demo",
@@ -669,8 +933,22 @@ def _report(summary: dict[str, Any]) -> str:
         "",
         _recipe_text(s, nets),
         "",
-        markdown_table(["net", "config", "initialisation", "S", "epochs", "steps", "train s", "top-1 err % (crop)",
-                        "top-5 err % (crop)", "top-1 err % (dense)", "top-5 err % (dense)"], rows),
+        markdown_table(
+            [
+                "net",
+                "config",
+                "initialisation",
+                "S",
+                "epochs",
+                "steps",
+                "train s",
+                "top-1 err % (crop)",
+                "top-5 err % (crop)",
+                "top-1 err % (dense)",
+                "top-5 err % (dense)",
+            ],
+            rows,
+        ),
         "",
         f"*crop*: the best epoch's centre crop at Q={s['crop']}; *dense*: the whole image, fully convolutional, "
         f"flipped and not, averaged over Q = {scales} (the paper's multi-scale rule for jittered S).",

@@ -29,14 +29,18 @@ def class_difference(weights: Sequence[str], data: Sequence[str]) -> str | None:
         if len(weights) != len(data):
             return f"a class name is repeated ({len(weights)} names in the weights, {len(data)} in the data folder)"
         i = next(i for i, (a, b) in enumerate(zip(weights, data)) if a != b)
-        return (f"the same {len(data)} names in a different order (output {i} is {weights[i]!r} "
-                f"in the weights but {data[i]!r} in the data folder)")
+        return (
+            f"the same {len(data)} names in a different order (output {i} is {weights[i]!r} "
+            f"in the weights but {data[i]!r} in the data folder)"
+        )
     parts = []
     if only_data:
         parts.append(f"{len(only_data)} only in the data folder ({_preview(only_data)})")
     if only_weights:
         parts.append(f"{len(only_weights)} only in the weights ({_preview(only_weights)})")
-    return f"{len(weights)} classes in the weights, {len(data)} in the data folder: " + "; ".join(parts)
+    return f"{len(weights)} classes in the weights, {len(data)} in the data folder: " + "; ".join(
+        parts
+    )
 
 
 def check_classes(meta, data_classes: Sequence[str], name: str) -> str | None:
@@ -45,9 +49,13 @@ def check_classes(meta, data_classes: Sequence[str], name: str) -> str | None:
     named = len(meta.classes) == outputs
     if not named:
         if outputs != len(data_classes):
-            raise WeightsError(f"{name} has {outputs} outputs but the data folder has {len(data_classes)} classes")
-        return (f"{name} carries no class names; assuming its {outputs} outputs follow the data folder's "
-                "sorted class folders")
+            raise WeightsError(
+                f"{name} has {outputs} outputs but the data folder has {len(data_classes)} classes"
+            )
+        return (
+            f"{name} carries no class names; assuming its {outputs} outputs follow the data folder's "
+            "sorted class folders"
+        )
     why = class_difference(meta.classes, data_classes)
     if why is not None:
         raise WeightsError(f"{name} does not fit the data folder's classes: {why}")

@@ -41,7 +41,9 @@ def net_posteriors(scores: Scores, net: int, protocol: str, scales: Sequence[int
     return mean([scores.values[(net, protocol, q)] for q in scales])
 
 
-def ensemble_posteriors(scores: Scores, selection: Mapping[int, Sequence[int]], protocol: str) -> np.ndarray:
+def ensemble_posteriors(
+    scores: Scores, selection: Mapping[int, Sequence[int]], protocol: str
+) -> np.ndarray:
     """Mean over nets of each net's posteriors at its own scales (``selection``: net -> scales)."""
     return mean([net_posteriors(scores, n, protocol, qs) for n, qs in selection.items()])
 
@@ -64,25 +66,40 @@ def merge(sets: Sequence[Scores], labels: Sequence[str] | None = None) -> Scores
     """
     if not sets:
         raise DataError("no score files to combine")
-    labels = list(labels) if labels is not None else [f"scores file {i + 1}" for i in range(len(sets))]
+    labels = (
+        list(labels) if labels is not None else [f"scores file {i + 1}" for i in range(len(sets))]
+    )
     for scores, label in zip(sets, labels):
         if not scores.complete:
             missing = int((~scores.done).sum())
-            raise DataError(f"{label} is unfinished ({missing} of {scores.num_images} images not scored yet): "
-                            "rerun the evaluation with the same --save-scores file to finish it")
+            raise DataError(
+                f"{label} is unfinished ({missing} of {scores.num_images} images not scored yet): "
+                "rerun the evaluation with the same --save-scores file to finish it"
+            )
     first = sets[0]
     for scores, label in zip(sets[1:], labels[1:]):
         why = image_list_difference(first, scores)
         if why is not None:
             raise DataError(f"cannot combine {labels[0]} and {label}: {why}")
-    merged = Scores(paths=list(first.paths), labels=first.labels.copy(), classes=list(first.classes),
-                    root=first.root, done=np.ones(first.num_images, dtype=bool))
+    merged = Scores(
+        paths=list(first.paths),
+        labels=first.labels.copy(),
+        classes=list(first.classes),
+        root=first.root,
+        done=np.ones(first.num_images, dtype=bool),
+    )
     taken: set[str] = set()
     for scores in sets:
         mapping: dict[int, int] = {}
         for n, net in enumerate(scores.nets):
-            same = next((m for m, old in enumerate(merged.nets)
-                         if (old.fingerprint, old.flip) == (net.fingerprint, net.flip)), None)
+            same = next(
+                (
+                    m
+                    for m, old in enumerate(merged.nets)
+                    if (old.fingerprint, old.flip) == (net.fingerprint, net.flip)
+                ),
+                None,
+            )
             if same is None:
                 record = NetRecord.from_dict(net.to_dict())
                 record.name = _unique_name(net.name, taken)

@@ -18,7 +18,13 @@ from verydeep.evaluate.results import Summary, summarise
 from verydeep.evaluate.loop import evaluate
 from verydeep.evaluate.scores import load_scores
 from verydeep.runtime.locks import lock_file
-from verydeep.runtime.outputs import SCORES, check_output, check_outside, check_writable_folder, file_kind
+from verydeep.runtime.outputs import (
+    SCORES,
+    check_output,
+    check_outside,
+    check_writable_folder,
+    file_kind,
+)
 
 
 def evaluate_command(
@@ -42,10 +48,14 @@ def evaluate_command(
     """
     if combine:
         if weights or data:
-            raise ConfigError("--combine works on saved score files alone: leave out --weights and --data")
+            raise ConfigError(
+                "--combine works on saved score files alone: leave out --weights and --data"
+            )
         if scales:
-            raise ConfigError("--scales chooses the scales of a new evaluation; "
-                              "--combine uses those saved in the files")
+            raise ConfigError(
+                "--scales chooses the scales of a new evaluation; "
+                "--combine uses those saved in the files"
+            )
         return _combine(combine, protocols, save_scores, overwrite)
     if not weights or data is None:
         raise ConfigError("give --weights W [W ...] and --data DIR (or --combine FILE [FILE ...])")
@@ -56,8 +66,15 @@ def evaluate_command(
     if save_scores:
         _check_scores_file(save_scores)
     with _scores_lock(save_scores):
-        result = evaluate(weights, data, protocols=protocols, scales=scales, flip=flip, save_scores=save_scores,
-                          **kwargs)
+        result = evaluate(
+            weights,
+            data,
+            protocols=protocols,
+            scales=scales,
+            flip=flip,
+            save_scores=save_scores,
+            **kwargs,
+        )
     if result is None:
         return None
     summary = summarise(result.scores, result.protocols)
@@ -65,7 +82,9 @@ def evaluate_command(
     return summary
 
 
-def _combine(files: Sequence[str], protocols: Sequence[str] | None, save_scores, overwrite: bool) -> Summary:
+def _combine(
+    files: Sequence[str], protocols: Sequence[str] | None, save_scores, overwrite: bool
+) -> Summary:
     """Merge saved score files (written to ``save_scores`` when given) and summarise them."""
     if save_scores:
         check_output(save_scores, SCORES, overwrite, option="--overwrite")
@@ -77,7 +96,9 @@ def _combine(files: Sequence[str], protocols: Sequence[str] | None, save_scores,
     held = ", ".join(merged.protocols) or "nothing"
     for p in summary.protocols:
         if all(row.errors.get(p) is None for row in summary.rows):
-            raise ConfigError(f"the score files hold no posteriors for protocol {p} (they hold {held})")
+            raise ConfigError(
+                f"the score files hold no posteriors for protocol {p} (they hold {held})"
+            )
     return summary
 
 
@@ -86,12 +107,18 @@ def _check_scores_file(save_scores) -> None:
     (which a rerun resumes from; anything else is kept)."""
     check_writable_folder(save_scores)
     if os.path.lexists(save_scores) and file_kind(save_scores) != SCORES:
-        raise ConfigError(f"refusing to use {save_scores} as --save-scores: it is {file_kind(save_scores)}, "
-                          "not a scores file (choose another name)")
+        raise ConfigError(
+            f"refusing to use {save_scores} as --save-scores: it is {file_kind(save_scores)}, "
+            "not a scores file (choose another name)"
+        )
 
 
 def _scores_lock(path):
     """The scores file's writer lock, taken by the main process only (ranks write their own parts)."""
-    if not path or os.environ.get("RANK", "0") != "0" or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    if (
+        not path
+        or os.environ.get("RANK", "0") != "0"
+        or not os.path.isdir(os.path.dirname(os.path.abspath(path)))
+    ):
         return contextlib.nullcontext()
     return lock_file(path, f"scores file {path}")

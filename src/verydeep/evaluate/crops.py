@@ -25,7 +25,11 @@ def grid_offsets(length: int, crop: int, n: int = GRID) -> list[int]:
 
 def crop_positions(height: int, width: int, crop: int, n: int = GRID) -> list[tuple[int, int]]:
     """The ``n * n`` window corners ``(top, left)`` of the grid, row by row."""
-    return [(top, left) for top in grid_offsets(height, crop, n) for left in grid_offsets(width, crop, n)]
+    return [
+        (top, left)
+        for top in grid_offsets(height, crop, n)
+        for left in grid_offsets(width, crop, n)
+    ]
 
 
 def grid_crops(images, crop: int, n: int = GRID):
@@ -34,11 +38,17 @@ def grid_crops(images, crop: int, n: int = GRID):
 
     _, _, height, width = images.shape
     arange = torch.arange(crop, device=images.device)
-    rows = torch.tensor(grid_offsets(height, crop, n), device=images.device)[:, None] + arange  # (n, crop)
+    rows = (
+        torch.tensor(grid_offsets(height, crop, n), device=images.device)[:, None] + arange
+    )  # (n, crop)
     cols = torch.tensor(grid_offsets(width, crop, n), device=images.device)[:, None] + arange
     # images[:, :, rows[i], :][:, :, :, cols[j]] for all (i, j) by broadcasting the two index sets.
-    picked = images[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # (N, C, n, n, crop, crop)
-    return picked.permute(0, 2, 3, 1, 4, 5).reshape(images.shape[0], n * n, images.shape[1], crop, crop)
+    picked = images[
+        :, :, rows[:, None, :, None], cols[None, :, None, :]
+    ]  # (N, C, n, n, crop, crop)
+    return picked.permute(0, 2, 3, 1, 4, 5).reshape(
+        images.shape[0], n * n, images.shape[1], crop, crop
+    )
 
 
 def centre_offset(length: int, crop: int) -> int:
@@ -50,4 +60,4 @@ def centre_crop(images, crop: int):
     """(N, C, H, W) -> (N, C, crop, crop), the centred window."""
     top = centre_offset(images.shape[-2], crop)
     left = centre_offset(images.shape[-1], crop)
-    return images[..., top:top + crop, left:left + crop]
+    return images[..., top : top + crop, left : left + crop]

@@ -68,6 +68,7 @@ def _runner(model, flip: bool, precision) -> Callable[[np.ndarray], np.ndarray]:
             x = normalise(torch.from_numpy(batch).to(device), prep)
             with autocast_for(device, precision):
                 return dense_probs(model, x, flip=flip).float().cpu().numpy()
+
     return run
 
 

@@ -36,10 +36,22 @@ from verydeep.passes.folder_pass import loader_sizes, plan_pass, run_pass
 from verydeep.passes.loading import group_by_shape
 from verydeep.evaluate.protocols import FORWARD, base_protocols, parse_protocols
 from verydeep.evaluate.scales import check_scales, default_scales, train_scale_of
-from verydeep.evaluate.scores import NetRecord, Scores, changed_images, file_stats, image_list_difference, load_scores
+from verydeep.evaluate.scores import (
+    NetRecord,
+    Scores,
+    changed_images,
+    file_stats,
+    image_list_difference,
+    load_scores,
+)
 from verydeep.runtime import distributed
 from verydeep.runtime.digests import file_sha256
-from verydeep.inference.engines import digest_memo_folder, inference_settings, load_ready, resolve_engine
+from verydeep.inference.engines import (
+    digest_memo_folder,
+    inference_settings,
+    load_ready,
+    resolve_engine,
+)
 from verydeep.runtime.precision import Precision, autocast_for, resolve
 
 #: Multi-crop runs the crops of ``batch_size // CROPS_PER_IMAGE_SHARE`` images per forward pass
@@ -90,9 +102,17 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def load_nets(weights: Sequence[str], classes: Sequence[str], scales: Sequence[int] | None, flip: bool,
-              device: torch.device, precision: Precision | None, log: Callable[[str], None], engine: str = "torch",
-              engine_cache: str | None = None) -> list[LoadedNet]:
+def load_nets(
+    weights: Sequence[str],
+    classes: Sequence[str],
+    scales: Sequence[int] | None,
+    flip: bool,
+    device: torch.device,
+    precision: Precision | None,
+    log: Callable[[str], None],
+    engine: str = "torch",
+    engine_cache: str | None = None,
+) -> list[LoadedNet]:
     """Load each net, check its classes against the data, fix its test scales, ready it for ``device``
     on ``engine`` (:func:`verydeep.inference.engines.load_ready`)."""
     if not weights:
@@ -110,9 +130,18 @@ def load_nets(weights: Sequence[str], classes: Sequence[str], scales: Sequence[i
         trained = train_scale_of(model.meta)
         rule = default_scales(crop, trained)
         used = check_scales(scales, crop, name) if scales else rule.multi
-        record = NetRecord(name=name, source=str(source), fingerprint=digest, config=model.spec.name,
-                           crop=crop, train_scale=list(trained) if trained else None, single=rule.single,
-                           multi=list(used if scales else rule.multi), scales=list(used), flip=bool(flip))
+        record = NetRecord(
+            name=name,
+            source=str(source),
+            fingerprint=digest,
+            config=model.spec.name,
+            crop=crop,
+            train_scale=list(trained) if trained else None,
+            single=rule.single,
+            multi=list(used if scales else rule.multi),
+            scales=list(used),
+            flip=bool(flip),
+        )
         nets.append(LoadedNet(record, model))
     return nets
 
@@ -127,19 +156,25 @@ def _resume(state: Scores, path: Path) -> None:
     for candidate in candidates:
         old = load_scores(candidate)
         why = image_list_difference(state, old)
-        if why is None and (len(old.nets) != len(state.nets)
-                            or not all(a.same_run(b) for a, b in zip(old.nets, state.nets))):
+        if why is None and (
+            len(old.nets) != len(state.nets)
+            or not all(a.same_run(b) for a, b in zip(old.nets, state.nets))
+        ):
             why = "it was made with other weights, scales or flip settings"
         if why is None and sorted(old.protocols) != sorted(state.protocols):
             why = f"it holds protocols {', '.join(old.protocols)}, not {', '.join(state.protocols)}"
         if why is not None:
-            raise DataError(f"{candidate} holds scores of a different evaluation ({why}): "
-                            "delete it or choose another --save-scores file")
+            raise DataError(
+                f"{candidate} holds scores of a different evaluation ({why}): "
+                "delete it or choose another --save-scores file"
+            )
         rows = np.flatnonzero(old.done & ~state.done)
         changed = np.intersect1d(rows, changed_images(state, old))
         if len(changed):  # same names, new bytes: their old posteriors would be stale
-            _stderr(f"{len(changed)} of the images scored in {candidate} changed on disk since (size or modification "
-                    f"time; first {state.paths[int(changed[0])]}): scoring them again")
+            _stderr(
+                f"{len(changed)} of the images scored in {candidate} changed on disk since (size or modification "
+                f"time; first {state.paths[int(changed[0])]}): scoring them again"
+            )
             rows = np.setdiff1d(rows, changed)
         for key, array in state.values.items():
             array[rows] = old.values[key][rows]
@@ -178,10 +213,23 @@ def evaluate(
     ``engine`` (auto, torch, openvino) and ``engine_cache``: :mod:`verydeep.inference.engines`.
     Returns the :class:`Evaluation` on rank 0 and None on the other ranks of a distributed run.
     """
-    run = _Run(weights=weights, data=data, asked=parse_protocols(protocols), scales=scales, flip=flip,
-               precision=precision, batch_size=batch_size, workers=workers,
-               save_path=Path(save_scores) if save_scores else None, progress=progress, log=log,
-               save_every_s=save_every_s, on_batch=on_batch, engine=engine, engine_cache=engine_cache)
+    run = _Run(
+        weights=weights,
+        data=data,
+        asked=parse_protocols(protocols),
+        scales=scales,
+        flip=flip,
+        precision=precision,
+        batch_size=batch_size,
+        workers=workers,
+        save_path=Path(save_scores) if save_scores else None,
+        progress=progress,
+        log=log,
+        save_every_s=save_every_s,
+        on_batch=on_batch,
+        engine=engine,
+        engine_cache=engine_cache,
+    )
     ctx = distributed.setup(device)
     try:
         return _evaluate(ctx, run)
@@ -222,18 +270,37 @@ def _evaluate(ctx: distributed.DistContext, run: _Run) -> Evaluation | None:
 
     prec = resolve(run.precision, ctx.device)
     ran_on = resolve_engine(run.engine, ctx.device)
-    nets = load_nets(run.weights, index.classes, run.scales, run.flip, ctx.device, prec, note, ran_on, run.engine_cache)
-    state = Scores(paths=[p for p, _ in index.samples], labels=np.array([label for _, label in index.samples]),
-                   classes=list(index.classes), nets=[n.record for n in nets],
-                   protocols=list(base_protocols(run.asked)), root=str(index.root),
-                   stats=file_stats([p for p, _ in index.samples]))
+    nets = load_nets(
+        run.weights,
+        index.classes,
+        run.scales,
+        run.flip,
+        ctx.device,
+        prec,
+        note,
+        ran_on,
+        run.engine_cache,
+    )
+    state = Scores(
+        paths=[p for p, _ in index.samples],
+        labels=np.array([label for _, label in index.samples]),
+        classes=list(index.classes),
+        nets=[n.record for n in nets],
+        protocols=list(base_protocols(run.asked)),
+        root=str(index.root),
+        stats=file_stats([p for p, _ in index.samples]),
+    )
     state.allocate()
     if run.save_path is not None:
         if not run.save_path.parent.is_dir():
-            raise DataError(f"cannot write scores file {run.save_path}: folder {run.save_path.parent} does not exist")
+            raise DataError(
+                f"cannot write scores file {run.save_path}: folder {run.save_path.parent} does not exist"
+            )
         _resume(state, run.save_path)
         if ctx.is_main and state.done.any():
-            say(f"resuming from {run.save_path}: {int(state.done.sum())} of {state.num_images} images already scored")
+            say(
+                f"resuming from {run.save_path}: {int(state.done.sum())} of {state.num_images} images already scored"
+            )
 
     visits, computed = _score_all(ctx, run, state, nets, prec, ran_on)
     if ctx.world_size > 1:
@@ -244,11 +311,19 @@ def _evaluate(ctx: distributed.DistContext, run: _Run) -> Evaluation | None:
         state.save(run.save_path)
         for extra in _partial_files(run.save_path):
             extra.unlink(missing_ok=True)
-    return Evaluation(scores=state, protocols=run.asked, warnings=warnings, visits=visits, engine=ran_on)
+    return Evaluation(
+        scores=state, protocols=run.asked, warnings=warnings, visits=visits, engine=ran_on
+    )
 
 
-def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Sequence[LoadedNet], prec,
-               ran_on: str) -> tuple[np.ndarray, np.ndarray]:
+def _score_all(
+    ctx: distributed.DistContext,
+    run: _Run,
+    state: Scores,
+    nets: Sequence[LoadedNet],
+    prec,
+    ran_on: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """Score this process's share of the batches not yet done (the folder pass,
     :mod:`verydeep.passes.folder_pass`), saving partial scores as it goes (and on an interrupt);
     returns how often each image was scored and which were scored here."""
@@ -261,8 +336,11 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
     computed = np.zeros(state.num_images, dtype=bool)
     partial_path = None
     if run.save_path is not None:
-        partial_path = (run.save_path if ctx.world_size == 1
-                        else run.save_path.with_name(f"{run.save_path.name}.part{ctx.rank}"))
+        partial_path = (
+            run.save_path
+            if ctx.world_size == 1
+            else run.save_path.with_name(f"{run.save_path.name}.part{ctx.rank}")
+        )
 
     last_save, save_cost = time.monotonic(), 0.0
 
@@ -285,15 +363,33 @@ def _score_all(ctx: distributed.DistContext, run: _Run, state: Scores, nets: Seq
             run.on_batch(b)
 
     def work(items, wanted: set[int]) -> BatchScores:
-        return _score_batch(nets, items, wanted, all_scales, run_protocols, run.flip, ctx.device, prec, images_per_pass)
+        return _score_batch(
+            nets,
+            items,
+            wanted,
+            all_scales,
+            run_protocols,
+            run.flip,
+            ctx.device,
+            prec,
+            images_per_pass,
+        )
 
     for net in nets:  # an OpenVINO graph is converted here, before batches run on other threads
         if getattr(net.model, "engine", None) == "openvino":
             net.model.prepare()
     try:
         with inference_settings(ran_on):
-            run_pass(plan, workers, work, book, in_flight=IN_FLIGHT.get(ran_on, 1), desc="evaluate",
-                     progress=run.progress and ctx.is_main, cancel=lambda: _cancel_engines(nets))
+            run_pass(
+                plan,
+                workers,
+                work,
+                book,
+                in_flight=IN_FLIGHT.get(ran_on, 1),
+                desc="evaluate",
+                progress=run.progress and ctx.is_main,
+                cancel=lambda: _cancel_engines(nets),
+            )
     except BaseException:
         if partial_path is not None and computed.any():
             state.save(partial_path)  # keep what was scored; a rerun resumes from it
@@ -318,8 +414,17 @@ class BatchScores:
     values: list[tuple[tuple[int, str, int], list[int], np.ndarray]]
 
 
-def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Sequence[int], protocols: Sequence[str],
-                 flip: bool, device: torch.device, precision, images_per_pass: int) -> BatchScores:
+def _score_batch(
+    nets: Sequence[LoadedNet],
+    items,
+    wanted: set[int],
+    scales: Sequence[int],
+    protocols: Sequence[str],
+    flip: bool,
+    device: torch.device,
+    precision,
+    images_per_pass: int,
+) -> BatchScores:
     """Posteriors of the ``wanted`` images of one decoded batch, for every net, scale and protocol.
     Reads nothing it does not own, so that the next batch's call may run while this one's engine
     works (:mod:`verydeep.passes.inflight`).
@@ -328,8 +433,10 @@ def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Seq
     resumed run, a rescored file): the kernels' sums depend on the batch size on some CPUs (fp32 on
     an AVX2-only EPYC differed in the last bits), and a resumed run must give the numbers of an
     uninterrupted one, to the bit."""
-    result = BatchScores(failed={i: images for i, images in items if isinstance(images, str) and i in wanted},
-                         values=[])
+    result = BatchScores(
+        failed={i: images for i, images in items if isinstance(images, str) and i in wanted},
+        values=[],
+    )
     for indices, rescaled in group_by_shape(items, scales):
         keep = [k for k, i in enumerate(indices) if i in wanted]
         if not keep:
@@ -337,7 +444,9 @@ def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Seq
         rows = [indices[k] for k in keep]
         for n, net in enumerate(nets):
             for q in net.record.scales:
-                x = normalise(rescaled[q].to(device, non_blocking=True), net.model.meta.preprocessing)
+                x = normalise(
+                    rescaled[q].to(device, non_blocking=True), net.model.meta.preprocessing
+                )
                 with autocast_for(device, precision):
                     for p in protocols:
                         extra = {"images_per_pass": images_per_pass} if p == "multicrop" else {}
@@ -349,14 +458,19 @@ def _score_batch(nets: Sequence[LoadedNet], items, wanted: set[int], scales: Seq
     return result
 
 
-def _gather(ctx: distributed.DistContext, state: Scores, computed: np.ndarray, visits: np.ndarray) -> np.ndarray:
+def _gather(
+    ctx: distributed.DistContext, state: Scores, computed: np.ndarray, visits: np.ndarray
+) -> np.ndarray:
     """Bring every process's rows to rank 0's ``state``; the summed visit counts (on rank 0)."""
-    parts = distributed.gather_to_main(ctx, {
-        "rows": np.flatnonzero(computed),
-        "values": {key: array[computed] for key, array in state.values.items()},
-        "failed": {i: why for i, why in state.failed.items() if computed[i]},
-        "visits": visits,
-    })
+    parts = distributed.gather_to_main(
+        ctx,
+        {
+            "rows": np.flatnonzero(computed),
+            "values": {key: array[computed] for key, array in state.values.items()},
+            "failed": {i: why for i, why in state.failed.items() if computed[i]},
+            "visits": visits,
+        },
+    )
     if not ctx.is_main:
         return visits
     total = np.zeros_like(visits)

@@ -25,7 +25,9 @@ def topk_correct(scores, labels, k: int, failed=None) -> torch.Tensor:
     return correct
 
 
-def topk_error(probs: np.ndarray, labels: np.ndarray, k: int, failed: np.ndarray | None = None) -> float:
+def topk_error(
+    probs: np.ndarray, labels: np.ndarray, k: int, failed: np.ndarray | None = None
+) -> float:
     """The fraction of images (failed ones included) whose label is not in the top ``k``."""
     n = len(labels)
     if n == 0:
@@ -33,6 +35,11 @@ def topk_error(probs: np.ndarray, labels: np.ndarray, k: int, failed: np.ndarray
     return 1.0 - int(topk_correct(probs, labels, k, failed).sum()) / n
 
 
-def errors_percent(probs: np.ndarray, labels: np.ndarray, failed: np.ndarray | None = None) -> dict[str, float]:
+def errors_percent(
+    probs: np.ndarray, labels: np.ndarray, failed: np.ndarray | None = None
+) -> dict[str, float]:
     """``{"top1": %, "top5": %}`` as the paper reports them."""
-    return {"top1": 100.0 * topk_error(probs, labels, 1, failed), "top5": 100.0 * topk_error(probs, labels, 5, failed)}
+    return {
+        "top1": 100.0 * topk_error(probs, labels, 1, failed),
+        "top5": 100.0 * topk_error(probs, labels, 5, failed),
+    }

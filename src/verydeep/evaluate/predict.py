@@ -28,13 +28,21 @@ DEFAULT_SCALES = Q_MULTI
 def topk_entries(probs, names: list[str], k: int) -> list[dict]:
     """The ``k`` most probable classes of one image's posteriors (an array or a tensor), best first."""
     values = np.asarray(probs, dtype=np.float64).reshape(-1)
-    order = np.argsort(-values, kind="stable")[:min(k, values.size)]
+    order = np.argsort(-values, kind="stable")[: min(k, values.size)]
     return [{"index": int(i), "name": names[int(i)], "prob": float(values[i])} for i in order]
 
 
-def predict_files(paths: Sequence[str], weights: str, scales: Sequence[int] | None = None, flip: bool = True,
-                  topk: int = 5, precision: str | None = "auto", device: str = "auto", engine: str | None = "auto",
-                  engine_cache: str | None = None) -> list[dict]:
+def predict_files(
+    paths: Sequence[str],
+    weights: str,
+    scales: Sequence[int] | None = None,
+    flip: bool = True,
+    topk: int = 5,
+    precision: str | None = "auto",
+    device: str = "auto",
+    engine: str | None = "auto",
+    engine_cache: str | None = None,
+) -> list[dict]:
     """One result per path: ``{"image", "engine", "topk": [{"index", "name", "prob"}]}`` or
     ``{"image", "error"}``. ``engine``: auto, torch or openvino (:mod:`verydeep.inference.engines`)."""
     dev = device_name(device)

@@ -33,8 +33,19 @@ BASE_PROTOCOLS = ("crop", "dense", "multicrop")
 COMBINED_PROTOCOLS = {"dense+multicrop": ("dense", "multicrop")}
 PROTOCOLS = BASE_PROTOCOLS + tuple(COMBINED_PROTOCOLS)
 #: Column titles for people.
-TITLES = {"crop": "centre crop", "dense": "dense", "multicrop": "multi-crop", "dense+multicrop": "dense + multi-crop"}
-_ALIASES = {"multi-crop": "multicrop", "center": "crop", "centre": "crop", "center-crop": "crop", "centre-crop": "crop"}
+TITLES = {
+    "crop": "centre crop",
+    "dense": "dense",
+    "multicrop": "multi-crop",
+    "dense+multicrop": "dense + multi-crop",
+}
+_ALIASES = {
+    "multi-crop": "multicrop",
+    "center": "crop",
+    "centre": "crop",
+    "center-crop": "crop",
+    "centre-crop": "crop",
+}
 
 
 def _canonical(name: str) -> str:
@@ -105,8 +116,11 @@ def dense_probs(model, x, flip: bool = True, memory_format=None):
     or a NumPy array for a net that takes arrays (the OpenVINO engine), which gives an array."""
     views = _views(x, flip)
     scores = model.dense(_batch(views, memory_format))
-    scores = scores.astype(np.float32).mean(axis=(-2, -1)) if isinstance(scores, np.ndarray) \
+    scores = (
+        scores.astype(np.float32).mean(axis=(-2, -1))
+        if isinstance(scores, np.ndarray)
         else scores.float().mean(dim=(-2, -1))
+    )
     return _softmax_mean(scores, len(views))
 
 
@@ -120,8 +134,10 @@ def multicrop_probs(model, x, flip: bool = True, memory_format=None, images_per_
     crop = model.spec.crop_size
     out = []
     for start in range(0, x.shape[0], max(1, images_per_pass)):
-        chunk = x[start:start + max(1, images_per_pass)]
-        crops = torch.cat([grid_crops(v, crop, GRID) for v in _views(chunk, flip)], dim=1)  # (n, V*25, 3, c, c)
+        chunk = x[start : start + max(1, images_per_pass)]
+        crops = torch.cat(
+            [grid_crops(v, crop, GRID) for v in _views(chunk, flip)], dim=1
+        )  # (n, V*25, 3, c, c)
         n, per_image = crops.shape[:2]
         batch = crops.reshape(n * per_image, *crops.shape[2:])
         batch = batch if memory_format is None else batch.contiguous(memory_format=memory_format)

@@ -60,7 +60,9 @@ def _multi_set(net) -> list[int]:
     return multi if len(multi) > 1 else list(net.scales)
 
 
-def _selections(scores: Scores) -> list[tuple[str, list[int], str, str, int | None, dict[int, list[int]]]]:
+def _selections(
+    scores: Scores,
+) -> list[tuple[str, list[int], str, str, int | None, dict[int, list[int]]]]:
     """(name, net indices, test text, kind, Q, selection) for every row, in table order."""
     out = []
     nets = scores.nets
@@ -89,16 +91,30 @@ def summarise(scores: Scores, protocols: Sequence[str] | None = None) -> Summary
     failed = scores.failed_mask()
     selections = _selections(scores)
     if protocols is None:
-        protocols = [p for p in PROTOCOLS
-                     if any(all(available(scores, n, p, qs) for n, qs in sel.items()) for *_, sel in selections)]
+        protocols = [
+            p
+            for p in PROTOCOLS
+            if any(
+                all(available(scores, n, p, qs) for n, qs in sel.items()) for *_, sel in selections
+            )
+        ]
     rows = []
     for name, members, test, kind, q, sel in selections:
         train = " / ".join(describe_train_scale(scores.nets[n].train_scale) for n in members)
-        row = Row(name=name, nets=[scores.nets[n].name for n in members], train=train, test=test, kind=kind, q=q,
-                  selection={scores.nets[n].name: list(qs) for n, qs in sel.items()})
+        row = Row(
+            name=name,
+            nets=[scores.nets[n].name for n in members],
+            train=train,
+            test=test,
+            kind=kind,
+            q=q,
+            selection={scores.nets[n].name: list(qs) for n, qs in sel.items()},
+        )
         for p in protocols:
             if all(available(scores, n, p, qs) for n, qs in sel.items()):
-                row.errors[p] = errors_percent(ensemble_posteriors(scores, sel, p), scores.labels, failed)
+                row.errors[p] = errors_percent(
+                    ensemble_posteriors(scores, sel, p), scores.labels, failed
+                )
             else:
                 row.errors[p] = None
         rows.append(row)

@@ -25,23 +25,33 @@ def train_scale_of(meta) -> tuple[int, int] | None:
     try:
         values = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     except (TypeError, ValueError):
-        raise ConfigError(f"weights metadata train_scale {value!r} is not a number or [Smin, Smax]") from None
+        raise ConfigError(
+            f"weights metadata train_scale {value!r} is not a number or [Smin, Smax]"
+        ) from None
     if len(values) == 1:
         values = values * 2
     if len(values) != 2 or values[0] > values[1] or values[0] < 1:
-        raise ConfigError(f"weights metadata train_scale {value!r} is not [Smin, Smax] with Smin <= Smax")
+        raise ConfigError(
+            f"weights metadata train_scale {value!r} is not [Smin, Smax] with Smin <= Smax"
+        )
     return values[0], values[1]
 
 
-def check_scales(scales: Sequence[int], crop: int, name: str = "the net", keep_order: bool = False) -> tuple[int, ...]:
+def check_scales(
+    scales: Sequence[int], crop: int, name: str = "the net", keep_order: bool = False
+) -> tuple[int, ...]:
     """Explicit scales, sorted and de-duplicated (``keep_order``: as given, for stacked descriptors
     whose layout follows the order); an error for any below the crop size."""
     small = sorted(q for q in scales if q < crop)
     if small:
-        raise ConfigError(f"test scale(s) {small} are smaller than {name}'s crop size {crop} (Q must be >= the crop)")
+        raise ConfigError(
+            f"test scale(s) {small} are smaller than {name}'s crop size {crop} (Q must be >= the crop)"
+        )
     if not scales:
         raise ConfigError("no test scales given")
-    return tuple(int(q) for q in scales) if keep_order else tuple(sorted(set(int(q) for q in scales)))
+    return (
+        tuple(int(q) for q in scales) if keep_order else tuple(sorted(set(int(q) for q in scales)))
+    )
 
 
 def describe_train_scale(train_scale: Sequence[int] | None) -> str:

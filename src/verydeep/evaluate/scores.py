@@ -54,7 +54,11 @@ class NetRecord:
 
     def same_run(self, other: "NetRecord") -> bool:
         """Same weights, same scales, same flips (names may differ)."""
-        return (self.fingerprint, list(self.scales), self.flip) == (other.fingerprint, list(other.scales), other.flip)
+        return (self.fingerprint, list(self.scales), self.flip) == (
+            other.fingerprint,
+            list(other.scales),
+            other.flip,
+        )
 
 
 @dataclass
@@ -100,7 +104,9 @@ class Scores:
         for n, net in enumerate(self.nets):
             for p in self.protocols:
                 for q in net.scales:
-                    self.values.setdefault((n, p, q), np.zeros((self.num_images, len(self.classes)), dtype=np.float32))
+                    self.values.setdefault(
+                        (n, p, q), np.zeros((self.num_images, len(self.classes)), dtype=np.float32)
+                    )
 
     def has(self, net: int, protocol: str, scales) -> bool:
         return all((net, protocol, q) in self.values for q in scales)
@@ -143,7 +149,9 @@ def load_scores(path: str | os.PathLike) -> Scores:
             header = (handle.metadata() or {}).get(META_KEY)
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise DataError(f"{path} is not a readable scores file ({str(exc).splitlines()[0]})") from None
+        raise DataError(
+            f"{path} is not a readable scores file ({str(exc).splitlines()[0]})"
+        ) from None
     if header is None:
         raise DataError(f"{path} is not a verydeep scores file (no '{META_KEY}' header)")
     try:
@@ -151,7 +159,9 @@ def load_scores(path: str | os.PathLike) -> Scores:
         if not isinstance(meta, dict):
             raise TypeError(f"the header is {type(meta).__name__}, not an object")
         if meta.get("format") != FORMAT:
-            raise DataError(f"{path}: unsupported scores format {meta.get('format')!r} (expected {FORMAT})")
+            raise DataError(
+                f"{path}: unsupported scores format {meta.get('format')!r} (expected {FORMAT})"
+            )
         scores = Scores(
             paths=list(meta["paths"]),
             labels=tensors["labels"],
@@ -178,7 +188,9 @@ def load_scores(path: str | os.PathLike) -> Scores:
 def _scores_problem(scores: Scores) -> str | None:
     """What makes loaded scores unusable (types, shapes, ranges, non-finite values), or None."""
     n, c = scores.num_images, len(scores.classes)
-    if not all(isinstance(p, str) for p in scores.paths) or not all(isinstance(k, str) for k in scores.classes):
+    if not all(isinstance(p, str) for p in scores.paths) or not all(
+        isinstance(k, str) for k in scores.classes
+    ):
         return "paths and classes must be lists of names"
     if scores.labels.ndim != 1 or (n and (scores.labels.min() < 0 or scores.labels.max() >= c)):
         return f"labels outside 0..{c - 1}"
@@ -213,7 +225,10 @@ def changed_images(now: Scores, then: Scores) -> np.ndarray:
     same image list (none when either set lacks statistics)."""
     if now.stats is None or then.stats is None or len(now.stats) != len(then.stats):
         return np.zeros(0, dtype=np.int64)
-    return np.array([i for i, (a, b) in enumerate(zip(now.stats, then.stats)) if list(a) != list(b)], dtype=np.int64)
+    return np.array(
+        [i for i, (a, b) in enumerate(zip(now.stats, then.stats)) if list(a) != list(b)],
+        dtype=np.int64,
+    )
 
 
 def image_list_difference(a: Scores, b: Scores) -> str | None:

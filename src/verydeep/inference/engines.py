@@ -29,7 +29,9 @@ from verydeep.errors import ConfigError
 from verydeep.runtime.devices import device_type
 from verydeep.runtime.digests import file_sha256
 from verydeep.runtime.heap import keep_freed_memory
-from verydeep.inference.openvino_engine import OpenVINONet  # imports openvino only when a net is made
+from verydeep.inference.openvino_engine import (
+    OpenVINONet,
+)  # imports openvino only when a net is made
 from verydeep.runtime.precision import prepare_model
 from verydeep.weights.canonical import read_meta
 
@@ -66,10 +68,14 @@ def resolve_engine(choice: str | None, device="cpu") -> str:
         raise ConfigError(f"unknown engine {choice!r}: choose auto, torch or openvino")
     if choice == "openvino":
         if not openvino_available():
-            raise ConfigError("--engine openvino needs the openvino package: pip install 'verydeep[openvino]'")
+            raise ConfigError(
+                "--engine openvino needs the openvino package: pip install 'verydeep[openvino]'"
+            )
         if kind != "cpu":
-            raise ConfigError(f"--engine openvino runs on the CPU, not {device}: "
-                              "add --device cpu or use --engine torch")
+            raise ConfigError(
+                f"--engine openvino runs on the CPU, not {device}: "
+                "add --device cpu or use --engine torch"
+            )
     return choice
 
 
@@ -106,8 +112,14 @@ def weights_cache_key(source, engine: str) -> str | None:
     return f"sha256:{file_sha256(source, digest_memo_folder())}"
 
 
-def ready(model, engine: str, precision, device="cpu", cache_dir: str | os.PathLike | None = None,
-          cache_key: str | None = None):
+def ready(
+    model,
+    engine: str,
+    precision,
+    device="cpu",
+    cache_dir: str | os.PathLike | None = None,
+    cache_key: str | None = None,
+):
     """``model`` readied for inference on ``engine`` (a name :func:`resolve_engine` returned).
 
     ``cache_key`` names the weights in the OpenVINO cache (the sha256 of their file, when the
@@ -117,8 +129,14 @@ def ready(model, engine: str, precision, device="cpu", cache_dir: str | os.PathL
     return prepare_model(model, precision, device)
 
 
-def load_ready(source, engine: str, precision, device="cpu", cache_dir: str | os.PathLike | None = None,
-               cache_key: str | None = None):
+def load_ready(
+    source,
+    engine: str,
+    precision,
+    device="cpu",
+    cache_dir: str | os.PathLike | None = None,
+    cache_key: str | None = None,
+):
     """The net of weights ``source`` (a file or a release name) loaded and readied for ``engine``
     (:func:`ready`). ``cache_key``: the file's ``sha256:<hex>`` when the caller has it (else
     :func:`weights_cache_key` finds it, remembered).
@@ -131,7 +149,9 @@ def load_ready(source, engine: str, precision, device="cpu", cache_dir: str | os
         cache_key = cache_key or weights_cache_key(source, engine)
         folder = cache_folder(cache_dir)
         meta = read_meta(source) if cache_key and folder else None
-        cached = meta and OpenVINONet.from_cache(meta, lambda: _load(source), precision, folder, cache_key)
+        cached = meta and OpenVINONet.from_cache(
+            meta, lambda: _load(source), precision, folder, cache_key
+        )
         if cached:
             return cached
     return ready(_load(source), engine, precision, device, cache_dir, cache_key)
@@ -139,7 +159,9 @@ def load_ready(source, engine: str, precision, device="cpu", cache_dir: str | os
 
 def _load(source):
     """:func:`verydeep.weights.loader.load` (looked up at each call: tests replace it)."""
-    from verydeep.weights import loader  # start-up: torch and the weights formats only when weights are read
+    from verydeep.weights import (
+        loader,
+    )  # start-up: torch and the weights formats only when weights are read
 
     return loader.load(source)
 
@@ -156,7 +178,9 @@ def inference_settings(engine: str):
       every batch, a quarter to a half of the batch's time on the 2-core Xeon.
     """
     with keep_freed_memory():
-        torch = sys.modules.get("torch")  # not imported: no PyTorch op runs (predict on OpenVINO's arrays)
+        torch = sys.modules.get(
+            "torch"
+        )  # not imported: no PyTorch op runs (predict on OpenVINO's arrays)
         if engine != "openvino" or torch is None:
             yield
             return

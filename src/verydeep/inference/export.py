@@ -44,8 +44,13 @@ EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
 DEFAULT_OPSET = 17
 TORCHSCRIPT_META = "verydeep.json"
 INPUT_NAME, OUTPUT_NAME = "image", "scores"
-_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
-             ".xml": "openvino"}
+_SUFFIXES = {
+    ".onnx": "onnx",
+    ".pt": "torchscript",
+    ".ts": "torchscript",
+    ".torchscript": "torchscript",
+    ".xml": "openvino",
+}
 #: What an OpenVINO IR export is, for :func:`verydeep.runtime.outputs.check_output`.
 OPENVINO_KIND = "an OpenVINO IR file"
 
@@ -87,9 +92,9 @@ def metadata_props(meta: WeightsMeta) -> dict[str, str]:
             }
         ),
         "input": f"{INPUT_NAME}: float32 (batch, 3, height, width), height and width >= {spec.crop_size}, "
-                 "normalised as 'preprocessing' says",
+        "normalised as 'preprocessing' says",
         "output": f"{OUTPUT_NAME}: float32 (batch, {spec.num_classes}, rows, cols) class score map; "
-                  "average over rows and cols, then softmax",
+        "average over rows and cols, then softmax",
         "source": meta.source,
     }
 
@@ -127,8 +132,10 @@ def export_onnx(model, dst: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Pa
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                          OUTPUT_NAME: {0: "batch", 2: "rows", 3: "cols"}},
+            dynamic_axes={
+                INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                OUTPUT_NAME: {0: "batch", 2: "rows", 3: "cols"},
+            },
         )
     proto = onnx.load_from_string(buffer.getvalue())
     del buffer
@@ -142,7 +149,9 @@ def export_torchscript(model, dst: str | os.PathLike) -> Path:
     """Write the dense net as a scripted module with the metadata in ``verydeep.json``."""
     module = dense_module(model)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit is deprecated, still works
+        warnings.simplefilter(
+            "ignore", category=FutureWarning
+        )  # torch.jit is deprecated, still works
         scripted = torch.jit.script(module)
         extra = {TORCHSCRIPT_META: model.meta.to_json()}
         buffer = io.BytesIO()
@@ -153,15 +162,22 @@ def export_torchscript(model, dst: str | os.PathLike) -> Path:
 def export_openvino(model, dst: str | os.PathLike) -> Path:
     """Write the dense net as OpenVINO IR (``dst`` .xml and its .bin) with the metadata in ``rt_info``."""
     if not openvino_installed():
-        raise ConfigError("OpenVINO export needs the openvino package: pip install 'verydeep[openvino]'")
+        raise ConfigError(
+            "OpenVINO export needs the openvino package: pip install 'verydeep[openvino]'"
+        )
 
     graph = openvino_engine.to_openvino(model, logits=True)
     for key, value in metadata_props(model.meta).items():
         graph.set_rt_info(value, ["verydeep", key])
     try:
         return openvino_engine.save_ir(graph, Path(dst))
-    except (OSError, RuntimeError) as exc:  # OpenVINO's C++ writer says "basic_ios::clear" on a full disk
-        raise WriteError(f"cannot write {dst}: {_ir_write_failure(exc, Path(dst).parent)}") from None
+    except (
+        OSError,
+        RuntimeError,
+    ) as exc:  # OpenVINO's C++ writer says "basic_ios::clear" on a full disk
+        raise WriteError(
+            f"cannot write {dst}: {_ir_write_failure(exc, Path(dst).parent)}"
+        ) from None
 
 
 def _ir_write_failure(exc: BaseException, folder: Path) -> str:
@@ -191,14 +207,21 @@ def read_openvino_metadata(path: str | os.PathLike) -> WeightsMeta:
     return WeightsMeta.from_json(graph.get_rt_info(["verydeep", "verydeep"]).astype(str))
 
 
-def check_openvino(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None,
-                   seed: int = 0) -> dict[str, float]:
+def check_openvino(
+    model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0
+) -> dict[str, float]:
     """Largest |OpenVINO (f32) - PyTorch| of the score map at each ``(height, width)``."""
-    compiled = openvino_engine.shared_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return _compare(model, lambda x: compiled({INPUT_NAME: x})[OUTPUT_NAME], "OpenVINO", sizes, seed)
+    compiled = openvino_engine.shared_core().compile_model(
+        str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    return _compare(
+        model, lambda x: compiled({INPUT_NAME: x})[OUTPUT_NAME], "OpenVINO", sizes, seed
+    )
 
 
-def _compare(model, run, engine: str, sizes: Sequence[tuple[int, int]] | None, seed: int) -> dict[str, float]:
+def _compare(
+    model, run, engine: str, sizes: Sequence[tuple[int, int]] | None, seed: int
+) -> dict[str, float]:
     """Largest |run(x) - model.dense(x)| over random inputs at each ``(height, width)``."""
     crop = model.spec.crop_size
     sizes = list(sizes) if sizes else [(crop, crop), (crop + 32, crop + 64)]
@@ -211,7 +234,9 @@ def _compare(model, run, engine: str, sizes: Sequence[tuple[int, int]] | None, s
             expected = model.dense(x).numpy()
         got = run(x.numpy())
         if got.shape != expected.shape:
-            raise WeightsError(f"{engine} output at {height}x{width} has shape {got.shape}, PyTorch's {expected.shape}")
+            raise WeightsError(
+                f"{engine} output at {height}x{width} has shape {got.shape}, PyTorch's {expected.shape}"
+            )
         out[f"{height}x{width}"] = float(abs(got - expected).max())
     return out
 
@@ -227,51 +252,74 @@ def read_onnx_metadata(path: str | os.PathLike) -> WeightsMeta:
     return WeightsMeta.from_json(props["verydeep"])
 
 
-def check_onnx(model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None,
-               seed: int = 0) -> dict[str, float]:
+def check_onnx(
+    model, path: str | os.PathLike, sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0
+) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| of the score map at each ``(height, width)``."""
     try:
         import onnxruntime  # optional: onnxruntime
     except ImportError:
-        raise ConfigError("checking an ONNX export needs onnxruntime: pip install onnxruntime") from None
+        raise ConfigError(
+            "checking an ONNX export needs onnxruntime: pip install onnxruntime"
+        ) from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return _compare(model, lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], "ONNX", sizes, seed)
+    return _compare(
+        model, lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], "ONNX", sizes, seed
+    )
 
 
 def check_opset(opset: int) -> None:
     """Refuse an ONNX opset the installed exporter cannot write (it would fail mid-export with a graph dump)."""
     low, high = _constants.ONNX_MIN_OPSET, _constants.ONNX_MAX_OPSET
     if not low <= int(opset) <= high:
-        raise ConfigError(f"--opset {opset} is not supported: this PyTorch exports ONNX opsets {low} to {high}")
+        raise ConfigError(
+            f"--opset {opset} is not supported: this PyTorch exports ONNX opsets {low} to {high}"
+        )
 
 
 def format_for(dst: str | os.PathLike, fmt: str | None) -> str:
     """``fmt`` when given, else the format that ``dst``'s suffix names."""
     if fmt is not None:
         if fmt not in EXPORT_FORMATS:
-            raise ConfigError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+            raise ConfigError(
+                f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}"
+            )
         return fmt
     suffix = Path(dst).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise ConfigError(f"cannot tell the export format from {Path(dst).name!r}: "
-                          "use --format onnx, torchscript or openvino")
+        raise ConfigError(
+            f"cannot tell the export format from {Path(dst).name!r}: "
+            "use --format onnx, torchscript or openvino"
+        )
     return _SUFFIXES[suffix]
 
 
-def export(weights: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None,
-           opset: int = DEFAULT_OPSET, check: bool = False, overwrite: bool = False) -> dict:
+def export(
+    weights: str | os.PathLike,
+    dst: str | os.PathLike,
+    fmt: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    check: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Load ``weights`` (any supported format), write ``dst``; returns a summary of what was written.
 
     An existing ``dst`` is replaced only with ``overwrite``, and never when it is a checkpoint,
     weights or an image (:func:`verydeep.runtime.outputs.check_output`)."""
     fmt = format_for(dst, fmt)
     if check and fmt not in ("onnx", "openvino"):
-        raise ConfigError("--check runs the file with onnxruntime or OpenVINO: it applies to --format onnx or openvino")
+        raise ConfigError(
+            "--check runs the file with onnxruntime or OpenVINO: it applies to --format onnx or openvino"
+        )
     if fmt == "openvino":
         if Path(dst).suffix.lower() != ".xml":
-            raise ConfigError(f"an OpenVINO export is an .xml file (with its .bin beside it), not {Path(dst).name!r}")
+            raise ConfigError(
+                f"an OpenVINO export is an .xml file (with its .bin beside it), not {Path(dst).name!r}"
+            )
         if not openvino_installed():
-            raise ConfigError("OpenVINO export needs the openvino package: pip install 'verydeep[openvino]'")
+            raise ConfigError(
+                "OpenVINO export needs the openvino package: pip install 'verydeep[openvino]'"
+            )
     if not Path(dst).parent.is_dir():
         raise ConfigError(f"cannot write {dst}: folder {Path(dst).parent} does not exist")
     kind = {"onnx": ONNX, "torchscript": TORCHSCRIPT, "openvino": OPENVINO_KIND}[fmt]

@@ -88,7 +88,11 @@ def _without_telemetry():
     which needs its blocked main thread. At exit, ``multiprocessing`` joined it, and the run that had
     finished its work never ended (a test run on this machine hung there for 14 minutes)."""
     try:
-        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils  # optional: openvino
+        from openvino.tools.ovc import (
+            convert_impl,
+            telemetry_stub,
+            telemetry_utils,
+        )  # optional: openvino
     except ImportError:  # another layout of OpenVINO's converter: leave it as it is
         yield
         return
@@ -113,8 +117,12 @@ def to_openvino(model, logits: bool = True):
     module = model.dense_module(logits).to(device="cpu", dtype=torch.float32)
     crop = model.spec.crop_size
     # traced outside the callers' autocast / inference mode (either would leak into the graph)
-    with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False), \
-            warnings.catch_warnings():
+    with (
+        torch.inference_mode(False),
+        torch.no_grad(),
+        torch.autocast("cpu", enabled=False),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # tracer and TorchScript deprecation notes
         # one crop plus one row and column of windows: the trace must not see a single window only.
         # check_trace=False: the check reruns the net twice more (most of the conversion time at full size)
@@ -131,7 +139,11 @@ def _first_line(exc: BaseException) -> str:
     """An exception's reason for a one-line warning: its strerror, else the first line of its message that
     is not OpenVINO's source location (``Exception from src/...:132:``), cut to 200 characters."""
     text = getattr(exc, "strerror", None) or str(exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Exception from ")]
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.startswith("Exception from ")
+    ]
     return lines[0][:200] if lines else (text.splitlines()[0][:200] if text else type(exc).__name__)
 
 
@@ -160,7 +172,11 @@ def weights_digest(model) -> str:
 
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
-        t = value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).contiguous()
+        t = (
+            value.detach()
+            .to("cpu", torch.float32 if value.is_floating_point() else value.dtype)
+            .contiguous()
+        )
         digest.update(f"{key}|{tuple(t.shape)}\0".encode())
         digest.update(t.numpy().tobytes())
     return digest.hexdigest()
@@ -201,7 +217,9 @@ def warm_numpy_bridge(core) -> None:
     import openvino.opset13 as ops  # optional: openvino
 
     x = ops.parameter([-1, 3], np.float32, name="x")
-    request = core.compile_model(ov.Model([ops.relu(x)], [x], "verydeep-warm-up"), "CPU").create_infer_request()
+    request = core.compile_model(
+        ov.Model([ops.relu(x)], [x], "verydeep-warm-up"), "CPU"
+    ).create_infer_request()
     request.start_async({0: np.zeros((1, 3), np.float32)}, share_inputs=False)
     request.wait()
     np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
@@ -220,8 +238,16 @@ class OpenVINONet:
 
     engine = "openvino"
 
-    def __init__(self, model, precision=None, cache_dir: str | os.PathLike | None = None,
-                 cache_key: str | None = None, *, meta=None, loader=None) -> None:
+    def __init__(
+        self,
+        model,
+        precision=None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_key: str | None = None,
+        *,
+        meta=None,
+        loader=None,
+    ) -> None:
         """``cache_key``: a digest that names these weights (e.g. the sha256 of their file) to save
         hashing them again for the cache; by default :func:`weights_digest`. ``model`` may be None
         with ``meta`` and a ``loader`` that returns the net when it is first needed (see
@@ -234,14 +260,18 @@ class OpenVINONet:
         if self.cache_dir is not None:
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # read-only home, a file in the way, a full disk: the cache is optional
+            except (
+                OSError
+            ) as exc:  # read-only home, a file in the way, a full disk: the cache is optional
                 self._cache_fault("cannot create it", exc)
         self._requests: dict[bool, _RequestPool] = {}
         self._cancelled = 0  # bumped by cancel(): calls started before it stop
         self._sources: dict[bool, object] = {}  # graphs converted ahead (prepare), not compiled yet
         self._compile_lock = threading.Lock()
         self._shapes: set[tuple] = set()
-        self._chunk_rows: dict[tuple, int] = {}  # (logits, (3, H, W)) -> images per request (_chunks)
+        self._chunk_rows: dict[
+            tuple, int
+        ] = {}  # (logits, (3, H, W)) -> images per request (_chunks)
         self._digest = hashlib.sha256(cache_key.encode()).hexdigest() if cache_key else None
         #: Seconds spent on: "convert" (trace + conversion, or reading the cached IR), "compile",
         #: "first_inference" (summed over the first inference at each new input shape).
@@ -256,7 +286,11 @@ class OpenVINONet:
         if not cache_dir or not cache_key:
             return None
         net = cls(None, precision, cache_dir, cache_key, meta=meta, loader=loader)
-        return net if net._cached_ir(True).is_file() and net._cached_ir(True).with_suffix(".bin").is_file() else None
+        return (
+            net
+            if net._cached_ir(True).is_file() and net._cached_ir(True).with_suffix(".bin").is_file()
+            else None
+        )
 
     @property
     def model(self):
@@ -298,11 +332,15 @@ class OpenVINONet:
     def _check_size(self, x) -> None:
         """The checks of :meth:`verydeep.VGG.dense`, without needing the PyTorch net."""
         if len(x.shape) != 4:
-            raise VerydeepError(f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}")
+            raise VerydeepError(
+                f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}"
+            )
         crop = self.spec.crop_size
         if x.shape[-2] < crop or x.shape[-1] < crop:
-            raise VerydeepError(f"dense evaluation needs an image at least one crop large ({crop}x{crop}), "
-                                f"got {x.shape[-2]}x{x.shape[-1]}: rescale it first (isotropic rescale to Q >= {crop})")
+            raise VerydeepError(
+                f"dense evaluation needs an image at least one crop large ({crop}x{crop}), "
+                f"got {x.shape[-2]}x{x.shape[-1]}: rescale it first (isotropic rescale to Q >= {crop})"
+            )
 
     def __repr__(self) -> str:
         return f"OpenVINONet({self.spec.name}, precision={self.precision})"
@@ -323,15 +361,20 @@ class OpenVINONet:
             graph = to_openvino(self.model, logits)
             try:
                 save_ir(graph, xml)
-            except (OSError, RuntimeError) as exc:  # a full or read-only disk: go on with the graph in memory
+            except (
+                OSError,
+                RuntimeError,
+            ) as exc:  # a full or read-only disk: go on with the graph in memory
                 self._cache_fault("cannot write to it", exc)
                 return graph
         return str(xml)
 
     def _cache_fault(self, what: str, exc: BaseException) -> None:
         """The cache is an optimisation: a fault in it is one warning line, and the run goes on without it."""
-        sys.stderr.write(f"warning: OpenVINO cache {self.cache_dir}: {what} ({_first_line(exc)}); "
-                         "going on without it\n")
+        sys.stderr.write(
+            f"warning: OpenVINO cache {self.cache_dir}: {what} ({_first_line(exc)}); "
+            "going on without it\n"
+        )
         self.cache_dir = None
 
     def _compile(self, source, config: dict, logits: bool):
@@ -343,12 +386,16 @@ class OpenVINONet:
             if not isinstance(source, str):
                 raise
             xml = Path(source)
-            sys.stderr.write(f"warning: OpenVINO cache entry {xml.name} is damaged ({_first_line(exc)}); "
-                             "rebuilding it\n")
+            sys.stderr.write(
+                f"warning: OpenVINO cache entry {xml.name} is damaged ({_first_line(exc)}); "
+                "rebuilding it\n"
+            )
             for stale in (xml, xml.with_suffix(".bin")):
                 with contextlib.suppress(OSError):
                     stale.unlink()
-            config = {k: v for k, v in config.items() if k != "CACHE_DIR"}  # its blob may be the damaged part
+            config = {
+                k: v for k, v in config.items() if k != "CACHE_DIR"
+            }  # its blob may be the damaged part
             return self.core.compile_model(self._graph_source(logits), "CPU", config)
 
     def prepare(self, logits: bool = True) -> None:
@@ -379,7 +426,11 @@ class OpenVINONet:
                 if self.cache_dir is not None:  # per compilation: the Core is shared (shared_core)
                     config["CACHE_DIR"] = str(self.cache_dir / "compiled")
                 compiled = self._compile(source, config, logits)
-                streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if hint == SPLIT_HINT else 1
+                streams = (
+                    int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                    if hint == SPLIT_HINT
+                    else 1
+                )
                 self._requests[logits] = _RequestPool(compiled, max(1, streams), IN_FLIGHT)
                 self.timings["convert"] += mid - start
                 self.timings["compile"] += time.perf_counter() - mid
@@ -401,7 +452,9 @@ class OpenVINONet:
 
         pool = self._requests_for(logits, x.shape[0])
         given_array = isinstance(x, np.ndarray)
-        array = np.ascontiguousarray(x if given_array else x.detach().cpu().float().numpy(), dtype=np.float32)
+        array = np.ascontiguousarray(
+            x if given_array else x.detach().cpu().float().numpy(), dtype=np.float32
+        )
         chunks = self._chunks(array, logits, pool.streams)
         start = time.perf_counter()
         with pool.take(len(chunks), stopped) as requests:
@@ -410,12 +463,14 @@ class OpenVINONet:
             outs = []
             for request in requests:
                 _wait(request, requests, stopped)
-                outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+                outs.append(
+                    np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+                )
         key = (logits, tuple(c.shape for c in chunks))
         if key not in self._shapes:
             self._shapes.add(key)
             self.timings["first_inference"] += time.perf_counter() - start
-        out = np.concatenate(outs)[:len(array)]
+        out = np.concatenate(outs)[: len(array)]
         return out if given_array else _as_tensor(out)
 
     def _chunks(self, array: np.ndarray, logits: bool, requests: int) -> list[np.ndarray]:
@@ -426,8 +481,10 @@ class OpenVINONet:
         few padded images cost. A larger batch is split evenly (new shapes)."""
         rows = self._chunk_rows.setdefault((logits, array.shape[1:]), -(-len(array) // requests))
         if len(array) > rows * requests:
-            return np.array_split(array, min(requests, len(array)))  # views: rows of a C-order array
-        chunks = [array[i:i + rows] for i in range(0, len(array), rows)]
+            return np.array_split(
+                array, min(requests, len(array))
+            )  # views: rows of a C-order array
+        chunks = [array[i : i + rows] for i in range(0, len(array), rows)]
         if len(chunks[-1]) < rows:
             pad = np.zeros((rows - len(chunks[-1]), *array.shape[1:]), dtype=array.dtype)
             chunks[-1] = np.concatenate([chunks[-1], pad])
@@ -446,8 +503,10 @@ class OpenVINONet:
         """Logits (N, classes) of crop-size inputs, as ``model(x)``: the dense map at the crop size is 1x1."""
         crop = self.spec.crop_size
         if len(x.shape) != 4 or tuple(x.shape[-2:]) != (crop, crop):
-            raise VerydeepError(f"the crop view needs ({crop}, {crop}) inputs, got shape {tuple(x.shape)}; "
-                                "use .dense(x) for whole images")
+            raise VerydeepError(
+                f"the crop view needs ({crop}, {crop}) inputs, got shape {tuple(x.shape)}; "
+                "use .dense(x) for whole images"
+            )
         return self.dense(x)[:, :, 0, 0]
 
 
@@ -464,7 +523,9 @@ def _wait(request, started, stopped) -> None:
         if stopped():
             for other in started:
                 other.cancel()
-            for other in started:  # idle again (reusable) once its wait ends: OpenVINO raises "canceled" there
+            for other in (
+                started
+            ):  # idle again (reusable) once its wait ends: OpenVINO raises "canceled" there
                 with contextlib.suppress(RuntimeError):
                     while not other.wait_for(WAIT_SLICE_MS):
                         pass
@@ -488,7 +549,9 @@ class _RequestPool:
     def take(self, count: int, stopped=lambda: False):
         """``count`` idle requests, waited for in slices (``CancelledError`` once ``stopped()``)."""
         with self._ready:
-            while not self._ready.wait_for(lambda: len(self._idle) >= count, timeout=WAIT_SLICE_MS / 1000):
+            while not self._ready.wait_for(
+                lambda: len(self._idle) >= count, timeout=WAIT_SLICE_MS / 1000
+            ):
                 if stopped():
                     raise CancelledError("OpenVINO inference cancelled")
             taken, self._idle = self._idle[:count], self._idle[count:]

@@ -8,5 +8,14 @@ from verydeep.localize.demo import demo_section
 from verydeep.localize.head import BoxNet, from_classifier, load_box_net, save_box_net
 from verydeep.localize.merge import greedy_merge
 
-__all__ = ["BoxNet", "decode", "demo_section", "encode", "from_classifier", "greedy_merge", "iou",
-           "load_box_net", "save_box_net"]
+__all__ = [
+    "BoxNet",
+    "decode",
+    "demo_section",
+    "encode",
+    "from_classifier",
+    "greedy_merge",
+    "iou",
+    "load_box_net",
+    "save_box_net",
+]

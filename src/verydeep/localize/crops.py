@@ -51,24 +51,44 @@ class CropWindow:
         return b
 
 
-def window(width: int, height: int, scale: int, crop: int, left: int | None = None, top: int | None = None,
-           gen: torch.Generator | None = None) -> CropWindow:
+def window(
+    width: int,
+    height: int,
+    scale: int,
+    crop: int,
+    left: int | None = None,
+    top: int | None = None,
+    gen: torch.Generator | None = None,
+) -> CropWindow:
     """The crop window: at (left, top) if given, random with ``gen``, else central."""
     rh, rw = rescaled_size(height, width, scale)
     if crop > min(rh, rw):
         raise ConfigError(f"crop {crop} is larger than the image rescaled to {scale}")
     if left is None:
-        left = (int(torch.randint(0, rw - crop + 1, (1,), generator=gen).item()) if gen is not None
-                else int(round((rw - crop) / 2)))
+        left = (
+            int(torch.randint(0, rw - crop + 1, (1,), generator=gen).item())
+            if gen is not None
+            else int(round((rw - crop) / 2))
+        )
     if top is None:
-        top = (int(torch.randint(0, rh - crop + 1, (1,), generator=gen).item()) if gen is not None
-               else int(round((rh - crop) / 2)))
+        top = (
+            int(torch.randint(0, rh - crop + 1, (1,), generator=gen).item())
+            if gen is not None
+            else int(round((rh - crop) / 2))
+        )
     return CropWindow(int(left), int(top), crop, rw / width, rh / height)
 
 
-def crop_with_boxes(img: Image.Image, boxes, win: CropWindow, flip: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+def crop_with_boxes(
+    img: Image.Image, boxes, win: CropWindow, flip: bool = False
+) -> tuple[torch.Tensor, np.ndarray]:
     """The crop's uint8 pixels (3, crop, crop) and the boxes in crop pixels (clipped, mirrored with it)."""
-    source = (win.left / win.sx, win.top / win.sy, (win.left + win.crop) / win.sx, (win.top + win.crop) / win.sy)
+    source = (
+        win.left / win.sx,
+        win.top / win.sy,
+        (win.left + win.crop) / win.sx,
+        (win.top + win.crop) / win.sy,
+    )
     pixels = to_tensor(img.resize((win.crop, win.crop), RESAMPLE, box=source))
     b = clip(win.from_original(boxes), win.crop, win.crop)
     if flip:
@@ -97,8 +117,15 @@ class BoxCropDataset(Dataset):
     central crop. An unreadable image gives a zero crop with ``valid=False`` (never raises).
     """
 
-    def __init__(self, data: BoxIndex, scale: int, crop: int, train: bool = True, flip: bool = True,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        data: BoxIndex,
+        scale: int,
+        crop: int,
+        train: bool = True,
+        flip: bool = True,
+        seed: int = 0,
+    ) -> None:
         if crop > scale:
             raise ConfigError(f"crop {crop} is larger than the scale {scale}")
         self.data = data
@@ -124,6 +151,12 @@ class BoxCropDataset(Dataset):
             mirror = bool(self.flip and gen is not None and torch.rand((), generator=gen) < 0.5)
             pixels, boxes = crop_with_boxes(img, sample.boxes, win, flip=mirror)
         except (VerydeepError, OSError, ValueError):
-            return torch.zeros((3, self.crop, self.crop), dtype=torch.uint8), torch.zeros(4), sample.label, False, i
+            return (
+                torch.zeros((3, self.crop, self.crop), dtype=torch.uint8),
+                torch.zeros(4),
+                sample.label,
+                False,
+                i,
+            )
         target, valid = target_for(boxes, self.crop)
         return pixels, torch.from_numpy(target).float(), sample.label, valid, i

@@ -59,7 +59,9 @@ class BoxIndex:
         return len(self.samples)
 
     def subset(self, indices: Sequence[int]) -> "BoxIndex":
-        return BoxIndex(self.root, self.classes, [self.samples[i] for i in indices], Counter(self.skipped))
+        return BoxIndex(
+            self.root, self.classes, [self.samples[i] for i in indices], Counter(self.skipped)
+        )
 
 
 #: The skip reason of an image over the decoding bound (:data:`verydeep.data.images.MAX_PIXELS`).
@@ -105,7 +107,9 @@ def index_boxes(index: ImageIndex) -> BoxIndex:
             out.skipped[size] += 1
             continue
         raw = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in mine], dtype=np.float64)
-        outside = (raw[:, 0] >= size[0]) | (raw[:, 1] >= size[1]) | (raw[:, 2] <= 0) | (raw[:, 3] <= 0)
+        outside = (
+            (raw[:, 0] >= size[0]) | (raw[:, 1] >= size[1]) | (raw[:, 2] <= 0) | (raw[:, 3] <= 0)
+        )
         corners = clip(raw, *size)
         wide = corners[:, 2] - corners[:, 0]
         high = corners[:, 3] - corners[:, 1]
@@ -122,8 +126,10 @@ def index_boxes(index: ImageIndex) -> BoxIndex:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(out.skipped.items())) or "no images"
         hint = ""
         if example_names is not None:
-            hint = (f"; e.g. {example_names[0]} is in class folder {Path(example_names[0]).parent.name!r} "
-                    f"but its boxes are named {example_names[1]}")
+            hint = (
+                f"; e.g. {example_names[0]} is in class folder {Path(example_names[0]).parent.name!r} "
+                f"but its boxes are named {example_names[1]}"
+            )
         raise DataError(f"no image in {index.root} has a usable box ({detail}){hint}")
     return out
 
@@ -150,21 +156,29 @@ def skipped_text(skipped: Mapping[str, int]) -> str:
         if counts:
             total = sum(counts.values())
             plural = noun if total == 1 else f"{noun}es" if noun == "box" else f"{noun}s"
-            parts.append(f"{total} {plural} {verb} ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})")
+            parts.append(
+                f"{total} {plural} {verb} ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})"
+            )
     return "; ".join(parts)
 
 
-def class_mapping(net_classes: Sequence[str], data_classes: Sequence[str], what: str = "net") -> list[int]:
+def class_mapping(
+    net_classes: Sequence[str], data_classes: Sequence[str], what: str = "net"
+) -> list[int]:
     """For each data class, its index among the net's classes (by name, or by position for unnamed nets)."""
     net_classes, data_classes = list(net_classes), list(data_classes)
     generic = all(n == f"class_{i}" for i, n in enumerate(net_classes))
     if generic:
         if len(net_classes) != len(data_classes):
-            raise ConfigError(f"the {what} has {len(net_classes)} classes but the data has {len(data_classes)}")
+            raise ConfigError(
+                f"the {what} has {len(net_classes)} classes but the data has {len(data_classes)}"
+            )
         return list(range(len(data_classes)))
     position = {n: i for i, n in enumerate(net_classes)}
     unknown = [c for c in data_classes if c not in position]
     if unknown:
-        raise ConfigError(f"the {what} does not know the data's class(es) {', '.join(unknown[:5])}"
-                          + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        raise ConfigError(
+            f"the {what} does not know the data's class(es) {', '.join(unknown[:5])}"
+            + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        )
     return [position[c] for c in data_classes]

@@ -61,19 +61,25 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 @torch.no_grad()
-def crop_protocol(box_net: BoxNet, data: BoxIndex, scale: int, batch_size: int = 32, progress: bool = True) -> dict:
+def crop_protocol(
+    box_net: BoxNet, data: BoxIndex, scale: int, batch_size: int = 32, progress: bool = True
+) -> dict:
     """Test 1: localisation error (%) of the central crop at ``scale`` with the ground-truth class."""
     crop = box_net.spec.crop_size
     if scale < crop:
         raise ConfigError(f"test scale {scale} is smaller than the box net's crop size {crop}")
-    to_net = class_mapping(box_net.head.classes, data.classes, "box net") if box_net.head.mode == "pcr" else None
+    to_net = (
+        class_mapping(box_net.head.classes, data.classes, "box net")
+        if box_net.head.mode == "pcr"
+        else None
+    )
     device, prep = _device(box_net), _prep(box_net)
     box_net.eval()
     right = wrong = unreadable = 0
     ious: list[float] = []
     bar = _bar(len(data), "localisation (centre crop)", progress)
     for start in range(0, len(data), batch_size):
-        chunk = data.samples[start:start + batch_size]
+        chunk = data.samples[start : start + batch_size]
         pixels, windows, kept = [], [], []
         for sample in chunk:
             try:
@@ -87,7 +93,9 @@ def crop_protocol(box_net: BoxNet, data: BoxIndex, scale: int, batch_size: int =
             kept.append(sample)
         if kept:
             x = normalise(torch.stack(pixels).to(device), prep)
-            labels = torch.tensor([to_net[s.label] if to_net is not None else 0 for s in kept], dtype=torch.long)
+            labels = torch.tensor(
+                [to_net[s.label] if to_net is not None else 0 for s in kept], dtype=torch.long
+            )
             params = select_boxes(box_net(x).float().cpu(), labels).numpy()
             for sample, win, p in zip(kept, windows, params):
                 box = clip(win.to_original(decode(p, (0.0, 0.0, float(crop)))), *sample.size)
@@ -104,9 +112,17 @@ def crop_protocol(box_net: BoxNet, data: BoxIndex, scale: int, batch_size: int =
     total = right + wrong
     if total == 0:
         raise ConfigError(f"no image of {data.root} could be read for the localisation test")
-    return {"protocol": "centre crop, ground-truth class", "mode": box_net.head.mode, "scale": scale,
-            "images": total, "correct": right, "error": 100.0 * wrong / total,
-            "mean_iou": float(np.mean(ious)), "unreadable": unreadable, "skipped": dict(data.skipped)}
+    return {
+        "protocol": "centre crop, ground-truth class",
+        "mode": box_net.head.mode,
+        "scale": scale,
+        "images": total,
+        "correct": right,
+        "error": 100.0 * wrong / total,
+        "mean_iou": float(np.mean(ious)),
+        "unreadable": unreadable,
+        "skipped": dict(data.skipped),
+    }
 
 
 @dataclass
@@ -119,24 +135,40 @@ class Guess:
 def check_pair(box_net: BoxNet, classifier) -> None:
     """The two nets of test 2 fit together: the same crop (so dense positions line up), PCR classes."""
     if box_net.spec.crop_size != classifier.spec.crop_size:
-        raise ConfigError(f"the box net's crop ({box_net.spec.crop_size}) and the classification net's "
-                          f"({classifier.spec.crop_size}) differ, so their dense positions do not line up")
+        raise ConfigError(
+            f"the box net's crop ({box_net.spec.crop_size}) and the classification net's "
+            f"({classifier.spec.crop_size}) differ, so their dense positions do not line up"
+        )
     if box_net.head.mode == "pcr" and len(box_net.head.classes) != classifier.num_classes:
-        raise ConfigError(f"the PCR box net knows {len(box_net.head.classes)} classes, "
-                          f"the classification net {classifier.num_classes}")
+        raise ConfigError(
+            f"the PCR box net knows {len(box_net.head.classes)} classes, "
+            f"the classification net {classifier.num_classes}"
+        )
 
 
 @torch.no_grad()
-def dense_guesses(box_net: BoxNet, classifier, image: torch.Tensor, scales: Sequence[int], top: int = TOP,
-                  merge_iou: float = MERGE_IOU) -> list[Guess]:
+def dense_guesses(
+    box_net: BoxNet,
+    classifier,
+    image: torch.Tensor,
+    scales: Sequence[int],
+    top: int = TOP,
+    merge_iou: float = MERGE_IOU,
+) -> list[Guess]:
     """Test 2's guesses for one uint8 (3, H, W) image: ``top`` (class, box) pairs, best class first."""
     rescaled = {q: rescale(image, q) for q in scales}
     return rescaled_guesses(box_net, classifier, rescaled, tuple(image.shape[-2:]), top, merge_iou)
 
 
 @torch.no_grad()
-def rescaled_guesses(box_net: BoxNet, classifier, rescaled: dict[int, torch.Tensor], size: tuple[int, int],
-                     top: int = TOP, merge_iou: float = MERGE_IOU) -> list[Guess]:
+def rescaled_guesses(
+    box_net: BoxNet,
+    classifier,
+    rescaled: dict[int, torch.Tensor],
+    size: tuple[int, int],
+    top: int = TOP,
+    merge_iou: float = MERGE_IOU,
+) -> list[Guess]:
     """:func:`dense_guesses` of an image given rescaled to each scale Q (``rescaled[Q]``: uint8 (3, h, w),
     as the folder pass decodes it) and its (height, width) as decoded."""
     height, width = size
@@ -146,15 +178,23 @@ def rescaled_guesses(box_net: BoxNet, classifier, rescaled: dict[int, torch.Tens
     posterior = 0
     for resized in rescaled.values():
         rh, rw = resized.shape[-2:]
-        probs = classifier.dense(normalise(resized[None].to(device), _prep(classifier)))[0].float().softmax(0)
+        probs = (
+            classifier.dense(normalise(resized[None].to(device), _prep(classifier)))[0]
+            .float()
+            .softmax(0)
+        )
         boxes = box_net.dense(normalise(resized[None].to(device), _prep(box_net)))[0].float()
         rows, cols = probs.shape[-2:]
         win = dense_windows(rows, cols, crop).reshape(-1, 3)
-        params = boxes.reshape(boxes.shape[0], 4, -1).permute(0, 2, 1).cpu().numpy()  # (K, positions, 4)
+        params = (
+            boxes.reshape(boxes.shape[0], 4, -1).permute(0, 2, 1).cpu().numpy()
+        )  # (K, positions, 4)
         corners = decode(params, win[None])
         corners[..., 0::2] *= width / rw
         corners[..., 1::2] *= height / rh
-        per_scale.append((probs.reshape(probs.shape[0], -1).cpu().numpy(), clip(corners, width, height)))
+        per_scale.append(
+            (probs.reshape(probs.shape[0], -1).cpu().numpy(), clip(corners, width, height))
+        )
         posterior = posterior + probs.mean(dim=(1, 2)).cpu()
     ranked = torch.as_tensor(posterior).argsort(descending=True)[:top].tolist()
     guesses = []
@@ -172,8 +212,16 @@ def guesses_right(guesses: Sequence[Guess], label: int, boxes: np.ndarray) -> bo
     return any(g.label == label and float(iou(g.box, boxes).max()) > IOU_RIGHT for g in guesses)
 
 
-def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence[int], top: int = TOP,
-                   merge_iou: float = MERGE_IOU, progress: bool = True, workers: int | None = None) -> dict:
+def dense_protocol(
+    box_net: BoxNet,
+    classifier,
+    data: BoxIndex,
+    scales: Sequence[int],
+    top: int = TOP,
+    merge_iou: float = MERGE_IOU,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
     """Test 2: top-5 (and top-1) localisation error (%) of dense application with greedy merging.
 
     The images go through the folder pass that ``evaluate`` and ``features`` use
@@ -183,14 +231,23 @@ def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence
     check_pair(box_net, classifier)
     small = [q for q in scales if q < box_net.spec.crop_size]
     if small or not scales:
-        raise ConfigError(f"test scales {list(scales)} must be given and at least the crop size "
-                          f"{box_net.spec.crop_size}")
-    to_net = class_mapping(classifier.meta.class_names() if classifier.meta is not None else
-                           [f"class_{i}" for i in range(classifier.num_classes)], data.classes, "classification net")
+        raise ConfigError(
+            f"test scales {list(scales)} must be given and at least the crop size "
+            f"{box_net.spec.crop_size}"
+        )
+    to_net = class_mapping(
+        classifier.meta.class_names()
+        if classifier.meta is not None
+        else [f"class_{i}" for i in range(classifier.num_classes)],
+        data.classes,
+        "classification net",
+    )
     box_net.eval()
     classifier.eval()
     device = _device(box_net)
-    plan = plan_pass(distributed.DistContext(device=device), [s.path for s in data.samples], list(scales), 1)
+    plan = plan_pass(
+        distributed.DistContext(device=device), [s.path for s in data.samples], list(scales), 1
+    )
     counts = {"right_top": 0, "right_one": 0, "class_top": 0, "total": 0, "unreadable": 0}
 
     def work(decoded, wanted):
@@ -210,12 +267,26 @@ def dense_protocol(box_net: BoxNet, classifier, data: BoxIndex, scales: Sequence
         counts["right_one"] += guesses_right(guesses[:1], label, sample.boxes)
         counts["class_top"] += any(g.label == label for g in guesses)
 
-    run_pass(plan, loader_sizes(device, 1, workers)[1], work, book, desc="localisation (dense)", progress=progress)
+    run_pass(
+        plan,
+        loader_sizes(device, 1, workers)[1],
+        work,
+        book,
+        desc="localisation (dense)",
+        progress=progress,
+    )
     total = counts["total"]
     if total == 0:
         raise ConfigError(f"no image of {data.root} could be read for the localisation test")
-    return {"protocol": f"dense, top-{top}, greedy merging", "mode": box_net.head.mode, "scales": list(scales),
-            "images": total, f"top{top}_error": 100.0 * (total - counts["right_top"]) / total,
-            "top1_error": 100.0 * (total - counts["right_one"]) / total,
-            f"classification_top{top}_error": 100.0 * (total - counts["class_top"]) / total,
-            "merge_iou": merge_iou, "unreadable": counts["unreadable"], "skipped": dict(data.skipped)}
+    return {
+        "protocol": f"dense, top-{top}, greedy merging",
+        "mode": box_net.head.mode,
+        "scales": list(scales),
+        "images": total,
+        f"top{top}_error": 100.0 * (total - counts["right_top"]) / total,
+        "top1_error": 100.0 * (total - counts["right_one"]) / total,
+        f"classification_top{top}_error": 100.0 * (total - counts["class_top"]) / total,
+        "merge_iou": merge_iou,
+        "unreadable": counts["unreadable"],
+        "skipped": dict(data.skipped),
+    }

@@ -124,8 +124,13 @@ def select_boxes(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return pred[torch.arange(pred.shape[0], device=pred.device), labels.to(pred.device)]
 
 
-def from_classifier(classifier: VGG, mode: str, fine_tune: str = "all", train_scale: int | None = None,
-                    generator: torch.Generator | None = None) -> BoxNet:
+def from_classifier(
+    classifier: VGG,
+    mode: str,
+    fine_tune: str = "all",
+    train_scale: int | None = None,
+    generator: torch.Generator | None = None,
+) -> BoxNet:
     """A box net initialised from a classification net, its last layer random (the paper's recipe).
 
     The classifier is not modified (its weights are copied). The new fc8 is drawn from N(0, 0.01)
@@ -142,8 +147,11 @@ def from_classifier(classifier: VGG, mode: str, fine_tune: str = "all", train_sc
         fc8.weight.copy_(torch.randn(fc8.weight.shape, generator=generator) * 0.01)
         fc8.bias.zero_()
     net.meta = dataclasses.replace(
-        meta, spec=net.spec, classes=list(names),
-        extra={**meta.extra, META_KEY: head.to_dict()}, source=f"box net ({mode}) from {meta.source}",
+        meta,
+        spec=net.spec,
+        classes=list(names),
+        extra={**meta.extra, META_KEY: head.to_dict()},
+        source=f"box net ({mode}) from {meta.source}",
     )
     return BoxNet(net, head)
 
@@ -152,8 +160,10 @@ def as_box_net(model: VGG) -> BoxNet:
     """Wrap a loaded VGG whose metadata says it is a box net."""
     record = (model.meta.extra or {}).get(META_KEY) if model.meta is not None else None
     if not isinstance(record, dict):
-        raise WeightsError("these weights are not a box net (no box_net record in their metadata); "
-                           "train one with `verydeep localize train`")
+        raise WeightsError(
+            "these weights are not a box net (no box_net record in their metadata); "
+            "train one with `verydeep localize train`"
+        )
     return BoxNet(model, BoxHead.from_dict(record))
 
 
@@ -162,5 +172,7 @@ def load_box_net(path: str | os.PathLike) -> BoxNet:
 
 
 def save_box_net(box_net: BoxNet, path: str | os.PathLike) -> Path:
-    meta = dataclasses.replace(box_net.net.meta, extra={**box_net.net.meta.extra, META_KEY: box_net.head.to_dict()})
+    meta = dataclasses.replace(
+        box_net.net.meta, extra={**box_net.net.meta.extra, META_KEY: box_net.head.to_dict()}
+    )
     return canonical.save(box_net.net.state_dict(), meta, path)

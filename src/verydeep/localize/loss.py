@@ -12,8 +12,12 @@ import torch
 from verydeep.localize.head import select_boxes
 
 
-def euclidean_box_loss(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
-                       valid: torch.Tensor | None = None) -> torch.Tensor:
+def euclidean_box_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``pred`` (N, K, 4), ``target`` (N, 4), ``labels`` (N,), ``valid`` (N,) bool -> scalar loss."""
     chosen = select_boxes(pred, labels).float()
     diff = chosen - target.to(chosen)

@@ -34,10 +34,19 @@ from verydeep.weights.loader import load
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4")
 
 
-def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights: str,
-                  scales: Sequence[int] | None = None, top: int = TOP, merge_iou: float = MERGE_IOU,
-                  device: str = "auto", draw: str | os.PathLike | None = None, overwrite: bool = False,
-                  engine: str | None = "auto", engine_cache: str | os.PathLike | None = None) -> list[dict]:
+def predict_boxes(
+    images: Sequence[str | os.PathLike],
+    box_weights: str,
+    weights: str,
+    scales: Sequence[int] | None = None,
+    top: int = TOP,
+    merge_iou: float = MERGE_IOU,
+    device: str = "auto",
+    draw: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    engine: str | None = "auto",
+    engine_cache: str | os.PathLike | None = None,
+) -> list[dict]:
     """One dict per image: ``{"image", "engine", "scales", "guesses": [{"class", "index", "score", "box"}]}``,
     best class first, the box as ``[xmin, ymin, xmax, ymax]`` in the image's pixels; or
     ``{"image", "error"}`` for an image that cannot be read (the others go on). ``draw``: a folder
@@ -55,7 +64,9 @@ def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights
     if min(chosen) < crop:
         raise ConfigError(f"test scales {chosen} must be at least the crop size {crop}")
     names = classifier.meta.class_names() if classifier.meta is not None else None
-    box_net, classifier = on_engine(box_net, box_weights, classifier, weights, ran_on, dev, engine_cache)
+    box_net, classifier = on_engine(
+        box_net, box_weights, classifier, weights, ran_on, dev, engine_cache
+    )
     folder = make_folder(draw, "--draw folder") if draw is not None else None
     results = []
     with inference_settings(ran_on):
@@ -67,16 +78,27 @@ def predict_boxes(images: Sequence[str | os.PathLike], box_weights: str, weights
                 results.append({"image": str(path), "error": str(exc)})
                 continue
             guesses = dense_guesses(box_net, classifier, image, chosen, top, merge_iou)
-            found = [{"class": names[g.label] if names else str(g.label), "index": g.label, "score": g.score,
-                      "box": [round(float(v), 2) for v in g.box]} for g in guesses]
+            found = [
+                {
+                    "class": names[g.label] if names else str(g.label),
+                    "index": g.label,
+                    "score": g.score,
+                    "box": [round(float(v), 2) for v in g.box],
+                }
+                for g in guesses
+            ]
             result = {"image": str(path), "engine": ran_on, "scales": chosen, "guesses": found}
             if folder is not None:
-                result["drawn"] = str(draw_guesses(path, found, folder / f"{Path(path).stem}.boxes.png", overwrite))
+                result["drawn"] = str(
+                    draw_guesses(path, found, folder / f"{Path(path).stem}.boxes.png", overwrite)
+                )
             results.append(result)
     return results
 
 
-def on_engine(box_net: BoxNet, box_weights, classifier, weights, engine: str, device, cache_dir=None):
+def on_engine(
+    box_net: BoxNet, box_weights, classifier, weights, engine: str, device, cache_dir=None
+):
     """The two nets readied for ``engine`` (a name :func:`resolve_engine` returned), both in float32.
 
     Why float32 on OpenVINO too: this command has always run the PyTorch nets in float32, and a box
@@ -86,12 +108,16 @@ def on_engine(box_net: BoxNet, box_weights, classifier, weights, engine: str, de
     ``localize evaluate`` computes."""
     if engine != "openvino":
         return box_net, classifier
-    boxes = ready(box_net.net, engine, "fp32", device, cache_dir, weights_cache_key(box_weights, engine))
+    boxes = ready(
+        box_net.net, engine, "fp32", device, cache_dir, weights_cache_key(box_weights, engine)
+    )
     ranks = ready(classifier, engine, "fp32", device, cache_dir, weights_cache_key(weights, engine))
     return BoxNet(boxes, box_net.head), ranks
 
 
-def draw_guesses(image: str | os.PathLike, guesses: list[dict], out: Path, overwrite: bool = False) -> Path:
+def draw_guesses(
+    image: str | os.PathLike, guesses: list[dict], out: Path, overwrite: bool = False
+) -> Path:
     """The photo with each guess's box and class drawn (the best guess thickest), as a PNG."""
     from PIL import ImageDraw  # start-up: drawing only when asked for
 
@@ -103,7 +129,9 @@ def draw_guesses(image: str | os.PathLike, guesses: list[dict], out: Path, overw
         colour = COLOURS[min(rank, len(COLOURS) - 1)]
         box = guess["box"]
         pen.rectangle(box, outline=colour, width=width if rank else 2 * width)
-        pen.text((box[0] + 2 * width, box[1] + 2 * width), f"{rank + 1}. {guess['class']}", fill=colour)
+        pen.text(
+            (box[0] + 2 * width, box[1] + 2 * width), f"{rank + 1}. {guess['class']}", fill=colour
+        )
     atomic_write(out, lambda handle: picture.save(handle, format="PNG"), what="picture")
     return out
 

@@ -11,9 +11,11 @@ FINE_TUNE_TEXT = {"fc": "FC layers", "all": "all layers"}
 
 def training_text(summary: dict) -> str:
     skipped = f"; {summary['skipped_text']}" if summary.get("skipped_text") else ""
-    return (f"wrote {summary['weights']}: {summary['mode'].upper()} box net, {FINE_TUNE_TEXT[summary['fine_tune']]} "
-            f"fine-tuned at S={summary['train_scale']}, {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
-            f"{summary['final_loss']:.4f} on {summary['images']} images{skipped}; log {summary['log']}")
+    return (
+        f"wrote {summary['weights']}: {summary['mode'].upper()} box net, {FINE_TUNE_TEXT[summary['fine_tune']]} "
+        f"fine-tuned at S={summary['train_scale']}, {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
+        f"{summary['final_loss']:.4f} on {summary['images']} images{skipped}; log {summary['log']}"
+    )
 
 
 def results_table(rows: Sequence[tuple[str, dict]]) -> str:
@@ -28,10 +30,18 @@ def results_table(rows: Sequence[tuple[str, dict]]) -> str:
         line = [name, f"{crop['error']:.1f}" if crop else ""]
         if has_dense:
             dense = result.get("dense")
-            top_key = next((k for k in (dense or {})
-                            if k.startswith("top") and k.endswith("_error") and k != "top1_error"), None)
-            line += [f"{dense[top_key]:.1f}" if dense and top_key else "",
-                     f"{dense['top1_error']:.1f}" if dense else ""]
+            top_key = next(
+                (
+                    k
+                    for k in (dense or {})
+                    if k.startswith("top") and k.endswith("_error") and k != "top1_error"
+                ),
+                None,
+            )
+            line += [
+                f"{dense[top_key]:.1f}" if dense and top_key else "",
+                f"{dense['top1_error']:.1f}" if dense else "",
+            ]
         body.append(line)
     return markdown_table(header, body)
 
@@ -39,6 +49,8 @@ def results_table(rows: Sequence[tuple[str, dict]]) -> str:
 def evaluation_text(results: dict) -> str:
     lines = [results_table([(results["mode"].upper(), results)])]
     images = (results.get("crop") or results.get("dense"))["images"]
-    lines.append(f"{images} images of {results['data']}"
-                 + (f"; {results['skipped_text']}" if results.get("skipped_text") else ""))
+    lines.append(
+        f"{images} images of {results['data']}"
+        + (f"; {results['skipped_text']}" if results.get("skipped_text") else "")
+    )
     return "\n".join(lines)

@@ -87,11 +87,17 @@ class BoxTrainConfig:
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be in 0 .. 2**32-1, got {self.seed}")
         if self.on_divergence not in ("stop", "backoff"):
-            raise ConfigError(f"unknown divergence policy {self.on_divergence!r}: choose stop or backoff")
+            raise ConfigError(
+                f"unknown divergence policy {self.on_divergence!r}: choose stop or backoff"
+            )
         if self.warmup_steps < 0 or self.max_backoffs < 0 or self.snapshot_every < 1:
-            raise ConfigError("warm-up steps and back-offs must be non-negative, the snapshot interval positive")
+            raise ConfigError(
+                "warm-up steps and back-offs must be non-negative, the snapshot interval positive"
+            )
         if self.clip_grad_norm is not None and not 0 < self.clip_grad_norm < float("inf"):
-            raise ConfigError(f"gradient-norm cap must be a positive number, got {self.clip_grad_norm}")
+            raise ConfigError(
+                f"gradient-norm cap must be a positive number, got {self.clip_grad_norm}"
+            )
 
 
 @dataclass
@@ -103,7 +109,7 @@ class BoxTrainResult:
     backoffs: list[dict] = dataclasses.field(default_factory=list)  # one record per back-off
 
     def summary(self) -> dict:
-        tail = self.losses[-max(1, len(self.losses) // 10):]
+        tail = self.losses[-max(1, len(self.losses) // 10) :]
         return {
             "mode": self.box_net.head.mode,
             "fine_tune": self.box_net.head.fine_tune,
@@ -125,8 +131,13 @@ def _collate(batch):
     return images, targets, labels, valid
 
 
-def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None = None, progress: bool = True,
-                  on_step: Callable[[int, float], None] | None = None) -> BoxTrainResult:
+def train_box_net(
+    classifier: VGG,
+    data: BoxIndex,
+    config: BoxTrainConfig | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> BoxTrainResult:
     """Fine-tune a box net from ``classifier`` on ``data``; returns it (eval mode) with its losses."""
     config = config or BoxTrainConfig()
     crop = classifier.spec.crop_size
@@ -137,23 +148,39 @@ def train_box_net(classifier: VGG, data: BoxIndex, config: BoxTrainConfig | None
     box_net, optimiser = _box_net_and_optimiser(classifier, config, scale, device)
     step_fn = Step(box_net, optimiser, device, None, box_loss, clip_grad_norm=config.clip_grad_norm)
     batches = _Batches(box_net, data, scale, crop, config, device)
-    schedule = RateSchedule(config.lr, warmup_steps=config.warmup_steps, max_drops=0)  # no plateau rule: fixed steps
+    schedule = RateSchedule(
+        config.lr, warmup_steps=config.warmup_steps, max_drops=0
+    )  # no plateau rule: fixed steps
     bar = None
     if progress:
         from tqdm import tqdm  # start-up: progress bars only when asked for
 
-        bar = tqdm(total=config.steps, desc=f"box net ({config.mode}, {config.fine_tune})", unit="step", leave=False)
+        bar = tqdm(
+            total=config.steps,
+            desc=f"box net ({config.mode}, {config.fine_tune})",
+            unit="step",
+            leave=False,
+        )
     losses: list[float] = []
     policy = _BoxPolicy(config, box_net, optimiser, schedule, losses, bar)
     with keep_freed_memory():  # the same heap policy as verydeep train's steps (runtime/heap.py)
         try:  # the package's one step loop (train/steps.py), as verydeep train's epochs
-            run_steps(step_fn, batches, schedule, policy, _BoxHooks(losses, on_step, bar), end=config.steps)
+            run_steps(
+                step_fn,
+                batches,
+                schedule,
+                policy,
+                _BoxHooks(losses, on_step, bar),
+                end=config.steps,
+            )
         finally:
             if bar is not None:
                 bar.close()
     for p in box_net.parameters():
         p.requires_grad_(True)
-    return BoxTrainResult(box_net.eval(), losses, dict(data.skipped), batches.invalid, policy.books.records)
+    return BoxTrainResult(
+        box_net.eval(), losses, dict(data.skipped), batches.invalid, policy.books.records
+    )
 
 
 class _Batches:
@@ -161,13 +188,24 @@ class _Batches:
     order fixed by (seed, epoch), the net in training mode with frozen conv layers in eval mode),
     with the crops that show none of their image's boxes counted."""
 
-    def __init__(self, box_net: BoxNet, data: BoxIndex, scale: int, crop: int, config: BoxTrainConfig,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        box_net: BoxNet,
+        data: BoxIndex,
+        scale: int,
+        crop: int,
+        config: BoxTrainConfig,
+        device: torch.device,
+    ) -> None:
         self.box_net, self.config, self.device = box_net, config, device
-        self.to_net = torch.tensor(class_mapping(box_net.head.classes, data.classes, "classification net"),
-                                   dtype=torch.long)
+        self.to_net = torch.tensor(
+            class_mapping(box_net.head.classes, data.classes, "classification net"),
+            dtype=torch.long,
+        )
         self.prep = box_net.meta.preprocessing if box_net.meta is not None else Preprocessing()
-        self.dataset = BoxCropDataset(data, scale, crop, train=True, flip=config.flip, seed=config.seed)
+        self.dataset = BoxCropDataset(
+            data, scale, crop, train=True, flip=config.flip, seed=config.seed
+        )
         self.invalid = 0
 
     def __iter__(self) -> Iterator[StepInput]:
@@ -187,15 +225,25 @@ def _epoch_loader(dataset: BoxCropDataset, config: BoxTrainConfig, epoch: int) -
     """The crops of one pass over the data, in an order fixed by (seed, epoch)."""
     dataset.set_epoch(epoch)
     order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=order, num_workers=config.workers,
-                      collate_fn=_collate, worker_init_fn=die_with_parent, drop_last=len(dataset) > config.batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=order,
+        num_workers=config.workers,
+        collate_fn=_collate,
+        worker_init_fn=die_with_parent,
+        drop_last=len(dataset) > config.batch_size,
+    )
 
 
 def _box_net_and_optimiser(classifier: VGG, config: BoxTrainConfig, scale: int, device):
     """The box net (last layer random) and the SGD of the parameters it trains (the conv layers
     frozen for ``fc``)."""
     gen = torch.Generator().manual_seed(config.seed)
-    box_net = from_classifier(classifier, config.mode, config.fine_tune, scale, generator=gen).to(device)
+    box_net = from_classifier(classifier, config.mode, config.fine_tune, scale, generator=gen).to(
+        device
+    )
     trainable = box_net.fc_parameters() if config.fine_tune == "fc" else list(box_net.parameters())
     if config.fine_tune == "fc":
         for p in box_net.net.features.parameters():
@@ -217,13 +265,22 @@ class _BoxPolicy(DivergencePolicy):
     the loop goes on from the restored step with the next crops. Under ``on_divergence: stop`` (or
     past ``max_backoffs``) a refused step ends the training with one line."""
 
-    def __init__(self, config: BoxTrainConfig, net: torch.nn.Module, optimiser: torch.optim.Optimizer,
-                 schedule: RateSchedule, losses: list[float], bar=None) -> None:
+    def __init__(
+        self,
+        config: BoxTrainConfig,
+        net: torch.nn.Module,
+        optimiser: torch.optim.Optimizer,
+        schedule: RateSchedule,
+        losses: list[float],
+        bar=None,
+    ) -> None:
         self.schedule, self.losses, self.bar = schedule, losses, bar
         self.backoff = config.on_divergence == "backoff"
         self.watch = DivergenceWatch(config.divergence_factor)
         self.books = BackOffs(config.max_backoffs)
-        self.snapshots = Snapshots(config.snapshot_every, net, optimiser, self.watch) if self.backoff else None
+        self.snapshots = (
+            Snapshots(config.snapshot_every, net, optimiser, self.watch) if self.backoff else None
+        )
 
     def limit(self) -> float:
         """Never, under ``stop``: only a loss that is not finite is refused."""
@@ -243,26 +300,40 @@ class _BoxPolicy(DivergencePolicy):
         loss, step = verdict.mean_loss, verdict.step
         reason = "not finite" if not math.isfinite(loss) else "exploding"
         if self.snapshots is None:
-            raise ConfigError(f"box net training diverged at step {step} (loss {loss}); lower the learning rate")
+            raise ConfigError(
+                f"box net training diverged at step {step} (loss {loss}); lower the learning rate"
+            )
         if self.books.exhausted():
-            raise ConfigError(f"box net training diverged at step {step} (loss {loss:.4g}, {reason}) after "
-                              f"{self.books.count} back-off(s); lower the learning rate (now {self.schedule.lr:g})")
+            raise ConfigError(
+                f"box net training diverged at step {step} (loss {loss:.4g}, {reason}) after "
+                f"{self.books.count} back-off(s); lower the learning rate (now {self.schedule.lr:g})"
+            )
         median = self.watch.median()
         restored = self.snapshots.restore()
-        self.books.take(self.schedule, diverged_step=step, restored_step=restored, reason=reason, loss=loss,
-                        median=median)
+        self.books.take(
+            self.schedule,
+            diverged_step=step,
+            restored_step=restored,
+            reason=reason,
+            loss=loss,
+            median=median,
+        )
         del self.losses[restored:]
         if self.bar is not None:
             self.bar.n = restored
-            self.bar.write(f"box net: loss {loss:.4g} at step {step} ({reason}); back to step {restored} "
-                           f"with learning rate {self.schedule.lr:g}")
+            self.bar.write(
+                f"box net: loss {loss:.4g} at step {step} ({reason}); back to step {restored} "
+                f"with learning rate {self.schedule.lr:g}"
+            )
         return BackOff(restored)
 
 
 class _BoxHooks(StepHooks):
     """After each accepted step: the caller's ``on_step(step, loss)`` and the bar."""
 
-    def __init__(self, losses: list[float], on_step: Callable[[int, float], None] | None, bar=None) -> None:
+    def __init__(
+        self, losses: list[float], on_step: Callable[[int, float], None] | None, bar=None
+    ) -> None:
         self.losses, self.on_step, self.bar = losses, on_step, bar
 
     def after(self, step: int) -> None:
@@ -273,9 +344,15 @@ class _BoxHooks(StepHooks):
             self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
 
 
-def write_training_log(result: BoxTrainResult, path: str | os.PathLike, config: BoxTrainConfig) -> Path:
+def write_training_log(
+    result: BoxTrainResult, path: str | os.PathLike, config: BoxTrainConfig
+) -> Path:
     """A JSON record beside the weights: the config, the loss curve and what was skipped."""
     path = Path(path)
-    record = {"config": dataclasses.asdict(config), **result.summary(), "losses": result.losses,
-              "skipped_text": skipped_text(result.skipped)}
+    record = {
+        "config": dataclasses.asdict(config),
+        **result.summary(),
+        "losses": result.losses,
+        "skipped_text": skipped_text(result.skipped),
+    }
     return write_json(path, record)

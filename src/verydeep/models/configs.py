@@ -40,12 +40,69 @@ CONFIGS: dict[str, list[Token]] = {
     "A": [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL],
     "A-LRN": [64, LRN, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL],
     "B": [64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL],
-    "C": [64, 64, POOL, 128, 128, POOL, 256, 256, Conv1x1(256), POOL,
-          512, 512, Conv1x1(512), POOL, 512, 512, Conv1x1(512), POOL],
-    "D": [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL,
-          512, 512, 512, POOL, 512, 512, 512, POOL],
-    "E": [64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL,
-          512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL],
+    "C": [
+        64,
+        64,
+        POOL,
+        128,
+        128,
+        POOL,
+        256,
+        256,
+        Conv1x1(256),
+        POOL,
+        512,
+        512,
+        Conv1x1(512),
+        POOL,
+        512,
+        512,
+        Conv1x1(512),
+        POOL,
+    ],
+    "D": [
+        64,
+        64,
+        POOL,
+        128,
+        128,
+        POOL,
+        256,
+        256,
+        256,
+        POOL,
+        512,
+        512,
+        512,
+        POOL,
+        512,
+        512,
+        512,
+        POOL,
+    ],
+    "E": [
+        64,
+        64,
+        POOL,
+        128,
+        128,
+        POOL,
+        256,
+        256,
+        256,
+        256,
+        POOL,
+        512,
+        512,
+        512,
+        512,
+        POOL,
+        512,
+        512,
+        512,
+        512,
+        POOL,
+    ],
 }
 
 #: torchvision's names for the configs it ships.
@@ -82,7 +139,9 @@ def resolve_name(name: str) -> tuple[str, bool]:
     letter = ALIASES.get(key.replace("-", ""), key.upper())
     if letter not in CONFIGS:
         known = ", ".join(list(CONFIGS) + list(ALIASES))
-        raise ConfigError(f"unknown config {quote(raw)}: choose one of {known} (optionally with _bn)")
+        raise ConfigError(
+            f"unknown config {quote(raw)}: choose one of {known} (optionally with _bn)"
+        )
     return letter, batch_norm
 
 
@@ -162,7 +221,9 @@ class ModelSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+            raise ConfigError(
+                f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+            )
         return cls(**data)
 
 

@@ -29,14 +29,18 @@ class DenseHead(nn.Module):
         super().__init__()
         self.features = copy.deepcopy(model.features)
         self.k = model.spec.fc6_kernel
-        layers = [model.classifier[0], model.classifier[3]] + ([model.classifier[6]] if logits else [])
+        layers = [model.classifier[0], model.classifier[3]] + (
+            [model.classifier[6]] if logits else []
+        )
         self.fcs = nn.ModuleList(copy.deepcopy(layer) for layer in layers)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool5 = self.features(x)
         n, _, h, w = pool5.shape
-        z = F.unfold(pool5, self.k).transpose(1, 2)  # (n, windows, C*k*k), in nn.Linear's input order
+        z = F.unfold(pool5, self.k).transpose(
+            1, 2
+        )  # (n, windows, C*k*k), in nn.Linear's input order
         for index, fc in enumerate(self.fcs):
             z = fc(z)
             if index < 2:

@@ -16,6 +16,7 @@ from torch import nn
 from verydeep import paper
 from verydeep.errors import ConfigError
 from verydeep.models.configs import weight_layers
+
 if TYPE_CHECKING:  # annotations only: vgg.py imports this module
     from verydeep.models.vgg import VGG
 
@@ -54,7 +55,9 @@ PAPER_COPIED_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7",
 
 
 @torch.no_grad()
-def init_from_shallow(model: VGG, shallow: VGG, layers: tuple[str, ...] = PAPER_COPIED_LAYERS) -> list[str]:
+def init_from_shallow(
+    model: VGG, shallow: VGG, layers: tuple[str, ...] = PAPER_COPIED_LAYERS
+) -> list[str]:
     """Copy the paper's layers (by name) from a trained shallower net; returns the names copied.
 
     The two nets must agree on the copied layers' shapes (same width, FC width, classes, crop).
@@ -67,7 +70,9 @@ def init_from_shallow(model: VGG, shallow: VGG, layers: tuple[str, ...] = PAPER_
     copied = []
     for name in layers:
         if name not in ours or name not in theirs:
-            raise ConfigError(f"cannot copy {name}: config {model.spec.name} or {shallow.spec.name} has no such layer")
+            raise ConfigError(
+                f"cannot copy {name}: config {model.spec.name} or {shallow.spec.name} has no such layer"
+            )
         dst_key, src_key = ours[name].key, theirs[name].key
         for suffix in ("weight", "bias"):
             src, dst = src_state[f"{src_key}.{suffix}"], dst_state[f"{dst_key}.{suffix}"]

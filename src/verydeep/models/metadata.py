@@ -46,16 +46,22 @@ class Preprocessing:
         try:
             numbers = [float(v) for v in (*self.mean, *self.std, self.value_range)]
         except (TypeError, ValueError):
-            raise WeightsError(f"preprocessing mean, std and value_range must be numbers, got mean {self.mean!r}, "
-                               f"std {self.std!r}, value_range {self.value_range!r}") from None
+            raise WeightsError(
+                f"preprocessing mean, std and value_range must be numbers, got mean {self.mean!r}, "
+                f"std {self.std!r}, value_range {self.value_range!r}"
+            ) from None
         if not all(math.isfinite(v) for v in numbers):
-            raise WeightsError(f"preprocessing values must be finite, got mean {self.mean}, std {self.std}, "
-                               f"value_range {self.value_range}")
+            raise WeightsError(
+                f"preprocessing values must be finite, got mean {self.mean}, std {self.std}, "
+                f"value_range {self.value_range}"
+            )
         if any(float(s) <= 0 for s in self.std):
             raise WeightsError(f"preprocessing std must be positive, got {self.std}")
         if not 0 < float(self.value_range) <= 65535:
-            raise WeightsError(f"preprocessing value_range must be in (0, 65535] (1 or 255 in practice), "
-                               f"got {self.value_range}")
+            raise WeightsError(
+                f"preprocessing value_range must be in (0, 65535] (1 or 255 in practice), "
+                f"got {self.value_range}"
+            )
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "value_range", float(self.value_range))
@@ -111,13 +117,16 @@ class WeightsMeta:
             prep = data.get("preprocessing", {})
             if not isinstance(prep, dict) or not isinstance(data.get("spec"), dict):
                 raise TypeError("'spec' and 'preprocessing' must be JSON objects")
-            if not isinstance(data.get("classes", []), list) or \
-                    not all(isinstance(c, str) for c in data.get("classes", [])):
+            if not isinstance(data.get("classes", []), list) or not all(
+                isinstance(c, str) for c in data.get("classes", [])
+            ):
                 raise TypeError("'classes' must be a list of names")
             return cls(
                 spec=ModelSpec.from_dict(data["spec"]),
                 classes=list(data.get("classes", [])),
-                preprocessing=Preprocessing(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in prep.items()}),
+                preprocessing=Preprocessing(
+                    **{k: (tuple(v) if isinstance(v, list) else v) for k, v in prep.items()}
+                ),
                 source=str(data.get("source", "unknown")),
                 extra=dict(data.get("extra", {})),
             )

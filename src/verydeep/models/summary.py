@@ -21,7 +21,11 @@ def multiply_adds(spec: ModelSpec, size: int = 224) -> int:
             width = conv_width(token.width if isinstance(token, Conv1x1) else token, spec.width)
             total += side * side * channels * width * kernel * kernel
             channels = width
-    total += spec.fc6_inputs * spec.fc_width + spec.fc_width * spec.fc_width + spec.fc_width * spec.num_classes
+    total += (
+        spec.fc6_inputs * spec.fc_width
+        + spec.fc_width * spec.fc_width
+        + spec.fc_width * spec.num_classes
+    )
     return total
 
 

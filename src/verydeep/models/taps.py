@@ -43,14 +43,16 @@ class Tap(NamedTuple):
 
 def tap_table(spec: ModelSpec) -> list[Tap]:
     """Every named activation of a net, in the order a forward pass computes them."""
-    conv_names = {int(info.key.split(".")[1]): info.name for info in weight_layers(spec) if info.kind != "fc"}
+    conv_names = {
+        int(info.key.split(".")[1]): info.name for info in weight_layers(spec) if info.kind != "fc"
+    }
     taps: list[Tap] = []
     block, suffix, channels = 1, "", 3
     layout = feature_layout(spec)
     for index, (kind, token) in enumerate(layout):
         if kind == "conv":
             name = conv_names[index]
-            suffix = name[len("conv"):]
+            suffix = name[len("conv") :]
             channels = conv_width(token.width if isinstance(token, Conv1x1) else token, spec.width)
         elif kind in ("bn", "relu"):
             name = kind + suffix
@@ -61,7 +63,9 @@ def tap_table(spec: ModelSpec) -> list[Tap]:
             block += 1
         taps.append(Tap(name, index, channels))
     widths = (spec.fc_width,) * 4 + (spec.num_classes,)
-    taps += [Tap(name, len(layout) + i, width) for i, (name, width) in enumerate(zip(FC_TAPS, widths))]
+    taps += [
+        Tap(name, len(layout) + i, width) for i, (name, width) in enumerate(zip(FC_TAPS, widths))
+    ]
     return taps
 
 
@@ -71,10 +75,10 @@ def feature_info(spec: ModelSpec) -> list[dict]:
     are pool5's, 32). Names are :meth:`VGG.taps`'s, so ``[f["module"] for f in info]`` can be tapped."""
     info, pools = [], 0
     for tap in tap_table(spec):
-        info.append({"module": tap.name, "num_chs": tap.channels, "reduction": 2 ** pools})
+        info.append({"module": tap.name, "num_chs": tap.channels, "reduction": 2**pools})
         if tap.name.startswith("pool"):
             pools += 1
-            info[-1]["reduction"] = 2 ** pools
+            info[-1]["reduction"] = 2**pools
     return info
 
 
@@ -93,15 +97,19 @@ def resolve_taps(spec: ModelSpec, names: str | Iterable[str]) -> list[Tap]:
     else:
         asked = None
     if asked is None or not all(isinstance(n, str) for n in asked):
-        raise ConfigError(f"layer names must be a name or a list of names such as ['relu3_3'], got {quote(names)}; "
-                          f"valid: {', '.join(tap.name for tap in tap_table(spec))}")
+        raise ConfigError(
+            f"layer names must be a name or a list of names such as ['relu3_3'], got {quote(names)}; "
+            f"valid: {', '.join(tap.name for tap in tap_table(spec))}"
+        )
     if not asked:
         raise ConfigError("no layer names given")
     table = {tap.name: tap for tap in tap_table(spec)}
     unknown = [n for n in asked if n not in table]
     if unknown:
-        raise ConfigError(f"unknown layer name(s) {', '.join(map(repr, unknown))} for VGG {spec.name}; "
-                          f"valid: {', '.join(table)}")
+        raise ConfigError(
+            f"unknown layer name(s) {', '.join(map(repr, unknown))} for VGG {spec.name}; "
+            f"valid: {', '.join(table)}"
+        )
     return [table[n] for n in dict.fromkeys(asked)]
 
 
@@ -114,7 +122,9 @@ def _apply(module: nn.Module, x: torch.Tensor, pool: str) -> torch.Tensor:
     return module(x)
 
 
-def compute_taps(model, x: torch.Tensor, names: str | Iterable[str], pool: str = "max") -> dict[str, torch.Tensor]:
+def compute_taps(
+    model, x: torch.Tensor, names: str | Iterable[str], pool: str = "max"
+) -> dict[str, torch.Tensor]:
     """The activations ``names`` of ``model`` (a :class:`~verydeep.models.vgg.VGG`) on the
     (already normalised) batch ``x``, as a dict in the order asked; see :meth:`VGG.taps`."""
     if pool not in POOLS:
@@ -129,9 +139,11 @@ def compute_taps(model, x: torch.Tensor, names: str | Iterable[str], pool: str =
         model._check_dense_size(x)
     else:
         pools = sum(isinstance(m, nn.MaxPool2d) for m in list(model.features)[: deepest + 1])
-        if min(x.shape[-2:]) < 2 ** pools:
-            raise VerydeepError(f"{table[deepest].name} comes after {pools} 2x2 pools: it needs images of at least "
-                                f"{2 ** pools}x{2 ** pools} pixels, got {x.shape[-2]}x{x.shape[-1]}")
+        if min(x.shape[-2:]) < 2**pools:
+            raise VerydeepError(
+                f"{table[deepest].name} comes after {pools} 2x2 pools: it needs images of at least "
+                f"{2**pools}x{2**pools} pixels, got {x.shape[-2]}x{x.shape[-1]}"
+            )
     found: dict[str, torch.Tensor] = {}
     for tap, module in zip(table[: min(deepest + 1, stack)], model.features):
         x = _apply(module, x, pool)

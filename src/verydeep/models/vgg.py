@@ -23,8 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from verydeep.errors import ConfigError, VerydeepError
-from verydeep.models.configs import (CROP_SIZE, DROPOUT, FC_WIDTH, LRN_SETTINGS, NUM_CLASSES, Conv1x1, ModelSpec,
-                                     conv_width, feature_layout, resolve_name)
+from verydeep.models.configs import (
+    CROP_SIZE,
+    DROPOUT,
+    FC_WIDTH,
+    LRN_SETTINGS,
+    NUM_CLASSES,
+    Conv1x1,
+    ModelSpec,
+    conv_width,
+    feature_layout,
+    resolve_name,
+)
 from verydeep.models.dense_head import DenseHead
 from verydeep.models.init import initialise
 from verydeep.models.taps import compute_taps, feature_info, resolve_taps
@@ -115,8 +125,9 @@ class VGG(nn.Module):
         x = self.classifier[:6](x)
         return x if pre_logits else self.classifier[6](x)
 
-    def forward(self, x: torch.Tensor, taps: str | Iterable[str] | None = None,
-                pool: str = "max") -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, taps: str | Iterable[str] | None = None, pool: str = "max"
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Class logits for crops of ``spec.crop_size``; with ``taps=names``, the activations
         :meth:`taps` returns instead.
 
@@ -135,27 +146,39 @@ class VGG(nn.Module):
         is not the weights' outside autocast. The net takes normalised batches (``model.meta.preprocessing``);
         :class:`verydeep.perceptual.FeatureNet` takes RGB in [0, 1] and normalises them itself."""
         if not isinstance(x, torch.Tensor):
-            raise VerydeepError(f"expected a tensor batch (N, 3, H, W), got {type(x).__name__}: turn images into "
-                                "tensors first (torchvision.transforms.v2.ToImage, then ToDtype(torch.float32, "
-                                "scale=True) and the normalisation model.meta.preprocessing gives)")
+            raise VerydeepError(
+                f"expected a tensor batch (N, 3, H, W), got {type(x).__name__}: turn images into "
+                "tensors first (torchvision.transforms.v2.ToImage, then ToDtype(torch.float32, "
+                "scale=True) and the normalisation model.meta.preprocessing gives)"
+            )
         if x.dim() == 3 and x.shape[0] == 3:
-            raise VerydeepError(f"expected a batch (N, 3, H, W), got one image of shape {tuple(x.shape)}: "
-                                "add the batch dimension with x[None]")
+            raise VerydeepError(
+                f"expected a batch (N, 3, H, W), got one image of shape {tuple(x.shape)}: "
+                "add the batch dimension with x[None]"
+            )
         if x.dim() != 4 or x.shape[1] != 3:
-            raise VerydeepError(f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}")
+            raise VerydeepError(
+                f"expected a batch of images (N, 3, H, W), got shape {tuple(x.shape)}"
+            )
         if not x.is_floating_point():
-            raise VerydeepError(f"expected floating-point input, got {x.dtype}: convert it (x.float() / 255 for "
-                                "8-bit pixels) and normalise it as model.meta.preprocessing says")
+            raise VerydeepError(
+                f"expected floating-point input, got {x.dtype}: convert it (x.float() / 255 for "
+                "8-bit pixels) and normalise it as model.meta.preprocessing says"
+            )
         weight = self.features[0].weight
         if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise VerydeepError(f"the net's weights are {weight.dtype} and the input is {x.dtype}: use "
-                                f"x.to({weight.dtype}) (or convert the net), or run inside torch.autocast")
+            raise VerydeepError(
+                f"the net's weights are {weight.dtype} and the input is {x.dtype}: use "
+                f"x.to({weight.dtype}) (or convert the net), or run inside torch.autocast"
+            )
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace fc8 with a freshly initialised layer of ``num_classes`` outputs."""
         self.spec = self.spec.replace(num_classes=num_classes)
         old = self.classifier[6]
-        fc8 = nn.Linear(self.spec.fc_width, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+        fc8 = nn.Linear(
+            self.spec.fc_width, num_classes, device=old.weight.device, dtype=old.weight.dtype
+        )
         nn.init.normal_(fc8.weight, std=0.01)
         nn.init.zeros_(fc8.bias)
         self.classifier[6] = fc8
@@ -181,7 +204,9 @@ class VGG(nn.Module):
                 f"got {h}x{w}: rescale it first (isotropic rescale to Q >= {crop})"
             )
 
-    def _fc_layers(self, pool5: torch.Tensor, last: str = "fc8") -> Iterator[tuple[str, torch.Tensor]]:
+    def _fc_layers(
+        self, pool5: torch.Tensor, last: str = "fc8"
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """``(name, map)`` for fc6, relu6, fc7, relu7, fc8 in turn, stopping after ``last``: the FC
         layers at every ``k x k`` window of a pool5 map, eval semantics (no dropout), maps (N, C, h, w).
 
@@ -206,6 +231,7 @@ class VGG(nn.Module):
 
             def as_map(z: torch.Tensor) -> torch.Tensor:
                 return z.transpose(1, 2).reshape(n, z.shape[-1], h - k + 1, w - k + 1)
+
         for number, layer in zip((6, 7, 8), layers):
             x = layer(x)
             yield f"fc{number}", as_map(x)
@@ -227,7 +253,9 @@ class VGG(nn.Module):
         self._check_dense_size(x)
         return self._fc_maps(self.features(x), logits=False)
 
-    def taps(self, x: torch.Tensor, names: str | Iterable[str], pool: str = "max") -> dict[str, torch.Tensor]:
+    def taps(
+        self, x: torch.Tensor, names: str | Iterable[str], pool: str = "max"
+    ) -> dict[str, torch.Tensor]:
         """Activations by the original release's names (``relu3_3``, ``pool5``, ``fc7`` ...).
 
         ``x`` is an already normalised batch; the result maps each name to its activation, in the
@@ -259,9 +287,18 @@ class VGG(nn.Module):
 RELEASE_OF = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 
 
-def vgg(config: str = "D", *, num_classes: int = NUM_CLASSES, width: float = 1.0, fc_width: int = FC_WIDTH,
-        dropout: float = DROPOUT, crop_size: int = CROP_SIZE, batch_norm: bool = False, init: str = "paper",
-        **unknown: Any) -> VGG:
+def vgg(
+    config: str = "D",
+    *,
+    num_classes: int = NUM_CLASSES,
+    width: float = 1.0,
+    fc_width: int = FC_WIDTH,
+    dropout: float = DROPOUT,
+    crop_size: int = CROP_SIZE,
+    batch_norm: bool = False,
+    init: str = "paper",
+    **unknown: Any,
+) -> VGG:
     """Build a net by Table 1 name (``"A"``, ``"A-LRN"``, ``"vgg16_bn"`` ...) with random weights.
 
     Options are :class:`ModelSpec` fields (``num_classes``, ``width``, ``fc_width``, ``dropout``,
@@ -272,13 +309,24 @@ def vgg(config: str = "D", *, num_classes: int = NUM_CLASSES, width: float = 1.0
     if "pretrained" in unknown or "weights" in unknown:
         letter, bn = resolve_name(config)
         name = RELEASE_OF.get(letter, "vgg16") + ("_bn" if bn or batch_norm else "")
-        raise ConfigError(f"verydeep.vgg() builds a net with random weights; for trained ones use "
-                          f"verydeep.load(\"torchvision:{name}\") (or a weights file)")
+        raise ConfigError(
+            f"verydeep.vgg() builds a net with random weights; for trained ones use "
+            f'verydeep.load("torchvision:{name}") (or a weights file)'
+        )
     if unknown:
-        raise ConfigError(f"bad model option {', '.join(sorted(unknown))}: vgg() takes num_classes, width, fc_width, "
-                          f"dropout, crop_size, batch_norm and init")
-    spec = ModelSpec(config=config, num_classes=num_classes, width=width, fc_width=fc_width, dropout=dropout,
-                     crop_size=crop_size, batch_norm=batch_norm)
+        raise ConfigError(
+            f"bad model option {', '.join(sorted(unknown))}: vgg() takes num_classes, width, fc_width, "
+            f"dropout, crop_size, batch_norm and init"
+        )
+    spec = ModelSpec(
+        config=config,
+        num_classes=num_classes,
+        width=width,
+        fc_width=fc_width,
+        dropout=dropout,
+        crop_size=crop_size,
+        batch_norm=batch_norm,
+    )
     model = VGG(spec)
     initialise(model, init)
     return model

@@ -44,15 +44,18 @@ from verydeep.runtime.workers import check_workers
 DEFAULT_BATCH = {"cuda": 32, "cpu": 8, "openvino": 16}
 
 
-def loader_sizes(device: torch.device, batch_size: int | None, workers: int | None,
-                 engine: str = "torch") -> tuple[int, int]:
+def loader_sizes(
+    device: torch.device, batch_size: int | None, workers: int | None, engine: str = "torch"
+) -> tuple[int, int]:
     """Images per batch and decoding workers: the ones given, else the defaults for the device and engine."""
     kind = "openvino" if engine == "openvino" else device.type
     batch_size = int(batch_size or DEFAULT_BATCH.get(kind, DEFAULT_BATCH["cpu"]))
     if workers is None:
         cores = os.cpu_count() or 1
         workers = min(8, cores) if device.type == "cuda" else min(4, max(1, cores // 2))
-    return batch_size, check_workers(int(workers), "workers")  # the bound holds for the Python API too
+    return batch_size, check_workers(
+        int(workers), "workers"
+    )  # the bound holds for the Python API too
 
 
 def probe_all(ctx: distributed.DistContext, paths: Sequence[str]) -> list[tuple[int, int] | None]:
@@ -77,7 +80,9 @@ class Pass:
     plan: list[list[int]]
     order: list[int]
     done: np.ndarray | None = None
-    sizes: list[tuple[int, int] | None] | None = None  # each image's (height, width) as decoded, from its header
+    sizes: list[tuple[int, int] | None] | None = (
+        None  # each image's (height, width) as decoded, from its header
+    )
 
     def wanted(self, b: int) -> set[int]:
         """The images of batch ``b`` still to do."""
@@ -89,19 +94,38 @@ class Pass:
         return sum(len(self.plan[b]) for b in self.order)
 
 
-def plan_pass(ctx: distributed.DistContext, paths: Sequence[str], scales: Sequence[int], batch_size: int,
-              done: np.ndarray | None = None) -> Pass:
+def plan_pass(
+    ctx: distributed.DistContext,
+    paths: Sequence[str],
+    scales: Sequence[int],
+    batch_size: int,
+    done: np.ndarray | None = None,
+) -> Pass:
     """Plan the batches over ``paths`` rescaled to every one of ``scales``; this process's share
     leaves out the batches whose images are all ``done``."""
     sizes = probe_all(ctx, paths)
     plan = plan_batches(sizes, scales, batch_size)
     left = [b for b in range(len(plan)) if done is None or not done[plan[b]].all()]
-    return Pass(list(paths), list(scales), plan, [b for b in left if b % ctx.world_size == ctx.rank], done, sizes)
+    return Pass(
+        list(paths),
+        list(scales),
+        plan,
+        [b for b in left if b % ctx.world_size == ctx.rank],
+        done,
+        sizes,
+    )
 
 
-def run_pass(p: Pass, workers: int, work: Callable[[list[Decoded], set[int]], Any], book: Callable[[int, Any], None],
-             in_flight: int = 1, desc: str = "images", progress: bool = True,
-             cancel: Callable[[], None] | None = None) -> None:
+def run_pass(
+    p: Pass,
+    workers: int,
+    work: Callable[[list[Decoded], set[int]], Any],
+    book: Callable[[int, Any], None],
+    in_flight: int = 1,
+    desc: str = "images",
+    progress: bool = True,
+    cancel: Callable[[], None] | None = None,
+) -> None:
     """Decode this process's batches with ``workers`` processes, ``work(items, wanted)`` each into a
     result (``wanted``: the batch's images not done yet, read before the work starts), and
     ``book(b, result)`` the results in batch order, with a progress bar over the images.
@@ -110,13 +134,22 @@ def run_pass(p: Pass, workers: int, work: Callable[[list[Decoded], set[int]], An
     ``cancel`` stops an engine's work still in flight when an interrupt abandons it
     (:class:`~verydeep.passes.inflight.InFlight`). Runs under ``torch.inference_mode``.
     """
-    bar = tqdm(total=p.images, unit="img", desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=p.images,
+        unit="img",
+        desc=desc,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     batches = batch_loader(PlannedBatches(p.paths, p.plan, p.scales), p.order, workers)
     try:
         with torch.inference_mode(), InFlight(in_flight, cancel=cancel) as window:
             for b, items in batches:
                 wanted = p.wanted(b)
-                for taken_b, result in window.submit(b, lambda items=items, wanted=wanted: work(items, wanted)):
+                for taken_b, result in window.submit(
+                    b, lambda items=items, wanted=wanted: work(items, wanted)
+                ):
                     book(taken_b, result)
                     bar.update(len(p.plan[taken_b]))
             for taken_b, result in window.drain():

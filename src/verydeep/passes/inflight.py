@@ -44,7 +44,11 @@ class InFlight:
         self.depth = max(1, int(depth))
         self._cancel = cancel
         self._pending: deque[tuple[Hashable, Future]] = deque()
-        self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="verydeep-batch") if self.depth > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(self.depth, thread_name_prefix="verydeep-batch")
+            if self.depth > 1
+            else None
+        )
 
     def submit(self, key: Hashable, work: Callable[[], Any]) -> list[tuple[Hashable, Any]]:
         """Start ``work`` (in inference mode, as the caller's loop runs); returns the results that
@@ -64,7 +68,9 @@ class InFlight:
 
     def _take(self) -> tuple[Hashable, Any]:
         key, future = self._pending[0]
-        while not future.done():  # each slice ends in the interpreter, where a pending signal's handler runs
+        while (
+            not future.done()
+        ):  # each slice ends in the interpreter, where a pending signal's handler runs
             wait([future], timeout=WAIT_SLICE_S)
         self._pending.popleft()  # only now: an interrupt above leaves it for close() to cancel
         return key, future.result()  # re-raises the work's exception here, in the caller's thread

@@ -26,7 +26,9 @@ Decoded = tuple[int, "dict[int, torch.Tensor] | str"]
 class PlannedBatches(Dataset):
     """Item ``b`` is batch ``b`` of the plan, decoded: ``(b, [Decoded, ...])``."""
 
-    def __init__(self, paths: Sequence[str], batches: Sequence[Sequence[int]], scales: Sequence[int]) -> None:
+    def __init__(
+        self, paths: Sequence[str], batches: Sequence[Sequence[int]], scales: Sequence[int]
+    ) -> None:
         self.paths = list(paths)
         self.batches = [list(b) for b in batches]
         self.scales = list(scales)
@@ -98,12 +100,22 @@ _END = object()
 
 def batch_loader(dataset: PlannedBatches, order: Sequence[int], workers: int) -> WholeBatches:
     """Batches ``order`` of ``dataset``, decoded by ``workers`` processes (0: in this one)."""
-    return WholeBatches(DataLoader(dataset, batch_size=None, sampler=list(order), num_workers=max(0, int(workers)),
-                                   collate_fn=_keep, prefetch_factor=2 if workers > 0 else None,
-                                   worker_init_fn=die_with_parent))
+    return WholeBatches(
+        DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=list(order),
+            num_workers=max(0, int(workers)),
+            collate_fn=_keep,
+            prefetch_factor=2 if workers > 0 else None,
+            worker_init_fn=die_with_parent,
+        )
+    )
 
 
-def group_by_shape(items: Sequence[Decoded], scales: Sequence[int]) -> list[tuple[list[int], dict[int, torch.Tensor]]]:
+def group_by_shape(
+    items: Sequence[Decoded], scales: Sequence[int]
+) -> list[tuple[list[int], dict[int, torch.Tensor]]]:
     """Readable images of a batch stacked by actual rescaled shape: ``[(indices, {Q: (n, 3, h, w)})]``.
 
     The plan predicts one shape per batch from the file headers; this keeps the result right
@@ -115,5 +127,7 @@ def group_by_shape(items: Sequence[Decoded], scales: Sequence[int]) -> list[tupl
             continue
         key = tuple(tuple(images[q].shape) for q in scales)
         groups.setdefault(key, []).append((i, images))
-    return [([i for i, _ in members], {q: torch.stack([m[q] for _, m in members]) for q in scales})
-            for members in groups.values()]
+    return [
+        ([i for i, _ in members], {q: torch.stack([m[q] for _, m in members]) for q in scales})
+        for members in groups.values()
+    ]

@@ -48,7 +48,9 @@ def size_key(size: tuple[int, int] | None, scales: Sequence[int]) -> SizeKey | N
     return tuple(rescaled_size(size[0], size[1], q) for q in scales)
 
 
-def plan_batches(sizes: Sequence[tuple[int, int] | None], scales: Sequence[int], batch_size: int) -> list[list[int]]:
+def plan_batches(
+    sizes: Sequence[tuple[int, int] | None], scales: Sequence[int], batch_size: int
+) -> list[list[int]]:
     """Image indices cut into batches of equal rescaled size at all ``scales`` (at most ``batch_size`` each).
 
     Groups are ordered by size (unreadable images last, in batches of their own); images keep
@@ -59,4 +61,6 @@ def plan_batches(sizes: Sequence[tuple[int, int] | None], scales: Sequence[int],
         groups.setdefault(size_key(size, scales), []).append(i)
     order = sorted(groups, key=lambda k: (k is None, k or ()))
     batch_size = max(1, int(batch_size))
-    return [groups[k][s:s + batch_size] for k in order for s in range(0, len(groups[k]), batch_size)]
+    return [
+        groups[k][s : s + batch_size] for k in order for s in range(0, len(groups[k]), batch_size)
+    ]

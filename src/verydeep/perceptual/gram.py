@@ -16,7 +16,9 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     keeps only about three significant digits.
     """
     if features.dim() != 4:
-        raise VerydeepError(f"gram_matrix expects a (N, C, H, W) map, got shape {tuple(features.shape)}")
+        raise VerydeepError(
+            f"gram_matrix expects a (N, C, H, W) map, got shape {tuple(features.shape)}"
+        )
     n, c, h, w = features.shape
     if features.dtype in (torch.float16, torch.bfloat16):
         features = features.float()

@@ -34,15 +34,21 @@ def _layer_weights(layers: list[str], weights_per_layer) -> dict[str, float]:
         extra = sorted(set(weights_per_layer) - set(layers))
         missing = [name for name in layers if name not in weights_per_layer]
         if extra or missing:
-            raise ConfigError(f"weights_per_layer must name exactly the layers {layers}: "
-                              f"missing {missing}, not a layer {extra}")
+            raise ConfigError(
+                f"weights_per_layer must name exactly the layers {layers}: "
+                f"missing {missing}, not a layer {extra}"
+            )
         values = [weights_per_layer[name] for name in layers]
     elif isinstance(weights_per_layer, Sequence) and not isinstance(weights_per_layer, str):
         if len(weights_per_layer) != len(layers):
-            raise ConfigError(f"weights_per_layer has {len(weights_per_layer)} values for {len(layers)} layers")
+            raise ConfigError(
+                f"weights_per_layer has {len(weights_per_layer)} values for {len(layers)} layers"
+            )
         values = list(weights_per_layer)
     else:
-        raise ConfigError("weights_per_layer must be a list (one value per layer) or a dict by layer name")
+        raise ConfigError(
+            "weights_per_layer must be a list (one value per layer) or a dict by layer name"
+        )
     try:
         out = {name: float(value) for name, value in zip(layers, values)}
     except (TypeError, ValueError):
@@ -64,8 +70,15 @@ class PerceptualLoss(nn.Module):
     them), never the net's parameters.
     """
 
-    def __init__(self, weights, layers: str | Iterable[str], weights_per_layer=None, kind: str = "feature",
-                 pool: str = "max", preprocessing: Preprocessing | None = None) -> None:
+    def __init__(
+        self,
+        weights,
+        layers: str | Iterable[str],
+        weights_per_layer=None,
+        kind: str = "feature",
+        pool: str = "max",
+        preprocessing: Preprocessing | None = None,
+    ) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"unknown loss kind {kind!r}: choose feature or gram")
@@ -85,7 +98,9 @@ class PerceptualLoss(nn.Module):
     def targets(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The per-layer targets of fixed images, detached, to pass as ``target`` again and again."""
         with torch.no_grad():
-            return {name: value.detach() for name, value in self._represent(images, "target").items()}
+            return {
+                name: value.detach() for name, value in self._represent(images, "target").items()
+            }
 
     def layer_losses(self, images: torch.Tensor, target) -> dict[str, torch.Tensor]:
         """Each layer's unweighted term (a float32 scalar), by name."""
@@ -93,7 +108,9 @@ class PerceptualLoss(nn.Module):
         if isinstance(target, Mapping):
             missing = [name for name in self.layers if name not in target]
             if missing:
-                raise VerydeepError(f"target holds no {', '.join(missing)}: make it with this loss's targets()")
+                raise VerydeepError(
+                    f"target holds no {', '.join(missing)}: make it with this loss's targets()"
+                )
             wanted = target
         else:
             wanted = self._represent(target, "target")

@@ -33,8 +33,10 @@ def as_vgg(weights) -> tuple[VGG, bool]:
 
 #: RGB in [0, 1] with room for a generator's overshoot: a batch outside this is in another convention.
 RANGE = (-0.5, 1.5)
-CONVENTION = ("RGB floats in [0, 1] (torchvision's convention: verydeep.transforms(), i.e. ToImage + "
-              "ToDtype(torch.float32, scale=True))")
+CONVENTION = (
+    "RGB floats in [0, 1] (torchvision's convention: verydeep.transforms(), i.e. ToImage + "
+    "ToDtype(torch.float32, scale=True))"
+)
 
 
 def transforms():
@@ -51,24 +53,37 @@ def check_images(images: torch.Tensor, what: str = "images") -> None:
     batch (N, 3, H, W) with values in about [0, 1]. 0-255 pixels, ImageNet-normalised or [-1, 1]
     inputs gave plausible but wrong losses before; now they are an error naming the convention."""
     if not isinstance(images, torch.Tensor):
-        raise VerydeepError(f"{what} must be a tensor batch (N, 3, H, W) of {CONVENTION}, got {type(images).__name__}")
+        raise VerydeepError(
+            f"{what} must be a tensor batch (N, 3, H, W) of {CONVENTION}, got {type(images).__name__}"
+        )
     if images.dim() == 3 and images.shape[0] == 3:
-        raise VerydeepError(f"{what} must be a batch (N, 3, H, W), got one image of shape {tuple(images.shape)}: "
-                            "add the batch dimension with images[None]")
+        raise VerydeepError(
+            f"{what} must be a batch (N, 3, H, W), got one image of shape {tuple(images.shape)}: "
+            "add the batch dimension with images[None]"
+        )
     if images.dim() != 4 or images.shape[1] != 3:
-        raise VerydeepError(f"{what} must be a batch of RGB images (N, 3, H, W) with values in 0-1, "
-                            f"got {tuple(images.shape)}")
+        raise VerydeepError(
+            f"{what} must be a batch of RGB images (N, 3, H, W) with values in 0-1, "
+            f"got {tuple(images.shape)}"
+        )
     if images.shape[0] == 0:
         raise VerydeepError(f"{what} is an empty batch (0 images)")
     if not images.is_floating_point():
-        raise VerydeepError(f"{what} must be {CONVENTION}, got {images.dtype}: use images.float() / 255 "
-                            "for 8-bit pixels")
+        raise VerydeepError(
+            f"{what} must be {CONVENTION}, got {images.dtype}: use images.float() / 255 "
+            "for 8-bit pixels"
+        )
     low, high = (float(v) for v in torch.aminmax(images.detach()))
     if not (RANGE[0] <= low and high <= RANGE[1]):
-        hint = ("they look like 0-255 pixels: divide by 255" if low >= RANGE[0] else
-                "they look normalised (ImageNet mean/std or [-1, 1]): undo that; the weights' own "
-                "normalisation is applied inside")
-        raise VerydeepError(f"{what} must be {CONVENTION}; these values run from {low:.3g} to {high:.3g}: {hint}")
+        hint = (
+            "they look like 0-255 pixels: divide by 255"
+            if low >= RANGE[0]
+            else "they look normalised (ImageNet mean/std or [-1, 1]): undo that; the weights' own "
+            "normalisation is applied inside"
+        )
+        raise VerydeepError(
+            f"{what} must be {CONVENTION}; these values run from {low:.3g} to {high:.3g}: {hint}"
+        )
 
 
 def _preprocessing_affine(prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +102,13 @@ class FeatureNet(nn.Module):
     images. ``pool="avg"`` swaps the max-pools for average pools (Gatys et al.).
     """
 
-    def __init__(self, weights, layers: str | Iterable[str], pool: str = "max",
-                 preprocessing: Preprocessing | None = None) -> None:
+    def __init__(
+        self,
+        weights,
+        layers: str | Iterable[str],
+        pool: str = "max",
+        preprocessing: Preprocessing | None = None,
+    ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ConfigError(f"unknown pooling {pool!r}: choose max or avg")
@@ -96,13 +116,17 @@ class FeatureNet(nn.Module):
         taps = resolve_taps(model.spec, layers)
         self.layers = [tap.name for tap in taps]
         self.pool = pool
-        self.preprocessing = preprocessing or (model.meta.preprocessing if model.meta is not None else None)
+        self.preprocessing = preprocessing or (
+            model.meta.preprocessing if model.meta is not None else None
+        )
         if self.preprocessing is None:
-            raise ConfigError("this net carries no preprocessing (it was built by verydeep.vgg() or had a state dict "
-                              "loaded into it), so its input normalisation is unknown: load the weights with "
-                              "verydeep.load(...), or pass the torchvision module or state dict itself (it brings "
-                              "torchvision's normalisation), or say it: preprocessing=Preprocessing.torchvision() "
-                              "(or .caffe())")
+            raise ConfigError(
+                "this net carries no preprocessing (it was built by verydeep.vgg() or had a state dict "
+                "loaded into it), so its input normalisation is unknown: load the weights with "
+                "verydeep.load(...), or pass the torchvision module or state dict itself (it brings "
+                "torchvision's normalisation), or say it: preprocessing=Preprocessing.torchvision() "
+                "(or .caffe())"
+            )
         self.net = self._trunk(model, max(tap.index for tap in taps), copy_modules=is_callers)
         self.net.requires_grad_(False)
         self.net.eval()
@@ -138,7 +162,9 @@ class FeatureNet(nn.Module):
         """``{name: activation}``; ``images`` checked once, here (``what`` names them in the error)."""
         check_images(images, what)
         if images.dtype != self.scale.dtype and not torch.is_autocast_enabled(images.device.type):
-            images = images.to(self.scale.dtype)  # float64 or float16 RGB in [0, 1]: unambiguous, so converted
+            images = images.to(
+                self.scale.dtype
+            )  # float64 or float16 RGB in [0, 1]: unambiguous, so converted
         return self.net.taps(self.normalise(images), self.layers, pool=self.pool)
 
     def extra_repr(self) -> str:

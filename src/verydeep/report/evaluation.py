@@ -31,7 +31,10 @@ def _cell(errors) -> str:
 def results_table(summary: Summary) -> str:
     """Markdown in the layout of the paper's Tables 3-6: top-1 / top-5 error (%) per protocol."""
     header = ["net", "train S", "test Q"] + [TITLES.get(p, p) for p in summary.protocols]
-    rows = [[r.name, r.train, r.test] + [_cell(r.errors.get(p)) for p in summary.protocols] for r in summary.rows]
+    rows = [
+        [r.name, r.train, r.test] + [_cell(r.errors.get(p)) for p in summary.protocols]
+        for r in summary.rows
+    ]
     return markdown_table(header, rows, align="lll" + "r" * len(summary.protocols))
 
 
@@ -61,7 +64,12 @@ def plot_error_vs_scale(summary: Summary, path: str | os.PathLike) -> Path | Non
         points.sort(key=lambda t: t[0])
         qs = [q for q, _ in points]
         for ax, metric in zip(axes, ("top1", "top5")):
-            ax.plot(qs, [e[metric] for _, e in points], marker="o", label=f"{name}, {TITLES.get(protocol, protocol)}")
+            ax.plot(
+                qs,
+                [e[metric] for _, e in points],
+                marker="o",
+                label=f"{name}, {TITLES.get(protocol, protocol)}",
+            )
     for ax, title in zip(axes, ("top-1 error (%)", "top-5 error (%)")):
         ax.set_xlabel("test scale Q (shorter side, pixels)")
         ax.set_ylabel(title)
@@ -79,8 +87,18 @@ def plot_error_vs_scale(summary: Summary, path: str | os.PathLike) -> Path | Non
 def report_markdown(summary: Summary, plot: str | None) -> str:
     nets = markdown_table(
         ["net", "config", "crop", "train S", "test scales", "flips", "weights"],
-        [[n["name"], n["config"], n["crop"], describe_train_scale(n["train_scale"]), ",".join(map(str, n["scales"])),
-          "yes" if n["flip"] else "no", n["source"]] for n in summary.nets],
+        [
+            [
+                n["name"],
+                n["config"],
+                n["crop"],
+                describe_train_scale(n["train_scale"]),
+                ",".join(map(str, n["scales"])),
+                "yes" if n["flip"] else "no",
+                n["source"],
+            ]
+            for n in summary.nets
+        ],
         align="lllllll",
     )
     parts = [

@@ -41,7 +41,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_training(records: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "") -> list[Path]:
+def plot_training(
+    records: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = ""
+) -> list[Path]:
     """``loss.png`` and ``error.png`` of one run; returns the files written (none without epochs)."""
     out_dir = Path(out_dir)
     epochs = _epochs(records)
@@ -59,8 +61,11 @@ def plot_training(records: Sequence[Mapping[str, Any]], out_dir: str | Path, tit
     written.append(_save(fig, out_dir / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("train_top1_err", "training top-1"), ("val_top1_err", "validation top-1"),
-                       ("val_top5_err", "validation top-5")):
+    for key, label in (
+        ("train_top1_err", "training top-1"),
+        ("val_top1_err", "validation top-1"),
+        ("val_top5_err", "validation top-5"),
+    ):
         xs, ys = _series(epochs, key)
         if xs:
             ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, label=label)
@@ -71,8 +76,14 @@ def plot_training(records: Sequence[Mapping[str, Any]], out_dir: str | Path, tit
     return written
 
 
-def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], key: str, path: str | Path, ylabel: str,
-              title: str = "", percent: bool = False) -> Path:
+def plot_runs(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    key: str,
+    path: str | Path,
+    ylabel: str,
+    title: str = "",
+    percent: bool = False,
+) -> Path:
     """Metric ``key`` of several runs (name -> metrics records) against epochs, one line per run."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, records in runs.items():

@@ -18,8 +18,14 @@ def row_name(result: dict) -> str:
     """``"D & E, Q 256/384/512 stacked"`` from a protocol result's description."""
     nets = " & ".join(result.get("configs") or ["?"])
     scales = "/".join(str(q) for q in result.get("scales") or [])
-    how = {"stack": "stacked", "mean": "averaged"}.get(result.get("aggregate"), result.get("aggregate") or "")
-    return f"{nets}, Q {scales} {how}".strip() if len(result.get("scales") or []) > 1 else f"{nets}, Q {scales}"
+    how = {"stack": "stacked", "mean": "averaged"}.get(
+        result.get("aggregate"), result.get("aggregate") or ""
+    )
+    return (
+        f"{nets}, Q {scales} {how}".strip()
+        if len(result.get("scales") or []) > 1
+        else f"{nets}, Q {scales}"
+    )
 
 
 def cell(result: dict) -> str:
@@ -31,9 +37,13 @@ def cell(result: dict) -> str:
 def table11(rows: Sequence[tuple[str, dict[str, dict]]]) -> str:
     """``rows``: (row name, {protocol: result}) -> markdown in Table 11's layout."""
     protocols = [p for p in COLUMNS if any(p in results for _, results in rows)]
-    return markdown_table(["descriptor"] + [COLUMNS[p] for p in protocols],
-                          [[name] + [cell(results[p]) if p in results else "" for p in protocols]
-                           for name, results in rows])
+    return markdown_table(
+        ["descriptor"] + [COLUMNS[p] for p in protocols],
+        [
+            [name] + [cell(results[p]) if p in results else "" for p in protocols]
+            for name, results in rows
+        ],
+    )
 
 
 def per_class_table(result: dict) -> str:

@@ -25,7 +25,9 @@ from verydeep.runtime.io import atomic_write, read_json
 
 def _stat_key(path: Path) -> str:
     st = path.stat()
-    return json.dumps([str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    return json.dumps(
+        [str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    )
 
 
 def hash_file(path: str | os.PathLike) -> str:

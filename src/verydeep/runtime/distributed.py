@@ -67,8 +67,13 @@ def setup(device: str | None = "auto", timeout_s: float = 1800.0) -> DistContext
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if dist.is_available() and dist.is_initialized():
-        return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                           device=chosen, backend=dist.get_backend())
+        return DistContext(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=local_rank,
+            device=chosen,
+            backend=dist.get_backend(),
+        )
     if world == 1:
         return DistContext(rank=rank, world_size=1, local_rank=local_rank, device=chosen)
     backend = "nccl" if chosen.type == "cuda" else "gloo"
@@ -77,8 +82,14 @@ def setup(device: str | None = "auto", timeout_s: float = 1800.0) -> DistContext
     if store is not None:
         kwargs.update(store=store, rank=rank, world_size=world)
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=chosen, backend=backend,
-                       owns_group=True)
+    return DistContext(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        device=chosen,
+        backend=backend,
+        owns_group=True,
+    )
 
 
 def _attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
@@ -96,7 +107,9 @@ def _attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
         return None
     if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
         return None
-    base = dist.TCPStore(env["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world, is_master=False, timeout=timeout)
+    base = dist.TCPStore(
+        env["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world, is_master=False, timeout=timeout
+    )
     return dist.PrefixStore(f"verydeep/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}/", base)
 
 
@@ -113,8 +126,17 @@ def is_peer_failure(exc: BaseException) -> bool:
     if isinstance(exc, getattr(dist, "DistError", ())):
         return True
     text = str(exc)
-    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-                                   "Timed out", "timed out", "ProcessGroupGloo"))
+    return any(
+        s in text
+        for s in (
+            "Connection closed by peer",
+            "Connection reset by peer",
+            "Broken pipe",
+            "Timed out",
+            "timed out",
+            "ProcessGroupGloo",
+        )
+    )
 
 
 def first_line(exc: BaseException) -> str:
@@ -158,7 +180,9 @@ def broadcast_from_main(ctx: DistContext, obj: Any) -> Any:
     return box[0]
 
 
-def on_main(ctx: DistContext, step: Callable[[], Any], share: Callable[[Any], Any] = lambda value: value) -> Any:
+def on_main(
+    ctx: DistContext, step: Callable[[], Any], share: Callable[[Any], Any] = lambda value: value
+) -> Any:
     """Run ``step()`` on rank 0 alone (what writes a shared file, or decides for all); rank 0 gets its
     value, every other process ``share(value)``. A refusal it raises (a :class:`VerydeepError`) is
     raised on every process (marked ``shared_from_main``: the CLI prints it on rank 0 only) instead

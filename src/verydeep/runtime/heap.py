@@ -57,7 +57,11 @@ _LIBC = _libc()
 
 def heap_policy() -> str:
     """What :func:`keep_freed_memory` does on this C library (for reports)."""
-    return "glibc: freed memory kept between steps" if _LIBC is not None else "unchanged (no glibc mallopt)"
+    return (
+        "glibc: freed memory kept between steps"
+        if _LIBC is not None
+        else "unchanged (no glibc mallopt)"
+    )
 
 
 def _apply(params: dict[int, int]) -> bool:

@@ -64,7 +64,9 @@ def write_failure(exc: BaseException) -> str | None:
     first = text.splitlines()[0][:160] if text else type(exc).__name__
     if "PytorchStreamWriter" in text or "inline_container" in text:
         return first
-    if type(exc).__name__ == "SafetensorError" and ("os error" in text.lower() or "i/o" in text.lower()):
+    if type(exc).__name__ == "SafetensorError" and (
+        "os error" in text.lower() or "i/o" in text.lower()
+    ):
         return first
     return None
 
@@ -95,12 +97,16 @@ def _fail(path: Path, what: str, reason: str, note: str) -> WriteError:
 
 def _check_folder(path: Path, what: str) -> None:
     if not path.parent.is_dir():
-        raise WriteError(f"cannot write {what + ' ' if what else ''}{path}: folder {path.parent} does not exist")
+        raise WriteError(
+            f"cannot write {what + ' ' if what else ''}{path}: folder {path.parent} does not exist"
+        )
     if path.is_dir():
         raise WriteError(f"cannot write {what + ' ' if what else ''}{path}: it is a folder")
 
 
-def _finish(tmp: Path, path: Path, fault: Callable[[str, Any], None] | None, sync: bool = True) -> None:
+def _finish(
+    tmp: Path, path: Path, fault: Callable[[str, Any], None] | None, sync: bool = True
+) -> None:
     os.chmod(tmp, file_mode())
     if sync:
         with open(tmp, "rb") as handle:
@@ -110,8 +116,16 @@ def _finish(tmp: Path, path: Path, fault: Callable[[str, Any], None] | None, syn
     os.replace(tmp, path)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary: bool = True, what: str = "",
-                 note: str = "", fault: Callable[[str, Any], None] | None = None, sync: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[IO], Any],
+    *,
+    binary: bool = True,
+    what: str = "",
+    note: str = "",
+    fault: Callable[[str, Any], None] | None = None,
+    sync: bool = True,
+) -> Path:
     """Write ``path`` atomically through ``write(handle)`` on an open temporary file.
 
     ``what`` names the kind of file in the error (``checkpoint``), ``note`` is appended to it
@@ -122,7 +136,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary:
     _check_folder(path, what)
     tmp = temp_path(path)
     try:
-        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as handle:
+        with open(
+            tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})
+        ) as handle:
             write(handle)
             handle.flush()
             if fault is not None:
@@ -147,8 +163,9 @@ def _give_up(tmp: Path, path: Path, exc: BaseException, what: str, note: str) ->
     raise _fail(path, what, reason, note) from None
 
 
-def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], Any], *, what: str = "",
-                      note: str = "") -> Path:
+def atomic_write_path(
+    path: str | os.PathLike, write: Callable[[Path], Any], *, what: str = "", note: str = ""
+) -> Path:
     """Write ``path`` atomically through ``write(tmp_path)``, for libraries that want a file name."""
     path = Path(path)
     _check_folder(path, what)
@@ -164,7 +181,9 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], Any], *, 
     return path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "", note: str = "", sync: bool = True) -> Path:
+def write_bytes(
+    path: str | os.PathLike, data: bytes, *, what: str = "", note: str = "", sync: bool = True
+) -> Path:
     return atomic_write(path, lambda handle: handle.write(data), what=what, note=note, sync=sync)
 
 
@@ -172,7 +191,9 @@ def write_text(path: str | os.PathLike, text: str, *, what: str = "", note: str 
     return atomic_write(path, lambda handle: handle.write(text), binary=False, what=what, note=note)
 
 
-def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, what: str = "", note: str = "") -> Path:
+def write_json(
+    path: str | os.PathLike, obj: Any, *, indent: int | None = 2, what: str = "", note: str = ""
+) -> Path:
     """``obj`` as JSON (serialised first, so a value JSON cannot hold fails before any file exists)."""
     text = json.dumps(obj, indent=indent) + "\n"
     return write_text(path, text, what=what, note=note)

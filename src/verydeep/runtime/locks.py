@@ -89,8 +89,10 @@ def acquire(lock_path: str | os.PathLike, what: str) -> Lock:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise WriteError(f"{what} is in use by another verydeep process (it holds {lock_path}); "
-                             f"wait for it to end or choose another output") from None
+            raise WriteError(
+                f"{what} is in use by another verydeep process (it holds {lock_path}); "
+                f"wait for it to end or choose another output"
+            ) from None
         raise WriteError(f"cannot lock {what}: {exc.strerror or exc} ({lock_path})") from None
     try:
         os.ftruncate(fd, 0)

@@ -35,7 +35,15 @@ SPECIAL = "a folder or special file"
 #: existing files of these kinds are only ever replaced by a file of the same kind
 PROTECTED = {WEIGHTS, CHECKPOINT, IMAGE, SAFETENSORS}
 
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+_IMAGE_MAGIC = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+)
 
 
 def _safetensors_kind(head: bytes, path: Path) -> str | None:
@@ -88,7 +96,11 @@ def file_kind(path: str | os.PathLike) -> str:
         return _zip_kind(path)
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80" and head[1:2] in (b"\x03", b"\x04", b"\x05"):
         return CHECKPOINT  # a legacy (non-zip) torch.save pickle
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP" or any(head.startswith(m) for m in _IMAGE_MAGIC):
+    if (
+        head.startswith(b"RIFF")
+        and head[8:12] == b"WEBP"
+        or any(head.startswith(m) for m in _IMAGE_MAGIC)
+    ):
         return IMAGE
     kind = _safetensors_kind(head, path)
     if kind is not None:
@@ -98,7 +110,9 @@ def file_kind(path: str | os.PathLike) -> str:
     return OTHER
 
 
-def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False, option: str = "--overwrite") -> Path:
+def check_output(
+    path: str | os.PathLike, kind: str, overwrite: bool = False, option: str = "--overwrite"
+) -> Path:
     """Refuse to replace ``path`` unless ``overwrite``, and never by a file of another ``kind``.
 
     Called before any work, so that a refused command costs nothing."""
@@ -116,8 +130,10 @@ def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False, op
         raise WriteError(f"refusing to replace {path}: it is not a regular file")
     found = file_kind(path)
     if found in PROTECTED and found != kind:
-        raise WriteError(f"refusing to replace {path}: it is {found}, and this would write {kind} over it "
-                         f"(choose another output name)")
+        raise WriteError(
+            f"refusing to replace {path}: it is {found}, and this would write {kind} over it "
+            f"(choose another output name)"
+        )
     if not overwrite:
         raise WriteError(f"{path} already exists ({found}): pass {option} to replace it")
     return path
@@ -135,8 +151,10 @@ def check_outside(output: str | os.PathLike | None, inputs, what: str) -> None:
             continue
         root = Path(folder).resolve()
         if out == root or root in out.parents:
-            raise ConfigError(f"{what} {output} is inside the data folder {folder}, whose files are read as data: "
-                              f"write it somewhere else")
+            raise ConfigError(
+                f"{what} {output} is inside the data folder {folder}, whose files are read as data: "
+                f"write it somewhere else"
+            )
 
 
 def check_creatable_folder(path: str | os.PathLike, what: str) -> None:
@@ -148,7 +166,9 @@ def check_creatable_folder(path: str | os.PathLike, what: str) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise WriteError(f"cannot create {what} {path}: {os.strerror(errno.ENOTDIR)} ({probe} is a file)")
+        raise WriteError(
+            f"cannot create {what} {path}: {os.strerror(errno.ENOTDIR)} ({probe} is a file)"
+        )
     if not os.access(probe, os.W_OK | os.X_OK):
         raise WriteError(f"cannot write {what} {path}: {os.strerror(errno.EACCES)} ({probe})")
 

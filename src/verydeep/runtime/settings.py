@@ -23,7 +23,11 @@ def torch_settings(threads: int | None = None, deterministic: bool = False) -> I
     when asked (cuDNN's autotuner otherwise), denormals flushed to zero -- tiny gradients of
     small nets become denormal floats, which x86 CPUs handle 10-20x slower -- and freed memory kept
     in the heap for the next step (a third of a CPU step went to page faults without it)."""
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     try:
         if threads:
             torch.set_num_threads(threads)

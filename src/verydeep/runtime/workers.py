@@ -37,8 +37,10 @@ def check_workers(count: int, what: str) -> int:
         raise ConfigError(f"{what} must be 0 or more, got {count}")
     cap = max_workers()
     if count > cap:
-        raise ConfigError(f"{what}={count} is more worker processes than this machine can hold: at most {cap} "
-                          f"({PER_CORE} per CPU core, {os.cpu_count() or 1} cores); each is a copy of the process")
+        raise ConfigError(
+            f"{what}={count} is more worker processes than this machine can hold: at most {cap} "
+            f"({PER_CORE} per CPU core, {os.cpu_count() or 1} cores); each is a copy of the process"
+        )
     return count
 
 

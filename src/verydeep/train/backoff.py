@@ -53,14 +53,20 @@ class Snapshots:
     runs without checkpoints (the box nets); ``verydeep train`` backs off to its checkpoints.
     """
 
-    def __init__(self, every: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer, watch: Any) -> None:
+    def __init__(
+        self, every: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer, watch: Any
+    ) -> None:
         self.every, self.net, self.optimizer, self.watch = every, net, optimizer, watch
         self.pending: dict[str, Any] | None = None
         self.good = self._copy(0)
 
     def _copy(self, step: int) -> dict[str, Any]:
-        return {"step": step, "net": copy.deepcopy(self.net.state_dict()),
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "watch": self.watch.state_dict()}
+        return {
+            "step": step,
+            "net": copy.deepcopy(self.net.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "watch": self.watch.state_dict(),
+        }
 
     def keep(self, step: int) -> None:
         """Copy the state after ``step`` updates, on the snapshot interval; :meth:`confirm` trusts it."""

@@ -41,8 +41,13 @@ def capture_rng() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": {"name": str(np_state[0]), "key": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "name": str(np_state[0]),
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -54,7 +59,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        (n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -83,8 +90,13 @@ def atomic_save(obj: Any, path: Path, fault: str | None = None) -> Path:
     A failed write (disk full, ...) removes the temporary file and is a one-line
     :class:`~verydeep.errors.WriteError` naming the file; whatever was under ``path`` before is
     untouched. ``fault`` is a test hook (:mod:`verydeep.train.faults`)."""
-    return atomic_write(path, lambda handle: torch.save(obj, handle), what="checkpoint",
-                        note=" (the checkpoints written before are kept)", fault=_fault_hook(fault))
+    return atomic_write(
+        path,
+        lambda handle: torch.save(obj, handle),
+        what="checkpoint",
+        note=" (the checkpoints written before are kept)",
+        fault=_fault_hook(fault),
+    )
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -98,12 +110,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         if lines and lines[0].startswith("Weights only load failed"):
-            detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1])
-            raise ConfigError(f"refusing checkpoint {path}: it holds pickled objects other than tensors, which would "
-                              f"run code on load ({detail[:160]})") from None
+            detail = next(
+                (line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1]
+            )
+            raise ConfigError(
+                f"refusing checkpoint {path}: it holds pickled objects other than tensors, which would "
+                f"run code on load ({detail[:160]})"
+            ) from None
         first = (lines or ["unpickling failed"])[0]
         raise ConfigError(f"{path} is not a readable checkpoint ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, SafetensorError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        SafetensorError,
+    ) as exc:
         # torch.load hands a safetensors file to the safetensors library, whose errors are SafetensorError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ConfigError(f"{path} is not a readable checkpoint ({first})") from None
@@ -116,8 +139,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 #: the checkpoint's fields a resume reads, and the type each must have
-_FIELD_TYPES = {"model": dict, "optimizer": dict, "config": dict, "step": int, "epoch": int, "batch_in_epoch": int,
-                "rng": dict, "schedule": dict, "progress": dict, "meta": str}
+_FIELD_TYPES = {
+    "model": dict,
+    "optimizer": dict,
+    "config": dict,
+    "step": int,
+    "epoch": int,
+    "batch_in_epoch": int,
+    "rng": dict,
+    "schedule": dict,
+    "progress": dict,
+    "meta": str,
+}
 
 
 def checkpoint_problem(obj: dict[str, Any]) -> str | None:
@@ -135,12 +168,19 @@ def checkpoint_problem(obj: dict[str, Any]) -> str | None:
     for key in ("step", "epoch", "batch_in_epoch"):
         if key in obj and obj[key] < 0:
             return f"{key!r} is {obj[key]}, expected 0 or more"
-    bad = [k for k, v in obj["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    bad = [
+        k
+        for k, v in obj["model"].items()
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+    ]
     if bad:
         return f"'model' holds {bad[0]!r}, which is not a named tensor"
     rng = obj.get("rng")
-    if rng is not None and not (isinstance(rng.get("ranks"), list) and rng["ranks"]
-                                and all(isinstance(r, dict) for r in rng["ranks"])):
+    if rng is not None and not (
+        isinstance(rng.get("ranks"), list)
+        and rng["ranks"]
+        and all(isinstance(r, dict) for r in rng["ranks"])
+    ):
         return "'rng' has no list of per-process states under 'ranks'"
     return None
 
@@ -163,7 +203,9 @@ class CheckpointFolder:
     def steps(self) -> list[tuple[int, Path]]:
         if not self.folder.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := STEP_PATTERN.match(p.name))]
+        found = [
+            (int(m.group(1)), p) for p in self.folder.iterdir() if (m := STEP_PATTERN.match(p.name))
+        ]
         return sorted(found)
 
     def latest(self) -> Path | None:
@@ -176,6 +218,6 @@ class CheckpointFolder:
 
     def save(self, obj: dict[str, Any], step: int) -> Path:
         path = atomic_save(obj, self.step_path(step), fault=faults.checkpoint_phase(step))
-        for _, old in self.steps()[:-self.keep_last]:
+        for _, old in self.steps()[: -self.keep_last]:
             old.unlink(missing_ok=True)
         return path

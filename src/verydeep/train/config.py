@@ -178,8 +178,15 @@ class TrainConfig:
     def model_spec(self, num_classes: int) -> ModelSpec:
         """The net's :class:`ModelSpec`, its class count taken from the data when not set."""
         m = self.model
-        return ModelSpec(config=m.config, batch_norm=m.batch_norm, num_classes=m.num_classes or num_classes,
-                         width=m.width, fc_width=m.fc_width, dropout=m.dropout, crop_size=m.crop_size)
+        return ModelSpec(
+            config=m.config,
+            batch_norm=m.batch_norm,
+            num_classes=m.num_classes or num_classes,
+            width=m.width,
+            fc_width=m.fc_width,
+            dropout=m.dropout,
+            crop_size=m.crop_size,
+        )
 
     @property
     def jittered(self) -> bool:
@@ -190,13 +197,23 @@ class TrainConfig:
         """Q for validation: the configured one, else the paper's single-scale rule."""
         if self.data.val_scale is not None:
             return self.data.val_scale
-        return paper.test_scales(self.model.crop_size, (self.data.scale_min, self.data.scale_max)).single
+        return paper.test_scales(
+            self.model.crop_size, (self.data.scale_min, self.data.scale_max)
+        ).single
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-_HINTS = {name: typing.get_type_hints(cls) for name, cls in
-          (("model", ModelConfig), ("init", InitConfig), ("data", DataConfig), ("optim", OptimConfig),
-           ("schedule", ScheduleConfig), ("run", RunConfig))}
+_HINTS = {
+    name: typing.get_type_hints(cls)
+    for name, cls in (
+        ("model", ModelConfig),
+        ("init", InitConfig),
+        ("data", DataConfig),
+        ("optim", OptimConfig),
+        ("schedule", ScheduleConfig),
+        ("run", RunConfig),
+    )
+}
 _CHOICES = {
     "init.scheme": ("paper", "glorot", "kaiming"),
     "init.copy": ("shallow", "all"),
@@ -213,7 +230,9 @@ def _type_name(tp: Any) -> str:
     if _is_optional(tp):
         inner = [a for a in args if a is not type(None)][0]
         return f"{_type_name(inner)} or null"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
 
 
 def _is_optional(tp: Any) -> bool:
@@ -246,10 +265,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 def _check_key(section: str, name: str | None = None) -> None:
     if section not in SECTIONS:
-        raise ConfigError(f"unknown config key {quote(section)}: sections are {', '.join(SECTIONS)}")
+        raise ConfigError(
+            f"unknown config key {quote(section)}: sections are {', '.join(SECTIONS)}"
+        )
     if name is not None and name not in _HINTS[section]:
-        raise ConfigError(f"unknown config key {quote(f'{section}.{name}')}; "
-                          f"known in {section}: {', '.join(_HINTS[section])}")
+        raise ConfigError(
+            f"unknown config key {quote(f'{section}.{name}')}; "
+            f"known in {section}: {', '.join(_HINTS[section])}"
+        )
 
 
 def apply(cfg: TrainConfig, key: str, value: Any) -> None:
@@ -257,8 +280,14 @@ def apply(cfg: TrainConfig, key: str, value: Any) -> None:
     section, _, name = key.partition(".")
     if not name or "." in name:
         matches = [f"{sec}.{key}" for sec, hints in _HINTS.items() if key in hints]
-        hint = f"did you mean {' or '.join(matches)}?" if matches else f"sections are {', '.join(SECTIONS)}"
-        raise ConfigError(f"unknown config key {quote(key)}: keys are section.field (e.g. optim.lr); {hint}")
+        hint = (
+            f"did you mean {' or '.join(matches)}?"
+            if matches
+            else f"sections are {', '.join(SECTIONS)}"
+        )
+        raise ConfigError(
+            f"unknown config key {quote(key)}: keys are section.field (e.g. optim.lr); {hint}"
+        )
     _check_key(section, name)
     setattr(getattr(cfg, section), name, _coerce(key, value, _HINTS[section][name]))
 
@@ -266,7 +295,9 @@ def apply(cfg: TrainConfig, key: str, value: Any) -> None:
 def apply_mapping(cfg: TrainConfig, data: Any, origin: str) -> None:
     """Apply a nested mapping (a parsed YAML preset)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping of sections (model, init, data, optim, schedule, run)")
+        raise ConfigError(
+            f"{origin}: expected a mapping of sections (model, init, data, optim, schedule, run)"
+        )
     for section, values in data.items():
         _check_key(str(section))
         if values is None:
@@ -318,8 +349,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: TrainConfig | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: TrainConfig | None = None,
+) -> TrainConfig:
     """Defaults (or ``base``), then the YAML preset at ``path`` (if any), then ``key=value`` overrides; validated."""
     cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     if path is not None:
@@ -355,49 +389,83 @@ def validate(cfg: TrainConfig) -> None:
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _require(value in choices, f"{key}: expected one of {', '.join(choices)}, got {quote(value)}")
+        _require(
+            value in choices, f"{key}: expected one of {', '.join(choices)}, got {quote(value)}"
+        )
     resolve_name(cfg.model.config)
     m, d, o, s, r = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.run
     _require(m.width > 0, f"model.width must be positive, got {m.width}")
     _require(m.fc_width >= 1, f"model.fc_width must be at least 1, got {m.fc_width}")
     _require(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
-    _require(m.crop_size >= 32 and m.crop_size % 32 == 0,
-             f"model.crop_size must be a positive multiple of 32, got {m.crop_size}")
-    _require(m.num_classes is None or m.num_classes >= 1, f"model.num_classes must be at least 1, got {m.num_classes}")
+    _require(
+        m.crop_size >= 32 and m.crop_size % 32 == 0,
+        f"model.crop_size must be a positive multiple of 32, got {m.crop_size}",
+    )
+    _require(
+        m.num_classes is None or m.num_classes >= 1,
+        f"model.num_classes must be at least 1, got {m.num_classes}",
+    )
     _require(cfg.init.std > 0, f"init.std must be positive, got {cfg.init.std}")
-    _require(d.scale_min >= m.crop_size,
-             f"data.scale_min ({d.scale_min}) must be at least model.crop_size ({m.crop_size})")
-    _require(d.scale_max >= d.scale_min,
-             f"data.scale_max ({d.scale_max}) must be at least data.scale_min ({d.scale_min})")
-    _require(d.val_scale is None or d.val_scale >= m.crop_size,
-             f"data.val_scale ({d.val_scale}) must be at least model.crop_size ({m.crop_size})")
+    _require(
+        d.scale_min >= m.crop_size,
+        f"data.scale_min ({d.scale_min}) must be at least model.crop_size ({m.crop_size})",
+    )
+    _require(
+        d.scale_max >= d.scale_min,
+        f"data.scale_max ({d.scale_max}) must be at least data.scale_min ({d.scale_min})",
+    )
+    _require(
+        d.val_scale is None or d.val_scale >= m.crop_size,
+        f"data.val_scale ({d.val_scale}) must be at least model.crop_size ({m.crop_size})",
+    )
     _require(d.colour_shift >= 0, f"data.colour_shift must be non-negative, got {d.colour_shift}")
-    _require(d.colour_stats_images >= 1, f"data.colour_stats_images must be at least 1, got {d.colour_stats_images}")
+    _require(
+        d.colour_stats_images >= 1,
+        f"data.colour_stats_images must be at least 1, got {d.colour_stats_images}",
+    )
     check_workers(d.workers, "data.workers")
-    _require(0.0 <= d.device_share <= 1.0, f"data.device_share must be in [0, 1], got {d.device_share}")
+    _require(
+        0.0 <= d.device_share <= 1.0, f"data.device_share must be in [0, 1], got {d.device_share}"
+    )
     _require(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
     _require(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _require(o.weight_decay >= 0, f"optim.weight_decay must be non-negative, got {o.weight_decay}")
     _require(o.batch_size >= 1, f"optim.batch_size must be at least 1, got {o.batch_size}")
     _require(o.accumulation >= 1, f"optim.accumulation must be at least 1, got {o.accumulation}")
     _require(o.warmup_steps >= 0, f"optim.warmup_steps must be non-negative, got {o.warmup_steps}")
-    _require(0 <= o.warmup_epochs < float("inf"), f"optim.warmup_epochs must be non-negative, got {o.warmup_epochs}")
-    _require(o.clip_grad_norm is None or 0 < o.clip_grad_norm < float("inf"),
-             f"optim.clip_grad_norm must be a positive number or null, got {o.clip_grad_norm}")
-    _require(1 < o.divergence_factor < float("inf"),
-             f"optim.divergence_factor must be above 1, got {o.divergence_factor}")
+    _require(
+        0 <= o.warmup_epochs < float("inf"),
+        f"optim.warmup_epochs must be non-negative, got {o.warmup_epochs}",
+    )
+    _require(
+        o.clip_grad_norm is None or 0 < o.clip_grad_norm < float("inf"),
+        f"optim.clip_grad_norm must be a positive number or null, got {o.clip_grad_norm}",
+    )
+    _require(
+        1 < o.divergence_factor < float("inf"),
+        f"optim.divergence_factor must be above 1, got {o.divergence_factor}",
+    )
     _require(o.max_backoffs >= 0, f"optim.max_backoffs must be non-negative, got {o.max_backoffs}")
-    _require(r.stuck_epochs >= 0, f"run.stuck_epochs must be 0 (no alarm) or more, got {r.stuck_epochs}")
+    _require(
+        r.stuck_epochs >= 0, f"run.stuck_epochs must be 0 (no alarm) or more, got {r.stuck_epochs}"
+    )
     _require(s.epochs >= 1, f"schedule.epochs must be at least 1, got {s.epochs}")
     _require(0.0 < s.factor < 1.0, f"schedule.factor must be in (0, 1), got {s.factor}")
     _require(s.patience >= 1, f"schedule.patience must be at least 1, got {s.patience}")
     _require(s.max_drops >= 0, f"schedule.max_drops must be non-negative, got {s.max_drops}")
     _require(s.threshold >= 0, f"schedule.threshold must be non-negative, got {s.threshold}")
-    _require(r.checkpoint_every >= 1, f"run.checkpoint_every must be at least 1, got {r.checkpoint_every}")
+    _require(
+        r.checkpoint_every >= 1,
+        f"run.checkpoint_every must be at least 1, got {r.checkpoint_every}",
+    )
     _require(r.keep_last >= 1, f"run.keep_last must be at least 1, got {r.keep_last}")
-    _require(0 < r.dist_timeout_s < float("inf"),
-             f"run.dist_timeout_s must be a positive number of seconds, got {r.dist_timeout_s}")
+    _require(
+        0 < r.dist_timeout_s < float("inf"),
+        f"run.dist_timeout_s must be a positive number of seconds, got {r.dist_timeout_s}",
+    )
     _require(r.log_every >= 1, f"run.log_every must be at least 1, got {r.log_every}")
-    _require(r.threads is None or r.threads >= 1, f"run.threads must be at least 1, got {r.threads}")
+    _require(
+        r.threads is None or r.threads >= 1, f"run.threads must be at least 1, got {r.threads}"
+    )
     _require(bool(r.out.strip()), "run.out must name a folder")
     check_numbers(cfg)  # finite values, lr and seed ranges, net size

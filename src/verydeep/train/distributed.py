@@ -35,11 +35,22 @@ class GlobalBatchSampler:
     the steps a resumed run has already taken in this epoch.
     """
 
-    def __init__(self, n: int, batch_size: int, world_size: int, rank: int, accumulation: int,
-                 seed: int, epoch: int = 0, start_step: int = 0) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        world_size: int,
+        rank: int,
+        accumulation: int,
+        seed: int,
+        epoch: int = 0,
+        start_step: int = 0,
+    ) -> None:
         per_rank, rem = divmod(batch_size, world_size)
         if rem:
-            raise ConfigError(f"optim.batch_size ({batch_size}) must be divisible by the world size ({world_size})")
+            raise ConfigError(
+                f"optim.batch_size ({batch_size}) must be divisible by the world size ({world_size})"
+            )
         micro, rem = divmod(per_rank, accumulation)
         if rem:
             raise ConfigError(
@@ -63,15 +74,19 @@ class GlobalBatchSampler:
     def __iter__(self):
         order = epoch_permutation(self.n, self.seed, self.epoch).tolist()
         for step in range(self.start_step, self.steps):
-            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
-            shard = batch[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+            shard = batch[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
             for k in range(self.accumulation):
-                yield shard[k * self.micro:(k + 1) * self.micro]
+                yield shard[k * self.micro : (k + 1) * self.micro]
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
     """``{"optim": {"lr": 0.01}}`` -> ``{"optim.lr": 0.01}``."""
-    return {f"{section}.{key}": value for section, fields in config.items() for key, value in fields.items()}
+    return {
+        f"{section}.{key}": value
+        for section, fields in config.items()
+        for key, value in fields.items()
+    }
 
 
 def check_same_config(info: D.DistContext, config: dict[str, Any]) -> None:
@@ -85,12 +100,20 @@ def check_same_config(info: D.DistContext, config: dict[str, Any]) -> None:
         return
     everyone = [_flatten(c) for c in D.all_gather(info, config)]
     first = everyone[0]
-    keys = sorted({k for other in everyone[1:] for k in set(first) | set(other) if other.get(k) != first.get(k)})
+    keys = sorted(
+        {
+            k
+            for other in everyone[1:]
+            for k in set(first) | set(other)
+            if other.get(k) != first.get(k)
+        }
+    )
     if keys:
         ranks = [r for r, other in enumerate(everyone) if other != first]
         shown = ", ".join(f"{k} ({quote(first.get(k), 60)} on rank 0)" for k in keys[:8])
-        raise ConfigError(f"the {info.world_size} processes resolved different configs: rank(s) "
-                          f"{', '.join(map(str, ranks))} differ from rank 0 in {shown}"
-                          + (f" and {len(keys) - 8} more key(s)" if len(keys) > 8 else "")
-                          + "; start every process with the same --config and --set")
-
+        raise ConfigError(
+            f"the {info.world_size} processes resolved different configs: rank(s) "
+            f"{', '.join(map(str, ranks))} differ from rank 0 in {shown}"
+            + (f" and {len(keys) - 8} more key(s)" if len(keys) > 8 else "")
+            + "; start every process with the same --config and --set"
+        )

@@ -40,7 +40,9 @@ class Diverged(Exception):
     """A step's loss diverged, or an epoch collapsed back to chance (``reason == "collapsed"``, with
     the stuck watch's ``why``), under ``optim.on_divergence: backoff``."""
 
-    def __init__(self, reason: str, loss: float, median: float | None, step: int, why: str | None = None) -> None:
+    def __init__(
+        self, reason: str, loss: float, median: float | None, step: int, why: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason, self.loss, self.median, self.step, self.why = reason, loss, median, step, why
 
@@ -79,12 +81,18 @@ class RunPolicy(DivergencePolicy):
     def refuse(self, verdict: Verdict) -> BackOff | None:
         run = self.run
         if run.backoff:  # the loader's prefetched batches are dropped with the epoch's iterator
-            back_off(run, Diverged(verdict.reason, verdict.mean_loss, run.watch.median(), verdict.step), self.progress)
+            back_off(
+                run,
+                Diverged(verdict.reason, verdict.mean_loss, run.watch.median(), verdict.step),
+                self.progress,
+            )
             return BackOff(run.step, new_pass=True)
         if run.cfg.optim.on_nonfinite == "stop":
             what = "loss" if not verdict.loss_finite else "gradients"
-            raise ConfigError(f"the {what} diverged (not finite) at step {verdict.step}: lower optim.lr (now "
-                              f"{run.schedule.lr:g}), check the data, or set optim.on_nonfinite=skip")
+            raise ConfigError(
+                f"the {what} diverged (not finite) at step {verdict.step}: lower optim.lr (now "
+                f"{run.schedule.lr:g}), check the data, or set optim.on_nonfinite=skip"
+            )
         run.sums.nonfinite.append(verdict.step)
         return None
 
@@ -130,7 +138,9 @@ class EpochHooks(StepHooks):
 def _inputs(run: RunState, micro: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The micro-batches as net input (and this step's test-only explosion, keyed on the run's state)."""
     cl = run.cfg.run.channels_last
-    inputs = [(prepare_batch(b.images, run.stats, b.offsets, run.divide_std, cl), b.labels) for b in micro]
+    inputs = [
+        (prepare_batch(b.images, run.stats, b.offsets, run.divide_std, cl), b.labels) for b in micro
+    ]
     if run.explode_at == run.step + 1 and run.backoffs == 0:
         inputs = [(x * faults.EXPLODE_FACTOR, y) for x, y in inputs]
     return inputs
@@ -152,11 +162,22 @@ def _step_inputs(run: RunState, batches: Iterator) -> Iterator[StepInput]:
 
 def _log_interval(run: RunState, interval: _Interval, epoch: int) -> dict[str, str]:
     """Write a ``step`` record for the interval (summed over processes) and return the bar's postfix."""
-    totals = D.all_sum(run.info, torch.tensor([interval.loss, float(interval.images)], dtype=torch.float64))
+    totals = D.all_sum(
+        run.info, torch.tensor([interval.loss, float(interval.images)], dtype=torch.float64)
+    )
     dt = max(time.perf_counter() - interval.started, 1e-9)
     loss, ips = float(totals[0]) / max(float(totals[1]), 1.0), float(totals[1]) / dt
     lr = run.optimizer.param_groups[0]["lr"]
-    run.log.write({"kind": "step", "step": run.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips})
+    run.log.write(
+        {
+            "kind": "step",
+            "step": run.step,
+            "epoch": epoch,
+            "loss": loss,
+            "lr": lr,
+            "images_per_s": ips,
+        }
+    )
     interval.restart()
     return {"loss": f"{loss:.3f}", "lr": f"{lr:.1e}", "img/s": f"{ips:.0f}"}
 
@@ -168,12 +189,21 @@ def train_one_epoch(run: RunState, progress: Progress, fault: int) -> bool:
     run.loader.set_epoch(epoch)
     run.sampler.set_epoch(epoch, run.batch_in_epoch)
     if run.collapse_at == epoch + 1 and run.batch_in_epoch == 0 and run.backoffs == 0:
-        faults.kill_first_relus(run.model)  # test-only: keyed on the run's state, so a resume replays it
+        faults.kill_first_relus(
+            run.model
+        )  # test-only: keyed on the run's state, so a resume replays it
     read_every = 1 if run.device.type != "cuda" else run.cfg.run.log_every
     batches = iter(run.loader)
     interval = _Interval()
-    return run_steps(run.step_fn, _step_inputs(run, batches), run.schedule, RunPolicy(run, progress, interval),
-                     EpochHooks(run, progress, fault, interval), start=run.step, read_every=read_every)
+    return run_steps(
+        run.step_fn,
+        _step_inputs(run, batches),
+        run.schedule,
+        RunPolicy(run, progress, interval),
+        EpochHooks(run, progress, fault, interval),
+        start=run.step,
+        read_every=read_every,
+    )
 
 
 def back_off(run: RunState, diverged: Diverged, progress: Progress) -> bool:
@@ -184,35 +214,52 @@ def back_off(run: RunState, diverged: Diverged, progress: Progress) -> bool:
     collapse = diverged.reason == "collapsed"
     what = f"{diverged.reason} ({diverged.loss:.4g}" + (
         f", {diverged.loss / diverged.median:.0f}x the running median {diverged.median:.4g})"
-        if diverged.reason == "exploding" and diverged.median else ")")
+        if diverged.reason == "exploding" and diverged.median
+        else ")"
+    )
     target = (run.best_good or run.last_good) if collapse else run.last_good
     lr_now = run.schedule.lr
     if run.books.exhausted() or target is None:
         if collapse:
             if run.info.is_main:
-                progress.write(f"epoch {run.epoch + 1}: the net collapsed back to chance ({diverged.why}); not rolled "
-                               f"back: {run.backoffs} back-off(s) already (optim.max_backoffs={o.max_backoffs})")
+                progress.write(
+                    f"epoch {run.epoch + 1}: the net collapsed back to chance ({diverged.why}); not rolled "
+                    f"back: {run.backoffs} back-off(s) already (optim.max_backoffs={o.max_backoffs})"
+                )
             return False
-        raise ConfigError(f"the loss diverged at step {diverged.step}: {what}, after {run.backoffs} back-off(s) "
-                          f"(optim.max_backoffs={o.max_backoffs}); lower optim.lr (now {lr_now:g}) or check the data")
+        raise ConfigError(
+            f"the loss diverged at step {diverged.step}: {what}, after {run.backoffs} back-off(s) "
+            f"(optim.max_backoffs={o.max_backoffs}); lower optim.lr (now {lr_now:g}) or check the data"
+        )
     count, elapsed, epoch = run.backoffs, run.elapsed(), run.epoch
-    restore_state(run, copy.deepcopy(target["state"]))  # (the state's own back-off count and rate too)
+    restore_state(
+        run, copy.deepcopy(target["state"])
+    )  # (the state's own back-off count and rate too)
     restore_rng(target["rng"])
     run.elapsed_before, run.started = elapsed, time.perf_counter()
     run.books.count, run.schedule.lr = count, lr_now  # the back-off halves the rate the run had
     run.log.truncate_after(run.step, backoffs=count)
-    entry = run.books.take(run.schedule, diverged_step=diverged.step, reason=diverged.reason, loss=diverged.loss,
-                           median=diverged.median)
+    entry = run.books.take(
+        run.schedule,
+        diverged_step=diverged.step,
+        reason=diverged.reason,
+        loss=diverged.loss,
+        median=diverged.median,
+    )
     run.log.write({"kind": "backoff", "step": run.step, "epoch": run.epoch, **entry})
     count = entry["backoff"]
     progress.rewind(run.step)
     if run.info.is_main and collapse:
-        progress.write(f"epoch {epoch + 1}: the net collapsed back to chance ({diverged.why}, training loss "
-                       f"{diverged.loss:.4g}); back to epoch {run.epoch} (step {run.step}) with learning rate "
-                       f"{run.schedule.lr:g} (back-off {count} of {o.max_backoffs})")
+        progress.write(
+            f"epoch {epoch + 1}: the net collapsed back to chance ({diverged.why}, training loss "
+            f"{diverged.loss:.4g}); back to epoch {run.epoch} (step {run.step}) with learning rate "
+            f"{run.schedule.lr:g} (back-off {count} of {o.max_backoffs})"
+        )
     elif run.info.is_main:
-        progress.write(f"step {diverged.step}: loss {what}; back to step {run.step} with learning rate "
-                       f"{run.schedule.lr:g} (back-off {count} of {o.max_backoffs})")
+        progress.write(
+            f"step {diverged.step}: loss {what}; back to step {run.step} with learning rate "
+            f"{run.schedule.lr:g} (back-off {count} of {o.max_backoffs})"
+        )
     return True
 
 
@@ -224,24 +271,40 @@ def validate(run: RunState) -> dict[str, float] | None:
         return None
     cfg, info = run.cfg, run.info
     batch = max(1, cfg.optim.batch_size // (info.world_size * cfg.optim.accumulation))
-    loader = val_loader(run.data.val, cfg.val_scale, run.spec.crop_size, batch, info.rank, info.world_size,
-                        cfg.data.workers, pin=run.device.type == "cuda")
+    loader = val_loader(
+        run.data.val,
+        cfg.val_scale,
+        run.spec.crop_size,
+        batch,
+        info.rank,
+        info.world_size,
+        cfg.data.workers,
+        pin=run.device.type == "cuda",
+    )
     run.model.eval()
     classes = run.spec.num_classes
     sums = torch.zeros(5, dtype=torch.float64)
-    moments = torch.zeros(2, classes, dtype=torch.float64)  # sums of log-probabilities and their squares
+    moments = torch.zeros(
+        2, classes, dtype=torch.float64
+    )  # sums of log-probabilities and their squares
     for images, labels, _, bad in loader:
         sums[4] += len(bad)
         if len(labels) == 0:
             continue
-        x = prepare_batch(images.to(run.device, non_blocking=True), run.stats, divide_std=run.divide_std,
-                          channels_last=cfg.run.channels_last)
+        x = prepare_batch(
+            images.to(run.device, non_blocking=True),
+            run.stats,
+            divide_std=run.divide_std,
+            channels_last=cfg.run.channels_last,
+        )
         y = labels.to(run.device)
         with autocast_for(run.device, run.precision):
             logits = run.model(x).float()
         top1, top5 = (int(topk_correct(logits, y, k).sum()) for k in (1, 5))
-        sums += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")), top1, top5, len(labels), 0.0],
-                             dtype=torch.float64)
+        sums += torch.tensor(
+            [float(F.cross_entropy(logits, y, reduction="sum")), top1, top5, len(labels), 0.0],
+            dtype=torch.float64,
+        )
         lp = F.log_softmax(logits, dim=-1).double().cpu()
         moments += torch.stack([lp.sum(0), (lp * lp).sum(0)])
     run.model.train()
@@ -250,6 +313,11 @@ def validate(run: RunState) -> dict[str, float] | None:
     n = max(float(sums[3]), 1.0)
     mean = moments[0] / n
     spread = float((moments[1] / n - mean * mean).clamp(min=0).sqrt().mean()) if n > 1 else None
-    return {"val_loss": float(sums[0]) / n, "val_top1_err": 1.0 - float(sums[1]) / n,
-            "val_top5_err": 1.0 - float(sums[2]) / n, "val_images": int(sums[3]), "val_skipped": int(sums[4]),
-            "val_output_spread": spread}
+    return {
+        "val_loss": float(sums[0]) / n,
+        "val_top1_err": 1.0 - float(sums[1]) / n,
+        "val_top5_err": 1.0 - float(sums[2]) / n,
+        "val_images": int(sums[3]),
+        "val_skipped": int(sums[4]),
+        "val_output_spread": spread,
+    }

@@ -30,8 +30,17 @@ FINAL_NAME = "final.safetensors"
 #: keys a ``--resume`` may change: the length of the run and how it is executed and recorded
 RESUME_MAY_CHANGE = (
     "schedule.epochs",
-    "run.out", "run.checkpoint_every", "run.keep_last", "run.log_every", "run.progress", "run.tensorboard",
-    "run.plots", "run.device", "run.threads", "run.dist_timeout_s", "data.workers",
+    "run.out",
+    "run.checkpoint_every",
+    "run.keep_last",
+    "run.log_every",
+    "run.progress",
+    "run.tensorboard",
+    "run.plots",
+    "run.device",
+    "run.threads",
+    "run.dist_timeout_s",
+    "data.workers",
     "data.device_share",
 )
 
@@ -49,16 +58,24 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if (isinstance(a, (int, float)) and isinstance(b, (int, float))
-            and not isinstance(a, bool) and not isinstance(b, bool)):
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return float(a) == float(b)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b
 
 
-def config_differences(saved: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None,
-                       allowed: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
+def config_differences(
+    saved: dict[str, Any],
+    new: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+    allowed: tuple[str, ...] = RESUME_MAY_CHANGE,
+) -> list[str]:
     """``key (saved -> new)`` for every resolved-config key that differs and may not change.
 
     A key the saved config lacks (a checkpoint written before the key existed) counts as its
@@ -85,10 +102,12 @@ def check_resume_config(saved: Any, cfg) -> None:
         shown = ", ".join(diffs[:8]) + (f" and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         misfit = any(d.startswith("model.") for d in diffs)
         model = "the checkpoint does not fit the configured model: " if misfit else ""
-        raise ConfigError(f"{model}--resume with a config that differs from the run's own: {shown}; "
-                          f"a resumed run keeps its config (only {', '.join(RESUME_MAY_CHANGE)} may change): "
-                          "drop those settings, or start a new run.out with init.source=<checkpoint> "
-                          "to train on from its weights")
+        raise ConfigError(
+            f"{model}--resume with a config that differs from the run's own: {shown}; "
+            f"a resumed run keeps its config (only {', '.join(RESUME_MAY_CHANGE)} may change): "
+            "drop those settings, or start a new run.out with init.source=<checkpoint> "
+            "to train on from its weights"
+        )
 
 
 def claim_run(cfg, ckpt: dict[str, Any] | None, overwrite: bool = False) -> Lock | None:
@@ -100,8 +119,10 @@ def claim_run(cfg, ckpt: dict[str, Any] | None, overwrite: bool = False) -> Lock
     if ckpt is not None:
         check_resume_config(ckpt.get("config"), cfg)
     elif (out / FINAL_NAME).exists() and not overwrite:
-        raise ConfigError(f"{out} holds the final weights of a finished run ({FINAL_NAME}); choose another run.out, "
-                          "or pass --overwrite to train afresh there")
+        raise ConfigError(
+            f"{out} holds the final weights of a finished run ({FINAL_NAME}); choose another run.out, "
+            "or pass --overwrite to train afresh there"
+        )
     pick_device(cfg.run.device)  # a device that cannot be used is refused before the folder is made
     if os.environ.get("RANK", "0") != "0":
         return None

@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader, Subset
 from verydeep.data.cached import CachedTrainDataset
 from verydeep.data.folders import ImageIndex, scan_image_folder
 from verydeep.data.pipeline import ColourShift, DeviceLoader
-from verydeep.data.transforms import ColourStats, EvalDataset, TrainAugment, TrainDataset, collate_skipping
+from verydeep.data.transforms import (
+    ColourStats,
+    EvalDataset,
+    TrainAugment,
+    TrainDataset,
+    collate_skipping,
+)
 from verydeep.errors import ConfigError, DataError
 from verydeep.train.config import TrainConfig
 from verydeep.train.distributed import GlobalBatchSampler
@@ -45,21 +51,32 @@ def scan(cfg: TrainConfig) -> DataSets:
     if val is not None and val.classes != train.classes:
         only_train = sorted(set(train.classes) - set(val.classes))[:3]
         only_val = sorted(set(val.classes) - set(train.classes))[:3]
-        raise DataError(f"validation classes differ from training classes (only in training: {only_train}, "
-                        f"only in validation: {only_val})")
+        raise DataError(
+            f"validation classes differ from training classes (only in training: {only_train}, "
+            f"only in validation: {only_val})"
+        )
     if cfg.model.num_classes is not None and cfg.model.num_classes != len(train.classes):
-        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.train} has "
-                          f"{len(train.classes)} classes")
+        raise ConfigError(
+            f"model.num_classes is {cfg.model.num_classes} but {cfg.data.train} has "
+            f"{len(train.classes)} classes"
+        )
     if len(train) < cfg.optim.batch_size:
-        raise DataError(f"training folder {cfg.data.train} has {len(train)} images, fewer than one batch "
-                        f"(optim.batch_size={cfg.optim.batch_size})")
+        raise DataError(
+            f"training folder {cfg.data.train} has {len(train)} images, fewer than one batch "
+            f"(optim.batch_size={cfg.optim.batch_size})"
+        )
     return DataSets(train=train, val=val)
 
 
 def augment(cfg: TrainConfig) -> TrainAugment:
     d = cfg.data
-    return TrainAugment(scale_min=d.scale_min, scale_max=d.scale_max, crop=cfg.model.crop_size,
-                        flip=d.flip, colour_shift_std=d.colour_shift)
+    return TrainAugment(
+        scale_min=d.scale_min,
+        scale_max=d.scale_max,
+        crop=cfg.model.crop_size,
+        flip=d.flip,
+        colour_shift_std=d.colour_shift,
+    )
 
 
 def train_dataset(cfg: TrainConfig, data: DataSets, progress: bool) -> TrainDataset:
@@ -69,8 +86,13 @@ def train_dataset(cfg: TrainConfig, data: DataSets, progress: bool) -> TrainData
     return TrainDataset(data.train, augment(cfg), seed=cfg.run.seed)
 
 
-def train_loader(cfg: TrainConfig, dataset: TrainDataset, sampler: GlobalBatchSampler, device: torch.device,
-                 stats: ColourStats) -> DeviceLoader:
+def train_loader(
+    cfg: TrainConfig,
+    dataset: TrainDataset,
+    sampler: GlobalBatchSampler,
+    device: torch.device,
+    stats: ColourStats,
+) -> DeviceLoader:
     """The run's loader, made once: persistent workers, this process's micro-batches, colour shifts.
 
     On a CPU every sample takes the workers' path (device share 0); on CUDA ``data.device_share``
@@ -78,14 +100,36 @@ def train_loader(cfg: TrainConfig, dataset: TrainDataset, sampler: GlobalBatchSa
     DataLoader otherwise draws its worker seed from it, which would shift dropout after a resume).
     """
     share = cfg.data.device_share if device.type == "cuda" else 0.0
-    return DeviceLoader(dataset, sampler, device, share=share, workers=cfg.data.workers,
-                        colour=ColourShift(stats, cfg.data.colour_shift, cfg.run.seed))
+    return DeviceLoader(
+        dataset,
+        sampler,
+        device,
+        share=share,
+        workers=cfg.data.workers,
+        colour=ColourShift(stats, cfg.data.colour_shift, cfg.run.seed),
+    )
 
 
-def val_loader(index: ImageIndex, scale: int, crop: int, batch: int, rank: int, world: int, workers: int,
-               pin: bool) -> DataLoader:
+def val_loader(
+    index: ImageIndex,
+    scale: int,
+    crop: int,
+    batch: int,
+    rank: int,
+    world: int,
+    workers: int,
+    pin: bool,
+) -> DataLoader:
     """Validation crops; process r takes images r, r+W, r+2W ... so counts sum to the exact total."""
     dataset = EvalDataset(index, scale=scale, crop=crop)
     shard = Subset(dataset, list(range(rank, len(dataset), world)))
-    return DataLoader(shard, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate_skipping,
-                      pin_memory=pin, generator=torch.Generator().manual_seed(0), worker_init_fn=die_with_parent)
+    return DataLoader(
+        shard,
+        batch_size=batch,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(0),
+        worker_init_fn=die_with_parent,
+    )

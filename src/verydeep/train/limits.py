@@ -32,7 +32,9 @@ def check_numbers(cfg) -> None:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section.name}.{f.name} must be a finite number, got {value}")
     if not cfg.optim.lr <= 1e3:
-        raise ConfigError(f"optim.lr must be at most 1000 (the paper's is 0.01), got {cfg.optim.lr:g}")
+        raise ConfigError(
+            f"optim.lr must be at most 1000 (the paper's is 0.01), got {cfg.optim.lr:g}"
+        )
     if not 0 <= cfg.run.seed < 2**32:
         raise ConfigError(f"run.seed must be in 0 .. 2**32-1, got {cfg.run.seed}")
     estimate_fits(cfg.model_spec(cfg.model.num_classes or 1000), "model")
@@ -47,7 +49,9 @@ def estimate_fits(spec, what: str = "model") -> int:
     memory = _physical_memory()
     need = 12 * params
     if memory is not None and need > memory:
-        raise ConfigError(f"{what}.width={spec.width:g} (fc_width {spec.fc_width}, crop {spec.crop_size}) makes a net "
-                          f"of {params / 1e9:.1f} G parameters: training needs at least {need / 2**30:.0f} GiB, "
-                          f"this machine has {memory / 2**30:.0f} GiB")
+        raise ConfigError(
+            f"{what}.width={spec.width:g} (fc_width {spec.fc_width}, crop {spec.crop_size}) makes a net "
+            f"of {params / 1e9:.1f} G parameters: training needs at least {need / 2**30:.0f} GiB, "
+            f"this machine has {memory / 2**30:.0f} GiB"
+        )
     return params

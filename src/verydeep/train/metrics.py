@@ -71,13 +71,19 @@ class MetricsLog:
         if self._tb_dir is None:
             return
         if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter  # start-up: tensorboard only when a run logs to it
+            from torch.utils.tensorboard import (
+                SummaryWriter,
+            )  # start-up: tensorboard only when a run logs to it
 
             self._tb = SummaryWriter(log_dir=str(self._tb_dir))
         kind = record.get("kind", "step")
         x = record["epoch"] if kind == "epoch" else record["step"]
         for key, value in record.items():
-            if key in ("kind", "step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
+            if (
+                key in ("kind", "step", "epoch")
+                or isinstance(value, bool)
+                or not isinstance(value, (int, float))
+            ):
                 continue
             self._tb.add_scalar(f"{kind}/{key}", value, x)
 
@@ -94,7 +100,14 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self.bar = None
         if enabled:
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True, mininterval=0.5)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="step",
+                dynamic_ncols=True,
+                leave=True,
+                mininterval=0.5,
+            )
 
     def update(self, epoch: int, epochs: int, **postfix: Any) -> None:
         if self.bar is not None:

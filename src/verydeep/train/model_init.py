@@ -50,8 +50,10 @@ def build_model(spec: ModelSpec, init: InitConfig, seed: int) -> tuple[VGG, list
     ours, theirs = model.state_dict(), source.state_dict()
     mismatched = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
     if mismatched:
-        raise ConfigError(f"init.copy=all needs a net of the same shape: {init.source} is {source.spec.name} "
-                          f"(width {source.spec.width:g}, fc {source.spec.fc_width}, crop {source.spec.crop_size}), "
-                          f"first mismatch at {mismatched[0]}")
+        raise ConfigError(
+            f"init.copy=all needs a net of the same shape: {init.source} is {source.spec.name} "
+            f"(width {source.spec.width:g}, fc {source.spec.fc_width}, crop {source.spec.crop_size}), "
+            f"first mismatch at {mismatched[0]}"
+        )
     model.load_state_dict(theirs)
     return model, [info.name for info in weight_layers(spec)]

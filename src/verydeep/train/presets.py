@@ -18,8 +18,11 @@ PRESETS = Path(str(resources.files("verydeep") / "configs"))
 
 def list_presets() -> list[str]:
     """Every shipped preset by name (``paper/A_S256``, ...); files starting with ``_`` are bases, not runs."""
-    return sorted(str(p.relative_to(PRESETS).with_suffix("")) for p in PRESETS.rglob("*.yaml")
-                  if not p.name.startswith("_"))
+    return sorted(
+        str(p.relative_to(PRESETS).with_suffix(""))
+        for p in PRESETS.rglob("*.yaml")
+        if not p.name.startswith("_")
+    )
 
 
 def preset_summary(name: str) -> str:
@@ -35,15 +38,21 @@ def resolve_preset(path: str | Path) -> Path:
     given = Path(path)
     if given.is_file():
         return given
-    name = str(path).removesuffix(".yaml").removeprefix("configs/")  # also a checkout's path, installed
+    name = (
+        str(path).removesuffix(".yaml").removeprefix("configs/")
+    )  # also a checkout's path, installed
     candidate = PRESETS / f"{name}.yaml"
     if candidate.is_file():
         return candidate
     if given.is_dir():
-        raise ConfigError(f"config file {path} is a folder, not a YAML preset "
-                          "(`verydeep configs` lists the shipped ones)")
-    raise ConfigError(f"config file {path} does not exist, and no shipped preset has that name "
-                      f"(`verydeep configs` lists them: {', '.join(list_presets()[:4])}, ...)")
+        raise ConfigError(
+            f"config file {path} is a folder, not a YAML preset "
+            "(`verydeep configs` lists the shipped ones)"
+        )
+    raise ConfigError(
+        f"config file {path} does not exist, and no shipped preset has that name "
+        f"(`verydeep configs` lists them: {', '.join(list_presets()[:4])}, ...)"
+    )
 
 
 __all__ = ["PRESETS", "list_presets", "preset_summary", "resolve_preset"]

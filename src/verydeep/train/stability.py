@@ -119,7 +119,9 @@ class StuckWatch:
         run had clearly left it: a divergence, not a slow start."""
         return reason is not None and self.left_chance(num_classes)
 
-    def update(self, train_loss: float, num_classes: int, output_spread: float | None) -> str | None:
+    def update(
+        self, train_loss: float, num_classes: int, output_spread: float | None
+    ) -> str | None:
         """Judge one epoch (and remember its loss for :meth:`left_chance`)."""
         chance = chance_loss(num_classes)
         reason = None
@@ -160,8 +162,10 @@ def stuck_advice(lr: float, warmup_steps: int, on_divergence: str) -> str:
         hints.append("a warm-up (optim.warmup_epochs=1)")
     if on_divergence != "backoff":
         hints.append("divergence back-off (optim.on_divergence=backoff)")
-    return ("likely causes: a learning rate too high for this data's pixel spread, which kills the ReLUs in "
-            "the first steps, or labels that do not depend on the images; try " + ", ".join(hints))
+    return (
+        "likely causes: a learning rate too high for this data's pixel spread, which kills the ReLUs in "
+        "the first steps, or labels that do not depend on the images; try " + ", ".join(hints)
+    )
 
 
 def output_spread(log_probs) -> float:
@@ -171,5 +175,14 @@ def output_spread(log_probs) -> float:
     return float(log_probs.float().std(dim=0).mean())
 
 
-__all__ = ["DivergenceWatch", "StuckWatch", "stuck_advice", "output_spread", "chance_loss",
-           "HISTORY", "CHANCE_BAND", "CONSTANT_OUTPUT", "LEFT_CHANCE"]
+__all__ = [
+    "DivergenceWatch",
+    "StuckWatch",
+    "stuck_advice",
+    "output_spread",
+    "chance_loss",
+    "HISTORY",
+    "CHANCE_BAND",
+    "CONSTANT_OUTPUT",
+    "LEFT_CHANCE",
+]

@@ -49,7 +49,9 @@ class EpochSums:
     correct: float = 0.0
     seen: int = 0
     skipped: list[int] = field(default_factory=list)
-    nonfinite: list[int] = field(default_factory=list)  # the same in every process: decided on global values
+    nonfinite: list[int] = field(
+        default_factory=list
+    )  # the same in every process: decided on global values
 
 
 @dataclass
@@ -85,9 +87,13 @@ class RunState:
     best: dict[str, Any] = field(default_factory=dict)
     elapsed_before: float = 0.0
     started: float | None = None
-    books: BackOffs = field(default_factory=lambda: BackOffs(0))  # the back-offs taken (count, limit)
+    books: BackOffs = field(
+        default_factory=lambda: BackOffs(0)
+    )  # the back-offs taken (count, limit)
     last_good: dict[str, Any] | None = None  # the newest checkpoint's state, for a back-off
-    best_good: dict[str, Any] | None = None  # the best epoch's state (a snapshot of it), for a collapse
+    best_good: dict[str, Any] | None = (
+        None  # the best epoch's state (a snapshot of it), for a collapse
+    )
     explode_at: int = 0  # test-only fault: the step whose input is blown up
     collapse_at: int = 0  # test-only fault: the epoch at whose start the first ReLUs are killed
 
@@ -104,20 +110,31 @@ class RunState:
         return self.cfg.data.normalise == "mean_std"
 
     def elapsed(self) -> float:
-        return self.elapsed_before + (time.perf_counter() - self.started if self.started is not None else 0.0)
+        return self.elapsed_before + (
+            time.perf_counter() - self.started if self.started is not None else 0.0
+        )
 
 
 def weights_meta(run: RunState) -> WeightsMeta:
     """The metadata written with the run's weights (what evaluation needs to use them unchanged)."""
     d = run.cfg.data
-    extra = {"train_scale": [d.scale_min, d.scale_max], "val_scale": run.cfg.val_scale,
-             "epoch": run.epoch, "step": run.step, "colour_stats": run.stats.to_dict()}
+    extra = {
+        "train_scale": [d.scale_min, d.scale_max],
+        "val_scale": run.cfg.val_scale,
+        "epoch": run.epoch,
+        "step": run.step,
+        "colour_stats": run.stats.to_dict(),
+    }
     for key in ("val_top1_err", "val_top5_err"):
         if key in run.best:
             extra[f"best_{key}"] = run.best[key]
-    return WeightsMeta(spec=run.spec, classes=list(run.data.classes),
-                       preprocessing=run.stats.preprocessing(run.divide_std),
-                       source=f"verydeep-train:{run.run_dir.name}", extra=extra)
+    return WeightsMeta(
+        spec=run.spec,
+        classes=list(run.data.classes),
+        preprocessing=run.stats.preprocessing(run.divide_std),
+        source=f"verydeep-train:{run.run_dir.name}",
+        extra=extra,
+    )
 
 
 def global_sums(run: RunState) -> EpochSums:
@@ -125,7 +142,9 @@ def global_sums(run: RunState) -> EpochSums:
     s = run.sums
     if not run.info.distributed:
         return copy.deepcopy(s)
-    total = D.all_sum(run.info, torch.tensor([s.loss, s.correct, float(s.seen)], dtype=torch.float64))
+    total = D.all_sum(
+        run.info, torch.tensor([s.loss, s.correct, float(s.seen)], dtype=torch.float64)
+    )
     skipped = [i for part in D.all_gather(run.info, list(s.skipped)) for i in part]
     return EpochSums(float(total[0]), float(total[1]), int(total[2]), skipped, list(s.nonfinite))
 
@@ -144,9 +163,17 @@ def checkpoint_state(run: RunState, rngs: list[dict[str, Any]], sums: EpochSums)
         "rng": {"world_size": run.info.world_size, "ranks": rngs},
         "config": run.cfg.to_dict(),
         "colour_stats": run.stats.to_dict(),
-        "progress": {"sums": asdict(sums), "best": dict(run.best), "elapsed": run.elapsed(),
-                     "copied_layers": list(run.copied)},
-        "stability": {"divergence": run.watch.state_dict(), "stuck": run.stuck.state_dict(), "backoffs": run.backoffs},
+        "progress": {
+            "sums": asdict(sums),
+            "best": dict(run.best),
+            "elapsed": run.elapsed(),
+            "copied_layers": list(run.copied),
+        },
+        "stability": {
+            "divergence": run.watch.state_dict(),
+            "stuck": run.stuck.state_dict(),
+            "backoffs": run.backoffs,
+        },
     }
 
 
@@ -155,7 +182,9 @@ def restore_state(run: RunState, ckpt: dict[str, Any]) -> None:
     try:
         run.model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise ConfigError(f"the checkpoint does not fit the configured model: {mismatch(run, ckpt, exc)}") from None
+        raise ConfigError(
+            f"the checkpoint does not fit the configured model: {mismatch(run, ckpt, exc)}"
+        ) from None
     load_optimizer(run.optimizer, ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])
     run.epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
@@ -180,22 +209,32 @@ def mismatch(run: RunState, ckpt: dict[str, Any], exc: Exception) -> str:
     except (KeyError, TypeError, ValueError, VerydeepError):
         theirs = None
     if theirs is not None:
-        names = [f for f in ("config", "batch_norm", "num_classes", "width", "fc_width", "crop_size")
-                 if getattr(theirs, f) != getattr(run.spec, f)]
+        names = [
+            f
+            for f in ("config", "batch_norm", "num_classes", "width", "fc_width", "crop_size")
+            if getattr(theirs, f) != getattr(run.spec, f)
+        ]
         if names:
-            parts.append(f"it is for {', '.join(f'model.{f}={getattr(theirs, f)}' for f in names)}, this run has "
-                         f"{', '.join(f'model.{f}={getattr(run.spec, f)}' for f in names)}")
+            parts.append(
+                f"it is for {', '.join(f'model.{f}={getattr(theirs, f)}' for f in names)}, this run has "
+                f"{', '.join(f'model.{f}={getattr(run.spec, f)}' for f in names)}"
+            )
     own, state = run.model.state_dict(), ckpt["model"]
-    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
-              if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
+    shapes = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape
+    ]
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     if shapes:
         key, a, b = shapes[0]
         parts.append(f"{key} has shape {a} in the checkpoint, {b} here")
     elif missing:
-        parts.append(f"the checkpoint lacks {missing[0]}"
-                     + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        parts.append(
+            f"the checkpoint lacks {missing[0]}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
     elif extra:
         parts.append(f"the checkpoint has {extra[0]}, which this net lacks")
     return "; ".join(parts) or str(exc).strip().splitlines()[0][:200]
@@ -205,8 +244,10 @@ def check_finite_weights(run: RunState) -> None:
     """Never write weights with a NaN or an infinity in them (a checkpoint one would resume from)."""
     for key, value in run.model.state_dict().items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ConfigError(f"the weights are not finite after step {run.step} ({key}): not writing them; "
-                              f"lower optim.lr (now {run.schedule.lr:g}) or check the data")
+            raise ConfigError(
+                f"the weights are not finite after step {run.step} ({key}): not writing them; "
+                f"lower optim.lr (now {run.schedule.lr:g}) or check the data"
+            )
 
 
 def write_weights(run: RunState, path: Path) -> Path:

@@ -28,7 +28,9 @@ from torch import nn
 from verydeep.runtime.precision import Precision, autocast_for
 
 #: ``loss_fn(outputs, target) -> (summed loss, items it sums over, correct top-1 or None)``.
-LossFn = Callable[[torch.Tensor, Any], tuple[torch.Tensor, "torch.Tensor | int", "torch.Tensor | None"]]
+LossFn = Callable[
+    [torch.Tensor, Any], tuple[torch.Tensor, "torch.Tensor | int", "torch.Tensor | None"]
+]
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor):
@@ -37,12 +39,16 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor):
     return loss, labels.shape[0], (logits.detach().argmax(-1) == labels).sum()
 
 
-def make_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+def make_sgd(
+    params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float
+) -> torch.optim.SGD:
     """The paper's SGD with momentum, fused (one kernel over all tensors; 5x the default on a CPU
     for VGG-16's 138 M parameters) and with its momentum buffers made up front (see
     :func:`prime_momentum`)."""
     params = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+    optimizer = torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True
+    )
     prime_momentum(optimizer)
     return optimizer
 
@@ -99,20 +105,35 @@ class Step:
     of them refuse or accept a step alike.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | str,
-                 precision: Precision | None, loss_fn: LossFn = classification_loss, net: nn.Module | None = None,
-                 clip_grad_norm: float | None = None, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device | str,
+        precision: Precision | None,
+        loss_fn: LossFn = classification_loss,
+        net: nn.Module | None = None,
+        clip_grad_norm: float | None = None,
+        all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.model, self.optimizer, self.device = model, optimizer, torch.device(device)
-        self.precision, self.loss_fn, self.net = precision, loss_fn, net if net is not None else model
+        self.precision, self.loss_fn, self.net = (
+            precision,
+            loss_fn,
+            net if net is not None else model,
+        )
         self.clip_grad_norm = clip_grad_norm
         self.all_sum = all_sum
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         # Buffers exist from the start (see prime_momentum); a state loaded later goes through load_optimizer.
         prime_momentum(optimizer)
 
-    def __call__(self, micro: Sequence[tuple[torch.Tensor, Any]], scale: float | None = None,
-                 limit: float = math.inf) -> StepOutput:
+    def __call__(
+        self,
+        micro: Sequence[tuple[torch.Tensor, Any]],
+        scale: float | None = None,
+        limit: float = math.inf,
+    ) -> StepOutput:
         """Step on ``micro`` = [(input, target), ...] at the rate the optimiser holds (written before
         each step by the run's :class:`~verydeep.train.schedule.RateSchedule`, its one owner).
 
@@ -144,14 +165,24 @@ class Step:
             totals = self.all_sum(totals)
         mean_loss = totals[0] / totals[1].clamp(min=1.0)
         grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        norm = (
+            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        )
         loss_finite, grads_finite = torch.isfinite(mean_loss), torch.isfinite(norm)
         refused = ~loss_finite | ~grads_finite | (mean_loss > limit)
         if self.clip_grad_norm is not None and grads:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.clip_grad_norm, norm)
-        self.optimizer.found_inf = refused.float()  # read by fused SGD: 1 leaves weights and momentum as they are
+        self.optimizer.found_inf = (
+            refused.float()
+        )  # read by fused SGD: 1 leaves weights and momentum as they are
         self.optimizer.step()
         kept = ~refused
-        return StepOutput(loss_sum=torch.where(kept, loss_sum, 0.0),
-                          correct=None if correct is None else correct * kept, images=images,
-                          mean_loss=mean_loss, refused=refused, loss_finite=loss_finite, grads_finite=grads_finite)
+        return StepOutput(
+            loss_sum=torch.where(kept, loss_sum, 0.0),
+            correct=None if correct is None else correct * kept,
+            images=images,
+            mean_loss=mean_loss,
+            refused=refused,
+            loss_finite=loss_finite,
+            grads_finite=grads_finite,
+        )

@@ -82,7 +82,9 @@ class DivergencePolicy:
 
     def refuse(self, verdict: Verdict) -> BackOff | None:
         """A step whose update was not applied: raise to stop, None to go on, or a :class:`BackOff`."""
-        raise RuntimeError(f"step {verdict.step} was refused ({verdict.reason}, loss {verdict.mean_loss:g})")
+        raise RuntimeError(
+            f"step {verdict.step} was refused ({verdict.reason}, loss {verdict.mean_loss:g})"
+        )
 
 
 class StepHooks:
@@ -119,13 +121,36 @@ class Pending:
         if not self.outputs:
             return []
         zero = self.outputs[0].loss_sum.new_zeros(())
-        rows = torch.stack([torch.stack([o.loss_sum.float(), (o.correct if o.correct is not None else zero).float(),
-                                         o.mean_loss.float(), o.refused.float(), o.loss_finite.float(),
-                                         o.grads_finite.float()]) for o in self.outputs]).tolist()
-        verdicts = [Verdict(step, out.images, loss_sum, correct, mean_loss, bool(refused), bool(loss_ok),
-                            bool(grads_ok))
-                    for step, out, (loss_sum, correct, mean_loss, refused, loss_ok, grads_ok)
-                    in zip(self.steps, self.outputs, rows)]
+        rows = torch.stack(
+            [
+                torch.stack(
+                    [
+                        o.loss_sum.float(),
+                        (o.correct if o.correct is not None else zero).float(),
+                        o.mean_loss.float(),
+                        o.refused.float(),
+                        o.loss_finite.float(),
+                        o.grads_finite.float(),
+                    ]
+                )
+                for o in self.outputs
+            ]
+        ).tolist()
+        verdicts = [
+            Verdict(
+                step,
+                out.images,
+                loss_sum,
+                correct,
+                mean_loss,
+                bool(refused),
+                bool(loss_ok),
+                bool(grads_ok),
+            )
+            for step, out, (loss_sum, correct, mean_loss, refused, loss_ok, grads_ok) in zip(
+                self.steps, self.outputs, rows
+            )
+        ]
         self.steps, self.outputs = [], []
         return verdicts
 
@@ -143,8 +168,17 @@ def settle(pending: Pending, policy: DivergencePolicy) -> BackOff | None:
     return None
 
 
-def run_steps(step_fn: Step, inputs: Iterable[StepInput], schedule: RateSchedule, policy: DivergencePolicy,
-              hooks: StepHooks | None = None, *, start: int = 0, end: int | None = None, read_every: int = 1) -> bool:
+def run_steps(
+    step_fn: Step,
+    inputs: Iterable[StepInput],
+    schedule: RateSchedule,
+    policy: DivergencePolicy,
+    hooks: StepHooks | None = None,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    read_every: int = 1,
+) -> bool:
     """Take a step per item of ``inputs``, counting from ``start`` (steps taken before), until the
     inputs run out or ``end`` steps are counted: True then. False when a back-off ended the pass
     (:attr:`BackOff.new_pass`). Every step's rate is the schedule's for its 0-based number, written

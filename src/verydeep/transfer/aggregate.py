@@ -27,7 +27,11 @@ def aggregate_scales(per_scale: Sequence[torch.Tensor], how: str) -> torch.Tenso
         raise ValueError(f"unknown aggregation {how!r}: choose stack or mean")
     if not per_scale:
         raise ValueError("no scales to aggregate")
-    joined = torch.cat(list(per_scale), dim=-1) if how == "stack" else torch.stack(list(per_scale)).mean(0)
+    joined = (
+        torch.cat(list(per_scale), dim=-1)
+        if how == "stack"
+        else torch.stack(list(per_scale)).mean(0)
+    )
     return l2_normalise(joined)
 
 

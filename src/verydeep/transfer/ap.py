@@ -46,7 +46,10 @@ def average_precision(scores, positives, method: str = "area") -> float:
         return float("nan")
     precision, recall = precision_recall(scores, positives)
     if method == "11point":
-        points = [precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.linspace(0, 1, 11)]
+        points = [
+            precision[recall >= t].max() if (recall >= t).any() else 0.0
+            for t in np.linspace(0, 1, 11)
+        ]
         return float(np.mean(points))
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])

@@ -37,9 +37,17 @@ def _subset(items: list[ImageItem], split: str, per_class: int, seed: int) -> li
     return chosen
 
 
-def demo_section(model, data_dir: str | Path, *, train_per_class: int = 20, val_per_class: int = 10,
-                 scales: list[int] | None = None, caltech_train: int | None = None, seed: int = 0,
-                 progress: bool = False) -> dict:
+def demo_section(
+    model,
+    data_dir: str | Path,
+    *,
+    train_per_class: int = 20,
+    val_per_class: int = 10,
+    scales: list[int] | None = None,
+    caltech_train: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """SVMs on the net's descriptors (one scale, several stacked, several averaged) and on pixels.
 
     ``data_dir`` holds ``train/`` and ``val/``. Returns ``{"title", "markdown", "figures", "seconds"}``
@@ -49,7 +57,9 @@ def demo_section(model, data_dir: str | Path, *, train_per_class: int = 20, val_
     start = time.perf_counter()
     scales = scales or list(multi_scale_set(model.spec.crop_size))
     classes, items = list_images(data_dir)
-    chosen = _subset(items, "train", train_per_class, seed) + _subset(items, "val", val_per_class, seed)
+    chosen = _subset(items, "train", train_per_class, seed) + _subset(
+        items, "val", val_per_class, seed
+    )
     per_scale, pixels, kept = _describe(model, chosen, scales, progress)
     labels = np.array([it.label for it in kept], dtype=np.int64)
     variants = _variants(model.spec.name, scales, per_scale, pixels, kept, labels, classes)
@@ -59,26 +69,33 @@ def demo_section(model, data_dir: str | Path, *, train_per_class: int = 20, val_
         voc = voc_protocol(fs, DEMO_C_GRID, seed)
         caltech = caltech_protocol(fs, n_train, None, 3, DEMO_C_GRID, seed)
         rows.append((row, {"voc": voc, "caltech": caltech}))
-        figures[row] = {"voc_map": voc["mAP"], "caltech_recall": caltech["mean_class_recall"],
-                        "caltech_std": caltech["std"]}
+        figures[row] = {
+            "voc_map": voc["mAP"],
+            "caltech_recall": caltech["mean_class_recall"],
+            "caltech_std": caltech["std"],
+        }
     seconds = time.perf_counter() - start
-    markdown = "\n".join([
-        "## Transfer: very deep features and linear SVMs (Appendix B)",
-        "",
-        f"The demo net without fc8: fc7 map at each scale Q, global average pooling, averaged with the flipped image, "
-        f"scales stacked or averaged, L2-normalised; a linear SVM per class (C from {list(DEMO_C_GRID)} on a held-out "
-        f"20% of training), no fine-tuning. Against the same SVMs on the raw pixels (image squashed to "
-        f"{PIXEL_SIZE}x{PIXEL_SIZE}). VOC-style: trained on {train_per_class} train images per class, mean AP on "
-        f"{val_per_class} val images per class. Caltech-style: all {len(kept)} images pooled, 3 random splits of "
-        f"{n_train} training images per class, the rest tested, mean class recall (mean ± std over splits).",
-        "",
-        table11(rows),
-    ])
+    markdown = "\n".join(
+        [
+            "## Transfer: very deep features and linear SVMs (Appendix B)",
+            "",
+            "The demo net without fc8: fc7 map at each scale Q, global average pooling, averaged with the flipped "
+            "image, scales stacked or averaged, L2-normalised; a linear SVM per class (C from "
+            f"{list(DEMO_C_GRID)} on a held-out 20% of training), no fine-tuning. Against the same SVMs on "
+            f"the raw pixels (image squashed to {PIXEL_SIZE}x{PIXEL_SIZE}). VOC-style: trained on "
+            f"{train_per_class} train images per class, mean AP on {val_per_class} val images per class. "
+            f"Caltech-style: all {len(kept)} images pooled, 3 random splits of {n_train} training images "
+            "per class, the rest tested, mean class recall (mean ± std over splits).",
+            "",
+            table11(rows),
+        ]
+    )
     return {"title": "Transfer", "markdown": markdown, "figures": figures, "seconds": seconds}
 
 
-def _describe(model, chosen: list[ImageItem], scales: list[int], progress: bool
-              ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor], list[ImageItem]]:
+def _describe(
+    model, chosen: list[ImageItem], scales: list[int], progress: bool
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor], list[ImageItem]]:
     """Each readable image's descriptor at every scale (computed once, aggregated later) and its
     pixel descriptor; returns them with the images kept."""
     model.eval()
@@ -95,22 +112,62 @@ def _describe(model, chosen: list[ImageItem], scales: list[int], progress: bool
     return per_scale, pixels, kept
 
 
-def _variants(name: str, scales: list[int], per_scale: list[list[torch.Tensor]], pixels: list[torch.Tensor],
-              kept: list[ImageItem], labels: np.ndarray, classes: list[str]) -> list[tuple[str, FeatureSet]]:
+def _variants(
+    name: str,
+    scales: list[int],
+    per_scale: list[list[torch.Tensor]],
+    pixels: list[torch.Tensor],
+    kept: list[ImageItem],
+    labels: np.ndarray,
+    classes: list[str],
+) -> list[tuple[str, FeatureSet]]:
     """Table 11's rows: raw pixels, the net at one scale, at every scale stacked and averaged."""
     multilabels = np.eye(len(classes), dtype=np.uint8)[labels]
 
-    def feature_set(descriptors: torch.Tensor, configs: list[str], used: list[int], how: str) -> FeatureSet:
+    def feature_set(
+        descriptors: torch.Tensor, configs: list[str], used: list[int], how: str
+    ) -> FeatureSet:
         info = {"identity": {"configs": configs, "scales": used, "aggregate": how}}
-        return FeatureSet(descriptors.numpy().astype(np.float32), labels, multilabels, [it.rel for it in kept],
-                          [it.split for it in kept], classes, info)
+        return FeatureSet(
+            descriptors.numpy().astype(np.float32),
+            labels,
+            multilabels,
+            [it.rel for it in kept],
+            [it.split for it in kept],
+            classes,
+            info,
+        )
 
     return [
-        (f"raw pixels {PIXEL_SIZE}x{PIXEL_SIZE}", feature_set(torch.stack(pixels), ["pixels"], [], "stack")),
-        (f"{name}, Q {scales[0]}", feature_set(torch.stack([aggregate_scales(d[:1], "stack") for d in per_scale]),
-                                               [name], scales[:1], "stack")),
-        (f"{name}, Q {'/'.join(map(str, scales))} stacked",
-         feature_set(torch.stack([aggregate_scales(d, "stack") for d in per_scale]), [name], scales, "stack")),
-        (f"{name}, Q {'/'.join(map(str, scales))} averaged",
-         feature_set(torch.stack([aggregate_scales(d, "mean") for d in per_scale]), [name], scales, "mean")),
+        (
+            f"raw pixels {PIXEL_SIZE}x{PIXEL_SIZE}",
+            feature_set(torch.stack(pixels), ["pixels"], [], "stack"),
+        ),
+        (
+            f"{name}, Q {scales[0]}",
+            feature_set(
+                torch.stack([aggregate_scales(d[:1], "stack") for d in per_scale]),
+                [name],
+                scales[:1],
+                "stack",
+            ),
+        ),
+        (
+            f"{name}, Q {'/'.join(map(str, scales))} stacked",
+            feature_set(
+                torch.stack([aggregate_scales(d, "stack") for d in per_scale]),
+                [name],
+                scales,
+                "stack",
+            ),
+        ),
+        (
+            f"{name}, Q {'/'.join(map(str, scales))} averaged",
+            feature_set(
+                torch.stack([aggregate_scales(d, "mean") for d in per_scale]),
+                [name],
+                scales,
+                "mean",
+            ),
+        ),
     ]

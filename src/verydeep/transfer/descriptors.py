@@ -64,8 +64,9 @@ def descriptor_scales(models: Sequence, scales: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
-def pooled_maps(model, images: torch.Tensor, flip: bool = True, precision=None,
-                layer: str = DEFAULT_LAYER) -> torch.Tensor:
+def pooled_maps(
+    model, images: torch.Tensor, flip: bool = True, precision=None, layer: str = DEFAULT_LAYER
+) -> torch.Tensor:
     """The pooled fc7 (or ``layer``) descriptors (n, C) of a batch of uint8 (n, 3, H, W) images of one
     size, each averaged with its mirror image's when ``flip`` (float32, CPU)."""
     device = next(model.parameters()).device
@@ -75,41 +76,77 @@ def pooled_maps(model, images: torch.Tensor, flip: bool = True, precision=None,
     total = 0
     with autocast_for(device, precision):
         for view in views:
-            maps = model.descriptor(view) if layer == DEFAULT_LAYER else model.taps(view, layer)[layer]
+            maps = (
+                model.descriptor(view) if layer == DEFAULT_LAYER else model.taps(view, layer)[layer]
+            )
             total = total + maps.float().mean(dim=(-2, -1))
     return (total / len(views)).cpu()
 
 
-def scale_descriptor(model, image: torch.Tensor, scale: int, flip: bool = True, precision=None,
-                     layer: str = DEFAULT_LAYER) -> torch.Tensor:
+def scale_descriptor(
+    model,
+    image: torch.Tensor,
+    scale: int,
+    flip: bool = True,
+    precision=None,
+    layer: str = DEFAULT_LAYER,
+) -> torch.Tensor:
     """The pooled descriptor of one uint8 (3, H, W) image at one scale (:func:`pooled_maps`)."""
     return pooled_maps(model, rescale(image, scale)[None], flip, precision, layer)[0]
 
 
-def batch_descriptors(models: Sequence, rescaled: dict[int, torch.Tensor], scales: Sequence[int],
-                      aggregate: str = "stack", flip: bool = True, precision=None,
-                      layer: str = DEFAULT_LAYER) -> torch.Tensor:
+def batch_descriptors(
+    models: Sequence,
+    rescaled: dict[int, torch.Tensor],
+    scales: Sequence[int],
+    aggregate: str = "stack",
+    flip: bool = True,
+    precision=None,
+    layer: str = DEFAULT_LAYER,
+) -> torch.Tensor:
     """The full descriptors (n, D) of n images given rescaled to every scale (``rescaled[Q]``: uint8
     (n, 3, h, w)): per net, the scales' pooled maps aggregated and L2-normalised; nets stacked."""
-    per_net = [aggregate_scales([pooled_maps(m, rescaled[q], flip, precision, layer) for q in scales], aggregate)
-               for m in models]
+    per_net = [
+        aggregate_scales(
+            [pooled_maps(m, rescaled[q], flip, precision, layer) for q in scales], aggregate
+        )
+        for m in models
+    ]
     return per_net[0] if len(per_net) == 1 else combine_nets(per_net)
 
 
-def image_descriptor(models: Sequence, image: torch.Tensor, scales: Sequence[int], aggregate: str = "stack",
-                     flip: bool = True, precision=None, layer: str = DEFAULT_LAYER) -> torch.Tensor:
+def image_descriptor(
+    models: Sequence,
+    image: torch.Tensor,
+    scales: Sequence[int],
+    aggregate: str = "stack",
+    flip: bool = True,
+    precision=None,
+    layer: str = DEFAULT_LAYER,
+) -> torch.Tensor:
     """The full descriptor of one uint8 (3, H, W) image (:func:`batch_descriptors` of a batch of one)."""
-    return batch_descriptors(models, {q: rescale(image, q)[None] for q in scales}, scales, aggregate, flip,
-                             precision, layer)[0]
+    return batch_descriptors(
+        models,
+        {q: rescale(image, q)[None] for q in scales},
+        scales,
+        aggregate,
+        flip,
+        precision,
+        layer,
+    )[0]
 
 
-def descriptor_size(models: Sequence, scales: Sequence[int], aggregate: str, layer: str = DEFAULT_LAYER) -> int:
+def descriptor_size(
+    models: Sequence, scales: Sequence[int], aggregate: str, layer: str = DEFAULT_LAYER
+) -> int:
     per_net = [layer_width(m, layer) * (len(scales) if aggregate == "stack" else 1) for m in models]
     return sum(per_net)
 
 
 def pixel_descriptor(image: torch.Tensor, size: int = 16) -> torch.Tensor:
     """The raw-pixel baseline: the image squashed to ``size`` x ``size``, centred, L2-normalised."""
-    x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    x = F.interpolate(
+        image[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )[0]
     v = (x / 255.0 - 0.5).flatten()
     return v / v.norm().clamp_min(1e-12)

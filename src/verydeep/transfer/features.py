@@ -53,8 +53,15 @@ from verydeep.passes.loading import Decoded, decode, group_by_shape
 from verydeep.runtime import distributed
 from verydeep.runtime.io import make_folder, read_json, write_bytes
 from verydeep.transfer.aggregate import AGGREGATES
-from verydeep.transfer.descriptors import (DEFAULT_LAYER, batch_descriptors, check_layer, descriptor_scales,
-                                          descriptor_size, image_descriptor, weights_identity)
+from verydeep.transfer.descriptors import (
+    DEFAULT_LAYER,
+    batch_descriptors,
+    check_layer,
+    descriptor_scales,
+    descriptor_size,
+    image_descriptor,
+    weights_identity,
+)
 
 FORMAT = "verydeep-features/1"
 META_KEY = "verydeep_features"
@@ -84,17 +91,26 @@ class FeatureSet:
         idx = np.asarray(indices)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
-        return replace(self, descriptors=self.descriptors[idx], labels=self.labels[idx],
-                       multilabels=self.multilabels[idx], paths=[self.paths[i] for i in idx],
-                       splits=[self.splits[i] for i in idx])
+        return replace(
+            self,
+            descriptors=self.descriptors[idx],
+            labels=self.labels[idx],
+            multilabels=self.multilabels[idx],
+            paths=[self.paths[i] for i in idx],
+            splits=[self.splits[i] for i in idx],
+        )
 
     def split(self, name: str) -> "FeatureSet":
         return self.select(np.array([s == name for s in self.splits], dtype=bool))
 
     @property
     def split_names(self) -> list[str]:
-        return sorted(set(self.splits), key=lambda s: (SPLIT_NAMES + (NO_SPLIT,)).index(s)
-                      if s in SPLIT_NAMES + (NO_SPLIT,) else 99)
+        return sorted(
+            set(self.splits),
+            key=lambda s: (
+                (SPLIT_NAMES + (NO_SPLIT,)).index(s) if s in SPLIT_NAMES + (NO_SPLIT,) else 99
+            ),
+        )
 
 
 # -- the images of a data folder -----------------------------------------------------------------
@@ -110,8 +126,14 @@ def list_images(root: str | os.PathLike) -> tuple[list[str], list[ImageItem]]:
     """The classes and images of a data folder, with splits (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
-    subs = sorted(d.name for d in os.scandir(root) if d.is_dir(follow_symlinks=True) and not d.name.startswith("."))
+        raise DataError(
+            f"data folder {root} does not exist" if not root.exists() else f"{root} is not a folder"
+        )
+    subs = sorted(
+        d.name
+        for d in os.scandir(root)
+        if d.is_dir(follow_symlinks=True) and not d.name.startswith(".")
+    )
     split_names = [s for s in SPLIT_NAMES if s in subs]
     if split_names and len(split_names) == len(subs):
         indices = {s: scan_image_folder(root / s) for s in split_names}
@@ -142,12 +164,20 @@ def _multilabel(item: ImageItem, position: dict[str, int]) -> np.ndarray:
 
 
 # -- identity --------------------------------------------------------------------------------------
-def identity(models: Sequence, items: Sequence[ImageItem], scales: Sequence[int], aggregate: str, flip: bool,
-             precision: str, layer: str = DEFAULT_LAYER) -> dict:
+def identity(
+    models: Sequence,
+    items: Sequence[ImageItem],
+    scales: Sequence[int],
+    aggregate: str,
+    flip: bool,
+    precision: str,
+    layer: str = DEFAULT_LAYER,
+) -> dict:
     listing = "\n".join(f"{i.split}/{i.rel}" for i in items)
     images = hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
     # the layer is named only when it is not the paper's fc7, so files made before --layer still match
-    return {**({"layer": layer} if layer != DEFAULT_LAYER else {}),
+    return {
+        **({"layer": layer} if layer != DEFAULT_LAYER else {}),
         "image_files": image_files_digest(items),
         "weights": [weights_identity(m) for m in models],
         "configs": [m.spec.name for m in models],
@@ -167,14 +197,22 @@ def image_files_digest(items: Sequence[ImageItem]) -> str:
     for item in items:
         try:
             st = os.stat(item.path)
-            h.update(f"{item.split}/{item.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            h.update(
+                f"{item.split}/{item.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(
+                    "utf-8", "surrogateescape"
+                )
+            )
         except OSError:
             h.update(f"{item.split}/{item.rel}\0missing\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
 def _short(value) -> str:
-    if isinstance(value, list) and value and all(isinstance(v, str) and len(v) == 64 for v in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, str) and len(v) == 64 for v in value)
+    ):
         return "[" + ", ".join(f"sha256 {v[:12]}" for v in value) + "]"
     if isinstance(value, str) and len(value) == 64:
         return f"sha256 {value[:12]}"
@@ -183,10 +221,18 @@ def _short(value) -> str:
 
 def differences(found: dict, asked: dict) -> list[str]:
     """What differs between the identity a file was made with and the one asked for."""
-    names = {"layer": "layer", "weights": "weights", "configs": "configs", "scales": "scales",
-             "aggregate": "aggregation", "flip": "flip", "precision": "precision", "images": "image list",
-             "image_count": "image count",
-             "image_files": "image files (sizes or modification times changed on disk)"}
+    names = {
+        "layer": "layer",
+        "weights": "weights",
+        "configs": "configs",
+        "scales": "scales",
+        "aggregate": "aggregation",
+        "flip": "flip",
+        "precision": "precision",
+        "images": "image list",
+        "image_count": "image count",
+        "image_files": "image files (sizes or modification times changed on disk)",
+    }
     unnamed = {"layer": DEFAULT_LAYER}  # what an identity without the key was made with
     out = []
     for key, name in names.items():
@@ -211,11 +257,21 @@ def save_features(features: FeatureSet, path: str | os.PathLike) -> Path:
     """Write a feature file atomically (safetensors, or npz by suffix)."""
     path = Path(path)
     _check_suffix(path)
-    meta = json.dumps({"format": FORMAT, "classes": features.classes, "paths": features.paths,
-                       "splits": features.splits, "info": features.info}, sort_keys=True)
-    arrays = {"descriptors": np.ascontiguousarray(features.descriptors, dtype=np.float32),
-              "labels": np.ascontiguousarray(features.labels, dtype=np.int64),
-              "multilabels": np.ascontiguousarray(features.multilabels, dtype=np.uint8)}
+    meta = json.dumps(
+        {
+            "format": FORMAT,
+            "classes": features.classes,
+            "paths": features.paths,
+            "splits": features.splits,
+            "info": features.info,
+        },
+        sort_keys=True,
+    )
+    arrays = {
+        "descriptors": np.ascontiguousarray(features.descriptors, dtype=np.float32),
+        "labels": np.ascontiguousarray(features.labels, dtype=np.int64),
+        "multilabels": np.ascontiguousarray(features.multilabels, dtype=np.uint8),
+    }
     if path.suffix == ".npz":
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.array(meta), **arrays)
@@ -243,11 +299,20 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
             meta = read_json(header[META_KEY])
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise KeyError("format")
-        features = FeatureSet(arrays["descriptors"], arrays["labels"], arrays["multilabels"], list(meta["paths"]),
-                              list(meta["splits"]), list(meta["classes"]), dict(meta.get("info", {})))
+        features = FeatureSet(
+            arrays["descriptors"],
+            arrays["labels"],
+            arrays["multilabels"],
+            list(meta["paths"]),
+            list(meta["splits"]),
+            list(meta["classes"]),
+            dict(meta.get("info", {})),
+        )
     except (KeyError, ValueError, OSError, TypeError) as exc:
-        raise DataError(f"{path} is not a verydeep feature file "
-                        f"({str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+        raise DataError(
+            f"{path} is not a verydeep feature file "
+            f"({str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
+        ) from None
     except Exception as exc:  # safetensors raises its own error type for a corrupt file
         if type(exc).__name__ == "SafetensorError":
             raise DataError(f"{path} is not a verydeep feature file ({exc})") from None
@@ -285,8 +350,10 @@ def _save_rows(partial: Path, rows: dict[str, np.ndarray]) -> None:
 def _save_part(partial: Path, rank: int, rows: dict[str, np.ndarray], settled: np.ndarray) -> None:
     """The rows one process of a ``torchrun`` job settled (``index``, ``descriptors``, ``ok``), written atomically."""
     index = np.flatnonzero(settled).astype(np.int64)
-    _atomic_write(partial / f"rows.rank{rank}.safetensors",
-                  save({"index": index, "descriptors": rows["descriptors"][index], "ok": rows["ok"][index]}))
+    _atomic_write(
+        partial / f"rows.rank{rank}.safetensors",
+        save({"index": index, "descriptors": rows["descriptors"][index], "ok": rows["ok"][index]}),
+    )
 
 
 def _take_part(rows: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
@@ -298,17 +365,25 @@ def _take_part(rows: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None
 
 
 def _fresh_rows(images: int, dim: int) -> dict[str, np.ndarray]:
-    return {"descriptors": np.zeros((images, dim), np.float32), "ok": np.zeros(images, np.uint8),
-            "done": np.zeros(images, np.uint8)}
+    return {
+        "descriptors": np.zeros((images, dim), np.float32),
+        "ok": np.zeros(images, np.uint8),
+        "done": np.zeros(images, np.uint8),
+    }
 
 
 def _load_rows(partial: Path, images: int, dim: int) -> dict[str, np.ndarray]:
     """The rows of a resumed partial run (``rows.safetensors`` and the part files of a ``torchrun``
     job's processes, merged), or empty rows; a damaged file is described again, with a warning.
     Merged parts are written back as one ``rows.safetensors`` before they are removed."""
-    rows = _read_rows(partial / "rows.safetensors", images, dim,
-                      lambda rows: _rows_problem(rows, {"descriptors": (images, dim), "ok": (images,),
-                                                        "done": (images,)}))
+    rows = _read_rows(
+        partial / "rows.safetensors",
+        images,
+        dim,
+        lambda rows: _rows_problem(
+            rows, {"descriptors": (images, dim), "ok": (images,), "done": (images,)}
+        ),
+    )
     rows = rows if rows is not None else _fresh_rows(images, dim)
     parts = sorted(partial.glob("rows.rank*.safetensors"))
     for path in parts:
@@ -316,7 +391,9 @@ def _load_rows(partial: Path, images: int, dim: int) -> dict[str, np.ndarray]:
         if part is not None:
             _take_part(rows, part)
     if parts:
-        _save_rows(partial, rows)  # one file again before the parts go: a kill in between loses nothing
+        _save_rows(
+            partial, rows
+        )  # one file again before the parts go: a kill in between loses nothing
         for path in parts:
             path.unlink(missing_ok=True)
     return rows
@@ -335,8 +412,10 @@ def _read_rows(path: Path, images: int, dim: int, problem) -> dict[str, np.ndarr
         if why is None:
             return rows
     which = "every image" if path.name == "rows.safetensors" else "the images of one process"
-    sys.stderr.write(f"verydeep features: warning: describing {which} again: "
-                     f"{path.name} of {path.parent} is damaged ({why})\n")
+    sys.stderr.write(
+        f"verydeep features: warning: describing {which} again: "
+        f"{path.name} of {path.parent} is damaged ({why})\n"
+    )
     path.unlink()
     return None
 
@@ -354,16 +433,31 @@ def _rows_problem(rows: dict[str, np.ndarray], want: dict[str, tuple[int, ...]])
 def _part_problem(part: dict[str, np.ndarray], images: int, dim: int) -> str | None:
     """Why one process's part file cannot be kept, or None."""
     index = part.get("index", np.zeros((0, 0)))
-    if index.ndim != 1 or index.dtype.kind not in "iu" or (len(index) and (index.min() < 0 or index.max() >= images)):
+    if (
+        index.ndim != 1
+        or index.dtype.kind not in "iu"
+        or (len(index) and (index.min() < 0 or index.max() >= images))
+    ):
         return f"its index is not a list of image numbers below {images}"
     return _rows_problem(part, {"descriptors": (len(index), dim), "ok": (len(index),)})
 
 
 # -- extraction ------------------------------------------------------------------------------------
-def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.PathLike, scales: Sequence[int],
-                     aggregate: str = "stack", flip: bool = True, precision=None, progress: bool = True,
-                     sources: Sequence[str] | None = None, layer: str = DEFAULT_LAYER, overwrite: bool = False,
-                     batch_size: int | None = None, workers: int | None = None) -> FeatureSet | None:
+def extract_features(
+    models: Sequence,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    scales: Sequence[int],
+    aggregate: str = "stack",
+    flip: bool = True,
+    precision=None,
+    progress: bool = True,
+    sources: Sequence[str] | None = None,
+    layer: str = DEFAULT_LAYER,
+    overwrite: bool = False,
+    batch_size: int | None = None,
+    workers: int | None = None,
+) -> FeatureSet | None:
     """Describe every image of ``root`` with ``models`` and write ``out`` (resuming a partial run).
 
     A finished ``out`` or a partial run made differently (other nets, scales, images, or images
@@ -375,16 +469,31 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
     and writes the file: rank 0 returns the feature set, the other processes None (as ``evaluate``)."""
     out = Path(out)
     device = next(models[0].parameters()).device if models else torch.device("cpu")
-    ctx = distributed.setup(str(device) if device.type == "cuda" else "cpu")  # joins a group already open as it is
+    ctx = distributed.setup(
+        str(device) if device.type == "cuda" else "cpu"
+    )  # joins a group already open as it is
     try:
         # checked on rank 0 and shared: a refusal is one line from rank 0, not one from every process
         asked_scales = scales
         scales, classes, items = distributed.on_main(
-            ctx, lambda: (_check_request(models, out, asked_scales, aggregate, layer), *list_images(root)))
-        asked = identity(models, items, scales, aggregate, flip, getattr(precision, "value", precision) or "fp32",
-                         layer)
-        finished = distributed.on_main(ctx, lambda: _finished_run(out, asked, overwrite),
-                                       share=lambda found: found is not None)
+            ctx,
+            lambda: (
+                _check_request(models, out, asked_scales, aggregate, layer),
+                *list_images(root),
+            ),
+        )
+        asked = identity(
+            models,
+            items,
+            scales,
+            aggregate,
+            flip,
+            getattr(precision, "value", precision) or "fp32",
+            layer,
+        )
+        finished = distributed.on_main(
+            ctx, lambda: _finished_run(out, asked, overwrite), share=lambda found: found is not None
+        )
         if (finished is not None) if ctx.is_main else finished:
             return finished if ctx.is_main else None
         for m in models:
@@ -392,48 +501,79 @@ def extract_features(models: Sequence, root: str | os.PathLike, out: str | os.Pa
         dim = descriptor_size(models, scales, aggregate, layer)
         partial = out.with_name(out.name + ".partial")
         rows = _resumed_rows(ctx, partial, asked, overwrite, len(items), dim)
-        batch_size, workers = loader_sizes(device, batch_size, workers, getattr(models[0], "engine", "torch"))
+        batch_size, workers = loader_sizes(
+            device, batch_size, workers, getattr(models[0], "engine", "torch")
+        )
         done = rows["done"].astype(bool)
         plan = plan_pass(ctx, [it.path for it in items], scales, batch_size, done)
-        save = ((lambda settled: _save_part(partial, ctx.rank, rows, settled)) if ctx.distributed
-                else (lambda settled: _save_rows(partial, rows)))
-        settled = _describe_all(plan, rows, done, workers, progress and ctx.is_main, save, ctx.distributed,
-                                lambda decoded, wanted: _describe_batch(decoded, wanted, models, scales, aggregate,
-                                                                        flip, precision, layer))
+        save = (
+            (lambda settled: _save_part(partial, ctx.rank, rows, settled))
+            if ctx.distributed
+            else (lambda settled: _save_rows(partial, rows))
+        )
+        settled = _describe_all(
+            plan,
+            rows,
+            done,
+            workers,
+            progress and ctx.is_main,
+            save,
+            ctx.distributed,
+            lambda decoded, wanted: _describe_batch(
+                decoded, wanted, models, scales, aggregate, flip, precision, layer
+            ),
+        )
         _gather_rows(ctx, rows, settled)
         info = {"identity": asked, "descriptor_size": dim, "sources": list(sources or [])}
-        features = distributed.on_main(ctx, lambda: _finish(rows, items, classes, root, info, scales, out, partial),
-                                       share=lambda _: None)
+        features = distributed.on_main(
+            ctx,
+            lambda: _finish(rows, items, classes, root, info, scales, out, partial),
+            share=lambda _: None,
+        )
         return features if ctx.is_main else None
     finally:
         distributed.teardown(ctx)
 
 
-def _resumed_rows(ctx: distributed.DistContext, partial: Path, asked: dict, overwrite: bool, images: int,
-                  dim: int) -> dict[str, np.ndarray]:
+def _resumed_rows(
+    ctx: distributed.DistContext, partial: Path, asked: dict, overwrite: bool, images: int, dim: int
+) -> dict[str, np.ndarray]:
     """The rows to start from: rank 0 opens (or resumes) the partial run and reads its rows; the
     other processes of a ``torchrun`` job start from empty rows with the same images marked done,
     so that every process plans the same batches."""
     distributed.on_main(ctx, lambda: _open_partial(partial, asked, overwrite))
-    rows = distributed.on_main(ctx, lambda: _load_rows(partial, images, dim), share=lambda rows: rows["done"])
+    rows = distributed.on_main(
+        ctx, lambda: _load_rows(partial, images, dim), share=lambda rows: rows["done"]
+    )
     if ctx.is_main:
         return rows
     return {**_fresh_rows(images, dim), "done": rows.copy()}
 
 
-def _gather_rows(ctx: distributed.DistContext, rows: dict[str, np.ndarray], settled: np.ndarray) -> None:
+def _gather_rows(
+    ctx: distributed.DistContext, rows: dict[str, np.ndarray], settled: np.ndarray
+) -> None:
     """The rows every process of a ``torchrun`` job settled, into rank 0's ``rows``."""
     if not ctx.distributed:
         return
     index = np.flatnonzero(settled)
-    parts = distributed.gather_to_main(ctx, {"index": index, "descriptors": rows["descriptors"][index],
-                                             "ok": rows["ok"][index]})
+    parts = distributed.gather_to_main(
+        ctx, {"index": index, "descriptors": rows["descriptors"][index], "ok": rows["ok"][index]}
+    )
     for part in parts or []:
         _take_part(rows, part)
 
 
-def _finish(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: list[str], root, info: dict,
-            scales: Sequence[int], out: Path, partial: Path) -> FeatureSet:
+def _finish(
+    rows: dict[str, np.ndarray],
+    items: Sequence[ImageItem],
+    classes: list[str],
+    root,
+    info: dict,
+    scales: Sequence[int],
+    out: Path,
+    partial: Path,
+) -> FeatureSet:
     """Write the feature file of all the rows (on rank 0) and remove the partial run."""
     try:
         features = _assemble(rows, items, classes, root, info=info, scales=scales)
@@ -445,8 +585,16 @@ def _finish(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: li
     return features
 
 
-def _describe_all(plan, rows: dict[str, np.ndarray], done: np.ndarray, workers: int, progress: bool, save,
-                  save_at_end: bool, work) -> np.ndarray:
+def _describe_all(
+    plan,
+    rows: dict[str, np.ndarray],
+    done: np.ndarray,
+    workers: int,
+    progress: bool,
+    save,
+    save_at_end: bool,
+    work,
+) -> np.ndarray:
     """Run the pass, booking each batch's rows; ``save(settled)`` them as the pass goes (and on an
     interrupt, and at its end with ``save_at_end``). Returns the images settled here."""
     last_save, save_cost, unsaved = time.monotonic(), 0.0, False
@@ -475,12 +623,22 @@ def _describe_all(plan, rows: dict[str, np.ndarray], done: np.ndarray, workers: 
             save(settled)  # keep what was described; a rerun resumes from it
         raise
     if save_at_end and unsaved:
-        save(settled)  # a process's rows on disk before the gather: rank 0 may yet fail while writing the file
+        save(
+            settled
+        )  # a process's rows on disk before the gather: rank 0 may yet fail while writing the file
     return settled
 
 
-def _describe_batch(decoded: list[Decoded], wanted: set[int], models: Sequence, scales: Sequence[int], aggregate: str,
-                    flip: bool, precision, layer: str) -> tuple[list[int], list[int], np.ndarray | None]:
+def _describe_batch(
+    decoded: list[Decoded],
+    wanted: set[int],
+    models: Sequence,
+    scales: Sequence[int],
+    aggregate: str,
+    flip: bool,
+    precision,
+    layer: str,
+) -> tuple[list[int], list[int], np.ndarray | None]:
     """One decoded batch: the images it settles (described or unreadable), the ones described, and
     their descriptors (an unreadable or too small image is left out, and counted as skipped).
 
@@ -494,12 +652,16 @@ def _describe_batch(decoded: list[Decoded], wanted: set[int], models: Sequence, 
         keep = [k for k, i in enumerate(indices) if i in wanted]
         if keep:
             described.extend(indices[k] for k in keep)
-            rows = batch_descriptors(models, rescaled, scales, aggregate, flip, precision, layer).numpy()
+            rows = batch_descriptors(
+                models, rescaled, scales, aggregate, flip, precision, layer
+            ).numpy()
             parts.append(rows[keep])
     return todo, described, np.concatenate(parts) if parts else None
 
 
-def _check_request(models: Sequence, out: Path, scales: Sequence[int], aggregate: str, layer: str) -> list[int]:
+def _check_request(
+    models: Sequence, out: Path, scales: Sequence[int], aggregate: str, layer: str
+) -> list[int]:
     """Refuse what cannot be extracted before any image is read; returns the checked scales."""
     _check_suffix(out)
     if aggregate not in AGGREGATES:
@@ -517,13 +679,17 @@ def _finished_run(out: Path, asked: dict, overwrite: bool) -> FeatureSet | None:
     """The finished file when it was made as asked; None when there is none or it is to be redone."""
     if not out.exists():
         return None
-    existing = load_features(out)  # refuses (and so never replaces) a file that is not a feature file
+    existing = load_features(
+        out
+    )  # refuses (and so never replaces) a file that is not a feature file
     diffs = differences(existing.info.get("identity", {}), asked)
     if not diffs:
         return existing
     if not overwrite:
-        raise DataError(f"{out} holds features made differently ({'; '.join(diffs)}); "
-                        "pass --overwrite to recompute them, or choose another --out")
+        raise DataError(
+            f"{out} holds features made differently ({'; '.join(diffs)}); "
+            "pass --overwrite to recompute them, or choose another --out"
+        )
     return None
 
 
@@ -534,32 +700,50 @@ def _open_partial(partial: Path, asked: dict, overwrite: bool) -> None:
         try:
             manifest = read_json(manifest_path.read_text())
         except (OSError, ValueError):
-            raise DataError(f"{partial} is not a partial feature run (no readable manifest); remove it") from None
+            raise DataError(
+                f"{partial} is not a partial feature run (no readable manifest); remove it"
+            ) from None
         found = manifest.get("identity") if isinstance(manifest, dict) else None
         if not isinstance(found, dict):
-            raise DataError(f"{manifest_path} is damaged (identity {type(found).__name__}: expected a mapping); "
-                            f"remove {partial}")
+            raise DataError(
+                f"{manifest_path} is damaged (identity {type(found).__name__}: expected a mapping); "
+                f"remove {partial}"
+            )
         diffs = differences(found, asked)
         if diffs and not overwrite:
-            raise DataError(f"{partial} holds a partial run made differently ({'; '.join(diffs)}); "
-                            "pass --overwrite to start it again, or choose another --out")
+            raise DataError(
+                f"{partial} holds a partial run made differently ({'; '.join(diffs)}); "
+                "pass --overwrite to start it again, or choose another --out"
+            )
         if not diffs:
             return
         shutil.rmtree(partial)
     make_folder(partial, "partial feature folder")
-    _atomic_write(manifest_path, json.dumps({"format": FORMAT, "identity": asked}, indent=2).encode())
+    _atomic_write(
+        manifest_path, json.dumps({"format": FORMAT, "identity": asked}, indent=2).encode()
+    )
 
 
 def _why_skipped(skipped: Sequence[ImageItem], scales: Sequence[int]) -> dict[str, str]:
     """Why each skipped image could not be described, by its path in the folder: the pass's own decode
     asked again (these images are few, and a refusal comes early: a bad header, a bound), so that the
     reasons hold for the images of an earlier, interrupted run too."""
-    return {it.rel: why if isinstance(why := decode(it.path, scales), str) else "described on a second try"
-            for it in skipped}
+    return {
+        it.rel: why
+        if isinstance(why := decode(it.path, scales), str)
+        else "described on a second try"
+        for it in skipped
+    }
 
 
-def _assemble(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: list[str], root, info: dict,
-              scales: Sequence[int]) -> FeatureSet:
+def _assemble(
+    rows: dict[str, np.ndarray],
+    items: Sequence[ImageItem],
+    classes: list[str],
+    root,
+    info: dict,
+    scales: Sequence[int],
+) -> FeatureSet:
     """The feature set of the images that could be read."""
     ok = rows["ok"].astype(bool)
     if not ok.any():
@@ -568,14 +752,37 @@ def _assemble(rows: dict[str, np.ndarray], items: Sequence[ImageItem], classes: 
     kept = [it for it, good in zip(items, ok) if good]
     multi = np.stack([_multilabel(it, position) for it in kept])
     skipped = [it for it, good in zip(items, ok) if not good]
-    info = {**info, "skipped": [it.rel for it in skipped], "skipped_why": _why_skipped(skipped, scales)}
-    return FeatureSet(rows["descriptors"][ok], np.array([it.label for it in kept], dtype=np.int64), multi,
-                      [it.rel for it in kept], [it.split for it in kept], classes, info)
+    info = {
+        **info,
+        "skipped": [it.rel for it in skipped],
+        "skipped_why": _why_skipped(skipped, scales),
+    }
+    return FeatureSet(
+        rows["descriptors"][ok],
+        np.array([it.label for it in kept], dtype=np.int64),
+        multi,
+        [it.rel for it in kept],
+        [it.split for it in kept],
+        classes,
+        info,
+    )
 
 
-def describe_images(models: Sequence, images: Sequence[torch.Tensor], scales: Sequence[int], aggregate: str = "stack",
-                    flip: bool = True, precision=None, layer: str = DEFAULT_LAYER) -> np.ndarray:
+def describe_images(
+    models: Sequence,
+    images: Sequence[torch.Tensor],
+    scales: Sequence[int],
+    aggregate: str = "stack",
+    flip: bool = True,
+    precision=None,
+    layer: str = DEFAULT_LAYER,
+) -> np.ndarray:
     """In-memory descriptors (N, D) of uint8 images, for Python users and the demo (no file)."""
     scales = descriptor_scales(models, scales)
     check_layer(models, layer)
-    return np.stack([image_descriptor(models, im, scales, aggregate, flip, precision, layer).numpy() for im in images])
+    return np.stack(
+        [
+            image_descriptor(models, im, scales, aggregate, flip, precision, layer).numpy()
+            for im in images
+        ]
+    )

@@ -25,21 +25,33 @@ class Split(NamedTuple):
     test: np.ndarray
 
 
-def caltech_splits(labels, n_train: int, n_test: int | None, splits: int, seed: int = 0,
-                   classes: Sequence[str] | None = None) -> list[Split]:
+def caltech_splits(
+    labels,
+    n_train: int,
+    n_test: int | None,
+    splits: int,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+) -> list[Split]:
     """``splits`` random Caltech splits of the images with these class ``labels``."""
     y = np.asarray(labels).reshape(-1)
     if n_train < 1 or (n_test is not None and n_test < 1) or splits < 1:
-        raise DataError(f"Caltech splits need positive counts, got train {n_train}, test {n_test}, splits {splits}")
+        raise DataError(
+            f"Caltech splits need positive counts, got train {n_train}, test {n_test}, splits {splits}"
+        )
     present, counts = np.unique(y, return_counts=True)
     short = [(c, k) for c, k in zip(present, counts) if k <= n_train]
     if short:
+
         def name(c):
             return classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
+
         listed = ", ".join(f"{name(c)} ({k})" for c, k in short[:5])
         more = f" and {len(short) - 5} more" if len(short) > 5 else ""
-        raise DataError(f"{len(short)} class(es) have {n_train} images or fewer, so none is left to test "
-                        f"with {n_train} training images per class: {listed}{more}")
+        raise DataError(
+            f"{len(short)} class(es) have {n_train} images or fewer, so none is left to test "
+            f"with {n_train} training images per class: {listed}{more}"
+        )
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(splits):

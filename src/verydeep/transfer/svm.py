@@ -34,7 +34,9 @@ class SvmResult:
 
 
 def _make(C: float, multilabel: bool, seed: int):
-    from sklearn.multiclass import OneVsRestClassifier  # start-up: scikit-learn takes seconds to import
+    from sklearn.multiclass import (
+        OneVsRestClassifier,
+    )  # start-up: scikit-learn takes seconds to import
     from sklearn.svm import LinearSVC  # start-up: scikit-learn takes seconds to import
 
     svc = LinearSVC(C=C, dual="auto", max_iter=MAX_ITER, random_state=seed)
@@ -42,7 +44,9 @@ def _make(C: float, multilabel: bool, seed: int):
 
 
 def _fit(C: float, X: np.ndarray, y: np.ndarray, multilabel: bool, seed: int):
-    from sklearn.exceptions import ConvergenceWarning  # start-up: scikit-learn takes seconds to import
+    from sklearn.exceptions import (
+        ConvergenceWarning,
+    )  # start-up: scikit-learn takes seconds to import
 
     model = _make(C, multilabel, seed)
     with warnings.catch_warnings():
@@ -60,7 +64,11 @@ def decision_scores(model, X: np.ndarray, n_classes: int) -> np.ndarray:
     if scores.ndim == 1:
         scores = np.stack([-scores, scores], axis=1)
     known = np.asarray(model.classes_)
-    if known.ndim == 1 and known.size == scores.shape[1] and not np.array_equal(known, np.arange(n_classes)):
+    if (
+        known.ndim == 1
+        and known.size == scores.shape[1]
+        and not np.array_equal(known, np.arange(n_classes))
+    ):
         # a single-label fit only knows the classes it saw; put the scores in their columns
         full = np.full((scores.shape[0], n_classes), -np.inf)
         full[:, known.astype(int)] = scores
@@ -76,7 +84,9 @@ def _score(model, X: np.ndarray, y: np.ndarray, multilabel: bool, n_classes: int
 
 
 def _holdout(y: np.ndarray, multilabel: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split  # start-up: scikit-learn takes seconds to import
+    from sklearn.model_selection import (
+        train_test_split,
+    )  # start-up: scikit-learn takes seconds to import
 
     idx = np.arange(len(y))
     stratify = None
@@ -87,8 +97,9 @@ def _holdout(y: np.ndarray, multilabel: bool, seed: int) -> tuple[np.ndarray, np
     return train_test_split(idx, test_size=HOLDOUT, random_state=seed, stratify=stratify)
 
 
-def train_svm(X: np.ndarray, y: np.ndarray, n_classes: int, C_grid: Sequence[float] = C_GRID,
-              seed: int = 0) -> SvmResult:
+def train_svm(
+    X: np.ndarray, y: np.ndarray, n_classes: int, C_grid: Sequence[float] = C_GRID, seed: int = 0
+) -> SvmResult:
     """Fit the per-class linear SVMs, ``C`` chosen on a held-out 20% of ``X``.
 
     ``y`` is (N,) class indices (single-label) or (N, n_classes) 0/1 (multi-label).

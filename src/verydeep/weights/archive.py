@@ -34,9 +34,11 @@ def check_inflation(path: str | os.PathLike, what: str = "weights file") -> None
     total = sum(max(0, info.file_size) for info in infos)
     if total > MIN_REFUSED and total > MAX_RATIO * max(size, 1):
         big = max(infos, key=lambda info: info.file_size)
-        raise WeightsError(f"refusing {what} {path}: its {len(infos)} members would inflate to {total:,} bytes from "
-                           f"{size:,} on disk (member {big.filename} alone {big.file_size:,}); torch.save never "
-                           "compresses, so this archive was made to exhaust memory")
+        raise WeightsError(
+            f"refusing {what} {path}: its {len(infos)} members would inflate to {total:,} bytes from "
+            f"{size:,} on disk (member {big.filename} alone {big.file_size:,}); torch.save never "
+            "compresses, so this archive was made to exhaust memory"
+        )
 
 
 def check_not_torchscript(path: str | os.PathLike) -> None:
@@ -51,6 +53,8 @@ def check_not_torchscript(path: str | os.PathLike) -> None:
     except (OSError, zipfile.BadZipFile, ValueError):
         return
     if any(name == "constants.pkl" or name.endswith("/constants.pkl") for name in names):
-        raise WeightsError(f"{path} is a TorchScript program (what `verydeep export --format torchscript` writes), "
-                           "not weights: pass the weights file it was exported from (.safetensors, or a torch.save "
-                           "state dict or checkpoint), or run the program itself with torch.jit.load")
+        raise WeightsError(
+            f"{path} is a TorchScript program (what `verydeep export --format torchscript` writes), "
+            "not weights: pass the weights file it was exported from (.safetensors, or a torch.save "
+            "state dict or checkpoint), or run the program itself with torch.jit.load"
+        )

@@ -29,7 +29,12 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from verydeep.errors import WeightsError
-from verydeep.weights.caffe_schema import NET_FIELD_WIRE_TYPES, V1_LAYER_TYPES, V1_TYPE_NAMES, NetParameter
+from verydeep.weights.caffe_schema import (
+    NET_FIELD_WIRE_TYPES,
+    V1_LAYER_TYPES,
+    V1_TYPE_NAMES,
+    NetParameter,
+)
 from verydeep.models.metadata import CAFFE_MEAN_BGR, Preprocessing, WeightsMeta
 from verydeep.weights.named_layers import NamedWeights, to_canonical
 from verydeep.weights.torchvision import imagenet_classes
@@ -87,7 +92,7 @@ def looks_like_caffemodel(head: bytes, size: int | None = None) -> bool:
                 return False
             if number == 1 and pos + length <= len(head):
                 try:
-                    if not head[pos:pos + length].decode("utf-8").isprintable():
+                    if not head[pos : pos + length].decode("utf-8").isprintable():
                         return False
                 except UnicodeDecodeError:
                     return False
@@ -116,7 +121,9 @@ def read_net(path: str | os.PathLike):
     try:
         net.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise WeightsError(f"{path} is not a readable Caffe model (truncated or corrupt: {exc})") from None
+        raise WeightsError(
+            f"{path} is not a readable Caffe model (truncated or corrupt: {exc})"
+        ) from None
     return net
 
 
@@ -126,7 +133,9 @@ def read_prototxt(path: str | os.PathLike):
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"cannot read prototxt {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise WeightsError(
+            f"cannot read prototxt {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     try:
         return text_format.Parse(text, NetParameter(), allow_unknown_field=True)
     except text_format.ParseError as exc:
@@ -182,8 +191,10 @@ def _blob_tensor(blob, where: str) -> torch.Tensor:
     if not shape:
         return torch.from_numpy(values)
     if int(np.prod(shape)) != values.size:
-        raise WeightsError(f"{where} holds {values.size} values, "
-                           f"but its shape {tuple(shape)} needs {int(np.prod(shape))}")
+        raise WeightsError(
+            f"{where} holds {values.size} values, "
+            f"but its shape {tuple(shape)} needs {int(np.prod(shape))}"
+        )
     return torch.from_numpy(values.reshape(shape))
 
 
@@ -205,16 +216,26 @@ def _weights(layer: CaffeLayer) -> NamedWeights:
         raise WeightsError(f"{layer.name}: {len(blobs)} blobs, expected {wanted}")
     weight = _blob_tensor(blobs[0], f"{layer.name}: weight blob")
     if is_conv and weight.dim() != 4:
-        raise WeightsError(f"{layer.name}: weight blob has shape {tuple(weight.shape)}, expected (out, in, kh, kw)")
+        raise WeightsError(
+            f"{layer.name}: weight blob has shape {tuple(weight.shape)}, expected (out, in, kh, kw)"
+        )
     if not is_conv:
         weight = _trim(weight, 2)
         if weight.dim() != 2:
-            raise WeightsError(f"{layer.name}: weight blob has shape {tuple(weight.shape)}, expected (outputs, inputs)")
+            raise WeightsError(
+                f"{layer.name}: weight blob has shape {tuple(weight.shape)}, expected (outputs, inputs)"
+            )
         if param.transpose:  # stored as (inputs, outputs)
             weight = weight.t()
-    bias = _trim(_blob_tensor(blobs[1], f"{layer.name}: bias blob"), 1) if bias_term else torch.zeros(weight.shape[0])
+    bias = (
+        _trim(_blob_tensor(blobs[1], f"{layer.name}: bias blob"), 1)
+        if bias_term
+        else torch.zeros(weight.shape[0])
+    )
     if bias.dim() != 1:
-        raise WeightsError(f"{layer.name}: bias blob has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+        raise WeightsError(
+            f"{layer.name}: bias blob has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)"
+        )
     return NamedWeights(name, weight, bias)
 
 
@@ -277,7 +298,11 @@ def _input_channels(net) -> int | None:
     if len(net.input_shape) and len(net.input_shape[0].dim) >= 2:
         return int(net.input_shape[0].dim[1])
     for layer in net.layer:
-        if layer.type == "Input" and len(layer.input_param.shape) and len(layer.input_param.shape[0].dim) >= 2:
+        if (
+            layer.type == "Input"
+            and len(layer.input_param.shape)
+            and len(layer.input_param.shape[0].dim) >= 2
+        ):
             return int(layer.input_param.shape[0].dim[1])
     return None
 
@@ -317,9 +342,15 @@ def _preprocessing(layers: list[CaffeLayer]) -> tuple[Preprocessing, str]:
         if msg.HasField("transform_param"):
             param = msg.transform_param
             if len(param.mean_value) == 3:
-                mean_bgr, origin = tuple(float(v) for v in param.mean_value), f"layer {layer.name}'s mean_value"
+                mean_bgr, origin = (
+                    tuple(float(v) for v in param.mean_value),
+                    f"layer {layer.name}'s mean_value",
+                )
             elif len(param.mean_value) == 1:
-                mean_bgr, origin = (float(param.mean_value[0]),) * 3, f"layer {layer.name}'s mean_value"
+                mean_bgr, origin = (
+                    (float(param.mean_value[0]),) * 3,
+                    f"layer {layer.name}'s mean_value",
+                )
             if param.HasField("scale") and param.scale > 0:
                 scale = float(param.scale)
             break
@@ -328,8 +359,9 @@ def _preprocessing(layers: list[CaffeLayer]) -> tuple[Preprocessing, str]:
 
 
 # -- the importer --------------------------------------------------------------------------------
-def from_caffe(net, deploy=None, source: str = "caffe",
-               prototxt_label: str = "prototxt") -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+def from_caffe(
+    net, deploy=None, source: str = "caffe", prototxt_label: str = "prototxt"
+) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """A parsed caffemodel (and optional parsed deploy prototxt) -> (canonical state, metadata)."""
     layers = net_layers(net)
     check_structure(layers, "caffemodel")
@@ -342,15 +374,23 @@ def from_caffe(net, deploy=None, source: str = "caffe",
     weights = [_weights(layer) for layer in found]
     if deploy is not None:
         check_prototxt(deploy, weights, prototxt_label)
-    lrn = any(layer.type == "LRN" for layer in layers + (net_layers(deploy) if deploy is not None else []))
+    lrn = any(
+        layer.type == "LRN" for layer in layers + (net_layers(deploy) if deploy is not None else [])
+    )
     # Caffe's conv1_1 reads B, G, R; flipping its input channels makes it read R, G, B.
     first = weights[0]
     if first.weight.shape[1] != 3:
-        raise WeightsError(f"{first.name}: weight has {first.weight.shape[1]} input channels, expected 3 (BGR)")
+        raise WeightsError(
+            f"{first.name}: weight has {first.weight.shape[1]} input channels, expected 3 (BGR)"
+        )
     weights[0] = first._replace(weight=first.weight.flip(1))
     state, spec = to_canonical(weights, lrn=lrn)
     preprocessing, mean_origin = _preprocessing(layers)
-    renamed = {layer.name: _paper_name(layer.name) for layer in found if layer.name != _paper_name(layer.name)}
+    renamed = {
+        layer.name: _paper_name(layer.name)
+        for layer in found
+        if layer.name != _paper_name(layer.name)
+    }
     extra = {
         "caffe": {
             "net_name": net.name,
@@ -363,12 +403,15 @@ def from_caffe(net, deploy=None, source: str = "caffe",
         }
     }
     classes = imagenet_classes() if spec.num_classes == 1000 else []
-    meta = WeightsMeta(spec=spec, classes=classes, preprocessing=preprocessing, source=source, extra=extra)
+    meta = WeightsMeta(
+        spec=spec, classes=classes, preprocessing=preprocessing, source=source, extra=extra
+    )
     return state, meta
 
 
-def read_caffe(path: str | os.PathLike,
-               prototxt: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+def read_caffe(
+    path: str | os.PathLike, prototxt: str | os.PathLike | None = None
+) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """Read a caffemodel, with ``prototxt`` (or one found beside it) to confirm the structure."""
     path = Path(path)
     deploy_path = Path(prototxt) if prototxt is not None else find_prototxt(path)

@@ -24,22 +24,64 @@ PACKAGE = "caffe"
 #: V1LayerParameter.LayerType: the enum of the old syntax, number -> name (all of Caffe's values,
 #: so that any V1 file's types parse; the importer only acts on a few of them).
 V1_LAYER_TYPES = {
-    0: "NONE", 1: "ACCURACY", 2: "BNLL", 3: "CONCAT", 4: "CONVOLUTION", 5: "DATA", 6: "DROPOUT",
-    7: "EUCLIDEAN_LOSS", 8: "FLATTEN", 9: "HDF5_DATA", 10: "HDF5_OUTPUT", 11: "IM2COL",
-    12: "IMAGE_DATA", 13: "INFOGAIN_LOSS", 14: "INNER_PRODUCT", 15: "LRN",
-    16: "MULTINOMIAL_LOGISTIC_LOSS", 17: "POOLING", 18: "RELU", 19: "SIGMOID", 20: "SOFTMAX",
-    21: "SOFTMAX_LOSS", 22: "SPLIT", 23: "TANH", 24: "WINDOW_DATA", 25: "ELTWISE", 26: "POWER",
-    27: "SIGMOID_CROSS_ENTROPY_LOSS", 28: "HINGE_LOSS", 29: "MEMORY_DATA", 30: "ARGMAX",
-    31: "THRESHOLD", 32: "DUMMY_DATA", 33: "SLICE", 34: "MVN", 35: "ABSVAL", 36: "SILENCE",
-    37: "CONTRASTIVE_LOSS", 38: "EXP", 39: "DECONVOLUTION",
+    0: "NONE",
+    1: "ACCURACY",
+    2: "BNLL",
+    3: "CONCAT",
+    4: "CONVOLUTION",
+    5: "DATA",
+    6: "DROPOUT",
+    7: "EUCLIDEAN_LOSS",
+    8: "FLATTEN",
+    9: "HDF5_DATA",
+    10: "HDF5_OUTPUT",
+    11: "IM2COL",
+    12: "IMAGE_DATA",
+    13: "INFOGAIN_LOSS",
+    14: "INNER_PRODUCT",
+    15: "LRN",
+    16: "MULTINOMIAL_LOGISTIC_LOSS",
+    17: "POOLING",
+    18: "RELU",
+    19: "SIGMOID",
+    20: "SOFTMAX",
+    21: "SOFTMAX_LOSS",
+    22: "SPLIT",
+    23: "TANH",
+    24: "WINDOW_DATA",
+    25: "ELTWISE",
+    26: "POWER",
+    27: "SIGMOID_CROSS_ENTROPY_LOSS",
+    28: "HINGE_LOSS",
+    29: "MEMORY_DATA",
+    30: "ARGMAX",
+    31: "THRESHOLD",
+    32: "DUMMY_DATA",
+    33: "SLICE",
+    34: "MVN",
+    35: "ABSVAL",
+    36: "SILENCE",
+    37: "CONTRASTIVE_LOSS",
+    38: "EXP",
+    39: "DECONVOLUTION",
 }
 
 #: The old enum names of the layer types a VGG net has, as the new syntax spells them.
 V1_TYPE_NAMES = {
-    "CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "POOLING": "Pooling",
-    "RELU": "ReLU", "DROPOUT": "Dropout", "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss",
-    "LRN": "LRN", "DATA": "Data", "IMAGE_DATA": "ImageData", "WINDOW_DATA": "WindowData",
-    "MEMORY_DATA": "MemoryData", "ACCURACY": "Accuracy", "SPLIT": "Split",
+    "CONVOLUTION": "Convolution",
+    "INNER_PRODUCT": "InnerProduct",
+    "POOLING": "Pooling",
+    "RELU": "ReLU",
+    "DROPOUT": "Dropout",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "LRN": "LRN",
+    "DATA": "Data",
+    "IMAGE_DATA": "ImageData",
+    "WINDOW_DATA": "WindowData",
+    "MEMORY_DATA": "MemoryData",
+    "ACCURACY": "Accuracy",
+    "SPLIT": "Split",
 }
 
 POOL_METHODS = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
@@ -54,7 +96,9 @@ class _Field(NamedTuple):
     packed: bool = False
 
 
-def _scalar(name: str, number: int, kind: int, repeated: bool = False, packed: bool = False) -> _Field:
+def _scalar(
+    name: str, number: int, kind: int, repeated: bool = False, packed: bool = False
+) -> _Field:
     return _Field(name, number, kind, repeated, None, packed)
 
 
@@ -73,47 +117,68 @@ _INT32, _INT64, _UINT32 = _F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT32
 _MESSAGES: dict[str, list[_Field]] = {
     "BlobShape": [_scalar("dim", 1, _INT64, repeated=True, packed=True)],
     "BlobProto": [
-        _scalar("num", 1, _INT64), _scalar("channels", 2, _INT64),
-        _scalar("height", 3, _INT64), _scalar("width", 4, _INT64),
+        _scalar("num", 1, _INT64),
+        _scalar("channels", 2, _INT64),
+        _scalar("height", 3, _INT64),
+        _scalar("width", 4, _INT64),
         _scalar("data", 5, _FLOAT, repeated=True, packed=True),
         _message("shape", 7, "BlobShape"),
         _scalar("double_data", 8, _DOUBLE, repeated=True, packed=True),
     ],
     "TransformationParameter": [
-        _scalar("scale", 1, _FLOAT), _scalar("mirror", 2, _BOOL), _scalar("crop_size", 3, _UINT32),
-        _scalar("mean_file", 4, _STRING), _scalar("mean_value", 5, _FLOAT, repeated=True),
+        _scalar("scale", 1, _FLOAT),
+        _scalar("mirror", 2, _BOOL),
+        _scalar("crop_size", 3, _UINT32),
+        _scalar("mean_file", 4, _STRING),
+        _scalar("mean_value", 5, _FLOAT, repeated=True),
     ],
     "ConvolutionParameter": [
-        _scalar("num_output", 1, _UINT32), _scalar("bias_term", 2, _BOOL),
-        _scalar("pad", 3, _UINT32, repeated=True), _scalar("kernel_size", 4, _UINT32, repeated=True),
-        _scalar("group", 5, _UINT32), _scalar("stride", 6, _UINT32, repeated=True),
-        _scalar("pad_h", 9, _UINT32), _scalar("pad_w", 10, _UINT32),
-        _scalar("kernel_h", 11, _UINT32), _scalar("kernel_w", 12, _UINT32),
-        _scalar("stride_h", 13, _UINT32), _scalar("stride_w", 14, _UINT32),
+        _scalar("num_output", 1, _UINT32),
+        _scalar("bias_term", 2, _BOOL),
+        _scalar("pad", 3, _UINT32, repeated=True),
+        _scalar("kernel_size", 4, _UINT32, repeated=True),
+        _scalar("group", 5, _UINT32),
+        _scalar("stride", 6, _UINT32, repeated=True),
+        _scalar("pad_h", 9, _UINT32),
+        _scalar("pad_w", 10, _UINT32),
+        _scalar("kernel_h", 11, _UINT32),
+        _scalar("kernel_w", 12, _UINT32),
+        _scalar("stride_h", 13, _UINT32),
+        _scalar("stride_w", 14, _UINT32),
         _scalar("dilation", 18, _UINT32, repeated=True),
     ],
     "PoolingParameter": [
         _enum("pool", 1, "PoolingParameter.PoolMethod"),
-        _scalar("kernel_size", 2, _UINT32, repeated=True), _scalar("stride", 3, _UINT32, repeated=True),
+        _scalar("kernel_size", 2, _UINT32, repeated=True),
+        _scalar("stride", 3, _UINT32, repeated=True),
         _scalar("pad", 4, _UINT32, repeated=True),
-        _scalar("kernel_h", 5, _UINT32), _scalar("kernel_w", 6, _UINT32),
-        _scalar("stride_h", 7, _UINT32), _scalar("stride_w", 8, _UINT32),
-        _scalar("pad_h", 9, _UINT32), _scalar("pad_w", 10, _UINT32),
+        _scalar("kernel_h", 5, _UINT32),
+        _scalar("kernel_w", 6, _UINT32),
+        _scalar("stride_h", 7, _UINT32),
+        _scalar("stride_w", 8, _UINT32),
+        _scalar("pad_h", 9, _UINT32),
+        _scalar("pad_w", 10, _UINT32),
         _scalar("global_pooling", 12, _BOOL),
     ],
     "InnerProductParameter": [
-        _scalar("num_output", 1, _UINT32), _scalar("bias_term", 2, _BOOL),
-        _scalar("axis", 5, _INT32), _scalar("transpose", 6, _BOOL),
+        _scalar("num_output", 1, _UINT32),
+        _scalar("bias_term", 2, _BOOL),
+        _scalar("axis", 5, _INT32),
+        _scalar("transpose", 6, _BOOL),
     ],
     "DropoutParameter": [_scalar("dropout_ratio", 1, _FLOAT)],
     "LRNParameter": [
-        _scalar("local_size", 1, _UINT32), _scalar("alpha", 2, _FLOAT),
-        _scalar("beta", 3, _FLOAT), _scalar("k", 5, _FLOAT),
+        _scalar("local_size", 1, _UINT32),
+        _scalar("alpha", 2, _FLOAT),
+        _scalar("beta", 3, _FLOAT),
+        _scalar("k", 5, _FLOAT),
     ],
     "InputParameter": [_message("shape", 1, "BlobShape", repeated=True)],
     "LayerParameter": [
-        _scalar("name", 1, _STRING), _scalar("type", 2, _STRING),
-        _scalar("bottom", 3, _STRING, repeated=True), _scalar("top", 4, _STRING, repeated=True),
+        _scalar("name", 1, _STRING),
+        _scalar("type", 2, _STRING),
+        _scalar("bottom", 3, _STRING, repeated=True),
+        _scalar("top", 4, _STRING, repeated=True),
         _message("blobs", 7, "BlobProto", repeated=True),
         _message("transform_param", 100, "TransformationParameter"),
         _message("convolution_param", 106, "ConvolutionParameter"),
@@ -124,7 +189,8 @@ _MESSAGES: dict[str, list[_Field]] = {
         _message("input_param", 143, "InputParameter"),
     ],
     "V1LayerParameter": [
-        _scalar("bottom", 2, _STRING, repeated=True), _scalar("top", 3, _STRING, repeated=True),
+        _scalar("bottom", 2, _STRING, repeated=True),
+        _scalar("top", 3, _STRING, repeated=True),
         _scalar("name", 4, _STRING),
         _enum("type", 5, "V1LayerParameter.LayerType"),
         _message("blobs", 6, "BlobProto", repeated=True),
@@ -153,7 +219,9 @@ _ENUMS = {
 
 
 def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    proto = descriptor_pb2.FileDescriptorProto(name="verydeep_caffe_subset.proto", package=PACKAGE, syntax="proto2")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="verydeep_caffe_subset.proto", package=PACKAGE, syntax="proto2"
+    )
     for message_name, fields in _MESSAGES.items():
         message = proto.message_type.add(name=message_name)
         for enum_path, values in _ENUMS.items():
@@ -180,8 +248,10 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
 def _classes() -> dict[str, type]:
     pool = descriptor_pool.DescriptorPool()
     pool.Add(_file_descriptor())
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
-            for name in _MESSAGES}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+        for name in _MESSAGES
+    }
 
 
 def message_class(name: str) -> type:
@@ -198,6 +268,13 @@ def NetParameter():  # noqa: N802 - reads like the message it makes
 #: caffemodel from its first bytes. Besides the declared fields, Caffe's force_backward (5),
 #: state (6) and debug_info (7) occur in real files. Repeated varints may be written packed.
 NET_FIELD_WIRE_TYPES: dict[int, frozenset[int]] = {
-    1: frozenset({2}), 2: frozenset({2}), 3: frozenset({2}), 4: frozenset({0, 2}),
-    5: frozenset({0}), 6: frozenset({2}), 7: frozenset({0}), 8: frozenset({2}), 100: frozenset({2}),
+    1: frozenset({2}),
+    2: frozenset({2}),
+    3: frozenset({2}),
+    4: frozenset({0, 2}),
+    5: frozenset({0}),
+    6: frozenset({2}),
+    7: frozenset({0}),
+    8: frozenset({2}),
+    100: frozenset({2}),
 }

@@ -27,7 +27,9 @@ def save(state_dict: dict, meta: WeightsMeta, path: str | os.PathLike) -> Path:
     """Write weights and metadata atomically (:mod:`verydeep.runtime.io`: a temporary file renamed
     into place, mode ``0666 & ~umask``). The file is serialised in memory first: safetensors'
     own file writer would create it 0600 and report a full disk in its own words."""
-    from safetensors.torch import save as save_bytes  # start-up: torch only where tensors are written
+    from safetensors.torch import (
+        save as save_bytes,
+    )  # start-up: torch only where tensors are written
 
     path = Path(path)
     if not path.parent.is_dir():
@@ -48,7 +50,9 @@ def read(path: str | os.PathLike) -> tuple[dict, WeightsMeta | None]:
             header = handle.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise WeightsError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})"
+        ) from None
     meta = WeightsMeta.from_json(header[META_KEY]) if META_KEY in header else None
     return state, meta
 
@@ -72,5 +76,7 @@ def read_meta(path: str | os.PathLike) -> WeightsMeta | None:
             header = json.loads(handle.read(int.from_bytes(head, "little")))
         text = (header.get("__metadata__") or {}).get(META_KEY)
         return WeightsMeta.from_json(text) if isinstance(text, str) else None
-    except Exception:  # not safetensors, unreadable, bad JSON: the full load reports it in its words
+    except (
+        Exception
+    ):  # not safetensors, unreadable, bad JSON: the full load reports it in its words
         return None

@@ -14,8 +14,13 @@ from verydeep.weights.loader import detect_format, read_weights
 from verydeep.models.metadata import WeightsMeta
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None,
-            prototxt: str | os.PathLike | None = None, overwrite: bool = False) -> WeightsMeta:
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    fmt: str | None = None,
+    prototxt: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> WeightsMeta:
     """Read ``src`` (detected format, or ``fmt``), write ``dst`` with full metadata; returns it.
 
     ``prototxt`` is a Caffe deploy prototxt that must describe the caffemodel ``src``. An existing

@@ -14,7 +14,11 @@ from verydeep.models.vgg import VGG
 
 
 def _conv_keys(state: dict[str, torch.Tensor]) -> list[str]:
-    keys = [k for k in state if k.startswith("features.") and k.endswith(".weight") and state[k].dim() == 4]
+    keys = [
+        k
+        for k in state
+        if k.startswith("features.") and k.endswith(".weight") and state[k].dim() == 4
+    ]
     return sorted(keys, key=lambda k: int(k.split(".")[1]))
 
 
@@ -88,11 +92,15 @@ def check_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> None:
             )
     extra = sorted(k for k in state if k not in expected)
     if extra:
-        raise WeightsError(f"weights carry keys that config {spec.name} does not have: {', '.join(extra[:3])}")
+        raise WeightsError(
+            f"weights carry keys that config {spec.name} does not have: {', '.join(extra[:3])}"
+        )
     for key, tensor in state.items():
         if tensor.is_floating_point() and not all_finite(tensor):
-            raise WeightsError(f"{key} holds NaN or infinite values: these weights are damaged (or come from a "
-                               "diverged run) and would give meaningless scores")
+            raise WeightsError(
+                f"{key} holds NaN or infinite values: these weights are damaged (or come from a "
+                "diverged run) and would give meaningless scores"
+            )
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

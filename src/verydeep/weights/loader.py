@@ -56,7 +56,9 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
             f"({first[:160]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise WeightsError(f"{path} is not a readable PyTorch file ({str(exc).splitlines()[0][:160]})") from None
+        raise WeightsError(
+            f"{path} is not a readable PyTorch file ({str(exc).splitlines()[0][:160]})"
+        ) from None
     return from_checkpoint(obj, source=f"pytorch:{path.name}")
 
 
@@ -81,12 +83,14 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
 
-def from_state_dict(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+def from_state_dict(
+    state: dict[str, torch.Tensor], source: str
+) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """A foreign in-memory state dict (torchvision or timm layout) -> canonical + metadata."""
     state = _strip_prefixes(state)
     if is_timm_state(state):
@@ -96,8 +100,12 @@ def from_state_dict(state: dict[str, torch.Tensor], source: str) -> tuple[dict[s
 
 #: Formats tried in order (a new format is one more row here: see docs/architecture.md).
 FORMATS: list[WeightsFormat] = [
-    WeightsFormat("safetensors", lambda head, path: canonical.is_safetensors(head), _read_safetensors),
-    WeightsFormat("pytorch", lambda head, path: head[:4] == b"PK\x03\x04" or head[:1] == b"\x80", _read_pickle),
+    WeightsFormat(
+        "safetensors", lambda head, path: canonical.is_safetensors(head), _read_safetensors
+    ),
+    WeightsFormat(
+        "pytorch", lambda head, path: head[:4] == b"PK\x03\x04" or head[:1] == b"\x80", _read_pickle
+    ),
     WeightsFormat("matconvnet", matconvnet.sniff, matconvnet.read_matconvnet),
     # A caffemodel has no magic number: its sniff walks protobuf field tags, so it goes last.
     WeightsFormat("caffe", caffe.sniff, caffe.read_caffe),
@@ -122,12 +130,16 @@ def detect_format(path: Path) -> WeightsFormat:
     raise WeightsError(f"{path}: unrecognised weights format (supported: {names})")
 
 
-def read_weights(source: str | os.PathLike, fmt: str | None = None) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+def read_weights(
+    source: str | os.PathLike, fmt: str | None = None
+) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """Canonical state dict and metadata from a path or a known release name (``torchvision:vgg16``)."""
     path = Path(source) if Path(source).exists() else resolve_release(str(source))
     chosen = detect_format(path) if fmt is None else {f.name: f for f in FORMATS}.get(fmt)
     if chosen is None:  # (a pytorch file's layout, torchvision's or timm's, is told from its keys)
-        raise WeightsError(f"unknown format {fmt!r}: choose one of {', '.join(f.name for f in FORMATS)}")
+        raise WeightsError(
+            f"unknown format {fmt!r}: choose one of {', '.join(f.name for f in FORMATS)}"
+        )
     state, meta = chosen.read(path)
     check_state(meta.spec, state)
     return state, meta
@@ -148,8 +160,10 @@ def build(state: dict[str, torch.Tensor], meta: WeightsMeta, checked: bool = Fal
     missing, unexpected = model.load_state_dict(state, strict=False)
     real_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if real_missing or unexpected:
-        raise WeightsError(f"weights do not fit {meta.spec.name}: missing {real_missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
+        raise WeightsError(
+            f"weights do not fit {meta.spec.name}: missing {real_missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
     for key in missing:  # batch-norm step counters a file may leave out (empty storage until set)
         model.get_buffer(key).zero_()
     model.meta = meta
@@ -168,11 +182,21 @@ def load(source, fmt: str | None = None):
     if isinstance(source, Mapping):
         return build(*from_state_dict(dict(source), source="state dict"))
     if not isinstance(source, (str, os.PathLike)):
-        raise WeightsError(f"weights must be a file, a release name (torchvision:vgg16), a VGG module or a state "
-                           f"dict, not {type(source).__name__}")
+        raise WeightsError(
+            f"weights must be a file, a release name (torchvision:vgg16), a VGG module or a state "
+            f"dict, not {type(source).__name__}"
+        )
     state, meta = read_weights(source, fmt)
     return build(state, meta, checked=True)
 
 
-__all__ = ["load", "read_weights", "build", "FORMATS", "WeightsFormat", "from_state_dict", "infer_spec",
-           "Preprocessing"]
+__all__ = [
+    "load",
+    "read_weights",
+    "build",
+    "FORMATS",
+    "WeightsFormat",
+    "from_state_dict",
+    "infer_spec",
+    "Preprocessing",
+]

@@ -196,14 +196,20 @@ def _plain(value: Any) -> Any:
     return None
 
 
-def from_matconvnet(mat: dict, source: str = "matconvnet") -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+def from_matconvnet(
+    mat: dict, source: str = "matconvnet"
+) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """A loaded MatConvNet file (``scipy.io.loadmat(..., struct_as_record=False)``) -> state, metadata."""
     if "params" in mat and "vars" in mat:
-        raise WeightsError("a MatConvNet DagNN file; only SimpleNN files (the VGG release's layout) are supported")
+        raise WeightsError(
+            "a MatConvNet DagNN file; only SimpleNN files (the VGG release's layout) are supported"
+        )
     meta_struct = mat.get("meta")
     layout = "current" if meta_struct is not None else "beta16"
     holder = _unwrap(meta_struct) if meta_struct is not None else None
-    normalization = _field(holder, "normalization") if holder is not None else _unwrap(mat.get("normalization"))
+    normalization = (
+        _field(holder, "normalization") if holder is not None else _unwrap(mat.get("normalization"))
+    )
     classes = _field(holder, "classes") if holder is not None else _unwrap(mat.get("classes"))
     if normalization is None:
         raise WeightsError("not a MatConvNet net: no normalization (averageImage) in the file")
@@ -249,5 +255,7 @@ def read_matconvnet(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], W
         mat = loadmat(str(path), squeeze_me=False, struct_as_record=False)
     except (MatReadError, OSError, ValueError, TypeError, IndexError, EOFError, zlib.error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path} is not a readable MATLAB file (truncated or corrupt: {first[:160]})") from None
+        raise WeightsError(
+            f"{path} is not a readable MATLAB file (truncated or corrupt: {first[:160]})"
+        ) from None
     return from_matconvnet(mat, source=f"matconvnet:{path.name}")

@@ -38,8 +38,11 @@ def _paper_names(config: str) -> list[str]:
 
 def _describe_mismatch(names: Sequence[str]) -> str:
     """The first difference between ``names`` and the closest config's layer list, in words."""
+
     def closeness(config: str) -> float:
-        return difflib.SequenceMatcher(None, _paper_names(config), list(names), autojunk=False).ratio()
+        return difflib.SequenceMatcher(
+            None, _paper_names(config), list(names), autojunk=False
+        ).ratio()
 
     best = max(reversed(list(CONFIGS)), key=closeness)  # ties go to the deeper net (D over C)
     expected = _paper_names(best)
@@ -49,7 +52,9 @@ def _describe_mismatch(names: Sequence[str]) -> str:
             after = f" after {expected[i1 - 1]}" if i1 else ""
             return f"layer {expected[i1]} is missing{after} (closest VGG config: {best})"
         if tag == "insert":
-            return f"unexpected weight layer {names[j1]} (closest VGG config {best} has no such layer)"
+            return (
+                f"unexpected weight layer {names[j1]} (closest VGG config {best} has no such layer)"
+            )
         if tag == "replace":
             return f"weight layer {names[j1]} where VGG config {best} has {expected[i1]}"
     return f"the layers match config {best}"  # unreachable when the lists differ
@@ -60,19 +65,28 @@ def _choose_config(layers: Sequence[NamedWeights], lrn: bool) -> str:
     same_names = [c for c in CONFIGS if _paper_names(c) == names]
     if not same_names:
         raise WeightsError(f"not a VGG net: {_describe_mismatch(names)}")
-    kernels = {layer.name: tuple(layer.weight.shape[-2:]) for layer in layers if not layer.name.startswith("fc")}
+    kernels = {
+        layer.name: tuple(layer.weight.shape[-2:])
+        for layer in layers
+        if not layer.name.startswith("fc")
+    }
     problems: dict[str, list[str]] = {}
     for config in same_names:
         found = []
         if (config == "A-LRN") != lrn:
-            found.append("the net has an LRN layer, which only config A-LRN has" if lrn
-                         else "config A-LRN needs an LRN layer")
+            found.append(
+                "the net has an LRN layer, which only config A-LRN has"
+                if lrn
+                else "config A-LRN needs an LRN layer"
+            )
         for info in weight_layers(ModelSpec(config=config)):
             want = (1, 1) if info.kind == "conv1x1" else (3, 3)
             if info.kind != "fc" and kernels[info.name] != want:
                 have = kernels[info.name]
-                found.append(f"{info.name} has a {have[0]}x{have[1]} kernel, "
-                             f"config {config} expects {want[0]}x{want[1]}")
+                found.append(
+                    f"{info.name} has a {have[0]}x{have[1]} kernel, "
+                    f"config {config} expects {want[0]}x{want[1]}"
+                )
         if not found:
             return config
         problems[config] = found
@@ -85,10 +99,14 @@ def _as_matrix(layer: NamedWeights, last_conv_width: int) -> tuple[torch.Tensor,
     weight = layer.weight
     if weight.dim() == 4:
         if weight.shape[-1] != weight.shape[-2]:
-            raise WeightsError(f"{layer.name}: weight has shape {tuple(weight.shape)}, expected a square kernel")
+            raise WeightsError(
+                f"{layer.name}: weight has shape {tuple(weight.shape)}, expected a square kernel"
+            )
         return weight.reshape(weight.shape[0], -1), weight.shape[-1]
     if weight.dim() != 2:
-        raise WeightsError(f"{layer.name}: weight has shape {tuple(weight.shape)}, expected (outputs, inputs)")
+        raise WeightsError(
+            f"{layer.name}: weight has shape {tuple(weight.shape)}, expected (outputs, inputs)"
+        )
     if layer.name != "fc6":
         return weight, 1
     cells = weight.shape[1] / max(1, last_conv_width)
@@ -101,7 +119,9 @@ def _as_matrix(layer: NamedWeights, last_conv_width: int) -> tuple[torch.Tensor,
     return weight, side
 
 
-def to_canonical(layers: Sequence[NamedWeights], lrn: bool = False) -> tuple[dict[str, torch.Tensor], ModelSpec]:
+def to_canonical(
+    layers: Sequence[NamedWeights], lrn: bool = False
+) -> tuple[dict[str, torch.Tensor], ModelSpec]:
     """Canonical state dict and spec of a net given as named layers; errors name the layer."""
     if not layers:
         raise WeightsError("not a VGG net: no layer carries weights")

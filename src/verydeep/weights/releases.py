@@ -15,7 +15,16 @@ import torch.hub
 
 from verydeep.errors import WeightsError, quote
 
-TORCHVISION_CONFIGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+TORCHVISION_CONFIGS = (
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+)
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
@@ -42,7 +51,9 @@ def resolve_release(name: str) -> Path:
             raise WeightsError(f"unknown release {quote(name)}; known: {', '.join(urls)}")
         release = f"torchvision:{Path(name).name.lower().removesuffix('.pth')}"
         if release in urls:  # "vgg16": a release name without its prefix, most likely
-            raise WeightsError(f"weights file {name} does not exist; did you mean the release {release!r}?")
+            raise WeightsError(
+                f"weights file {name} does not exist; did you mean the release {release!r}?"
+            )
         raise WeightsError(f"weights file {name} does not exist")
     url = urls[name]
     target = cache_dir() / url.rsplit("/", 1)[-1]

@@ -25,7 +25,9 @@ def is_timm_state(state: dict[str, torch.Tensor]) -> bool:
     return "pre_logits.fc1.weight" in state
 
 
-def from_timm(state: dict[str, torch.Tensor], source: str = "timm") -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+def from_timm(
+    state: dict[str, torch.Tensor], source: str = "timm"
+) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """timm VGG state dict -> (canonical state dict, metadata)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -40,7 +42,9 @@ def from_timm(state: dict[str, torch.Tensor], source: str = "timm") -> tuple[dic
             raise WeightsError(f"unexpected key {key} in a timm VGG state dict")
     spec = infer_spec(out)
     classes = imagenet_classes() if spec.num_classes == 1000 else []
-    return out, WeightsMeta(spec=spec, classes=classes, preprocessing=Preprocessing.torchvision(), source=source)
+    return out, WeightsMeta(
+        spec=spec, classes=classes, preprocessing=Preprocessing.torchvision(), source=source
+    )
 
 
 def to_timm(state: dict[str, torch.Tensor], fc6_kernel: int) -> dict[str, torch.Tensor]:

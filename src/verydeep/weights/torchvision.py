@@ -19,11 +19,14 @@ def imagenet_classes() -> list[str]:
     return list(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def from_torchvision(state: dict[str, torch.Tensor],
-                     source: str = "torchvision") -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+def from_torchvision(
+    state: dict[str, torch.Tensor], source: str = "torchvision"
+) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """torchvision VGG state dict -> (canonical state dict, metadata)."""
     state = {k: v for k, v in state.items()}
     spec = infer_spec(state)
     classes = imagenet_classes() if spec.num_classes == 1000 else []
-    meta = WeightsMeta(spec=spec, classes=classes, preprocessing=Preprocessing.torchvision(), source=source)
+    meta = WeightsMeta(
+        spec=spec, classes=classes, preprocessing=Preprocessing.torchvision(), source=source
+    )
     return state, meta

@@ -19,13 +19,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from verydeep.data.pipeline.device import CANVAS_ELEMENTS, crop_windows, decode_images
-from verydeep.data.pipeline.hybrid import HybridBatch, HybridDataset, RoutedBatchSampler, collate_hybrid
+from verydeep.data.pipeline.hybrid import (
+    HybridBatch,
+    HybridDataset,
+    RoutedBatchSampler,
+    collate_hybrid,
+)
 from verydeep.data.transforms import TrainDataset
 from verydeep.runtime.workers import die_with_parent
 
 
-def balance_share(cpu_rate: float, device_rate: float, read_rate: float = math.inf,
-                  step_rate: float = math.inf) -> float:
+def balance_share(
+    cpu_rate: float, device_rate: float, read_rate: float = math.inf, step_rate: float = math.inf
+) -> float:
     """The fraction of each batch to decode on the device, in [0, 1] (rates in images per second)."""
     if cpu_rate <= 0 or device_rate <= 0 or read_rate <= 0 or step_rate <= 0:
         raise ValueError("rates must be positive")
@@ -52,12 +58,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_loader(dataset: HybridDataset, batches: Sequence[list[int]], share: float,
-                 workers: int) -> tuple[float, list[HybridBatch]]:
+def _time_loader(
+    dataset: HybridDataset, batches: Sequence[list[int]], share: float, workers: int
+) -> tuple[float, list[HybridBatch]]:
     """Images/s of the workers alone (the first batch, which pays for starting them, is not timed)."""
-    loader = DataLoader(dataset, batch_sampler=RoutedBatchSampler(batches, share), num_workers=workers,
-                        collate_fn=collate_hybrid, generator=torch.Generator().manual_seed(0),
-                        worker_init_fn=die_with_parent)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=RoutedBatchSampler(batches, share),
+        num_workers=workers,
+        collate_fn=collate_hybrid,
+        generator=torch.Generator().manual_seed(0),
+        worker_init_fn=die_with_parent,
+    )
     out: list[HybridBatch] = []
     start, timed = 0.0, 0
     for k, hb in enumerate(loader):
@@ -70,8 +82,13 @@ def _time_loader(dataset: HybridDataset, batches: Sequence[list[int]], share: fl
     return (timed / elapsed if timed and elapsed > 0 else math.inf), out
 
 
-def measure_rates(dataset: TrainDataset, device: torch.device | str, batches: Iterable[Sequence[int]],
-                  workers: int = 0, canvas_elements: int = CANVAS_ELEMENTS) -> Rates:
+def measure_rates(
+    dataset: TrainDataset,
+    device: torch.device | str,
+    batches: Iterable[Sequence[int]],
+    workers: int = 0,
+    canvas_elements: int = CANVAS_ELEMENTS,
+) -> Rates:
     """Time the CPU path, the read-only path and the device decode+crop on the given batches of indices.
 
     Give at least three batches (the first of each loader is a warm-up).
@@ -89,7 +106,9 @@ def measure_rates(dataset: TrainDataset, device: torch.device | str, batches: It
         decoded = decode_images(hb.device_data, device)
         images = [img for img in decoded if img is not None]
         if images:
-            boxes = torch.tensor([box for box, img in zip(hb.device_boxes, decoded) if img is not None])
+            boxes = torch.tensor(
+                [box for box, img in zip(hb.device_boxes, decoded) if img is not None]
+            )
             crop_windows(images, boxes, crop, canvas_elements)
         _sync(device)
         if k > 0:  # the first call loads the decoder and the kernels

@@ -28,7 +28,9 @@ from verydeep.data.pipeline.hybrid import CpuSample, HybridBatch, HybridDataset
 CANVAS_ELEMENTS = 64 * 2**20
 
 
-def decode_images(data: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor | None]:
+def decode_images(
+    data: Sequence[torch.Tensor], device: torch.device | str
+) -> list[torch.Tensor | None]:
     """Decode encoded JPEGs to uint8 RGB (3, H, W) on ``device``; None where a file will not decode.
 
     The whole list goes to the decoder at once (nvJPEG's batched decode on CUDA); if that fails,
@@ -37,7 +39,9 @@ def decode_images(data: Sequence[torch.Tensor], device: torch.device | str) -> l
     if not data:
         return []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision 0.29 announces the move of decoding to TorchCodec
+        warnings.simplefilter(
+            "ignore"
+        )  # torchvision 0.29 announces the move of decoding to TorchCodec
         try:
             return list(decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
@@ -70,8 +74,12 @@ def _chunks(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
     return chunks
 
 
-def crop_windows(images: Sequence[torch.Tensor], boxes: torch.Tensor, crop: int,
-                 canvas_elements: int = CANVAS_ELEMENTS) -> torch.Tensor:
+def crop_windows(
+    images: Sequence[torch.Tensor],
+    boxes: torch.Tensor,
+    crop: int,
+    canvas_elements: int = CANVAS_ELEMENTS,
+) -> torch.Tensor:
     """Resample window ``boxes[k]`` (x0, y0, x1, y1; pixel-edge coordinates) of ``images[k]`` to ``crop x crop``.
 
     Returns float (N, 3, crop, crop) in 0-255 on the images' device, not yet rounded.
@@ -94,8 +102,13 @@ def crop_windows(images: Sequence[torch.Tensor], boxes: torch.Tensor, crop: int,
             canvas[slot, :, :h, w] = img[:, :, w - 1]
             canvas[slot, :, h, : w + 1] = canvas[slot, :, h - 1, : w + 1]
         idx = torch.tensor(chunk, device=device)
-        rois = torch.cat([torch.arange(len(chunk), device=device, dtype=torch.float32)[:, None], boxes[idx]], dim=1)
-        out[idx] = roi_align(canvas, rois, (crop, crop), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        rois = torch.cat(
+            [torch.arange(len(chunk), device=device, dtype=torch.float32)[:, None], boxes[idx]],
+            dim=1,
+        )
+        out[idx] = roi_align(
+            canvas, rois, (crop, crop), spatial_scale=1.0, sampling_ratio=-1, aligned=True
+        )
     return out
 
 
@@ -141,8 +154,13 @@ class DeviceBatch:
                 t.record_stream(stream)
 
 
-def assemble(hb: HybridBatch, dataset: HybridDataset, device: torch.device | str, crop: int,
-             canvas_elements: int = CANVAS_ELEMENTS) -> DeviceBatch:
+def assemble(
+    hb: HybridBatch,
+    dataset: HybridDataset,
+    device: torch.device | str,
+    crop: int,
+    canvas_elements: int = CANVAS_ELEMENTS,
+) -> DeviceBatch:
     """Decode and crop the device share, move the CPU share, and merge both in the sampler's order.
 
     A device-routed file the decoder rejects is redone on the CPU path here (counted as
@@ -188,16 +206,28 @@ def assemble(hb: HybridBatch, dataset: HybridDataset, device: torch.device | str
         indices += [s.index for s in redo]
         positions += redo_positions
     if not parts:
-        return DeviceBatch(torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=device),
-                           torch.empty((0,), dtype=torch.long, device=device),
-                           torch.empty((0,), dtype=torch.long, device=device), bad, fallbacks, 0)
+        return DeviceBatch(
+            torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=device),
+            torch.empty((0,), dtype=torch.long, device=device),
+            torch.empty((0,), dtype=torch.long, device=device),
+            bad,
+            fallbacks,
+            0,
+        )
     images = parts[0] if len(parts) == 1 else torch.cat(parts)
     order = sorted(range(len(positions)), key=positions.__getitem__)
-    if order != list(range(len(order))):  # back to the sampler's order (the CPU-only case already is)
+    if order != list(
+        range(len(order))
+    ):  # back to the sampler's order (the CPU-only case already is)
         images = images[torch.tensor(order, device=device)]
         labels = [labels[k] for k in order]
         indices = [indices[k] for k in order]
-    return DeviceBatch(images=images,
-                       labels=torch.tensor(labels, dtype=torch.long).to(device, non_blocking=True),
-                       indices=torch.tensor(indices, dtype=torch.long).to(device, non_blocking=True),
-                       bad=bad, fallbacks=fallbacks, on_device=len(good), index_list=list(indices))
+    return DeviceBatch(
+        images=images,
+        labels=torch.tensor(labels, dtype=torch.long).to(device, non_blocking=True),
+        indices=torch.tensor(indices, dtype=torch.long).to(device, non_blocking=True),
+        bad=bad,
+        fallbacks=fallbacks,
+        on_device=len(good),
+        index_list=list(indices),
+    )

@@ -33,7 +33,9 @@ def device_positions(batch_size: int, share: float) -> list[bool]:
     """Which positions of a batch go to the device: ``round(share * n)`` of them, spread evenly."""
     if not 0.0 <= share <= 1.0:
         raise ConfigError(f"device share must be in [0, 1], got {share}")
-    return [math.floor((j + 1) * share + 1e-9) > math.floor(j * share + 1e-9) for j in range(batch_size)]
+    return [
+        math.floor((j + 1) * share + 1e-9) > math.floor(j * share + 1e-9) for j in range(batch_size)
+    ]
 
 
 class RoutedBatchSampler:
@@ -45,7 +47,9 @@ class RoutedBatchSampler:
     ``set_epoch`` is also passed on to the wrapped sampler.
     """
 
-    def __init__(self, batch_sampler: Iterable[Sequence[int]], share: float = 0.0, epoch: int = 0) -> None:
+    def __init__(
+        self, batch_sampler: Iterable[Sequence[int]], share: float = 0.0, epoch: int = 0
+    ) -> None:
         self.batch_sampler = batch_sampler
         device_positions(1, share)  # validates
         self.share = float(share)
@@ -174,15 +178,22 @@ def collate_hybrid(samples: Sequence[CpuSample | DeviceSample]) -> HybridBatch:
     dev = [(p, s) for p, s in enumerate(samples) if isinstance(s, DeviceSample)]
     bad = [s.index for s in samples if isinstance(s, CpuSample) and not s.ok]
     fallbacks = Counter(s.fallback for s in samples if isinstance(s, CpuSample) and s.fallback)
-    images = torch.stack([s.image for _, s in cpu]) if cpu else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+    images = (
+        torch.stack([s.image for _, s in cpu])
+        if cpu
+        else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+    )
     encoded = b"".join(s.data for _, s in dev)
     return HybridBatch(
         cpu_images=images,
         cpu_labels=[s.label for _, s in cpu],
         cpu_indices=[s.index for _, s in cpu],
         cpu_positions=[p for p, _ in cpu],
-        device_bytes=(torch.frombuffer(bytearray(encoded), dtype=torch.uint8) if encoded
-                      else torch.empty((0,), dtype=torch.uint8)),
+        device_bytes=(
+            torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+            if encoded
+            else torch.empty((0,), dtype=torch.uint8)
+        ),
         device_offsets=[0, *itertools.accumulate(len(s.data) for _, s in dev)],
         device_boxes=[s.box for _, s in dev],
         device_flips=[s.flip for _, s in dev],

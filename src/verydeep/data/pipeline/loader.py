@@ -50,9 +50,17 @@ class DeviceLoader:
     the CPU path (not JPEG, CMYK, EXIF-rotated, undecodable by the device decoder ...).
     """
 
-    def __init__(self, dataset: TrainDataset, batch_sampler: Iterable[Sequence[int]], device: torch.device | str,
-                 share: float = 0.0, workers: int = 0, prefetch_factor: int = 4,
-                 canvas_elements: int = CANVAS_ELEMENTS, colour: ColourShift | None = None) -> None:
+    def __init__(
+        self,
+        dataset: TrainDataset,
+        batch_sampler: Iterable[Sequence[int]],
+        device: torch.device | str,
+        share: float = 0.0,
+        workers: int = 0,
+        prefetch_factor: int = 4,
+        canvas_elements: int = CANVAS_ELEMENTS,
+        colour: ColourShift | None = None,
+    ) -> None:
         if workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {workers}")
         self.dataset = dataset
@@ -87,10 +95,16 @@ class DeviceLoader:
         # Persistent workers: started once, not at every epoch (16 workers take seconds to start).
         if self._dataloader is None:
             self._dataloader = DataLoader(
-                self.hybrid, batch_sampler=self.sampler, num_workers=self.workers, collate_fn=collate_hybrid,
-                pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0),
-                persistent_workers=self.workers > 0, prefetch_factor=self.prefetch_factor if self.workers > 0 else None,
-                worker_init_fn=die_with_parent)
+                self.hybrid,
+                batch_sampler=self.sampler,
+                num_workers=self.workers,
+                collate_fn=collate_hybrid,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(0),
+                persistent_workers=self.workers > 0,
+                prefetch_factor=self.prefetch_factor if self.workers > 0 else None,
+                worker_init_fn=die_with_parent,
+            )
         return self._dataloader
 
     def _stage(self, hb) -> DeviceBatch:
@@ -112,4 +126,3 @@ class DeviceLoader:
     def close(self) -> None:
         """Stop the persistent workers now (dropping the DataLoader ends them) rather than at garbage collection."""
         self._dataloader = None
-

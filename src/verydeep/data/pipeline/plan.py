@@ -57,7 +57,9 @@ def read_header(data: bytes) -> JpegHeader | None:
             img = Image.open(io.BytesIO(data))
             orientation = int(img.getexif().get(_ORIENTATION, 1)) if img.format == "JPEG" else 1
             width, height = img.size
-            return JpegHeader(img.format, int(width), int(height), img.mode, orientation, len(img.tile) == 1)
+            return JpegHeader(
+                img.format, int(width), int(height), img.mode, orientation, len(img.tile) == 1
+            )
     except Exception:  # noqa: BLE001 - any failure means "not for the device path"; the CPU path reports it
         return None
 

@@ -21,7 +21,9 @@ S = TypeVar("S")
 class Prefetcher(Generic[T, S]):
     """Iterate ``stage(item)`` for the items of ``source``, one batch ahead on a side stream on CUDA."""
 
-    def __init__(self, source: Iterable[T], stage: Callable[[T], S], device: torch.device | str) -> None:
+    def __init__(
+        self, source: Iterable[T], stage: Callable[[T], S], device: torch.device | str
+    ) -> None:
         self.source = source
         self.stage = stage
         self.device = torch.device(device)
