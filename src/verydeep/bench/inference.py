@@ -65,6 +65,76 @@ def agreement(
     return out
 
 
+def _dense_runner(ours: VGG, precision: Precision, device: torch.device, compile_ours: bool):
+    """Our net prepared for the row, as a function of a batch giving (fc7, fc8 logits): the dense
+    view, with fc8 applied as a 1x1 convolution on the fc7 map (compiled when asked)."""
+    net = prepare_model(copy.deepcopy(ours), precision, device)
+    fc8 = net.classifier[6]
+
+    def ours_fn(x):
+        fc7 = net.descriptor(x)
+        return fc7, F.conv2d(fc7, fc8.weight.view(*fc8.weight.shape, 1, 1), fc8.bias)
+
+    return torch.compile(ours_fn) if compile_ours else ours_fn
+
+
+def _hooked_baseline(tv: nn.Module, device: torch.device) -> tuple[nn.Module, list[torch.Tensor]]:
+    """Torchvision's net on the device with a hook that captures its fc7, so the agreement can
+    compare features without a second, untimed pass of the baseline."""
+    base = copy.deepcopy(tv).to(device).eval()
+    if device.type == "cuda":
+        base = base.to(memory_format=torch.channels_last)
+    captured: list[torch.Tensor] = []
+    # fc7 after ReLU; kept on the device until the timing is over (no sync inside the timed loop)
+    base.classifier[4].register_forward_hook(
+        lambda m, i, o: captured.append(o.detach().float().clone())
+    )
+    return base, captured
+
+
+def _run_all(
+    fn,
+    batches,
+    x_format,
+    prec: Precision,
+    s: BenchSettings,
+    device: torch.device,
+    captured: list[torch.Tensor],
+) -> tuple[float, list]:
+    """Time ``infer_passes`` passes of ``fn`` over the batches after the warm-up (clearing what the
+    warm-up captured), giving the elapsed seconds and the last pass's outputs."""
+    # The images are staged on the device first: this row times the net, not the copies.
+    inputs = [x.to(device).contiguous(memory_format=x_format) for x, _ in batches]
+    outs = []
+    with torch.inference_mode(), autocast_for(device, prec):
+        for _ in range(s.warmup):
+            fn(inputs[0])
+        captured.clear()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(s.infer_passes):
+            outs = [fn(x) for x in inputs]
+        sync(device)
+        elapsed = time.perf_counter() - start
+    return elapsed, outs
+
+
+def _fp32_reference(ours: VGG, batches, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, fc7) of an untimed fp32 pass of our net: the reference when the baseline is not
+    fp32 itself."""
+    ref = prepare_model(copy.deepcopy(ours), Precision.FP32, device)
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        pairs = [
+            ref.descriptor(x.to(device).contiguous(memory_format=torch.channels_last))
+            for x, _ in batches
+        ]
+    ref_fc7 = torch.cat([p.float().flatten(1).cpu() for p in pairs])
+    ref_logits = F.linear(
+        ref_fc7, ref.classifier[6].weight.float().cpu(), ref.classifier[6].bias.float().cpu()
+    )
+    return ref_logits, ref_fc7
+
+
 def bench_inference(
     ours: VGG,
     tv: nn.Module,
@@ -75,60 +145,24 @@ def bench_inference(
     peaks: dict,
     compile_ours: bool,
 ) -> dict:
+    """The dense-inference row: both nets timed over the same staged batches, with how closely
+    ours reproduces fp32."""
     base_prec = baseline_precision(device)
-    net = prepare_model(copy.deepcopy(ours), precision, device)
-    fc8 = net.classifier[6]
-
-    def ours_fn(x):
-        fc7 = net.descriptor(x)
-        return fc7, F.conv2d(fc7, fc8.weight.view(*fc8.weight.shape, 1, 1), fc8.bias)
-
-    ours_run = torch.compile(ours_fn) if compile_ours else ours_fn
-    base = copy.deepcopy(tv).to(device).eval()
-    if device.type == "cuda":
-        base = base.to(memory_format=torch.channels_last)
-    captured: list[torch.Tensor] = []
-    # fc7 after ReLU; kept on the device until the timing is over (no sync inside the timed loop)
-    base.classifier[4].register_forward_hook(
-        lambda m, i, o: captured.append(o.detach().float().clone())
-    )
-
-    def run_all(fn, x_format, prec) -> tuple[float, list]:
-        # The images are staged on the device first: this row times the net, not the copies.
-        inputs = [x.to(device).contiguous(memory_format=x_format) for x, _ in batches]
-        outs = []
-        with torch.inference_mode(), autocast_for(device, prec):
-            for _ in range(s.warmup):
-                fn(inputs[0])
-            captured.clear()
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(s.infer_passes):
-                outs = [fn(x) for x in inputs]
-            sync(device)
-            elapsed = time.perf_counter() - start
-        return elapsed, outs
-
+    ours_run = _dense_runner(ours, precision, device, compile_ours)
+    base, captured = _hooked_baseline(tv, device)
     count = sum(len(y) for _, y in batches) * s.infer_passes
     base_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    base_time, base_outs = run_all(base, base_format, base_prec)
+    base_time, base_outs = _run_all(base, batches, base_format, base_prec, s, device, captured)
     base_fc7 = torch.cat([c.cpu() for c in captured[-len(batches) :]]) if captured else None
-    ours_time, ours_outs = run_all(ours_run, torch.channels_last, precision)
+    ours_time, ours_outs = _run_all(
+        ours_run, batches, torch.channels_last, precision, s, device, captured
+    )
     ours_fc7 = torch.cat([o[0].float().flatten(1).cpu() for o in ours_outs])
     ours_logits = torch.cat([o[1].float().flatten(1).cpu() for o in ours_outs])
     if base_prec == Precision.FP32 and base_fc7 is not None:
         ref_logits, ref_fc7 = torch.cat([o.float().cpu() for o in base_outs]), base_fc7
     else:  # the baseline is not fp32 here: an untimed fp32 pass of our net is the reference
-        ref = prepare_model(copy.deepcopy(ours), Precision.FP32, device)
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            pairs = [
-                ref.descriptor(x.to(device).contiguous(memory_format=torch.channels_last))
-                for x, _ in batches
-            ]
-        ref_fc7 = torch.cat([p.float().flatten(1).cpu() for p in pairs])
-        ref_logits = F.linear(
-            ref_fc7, ref.classifier[6].weight.float().cpu(), ref.classifier[6].bias.float().cpu()
-        )
+        ref_logits, ref_fc7 = _fp32_reference(ours, batches, device)
     labels = torch.cat([y for _, y in batches])
     flops = 2.0 * multiply_adds(ours.spec, s.crop)
     return row(

@@ -52,70 +52,91 @@ def device_name(device: torch.device) -> str:
     return name or platform.processor() or "cpu"
 
 
-def format_report(result: dict) -> str:
-    """The bench result as a markdown table plus the agreement line."""
+def _num(v: float) -> str:
+    """A rate printed at a precision that suits its size (one decimal from 10 up, two below)."""
+    return f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
 
-    def num(v: float) -> str:
-        return f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
 
+def _rates_table(result: dict) -> str:
+    """The rows' rates, ratios and MFUs as one markdown table (a dash where a row has no MFU)."""
     rows = [
         [
             r["workload"],
-            num(r["ours_images_per_s"]),
-            num(r["baseline_images_per_s"]),
+            _num(r["ours_images_per_s"]),
+            _num(r["baseline_images_per_s"]),
             f"{r['ratio']:.2f}x",
             f"{r['mfu_ours']:.1%}" if "mfu_ours" in r else "-",
             f"{r['mfu_baseline']:.1%}" if "mfu_baseline" in r else "-",
         ]
         for r in result["rows"]
     ]
+    return markdown_table(
+        [
+            "workload",
+            "ours img/s",
+            "baseline img/s",
+            "ours/baseline",
+            "MFU ours",
+            "MFU baseline",
+        ],
+        rows,
+    )
+
+
+def _agreement_line(inference: dict) -> str:
+    """How closely the dense-inference row reproduces fp32 (the probe's part only when it ran)."""
+    a = inference["agreement"]
+    probe = (
+        f", top-1 agreement {a['top1_agreement_probe']:.1%} (linear probe, {a['probe_test_images']} images)"
+        if "top1_agreement_probe" in a
+        else ""
+    )
+    return (
+        f"inference vs fp32: logit cosine min {a['logit_cosine_min']:.5f}{probe}, "
+        f"raw top-1 agreement {a['top1_agreement_raw']:.1%} (random weights)"
+    )
+
+
+def _train_step_line(r: dict) -> str:
+    """A training-step row's optimiser share and whether its timing windows reached steady state."""
+    t = r["timing"]
+    steady = ", ".join(
+        f"{side} {'steady' if t[side]['steady'] else 'NOT steady'} "
+        f"after {t[side]['warmup_windows']}"
+        for side in ("ours", "baseline")
+    )
+    return (
+        f"{r['workload']} at batch {r['batch']}: optimiser {r['optimizer_share']:.0%} of our step "
+        f"({r['optimizer_seconds']:.3g} s); median of {len(t['ours']['windows'])} timed windows "
+        f"({steady} warm-up windows)"
+    )
+
+
+def _openvino_line(ov_row: dict) -> str:
+    """Ours against plain OpenVINO, on the engine the row used and on the PyTorch engine."""
+    return (
+        f"against plain OpenVINO: ours on engine {ov_row['engine']} {ov_row['ratio']:.2f}x, "
+        f"on the PyTorch engine {ov_row['torch_engine_ratio']:.2f}x "
+        f"({_num(ov_row['torch_engine_images_per_s'])} img/s)"
+    )
+
+
+def format_report(result: dict) -> str:
+    """The bench result as a markdown table plus the agreement line."""
     lines = [
         f"verydeep bench on {result['device']} ({result['device_name']}), {result['precision']}, "
         f"torch {result['torch']}, {result['threads']} threads, load average {result['load_average']}",
-        markdown_table(
-            [
-                "workload",
-                "ours img/s",
-                "baseline img/s",
-                "ours/baseline",
-                "MFU ours",
-                "MFU baseline",
-            ],
-            rows,
-        ),
+        _rates_table(result),
     ]
     inference = next((r for r in result["rows"] if r["workload"] == "inference_dense"), None)
     if inference:
-        a = inference["agreement"]
-        probe = (
-            f", top-1 agreement {a['top1_agreement_probe']:.1%} (linear probe, {a['probe_test_images']} images)"
-            if "top1_agreement_probe" in a
-            else ""
-        )
-        lines.append(
-            f"inference vs fp32: logit cosine min {a['logit_cosine_min']:.5f}{probe}, "
-            f"raw top-1 agreement {a['top1_agreement_raw']:.1%} (random weights)"
-        )
+        lines.append(_agreement_line(inference))
     for r in result["rows"]:
         if "optimizer_share" in r:
-            t = r["timing"]
-            steady = ", ".join(
-                f"{side} {'steady' if t[side]['steady'] else 'NOT steady'} "
-                f"after {t[side]['warmup_windows']}"
-                for side in ("ours", "baseline")
-            )
-            lines.append(
-                f"{r['workload']} at batch {r['batch']}: optimiser {r['optimizer_share']:.0%} of our step "
-                f"({r['optimizer_seconds']:.3g} s); median of {len(t['ours']['windows'])} timed windows "
-                f"({steady} warm-up windows)"
-            )
+            lines.append(_train_step_line(r))
     ov_row = next((r for r in result["rows"] if r["workload"] == "inference_dense_openvino"), None)
     if ov_row:
-        lines.append(
-            f"against plain OpenVINO: ours on engine {ov_row['engine']} {ov_row['ratio']:.2f}x, "
-            f"on the PyTorch engine {ov_row['torch_engine_ratio']:.2f}x "
-            f"({num(ov_row['torch_engine_images_per_s'])} img/s)"
-        )
+        lines.append(_openvino_line(ov_row))
     lines.append(peak_line(result))
     return "\n".join(lines)
 

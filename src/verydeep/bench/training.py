@@ -88,6 +88,59 @@ def optimizer_rate(step: OurStep, s: BenchSettings, device: torch.device) -> Rat
         load_optimizer(step.optimizer, state)
 
 
+def _our_step_what(step: OurStep, precision: Precision) -> str:
+    """What our training step is, as the row describes it (precision, layout, compile, heap)."""
+    return (
+        f"train.step.Step: {precision.value} autocast, channels-last, fused SGD, no host sync"
+        + (", torch.compile" if step.net is not step.model else "")
+        + f"; heap: {heap_policy()}"
+    )
+
+
+def _random_batch(
+    batch: int, s: BenchSettings, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded batch of random crops and labels, so every run times the same inputs."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, 3, s.crop, s.crop), generator=gen).to(device)
+    y = torch.randint(0, s.num_classes, (batch,), generator=gen).to(device)
+    return x, y
+
+
+def _train_step_row(
+    name: str,
+    batch: int,
+    ours: Rate,
+    theirs: Rate,
+    optimizer: Rate,
+    flops: float,
+    peaks: dict,
+    precision: Precision,
+    base: BaselineStep,
+    what: str,
+) -> dict:
+    """One training-step row from the measured rates, with the optimiser's share of our step."""
+    return row(
+        name,
+        ours.median,
+        theirs.median,
+        flops,
+        peaks,
+        precision,
+        base.precision,
+        what,
+        f"torchvision VGG eager {base.precision.value}, loss.item() every step",
+        batch=batch,
+        optimizer_seconds=optimizer.seconds_per_item,
+        optimizer_share=optimizer.seconds_per_item / (batch * ours.seconds_per_item),
+        timing={
+            "ours": ours.to_dict(),
+            "baseline": theirs.to_dict(),
+            "optimizer": optimizer.to_dict(),
+        },
+    )
+
+
 def bench_train_step(
     step: OurStep,
     base: BaselineStep,
@@ -100,18 +153,12 @@ def bench_train_step(
     """The training-step rows: at ``train_batch``, and at ``small_batch`` when set. ``between`` runs
     after every window of both steps, outside their time (the bench's :class:`~.timing.PeakProbe`)."""
     flops = 6.0 * multiply_adds(step.model.spec, s.crop)
-    what = (
-        f"train.step.Step: {precision.value} autocast, channels-last, fused SGD, no host sync"
-        + (", torch.compile" if step.net is not step.model else "")
-        + f"; heap: {heap_policy()}"
-    )
+    what = _our_step_what(step, precision)
     rows, optimizer = [], None
     for name, batch in (("train_step", s.train_batch), ("train_step_small_batch", s.small_batch)):
         if batch is None:
             continue
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn((batch, 3, s.crop, s.crop), generator=gen).to(device)
-        y = torch.randint(0, s.num_classes, (batch,), generator=gen).to(device)
+        x, y = _random_batch(batch, s, device)
         with (
             torch_settings()
         ):  # the process settings verydeep train steps under (threads as they are)
@@ -129,24 +176,8 @@ def bench_train_step(
             between=between,
         )
         rows.append(
-            row(
-                name,
-                ours.median,
-                theirs.median,
-                flops,
-                peaks,
-                precision,
-                base.precision,
-                what,
-                f"torchvision VGG eager {base.precision.value}, loss.item() every step",
-                batch=batch,
-                optimizer_seconds=optimizer.seconds_per_item,
-                optimizer_share=optimizer.seconds_per_item / (batch * ours.seconds_per_item),
-                timing={
-                    "ours": ours.to_dict(),
-                    "baseline": theirs.to_dict(),
-                    "optimizer": optimizer.to_dict(),
-                },
+            _train_step_row(
+                name, batch, ours, theirs, optimizer, flops, peaks, precision, base, what
             )
         )
     return rows
