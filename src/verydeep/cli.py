@@ -477,7 +477,8 @@ def _run_export(args) -> int:
 
 
 # -- evaluate -----------------------------------------------------------------------------------
-def _add_evaluate(p: argparse.ArgumentParser) -> None:
+def _add_evaluate_inputs(p: argparse.ArgumentParser) -> None:
+    """Evaluate's inputs: which nets, and the folder of labelled images they are scored on."""
     p.add_argument(
         "--weights",
         nargs="+",
@@ -491,6 +492,10 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="ImageFolder-layout folder (DIR/<class>/<image>)",
     )
+
+
+def _add_evaluate_protocol(p: argparse.ArgumentParser) -> None:
+    """How each image is scored: the protocols, the test scales, the flip and the folder pass."""
     p.add_argument(
         "--protocol",
         dest="protocols",
@@ -509,6 +514,10 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
         "--no-flip", action="store_true", help="do not average with the horizontally flipped image"
     )
     _add_folder_pass(p)
+
+
+def _add_evaluate_compute(p: argparse.ArgumentParser) -> None:
+    """Where and how the nets run: the precision, the device and the engine."""
     p.add_argument(
         "--precision",
         default="auto",
@@ -517,6 +526,10 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     _add_engine(p)
+
+
+def _add_evaluate_outputs(p: argparse.ArgumentParser) -> None:
+    """What evaluate writes: saved or combined scores, the report, and the JSON on stdout."""
     p.add_argument(
         "--save-scores",
         default=None,
@@ -542,6 +555,14 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
         help="replace an existing --report, or the --save-scores file of --combine",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    """Evaluate's options, in the order ``--help`` lists them."""
+    _add_evaluate_inputs(p)
+    _add_evaluate_protocol(p)
+    _add_evaluate_compute(p)
+    _add_evaluate_outputs(p)
 
 
 def _run_evaluate(args) -> int:

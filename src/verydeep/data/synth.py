@@ -392,6 +392,52 @@ def _write_manifest(out: Path, manifest: dict) -> None:
     write_json(out / MANIFEST, manifest)
 
 
+def _check_arguments(train: int, val: int, seed: int) -> None:
+    """Refuse counts and seeds no set can be made with, before anything is written."""
+    if train < 1 or val < 1:
+        raise DataError(
+            f"the synthetic set needs at least one train and one val image per class (got {train}, {val})"
+        )
+    if seed < 0:
+        raise DataError(f"the seed must be >= 0, got {seed}")
+
+
+def _jobs(
+    seed: int, train: int, val: int, names: list[str]
+) -> list[tuple[int, str, int, int, str]]:
+    """One (seed, split, label, number, class name) job per image, train before val."""
+    return [
+        (seed, split, label, number, name)
+        for split, per_class in (("train", train), ("val", val))
+        for label, name in enumerate(names)
+        for number in range(per_class)
+    ]
+
+
+def _make_class_folders(out: Path, names: list[str]) -> None:
+    """Every split's class folders, made before any image is rendered into them."""
+    for split in SPLITS:
+        for name in names:
+            make_folder(out / split / name, "folder")
+
+
+def _complete_fields(classes: int, train: int, val: int, digest: str) -> dict:
+    """What the manifest adds once every image is written: counts, geometry, box format, digest."""
+    return {
+        "complete": True,
+        "counts": {"train": train * classes, "val": val * classes},
+        "geometry": {
+            "shorter_side": list(GEOMETRY.shorter),
+            "aspect": [round(v, 4) for v in GEOMETRY.aspect],
+            "object_size": list(GEOMETRY.object_size),
+            "rotation_deg": GEOMETRY.rotation_deg,
+            "jpeg_quality": GEOMETRY.jpeg_quality,
+        },
+        "boxes": "VOC XML beside each image, 0-based pixel indices, max inclusive",
+        "sha256": digest,
+    }
+
+
 def make_synthetic(
     out: str | os.PathLike,
     classes: int = DEFAULT_CLASSES,
@@ -412,12 +458,7 @@ def make_synthetic(
     """
     out = Path(out)
     names = class_names(classes)
-    if train < 1 or val < 1:
-        raise DataError(
-            f"the synthetic set needs at least one train and one val image per class (got {train}, {val})"
-        )
-    if seed < 0:
-        raise DataError(f"the seed must be >= 0, got {seed}")
+    _check_arguments(train, val, seed)
     if existing_set(out, classes, train, val, seed) is not None:
         return out
     _clear_for_new_set(out, overwrite)
@@ -430,31 +471,10 @@ def make_synthetic(
     }
     _write_manifest(out, manifest)
 
-    jobs = [
-        (seed, split, label, number, name)
-        for split, per_class in (("train", train), ("val", val))
-        for label, name in enumerate(names)
-        for number in range(per_class)
-    ]
-    for split in SPLITS:
-        for name in names:
-            make_folder(out / split / name, "folder")
+    jobs = _jobs(seed, train, val, names)
+    _make_class_folders(out, names)
     digest = _write_images(out, jobs, progress, workers)
-    manifest.update(
-        {
-            "complete": True,
-            "counts": {"train": train * classes, "val": val * classes},
-            "geometry": {
-                "shorter_side": list(GEOMETRY.shorter),
-                "aspect": [round(v, 4) for v in GEOMETRY.aspect],
-                "object_size": list(GEOMETRY.object_size),
-                "rotation_deg": GEOMETRY.rotation_deg,
-                "jpeg_quality": GEOMETRY.jpeg_quality,
-            },
-            "boxes": "VOC XML beside each image, 0-based pixel indices, max inclusive",
-            "sha256": digest,
-        }
-    )
+    manifest.update(_complete_fields(classes, train, val, digest))
     os.sync()  # the images reach the disk before the manifest says the set is complete
     _write_manifest(out, manifest)
     return out

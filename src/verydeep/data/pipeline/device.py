@@ -154,23 +154,16 @@ class DeviceBatch:
                 t.record_stream(stream)
 
 
-def assemble(
+def _redo_rejected(
     hb: HybridBatch,
     dataset: HybridDataset,
-    device: torch.device | str,
-    crop: int,
-    canvas_elements: int = CANVAS_ELEMENTS,
-) -> DeviceBatch:
-    """Decode and crop the device share, move the CPU share, and merge both in the sampler's order.
-
-    A device-routed file the decoder rejects is redone on the CPU path here (counted as
-    ``"decode"``); if the CPU path cannot read it either it is dropped and listed in ``bad``.
-    """
-    device = torch.device(device)
-    fallbacks = Counter(hb.fallbacks)
-    bad = list(hb.bad)
-    decoded = decode_images(hb.device_data, device)
-    good = [k for k, img in enumerate(decoded) if img is not None]
+    decoded: list,
+    fallbacks: Counter,
+    bad: list[int],
+) -> tuple[list[CpuSample], list[int]]:
+    """The device-routed files the decoder rejected, redone on the CPU path (counted in
+    ``fallbacks`` as ``"decode"``), with their batch positions; those the CPU path cannot read
+    either are appended to ``bad``."""
     redo: list[CpuSample] = []
     redo_positions: list[int] = []
     for k, img in enumerate(decoded):
@@ -182,7 +175,21 @@ def assemble(
                 redo_positions.append(hb.device_positions[k])
             else:
                 bad.append(sample.index)
+    return redo, redo_positions
 
+
+def _gather_parts(
+    hb: HybridBatch,
+    decoded: list,
+    good: list[int],
+    redo: list[CpuSample],
+    redo_positions: list[int],
+    device: torch.device,
+    crop: int,
+    canvas_elements: int,
+) -> tuple[list[torch.Tensor], list[int], list[int], list[int]]:
+    """The batch's three shares on the device (CPU-made, device-cropped, redone), each with its
+    labels, dataset indices and batch positions, in that order."""
     parts: list[torch.Tensor] = []
     labels: list[int] = []
     indices: list[int] = []
@@ -205,15 +212,46 @@ def assemble(
         labels += [s.label for s in redo]
         indices += [s.index for s in redo]
         positions += redo_positions
+    return parts, labels, indices, positions
+
+
+def _empty_batch(
+    device: torch.device, crop: int, bad: list[int], fallbacks: Counter
+) -> DeviceBatch:
+    """A batch with no readable image left, keeping what was dropped and why."""
+    return DeviceBatch(
+        torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=device),
+        torch.empty((0,), dtype=torch.long, device=device),
+        torch.empty((0,), dtype=torch.long, device=device),
+        bad,
+        fallbacks,
+        0,
+    )
+
+
+def assemble(
+    hb: HybridBatch,
+    dataset: HybridDataset,
+    device: torch.device | str,
+    crop: int,
+    canvas_elements: int = CANVAS_ELEMENTS,
+) -> DeviceBatch:
+    """Decode and crop the device share, move the CPU share, and merge both in the sampler's order.
+
+    A device-routed file the decoder rejects is redone on the CPU path here (counted as
+    ``"decode"``); if the CPU path cannot read it either it is dropped and listed in ``bad``.
+    """
+    device = torch.device(device)
+    fallbacks = Counter(hb.fallbacks)
+    bad = list(hb.bad)
+    decoded = decode_images(hb.device_data, device)
+    good = [k for k, img in enumerate(decoded) if img is not None]
+    redo, redo_positions = _redo_rejected(hb, dataset, decoded, fallbacks, bad)
+    parts, labels, indices, positions = _gather_parts(
+        hb, decoded, good, redo, redo_positions, device, crop, canvas_elements
+    )
     if not parts:
-        return DeviceBatch(
-            torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=device),
-            torch.empty((0,), dtype=torch.long, device=device),
-            torch.empty((0,), dtype=torch.long, device=device),
-            bad,
-            fallbacks,
-            0,
-        )
+        return _empty_batch(device, crop, bad, fallbacks)
     images = parts[0] if len(parts) == 1 else torch.cat(parts)
     order = sorted(range(len(positions)), key=positions.__getitem__)
     if order != list(
