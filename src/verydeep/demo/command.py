@@ -238,6 +238,117 @@ def dense_errors(
     return {"dense_top1_err": 1 - top1 / n, "dense_top5_err": 1 - top5 / n, "dense_scales": scales}
 
 
+def _demo_data(s: DemoSettings, out: Path, progress: bool) -> Path:
+    """The demo's own synthetic set under ``out/data`` (replaced when its arguments changed)."""
+    return make_synthetic(
+        out / "data",
+        classes=s.classes,
+        train=s.train_per_class,
+        val=s.val_per_class,
+        seed=s.seed,
+        progress=progress,
+        workers=max(1, s.threads),
+        overwrite=True,
+    )  # the demo's own set
+
+
+def _classification_section(
+    s: DemoSettings, data: Path, runs: Path, out: Path, progress: bool, failures: dict[str, str]
+) -> tuple[dict[str, dict[str, Any]], dict]:
+    """The classification section isolated from the rest: its nets and the dead ones among them,
+    with a failure (or the dead nets' story) recorded in ``failures``."""
+    nets: dict[str, dict[str, Any]] = {}
+    try:
+        nets = classification(s, data, runs, out, progress)
+    except VerydeepError as exc:
+        failures["classification"] = str(exc)
+    dead = dead_nets(s, nets) if nets else {}
+    if dead:
+        failures["classification"] = dead_story(dead)
+    return nets, dead
+
+
+def _later_sections(
+    s: DemoSettings,
+    out: Path,
+    nets: dict[str, dict[str, Any]],
+    data: Path,
+    fast: bool,
+    progress: bool,
+    failures: dict[str, str],
+) -> dict[str, dict]:
+    """Localisation and transfer on net D (from A), or both recorded as skipped without it."""
+    sections: dict[str, dict] = {}
+    if "D_from_A" in nets:
+        sections, more = beyond_classification(
+            out / nets["D_from_A"]["weights"],
+            data,
+            fast,
+            progress,
+            threads=s.threads * (2 if s.parallel else 1),
+        )
+        failures.update(more)
+    else:
+        failures.update(
+            {
+                name: "skipped: it needs the classification section's net D"
+                for name in ("localisation", "transfer")
+            }
+        )
+    return sections
+
+
+def _add_section_outcomes(
+    summary: dict[str, Any], sections: dict[str, dict], failures: dict[str, str], dead: dict
+) -> None:
+    """The sections' timings and figures, the failures and what the dead nets affect, in the
+    summary."""
+    summary["sections"] = {
+        name: {"title": sec["title"], "seconds": sec["seconds"], "figures": sec["figures"]}
+        for name, sec in sections.items()
+    }
+    summary["failed_sections"] = failures
+    summary["dead_nets"] = dead
+    summary["built_on_dead_nets"] = {
+        part: built_on_dead(part, dead) for part in BUILT_ON if built_on_dead(part, dead)
+    }
+
+
+def _report_markdown(
+    summary: dict[str, Any],
+    nets: dict[str, dict[str, Any]],
+    sections: dict[str, dict],
+    dead: dict,
+    failures: dict[str, str],
+) -> str:
+    """``report.md``: the classification report (a bare title without nets), each section's
+    markdown with its at-chance note, then the failures."""
+    return (
+        (_report(summary) if nets else "# verydeep demo\n")
+        + "".join(
+            f"\n{_with_note(sec['markdown'], at_chance_note(name, dead))}\n"
+            for name, sec in sections.items()
+        )
+        + _failures_markdown(failures)
+    )
+
+
+def _print_verdict(
+    nets: dict[str, dict[str, Any]], total_s: float, out: Path, failures: dict[str, str]
+) -> None:
+    """The demo's last progress line: net D's accuracy, the time, where the report is, failures."""
+    verdict = (
+        f"net D (from A): {100 * (1 - nets['D_from_A']['dense_top1_err']):.1f}% top-1 accuracy; "
+        if nets
+        else ""
+    )
+    failed = f"; FAILED sections: {', '.join(failures)}" if failures else ""
+    print(
+        f"[demo] {verdict}total {total_s:.0f} s; report in {out / 'report.md'}{failed}",
+        flush=True,
+    )
+
+
 def run_demo(
     out: str | os.PathLike = "demo-out",
     fast: bool = False,
@@ -258,83 +369,26 @@ def run_demo(
     out = _prepare_out(Path(out), overwrite)
     runs = _prepare_runs(out / "runs", fresh)
     t0 = time.perf_counter()
-    data = make_synthetic(
-        out / "data",
-        classes=s.classes,
-        train=s.train_per_class,
-        val=s.val_per_class,
-        seed=s.seed,
-        progress=progress,
-        workers=max(1, s.threads),
-        overwrite=True,
-    )  # the demo's own set
+    data = _demo_data(s, out, progress)
     synth_s = time.perf_counter() - t0
 
     failures: dict[str, str] = {}
-    nets: dict[str, dict[str, Any]] = {}
-    try:
-        nets = classification(s, data, runs, out, progress)
-    except VerydeepError as exc:
-        failures["classification"] = str(exc)
-    dead = dead_nets(s, nets) if nets else {}
-    if dead:
-        failures["classification"] = dead_story(dead)
-    sections: dict[str, dict] = {}
-    if "D_from_A" in nets:
-        sections, more = beyond_classification(
-            out / nets["D_from_A"]["weights"],
-            data,
-            fast,
-            progress,
-            threads=s.threads * (2 if s.parallel else 1),
-        )
-        failures.update(more)
-    else:
-        failures.update(
-            {
-                name: "skipped: it needs the classification section's net D"
-                for name in ("localisation", "transfer")
-            }
-        )
+    nets, dead = _classification_section(s, data, runs, out, progress, failures)
+    sections = _later_sections(s, out, nets, data, fast, progress, failures)
     total_s = time.perf_counter() - t0
     summary = (
         _summary(s, out, data, nets, synth_s, total_s)
         if nets
         else _bare_summary(s, synth_s, total_s)
     )
-    summary["sections"] = {
-        name: {"title": sec["title"], "seconds": sec["seconds"], "figures": sec["figures"]}
-        for name, sec in sections.items()
-    }
-    summary["failed_sections"] = failures
-    summary["dead_nets"] = dead
-    summary["built_on_dead_nets"] = {
-        part: built_on_dead(part, dead) for part in BUILT_ON if built_on_dead(part, dead)
-    }
+    _add_section_outcomes(summary, sections, failures, dead)
     if nets:
         _plots(out, runs, nets)
 
     write_json(out / "summary.json", summary)
-    report = (
-        (_report(summary) if nets else "# verydeep demo\n")
-        + "".join(
-            f"\n{_with_note(sec['markdown'], at_chance_note(name, dead))}\n"
-            for name, sec in sections.items()
-        )
-        + _failures_markdown(failures)
-    )
-    write_text(out / "report.md", report)
+    write_text(out / "report.md", _report_markdown(summary, nets, sections, dead, failures))
     if progress:
-        verdict = (
-            f"net D (from A): {100 * (1 - nets['D_from_A']['dense_top1_err']):.1f}% top-1 accuracy; "
-            if nets
-            else ""
-        )
-        failed = f"; FAILED sections: {', '.join(failures)}" if failures else ""
-        print(
-            f"[demo] {verdict}total {total_s:.0f} s; report in {out / 'report.md'}{failed}",
-            flush=True,
-        )
+        _print_verdict(nets, total_s, out, failures)
     return summary
 
 
@@ -409,12 +463,11 @@ def _plan(s: DemoSettings, runs: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def classification(
-    s: DemoSettings, data: Path, runs: Path, out: Path, progress: bool
-) -> dict[str, dict[str, Any]]:
-    """Train (or reuse) nets A, D from A and D from random weights; evaluate each densely."""
-    plan = _plan(s, runs)
-    configs = {
+def _net_configs(
+    s: DemoSettings, data: Path, runs: Path, plan: dict[str, dict[str, Any]], progress: bool
+) -> dict[str, Any]:
+    """Each planned net's training config, its run under ``runs/<name>``."""
+    return {
         name: net_config(
             s,
             data,
@@ -428,21 +481,38 @@ def classification(
         )
         for name, p in plan.items()
     }
-    results: dict[str, Any] = {}
-    background = None
-    names = list(NET_NAMES)
-    if s.parallel:  # the control does not depend on A: train it in a second process meanwhile
-        names.remove("D_random")
-        results["D_random"] = reuse_run(configs["D_random"])
-        if results["D_random"] is None:
-            quiet = configs["D_random"]
-            quiet.run.progress = False
-            background = _Background(quiet, runs / "D_random.log")
-            if progress:
-                print(
-                    f"[demo] training D_random in a second process (log {runs / 'D_random.log'})",
-                    flush=True,
-                )
+
+
+def _start_control(
+    configs: dict[str, Any], runs: Path, results: dict[str, Any], progress: bool
+) -> _Background | None:
+    """Reuse the control net D_random's finished run, or start training it quietly in a second
+    process (it does not depend on A); the process, or None when the run was reused."""
+    results["D_random"] = reuse_run(configs["D_random"])
+    if results["D_random"] is not None:
+        return None
+    quiet = configs["D_random"]
+    quiet.run.progress = False
+    background = _Background(quiet, runs / "D_random.log")
+    if progress:
+        print(
+            f"[demo] training D_random in a second process (log {runs / 'D_random.log'})",
+            flush=True,
+        )
+    return background
+
+
+def _train_in_order(
+    names: list[str],
+    configs: dict[str, Any],
+    plan: dict[str, dict[str, Any]],
+    runs: Path,
+    results: dict[str, Any],
+    background: _Background | None,
+    progress: bool,
+) -> None:
+    """Train (or reuse) the nets in ``names`` in order, discarding D from A when A was retrained,
+    then wait for the background control; the background is stopped whatever happens."""
     retrained_a = False
     try:
         for name in names:
@@ -455,31 +525,53 @@ def classification(
     finally:
         if background is not None:
             background.stop()
+
+
+def _net_entry(
+    s: DemoSettings, data: Path, out: Path, p: dict[str, Any], result: dict[str, Any]
+) -> dict[str, Any]:
+    """One net's summary: its plan and training result, and its dense errors (evaluated here on
+    the best weights, or the final ones)."""
+    weights = result["best_weights"] or result["final_weights"]
+    t = time.perf_counter()
+    errors = dense_errors(weights, data / "val", s.eval_scales, s.precision)
+    return {
+        "config": p["config"],
+        "init": p["what"],
+        "train_scale": list(p["scale"]),
+        "epochs": result["epochs"],
+        "steps": result["steps"],
+        "train_time_s": result["train_time_s"],
+        "eval_time_s": time.perf_counter() - t,
+        "val_top1_err": result["best_val_top1_err"],
+        "val_top5_err": result["best_val_top5_err"],
+        "best_epoch": result["best_epoch"],
+        **errors,
+        "copied_layers": result["copied_layers"],
+        "weights": os.path.relpath(weights, out),
+        "run_dir": os.path.relpath(result["run_dir"], out),
+        "backoffs": result.get("backoffs", 0),
+        "learned": result.get("learned", True),
+        "stuck_reason": result.get("stuck_reason"),
+    }
+
+
+def classification(
+    s: DemoSettings, data: Path, runs: Path, out: Path, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """Train (or reuse) nets A, D from A and D from random weights; evaluate each densely."""
+    plan = _plan(s, runs)
+    configs = _net_configs(s, data, runs, plan, progress)
+    results: dict[str, Any] = {}
+    background = None
+    names = list(NET_NAMES)
+    if s.parallel:  # the control does not depend on A: train it in a second process meanwhile
+        names.remove("D_random")
+        background = _start_control(configs, runs, results, progress)
+    _train_in_order(names, configs, plan, runs, results, background, progress)
     nets = {}
     for name, p in plan.items():
-        result = results[name]
-        weights = result["best_weights"] or result["final_weights"]
-        t = time.perf_counter()
-        errors = dense_errors(weights, data / "val", s.eval_scales, s.precision)
-        nets[name] = {
-            "config": p["config"],
-            "init": p["what"],
-            "train_scale": list(p["scale"]),
-            "epochs": result["epochs"],
-            "steps": result["steps"],
-            "train_time_s": result["train_time_s"],
-            "eval_time_s": time.perf_counter() - t,
-            "val_top1_err": result["best_val_top1_err"],
-            "val_top5_err": result["best_val_top5_err"],
-            "best_epoch": result["best_epoch"],
-            **errors,
-            "copied_layers": result["copied_layers"],
-            "weights": os.path.relpath(weights, out),
-            "run_dir": os.path.relpath(result["run_dir"], out),
-            "backoffs": result.get("backoffs", 0),
-            "learned": result.get("learned", True),
-            "stuck_reason": result.get("stuck_reason"),
-        }
+        nets[name] = _net_entry(s, data, out, p, results[name])
     return nets
 
 
@@ -886,8 +978,8 @@ def _recipe_text(s: dict[str, Any], nets: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def _report(summary: dict[str, Any]) -> str:
-    s, nets, cmp_ = summary["settings"], summary["nets"], summary["comparison"]
+def _nets_table(nets: dict[str, dict[str, Any]]) -> str:
+    """One row per net: how it was trained, and its crop and dense errors."""
     rows = [
         [
             name,
@@ -904,23 +996,67 @@ def _report(summary: dict[str, Any]) -> str:
         ]
         for name, n in nets.items()
     ]
-    scales = ", ".join(str(q) for q in nets["D_from_A"]["dense_scales"])
-    if cmp_["from_A_beats_random"]:
-        verdict = "beats"
-    elif cmp_["from_A_beats_or_matches_random"]:
-        verdict = f"matches (within {100 * cmp_['match_tolerance']:.0f} point, the noise of the validation set)"
-    else:
-        verdict = "does NOT match"
-    d = nets["D_from_A"]
-
-    def epoch(n: int | None) -> str:
-        return f"in epoch {n}" if n is not None else "not in these epochs"
-
-    head = (
-        f"The head start: net D from A first reached {100 * cmp_['head_start_accuracy']:.0f}% validation accuracy "
-        f"(centre crop) {epoch(cmp_['from_A_first_epoch_reaching'])}, net D from random weights "
-        f"{epoch(cmp_['random_first_epoch_reaching'])}."
+    return markdown_table(
+        [
+            "net",
+            "config",
+            "initialisation",
+            "S",
+            "epochs",
+            "steps",
+            "train s",
+            "top-1 err % (crop)",
+            "top-5 err % (crop)",
+            "top-1 err % (dense)",
+            "top-5 err % (dense)",
+        ],
+        rows,
     )
+
+
+def _init_verdict(cmp_: dict[str, Any]) -> str:
+    """How net D from A compares with net D from random weights, in words."""
+    if cmp_["from_A_beats_random"]:
+        return "beats"
+    if cmp_["from_A_beats_or_matches_random"]:
+        return f"matches (within {100 * cmp_['match_tolerance']:.0f} point, the noise of the validation set)"
+    return "does NOT match"
+
+
+def _epoch(n: int | None) -> str:
+    """When a net first reached the head-start accuracy, or that it did not."""
+    return f"in epoch {n}" if n is not None else "not in these epochs"
+
+
+def _head_start(cmp_: dict[str, Any]) -> str:
+    """The sentence on which D net first reached the head-start accuracy."""
+    return (
+        f"The head start: net D from A first reached {100 * cmp_['head_start_accuracy']:.0f}% validation accuracy "
+        f"(centre crop) {_epoch(cmp_['from_A_first_epoch_reaching'])}, net D from random weights "
+        f"{_epoch(cmp_['random_first_epoch_reaching'])}."
+    )
+
+
+def _d_from_a_paragraph(
+    nets: dict[str, dict[str, Any]], cmp_: dict[str, Any], dead: dict[str, str]
+) -> str:
+    """The demo's headline: net D from A's accuracy against net D from random weights."""
+    d = nets["D_from_A"]
+    verdict = _init_verdict(cmp_)
+    return (
+        at_chance_note("D_from_A", dead)
+        + f"**Net D initialised from A reaches {100 * (1 - d['dense_top1_err']):.1f}% top-1 accuracy** and "
+        f"{verdict} net D from random weights trained for the same {d['steps']} steps "
+        f"({_pct(cmp_['from_A_dense_top1_err'])}% against {_pct(cmp_['random_dense_top1_err'])}% top-1 error). "
+        + _head_start(cmp_)
+    )
+
+
+def _report(summary: dict[str, Any]) -> str:
+    """The classification part of ``report.md``: the data and machine, the recipe, the nets'
+    table, the headline comparison and the figures."""
+    s, nets, cmp_ = summary["settings"], summary["nets"], summary["comparison"]
+    scales = ", ".join(str(q) for q in nets["D_from_A"]["dense_scales"])
     dead = summary.get("dead_nets") or {}
     lines = [
         "# verydeep demo",
@@ -933,31 +1069,12 @@ def _report(summary: dict[str, Any]) -> str:
         "",
         _recipe_text(s, nets),
         "",
-        markdown_table(
-            [
-                "net",
-                "config",
-                "initialisation",
-                "S",
-                "epochs",
-                "steps",
-                "train s",
-                "top-1 err % (crop)",
-                "top-5 err % (crop)",
-                "top-1 err % (dense)",
-                "top-5 err % (dense)",
-            ],
-            rows,
-        ),
+        _nets_table(nets),
         "",
         f"*crop*: the best epoch's centre crop at Q={s['crop']}; *dense*: the whole image, fully convolutional, "
         f"flipped and not, averaged over Q = {scales} (the paper's multi-scale rule for jittered S).",
         "",
-        at_chance_note("D_from_A", dead)
-        + f"**Net D initialised from A reaches {100 * (1 - d['dense_top1_err']):.1f}% top-1 accuracy** and "
-        f"{verdict} net D from random weights trained for the same {d['steps']} steps "
-        f"({_pct(cmp_['from_A_dense_top1_err'])}% against {_pct(cmp_['random_dense_top1_err'])}% top-1 error). "
-        + head,
+        _d_from_a_paragraph(nets, cmp_, dead),
         "",
         "![validation error of the two D nets](d_init_val_error.png)",
         "![training loss of the two D nets](d_init_train_loss.png)",
