@@ -57,18 +57,8 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return f"{name}#{k}"
 
 
-def merge(sets: Sequence[Scores], labels: Sequence[str] | None = None) -> Scores:
-    """One score set holding every net, protocol and scale of ``sets`` (same images required).
-
-    The same weights (by content fingerprint and flip setting) in two files become one net with
-    the union of their protocols and scales. Files over different images, and files of an
-    evaluation that did not finish, are refused.
-    """
-    if not sets:
-        raise DataError("no score files to combine")
-    labels = (
-        list(labels) if labels is not None else [f"scores file {i + 1}" for i in range(len(sets))]
-    )
+def _check_mergeable(sets: Sequence[Scores], labels: Sequence[str]) -> None:
+    """Refuse unfinished score files first, then files over other images than the first's."""
     for scores, label in zip(sets, labels):
         if not scores.complete:
             missing = int((~scores.done).sum())
@@ -81,40 +71,72 @@ def merge(sets: Sequence[Scores], labels: Sequence[str] | None = None) -> Scores
         why = image_list_difference(first, scores)
         if why is not None:
             raise DataError(f"cannot combine {labels[0]} and {label}: {why}")
-    merged = Scores(
+
+
+def _empty_like(first: Scores) -> Scores:
+    """A complete score set over ``first``'s images with no nets yet, to merge into."""
+    return Scores(
         paths=list(first.paths),
         labels=first.labels.copy(),
         classes=list(first.classes),
         root=first.root,
         done=np.ones(first.num_images, dtype=bool),
     )
+
+
+def _merged_net(merged: Scores, net: NetRecord, taken: set[str]) -> int:
+    """The index in ``merged`` of the same weights as ``net`` (their scales joined), or of a copy
+    of ``net`` appended under a name not yet ``taken``."""
+    same = next(
+        (
+            m
+            for m, old in enumerate(merged.nets)
+            if (old.fingerprint, old.flip) == (net.fingerprint, net.flip)
+        ),
+        None,
+    )
+    if same is None:
+        record = NetRecord.from_dict(net.to_dict())
+        record.name = _unique_name(net.name, taken)
+        taken.add(record.name)
+        merged.nets.append(record)
+        same = len(merged.nets) - 1
+    else:
+        old = merged.nets[same]
+        old.scales = sorted(set(old.scales) | set(net.scales))
+    return same
+
+
+def _merge_into(merged: Scores, scores: Scores, taken: set[str]) -> None:
+    """Add one file's nets, posteriors, protocols and failures to ``merged`` (what is there
+    already is kept)."""
+    mapping: dict[int, int] = {}
+    for n, net in enumerate(scores.nets):
+        mapping[n] = _merged_net(merged, net, taken)
+    for (n, p, q), array in scores.values.items():
+        merged.values.setdefault((mapping[n], p, q), array)
+    for p in scores.protocols:
+        if p not in merged.protocols:
+            merged.protocols.append(p)
+    for i, why in scores.failed.items():
+        merged.failed.setdefault(i, why)
+
+
+def merge(sets: Sequence[Scores], labels: Sequence[str] | None = None) -> Scores:
+    """One score set holding every net, protocol and scale of ``sets`` (same images required).
+
+    The same weights (by content fingerprint and flip setting) in two files become one net with
+    the union of their protocols and scales. Files over different images, and files of an
+    evaluation that did not finish, are refused.
+    """
+    if not sets:
+        raise DataError("no score files to combine")
+    labels = (
+        list(labels) if labels is not None else [f"scores file {i + 1}" for i in range(len(sets))]
+    )
+    _check_mergeable(sets, labels)
+    merged = _empty_like(sets[0])
     taken: set[str] = set()
     for scores in sets:
-        mapping: dict[int, int] = {}
-        for n, net in enumerate(scores.nets):
-            same = next(
-                (
-                    m
-                    for m, old in enumerate(merged.nets)
-                    if (old.fingerprint, old.flip) == (net.fingerprint, net.flip)
-                ),
-                None,
-            )
-            if same is None:
-                record = NetRecord.from_dict(net.to_dict())
-                record.name = _unique_name(net.name, taken)
-                taken.add(record.name)
-                merged.nets.append(record)
-                same = len(merged.nets) - 1
-            else:
-                old = merged.nets[same]
-                old.scales = sorted(set(old.scales) | set(net.scales))
-            mapping[n] = same
-        for (n, p, q), array in scores.values.items():
-            merged.values.setdefault((mapping[n], p, q), array)
-        for p in scores.protocols:
-            if p not in merged.protocols:
-                merged.protocols.append(p)
-        for i, why in scores.failed.items():
-            merged.failed.setdefault(i, why)
+        _merge_into(merged, scores, taken)
     return merged
