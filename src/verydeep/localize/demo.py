@@ -66,6 +66,94 @@ def mean_box_error(train: BoxIndex, val: BoxIndex, scale: int, crop: int) -> flo
 BOX_RECIPE = {"lr": 1e-2, "warmup_steps": 20, "clip_grad_norm": 10.0}
 
 
+def _demo_splits(
+    data_dir: str | Path, train_per_class: int, val_per_class: int, seed: int
+) -> tuple[BoxIndex, BoxIndex]:
+    """The balanced training and validation (or test) subsets the section trains and tests on."""
+    train = balanced_subset(
+        load_box_index(resolve_split(data_dir, ("train",))), train_per_class, seed
+    )
+    val = balanced_subset(
+        load_box_index(resolve_split(data_dir, ("val", "test"))), val_per_class, seed
+    )
+    return train, val
+
+
+def _box_config(
+    model,
+    mode: str,
+    fine_tune: str,
+    scale: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> BoxTrainConfig:
+    """A box net's training config for one regression mode, guarded by :data:`BOX_RECIPE` (the
+    warm-up at most a quarter of the steps), on the classifier's device."""
+    return BoxTrainConfig(
+        mode=mode,
+        fine_tune=fine_tune,
+        scale=scale,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=str(next(model.parameters()).device),
+        warmup_steps=min(BOX_RECIPE["warmup_steps"], steps // 4),
+        clip_grad_norm=BOX_RECIPE["clip_grad_norm"],
+    )
+
+
+def _mode_figures(crop_result: dict, dense_result: dict, trained) -> dict:
+    """One mode's numbers for the summary: both tests' errors, the losses and the back-offs."""
+    return {
+        "test1_error": crop_result["error"],
+        "test1_mean_iou": crop_result["mean_iou"],
+        "test2_top5_error": dense_result["top5_error"],
+        "test2_top1_error": dense_result["top1_error"],
+        "classification_top5_error": dense_result["classification_top5_error"],
+        "first_loss": trained.summary()["first_loss"],
+        "final_loss": trained.summary()["final_loss"],
+        "backoffs": len(trained.backoffs),
+    }
+
+
+def _section_markdown(
+    rows: list,
+    figures: dict,
+    train: BoxIndex,
+    val: BoxIndex,
+    fine_tune: str,
+    steps: int,
+    batch_size: int,
+    s: int,
+    lr: float,
+) -> str:
+    """The section's text for ``report.md``: the recipe, the results table and the baselines."""
+    skipped = "; ".join(t for t in (skipped_text(train.skipped), skipped_text(val.skipped)) if t)
+    return "\n".join(
+        [
+            "## Localisation (Appendix A)",
+            "",
+            f"Box nets initialised from the demo's classifier (last layer random), {FINE_TUNE_TEXT[fine_tune]} "
+            f"fine-tuned for {steps} steps of {batch_size} crops at S = {s} (lr {lr:g} after a "
+            f"{BOX_RECIPE['warmup_steps']}-step warm-up, gradient norm capped at {BOX_RECIPE['clip_grad_norm']:g}, "
+            f"back-offs {figures['scr']['backoffs']} (SCR) and {figures['pcr']['backoffs']} (PCR); Euclidean loss on "
+            f"centre and size as fractions of the crop), {len(train)} training images; tested on {len(val)} validation "
+            "images. Error = share of images whose box has IoU <= 0.5 with every ground-truth box (%). Test 1: centre "
+            "crop at Q = S with the ground-truth class. Test 2: dense boxes over the whole image, greedy merging, "
+            "ranked by the classifier's scores, top-5 guesses (top-1 alongside).",
+            "",
+            results_table(rows),
+            "",
+            f"For scale, on the same images and test 1: always the mean training box, {figures['mean_box_error']:.1f}% "
+            f"error; the whole image as the box, {figures['whole_image_error']:.1f}%."
+            + (f" Data: {skipped}." if skipped else ""),
+        ]
+    )
+
+
 def demo_section(
     model,
     data_dir: str | Path,
@@ -91,63 +179,18 @@ def demo_section(
     start = time.perf_counter()
     crop = model.spec.crop_size
     s = scale or paper.train_scale(crop)
-    train = balanced_subset(
-        load_box_index(resolve_split(data_dir, ("train",))), train_per_class, seed
-    )
-    val = balanced_subset(
-        load_box_index(resolve_split(data_dir, ("val", "test"))), val_per_class, seed
-    )
+    train, val = _demo_splits(data_dir, train_per_class, val_per_class, seed)
     model.eval()
     rows, figures = [], {}
     for mode in ("scr", "pcr"):
-        config = BoxTrainConfig(
-            mode=mode,
-            fine_tune=fine_tune,
-            scale=s,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=str(next(model.parameters()).device),
-            warmup_steps=min(BOX_RECIPE["warmup_steps"], steps // 4),
-            clip_grad_norm=BOX_RECIPE["clip_grad_norm"],
-        )
+        config = _box_config(model, mode, fine_tune, s, steps, batch_size, lr, seed)
         trained = train_box_net(model, train, config, progress=progress)
         crop_result = crop_protocol(trained.box_net, val, s, progress=progress)
         dense_result = dense_protocol(trained.box_net, model, val, [s], progress=progress)
         rows.append((mode.upper(), {"crop": crop_result, "dense": dense_result}))
-        figures[mode] = {
-            "test1_error": crop_result["error"],
-            "test1_mean_iou": crop_result["mean_iou"],
-            "test2_top5_error": dense_result["top5_error"],
-            "test2_top1_error": dense_result["top1_error"],
-            "classification_top5_error": dense_result["classification_top5_error"],
-            "first_loss": trained.summary()["first_loss"],
-            "final_loss": trained.summary()["final_loss"],
-            "backoffs": len(trained.backoffs),
-        }
+        figures[mode] = _mode_figures(crop_result, dense_result, trained)
     figures["whole_image_error"] = whole_image_error(val)
     figures["mean_box_error"] = mean_box_error(train, val, s, crop)
     seconds = time.perf_counter() - start
-    skipped = "; ".join(t for t in (skipped_text(train.skipped), skipped_text(val.skipped)) if t)
-    markdown = "\n".join(
-        [
-            "## Localisation (Appendix A)",
-            "",
-            f"Box nets initialised from the demo's classifier (last layer random), {FINE_TUNE_TEXT[fine_tune]} "
-            f"fine-tuned for {steps} steps of {batch_size} crops at S = {s} (lr {lr:g} after a "
-            f"{BOX_RECIPE['warmup_steps']}-step warm-up, gradient norm capped at {BOX_RECIPE['clip_grad_norm']:g}, "
-            f"back-offs {figures['scr']['backoffs']} (SCR) and {figures['pcr']['backoffs']} (PCR); Euclidean loss on "
-            f"centre and size as fractions of the crop), {len(train)} training images; tested on {len(val)} validation "
-            "images. Error = share of images whose box has IoU <= 0.5 with every ground-truth box (%). Test 1: centre "
-            "crop at Q = S with the ground-truth class. Test 2: dense boxes over the whole image, greedy merging, "
-            "ranked by the classifier's scores, top-5 guesses (top-1 alongside).",
-            "",
-            results_table(rows),
-            "",
-            f"For scale, on the same images and test 1: always the mean training box, {figures['mean_box_error']:.1f}% "
-            f"error; the whole image as the box, {figures['whole_image_error']:.1f}%."
-            + (f" Data: {skipped}." if skipped else ""),
-        ]
-    )
+    markdown = _section_markdown(rows, figures, train, val, fine_tune, steps, batch_size, s, lr)
     return {"title": "Localisation", "markdown": markdown, "figures": figures, "seconds": seconds}

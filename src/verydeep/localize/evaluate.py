@@ -60,55 +60,61 @@ def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="img", leave=False)
 
 
-@torch.no_grad()
-def crop_protocol(
-    box_net: BoxNet, data: BoxIndex, scale: int, batch_size: int = 32, progress: bool = True
-) -> dict:
-    """Test 1: localisation error (%) of the central crop at ``scale`` with the ground-truth class."""
-    crop = box_net.spec.crop_size
-    if scale < crop:
-        raise ConfigError(f"test scale {scale} is smaller than the box net's crop size {crop}")
-    to_net = (
+def _pcr_mapping(box_net: BoxNet, data: BoxIndex) -> dict | None:
+    """The data's class indices in a PCR box net's classes (None for SCR: one box for all)."""
+    return (
         class_mapping(box_net.head.classes, data.classes, "box net")
         if box_net.head.mode == "pcr"
         else None
     )
-    device, prep = _device(box_net), _prep(box_net)
-    box_net.eval()
-    right = wrong = unreadable = 0
-    ious: list[float] = []
-    bar = _bar(len(data), "localisation (centre crop)", progress)
-    for start in range(0, len(data), batch_size):
-        chunk = data.samples[start : start + batch_size]
-        pixels, windows, kept = [], [], []
-        for sample in chunk:
-            try:
-                img = open_rgb(sample.path)
-                win = window(img.size[0], img.size[1], scale, crop)
-                pixels.append(crop_with_boxes(img, np.zeros((0, 4)), win)[0])
-            except VerydeepError:
-                unreadable += 1
-                continue
-            windows.append(win)
-            kept.append(sample)
-        if kept:
-            x = normalise(torch.stack(pixels).to(device), prep)
-            labels = torch.tensor(
-                [to_net[s.label] if to_net is not None else 0 for s in kept], dtype=torch.long
-            )
-            params = select_boxes(box_net(x).float().cpu(), labels).numpy()
-            for sample, win, p in zip(kept, windows, params):
-                box = clip(win.to_original(decode(p, (0.0, 0.0, float(crop)))), *sample.size)
-                best = float(iou(box, sample.boxes).max())
-                ious.append(best)
-                if best > IOU_RIGHT:
-                    right += 1
-                else:
-                    wrong += 1
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+
+
+def _read_centre_crops(chunk: Sequence, scale: int, crop: int) -> tuple[list, list, list, int]:
+    """The central crops at ``scale`` of a chunk's readable images, their windows and samples,
+    and how many images could not be read."""
+    pixels, windows, kept = [], [], []
+    unreadable = 0
+    for sample in chunk:
+        try:
+            img = open_rgb(sample.path)
+            win = window(img.size[0], img.size[1], scale, crop)
+            pixels.append(crop_with_boxes(img, np.zeros((0, 4)), win)[0])
+        except VerydeepError:
+            unreadable += 1
+            continue
+        windows.append(win)
+        kept.append(sample)
+    return pixels, windows, kept, unreadable
+
+
+def _crop_ious(
+    box_net: BoxNet,
+    to_net: dict | None,
+    pixels: list,
+    windows: list,
+    kept: list,
+    device,
+    prep,
+    crop: int,
+) -> list[float]:
+    """Each kept image's best IoU between its predicted box (the ground-truth class's, mapped
+    back to the image) and its ground-truth boxes."""
+    x = normalise(torch.stack(pixels).to(device), prep)
+    labels = torch.tensor(
+        [to_net[s.label] if to_net is not None else 0 for s in kept], dtype=torch.long
+    )
+    params = select_boxes(box_net(x).float().cpu(), labels).numpy()
+    bests = []
+    for sample, win, p in zip(kept, windows, params):
+        box = clip(win.to_original(decode(p, (0.0, 0.0, float(crop)))), *sample.size)
+        bests.append(float(iou(box, sample.boxes).max()))
+    return bests
+
+
+def _crop_result(
+    box_net: BoxNet, data: BoxIndex, scale: int, right: int, wrong: int, ious, unreadable: int
+) -> dict:
+    """Test 1's result, refused when no image could be read at all."""
     total = right + wrong
     if total == 0:
         raise ConfigError(f"no image of {data.root} could be read for the localisation test")
@@ -123,6 +129,38 @@ def crop_protocol(
         "unreadable": unreadable,
         "skipped": dict(data.skipped),
     }
+
+
+@torch.no_grad()
+def crop_protocol(
+    box_net: BoxNet, data: BoxIndex, scale: int, batch_size: int = 32, progress: bool = True
+) -> dict:
+    """Test 1: localisation error (%) of the central crop at ``scale`` with the ground-truth class."""
+    crop = box_net.spec.crop_size
+    if scale < crop:
+        raise ConfigError(f"test scale {scale} is smaller than the box net's crop size {crop}")
+    to_net = _pcr_mapping(box_net, data)
+    device, prep = _device(box_net), _prep(box_net)
+    box_net.eval()
+    right = wrong = unreadable = 0
+    ious: list[float] = []
+    bar = _bar(len(data), "localisation (centre crop)", progress)
+    for start in range(0, len(data), batch_size):
+        chunk = data.samples[start : start + batch_size]
+        pixels, windows, kept, bad = _read_centre_crops(chunk, scale, crop)
+        unreadable += bad
+        if kept:
+            for best in _crop_ious(box_net, to_net, pixels, windows, kept, device, prep, crop):
+                ious.append(best)
+                if best > IOU_RIGHT:
+                    right += 1
+                else:
+                    wrong += 1
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return _crop_result(box_net, data, scale, right, wrong, ious, unreadable)
 
 
 @dataclass
@@ -212,6 +250,85 @@ def guesses_right(guesses: Sequence[Guess], label: int, boxes: np.ndarray) -> bo
     return any(g.label == label and float(iou(g.box, boxes).max()) > IOU_RIGHT for g in guesses)
 
 
+def _check_dense_scales(box_net: BoxNet, scales: Sequence[int]) -> None:
+    """Test 2 needs test scales, none below the box net's crop (its dense map would be empty)."""
+    small = [q for q in scales if q < box_net.spec.crop_size]
+    if small or not scales:
+        raise ConfigError(
+            f"test scales {list(scales)} must be given and at least the crop size "
+            f"{box_net.spec.crop_size}"
+        )
+
+
+def _classifier_mapping(classifier, data: BoxIndex) -> dict:
+    """The data's class indices in the classification net's classes (by name where it has
+    metadata, else as ``class_<i>``)."""
+    return class_mapping(
+        classifier.meta.class_names()
+        if classifier.meta is not None
+        else [f"class_{i}" for i in range(classifier.num_classes)],
+        data.classes,
+        "classification net",
+    )
+
+
+def _guess_work(plan, box_net: BoxNet, classifier, top: int, merge_iou: float):
+    """The folder pass's work on one decoded image: (index, its guesses), or (index, None) for
+    an image that could not be read."""
+
+    def work(decoded, wanted):
+        [(i, rescaled)] = decoded
+        if isinstance(rescaled, str) or plan.sizes[i] is None:
+            return i, None
+        return i, rescaled_guesses(box_net, classifier, rescaled, plan.sizes[i], top, merge_iou)
+
+    return work
+
+
+def _guess_booking(data: BoxIndex, to_net: dict, counts: dict):
+    """The folder pass's booking of one image's guesses into ``counts`` (right in the top
+    guesses, right at top-1, class among the guesses; or unreadable)."""
+
+    def book(b, result):
+        i, guesses = result
+        if guesses is None:
+            counts["unreadable"] += 1
+            return
+        sample, label = data.samples[i], to_net[data.samples[i].label]
+        counts["total"] += 1
+        counts["right_top"] += guesses_right(guesses, label, sample.boxes)
+        counts["right_one"] += guesses_right(guesses[:1], label, sample.boxes)
+        counts["class_top"] += any(g.label == label for g in guesses)
+
+    return book
+
+
+def _dense_result(
+    box_net: BoxNet,
+    data: BoxIndex,
+    scales: Sequence[int],
+    top: int,
+    merge_iou: float,
+    counts: dict,
+) -> dict:
+    """Test 2's result from the booked counts, refused when no image could be read at all."""
+    total = counts["total"]
+    if total == 0:
+        raise ConfigError(f"no image of {data.root} could be read for the localisation test")
+    return {
+        "protocol": f"dense, top-{top}, greedy merging",
+        "mode": box_net.head.mode,
+        "scales": list(scales),
+        "images": total,
+        f"top{top}_error": 100.0 * (total - counts["right_top"]) / total,
+        "top1_error": 100.0 * (total - counts["right_one"]) / total,
+        f"classification_top{top}_error": 100.0 * (total - counts["class_top"]) / total,
+        "merge_iou": merge_iou,
+        "unreadable": counts["unreadable"],
+        "skipped": dict(data.skipped),
+    }
+
+
 def dense_protocol(
     box_net: BoxNet,
     classifier,
@@ -229,19 +346,8 @@ def dense_protocol(
     at a time through the nets (each image's guesses are :func:`dense_guesses`'s, as ``localize
     predict`` gives them)."""
     check_pair(box_net, classifier)
-    small = [q for q in scales if q < box_net.spec.crop_size]
-    if small or not scales:
-        raise ConfigError(
-            f"test scales {list(scales)} must be given and at least the crop size "
-            f"{box_net.spec.crop_size}"
-        )
-    to_net = class_mapping(
-        classifier.meta.class_names()
-        if classifier.meta is not None
-        else [f"class_{i}" for i in range(classifier.num_classes)],
-        data.classes,
-        "classification net",
-    )
+    _check_dense_scales(box_net, scales)
+    to_net = _classifier_mapping(classifier, data)
     box_net.eval()
     classifier.eval()
     device = _device(box_net)
@@ -249,44 +355,12 @@ def dense_protocol(
         distributed.DistContext(device=device), [s.path for s in data.samples], list(scales), 1
     )
     counts = {"right_top": 0, "right_one": 0, "class_top": 0, "total": 0, "unreadable": 0}
-
-    def work(decoded, wanted):
-        [(i, rescaled)] = decoded
-        if isinstance(rescaled, str) or plan.sizes[i] is None:
-            return i, None
-        return i, rescaled_guesses(box_net, classifier, rescaled, plan.sizes[i], top, merge_iou)
-
-    def book(b, result):
-        i, guesses = result
-        if guesses is None:
-            counts["unreadable"] += 1
-            return
-        sample, label = data.samples[i], to_net[data.samples[i].label]
-        counts["total"] += 1
-        counts["right_top"] += guesses_right(guesses, label, sample.boxes)
-        counts["right_one"] += guesses_right(guesses[:1], label, sample.boxes)
-        counts["class_top"] += any(g.label == label for g in guesses)
-
     run_pass(
         plan,
         loader_sizes(device, 1, workers)[1],
-        work,
-        book,
+        _guess_work(plan, box_net, classifier, top, merge_iou),
+        _guess_booking(data, to_net, counts),
         desc="localisation (dense)",
         progress=progress,
     )
-    total = counts["total"]
-    if total == 0:
-        raise ConfigError(f"no image of {data.root} could be read for the localisation test")
-    return {
-        "protocol": f"dense, top-{top}, greedy merging",
-        "mode": box_net.head.mode,
-        "scales": list(scales),
-        "images": total,
-        f"top{top}_error": 100.0 * (total - counts["right_top"]) / total,
-        "top1_error": 100.0 * (total - counts["right_one"]) / total,
-        f"classification_top{top}_error": 100.0 * (total - counts["class_top"]) / total,
-        "merge_iou": merge_iou,
-        "unreadable": counts["unreadable"],
-        "skipped": dict(data.skipped),
-    }
+    return _dense_result(box_net, data, scales, top, merge_iou, counts)
