@@ -384,16 +384,20 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Range checks that types alone cannot express; each failure names its key."""
+def _validate_choices(cfg: TrainConfig) -> None:
+    """The keys whose value is one of a fixed set (``_CHOICES``)."""
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _require(
             value in choices, f"{key}: expected one of {', '.join(choices)}, got {quote(value)}"
         )
+
+
+def _validate_model(cfg: TrainConfig) -> None:
+    """The net: a known configuration, its sizes and dropout, and the initialisation's spread."""
+    m = cfg.model
     resolve_name(cfg.model.config)
-    m, d, o, s, r = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.run
     _require(m.width > 0, f"model.width must be positive, got {m.width}")
     _require(m.fc_width >= 1, f"model.fc_width must be at least 1, got {m.fc_width}")
     _require(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
@@ -406,6 +410,11 @@ def validate(cfg: TrainConfig) -> None:
         f"model.num_classes must be at least 1, got {m.num_classes}",
     )
     _require(cfg.init.std > 0, f"init.std must be positive, got {cfg.init.std}")
+
+
+def _validate_data(cfg: TrainConfig) -> None:
+    """The data: training and validation scales against the crop, colour shift, loader workers."""
+    m, d = cfg.model, cfg.data
     _require(
         d.scale_min >= m.crop_size,
         f"data.scale_min ({d.scale_min}) must be at least model.crop_size ({m.crop_size})",
@@ -427,6 +436,11 @@ def validate(cfg: TrainConfig) -> None:
     _require(
         0.0 <= d.device_share <= 1.0, f"data.device_share must be in [0, 1], got {d.device_share}"
     )
+
+
+def _validate_optim(cfg: TrainConfig) -> None:
+    """SGD: learning rate, momentum, weight decay, batch and accumulation, warm-up, gradient cap."""
+    o = cfg.optim
     _require(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
     _require(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _require(o.weight_decay >= 0, f"optim.weight_decay must be non-negative, got {o.weight_decay}")
@@ -441,6 +455,11 @@ def validate(cfg: TrainConfig) -> None:
         o.clip_grad_norm is None or 0 < o.clip_grad_norm < float("inf"),
         f"optim.clip_grad_norm must be a positive number or null, got {o.clip_grad_norm}",
     )
+
+
+def _validate_recovery(cfg: TrainConfig) -> None:
+    """What catches a run going wrong: the divergence factor, the back-offs, the stuck alarm."""
+    o, r = cfg.optim, cfg.run
     _require(
         1 < o.divergence_factor < float("inf"),
         f"optim.divergence_factor must be above 1, got {o.divergence_factor}",
@@ -449,11 +468,21 @@ def validate(cfg: TrainConfig) -> None:
     _require(
         r.stuck_epochs >= 0, f"run.stuck_epochs must be 0 (no alarm) or more, got {r.stuck_epochs}"
     )
+
+
+def _validate_schedule(cfg: TrainConfig) -> None:
+    """The plateau schedule: epochs, the drop factor, patience, drops and threshold."""
+    s = cfg.schedule
     _require(s.epochs >= 1, f"schedule.epochs must be at least 1, got {s.epochs}")
     _require(0.0 < s.factor < 1.0, f"schedule.factor must be in (0, 1), got {s.factor}")
     _require(s.patience >= 1, f"schedule.patience must be at least 1, got {s.patience}")
     _require(s.max_drops >= 0, f"schedule.max_drops must be non-negative, got {s.max_drops}")
     _require(s.threshold >= 0, f"schedule.threshold must be non-negative, got {s.threshold}")
+
+
+def _validate_run(cfg: TrainConfig) -> None:
+    """The run: checkpoints kept, the distributed timeout, logging, threads and the output folder."""
+    r = cfg.run
     _require(
         r.checkpoint_every >= 1,
         f"run.checkpoint_every must be at least 1, got {r.checkpoint_every}",
@@ -468,4 +497,15 @@ def validate(cfg: TrainConfig) -> None:
         r.threads is None or r.threads >= 1, f"run.threads must be at least 1, got {r.threads}"
     )
     _require(bool(r.out.strip()), "run.out must name a folder")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range checks that types alone cannot express; each failure names its key."""
+    _validate_choices(cfg)
+    _validate_model(cfg)
+    _validate_data(cfg)
+    _validate_optim(cfg)
+    _validate_recovery(cfg)
+    _validate_schedule(cfg)
+    _validate_run(cfg)
     check_numbers(cfg)  # finite values, lr and seed ranges, net size
