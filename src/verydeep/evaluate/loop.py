@@ -316,6 +316,68 @@ def _evaluate(ctx: distributed.DistContext, run: _Run) -> Evaluation | None:
     )
 
 
+def _partial_path(ctx: distributed.DistContext, run: _Run) -> Path | None:
+    """Where this process writes its partial scores: the scores file itself in a one-process run,
+    a ``.part<rank>`` file beside it under ``torchrun`` (None without ``save_scores``)."""
+    if run.save_path is None:
+        return None
+    return (
+        run.save_path
+        if ctx.world_size == 1
+        else run.save_path.with_name(f"{run.save_path.name}.part{ctx.rank}")
+    )
+
+
+class _Booking:
+    """Books each batch's result into the scores (in batch order) and saves partial scores when
+    due: a class, since the time of the last save and what a save costs carry from batch to batch.
+    """
+
+    def __init__(
+        self,
+        plan,
+        state: Scores,
+        run: _Run,
+        partial_path: Path | None,
+        visits: np.ndarray,
+        computed: np.ndarray,
+    ) -> None:
+        self.plan = plan
+        self.state = state
+        self.run = run
+        self.partial_path = partial_path
+        self.visits = visits
+        self.computed = computed
+        self.last_save, self.save_cost = time.monotonic(), 0.0
+
+    def __call__(self, b: int, result: BatchScores) -> None:
+        """Book one batch's result (in batch order), save partial scores when due, tell ``on_batch``."""
+        state, run = self.state, self.run
+        todo = [i for i in self.plan.plan[b] if not state.done[i]]
+        state.failed.update(result.failed)
+        for key, rows, probs in result.values:
+            state.values[key][rows] = probs
+        state.done[todo] = True
+        self.computed[todo] = True
+        self.visits[todo] += 1
+        now = time.monotonic()
+        if self.partial_path is not None and now - self.last_save >= max(
+            run.save_every_s, 5 * self.save_cost
+        ):
+            state.save(self.partial_path)
+            self.last_save = time.monotonic()
+            self.save_cost = self.last_save - now
+        if run.on_batch is not None:
+            run.on_batch(b)
+
+
+def _prepare_engines(nets: Sequence[LoadedNet]) -> None:
+    """Convert each OpenVINO graph up front, before batches run on other threads."""
+    for net in nets:
+        if getattr(net.model, "engine", None) == "openvino":
+            net.model.prepare()
+
+
 def _score_all(
     ctx: distributed.DistContext,
     run: _Run,
@@ -334,33 +396,8 @@ def _score_all(
     plan = plan_pass(ctx, state.paths, all_scales, batch_size, state.done)
     visits = np.zeros(state.num_images, dtype=np.int64)
     computed = np.zeros(state.num_images, dtype=bool)
-    partial_path = None
-    if run.save_path is not None:
-        partial_path = (
-            run.save_path
-            if ctx.world_size == 1
-            else run.save_path.with_name(f"{run.save_path.name}.part{ctx.rank}")
-        )
-
-    last_save, save_cost = time.monotonic(), 0.0
-
-    def book(b: int, result: BatchScores) -> None:
-        """Book one batch's result (in batch order), save partial scores when due, tell ``on_batch``."""
-        nonlocal last_save, save_cost
-        todo = [i for i in plan.plan[b] if not state.done[i]]
-        state.failed.update(result.failed)
-        for key, rows, probs in result.values:
-            state.values[key][rows] = probs
-        state.done[todo] = True
-        computed[todo] = True
-        visits[todo] += 1
-        now = time.monotonic()
-        if partial_path is not None and now - last_save >= max(run.save_every_s, 5 * save_cost):
-            state.save(partial_path)
-            last_save = time.monotonic()
-            save_cost = last_save - now
-        if run.on_batch is not None:
-            run.on_batch(b)
+    partial_path = _partial_path(ctx, run)
+    book = _Booking(plan, state, run, partial_path, visits, computed)
 
     def work(items, wanted: set[int]) -> BatchScores:
         return _score_batch(
@@ -375,9 +412,7 @@ def _score_all(
             images_per_pass,
         )
 
-    for net in nets:  # an OpenVINO graph is converted here, before batches run on other threads
-        if getattr(net.model, "engine", None) == "openvino":
-            net.model.prepare()
+    _prepare_engines(nets)
     try:
         with inference_settings(ran_on):
             run_pass(

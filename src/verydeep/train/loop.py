@@ -133,26 +133,8 @@ def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) 
     check_outside(cfg.run.out, (cfg.data.train, cfg.data.val), "run.out")
     data = scan(cfg)
     folder = CheckpointFolder(Path(cfg.run.out) / "checkpoints", cfg.run.keep_last)
-    if resume == AUTO:
-        resume = LATEST if folder.steps() else None
-    ckpt = None
-    if resume:
-        path = folder.latest() if resume == LATEST else Path(resume)
-        if path is None:
-            raise ConfigError(f"--resume: no checkpoint in {folder.folder}")
-        ckpt = load_checkpoint(path)
-    elif folder.steps():
-        raise ConfigError(
-            f"{cfg.run.out} already holds checkpoints: resume it with --resume or choose another run.out"
-        )
-    GlobalBatchSampler(
-        len(data.train),
-        cfg.optim.batch_size,
-        int(os.environ.get("WORLD_SIZE", "1") or 1),
-        0,
-        cfg.optim.accumulation,
-        cfg.run.seed,
-    )  # divisibility checks, before any work
+    ckpt = _checkpoint_to_resume(cfg, folder, resume)
+    _check_batch_division(cfg, data)  # divisibility checks, before any work
     lock = claim_run(
         cfg, ckpt, overwrite
     )  # one writer per run.out; a resume keeps its config (train/guard.py)
@@ -191,6 +173,39 @@ def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) 
     raise failure
 
 
+def _checkpoint_to_resume(
+    cfg: TrainConfig, folder: CheckpointFolder, resume: str | None
+) -> dict[str, Any] | None:
+    """The checkpoint ``resume`` names (:data:`LATEST`, :data:`AUTO` or a path), loaded; None for a
+    fresh start, which a run folder that already holds checkpoints refuses."""
+    if resume == AUTO:
+        resume = LATEST if folder.steps() else None
+    ckpt = None
+    if resume:
+        path = folder.latest() if resume == LATEST else Path(resume)
+        if path is None:
+            raise ConfigError(f"--resume: no checkpoint in {folder.folder}")
+        ckpt = load_checkpoint(path)
+    elif folder.steps():
+        raise ConfigError(
+            f"{cfg.run.out} already holds checkpoints: resume it with --resume or choose another run.out"
+        )
+    return ckpt
+
+
+def _check_batch_division(cfg: TrainConfig, data: DataSets) -> None:
+    """Refuse a batch size, accumulation or world size that do not divide, before any work: a
+    throw-away :class:`GlobalBatchSampler` for rank 0 makes its checks."""
+    GlobalBatchSampler(
+        len(data.train),
+        cfg.optim.batch_size,
+        int(os.environ.get("WORLD_SIZE", "1") or 1),
+        0,
+        cfg.optim.accumulation,
+        cfg.run.seed,
+    )
+
+
 def resolve_config(path: str | None, overrides: list[str], resume: str | None) -> TrainConfig:
     """The run's config: the preset at ``path`` (or, resuming a checkpoint file without a preset,
     the checkpoint's own resolved config), then the overrides."""
@@ -220,12 +235,7 @@ def build_run(
     r, o = cfg.run, cfg.optim
     spec = cfg.model_spec(len(data.classes))
     train_set = train_dataset(cfg, data, progress=info.is_main and r.progress)
-    if ckpt is not None:
-        stats = ColourStats.from_dict(ckpt["colour_stats"])
-        model, copied = VGG(spec), list(ckpt.get("progress", {}).get("copied_layers", []))
-    else:
-        stats = compute_colour_stats(data.train, cfg.data.colour_stats_images, seed=r.seed)
-        model, copied = build_model(spec, cfg.init, r.seed)
+    stats, model, copied = _colour_stats_and_net(cfg, data, spec, ckpt)
     model.to(info.device)
     if r.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -251,14 +261,7 @@ def build_run(
         net=model,
         optimizer=optimizer,
         step_fn=Step(model, optimizer, info.device, precision),
-        schedule=RateSchedule(
-            lr=o.lr,
-            warmup_steps=max(o.warmup_steps, math.ceil(o.warmup_epochs * steps_per_epoch)),
-            factor=cfg.schedule.factor,
-            patience=cfg.schedule.patience,
-            max_drops=cfg.schedule.max_drops,
-            threshold=cfg.schedule.threshold,
-        ),
+        schedule=_rate_schedule(cfg, steps_per_epoch),
         watch=DivergenceWatch(o.divergence_factor, floor=chance_loss(spec.num_classes)),
         stuck=StuckWatch(r.stuck_epochs),
         log=MetricsLog(Path(r.out), enabled=info.is_main, tensorboard=r.tensorboard),
@@ -274,6 +277,34 @@ def build_run(
     model.meta = weights_meta(run)
     _wrap(run)
     return run
+
+
+def _colour_stats_and_net(
+    cfg: TrainConfig, data: DataSets, spec, ckpt: dict[str, Any] | None
+) -> tuple[ColourStats, VGG, list[str]]:
+    """The colour statistics, the net and the layers copied into it: a resumed run's come from its
+    checkpoint (the weights restored later), a fresh run computes them and initialises the net."""
+    if ckpt is not None:
+        stats = ColourStats.from_dict(ckpt["colour_stats"])
+        model, copied = VGG(spec), list(ckpt.get("progress", {}).get("copied_layers", []))
+    else:
+        stats = compute_colour_stats(data.train, cfg.data.colour_stats_images, seed=cfg.run.seed)
+        model, copied = build_model(spec, cfg.init, cfg.run.seed)
+    return stats, model, copied
+
+
+def _rate_schedule(cfg: TrainConfig, steps_per_epoch: int) -> RateSchedule:
+    """The learning-rate schedule of the config: warm-up (the longer of the step and epoch counts
+    given), then drops on a validation plateau."""
+    o = cfg.optim
+    return RateSchedule(
+        lr=o.lr,
+        warmup_steps=max(o.warmup_steps, math.ceil(o.warmup_epochs * steps_per_epoch)),
+        factor=cfg.schedule.factor,
+        patience=cfg.schedule.patience,
+        max_drops=cfg.schedule.max_drops,
+        threshold=cfg.schedule.threshold,
+    )
 
 
 def _wrap(run: RunState) -> None:

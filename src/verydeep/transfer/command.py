@@ -48,19 +48,14 @@ def features_command(
     pass over the folder's (:mod:`verydeep.passes.folder_pass`), as evaluate's."""
     if not weights:
         raise ConfigError("no --weights given")
-    ctx = distributed.setup(
-        device
-    )  # under torchrun: this process's device (cuda:LOCAL_RANK), the group joined
+    # under torchrun: this process's device (cuda:LOCAL_RANK), the group joined
+    ctx = distributed.setup(device)
     try:
         ran_on = distributed.on_main(
             ctx, lambda: _checked_engine(engine, ctx.device, layer, out, data)
         )
         # the lock is rank 0's, the writer of the file (the other processes of a torchrun job write parts)
-        held = distributed.on_main(
-            ctx,
-            lambda: lock_file(out, f"feature file {out}") if Path(out).parent.is_dir() else None,
-            share=lambda _: None,
-        )
+        held = distributed.on_main(ctx, lambda: _lock_output(out), share=lambda _: None)
         try:
             features = _extract(
                 weights,
@@ -86,6 +81,18 @@ def features_command(
         distributed.teardown(ctx)
     if features is None:  # a process of a torchrun job other than rank 0: rank 0 reports
         return None
+    return _summary(features, out, ran_on)
+
+
+def _lock_output(out: str):
+    """The lock on the feature file, held for the whole run so that a second ``features`` on the
+    same ``out`` is refused; None where the folder of ``out`` does not exist (nothing to lock)."""
+    return lock_file(out, f"feature file {out}") if Path(out).parent.is_dir() else None
+
+
+def _summary(features, out: str, ran_on: str) -> dict:
+    """What :func:`features_command` returns on rank 0: the file's images, splits, classes,
+    descriptor size, skipped images, and the identity it was computed with."""
     counts = {s: features.splits.count(s) for s in features.split_names}
     return {
         "out": str(out),

@@ -469,28 +469,12 @@ def extract_features(
     and writes the file: rank 0 returns the feature set, the other processes None (as ``evaluate``)."""
     out = Path(out)
     device = next(models[0].parameters()).device if models else torch.device("cpu")
-    ctx = distributed.setup(
-        str(device) if device.type == "cuda" else "cpu"
-    )  # joins a group already open as it is
+    # joins a group already open as it is
+    ctx = distributed.setup(str(device) if device.type == "cuda" else "cpu")
     try:
-        # checked on rank 0 and shared: a refusal is one line from rank 0, not one from every process
-        asked_scales = scales
-        scales, classes, items = distributed.on_main(
-            ctx,
-            lambda: (
-                _check_request(models, out, asked_scales, aggregate, layer),
-                *list_images(root),
-            ),
-        )
-        asked = identity(
-            models,
-            items,
-            scales,
-            aggregate,
-            flip,
-            getattr(precision, "value", precision) or "fp32",
-            layer,
-        )
+        scales, classes, items = _request(ctx, models, out, scales, aggregate, layer, root)
+        precision_name = getattr(precision, "value", precision) or "fp32"
+        asked = identity(models, items, scales, aggregate, flip, precision_name, layer)
         finished = distributed.on_main(
             ctx, lambda: _finished_run(out, asked, overwrite), share=lambda found: found is not None
         )
@@ -506,33 +490,72 @@ def extract_features(
         )
         done = rows["done"].astype(bool)
         plan = plan_pass(ctx, [it.path for it in items], scales, batch_size, done)
-        save = (
-            (lambda settled: _save_part(partial, ctx.rank, rows, settled))
-            if ctx.distributed
-            else (lambda settled: _save_rows(partial, rows))
-        )
+        save = _saver(ctx, partial, rows)
+        work = _batch_work(models, scales, aggregate, flip, precision, layer)
         settled = _describe_all(
-            plan,
-            rows,
-            done,
-            workers,
-            progress and ctx.is_main,
-            save,
-            ctx.distributed,
-            lambda decoded, wanted: _describe_batch(
-                decoded, wanted, models, scales, aggregate, flip, precision, layer
-            ),
+            plan, rows, done, workers, progress and ctx.is_main, save, ctx.distributed, work
         )
         _gather_rows(ctx, rows, settled)
         info = {"identity": asked, "descriptor_size": dim, "sources": list(sources or [])}
-        features = distributed.on_main(
-            ctx,
-            lambda: _finish(rows, items, classes, root, info, scales, out, partial),
-            share=lambda _: None,
-        )
-        return features if ctx.is_main else None
+        return _write_on_main(ctx, rows, items, classes, root, info, scales, out, partial)
     finally:
         distributed.teardown(ctx)
+
+
+def _request(
+    ctx: distributed.DistContext,
+    models: Sequence,
+    out: Path,
+    scales: Sequence[int],
+    aggregate: str,
+    layer: str,
+    root: str | os.PathLike,
+) -> tuple[Sequence[int], list[str], list[ImageItem]]:
+    """The checked scales, the classes and the images of ``root``: checked on rank 0 and shared,
+    so that a refusal is one line from rank 0, not one from every process."""
+    return distributed.on_main(
+        ctx,
+        lambda: (_check_request(models, out, scales, aggregate, layer), *list_images(root)),
+    )
+
+
+def _saver(ctx: distributed.DistContext, partial: Path, rows: dict[str, np.ndarray]):
+    """How the pass saves the rows it settled: one process's part file under ``torchrun``, the
+    rows file of the partial run otherwise."""
+    if ctx.distributed:
+        return lambda settled: _save_part(partial, ctx.rank, rows, settled)
+    return lambda settled: _save_rows(partial, rows)
+
+
+def _batch_work(
+    models: Sequence, scales: Sequence[int], aggregate: str, flip: bool, precision, layer: str
+):
+    """The pass's work on one decoded batch: :func:`_describe_batch` with the run's nets and
+    settings."""
+    return lambda decoded, wanted: _describe_batch(
+        decoded, wanted, models, scales, aggregate, flip, precision, layer
+    )
+
+
+def _write_on_main(
+    ctx: distributed.DistContext,
+    rows: dict[str, np.ndarray],
+    items: Sequence[ImageItem],
+    classes: list[str],
+    root,
+    info: dict,
+    scales: Sequence[int],
+    out: Path,
+    partial: Path,
+) -> FeatureSet | None:
+    """Rank 0 writes the feature file (:func:`_finish`) while the other processes wait; the feature
+    set on rank 0, None on the others."""
+    features = distributed.on_main(
+        ctx,
+        lambda: _finish(rows, items, classes, root, info, scales, out, partial),
+        share=lambda _: None,
+    )
+    return features if ctx.is_main else None
 
 
 def _resumed_rows(
