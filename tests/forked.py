@@ -121,3 +121,42 @@ def run_forked(
         child.kill()
         raise AssertionError(f"verydeep {' '.join(argv)} did not finish in {timeout} s") from None
     return subprocess.CompletedProcess(["verydeep", *argv], child.returncode, *child.output())
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback address now (for a gloo group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, port: int | str, world: int = 2) -> dict[str, str]:
+    """The environment torchrun gives process ``rank`` of a ``world``-process job on this machine."""
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(world),
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(world),
+    }
+
+
+def run_ranks(argvs: list[list[str]], timeout: float = 120.0) -> list[tuple[int, str, str]]:
+    """``verydeep ARGV`` of each rank as the processes of one job (forked from this one, with the
+    environment torchrun would give them): each rank's (exit code, stdout, stderr)."""
+    port = free_port()
+    ranks = [
+        ForkedChild(
+            lambda argv=[str(a) for a in argv]: main(argv), rank_env(rank, port, len(argvs))
+        )
+        for rank, argv in enumerate(argvs)
+    ]
+    try:
+        outputs = [rank.communicate(timeout=timeout) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    return [(rank.returncode, out, err) for rank, (out, err) in zip(ranks, outputs)]

@@ -10,12 +10,9 @@ masks are drawn per process (same distribution, different draws); every other ra
 
 from __future__ import annotations
 
-import socket
-
 import torch
 
-from forked import ForkedChild
-from verydeep.cli import main
+from forked import run_ranks
 from verydeep.train import load_config, train
 from verydeep.train.distributed import GlobalBatchSampler
 from verydeep.train.metrics import read_metrics
@@ -55,31 +52,10 @@ def test_two_gloo_processes_match_one(train_config, tmp_path):
     config = train_config("ddp", OVERRIDES)
     # the two processes of one gloo group, forked from this one (torchrun's own tests: test_train_multinode,
     # test_train_faults), with the environment torchrun would give them
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    ranks = [
-        ForkedChild(
-            lambda: main(["train", "--config", str(config), "--json"]),
-            {
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-                "WORLD_SIZE": "2",
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "LOCAL_WORLD_SIZE": "2",
-            },
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        outputs = [rank.communicate(timeout=300) for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
-    for rank, (_, err) in zip(ranks, outputs):
-        assert rank.returncode == 0, err[-8000:]
-    stdout = outputs[0][0]
+    results = run_ranks([["train", "--config", config, "--json"]] * 2, timeout=300)
+    for code, _, err in results:
+        assert code == 0, err[-8000:]
+    stdout = results[0][1]
     a, _ = canonical.read(single.final_weights)
     b, _ = canonical.read(tmp_path / "ddp" / "final.safetensors")
     _close(a, b)
@@ -108,33 +84,12 @@ def test_ranks_started_with_different_configs_all_stop_in_one_line(train_config,
     import time
 
     config = train_config("ddp", OVERRIDES)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    extra = {0: [], 1: ["--set", "optim.lr=0.05"]}
-    ranks = [
-        ForkedChild(
-            lambda rank=rank: main(["train", "--config", str(config), *extra[rank]]),
-            {
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-                "WORLD_SIZE": "2",
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "LOCAL_WORLD_SIZE": "2",
-            },
-        )
-        for rank in (0, 1)
-    ]
+    argv = ["train", "--config", config]
     started = time.monotonic()
-    try:
-        outputs = [rank.communicate(timeout=120) for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
+    results = run_ranks([argv, [*argv, "--set", "optim.lr=0.05"]])
     assert time.monotonic() - started < 60
-    for rank, (_, err) in zip(ranks, outputs):
-        assert rank.returncode == 2, err[-3000:]
+    for code, _, err in results:
+        assert code == 2, err[-3000:]
         lines = [line for line in err.strip().splitlines() if line]
         assert (
             len(lines) == 1

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 import torch
 
 from cli_run import one_line
-from forked import ForkedChild
+from forked import ForkedChild, free_port, rank_env
 from verydeep.cli import main
 from verydeep.runtime import io as io_module
 from verydeep.train import checkpoint as checkpoint_module
@@ -475,29 +474,17 @@ def test_bad_checkpoints_and_run_folders_are_one_line(train_config, tmp_path, ca
 
 
 # -- a DDP process dies or hangs ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_pair(config: Path, env: dict[str, str], *extra: str) -> list[ForkedChild]:
     """Two ``verydeep train`` processes of one gloo group, started by hand (no torchrun agent to stop
     the survivor: it must fail by itself); forked from this one, without an interpreter's start-up."""
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        e = {
-            "OMP_NUM_THREADS": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "WORLD_SIZE": "2",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            **env,
-        }
-        procs.append(ForkedChild(lambda: main(["train", "--config", str(config), *extra]), e))
-    return procs
+    port = free_port()
+    return [
+        ForkedChild(
+            lambda: main(["train", "--config", str(config), *extra]),
+            {"OMP_NUM_THREADS": "1", **rank_env(rank, port), **env},
+        )
+        for rank in (0, 1)
+    ]
 
 
 def test_a_dead_or_hung_peer_ends_the_survivor_with_one_line(train_config, tmp_path):

@@ -8,12 +8,10 @@ tests/test_train_distributed.py does): real processes, without an interpreter st
 from __future__ import annotations
 
 import os
-import socket
 
 from safetensors.numpy import load_file
 
-from forked import ForkedChild, run_forked
-from verydeep.cli import main
+from forked import run_forked, run_ranks
 from verydeep.transfer import features as features_module
 from verydeep.transfer.features import load_features
 
@@ -42,29 +40,7 @@ def _argv(weights, data, out, scales="32,40") -> list[str]:
 
 def _two_processes(argv: list[str]) -> list[tuple[int, str, str]]:
     """``verydeep ARGV`` as ranks 0 and 1 of one job: (exit code, stdout, stderr) of each."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    ranks = [
-        ForkedChild(
-            lambda: main(argv),
-            {
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-                "WORLD_SIZE": "2",
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "LOCAL_WORLD_SIZE": "2",
-            },
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        outputs = [rank.communicate(timeout=120) for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
-    return [(rank.returncode, out, err) for rank, (out, err) in zip(ranks, outputs)]
+    return run_ranks([argv, argv])
 
 
 def _data(make_image_folder, tmp_path):
