@@ -169,24 +169,15 @@ def _summary(capsys, argv) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def _resume_args(env) -> list:
+    """The evaluate command line the kill/interrupt-and-resume tests share (fp32, batches of 8)."""
+    inputs = ["--weights", env["weights"], "--data", env["data"], "--scales", "32,40"]
+    return ["evaluate", *inputs, "--precision", "fp32", "--workers", "0", "--batch-size", "8", "--json"]
+
+
 def test_killed_evaluation_resumes_to_the_same_scores(env, capsys, monkeypatch):
     tmp = env["tmp"]
-    args = [
-        "evaluate",
-        "--weights",
-        env["weights"],
-        "--data",
-        env["data"],
-        "--scales",
-        "32,40",
-        "--precision",
-        "fp32",
-        "--workers",
-        "0",
-        "--batch-size",
-        "8",
-        "--json",
-    ]
+    args = _resume_args(env)
     reference = _summary(capsys, [*args, "--save-scores", tmp / "reference-scores.safetensors"])
     scores = tmp / "scores.safetensors"
     marker = tmp / "saved-eval"
@@ -211,22 +202,7 @@ def test_killed_evaluation_resumes_to_the_same_scores(env, capsys, monkeypatch):
 def test_interrupted_evaluation_saves_and_resumes(env, capsys, monkeypatch):
     """Ctrl-C (SIGINT) through the CLI: the scores so far are saved, exit 130, a rerun finishes them."""
     tmp = env["tmp"]
-    args = [
-        "evaluate",
-        "--weights",
-        env["weights"],
-        "--data",
-        env["data"],
-        "--scales",
-        "32,40",
-        "--precision",
-        "fp32",
-        "--workers",
-        "0",
-        "--batch-size",
-        "8",
-        "--json",
-    ]
+    args = _resume_args(env)
     reference = tmp / "reference-int.safetensors"
     expected = _summary(capsys, [*args, "--save-scores", reference])
     scores = tmp / "scores-int.safetensors"
