@@ -172,7 +172,8 @@ def _summary(capsys, argv) -> dict:
 def _resume_args(env) -> list:
     """The evaluate command line the kill/interrupt-and-resume tests share (fp32, batches of 8)."""
     inputs = ["--weights", env["weights"], "--data", env["data"], "--scales", "32,40"]
-    return ["evaluate", *inputs, "--precision", "fp32", "--workers", "0", "--batch-size", "8", "--json"]
+    settings = ["--precision", "fp32", "--workers", "0", "--batch-size", "8", "--json"]
+    return ["evaluate", *inputs, *settings]
 
 
 def test_killed_evaluation_resumes_to_the_same_scores(env, capsys, monkeypatch):
